@@ -1,0 +1,144 @@
+//! The ledger: the durable record of every event's fate per sink, the newest decision per
+//! (subject, purpose, sink), and the append-only consent log.
+//!
+//! Owns: the version rule (DESIGN.md §3.1) and idempotency (§3.2), decided atomically with the
+//! delivery record, on SQLite (embedded default) or PostgreSQL (production), with versioned
+//! migrations per backend. Must not: store raw email, phone or name; talk to Kafka or downstreams.
+
+mod codec;
+mod migrations;
+mod model;
+mod ops;
+pub mod postgres;
+mod rule;
+mod sql;
+pub mod sqlite;
+
+pub use model::*;
+pub use postgres::PostgresLedger;
+pub use sqlite::SqliteLedger;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Opens the ledger named by `url` (`sqlite://PATH` or `postgres://...`) and brings its schema up
+/// to date before returning, so a process never runs against a half-migrated ledger.
+pub async fn open(url: &str) -> Result<AnyLedger, LedgerError> {
+    if url.starts_with("sqlite:") {
+        // Each pooled connection would get its own empty in-memory database, and a ledger that
+        // dies with the process cannot back an offset commit (§3.3); refuse rather than misbehave.
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Err(LedgerError::UnsupportedUrl(redact(url)));
+        }
+        Ok(AnyLedger::Sqlite(SqliteLedger::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(AnyLedger::Postgres(PostgresLedger::open(url).await?))
+    } else {
+        Err(LedgerError::UnsupportedUrl(redact(url)))
+    }
+}
+
+/// Either backend, chosen at run time from the configured URL.
+#[derive(Debug, Clone)]
+pub enum AnyLedger {
+    Sqlite(SqliteLedger),
+    Postgres(PostgresLedger),
+}
+
+impl AnyLedger {
+    /// The schema versions recorded in `ledger_migrations`, ascending.
+    pub async fn applied_migrations(&self) -> Result<Vec<i64>, LedgerError> {
+        match self {
+            AnyLedger::Sqlite(l) => l.applied_migrations().await,
+            AnyLedger::Postgres(l) => l.applied_migrations().await,
+        }
+    }
+
+    /// Waits for in-use connections to be returned and closes the pool.
+    pub async fn close(&self) {
+        match self {
+            AnyLedger::Sqlite(l) => l.close().await,
+            AnyLedger::Postgres(l) => l.close().await,
+        }
+    }
+}
+
+impl Ledger for AnyLedger {
+    async fn log_events(&self, records: &[ConsentRecord]) -> Result<(), LedgerError> {
+        match self {
+            AnyLedger::Sqlite(l) => l.log_events(records).await,
+            AnyLedger::Postgres(l) => l.log_events(records).await,
+        }
+    }
+
+    async fn claim(&self, claims: &[Claim]) -> Result<Vec<Decision>, LedgerError> {
+        match self {
+            AnyLedger::Sqlite(l) => l.claim(claims).await,
+            AnyLedger::Postgres(l) => l.claim(claims).await,
+        }
+    }
+
+    async fn finish(&self, rows: &[Finish]) -> Result<(), LedgerError> {
+        match self {
+            AnyLedger::Sqlite(l) => l.finish(rows).await,
+            AnyLedger::Postgres(l) => l.finish(rows).await,
+        }
+    }
+
+    async fn record_rejections(&self, rejections: &[Rejection]) -> Result<(), LedgerError> {
+        match self {
+            AnyLedger::Sqlite(l) => l.record_rejections(rejections).await,
+            AnyLedger::Postgres(l) => l.record_rejections(rejections).await,
+        }
+    }
+
+    async fn subject_report(&self, subject_id: &str) -> Result<SubjectReport, LedgerError> {
+        match self {
+            AnyLedger::Sqlite(l) => l.subject_report(subject_id).await,
+            AnyLedger::Postgres(l) => l.subject_report(subject_id).await,
+        }
+    }
+}
+
+/// Wall-clock milliseconds for the `*_at_ms` bookkeeping columns (never for the version rule,
+/// which only uses the events' own `occurred_at`).
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The URL without its userinfo, because error messages end up in logs and a URL may carry a
+/// password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unknown_schemes_and_memory_databases_are_refused() {
+        for url in ["mysql://u:secret@db/x", "sqlite::memory:", "ledger.db"] {
+            match open(url).await {
+                Err(LedgerError::UnsupportedUrl(shown)) => assert!(!shown.contains("secret")),
+                other => panic!("{url}: expected UnsupportedUrl, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn redact_hides_userinfo_only() {
+        assert_eq!(
+            redact("postgres://u:pw@h:5432/db"),
+            "postgres://***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+    }
+}

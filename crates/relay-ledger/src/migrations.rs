@@ -1,0 +1,32 @@
+//! The versioned schema changes of each backend, embedded so the binary carries its schema.
+//! Append only: a released migration is never edited, a change is a new file with the next version.
+
+pub(crate) struct Migration {
+    pub version: i64,
+    pub sql: &'static str,
+}
+
+pub(crate) const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    sql: include_str!("../migrations/sqlite/0001_init.sql"),
+}];
+
+pub(crate) const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    sql: include_str!("../migrations/postgres/0001_init.sql"),
+}];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_ascend_without_gaps_and_backends_agree() {
+        for list in [SQLITE, POSTGRES] {
+            for (i, m) in list.iter().enumerate() {
+                assert_eq!(m.version, i as i64 + 1);
+            }
+        }
+        assert_eq!(SQLITE.len(), POSTGRES.len());
+    }
+}

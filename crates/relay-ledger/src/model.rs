@@ -1,0 +1,206 @@
+use std::future::Future;
+
+use relay_events::Action;
+use uuid::Uuid;
+
+/// The identity of one delivery: an event, a sink, and the target within the sink (a purpose
+/// name, or `*` for the whole subject). An event with two purposes is two deliveries, because it
+/// may be fresh for one purpose and stale for the other.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeliveryKey {
+    pub event_id: Uuid,
+    pub sink: String,
+    pub target: String,
+}
+
+/// A request to apply one delivery, checked against the version rule.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub key: DeliveryKey,
+    pub subject_id: String,
+    pub action: Action,
+    pub occurred_at_ms: i64,
+}
+
+/// What the ledger decided for a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Apply it. `attempt` counts claims of this delivery, starting at 1 (a redelivery after a
+    /// crash between the downstream call and the commit is attempt 2).
+    Proceed { attempt: u32 },
+    /// This delivery already has a final status; do nothing.
+    Duplicate { status: Status },
+    /// A newer decision (by `occurred_at`, ties going to withdrawal/erasure) is already known for
+    /// this subject, target and sink: the event was recorded as superseded and must not be applied.
+    Superseded { by: Uuid },
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Claimed; the downstream call may or may not have happened.
+    InFlight,
+    /// Waiting for a retry after a retryable failure.
+    Retrying,
+    Applied,
+    AlreadyApplied,
+    Superseded,
+    /// The event's purposes do not route to this sink.
+    NotRouted,
+    DeadLettered,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::InFlight => "in_flight",
+            Status::Retrying => "retrying",
+            Status::Applied => "applied",
+            Status::AlreadyApplied => "already_applied",
+            Status::Superseded => "superseded",
+            Status::NotRouted => "not_routed",
+            Status::DeadLettered => "dead_lettered",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        [
+            Status::InFlight,
+            Status::Retrying,
+            Status::Applied,
+            Status::AlreadyApplied,
+            Status::Superseded,
+            Status::NotRouted,
+            Status::DeadLettered,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
+    /// Final statuses end a delivery; a claim of a final delivery is a duplicate.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::InFlight | Status::Retrying)
+    }
+}
+
+/// The recorded end (or intermediate state) of a delivery.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub key: DeliveryKey,
+    pub subject_id: String,
+    pub status: Status,
+    /// `retryable` / `permanent` / a validation code; `None` on success.
+    pub error_class: Option<String>,
+    /// The downstream's or the validator's message. Must not contain raw PII.
+    pub error: Option<String>,
+}
+
+/// One event's entry in the consent log (proof of consent, GDPR Art. 7(1)), written once per event.
+#[derive(Debug, Clone)]
+pub struct ConsentRecord {
+    pub event_id: Uuid,
+    pub subject_id: String,
+    /// `ConsentGranted`, `ConsentWithdrawn`, `Unsubscribed`, `ErasureRequested`.
+    pub kind: String,
+    /// Purpose names, or `["*"]` for the whole subject.
+    pub purposes: Vec<String>,
+    pub occurred_at_ms: i64,
+    pub source: String,
+    pub notice_version: Option<String>,
+    /// SHA-256 of the normalized email, if the event carried one.
+    pub email_sha256: Option<String>,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A message that could not be turned into deliveries and went to the dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub sink: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// Set when the message decoded far enough to have one.
+    pub event_id: Option<Uuid>,
+    pub subject_id: Option<String>,
+    /// Stable machine-readable code (`undecodable`, `unknown_schema`, `invalid_email`, ...).
+    pub code: String,
+    pub message: String,
+}
+
+/// A delivery as stored, for `ledger show`.
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    pub key: DeliveryKey,
+    pub status: Status,
+    pub attempts: u32,
+    pub error_class: Option<String>,
+    pub error: Option<String>,
+    pub updated_at_ms: i64,
+}
+
+/// The newest decision known per (subject, target, sink).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectState {
+    pub sink: String,
+    pub target: String,
+    pub action: Action,
+    pub occurred_at_ms: i64,
+    pub event_id: Uuid,
+}
+
+/// Everything the ledger knows about one subject.
+#[derive(Debug, Clone, Default)]
+pub struct SubjectReport {
+    pub consent_log: Vec<ConsentRecord>,
+    pub deliveries: Vec<DeliveryRow>,
+    pub state: Vec<SubjectState>,
+    pub rejections: Vec<Rejection>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("unsupported ledger URL {0:?}: use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("ledger database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("ledger migration {version} failed: {source}")]
+    Migration { version: i64, source: sqlx::Error },
+    #[error("ledger holds a value this version does not understand: {0}")]
+    Corrupt(String),
+}
+
+/// The ledger operations. Every method is one transaction.
+pub trait Ledger: Send + Sync + 'static {
+    /// Appends consent-log entries; an event already logged is left as it is.
+    fn log_events(
+        &self,
+        records: &[ConsentRecord],
+    ) -> impl Future<Output = Result<(), LedgerError>> + Send;
+
+    /// Decides each claim in order, in one transaction (see [`Decision`]). The version rule:
+    /// a claim is superseded when the subject state for (subject, target, sink) — or, for a
+    /// purpose target, the state for (subject, `*`, sink) — is newer by (`occurred_at`, action
+    /// rank), or equal but from another event. A proceeding claim becomes the subject state and
+    /// its delivery row is set to `in_flight` with `attempts + 1`.
+    fn claim(
+        &self,
+        claims: &[Claim],
+    ) -> impl Future<Output = Result<Vec<Decision>, LedgerError>> + Send;
+
+    /// Records the status of deliveries (insert or update), in one transaction.
+    fn finish(&self, rows: &[Finish]) -> impl Future<Output = Result<(), LedgerError>> + Send;
+
+    /// Records messages sent to the dead-letter topic before they became deliveries.
+    fn record_rejections(
+        &self,
+        rejections: &[Rejection],
+    ) -> impl Future<Output = Result<(), LedgerError>> + Send;
+
+    /// Everything known about one subject.
+    fn subject_report(
+        &self,
+        subject_id: &str,
+    ) -> impl Future<Output = Result<SubjectReport, LedgerError>> + Send;
+}

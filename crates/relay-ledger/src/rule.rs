@@ -1,0 +1,147 @@
+//! The version rule (DESIGN.md §3.1) and idempotency check (§3.2) as a pure function, so both
+//! backends decide identically and the rule can be tested without a database.
+
+use relay_events::Action;
+
+use crate::{Claim, Decision, Status, SubjectState};
+
+/// The order of decisions: newer `occurred_at` wins; on a tie the higher action rank
+/// (withdraw/erase over grant) wins.
+fn version(occurred_at_ms: i64, action: Action) -> (i64, Action) {
+    (occurred_at_ms, action)
+}
+
+/// Decides one claim given its delivery row (status, attempts), if any, and the subject states
+/// stored for its subject and sink.
+pub(crate) fn decide(
+    claim: &Claim,
+    delivery: Option<(Status, u32)>,
+    states: &[SubjectState],
+) -> Decision {
+    if let Some((status, _)) = delivery {
+        if status.is_final() {
+            return Decision::Duplicate { status };
+        }
+    }
+    let own = version(claim.occurred_at_ms, claim.action);
+    let target = claim.key.target.as_str();
+    let newest_other = states
+        .iter()
+        .filter(|s| s.sink == claim.key.sink && (s.target == target || s.target == "*"))
+        // The claim's own event in the state means we crashed after claiming it: redo it.
+        .filter(|s| s.event_id != claim.key.event_id)
+        .filter(|s| version(s.occurred_at_ms, s.action) >= own)
+        .max_by_key(|s| version(s.occurred_at_ms, s.action));
+    match newest_other {
+        Some(s) => Decision::Superseded { by: s.event_id },
+        None => Decision::Proceed {
+            attempt: delivery.map_or(0, |(_, n)| n).saturating_add(1),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DeliveryKey;
+    use uuid::Uuid;
+
+    fn claim(target: &str, action: Action, at: i64) -> Claim {
+        Claim {
+            key: DeliveryKey {
+                event_id: Uuid::new_v4(),
+                sink: "hubspot".into(),
+                target: target.into(),
+            },
+            subject_id: "s".into(),
+            action,
+            occurred_at_ms: at,
+        }
+    }
+
+    fn state(target: &str, action: Action, at: i64) -> SubjectState {
+        SubjectState {
+            sink: "hubspot".into(),
+            target: target.into(),
+            action,
+            occurred_at_ms: at,
+            event_id: Uuid::new_v4(),
+        }
+    }
+
+    #[test]
+    fn final_delivery_is_duplicate_whatever_the_state() {
+        for status in [Status::Applied, Status::Superseded, Status::NotRouted] {
+            let d = decide(&claim("n", Action::Erase, 9), Some((status, 1)), &[]);
+            assert_eq!(d, Decision::Duplicate { status });
+        }
+    }
+
+    #[test]
+    fn retrying_delivery_counts_the_next_attempt() {
+        let d = decide(
+            &claim("n", Action::Grant, 1),
+            Some((Status::Retrying, 3)),
+            &[],
+        );
+        assert_eq!(d, Decision::Proceed { attempt: 4 });
+    }
+
+    #[test]
+    fn tie_goes_to_the_higher_rank_and_equal_versions_of_other_events_supersede() {
+        let w = state("n", Action::Withdraw, 5);
+        let d = decide(
+            &claim("n", Action::Grant, 5),
+            None,
+            std::slice::from_ref(&w),
+        );
+        assert_eq!(d, Decision::Superseded { by: w.event_id });
+        let d = decide(
+            &claim("n", Action::Withdraw, 5),
+            None,
+            std::slice::from_ref(&w),
+        );
+        assert_eq!(d, Decision::Superseded { by: w.event_id });
+        let d = decide(&claim("n", Action::Erase, 5), None, &[w]);
+        assert_eq!(d, Decision::Proceed { attempt: 1 });
+    }
+
+    #[test]
+    fn newest_of_purpose_and_global_state_is_named() {
+        let global = state("*", Action::Withdraw, 7);
+        let purpose = state("n", Action::Grant, 8);
+        let d = decide(
+            &claim("n", Action::Grant, 6),
+            None,
+            &[global, purpose.clone()],
+        );
+        assert_eq!(
+            d,
+            Decision::Superseded {
+                by: purpose.event_id
+            }
+        );
+    }
+
+    #[test]
+    fn global_claim_ignores_purpose_states_and_other_sinks() {
+        let purpose = state("n", Action::Grant, 8);
+        let mut elsewhere = state("*", Action::Erase, 9);
+        elsewhere.sink = "meta".into();
+        let d = decide(
+            &claim("*", Action::Withdraw, 6),
+            None,
+            &[purpose, elsewhere],
+        );
+        assert_eq!(d, Decision::Proceed { attempt: 1 });
+    }
+
+    #[test]
+    fn own_event_in_state_is_a_redelivery() {
+        let c = claim("n", Action::Grant, 5);
+        let mut own = state("n", Action::Grant, 5);
+        own.event_id = c.key.event_id;
+        let d = decide(&c, Some((Status::InFlight, 1)), &[own]);
+        assert_eq!(d, Decision::Proceed { attempt: 2 });
+    }
+}

@@ -1,0 +1,83 @@
+//! Statements shared by both backends. The schemas are kept identical and `$N` placeholders work
+//! in SQLite too, so each statement exists once and the backends cannot drift apart.
+
+pub(crate) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS ledger_migrations (
+    version       BIGINT PRIMARY KEY,
+    applied_at_ms BIGINT NOT NULL
+)";
+
+pub(crate) const APPLIED_MIGRATIONS: &str =
+    "SELECT version FROM ledger_migrations ORDER BY version";
+
+pub(crate) const MIGRATION_APPLIED: &str =
+    "SELECT version FROM ledger_migrations WHERE version = $1";
+
+pub(crate) const RECORD_MIGRATION: &str =
+    "INSERT INTO ledger_migrations (version, applied_at_ms) VALUES ($1, $2)";
+
+pub(crate) const INSERT_CONSENT: &str = r#"INSERT INTO consent_log
+    (event_id, subject_id, kind, purposes, occurred_at_ms, source, notice_version, email_sha256,
+     topic, "partition", "offset", recorded_at_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+ON CONFLICT (event_id) DO NOTHING"#;
+
+/// Binds: event_id, sink, target.
+pub(crate) const DELIVERY_STATUS: &str =
+    "SELECT status, attempts FROM deliveries WHERE event_id = $1 AND sink = $2 AND target = $3";
+
+/// The states a claim is compared with. Binds: subject_id, sink, target. For target `*` the
+/// `IN` list collapses to the global state alone, which is exactly the rule.
+pub(crate) const STATES_FOR_CLAIM: &str = "SELECT sink, target, action, occurred_at_ms, event_id
+FROM subject_state WHERE subject_id = $1 AND sink = $2 AND target IN ($3, '*')";
+
+/// Binds: subject_id, sink, target, action, occurred_at_ms, event_id, now.
+pub(crate) const UPSERT_STATE: &str = "INSERT INTO subject_state
+    (subject_id, sink, target, action, occurred_at_ms, event_id, updated_at_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (subject_id, sink, target) DO UPDATE SET
+    action = excluded.action,
+    occurred_at_ms = excluded.occurred_at_ms,
+    event_id = excluded.event_id,
+    updated_at_ms = excluded.updated_at_ms";
+
+/// Claim outcome; the attempt count is computed by the caller from the row it read in the same
+/// transaction. Error columns are kept: the last failure stays visible while a retry is in flight.
+/// Binds: event_id, sink, target, subject_id, status, attempts, now.
+pub(crate) const UPSERT_CLAIMED: &str = "INSERT INTO deliveries
+    (event_id, sink, target, subject_id, status, attempts, created_at_ms, updated_at_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+ON CONFLICT (event_id, sink, target) DO UPDATE SET
+    status = excluded.status,
+    attempts = excluded.attempts,
+    updated_at_ms = excluded.updated_at_ms";
+
+/// Binds: event_id, sink, target, subject_id, status, error_class, error, now.
+pub(crate) const UPSERT_FINISHED: &str = "INSERT INTO deliveries
+    (event_id, sink, target, subject_id, status, attempts, error_class, error, created_at_ms,
+     updated_at_ms)
+VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8, $8)
+ON CONFLICT (event_id, sink, target) DO UPDATE SET
+    status = excluded.status,
+    error_class = excluded.error_class,
+    error = excluded.error,
+    updated_at_ms = excluded.updated_at_ms";
+
+pub(crate) const INSERT_REJECTION: &str = r#"INSERT INTO rejections
+    (sink, topic, "partition", "offset", event_id, subject_id, code, message, recorded_at_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (sink, topic, "partition", "offset") DO NOTHING"#;
+
+pub(crate) const REPORT_CONSENT: &str = r#"SELECT event_id, subject_id, kind, purposes,
+    occurred_at_ms, source, notice_version, email_sha256, topic, "partition", "offset"
+FROM consent_log WHERE subject_id = $1 ORDER BY occurred_at_ms, event_id"#;
+
+pub(crate) const REPORT_DELIVERIES: &str = "SELECT event_id, sink, target, status, attempts,
+    error_class, error, updated_at_ms
+FROM deliveries WHERE subject_id = $1 ORDER BY updated_at_ms, event_id, sink, target";
+
+pub(crate) const REPORT_STATE: &str = "SELECT sink, target, action, occurred_at_ms, event_id
+FROM subject_state WHERE subject_id = $1 ORDER BY sink, target";
+
+pub(crate) const REPORT_REJECTIONS: &str = r#"SELECT sink, topic, "partition", "offset", event_id,
+    subject_id, code, message
+FROM rejections WHERE subject_id = $1 ORDER BY recorded_at_ms, topic, "partition", "offset", sink"#;

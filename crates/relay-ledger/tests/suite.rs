@@ -1,0 +1,685 @@
+//! One behavioural suite, run against both backends: each `async fn` below takes a ledger URL and
+//! is called from a SQLite test (a file in a temporary directory) and a PostgreSQL test (a fresh
+//! database on the local server), so the two cannot drift apart.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use relay_events::Action;
+use relay_ledger::{
+    open, AnyLedger, Claim, ConsentRecord, Decision, DeliveryKey, DeliveryRow, Finish, Ledger,
+    Rejection, Status, SubjectReport, SubjectState,
+};
+use uuid::Uuid;
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+                    super::$name(&url).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let url = relay_testkit::postgres::fresh_database().await;
+                    super::$name(&url).await;
+                    // Only reached on success: a failed test leaves its database for inspection.
+                    relay_testkit::postgres::drop_database(&url).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    proceed_duplicate_and_redelivery_after_crash,
+    stale_grant_is_superseded_by_newer_withdrawal,
+    equal_timestamps_go_to_the_higher_action_in_either_order,
+    global_withdrawal_supersedes_older_purpose_grants_only,
+    purposes_of_one_event_are_decided_independently,
+    a_slice_is_decided_in_order,
+    finish_records_status_and_later_claims_are_duplicates,
+    consent_log_is_idempotent,
+    rejections_are_recorded_once,
+    subject_report_holds_only_that_subject_in_order,
+    migrations_are_idempotent,
+    concurrent_claims_keep_the_newest_version,
+);
+
+const HUBSPOT: &str = "hubspot";
+const NEWSLETTER: &str = "newsletter";
+
+fn claim(
+    event_id: Uuid,
+    sink: &str,
+    target: &str,
+    subject: &str,
+    action: Action,
+    at: i64,
+) -> Claim {
+    Claim {
+        key: DeliveryKey {
+            event_id,
+            sink: sink.into(),
+            target: target.into(),
+        },
+        subject_id: subject.into(),
+        action,
+        occurred_at_ms: at,
+    }
+}
+
+/// A claim of a new event on the HubSpot sink, the sink most tests use.
+fn fresh(subject: &str, target: &str, action: Action, at: i64) -> Claim {
+    claim(Uuid::new_v4(), HUBSPOT, target, subject, action, at)
+}
+
+fn finish(c: &Claim, status: Status) -> Finish {
+    Finish {
+        key: c.key.clone(),
+        subject_id: c.subject_id.clone(),
+        status,
+        error_class: None,
+        error: None,
+    }
+}
+
+fn state_of(c: &Claim) -> SubjectState {
+    SubjectState {
+        sink: c.key.sink.clone(),
+        target: c.key.target.clone(),
+        action: c.action,
+        occurred_at_ms: c.occurred_at_ms,
+        event_id: c.key.event_id,
+    }
+}
+
+async fn decide(ledger: &AnyLedger, claims: &[Claim]) -> Vec<Decision> {
+    ledger.claim(claims).await.expect("claim")
+}
+
+async fn decide_one(ledger: &AnyLedger, claim: &Claim) -> Decision {
+    let mut decisions = decide(ledger, std::slice::from_ref(claim)).await;
+    assert_eq!(decisions.len(), 1);
+    decisions.remove(0)
+}
+
+async fn report(ledger: &AnyLedger, subject: &str) -> SubjectReport {
+    ledger.subject_report(subject).await.expect("report")
+}
+
+fn delivery<'r>(report: &'r SubjectReport, key: &DeliveryKey) -> &'r DeliveryRow {
+    report
+        .deliveries
+        .iter()
+        .find(|d| &d.key == key)
+        .unwrap_or_else(|| panic!("no delivery {key:?} in {:?}", report.deliveries))
+}
+
+fn proceed(attempt: u32) -> Decision {
+    Decision::Proceed { attempt }
+}
+
+fn superseded_by(c: &Claim) -> Decision {
+    Decision::Superseded { by: c.key.event_id }
+}
+
+async fn proceed_duplicate_and_redelivery_after_crash(url: &str) {
+    let l = open(url).await.unwrap();
+    let c = fresh("s1", NEWSLETTER, Action::Grant, 100);
+
+    assert_eq!(decide_one(&l, &c).await, proceed(1));
+    // No finish: the process died after (or before) calling the downstream. The same event comes
+    // back and is its own subject state, so it proceeds again.
+    assert_eq!(decide_one(&l, &c).await, proceed(2));
+    let r = report(&l, "s1").await;
+    let d = delivery(&r, &c.key);
+    assert_eq!((d.status, d.attempts), (Status::InFlight, 2));
+
+    l.finish(&[finish(&c, Status::Applied)]).await.unwrap();
+    assert_eq!(
+        decide_one(&l, &c).await,
+        Decision::Duplicate {
+            status: Status::Applied
+        }
+    );
+
+    let r = report(&l, "s1").await;
+    assert_eq!(r.deliveries.len(), 1);
+    let d = delivery(&r, &c.key);
+    assert_eq!((d.status, d.attempts), (Status::Applied, 2));
+    assert_eq!(r.state, [state_of(&c)]);
+}
+
+async fn stale_grant_is_superseded_by_newer_withdrawal(url: &str) {
+    let l = open(url).await.unwrap();
+    let withdraw = fresh("s1", NEWSLETTER, Action::Withdraw, 200);
+    let stale = fresh("s1", NEWSLETTER, Action::Grant, 100);
+    let newer = fresh("s1", NEWSLETTER, Action::Grant, 300);
+
+    assert_eq!(decide_one(&l, &withdraw).await, proceed(1));
+    assert_eq!(decide_one(&l, &stale).await, superseded_by(&withdraw));
+
+    let r = report(&l, "s1").await;
+    let d = delivery(&r, &stale.key);
+    assert_eq!((d.status, d.attempts), (Status::Superseded, 0));
+    assert_eq!(
+        r.state,
+        [state_of(&withdraw)],
+        "a stale grant must not move the state"
+    );
+
+    // Superseded is final: the stale grant redelivered is a duplicate, not a second decision.
+    assert_eq!(
+        decide_one(&l, &stale).await,
+        Decision::Duplicate {
+            status: Status::Superseded
+        }
+    );
+    // A grant newer than the withdrawal is a real change of mind.
+    assert_eq!(decide_one(&l, &newer).await, proceed(1));
+    assert_eq!(report(&l, "s1").await.state, [state_of(&newer)]);
+}
+
+async fn equal_timestamps_go_to_the_higher_action_in_either_order(url: &str) {
+    let l = open(url).await.unwrap();
+    let at = 1_700_000_000_000;
+
+    // Grant first, then a withdrawal with the same timestamp: the withdrawal is newer.
+    let grant = fresh("a", NEWSLETTER, Action::Grant, at);
+    let withdraw = fresh("a", NEWSLETTER, Action::Withdraw, at);
+    assert_eq!(decide_one(&l, &grant).await, proceed(1));
+    assert_eq!(decide_one(&l, &withdraw).await, proceed(1));
+    assert_eq!(report(&l, "a").await.state, [state_of(&withdraw)]);
+
+    // Withdrawal first: the grant with the same timestamp loses.
+    let withdraw = fresh("b", NEWSLETTER, Action::Withdraw, at);
+    let grant = fresh("b", NEWSLETTER, Action::Grant, at);
+    assert_eq!(decide_one(&l, &withdraw).await, proceed(1));
+    assert_eq!(decide_one(&l, &grant).await, superseded_by(&withdraw));
+    assert_eq!(report(&l, "b").await.state, [state_of(&withdraw)]);
+
+    // Erasure outranks withdrawal on a tie.
+    let erase = fresh("c", NEWSLETTER, Action::Erase, at);
+    let withdraw = fresh("c", NEWSLETTER, Action::Withdraw, at);
+    assert_eq!(decide_one(&l, &erase).await, proceed(1));
+    assert_eq!(decide_one(&l, &withdraw).await, superseded_by(&erase));
+
+    // Two different events with the very same version: the first known one stays.
+    let first = fresh("d", NEWSLETTER, Action::Grant, at);
+    let second = fresh("d", NEWSLETTER, Action::Grant, at);
+    assert_eq!(decide_one(&l, &first).await, proceed(1));
+    assert_eq!(decide_one(&l, &second).await, superseded_by(&first));
+}
+
+async fn global_withdrawal_supersedes_older_purpose_grants_only(url: &str) {
+    let l = open(url).await.unwrap();
+    let s = "s1";
+    let early_grant = fresh(s, NEWSLETTER, Action::Grant, 100);
+    let global = fresh(s, "*", Action::Withdraw, 200);
+    let older_grant = fresh(s, NEWSLETTER, Action::Grant, 150);
+    let older_other_purpose = fresh(s, "ads", Action::Grant, 50);
+    let newer_grant = fresh(s, NEWSLETTER, Action::Grant, 300);
+
+    assert_eq!(decide_one(&l, &early_grant).await, proceed(1));
+    assert_eq!(decide_one(&l, &global).await, proceed(1));
+    assert_eq!(decide_one(&l, &older_grant).await, superseded_by(&global));
+    assert_eq!(
+        decide_one(&l, &older_other_purpose).await,
+        superseded_by(&global)
+    );
+    assert_eq!(decide_one(&l, &newer_grant).await, proceed(1));
+
+    // The global state belongs to its sink: the same stale event is fresh for another sink.
+    let mut elsewhere = older_grant.clone();
+    elsewhere.key.sink = "newsletter_list".into();
+    assert_eq!(decide_one(&l, &elsewhere).await, proceed(1));
+
+    // With both a purpose state and the global state newer, the newest one is named.
+    let purpose_withdraw = fresh(s, NEWSLETTER, Action::Withdraw, 400);
+    let global_later = fresh(s, "*", Action::Erase, 500);
+    let very_old = fresh(s, NEWSLETTER, Action::Grant, 10);
+    assert_eq!(
+        decide(&l, &[purpose_withdraw.clone(), global_later.clone()]).await,
+        [proceed(1), proceed(1)]
+    );
+    assert_eq!(
+        decide_one(&l, &very_old).await,
+        superseded_by(&global_later)
+    );
+
+    assert_eq!(
+        report(&l, s).await.state,
+        [
+            state_of(&global_later),
+            state_of(&purpose_withdraw),
+            state_of(&elsewhere)
+        ]
+    );
+}
+
+async fn purposes_of_one_event_are_decided_independently(url: &str) {
+    let l = open(url).await.unwrap();
+    let withdraw = fresh("s1", NEWSLETTER, Action::Withdraw, 200);
+    assert_eq!(decide_one(&l, &withdraw).await, proceed(1));
+
+    // One grant event for two purposes: stale for the newsletter, fresh for ads.
+    let event = Uuid::new_v4();
+    let for_newsletter = claim(event, HUBSPOT, NEWSLETTER, "s1", Action::Grant, 150);
+    let for_ads = claim(event, HUBSPOT, "ads", "s1", Action::Grant, 150);
+    let both = [for_newsletter.clone(), for_ads.clone()];
+    assert_eq!(
+        decide(&l, &both).await,
+        [superseded_by(&withdraw), proceed(1)]
+    );
+
+    let r = report(&l, "s1").await;
+    assert_eq!(delivery(&r, &for_newsletter.key).status, Status::Superseded);
+    assert_eq!(delivery(&r, &for_ads.key).status, Status::InFlight);
+    assert_eq!(r.state, [state_of(&for_ads), state_of(&withdraw)]);
+
+    l.finish(&[finish(&for_ads, Status::Applied)])
+        .await
+        .unwrap();
+    assert_eq!(
+        decide(&l, &both).await,
+        [
+            Decision::Duplicate {
+                status: Status::Superseded
+            },
+            Decision::Duplicate {
+                status: Status::Applied
+            }
+        ]
+    );
+}
+
+async fn a_slice_is_decided_in_order(url: &str) {
+    let l = open(url).await.unwrap();
+    let g100 = fresh("s1", NEWSLETTER, Action::Grant, 100);
+    let w200 = fresh("s1", NEWSLETTER, Action::Withdraw, 200);
+    let g150 = fresh("s1", NEWSLETTER, Action::Grant, 150);
+
+    // Each claim sees the effect of the ones before it in the same slice, including the first
+    // claim coming back after the withdrawal overtook it.
+    let slice = [g100.clone(), w200.clone(), g150.clone(), g100.clone()];
+    assert_eq!(
+        decide(&l, &slice).await,
+        [
+            proceed(1),
+            proceed(1),
+            superseded_by(&w200),
+            superseded_by(&w200)
+        ]
+    );
+    let r = report(&l, "s1").await;
+    let d = delivery(&r, &g100.key);
+    assert_eq!(
+        (d.status, d.attempts),
+        (Status::Superseded, 1),
+        "superseding keeps the attempt count"
+    );
+    assert_eq!(r.state, [state_of(&w200)]);
+
+    // The same delivery twice in one slice is a redelivery of itself.
+    let g300 = fresh("s1", NEWSLETTER, Action::Grant, 300);
+    assert_eq!(
+        decide(&l, &[g300.clone(), g300.clone()]).await,
+        [proceed(1), proceed(2)]
+    );
+}
+
+async fn finish_records_status_and_later_claims_are_duplicates(url: &str) {
+    let l = open(url).await.unwrap();
+
+    // Finishing a delivery that was never claimed (the event does not route to this sink)
+    // creates the row, with no attempt, and leaves the subject state alone.
+    let unrouted = claim(Uuid::new_v4(), "partner", "*", "s1", Action::Grant, 100);
+    l.finish(&[finish(&unrouted, Status::NotRouted)])
+        .await
+        .unwrap();
+    assert_eq!(
+        decide_one(&l, &unrouted).await,
+        Decision::Duplicate {
+            status: Status::NotRouted
+        }
+    );
+    let r = report(&l, "s1").await;
+    assert_eq!(delivery(&r, &unrouted.key).attempts, 0);
+    assert!(
+        r.state.is_empty(),
+        "finish must not touch subject state: {:?}",
+        r.state
+    );
+
+    // A retryable failure is not final: the next claim is the next attempt, and the last error
+    // stays visible while that attempt is in flight.
+    let c = fresh("s1", NEWSLETTER, Action::Grant, 200);
+    assert_eq!(decide_one(&l, &c).await, proceed(1));
+    let mut retry = finish(&c, Status::Retrying);
+    retry.error_class = Some("retryable".into());
+    retry.error = Some("503 Service Unavailable".into());
+    l.finish(&[retry]).await.unwrap();
+    let d = delivery(&report(&l, "s1").await, &c.key).clone();
+    assert_eq!((d.status, d.attempts), (Status::Retrying, 1));
+    assert_eq!(d.error_class.as_deref(), Some("retryable"));
+    assert_eq!(decide_one(&l, &c).await, proceed(2));
+    let d = delivery(&report(&l, "s1").await, &c.key).clone();
+    assert_eq!((d.status, d.attempts), (Status::InFlight, 2));
+    assert_eq!(d.error.as_deref(), Some("503 Service Unavailable"));
+
+    // A permanent failure is final and records the downstream's error.
+    let mut dead = finish(&c, Status::DeadLettered);
+    dead.error_class = Some("permanent".into());
+    dead.error = Some("400 invalid subscription type".into());
+    l.finish(&[dead]).await.unwrap();
+    assert_eq!(
+        decide_one(&l, &c).await,
+        Decision::Duplicate {
+            status: Status::DeadLettered
+        }
+    );
+    let d = delivery(&report(&l, "s1").await, &c.key).clone();
+    assert_eq!((d.status, d.attempts), (Status::DeadLettered, 2));
+    assert_eq!(d.error_class.as_deref(), Some("permanent"));
+    assert_eq!(d.error.as_deref(), Some("400 invalid subscription type"));
+
+    // A successful finish after a failure clears the error.
+    l.finish(&[finish(&c, Status::Applied)]).await.unwrap();
+    let d = delivery(&report(&l, "s1").await, &c.key).clone();
+    assert_eq!(
+        (d.status, d.error_class, d.error),
+        (Status::Applied, None, None)
+    );
+}
+
+fn record(subject: &str, kind: &str, purposes: &[&str], at: i64, offset: i64) -> ConsentRecord {
+    ConsentRecord {
+        event_id: Uuid::new_v4(),
+        subject_id: subject.into(),
+        kind: kind.into(),
+        purposes: purposes.iter().map(|p| p.to_string()).collect(),
+        occurred_at_ms: at,
+        source: "web-form".into(),
+        notice_version: Some("2025-01".into()),
+        email_sha256: Some("a".repeat(64)),
+        topic: "consent.events".into(),
+        partition: 3,
+        offset,
+    }
+}
+
+async fn consent_log_is_idempotent(url: &str) {
+    let l = open(url).await.unwrap();
+    let grant = record(
+        "s1",
+        "ConsentGranted",
+        &[NEWSLETTER, "ads,partner"],
+        200,
+        10,
+    );
+    let mut unsubscribe = record("s1", "Unsubscribed", &["*"], 100, 11);
+    unsubscribe.notice_version = None;
+    unsubscribe.email_sha256 = None;
+
+    l.log_events(std::slice::from_ref(&grant)).await.unwrap();
+    // The same event again (a redelivery, here with different details) leaves the first entry.
+    let mut again = grant.clone();
+    again.kind = "ConsentWithdrawn".into();
+    again.offset = 99;
+    l.log_events(&[again, unsubscribe.clone()]).await.unwrap();
+    l.log_events(std::slice::from_ref(&unsubscribe))
+        .await
+        .unwrap();
+
+    let r = report(&l, "s1").await;
+    // Ordered by occurred_at, not by arrival.
+    assert_eq!(
+        format!("{:?}", r.consent_log),
+        format!("{:?}", [unsubscribe, grant])
+    );
+}
+
+fn rejection(sink: &str, offset: i64, subject: Option<&str>, code: &str) -> Rejection {
+    Rejection {
+        sink: sink.into(),
+        topic: "consent.events".into(),
+        partition: 1,
+        offset,
+        event_id: subject.map(|_| Uuid::new_v4()),
+        subject_id: subject.map(str::to_owned),
+        code: code.into(),
+        message: format!("{code} at offset {offset}"),
+    }
+}
+
+async fn rejections_are_recorded_once(url: &str) {
+    let l = open(url).await.unwrap();
+    let first = rejection(HUBSPOT, 7, Some("s1"), "invalid_email");
+    let mut same_position = rejection(HUBSPOT, 7, Some("s1"), "unknown_schema");
+    same_position.message = "a replay must not overwrite the first record".into();
+    let other_sink = rejection("meta", 7, Some("s1"), "invalid_email");
+    let undecodable = rejection(HUBSPOT, 8, None, "undecodable");
+
+    l.record_rejections(std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    l.record_rejections(&[same_position, other_sink.clone(), undecodable])
+        .await
+        .unwrap();
+
+    let r = report(&l, "s1").await;
+    let mut got: Vec<String> = r.rejections.iter().map(|x| format!("{x:?}")).collect();
+    got.sort();
+    let mut want = vec![format!("{first:?}"), format!("{other_sink:?}")];
+    want.sort();
+    assert_eq!(got, want);
+}
+
+async fn subject_report_holds_only_that_subject_in_order(url: &str) {
+    let l = open(url).await.unwrap();
+    let mine = record("me", "ConsentGranted", &[NEWSLETTER], 100, 1);
+    let theirs = record("them", "ConsentGranted", &[NEWSLETTER], 100, 2);
+    l.log_events(&[mine.clone(), theirs.clone()]).await.unwrap();
+
+    let c_news = claim(mine.event_id, HUBSPOT, NEWSLETTER, "me", Action::Grant, 100);
+    let c_list = claim(
+        mine.event_id,
+        "newsletter_list",
+        NEWSLETTER,
+        "me",
+        Action::Grant,
+        100,
+    );
+    let c_them = claim(
+        theirs.event_id,
+        HUBSPOT,
+        NEWSLETTER,
+        "them",
+        Action::Grant,
+        100,
+    );
+    assert_eq!(
+        decide(&l, &[c_list.clone(), c_them.clone()]).await,
+        [proceed(1), proceed(1)]
+    );
+    // Distinct update times, so the delivery order is observable.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(decide_one(&l, &c_news).await, proceed(1));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    l.finish(&[finish(&c_list, Status::Applied)]).await.unwrap();
+    let rej = rejection(HUBSPOT, 50, Some("me"), "invalid_email");
+    l.record_rejections(&[
+        rej.clone(),
+        rejection(HUBSPOT, 51, Some("them"), "invalid_email"),
+    ])
+    .await
+    .unwrap();
+
+    let r = report(&l, "me").await;
+    assert_eq!(format!("{:?}", r.consent_log), format!("{:?}", [mine]));
+    let keys: Vec<_> = r.deliveries.iter().map(|d| (&d.key, d.status)).collect();
+    assert_eq!(
+        keys,
+        [
+            (&c_news.key, Status::InFlight),
+            (&c_list.key, Status::Applied)
+        ],
+        "deliveries by last update"
+    );
+    assert!(r
+        .deliveries
+        .windows(2)
+        .all(|w| w[0].updated_at_ms <= w[1].updated_at_ms));
+    // By sink, then target.
+    assert_eq!(r.state, [state_of(&c_news), state_of(&c_list)]);
+    assert_eq!(format!("{:?}", r.rejections), format!("{:?}", [rej]));
+
+    let nobody = report(&l, "nobody").await;
+    assert!(nobody.consent_log.is_empty() && nobody.deliveries.is_empty());
+    assert!(nobody.state.is_empty() && nobody.rejections.is_empty());
+}
+
+async fn migrations_are_idempotent(url: &str) {
+    // Two instances starting at once on a new database, then a restart.
+    let (a, b) = tokio::join!(open(url), open(url));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.applied_migrations().await.unwrap(), [1]);
+    assert_eq!(b.applied_migrations().await.unwrap(), [1]);
+
+    let c = fresh("s1", NEWSLETTER, Action::Grant, 100);
+    assert_eq!(decide_one(&a, &c).await, proceed(1));
+    a.close().await;
+    b.close().await;
+
+    let reopened = open(url).await.unwrap();
+    assert_eq!(reopened.applied_migrations().await.unwrap(), [1]);
+    assert_eq!(
+        decide(&reopened, &[c]).await,
+        [proceed(2)],
+        "data survives a reopen"
+    );
+}
+
+/// One claim as seen by the task that made it.
+#[derive(Debug, Clone)]
+struct Observed {
+    event_id: Uuid,
+    version: (i64, Action),
+    decision: Decision,
+    started: Instant,
+    ended: Instant,
+}
+
+/// Two instances (two pools) race conflicting versions of one (subject, target, sink): grants at
+/// even and withdrawals at odd timestamps, each task in its own scrambled order. Whatever the
+/// interleaving, the newest version must win, and no claim may proceed after an equal-or-newer
+/// one has already proceeded.
+async fn concurrent_claims_keep_the_newest_version(url: &str) {
+    const ROUNDS: i64 = 15;
+    const PER_TASK: i64 = 10;
+    let ledgers = [
+        Arc::new(open(url).await.unwrap()),
+        Arc::new(open(url).await.unwrap()),
+    ];
+    let mut superseded_total = 0;
+
+    for round in 0..ROUNDS {
+        let subject = format!("race-{round}");
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let tasks: Vec<_> = (0..2_i64)
+            .map(|parity| {
+                let ledger = ledgers[parity as usize].clone();
+                let barrier = barrier.clone();
+                let subject = subject.clone();
+                tokio::spawn(async move {
+                    let action = if parity == 0 {
+                        Action::Grant
+                    } else {
+                        Action::Withdraw
+                    };
+                    barrier.wait().await;
+                    let mut seen = Vec::new();
+                    for i in 0..PER_TASK {
+                        // 7 is coprime with PER_TASK, so this visits every slot once.
+                        let slot = (i * 7 + round * 3 + parity * 5) % PER_TASK;
+                        let at = 1_000 + 2 * slot + parity;
+                        let c = fresh(&subject, NEWSLETTER, action, at);
+                        let started = Instant::now();
+                        let decision = ledger.claim(std::slice::from_ref(&c)).await.unwrap();
+                        seen.push(Observed {
+                            event_id: c.key.event_id,
+                            version: (at, action),
+                            decision: decision[0].clone(),
+                            started,
+                            ended: Instant::now(),
+                        });
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+
+        let newest = all.iter().max_by_key(|o| o.version).unwrap();
+        assert_eq!(
+            newest.decision,
+            proceed(1),
+            "the newest version always proceeds"
+        );
+        let r = ledgers[0].subject_report(&subject).await.unwrap();
+        assert_eq!(r.state.len(), 1);
+        assert_eq!(
+            (r.state[0].event_id, r.state[0].occurred_at_ms),
+            (newest.event_id, newest.version.0),
+            "final state must be the newest version"
+        );
+
+        let proceeded: Vec<_> = all.iter().filter(|o| o.decision == proceed(1)).collect();
+        for earlier in &proceeded {
+            for later in &proceeded {
+                if earlier.ended < later.started {
+                    assert!(
+                        later.version > earlier.version,
+                        "{later:?} proceeded after the newer {earlier:?} had"
+                    );
+                }
+            }
+        }
+        for o in &all {
+            let expected_status = match &o.decision {
+                Decision::Proceed { .. } => Status::InFlight,
+                Decision::Superseded { by } => {
+                    superseded_total += 1;
+                    let winner = all.iter().find(|w| w.event_id == *by).expect("known event");
+                    assert!(
+                        winner.version > o.version,
+                        "{o:?} superseded by older {winner:?}"
+                    );
+                    assert_eq!(winner.decision, proceed(1), "superseded by a non-winner");
+                    assert!(winner.started < o.ended);
+                    Status::Superseded
+                }
+                Decision::Duplicate { .. } => panic!("fresh events cannot be duplicates: {o:?}"),
+            };
+            let key = DeliveryKey {
+                event_id: o.event_id,
+                sink: HUBSPOT.into(),
+                target: NEWSLETTER.into(),
+            };
+            assert_eq!(delivery(&r, &key).status, expected_status);
+        }
+    }
+    // Scrambled orders make some claims arrive after newer ones in every round.
+    assert!(superseded_total > 0);
+}
