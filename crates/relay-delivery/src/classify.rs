@@ -1,0 +1,120 @@
+use std::time::{Duration, SystemTime};
+
+use crate::Outcome;
+
+/// Maps an HTTP status to an outcome (STYLE.md §4): 2xx applied; 408, 429 and 5xx other than 501
+/// retryable; every other status permanent. `retry_after` is the raw `Retry-After` header.
+/// `detail` is the downstream's own error text, kept for the ledger and the DLQ.
+pub fn classify_status(
+    status: u16,
+    retry_after: Option<&str>,
+    detail: impl Into<String>,
+) -> Outcome {
+    match status {
+        200..=299 => Outcome::Applied,
+        408 | 429 | 500 | 502..=599 => Outcome::Retryable {
+            after: retry_after.and_then(|v| parse_retry_after(v, SystemTime::now())),
+            reason: format!("HTTP {status}: {}", detail.into()),
+        },
+        _ => Outcome::Permanent {
+            reason: format!("HTTP {status}: {}", detail.into()),
+        },
+    }
+}
+
+/// Maps a transport error (no HTTP status) to an outcome: timeouts and connection failures are
+/// retryable; a request we could not even build is permanent.
+pub fn classify_transport(err: &reqwest::Error) -> Outcome {
+    if err.is_builder() {
+        Outcome::permanent(format!("request could not be built: {err}"))
+    } else {
+        // Timeouts, refused or reset connections, broken bodies: the downstream may be fine a
+        // moment later.
+        Outcome::retryable(format!("transport error: {err}"))
+    }
+}
+
+/// Parses `Retry-After` (RFC 9110 §10.2.3): delta-seconds or an HTTP-date. A date in the past
+/// means "now" (zero); anything unparsable is ignored.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(status: u16) -> &'static str {
+        classify_status(status, None, "x").class()
+    }
+
+    #[test]
+    fn statuses_map_to_classes() {
+        for s in [200, 201, 204, 207] {
+            assert_eq!(class(s), "applied", "{s}");
+        }
+        for s in [408, 429, 500, 502, 503, 504, 599] {
+            assert_eq!(class(s), "retryable", "{s}");
+        }
+        for s in [400, 401, 403, 404, 409, 410, 422, 501] {
+            assert_eq!(class(s), "permanent", "{s}");
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_and_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-1", now), None);
+    }
+
+    #[test]
+    fn retry_after_is_carried_on_429() {
+        match classify_status(429, Some("3"), "slow down") {
+            Outcome::Retryable { after, reason } => {
+                assert_eq!(after, Some(Duration::from_secs(3)));
+                assert!(reason.contains("slow down"));
+            }
+            other => panic!("expected retryable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn worst_outcome_decides() {
+        let r = Outcome::retryable("r");
+        assert_eq!(
+            Outcome::Applied.worst(Outcome::AlreadyApplied),
+            Outcome::Applied
+        );
+        assert_eq!(Outcome::AlreadyApplied.worst(r.clone()), r);
+        assert_eq!(
+            r.clone().worst(Outcome::permanent("p")),
+            Outcome::permanent("p")
+        );
+        let late = Outcome::Retryable {
+            after: Some(Duration::from_secs(5)),
+            reason: "b".into(),
+        };
+        match r.worst(late) {
+            Outcome::Retryable { after, .. } => assert_eq!(after, Some(Duration::from_secs(5))),
+            other => panic!("{other:?}"),
+        }
+    }
+}
