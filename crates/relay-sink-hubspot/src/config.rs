@@ -1,0 +1,294 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// HubSpot's own batch limit is undocumented (api-notes §1c); its legacy v1 batch endpoint caps at
+/// 1000, so a larger value is surely a typo.
+const MAX_INPUTS_CEILING: usize = 1000;
+
+/// The `[sinks.hubspot]` section of the config file.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubSpotConfig {
+    /// Where the HubSpot API lives; tests and the demo point this at a fake.
+    #[serde(default = "default_base_url")]
+    pub base_url: String,
+    /// Private-app or OAuth access token, sent as `Authorization: Bearer <token>`. Normally left out
+    /// of the file: the binary fills it from `CONSENT_RELAY_HUBSPOT_TOKEN`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Most inputs sent in one v4 batch call. HubSpot does not document its limit; public clients
+    /// use 100.
+    #[serde(default = "default_max_inputs_per_request")]
+    pub max_inputs_per_request: usize,
+    /// Timeout of one HTTP request, connection included, in milliseconds.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Consent purpose name → the HubSpot subscription types it stands for.
+    #[serde(default)]
+    pub purposes: BTreeMap<String, PurposeConfig>,
+}
+
+/// How one consent purpose maps onto HubSpot email subscription types.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurposeConfig {
+    /// The subscription type ids (Settings → Marketing → Email → Subscription types) that a grant
+    /// subscribes to and a withdrawal unsubscribes from. At least one.
+    pub subscription_ids: Vec<i64>,
+    /// The GDPR legal basis HubSpot records with each status change.
+    #[serde(default)]
+    pub legal_basis: LegalBasis,
+    /// Human-readable proof text recorded with each status change; the event's notice version is
+    /// appended to it.
+    pub legal_basis_explanation: String,
+}
+
+/// HubSpot's `legalBasis` values (api-notes §1b), spelled as HubSpot spells them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LegalBasis {
+    #[default]
+    ConsentWithNotice,
+    LegitimateInterestClient,
+    LegitimateInterestOther,
+    LegitimateInterestPql,
+    NonGdpr,
+    PerformanceOfContract,
+    ProcessAndStore,
+}
+
+/// One thing wrong with a [`HubSpotConfig`], named by its key within the sink's section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a [`crate::HubSpotSink`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid HubSpot sink config: {}", join(.0))]
+    Invalid(Vec<ConfigProblem>),
+    #[error("could not build the HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+fn join(problems: &[ConfigProblem]) -> String {
+    problems
+        .iter()
+        .map(ConfigProblem::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn default_base_url() -> String {
+    "https://api.hubapi.com".to_owned()
+}
+
+fn default_max_inputs_per_request() -> usize {
+    100
+}
+
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+
+impl Default for HubSpotConfig {
+    fn default() -> Self {
+        HubSpotConfig {
+            base_url: default_base_url(),
+            token: None,
+            max_inputs_per_request: default_max_inputs_per_request(),
+            request_timeout_ms: default_request_timeout_ms(),
+            purposes: BTreeMap::new(),
+        }
+    }
+}
+
+impl HubSpotConfig {
+    /// Checks everything that can be checked without calling HubSpot and reports all problems at
+    /// once, so that one start attempt shows every mistake.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: &str| {
+            problems.push(ConfigProblem {
+                key: key.to_owned(),
+                message: message.to_owned(),
+            })
+        };
+
+        match reqwest::Url::parse(&self.base_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            Ok(_) => problem("base_url", "must be an http or https URL"),
+            Err(_) => problem("base_url", "is not a URL"),
+        }
+        if self.token.as_deref().is_none_or(|t| t.trim().is_empty()) {
+            problem(
+                "token",
+                "missing; set CONSENT_RELAY_HUBSPOT_TOKEN to a private-app access token",
+            );
+        }
+        if self.max_inputs_per_request == 0 || self.max_inputs_per_request > MAX_INPUTS_CEILING {
+            problem(
+                "max_inputs_per_request",
+                &format!("must be between 1 and {MAX_INPUTS_CEILING}"),
+            );
+        }
+        if self.request_timeout_ms == 0 {
+            problem("request_timeout_ms", "must be greater than 0");
+        }
+        for (name, purpose) in &self.purposes {
+            let key = |field: &str| format!("purposes.{name}.{field}");
+            if purpose.subscription_ids.is_empty() {
+                problem(
+                    &key("subscription_ids"),
+                    "must name at least one subscription type",
+                );
+            }
+            if purpose.subscription_ids.iter().any(|id| *id <= 0) {
+                problem(&key("subscription_ids"), "ids must be positive");
+            }
+            let distinct: BTreeSet<_> = purpose.subscription_ids.iter().collect();
+            if distinct.len() != purpose.subscription_ids.len() {
+                problem(&key("subscription_ids"), "contains duplicates");
+            }
+            // HubSpot requires the explanation alongside the legal basis in GDPR-enabled portals.
+            if purpose.legal_basis_explanation.trim().is_empty() {
+                problem(&key("legal_basis_explanation"), "must not be empty");
+            }
+        }
+
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+// Hand-written so that the token can never reach a log line.
+impl fmt::Debug for HubSpotConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubSpotConfig")
+            .field("base_url", &self.base_url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("max_inputs_per_request", &self.max_inputs_per_request)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("purposes", &self.purposes)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<HubSpotConfig, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = parse(r#"{"token":"t"}"#).unwrap();
+        assert_eq!(c.base_url, "https://api.hubapi.com");
+        assert_eq!(c.max_inputs_per_request, 100);
+        assert_eq!(c.request_timeout_ms, 10_000);
+        assert!(c.purposes.is_empty());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn purpose_with_default_legal_basis() {
+        let c = parse(
+            r#"{"token":"t","purposes":{"newsletter":{
+                "subscription_ids":[12345],"legal_basis_explanation":"Signed up via web form"}}}"#,
+        )
+        .unwrap();
+        let p = &c.purposes["newsletter"];
+        assert_eq!(p.legal_basis, LegalBasis::ConsentWithNotice);
+        assert_eq!(p.subscription_ids, vec![12345]);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn legal_basis_uses_hubspot_spelling() {
+        let b: LegalBasis = serde_json::from_str(r#""LEGITIMATE_INTEREST_PQL""#).unwrap();
+        assert_eq!(b, LegalBasis::LegitimateInterestPql);
+        assert_eq!(
+            serde_json::to_string(&LegalBasis::PerformanceOfContract).unwrap(),
+            r#""PERFORMANCE_OF_CONTRACT""#
+        );
+        assert!(serde_json::from_str::<LegalBasis>(r#""consent""#).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = parse(r#"{"token":"t","batch_size":10}"#).unwrap_err();
+        assert!(err.to_string().contains("batch_size"), "{err}");
+        let err = parse(
+            r#"{"purposes":{"p":{"subscription_ids":[1],"legal_basis_explanation":"x","id":2}}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("`id`"), "{err}");
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let c = parse(
+            r#"{"base_url":"ftp://x","max_inputs_per_request":0,"request_timeout_ms":0,
+                "purposes":{"news":{"subscription_ids":[],"legal_basis_explanation":" "},
+                            "ads":{"subscription_ids":[7,7,-1],"legal_basis_explanation":"ok"}}}"#,
+        )
+        .unwrap();
+        let Err(ConfigError::Invalid(problems)) = c.validate() else {
+            panic!("expected problems");
+        };
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "base_url",
+                "token",
+                "max_inputs_per_request",
+                "request_timeout_ms",
+                "purposes.ads.subscription_ids",
+                "purposes.ads.subscription_ids",
+                "purposes.news.subscription_ids",
+                "purposes.news.legal_basis_explanation",
+            ]
+        );
+    }
+
+    #[test]
+    fn batch_limit_above_ceiling_is_rejected() {
+        let c = HubSpotConfig {
+            token: Some("t".into()),
+            max_inputs_per_request: 1001,
+            ..HubSpotConfig::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("max_inputs_per_request: must be between 1 and 1000"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn debug_redacts_the_token() {
+        let c = HubSpotConfig {
+            token: Some("pat-eu1-secret".into()),
+            ..HubSpotConfig::default()
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+}

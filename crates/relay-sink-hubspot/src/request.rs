@@ -1,0 +1,535 @@
+use std::collections::{BTreeSet, HashMap};
+
+use relay_delivery::{Outcome, SinkItem, Target};
+use relay_events::{normalize, Action};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::config::{HubSpotConfig, LegalBasis};
+
+/// Sets subscription statuses for many (contact, subscription type) pairs (api-notes §1c).
+pub const BATCH_WRITE_PATH: &str = "/communication-preferences/v4/statuses/batch/write";
+/// Opts contacts out of all email (api-notes §1c). `channel` is documented for the single-contact
+/// variant only; sending it here too is harmless.
+pub const UNSUBSCRIBE_ALL_PATH: &str =
+    "/communication-preferences/v4/statuses/batch/unsubscribe-all?channel=EMAIL";
+/// Permanently deletes a contact and blocklists its address (api-notes §1e).
+pub const GDPR_DELETE_PATH: &str = "/crm/v3/objects/contacts/gdpr-delete";
+
+/// The status a batch-write input asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StatusState {
+    Subscribed,
+    Unsubscribed,
+}
+
+/// One input of a v4 batch write, serialized exactly as HubSpot expects it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusInput {
+    /// Index of the item this input serves; never sent.
+    #[serde(skip)]
+    pub item: usize,
+    /// The normalized email address.
+    pub subscriber_id_string: String,
+    pub channel: &'static str,
+    pub status_state: StatusState,
+    pub subscription_id: i64,
+    pub legal_basis: LegalBasis,
+    pub legal_basis_explanation: String,
+}
+
+/// A contact addressed by normalized email, and the item that asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactRef {
+    pub item: usize,
+    pub email: String,
+}
+
+/// One HTTP request to HubSpot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    BatchWrite(Vec<StatusInput>),
+    UnsubscribeAll(Vec<ContactRef>),
+    GdprDelete(ContactRef),
+}
+
+impl Call {
+    /// Path and query, relative to the configured base URL.
+    pub fn path(&self) -> &'static str {
+        match self {
+            Call::BatchWrite(_) => BATCH_WRITE_PATH,
+            Call::UnsubscribeAll(_) => UNSUBSCRIBE_ALL_PATH,
+            Call::GdprDelete(_) => GDPR_DELETE_PATH,
+        }
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        match self {
+            Call::BatchWrite(inputs) => json!({ "inputs": inputs }),
+            Call::UnsubscribeAll(contacts) => {
+                json!({ "inputs": contacts.iter().map(|c| &c.email).collect::<Vec<_>>() })
+            }
+            Call::GdprDelete(contact) => {
+                json!({ "objectId": contact.email, "idProperty": "email" })
+            }
+        }
+    }
+
+    /// `(item, email)` of every input, in request order.
+    pub fn inputs(&self) -> Vec<(usize, &str)> {
+        match self {
+            Call::BatchWrite(inputs) => inputs
+                .iter()
+                .map(|i| (i.item, i.subscriber_id_string.as_str()))
+                .collect(),
+            Call::UnsubscribeAll(contacts) => contacts
+                .iter()
+                .map(|c| (c.item, c.email.as_str()))
+                .collect(),
+            Call::GdprDelete(c) => vec![(c.item, c.email.as_str())],
+        }
+    }
+
+    /// Keeps only the inputs whose email passes `keep`; returns whether any input is left.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) -> bool {
+        match self {
+            Call::BatchWrite(inputs) => {
+                inputs.retain(|i| keep(&i.subscriber_id_string));
+                !inputs.is_empty()
+            }
+            Call::UnsubscribeAll(contacts) => {
+                contacts.retain(|c| keep(&c.email));
+                !contacts.is_empty()
+            }
+            Call::GdprDelete(c) => keep(&c.email),
+        }
+    }
+}
+
+/// What to do for a batch of items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Per item: the outcome already known without asking HubSpot (no email, nothing configured),
+    /// or `None` when the item has at least one input in `calls`.
+    pub settled: Vec<Option<Outcome>>,
+    /// Requests in the order they must be sent. Two changes to the same contact keep their item
+    /// order: the later one is in a later call.
+    pub calls: Vec<Call>,
+}
+
+/// Turns items into HubSpot requests, at most `max_inputs_per_request` inputs per batch call.
+pub fn plan(items: &[SinkItem], config: &HubSpotConfig) -> Plan {
+    let mut builder = Builder::new(config.max_inputs_per_request);
+    let mut settled = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        settled.push(plan_item(index, item, config, &mut builder).err());
+    }
+    Plan {
+        settled,
+        calls: builder.finish(),
+    }
+}
+
+/// Adds `item`'s inputs to `builder`, or says why the item needs no request.
+fn plan_item(
+    index: usize,
+    item: &SinkItem,
+    config: &HubSpotConfig,
+    builder: &mut Builder,
+) -> Result<(), Outcome> {
+    let email = item
+        .event
+        .contact
+        .email
+        .as_deref()
+        .map(normalize::email)
+        .filter(|e| !e.is_empty())
+        .ok_or_else(|| Outcome::permanent("event has no email"))?;
+    match (item.action, &item.target) {
+        (Action::Grant | Action::Withdraw, Target::Purpose(name)) => {
+            let purpose = config.purposes.get(name).ok_or_else(|| {
+                Outcome::permanent(format!(
+                    "purpose {name:?} has no HubSpot subscription types configured"
+                ))
+            })?;
+            let status_state = match item.action {
+                Action::Grant => StatusState::Subscribed,
+                _ => StatusState::Unsubscribed,
+            };
+            // The notice version makes HubSpot's own record a proof of which text was consented to.
+            let legal_basis_explanation = match item.event.notice_version.as_deref() {
+                Some(v) if !v.is_empty() => {
+                    format!("{} (notice {v})", purpose.legal_basis_explanation)
+                }
+                _ => purpose.legal_basis_explanation.clone(),
+            };
+            for &subscription_id in &purpose.subscription_ids {
+                builder.write(StatusInput {
+                    item: index,
+                    subscriber_id_string: email.clone(),
+                    channel: "EMAIL",
+                    status_state,
+                    subscription_id,
+                    legal_basis: purpose.legal_basis,
+                    legal_basis_explanation: legal_basis_explanation.clone(),
+                });
+            }
+            Ok(())
+        }
+        (Action::Withdraw, Target::All) => {
+            builder.unsubscribe_all(ContactRef { item: index, email });
+            Ok(())
+        }
+        // Erasure is of the whole contact whatever the target says: HubSpot cannot erase a part.
+        (Action::Erase, _) => {
+            builder.gdpr_delete(ContactRef { item: index, email });
+            Ok(())
+        }
+        (Action::Grant, Target::All) => Err(Outcome::permanent(
+            "a grant must name a purpose; HubSpot has no subscribe-to-all",
+        )),
+    }
+}
+
+/// What the open segment already does to one contact.
+enum Touch {
+    /// Status writes for these subscription types.
+    Subscriptions(BTreeSet<i64>),
+    /// An unsubscribe-all or a GDPR delete.
+    WholeContact,
+}
+
+/// Packs inputs into calls. Calls are built in segments: within one segment no contact is touched
+/// by two different operations, nor twice for the same subscription type, so the segment's calls
+/// commute. An input that would break that closes the segment, which keeps each contact's changes
+/// in item order even though HubSpot does not promise any order inside one batch.
+struct Builder {
+    limit: usize,
+    calls: Vec<Call>,
+    write: Vec<StatusInput>,
+    unsubscribe: Vec<ContactRef>,
+    touched: HashMap<String, Touch>,
+}
+
+impl Builder {
+    fn new(limit: usize) -> Self {
+        Builder {
+            limit,
+            calls: Vec::new(),
+            write: Vec::new(),
+            unsubscribe: Vec::new(),
+            touched: HashMap::new(),
+        }
+    }
+
+    fn write(&mut self, input: StatusInput) {
+        let id = input.subscription_id;
+        let conflict = match self.touched.get(&input.subscriber_id_string) {
+            None => false,
+            Some(Touch::Subscriptions(ids)) => ids.contains(&id),
+            Some(Touch::WholeContact) => true,
+        };
+        if conflict {
+            self.close_segment();
+        }
+        // After a conflict the segment is new, so the contact has no whole-contact touch here.
+        if let Touch::Subscriptions(ids) = self
+            .touched
+            .entry(input.subscriber_id_string.clone())
+            .or_insert_with(|| Touch::Subscriptions(BTreeSet::new()))
+        {
+            ids.insert(id);
+        }
+        self.write.push(input);
+        if self.write.len() == self.limit {
+            self.calls
+                .push(Call::BatchWrite(std::mem::take(&mut self.write)));
+        }
+    }
+
+    fn unsubscribe_all(&mut self, contact: ContactRef) {
+        if self.touched.contains_key(&contact.email) {
+            self.close_segment();
+        }
+        self.touched
+            .insert(contact.email.clone(), Touch::WholeContact);
+        self.unsubscribe.push(contact);
+        if self.unsubscribe.len() == self.limit {
+            self.calls
+                .push(Call::UnsubscribeAll(std::mem::take(&mut self.unsubscribe)));
+        }
+    }
+
+    fn gdpr_delete(&mut self, contact: ContactRef) {
+        if self.touched.contains_key(&contact.email) {
+            self.close_segment();
+        }
+        self.touched
+            .insert(contact.email.clone(), Touch::WholeContact);
+        self.calls.push(Call::GdprDelete(contact));
+    }
+
+    fn close_segment(&mut self) {
+        if !self.write.is_empty() {
+            self.calls
+                .push(Call::BatchWrite(std::mem::take(&mut self.write)));
+        }
+        if !self.unsubscribe.is_empty() {
+            self.calls
+                .push(Call::UnsubscribeAll(std::mem::take(&mut self.unsubscribe)));
+        }
+        self.touched.clear();
+    }
+
+    fn finish(mut self) -> Vec<Call> {
+        self.close_segment();
+        self.calls
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use relay_events::{ConsentEvent, Contact, EventKind, Scope};
+
+    use super::*;
+    use crate::config::PurposeConfig;
+
+    fn config(limit: usize) -> HubSpotConfig {
+        let mut c = HubSpotConfig {
+            token: Some("t".into()),
+            max_inputs_per_request: limit,
+            ..HubSpotConfig::default()
+        };
+        c.purposes.insert(
+            "newsletter".into(),
+            PurposeConfig {
+                subscription_ids: vec![11, 22],
+                legal_basis: LegalBasis::ConsentWithNotice,
+                legal_basis_explanation: "Web form opt-in".into(),
+            },
+        );
+        c.purposes.insert(
+            "events".into(),
+            PurposeConfig {
+                subscription_ids: vec![33],
+                legal_basis: LegalBasis::LegitimateInterestClient,
+                legal_basis_explanation: "Customer events".into(),
+            },
+        );
+        c
+    }
+
+    fn item(email: Option<&str>, action: Action, target: Target) -> SinkItem {
+        let kind = match (action, &target) {
+            (Action::Grant, _) => EventKind::ConsentGranted,
+            (Action::Withdraw, Target::All) => EventKind::Unsubscribed,
+            (Action::Withdraw, _) => EventKind::ConsentWithdrawn,
+            (Action::Erase, _) => EventKind::ErasureRequested,
+        };
+        let scope = match &target {
+            Target::Purpose(p) => Scope::Purposes(vec![p.clone()]),
+            Target::All => Scope::All,
+        };
+        SinkItem {
+            event: Arc::new(ConsentEvent {
+                event_id: uuid::Uuid::new_v4(),
+                kind,
+                subject_id: "subj-1".into(),
+                occurred_at_ms: 1_700_000_000_000,
+                source: "web-form".into(),
+                notice_version: Some("2026-01".into()),
+                scope,
+                contact: Contact {
+                    email: email.map(str::to_owned),
+                    ..Contact::default()
+                },
+            }),
+            action,
+            target,
+        }
+    }
+
+    fn purpose(p: &str) -> Target {
+        Target::Purpose(p.into())
+    }
+
+    #[test]
+    fn grant_writes_one_subscribed_input_per_subscription_type() {
+        let plan = plan(
+            &[item(
+                Some(" Max@Example.DE "),
+                Action::Grant,
+                purpose("newsletter"),
+            )],
+            &config(100),
+        );
+        assert_eq!(plan.settled, vec![None]);
+        assert_eq!(plan.calls.len(), 1);
+        assert_eq!(plan.calls[0].path(), BATCH_WRITE_PATH);
+        assert_eq!(
+            plan.calls[0].body(),
+            json!({"inputs": [
+                {"subscriberIdString": "max@example.de", "channel": "EMAIL",
+                 "statusState": "SUBSCRIBED", "subscriptionId": 11,
+                 "legalBasis": "CONSENT_WITH_NOTICE",
+                 "legalBasisExplanation": "Web form opt-in (notice 2026-01)"},
+                {"subscriberIdString": "max@example.de", "channel": "EMAIL",
+                 "statusState": "SUBSCRIBED", "subscriptionId": 22,
+                 "legalBasis": "CONSENT_WITH_NOTICE",
+                 "legalBasisExplanation": "Web form opt-in (notice 2026-01)"},
+            ]})
+        );
+    }
+
+    #[test]
+    fn withdraw_writes_unsubscribed_with_the_purposes_legal_basis() {
+        let mut it = item(Some("a@b.de"), Action::Withdraw, purpose("events"));
+        Arc::get_mut(&mut it.event).unwrap().notice_version = None;
+        let plan = plan(&[it], &config(100));
+        assert_eq!(
+            plan.calls[0].body(),
+            json!({"inputs": [
+                {"subscriberIdString": "a@b.de", "channel": "EMAIL",
+                 "statusState": "UNSUBSCRIBED", "subscriptionId": 33,
+                 "legalBasis": "LEGITIMATE_INTEREST_CLIENT",
+                 "legalBasisExplanation": "Customer events"},
+            ]})
+        );
+    }
+
+    #[test]
+    fn global_unsubscribe_and_erasure() {
+        let plan = plan(
+            &[
+                item(Some("A@b.de"), Action::Withdraw, Target::All),
+                item(Some("c@d.de"), Action::Withdraw, Target::All),
+                item(Some("E@f.de"), Action::Erase, Target::All),
+                item(Some("g@h.de"), Action::Erase, Target::All),
+            ],
+            &config(100),
+        );
+        assert_eq!(plan.settled, vec![None; 4]);
+        let shapes: Vec<_> = plan.calls.iter().map(|c| (c.path(), c.body())).collect();
+        assert_eq!(
+            shapes,
+            vec![
+                (
+                    GDPR_DELETE_PATH,
+                    json!({"objectId": "e@f.de", "idProperty": "email"})
+                ),
+                (
+                    GDPR_DELETE_PATH,
+                    json!({"objectId": "g@h.de", "idProperty": "email"})
+                ),
+                (
+                    UNSUBSCRIBE_ALL_PATH,
+                    json!({"inputs": ["a@b.de", "c@d.de"]})
+                ),
+            ]
+        );
+        assert!(UNSUBSCRIBE_ALL_PATH.ends_with("?channel=EMAIL"));
+    }
+
+    #[test]
+    fn items_that_need_no_request_are_settled() {
+        let plan = plan(
+            &[
+                item(None, Action::Grant, purpose("newsletter")),
+                item(Some("  "), Action::Withdraw, Target::All),
+                item(Some("a@b.de"), Action::Grant, purpose("unknown")),
+                item(Some("a@b.de"), Action::Grant, Target::All),
+            ],
+            &config(100),
+        );
+        assert!(plan.calls.is_empty());
+        let reasons: Vec<_> = plan
+            .settled
+            .iter()
+            .map(|o| match o {
+                Some(Outcome::Permanent { reason }) => reason.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(reasons[0], "event has no email");
+        assert_eq!(reasons[1], "event has no email");
+        assert!(reasons[2].contains("\"unknown\""), "{}", reasons[2]);
+        assert!(reasons[3].contains("must name a purpose"), "{}", reasons[3]);
+    }
+
+    #[test]
+    fn batches_are_chunked_at_the_limit_and_remember_their_items() {
+        let items: Vec<_> = (0..5)
+            .map(|i| {
+                item(
+                    Some(&format!("u{i}@x.de")),
+                    Action::Grant,
+                    purpose("newsletter"),
+                )
+            })
+            .collect();
+        let plan = plan(&items, &config(4));
+        let sizes: Vec<_> = plan.calls.iter().map(|c| c.inputs().len()).collect();
+        assert_eq!(sizes, [4, 4, 2]);
+        let owners: Vec<_> = plan
+            .calls
+            .iter()
+            .flat_map(|c| c.inputs().into_iter().map(|(item, _)| item))
+            .collect();
+        assert_eq!(owners, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]);
+    }
+
+    #[test]
+    fn changes_to_one_contact_keep_their_order() {
+        let plan = plan(
+            &[
+                item(Some("a@b.de"), Action::Grant, purpose("newsletter")),
+                item(Some("other@b.de"), Action::Grant, purpose("events")),
+                item(Some("a@b.de"), Action::Withdraw, Target::All),
+                item(Some("a@b.de"), Action::Grant, purpose("events")),
+                item(Some("A@B.de"), Action::Withdraw, purpose("events")),
+                item(Some("a@b.de"), Action::Erase, Target::All),
+            ],
+            &config(100),
+        );
+        let calls: Vec<_> = plan
+            .calls
+            .iter()
+            .map(|c| {
+                (
+                    c.path(),
+                    c.inputs().iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            calls,
+            vec![
+                (BATCH_WRITE_PATH, vec![0, 0, 1]),
+                (UNSUBSCRIBE_ALL_PATH, vec![2]),
+                (BATCH_WRITE_PATH, vec![3]),
+                (BATCH_WRITE_PATH, vec![4]),
+                (GDPR_DELETE_PATH, vec![5]),
+            ]
+        );
+    }
+
+    #[test]
+    fn retain_drops_inputs_by_email() {
+        let mut call = plan(
+            &[
+                item(Some("a@b.de"), Action::Withdraw, Target::All),
+                item(Some("c@d.de"), Action::Withdraw, Target::All),
+            ],
+            &config(100),
+        )
+        .calls
+        .remove(0);
+        assert!(call.retain(|e| e != "a@b.de"));
+        assert_eq!(call.inputs(), vec![(1, "c@d.de")]);
+        assert!(!call.retain(|_| false));
+    }
+}

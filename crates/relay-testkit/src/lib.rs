@@ -1,0 +1,10 @@
+//! Test and demo support: fake downstream APIs (axum on 127.0.0.1:0) that follow the documented
+//! vendor APIs closely enough that a real account would accept the same requests, plus broker and
+//! ledger helpers so each test gets its own topics and database.
+//!
+//! Owns: fakes and fixtures. Must not: be a dependency of production code paths (only tests, benches
+//! and the demo's fake-downstreams binary use it).
+
+pub mod broker;
+pub mod hubspot;
+pub mod postgres;
