@@ -1,0 +1,560 @@
+//! One sink's consumer: read a batch, decide every event's fate, make it durable, then commit.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use relay_delivery::{Outcome, Sink, SinkItem};
+use relay_events::ConsentEvent;
+use relay_ledger::{
+    Claim, ConsentRecord, Decision, DeliveryKey, Finish, Ledger, Rejection, Status,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{BatchConfig, KafkaConfig, RetryConfig};
+use crate::dead_letter::DeadLetters;
+use crate::decode::{Decoder, Rejected};
+use crate::retry::RetrySchedule;
+use crate::route::{self, Routed, Routes};
+use crate::RuntimeError;
+
+/// Everything one sink's consumer needs.
+pub(crate) struct SinkWorker<L> {
+    pub kafka: KafkaConfig,
+    pub sink: Arc<dyn Sink>,
+    pub routes: Routes,
+    pub batch: BatchConfig,
+    pub retry: RetryConfig,
+    pub ledger: Arc<L>,
+    pub decoder: Decoder,
+    pub dead_letters: DeadLetters,
+    pub exit_when_idle: Option<Duration>,
+}
+
+/// The batch was given up because of shutdown; nothing past its start may be committed.
+struct Abandoned;
+
+struct Received {
+    msg: OwnedMessage,
+    decoded: Result<Arc<ConsentEvent>, Rejected>,
+}
+
+/// Where an item came from, for the DLQ and the logs.
+#[derive(Clone)]
+struct Origin {
+    index: usize,
+}
+
+impl<L: Ledger> SinkWorker<L> {
+    fn name(&self) -> &str {
+        self.sink.name()
+    }
+
+    fn create_consumer(&self) -> Result<StreamConsumer, RuntimeError> {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &self.kafka.bootstrap_servers)
+            .set("group.id", self.kafka.group_id(self.name()))
+            .set("client.id", format!("consent-relay.{}", self.name()))
+            // A new group must start at the beginning: skipping a withdrawal is the one thing we
+            // may never do.
+            .set("auto.offset.reset", "earliest")
+            // Offsets are stored and committed by us, after the ledger holds every outcome.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set(
+                "session.timeout.ms",
+                self.kafka.session_timeout_ms.to_string(),
+            )
+            .set(
+                "max.poll.interval.ms",
+                self.kafka.max_poll_interval_ms.to_string(),
+            );
+        for (k, v) in &self.kafka.properties {
+            cfg.set(k, v);
+        }
+        let consumer: StreamConsumer = cfg.create().map_err(RuntimeError::Kafka)?;
+        let topics: Vec<&str> = self.kafka.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(RuntimeError::Kafka)?;
+        Ok(consumer)
+    }
+
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), RuntimeError> {
+        let consumer = Arc::new(self.create_consumer()?);
+        info!(sink = self.name(), group = %self.kafka.group_id(self.name()), topics = ?self.kafka.topics, "consumer started");
+        let mut last_message = Instant::now();
+        let mut assigned_at = None;
+        loop {
+            let Some(batch) = self
+                .collect_batch(&consumer, &shutdown, &mut last_message, &mut assigned_at)
+                .await?
+            else {
+                break;
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            match self.process(&batch, &shutdown).await {
+                Ok(()) => self.commit(&consumer, &batch),
+                Err(Abandoned) => {
+                    info!(
+                        sink = self.name(),
+                        events = batch.len(),
+                        "shutdown: in-flight batch abandoned, not committed"
+                    );
+                    break;
+                }
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+        // The last commit was asynchronous; make it land before the group forgets us.
+        let c = consumer.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || c.commit_consumer_state(CommitMode::Sync)).await;
+        info!(sink = self.name(), "consumer stopped");
+        Ok(())
+    }
+
+    /// Waits for the first message, then collects more until the batch is full or its linger is
+    /// over. `None` means stop: shutdown, or idle long enough with `exit_when_idle`.
+    async fn collect_batch(
+        &self,
+        consumer: &StreamConsumer,
+        shutdown: &CancellationToken,
+        last_message: &mut Instant,
+        assigned_at: &mut Option<Instant>,
+    ) -> Result<Option<Vec<Received>>, RuntimeError> {
+        let idle_tick = Duration::from_millis(250);
+        let first = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                m = consumer.recv() => match m {
+                    Ok(m) => break m.detach(),
+                    Err(e) => {
+                        warn!(sink = self.name(), error = %e, "kafka consumer error");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+                _ = tokio::time::sleep(idle_tick), if self.exit_when_idle.is_some() => {
+                    let idle_for = self.exit_when_idle.unwrap_or_default();
+                    let assigned = consumer.assignment().map(|a| a.count() > 0).unwrap_or(false);
+                    // Idle time counts from the assignment on: before it, nothing could arrive.
+                    match *assigned_at {
+                        None if assigned => *assigned_at = Some(Instant::now()),
+                        Some(at) if assigned && at.max(*last_message).elapsed() >= idle_for => {
+                            info!(sink = self.name(), "idle: exiting as asked");
+                            return Ok(None);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        };
+        *last_message = Instant::now();
+        let mut batch = vec![self.receive(first, shutdown).await?];
+        let started = tokio::time::Instant::now();
+        let mut deadline = started + self.batch.linger();
+        let urgent = |r: &Received| matches!(&r.decoded, Ok(ev) if ev.action() != relay_events::Action::Grant);
+        if urgent(&batch[0]) {
+            deadline = deadline.min(started + self.batch.withdrawal_linger());
+        }
+        while batch.len() < self.batch.max_events {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(deadline) => break,
+                m = consumer.recv() => match m {
+                    Ok(m) => {
+                        let r = self.receive(m.detach(), shutdown).await?;
+                        if urgent(&r) {
+                            deadline = deadline.min(tokio::time::Instant::now() + self.batch.withdrawal_linger());
+                        }
+                        batch.push(r);
+                        *last_message = Instant::now();
+                    }
+                    Err(e) => warn!(sink = self.name(), error = %e, "kafka consumer error"),
+                },
+            }
+        }
+        Ok(Some(batch))
+    }
+
+    async fn receive(
+        &self,
+        msg: OwnedMessage,
+        shutdown: &CancellationToken,
+    ) -> Result<Received, RuntimeError> {
+        let payload = msg.payload().unwrap_or_default().to_vec();
+        let decoded = self
+            .until_done("schema registry", shutdown, || async {
+                self.decoder
+                    .decode(&payload)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|Abandoned| RuntimeError::ShutdownDuringDecode)?;
+        Ok(Received {
+            msg,
+            decoded: decoded.map(Arc::new),
+        })
+    }
+
+    /// Decides, applies and records every event of the batch. Returns only when every outcome is
+    /// durable in the ledger (and the DLQ), or on shutdown.
+    async fn process(
+        &self,
+        batch: &[Received],
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let sink = self.name().to_owned();
+        let mut consent_log = Vec::new();
+        let mut rejected: Vec<(usize, Rejected)> = Vec::new();
+        let mut not_routed = Vec::new();
+        let mut items: Vec<SinkItem> = Vec::new();
+        let mut origin_of: BTreeMap<uuid::Uuid, Origin> = BTreeMap::new();
+
+        for (index, r) in batch.iter().enumerate() {
+            let event = match &r.decoded {
+                Ok(event) => event,
+                Err(why) => {
+                    rejected.push((index, why.clone()));
+                    continue;
+                }
+            };
+            match route::route(event, &self.routes) {
+                Routed::Rejected(why) if why.code == "unknown_purpose" => {
+                    rejected.push((index, why));
+                    continue;
+                }
+                Routed::Rejected(why) => {
+                    consent_log.push(consent_record(event, &r.msg));
+                    rejected.push((index, why));
+                }
+                Routed::Elsewhere => {
+                    consent_log.push(consent_record(event, &r.msg));
+                    not_routed.push(Finish {
+                        key: DeliveryKey {
+                            event_id: event.event_id,
+                            sink: sink.clone(),
+                            target: "*".to_owned(),
+                        },
+                        subject_id: event.subject_id.clone(),
+                        status: Status::NotRouted,
+                        error_class: None,
+                        error: None,
+                    });
+                }
+                Routed::Items(routed) => {
+                    consent_log.push(consent_record(event, &r.msg));
+                    origin_of.insert(event.event_id, Origin { index });
+                    items.extend(routed);
+                }
+            }
+        }
+
+        if !consent_log.is_empty() {
+            self.durable("log events", shutdown, || {
+                self.ledger.log_events(&consent_log)
+            })
+            .await?;
+        }
+        for (index, why) in &rejected {
+            self.dead_letter(&batch[*index].msg, why, shutdown).await?;
+        }
+        if !rejected.is_empty() {
+            let rows: Vec<Rejection> = rejected
+                .iter()
+                .map(|(index, why)| rejection(&sink, &batch[*index].msg, why))
+                .collect();
+            self.durable("record rejections", shutdown, || {
+                self.ledger.record_rejections(&rows)
+            })
+            .await?;
+        }
+
+        let plan = route::plan(items);
+        let mut finished = not_routed;
+        for (stale, newer) in &plan.superseded {
+            finished.push(Finish {
+                key: key(&sink, stale),
+                subject_id: stale.event.subject_id.clone(),
+                status: Status::Superseded,
+                error_class: None,
+                error: Some(format!(
+                    "superseded in the same batch by event {}",
+                    newer.event.event_id
+                )),
+            });
+        }
+        if !finished.is_empty() {
+            self.durable("record outcomes", shutdown, || {
+                self.ledger.finish(&finished)
+            })
+            .await?;
+        }
+
+        for wave in plan.waves {
+            self.apply(wave, batch, &origin_of, shutdown).await?;
+        }
+        debug!(sink = %sink, events = batch.len(), rejected = rejected.len(), "batch durable");
+        Ok(())
+    }
+
+    /// Claims the items against the version rule, delivers those that proceed, and retries the
+    /// retryable ones (re-claiming before each attempt) until every item has a final outcome.
+    async fn apply(
+        &self,
+        wave: Vec<SinkItem>,
+        batch: &[Received],
+        origin_of: &BTreeMap<uuid::Uuid, Origin>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let sink = self.name().to_owned();
+        let mut pending = wave;
+        let mut schedule = RetrySchedule::new(&self.retry);
+        let mut attempt = 0u32;
+        loop {
+            let claims: Vec<Claim> = pending
+                .iter()
+                .map(|item| Claim {
+                    key: key(&sink, item),
+                    subject_id: item.event.subject_id.clone(),
+                    action: item.action,
+                    occurred_at_ms: item.event.occurred_at_ms,
+                })
+                .collect();
+            let decisions = self
+                .durable("claim", shutdown, || self.ledger.claim(&claims))
+                .await?;
+            let mut to_send = Vec::new();
+            for (item, decision) in pending.into_iter().zip(decisions) {
+                match decision {
+                    Decision::Proceed { .. } => to_send.push(item),
+                    Decision::Duplicate { status } => {
+                        debug!(sink = %sink, event_id = %item.event.event_id, status = status.as_str(), "duplicate, skipped")
+                    }
+                    Decision::Superseded { by } => {
+                        debug!(sink = %sink, event_id = %item.event.event_id, by = %by, "superseded, not applied")
+                    }
+                }
+            }
+            if to_send.is_empty() {
+                return Ok(());
+            }
+            attempt += 1;
+            let outcomes = self.sink.deliver(&to_send).await;
+            assert_eq!(
+                outcomes.len(),
+                to_send.len(),
+                "sink {sink} broke the one-outcome-per-item contract"
+            );
+
+            let mut finished = Vec::new();
+            let mut retry = Vec::new();
+            let mut retry_after = None;
+            let mut last_reason = String::new();
+            for (item, outcome) in to_send.into_iter().zip(outcomes) {
+                let k = key(&sink, &item);
+                let subject_id = item.event.subject_id.clone();
+                match outcome {
+                    Outcome::Applied | Outcome::AlreadyApplied => finished.push(Finish {
+                        key: k,
+                        subject_id,
+                        status: if outcome == Outcome::Applied {
+                            Status::Applied
+                        } else {
+                            Status::AlreadyApplied
+                        },
+                        error_class: None,
+                        error: None,
+                    }),
+                    Outcome::Permanent { reason } => {
+                        let why = Rejected {
+                            code: "downstream_permanent".to_owned(),
+                            message: reason.clone(),
+                            event_id: Some(item.event.event_id),
+                            subject_id: Some(subject_id.clone()),
+                        };
+                        let msg = &batch[origin_of[&item.event.event_id].index].msg;
+                        self.dead_letter(msg, &why, shutdown).await?;
+                        finished.push(Finish {
+                            key: k,
+                            subject_id,
+                            status: Status::DeadLettered,
+                            error_class: Some("permanent".to_owned()),
+                            error: Some(reason),
+                        });
+                    }
+                    Outcome::Retryable { after, reason } => {
+                        retry_after = retry_after.max(after);
+                        last_reason.clone_from(&reason);
+                        finished.push(Finish {
+                            key: k,
+                            subject_id,
+                            status: Status::Retrying,
+                            error_class: Some("retryable".to_owned()),
+                            error: Some(reason),
+                        });
+                        retry.push(item);
+                    }
+                }
+            }
+            self.durable("record outcomes", shutdown, || {
+                self.ledger.finish(&finished)
+            })
+            .await?;
+            if retry.is_empty() {
+                return Ok(());
+            }
+            let delay = schedule.next_delay(retry_after);
+            warn!(sink = %sink, attempt, items = retry.len(), delay_ms = delay.as_millis() as u64, error = %last_reason, "retryable failure; partitions wait");
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(Abandoned),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            pending = retry;
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        msg: &OwnedMessage,
+        why: &Rejected,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        self.durable("dead-letter", shutdown, || async {
+            self.dead_letters
+                .send(msg, self.name(), why)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await?;
+        error!(
+            sink = self.name(), topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
+            event_id = ?why.event_id, code = %why.code, error = %why.message,
+            "event dead-lettered"
+        );
+        Ok(())
+    }
+
+    /// Runs a ledger or broker write until it succeeds: an outcome that is not durable must not be
+    /// committed past, so the partition waits instead.
+    async fn durable<T, E, F, Fut>(
+        &self,
+        what: &str,
+        shutdown: &CancellationToken,
+        f: F,
+    ) -> Result<T, Abandoned>
+    where
+        E: std::fmt::Display,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.until_done(what, shutdown, || async {
+            f().await.map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    async fn until_done<T, F, Fut>(
+        &self,
+        what: &str,
+        shutdown: &CancellationToken,
+        f: F,
+    ) -> Result<T, Abandoned>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, String>>,
+    {
+        let mut schedule = RetrySchedule::new(&self.retry);
+        let mut attempt = 0u32;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    attempt += 1;
+                    let delay = schedule.next_delay(None);
+                    warn!(sink = self.name(), attempt, error = %e, "{what} failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(Abandoned),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commits, per partition, the offset after the batch's last message. Everything in the batch
+    /// is durable by now; a commit that fails only means redelivery, which the ledger recognises.
+    fn commit(&self, consumer: &StreamConsumer, batch: &[Received]) {
+        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for r in batch {
+            let e = next
+                .entry((r.msg.topic().to_owned(), r.msg.partition()))
+                .or_insert(0);
+            *e = (*e).max(r.msg.offset() + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &next {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+                warn!(sink = self.name(), error = %e, "building commit list");
+            }
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            warn!(sink = self.name(), error = %e, "commit failed; the batch will be redelivered and recognised");
+        }
+    }
+}
+
+fn key(sink: &str, item: &SinkItem) -> DeliveryKey {
+    DeliveryKey {
+        event_id: item.event.event_id,
+        sink: sink.to_owned(),
+        target: item.target.key().to_owned(),
+    }
+}
+
+fn consent_record(event: &ConsentEvent, msg: &OwnedMessage) -> ConsentRecord {
+    ConsentRecord {
+        event_id: event.event_id,
+        subject_id: event.subject_id.clone(),
+        kind: event.kind.name().to_owned(),
+        purposes: match &event.scope {
+            relay_events::Scope::Purposes(p) => p.clone(),
+            relay_events::Scope::All => vec!["*".to_owned()],
+        },
+        occurred_at_ms: event.occurred_at_ms,
+        source: event.source.clone(),
+        notice_version: event.notice_version.clone(),
+        email_sha256: event
+            .contact
+            .email
+            .as_deref()
+            .map(relay_events::normalize::email_sha256),
+        topic: msg.topic().to_owned(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+    }
+}
+
+fn rejection(sink: &str, msg: &OwnedMessage, why: &Rejected) -> Rejection {
+    Rejection {
+        sink: sink.to_owned(),
+        topic: msg.topic().to_owned(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+        event_id: why.event_id,
+        subject_id: why.subject_id.clone(),
+        code: why.code.clone(),
+        message: why.message.clone(),
+    }
+}
