@@ -1,0 +1,401 @@
+//! The configuration, in layers: embedded defaults (`defaults.toml`) → the `--config` TOML file →
+//! environment variables. Secrets come from the environment: `CONSENT_RELAY_HUBSPOT_TOKEN`,
+//! `CONSENT_RELAY_KAFKA_SASL_PASSWORD`, `CONSENT_RELAY_LEDGER_URL`; any other key can be set with
+//! `CONSENT_RELAY__SECTION__KEY=value` (value parsed as TOML, else taken as a string). Everything
+//! is validated at start and all problems are reported at once, each naming its key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use relay_runtime::{BatchConfig, KafkaConfig, RetryConfig};
+use relay_sink_hubspot::HubSpotConfig;
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("defaults.toml");
+const ENV_PREFIX: &str = "CONSENT_RELAY__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    kafka: KafkaConfig,
+    ledger: LedgerConfig,
+    log: LogConfig,
+    #[serde(default)]
+    purposes: BTreeMap<String, PurposeConfig>,
+    #[serde(default)]
+    sinks: BTreeMap<String, toml::Table>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurposeConfig {
+    /// What the person agreed to, for operators reading the config and the ledger.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// The runtime settings every sink has, next to its own.
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    pub enabled: bool,
+    pub batch: BatchConfig,
+    pub retry: RetryConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub ledger: LedgerConfig,
+    pub log: LogConfig,
+    pub purposes: BTreeMap<String, PurposeConfig>,
+    pub hubspot: Option<(SinkSettings, HubSpotConfig)>,
+}
+
+impl Config {
+    pub fn known_purposes(&self) -> BTreeSet<String> {
+        self.purposes.keys().cloned().collect()
+    }
+}
+
+/// Loads the layers and validates the result.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    load_with_env(path, &env)
+}
+
+pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let mut table = parse(DEFAULTS, "embedded defaults")?;
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        merge(&mut table, parse(&text, &path.display().to_string())?);
+    }
+    apply_env(&mut table, env)?;
+
+    let file: FileConfig =
+        FileConfig::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+            origin: "configuration".to_owned(),
+            message: e.to_string(),
+        })?;
+
+    let mut problems = Vec::new();
+    let mut hubspot = None;
+    for (name, section) in file.sinks {
+        match name.as_str() {
+            "hubspot" => match sink_section::<HubSpotConfig>(&name, section) {
+                Ok((settings, mut api)) => {
+                    if let Some((_, token)) =
+                        env.iter().find(|(k, _)| k == "CONSENT_RELAY_HUBSPOT_TOKEN")
+                    {
+                        api.token = Some(token.clone());
+                    }
+                    if settings.enabled {
+                        match api.validate() {
+                            Ok(()) => {}
+                            Err(relay_sink_hubspot::ConfigError::Invalid(list)) => problems
+                                .extend(list.into_iter().map(|p| format!("sinks.hubspot.{p}"))),
+                            Err(e) => problems.push(format!("sinks.hubspot: {e}")),
+                        }
+                    }
+                    problems.extend(relay_runtime::config::validate(
+                        &file.kafka,
+                        &settings.batch,
+                        &settings.retry,
+                        "sinks.hubspot",
+                    ));
+                    for purpose in api.purposes.keys() {
+                        if !file.purposes.contains_key(purpose) {
+                            problems.push(format!(
+                                "sinks.hubspot.purposes.{purpose}: not in the [purposes] table"
+                            ));
+                        }
+                    }
+                    hubspot = Some((settings, api));
+                }
+                Err(p) => problems.push(p),
+            },
+            other => problems.push(format!("sinks.{other}: unknown sink (known: hubspot)")),
+        }
+    }
+    if hubspot.is_none() {
+        problems.extend(relay_runtime::config::validate(
+            &file.kafka,
+            &BatchConfig::default(),
+            &RetryConfig::default(),
+            "sinks",
+        ));
+    }
+    if !(file.ledger.url.starts_with("sqlite://")
+        || file.ledger.url.starts_with("postgres://")
+        || file.ledger.url.starts_with("postgresql://"))
+    {
+        problems.push("ledger.url: must start with sqlite:// or postgres://".to_owned());
+    }
+    if let Err(e) = file
+        .log
+        .level
+        .parse::<tracing_subscriber::filter::EnvFilter>()
+    {
+        problems.push(format!("log.level: {e}"));
+    }
+    if let Some((_, pw)) = env
+        .iter()
+        .find(|(k, _)| k == "CONSENT_RELAY_KAFKA_SASL_PASSWORD")
+    {
+        let mut kafka = file.kafka.clone();
+        kafka
+            .properties
+            .insert("sasl.password".to_owned(), pw.clone());
+        return finish(
+            problems,
+            Config {
+                kafka,
+                ledger: file.ledger,
+                log: file.log,
+                purposes: file.purposes,
+                hubspot,
+            },
+        );
+    }
+    finish(
+        problems,
+        Config {
+            kafka: file.kafka,
+            ledger: file.ledger,
+            log: file.log,
+            purposes: file.purposes,
+            hubspot,
+        },
+    )
+}
+
+fn finish(problems: Vec<String>, config: Config) -> Result<Config, ConfigError> {
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+fn parse(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+        origin: origin.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Later layers win key by key; tables merge, everything else is replaced.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
+    for (name, value) in env {
+        if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+            let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            if path.iter().any(String::is_empty) {
+                return Err(ConfigError::Parse {
+                    origin: name.clone(),
+                    message: "empty key segment".to_owned(),
+                });
+            }
+            // A value that parses as TOML keeps its type (numbers, booleans, arrays); anything
+            // else is a string.
+            let parsed = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.clone()));
+            let mut node = &mut *table;
+            for segment in &path[..path.len() - 1] {
+                let entry = node
+                    .entry(segment.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                node = match entry {
+                    toml::Value::Table(t) => t,
+                    _ => {
+                        return Err(ConfigError::Parse {
+                            origin: name.clone(),
+                            message: format!("{segment} is not a table"),
+                        })
+                    }
+                };
+            }
+            node.insert(path[path.len() - 1].clone(), parsed);
+        }
+    }
+    Ok(())
+}
+
+/// Splits a `[sinks.NAME]` table into the runtime's settings (`enabled`, `batch`, `retry`) and the
+/// sink's own configuration, which rejects unknown keys itself.
+fn sink_section<T: for<'de> Deserialize<'de>>(
+    name: &str,
+    mut section: toml::Table,
+) -> Result<(SinkSettings, T), String> {
+    let enabled = match section.remove("enabled") {
+        None => true,
+        Some(toml::Value::Boolean(b)) => b,
+        Some(_) => return Err(format!("sinks.{name}.enabled: expected true or false")),
+    };
+    let batch = match section.remove("batch") {
+        None => BatchConfig::default(),
+        Some(v) => BatchConfig::deserialize(v).map_err(|e| format!("sinks.{name}.batch: {e}"))?,
+    };
+    let retry = match section.remove("retry") {
+        None => RetryConfig::default(),
+        Some(v) => RetryConfig::deserialize(v).map_err(|e| format!("sinks.{name}.retry: {e}"))?,
+    };
+    let own =
+        T::deserialize(toml::Value::Table(section)).map_err(|e| format!("sinks.{name}: {e}"))?;
+    Ok((
+        SinkSettings {
+            enabled,
+            batch,
+            retry,
+        },
+        own,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        f
+    }
+
+    const HUBSPOT: &str = r#"
+[purposes.newsletter]
+description = "Newsletter"
+
+[sinks.hubspot]
+base_url = "http://127.0.0.1:1"
+[sinks.hubspot.batch]
+max_events = 50
+[sinks.hubspot.purposes.newsletter]
+subscription_ids = [12345]
+legal_basis = "CONSENT_WITH_NOTICE"
+legal_basis_explanation = "Signed up on the website"
+"#;
+
+    #[test]
+    fn defaults_alone_are_valid() {
+        let c = load_with_env(None, &[]).unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(c.ledger.url, "sqlite://consent-relay.db");
+        assert!(c.hubspot.is_none());
+    }
+
+    #[test]
+    fn the_example_config_in_deploy_is_valid() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/consent-relay.example.toml");
+        let env = [(
+            "CONSENT_RELAY_HUBSPOT_TOKEN".to_owned(),
+            "pat-eu1-x".to_owned(),
+        )];
+        let c = load_with_env(Some(&path), &env).unwrap();
+        assert!(c.hubspot.is_some());
+    }
+
+    #[test]
+    fn file_and_env_layers_override_and_secrets_come_from_env() {
+        let f = write(HUBSPOT);
+        let env = [
+            (
+                "CONSENT_RELAY_HUBSPOT_TOKEN".to_owned(),
+                "secret".to_owned(),
+            ),
+            (
+                "CONSENT_RELAY__KAFKA__BOOTSTRAP_SERVERS".to_owned(),
+                "kafka:9093".to_owned(),
+            ),
+            (
+                "CONSENT_RELAY__SINKS__HUBSPOT__BATCH__LINGER_MS".to_owned(),
+                "25".to_owned(),
+            ),
+        ];
+        let c = load_with_env(Some(f.path()), &env).unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "kafka:9093");
+        let (settings, api) = c.hubspot.unwrap();
+        assert_eq!(settings.batch.max_events, 50);
+        assert_eq!(settings.batch.linger_ms, 25);
+        assert_eq!(api.token.as_deref(), Some("secret"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let f = write("[kafka]\nbootstrap_server = \"x\"\n");
+        let err = load_with_env(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(err.contains("bootstrap_server"), "{err}");
+
+        let f = write(&format!("{HUBSPOT}\n[sinks.hubspot.purposes.ads]\nsubscription_ids = [1]\nlegal_basis_explanation = \"x\"\n"));
+        let err = load_with_env(
+            Some(f.path()),
+            &[("CONSENT_RELAY_HUBSPOT_TOKEN".into(), "t".into())],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("sinks.hubspot.purposes.ads"), "{err}");
+
+        let f = write(&HUBSPOT.replace("max_events = 50", "max_events = 50\nlinger = 3"));
+        let err = load_with_env(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("sinks.hubspot.batch") && err.contains("linger"),
+            "{err}"
+        );
+
+        let f = write("[sinks.mailchimp]\nenabled = true\n[ledger]\nurl = \"mysql://x\"\n");
+        let err = load_with_env(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("sinks.mailchimp") && err.contains("ledger.url"),
+            "all problems at once: {err}"
+        );
+    }
+}
