@@ -1,0 +1,232 @@
+//! Shared harness for the end-to-end tests: a real broker (tansu, started by `scripts/broker`), a
+//! real ledger, the fake HubSpot, and the relay running in-process as it runs in production.
+//! Every harness has its own topics, consumer groups and ledger, so tests run in parallel.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay_events::{ConsentEvent, Contact, EventKind, Scope};
+use relay_ledger::{AnyLedger, Ledger, SubjectReport};
+use relay_runtime::{BatchConfig, KafkaConfig, RelayConfig, RetryConfig, SinkSpec};
+use relay_sink_hubspot::{HubSpotConfig, HubSpotSink};
+use relay_testkit::broker;
+use relay_testkit::hubspot::FakeHubSpot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const TOKEN: &str = "pat-test-token";
+pub const NEWSLETTER: i64 = 12345;
+pub const PRODUCT_UPDATES: i64 = 23456;
+
+pub struct Harness {
+    pub topic: String,
+    pub dlq_topic: String,
+    pub group_prefix: String,
+    pub fake: FakeHubSpot,
+    pub ledger_url: String,
+    pub ledger: Arc<AnyLedger>,
+    _dir: tempfile::TempDir,
+}
+
+/// A relay running in a task; dropping it does not stop it, [`Running::stop`] or
+/// [`Running::kill`] do.
+pub struct Running {
+    token: CancellationToken,
+    handle: JoinHandle<Result<(), relay_runtime::RuntimeError>>,
+}
+
+impl Running {
+    /// A graceful shutdown, as on SIGTERM.
+    pub async fn stop(self) {
+        self.token.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("relay did not stop within 30 s");
+        result.expect("relay task panicked").expect("relay failed");
+    }
+
+    /// A crash: the task is aborted wherever it is, nothing gets to finish.
+    pub async fn kill(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
+    }
+}
+
+impl Harness {
+    pub async fn new() -> Harness {
+        let topic = broker::unique_name("consent-e2e");
+        let dlq_topic = format!("{topic}.dlq");
+        broker::create_topic(&topic, 4).await;
+        broker::create_topic(&dlq_topic, 1).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger_url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+        let ledger = Arc::new(relay_ledger::open(&ledger_url).await.expect("ledger"));
+        Harness {
+            group_prefix: broker::unique_name("relay"),
+            topic,
+            dlq_topic,
+            fake: FakeHubSpot::start(TOKEN).await,
+            ledger_url,
+            ledger,
+            _dir: dir,
+        }
+    }
+
+    pub fn kafka(&self) -> KafkaConfig {
+        let text = format!(
+            "bootstrap_servers = {:?}\ntopics = [{:?}]\ndlq_topic = {:?}\ngroup_prefix = {:?}\nsession_timeout_ms = 6000\n",
+            broker::bootstrap(),
+            self.topic,
+            self.dlq_topic,
+            self.group_prefix
+        );
+        toml::from_str(&text).expect("kafka config")
+    }
+
+    pub fn group(&self) -> String {
+        self.kafka().group_id("hubspot")
+    }
+
+    pub fn hubspot_config(&self) -> HubSpotConfig {
+        let text = format!(
+            r#"
+base_url = {:?}
+token = {TOKEN:?}
+[purposes.newsletter]
+subscription_ids = [{NEWSLETTER}]
+legal_basis = "CONSENT_WITH_NOTICE"
+legal_basis_explanation = "Newsletter sign-up with double opt-in"
+[purposes.product_updates]
+subscription_ids = [{PRODUCT_UPDATES}]
+legal_basis = "CONSENT_WITH_NOTICE"
+legal_basis_explanation = "Product updates in the customer portal"
+"#,
+            self.fake.base_url()
+        );
+        toml::from_str(&text).expect("hubspot config")
+    }
+
+    pub fn retry(&self) -> RetryConfig {
+        RetryConfig {
+            initial_delay_ms: 50,
+            max_delay_ms: 500,
+            factor: 2.0,
+            ramp_attempts: 5,
+        }
+    }
+
+    /// Starts the relay with the HubSpot sink, as `consent-relay run` would.
+    pub fn start(&self) -> Running {
+        let api = self.hubspot_config();
+        let purposes: BTreeSet<String> = api.purposes.keys().cloned().collect();
+        let spec = SinkSpec {
+            sink: Arc::new(HubSpotSink::new(api).expect("hubspot sink")),
+            purposes: purposes.clone(),
+            batch: BatchConfig {
+                max_events: 100,
+                linger_ms: 50,
+                withdrawal_linger_ms: 0,
+            },
+            retry: self.retry(),
+        };
+        let config = RelayConfig {
+            kafka: self.kafka(),
+            known_purposes: purposes
+                .into_iter()
+                .chain(["partner_in_gmbh".to_owned()])
+                .collect(),
+            exit_when_idle: None,
+        };
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(relay_runtime::run(
+            config,
+            self.ledger.clone(),
+            vec![spec],
+            token.clone(),
+        ));
+        Running { token, handle }
+    }
+
+    pub async fn publish(&self, events: &[ConsentEvent]) {
+        relay_runtime::publish(&self.kafka(), &self.topic, events)
+            .await
+            .expect("publish");
+    }
+
+    pub async fn report(&self, subject: &str) -> SubjectReport {
+        self.ledger
+            .subject_report(subject)
+            .await
+            .expect("subject report")
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How long the tests wait for the relay: consumer-group joins on the test broker take seconds.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub fn email_of(subject: &str) -> String {
+    format!("{subject}@example.de")
+}
+
+fn event(kind: EventKind, subject: &str, at_ms: i64, scope: Scope) -> ConsentEvent {
+    ConsentEvent {
+        event_id: Uuid::new_v4(),
+        kind,
+        subject_id: subject.to_owned(),
+        occurred_at_ms: at_ms,
+        source: "e2e-test".to_owned(),
+        notice_version: (kind == EventKind::ConsentGranted)
+            .then(|| "newsletter-2026-05".to_owned()),
+        scope,
+        contact: Contact {
+            email: Some(email_of(subject)),
+            ..Contact::default()
+        },
+    }
+}
+
+pub fn grant(subject: &str, at_ms: i64, purpose: &str) -> ConsentEvent {
+    event(
+        EventKind::ConsentGranted,
+        subject,
+        at_ms,
+        Scope::Purposes(vec![purpose.to_owned()]),
+    )
+}
+
+pub fn withdraw(subject: &str, at_ms: i64, purpose: &str) -> ConsentEvent {
+    event(
+        EventKind::ConsentWithdrawn,
+        subject,
+        at_ms,
+        Scope::Purposes(vec![purpose.to_owned()]),
+    )
+}
+
+pub fn unsubscribe_all(subject: &str, at_ms: i64) -> ConsentEvent {
+    event(EventKind::Unsubscribed, subject, at_ms, Scope::All)
+}
+
+/// A base timestamp: 2026-11-26T00:00:00Z.
+pub const T0: i64 = 1_795_651_200_000;
