@@ -3,7 +3,8 @@ use std::time::{Duration, SystemTime};
 use crate::Outcome;
 
 /// Maps an HTTP status to an outcome (STYLE.md §4): 2xx applied; 408, 429 and 5xx other than 501
-/// retryable; every other status permanent. `retry_after` is the raw `Retry-After` header.
+/// retryable; 401, 403, 410 and 426 refused (credentials, permission, endpoint gone, API version
+/// sunset: the destination, not the item, is the problem); every other status permanent. `retry_after` is the raw `Retry-After` header.
 /// `detail` is the downstream's own error text, kept for the ledger and the DLQ.
 pub fn classify_status(
     status: u16,
@@ -14,6 +15,9 @@ pub fn classify_status(
         200..=299 => Outcome::Applied,
         408 | 429 | 500 | 502..=599 => Outcome::Retryable {
             after: retry_after.and_then(|v| parse_retry_after(v, SystemTime::now())),
+            reason: format!("HTTP {status}: {}", detail.into()),
+        },
+        401 | 403 | 410 | 426 => Outcome::Refused {
             reason: format!("HTTP {status}: {}", detail.into()),
         },
         _ => Outcome::Permanent {
@@ -61,8 +65,11 @@ mod tests {
         for s in [408, 429, 500, 502, 503, 504, 599] {
             assert_eq!(class(s), "retryable", "{s}");
         }
-        for s in [400, 401, 403, 404, 409, 410, 422, 501] {
+        for s in [400, 404, 409, 422, 501] {
             assert_eq!(class(s), "permanent", "{s}");
+        }
+        for s in [401, 403, 410, 426] {
+            assert_eq!(class(s), "refused", "{s}");
         }
     }
 

@@ -1,13 +1,17 @@
 //! The delivery layer shared by all sinks: the `Sink` trait, the per-item `Outcome`, and the one
-//! place that classifies HTTP results (retryable or permanent) and reads `Retry-After`.
+//! place that classifies HTTP results (retryable, refused or permanent) and reads `Retry-After`, and
+//! `Destination`: rate limits, daily budget, concurrency bound and the `Retry-After` gate per account.
 //!
-//! Owns: the contract between the runtime and the sinks. Must not: name a concrete sink, sleep,
-//! retry, or know about Kafka and the ledger.
+//! Owns: the contract between the runtime and the sinks, and the shared HTTP front of every sink.
+//! Must not: name a concrete sink, retry, or know about Kafka and the ledger. The only waiting it
+//! does is for a rate-limit permit or a `Retry-After` pause.
 
 mod classify;
+mod destination;
 mod outcome;
 mod sink;
 
 pub use classify::{classify_status, classify_transport, parse_retry_after};
+pub use destination::{Destination, DestinationConfig, DestinationStats, Reply};
 pub use outcome::Outcome;
 pub use sink::{BoxFuture, Sink, SinkItem, Target};

@@ -15,6 +15,10 @@ pub enum Outcome {
     },
     /// Retrying will not help: the item goes to the dead-letter topic with `reason`.
     Permanent { reason: String },
+    /// The destination refuses us as a client (bad credentials, missing permission, endpoint gone):
+    /// nothing is wrong with the item, an operator must act. The runtime opens the sink's circuit:
+    /// consumption pauses, nothing is dead-lettered, and it probes again with backoff.
+    Refused { reason: String },
 }
 
 impl Outcome {
@@ -43,11 +47,13 @@ impl Outcome {
             Outcome::AlreadyApplied => "already_applied",
             Outcome::Retryable { .. } => "retryable",
             Outcome::Permanent { .. } => "permanent",
+            Outcome::Refused { .. } => "refused",
         }
     }
 
     /// Of two outcomes for parts of the same item, the one that decides the item's fate:
-    /// permanent beats retryable beats applied beats already-applied.
+    /// refused beats permanent beats retryable beats applied beats already-applied. Refused wins
+    /// so that an item is never dead-lettered for a part that was not even tried.
     pub fn worst(self, other: Outcome) -> Outcome {
         fn rank(o: &Outcome) -> u8 {
             match o {
@@ -55,6 +61,7 @@ impl Outcome {
                 Outcome::Applied => 1,
                 Outcome::Retryable { .. } => 2,
                 Outcome::Permanent { .. } => 3,
+                Outcome::Refused { .. } => 4,
             }
         }
         match (self, other) {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,8 @@ pub(crate) struct SinkWorker<L> {
     pub decoder: Decoder,
     pub dead_letters: DeadLetters,
     pub exit_when_idle: Option<Duration>,
+    /// Whether the destination currently refuses us (401/403/410/426).
+    pub circuit_open: AtomicBool,
 }
 
 /// The batch was given up because of shutdown; nothing past its start may be committed.
@@ -362,6 +365,7 @@ impl<L: Ledger> SinkWorker<L> {
             let mut retry = Vec::new();
             let mut retry_after = None;
             let mut last_reason = String::new();
+            let mut refused = None;
             for (item, outcome) in to_send.into_iter().zip(outcomes) {
                 let k = key(&sink, &item);
                 let subject_id = item.event.subject_id.clone();
@@ -406,8 +410,20 @@ impl<L: Ledger> SinkWorker<L> {
                         });
                         retry.push(item);
                     }
+                    Outcome::Refused { reason } => {
+                        refused = Some(reason.clone());
+                        finished.push(Finish {
+                            key: k,
+                            subject_id,
+                            status: Status::Retrying,
+                            error_class: Some("refused".to_owned()),
+                            error: Some(reason),
+                        });
+                        retry.push(item);
+                    }
                 }
             }
+            self.set_circuit(refused.as_deref());
             self.durable("record outcomes", shutdown, || {
                 self.ledger.finish(&finished)
             })
@@ -416,12 +432,28 @@ impl<L: Ledger> SinkWorker<L> {
                 return Ok(());
             }
             let delay = schedule.next_delay(retry_after);
-            warn!(sink = %sink, attempt, items = retry.len(), delay_ms = delay.as_millis() as u64, error = %last_reason, "retryable failure; partitions wait");
+            if refused.is_none() {
+                warn!(sink = %sink, attempt, items = retry.len(), delay_ms = delay.as_millis() as u64, error = %last_reason, "retryable failure; partitions wait");
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return Err(Abandoned),
                 _ = tokio::time::sleep(delay) => {}
             }
             pending = retry;
+        }
+    }
+
+    /// Opens the circuit when the destination refuses us, closes it on the next answer that is
+    /// not a refusal. While open, the sink's partitions wait and the batch is probed with backoff.
+    fn set_circuit(&self, refused: Option<&str>) {
+        let was_open = self.circuit_open.swap(refused.is_some(), Ordering::Relaxed);
+        match (was_open, refused) {
+            (false, Some(reason)) => error!(
+                sink = self.name(), error = %reason,
+                "circuit open: the destination refuses us; consumption paused until it accepts again (fix credentials or endpoint)"
+            ),
+            (true, None) => info!(sink = self.name(), "circuit closed: the destination accepts requests again"),
+            _ => {}
         }
     }
 

@@ -99,6 +99,7 @@ pub async fn run<L: Ledger>(
             decoder: decoder.clone(),
             dead_letters: dead_letters.clone(),
             exit_when_idle: config.exit_when_idle,
+            circuit_open: Default::default(),
         };
         let token = shutdown.clone();
         tasks.spawn(async move { (name, worker.run(token).await) });

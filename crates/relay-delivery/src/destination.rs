@@ -1,0 +1,346 @@
+//! One downstream account as the sinks see it: the HTTP client with its timeout, a rolling-window
+//! rate limiter and an optional daily budget that every request (retries included) draws from,
+//! bounded concurrency, and the `Retry-After` gate that holds back every request to the account.
+//! Waiting for a permit is the delivery layer's job; a sink only builds requests and reads replies.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::HeaderMap;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::{classify_transport, parse_retry_after, Outcome};
+
+/// Limits of one destination account. Every field is optional in the TOML.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Requests allowed per rolling window (HubSpot: 100 or 190 per 10 s); unset = no limit.
+    #[serde(default)]
+    pub max_requests_per_window: Option<u32>,
+    /// Length of the rolling window, in milliseconds.
+    #[serde(default = "default_window_ms")]
+    pub window_ms: u64,
+    /// Requests allowed per UTC day; unset = no limit. When it is spent, deliveries come back
+    /// retryable with the time until midnight UTC.
+    #[serde(default)]
+    pub daily_budget: Option<u32>,
+    /// Requests in flight at once.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// Timeout of one request, connect to last byte, in milliseconds.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+fn default_window_ms() -> u64 {
+    10_000
+}
+fn default_max_concurrency() -> usize {
+    4
+}
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+
+impl Default for DestinationConfig {
+    fn default() -> Self {
+        DestinationConfig {
+            max_requests_per_window: None,
+            window_ms: default_window_ms(),
+            daily_budget: None,
+            max_concurrency: default_max_concurrency(),
+            request_timeout_ms: default_request_timeout_ms(),
+        }
+    }
+}
+
+impl DestinationConfig {
+    /// Problems with the values, each naming its key relative to the table.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.max_requests_per_window == Some(0) {
+            p.push("max_requests_per_window: must be at least 1 (leave it out for no limit)".into());
+        }
+        if self.window_ms == 0 {
+            p.push("window_ms: must be at least 1".into());
+        }
+        if self.daily_budget == Some(0) {
+            p.push("daily_budget: must be at least 1 (leave it out for no limit)".into());
+        }
+        if self.max_concurrency == 0 {
+            p.push("max_concurrency: must be at least 1".into());
+        }
+        if self.request_timeout_ms == 0 {
+            p.push("request_timeout_ms: must be at least 1".into());
+        }
+        p
+    }
+}
+
+/// An HTTP answer, whatever its status; the sink maps it to outcomes.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Counters a destination keeps for metrics and benchmarks.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct DestinationStats {
+    pub requests: u64,
+    pub rate_limited_replies: u64,
+    pub rate_limit_wait: Duration,
+}
+
+#[derive(Debug)]
+struct Limiter {
+    /// Send times within the current window, oldest first.
+    sent: VecDeque<Instant>,
+    day: u64,
+    sent_today: u32,
+    paused_until: Option<Instant>,
+    stats: DestinationStats,
+}
+
+#[derive(Debug)]
+pub struct Destination {
+    http: reqwest::Client,
+    config: DestinationConfig,
+    limiter: Mutex<Limiter>,
+    in_flight: Semaphore,
+}
+
+enum Permit {
+    Granted,
+    Wait(Duration),
+    DailyBudgetSpent(Duration),
+}
+
+impl Destination {
+    pub fn new(config: DestinationConfig) -> Result<Destination, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.request_timeout_ms))
+            .build()?;
+        Ok(Destination {
+            http,
+            in_flight: Semaphore::new(config.max_concurrency.max(1)),
+            limiter: Mutex::new(Limiter {
+                sent: VecDeque::new(),
+                day: utc_day(),
+                sent_today: 0,
+                paused_until: None,
+                stats: DestinationStats::default(),
+            }),
+            config,
+        })
+    }
+
+    /// The client to build requests with.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub fn stats(&self) -> DestinationStats {
+        self.lock().stats
+    }
+
+    /// Holds back every request to this destination for `duration`, e.g. when a vendor signals a
+    /// rate limit in a response body or in its own headers.
+    pub fn pause_for(&self, duration: Duration) {
+        let until = Instant::now() + duration;
+        let mut l = self.lock();
+        l.paused_until = Some(l.paused_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// Sends `request` once the destination allows it: after any `Retry-After` pause, within the
+    /// rolling window, the daily budget and the concurrency bound. `Err` is the outcome of a request
+    /// that got no HTTP answer (transport failure) or was not sent (daily budget spent). A reply
+    /// with `Retry-After` pauses the whole destination for that long.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Reply, Outcome> {
+        let _slot = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        loop {
+            match self.permit() {
+                Permit::Granted => break,
+                Permit::Wait(d) => {
+                    self.lock().stats.rate_limit_wait += d;
+                    tokio::time::sleep(d).await;
+                }
+                Permit::DailyBudgetSpent(until_midnight) => {
+                    return Err(Outcome::Retryable {
+                        after: Some(until_midnight),
+                        reason: "daily request budget of this destination is spent".to_owned(),
+                    })
+                }
+            }
+        }
+        let response = request.send().await.map_err(|e| classify_transport(&e))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| classify_transport(&e))?
+            .to_vec();
+        let reply = Reply { status, headers, body };
+        if status == 429 {
+            self.lock().stats.rate_limited_replies += 1;
+        }
+        if let Some(after) = reply
+            .header("retry-after")
+            .and_then(|v| parse_retry_after(v, SystemTime::now()))
+        {
+            if status == 429 || status >= 500 {
+                self.pause_for(after);
+            }
+        }
+        Ok(reply)
+    }
+
+    /// Takes a slot in the window and the day, or says how long to wait.
+    fn permit(&self) -> Permit {
+        let now = Instant::now();
+        let mut l = self.lock();
+        if let Some(until) = l.paused_until {
+            if until > now {
+                return Permit::Wait(until - now);
+            }
+            l.paused_until = None;
+        }
+        let today = utc_day();
+        if today != l.day {
+            l.day = today;
+            l.sent_today = 0;
+        }
+        if let Some(budget) = self.config.daily_budget {
+            if l.sent_today >= budget {
+                return Permit::DailyBudgetSpent(until_utc_midnight());
+            }
+        }
+        if let Some(max) = self.config.max_requests_per_window {
+            let window = Duration::from_millis(self.config.window_ms);
+            while l.sent.front().is_some_and(|t| now.duration_since(*t) >= window) {
+                l.sent.pop_front();
+            }
+            if l.sent.len() >= max as usize {
+                let oldest = *l.sent.front().expect("the window is full, so not empty");
+                return Permit::Wait(window - now.duration_since(oldest));
+            }
+            l.sent.push_back(now);
+        }
+        l.sent_today += 1;
+        l.stats.requests += 1;
+        Permit::Granted
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Limiter> {
+        self.limiter.lock().expect("limiter lock poisoned")
+    }
+}
+
+fn utc_day() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        / 86_400
+}
+
+fn until_utc_midnight() -> Duration {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    Duration::from_secs(86_400 - secs % 86_400)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limited(max: u32, window_ms: u64) -> Destination {
+        Destination::new(DestinationConfig {
+            max_requests_per_window: Some(max),
+            window_ms,
+            ..DestinationConfig::default()
+        })
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_admits_max_then_waits_for_the_oldest_to_expire() {
+        let d = limited(3, 1_000);
+        for _ in 0..3 {
+            assert!(matches!(d.permit(), Permit::Granted));
+        }
+        match d.permit() {
+            Permit::Wait(w) => assert_eq!(w, Duration::from_millis(1_000)),
+            _ => panic!("the fourth request in the window must wait"),
+        }
+        tokio::time::advance(Duration::from_millis(400)).await;
+        match d.permit() {
+            Permit::Wait(w) => assert_eq!(w, Duration::from_millis(600)),
+            _ => panic!("still within the window"),
+        }
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert!(matches!(d.permit(), Permit::Granted));
+        assert_eq!(d.stats().requests, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_every_request_and_only_grows() {
+        let d = limited(100, 1_000);
+        d.pause_for(Duration::from_secs(3));
+        d.pause_for(Duration::from_secs(1));
+        match d.permit() {
+            Permit::Wait(w) => assert_eq!(w, Duration::from_secs(3)),
+            _ => panic!("paused"),
+        }
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(matches!(d.permit(), Permit::Granted));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_daily_budget_is_retryable_until_midnight() {
+        let d = Destination::new(DestinationConfig {
+            daily_budget: Some(2),
+            ..DestinationConfig::default()
+        })
+        .unwrap();
+        assert!(matches!(d.permit(), Permit::Granted));
+        assert!(matches!(d.permit(), Permit::Granted));
+        match d.permit() {
+            Permit::DailyBudgetSpent(w) => assert!(w <= Duration::from_secs(86_400)),
+            _ => panic!("budget spent"),
+        }
+    }
+
+    #[test]
+    fn zero_limits_are_reported_by_key() {
+        let c = DestinationConfig {
+            max_requests_per_window: Some(0),
+            max_concurrency: 0,
+            ..DestinationConfig::default()
+        };
+        let p = c.problems().join("\n");
+        assert!(p.contains("max_requests_per_window") && p.contains("max_concurrency"), "{p}");
+    }
+}
