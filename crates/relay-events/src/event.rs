@@ -84,6 +84,16 @@ pub struct Contact {
     pub first_name: Option<String>,
     pub last_name: Option<String>,
     pub company: Option<String>,
+    /// Street and house number of the postal address (schema v2).
+    pub street: Option<String>,
+    /// Postal code of the postal address (schema v2).
+    pub postal_code: Option<String>,
+    /// City of the postal address (schema v2).
+    pub city: Option<String>,
+    /// ISO 3166-1 alpha-2 country code of the postal address (schema v2).
+    pub country: Option<String>,
+    /// Company size as the form asked for it, e.g. a head-count band (schema v2).
+    pub company_size: Option<String>,
 }
 
 // A hand-written Debug so that a stray `{:?}` can never put PII into a log line.
@@ -96,6 +106,11 @@ impl std::fmt::Debug for Contact {
             .field("first_name", &mask(&self.first_name))
             .field("last_name", &mask(&self.last_name))
             .field("company", &mask(&self.company))
+            .field("street", &mask(&self.street))
+            .field("postal_code", &mask(&self.postal_code))
+            .field("city", &mask(&self.city))
+            .field("country", &mask(&self.country))
+            .field("company_size", &mask(&self.company_size))
             .finish()
     }
 }
@@ -121,5 +136,42 @@ pub struct ConsentEvent {
 impl ConsentEvent {
     pub fn action(&self) -> Action {
         self.kind.action()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contact_debug_shows_which_fields_are_set_never_their_values() {
+        let contact = Contact {
+            email: Some("max@example.de".into()),
+            phone: Some("+49 30 1234567".into()),
+            first_name: Some("Max".into()),
+            last_name: Some("Mustermann".into()),
+            company: Some("Beispiel GmbH".into()),
+            street: Some("Venloer Straße 47".into()),
+            postal_code: Some("50672".into()),
+            city: Some("Köln".into()),
+            country: Some("DE".into()),
+            company_size: None,
+        };
+        let shown = format!("{contact:?}");
+        for value in [
+            "max@",
+            "1234567",
+            "Max",
+            "Mustermann",
+            "Beispiel",
+            "Venloer",
+            "50672",
+            "Köln",
+            "\"DE\"",
+        ] {
+            assert!(!shown.contains(value), "{value} in {shown}");
+        }
+        assert!(shown.contains("country: \"<redacted>\""), "{shown}");
+        assert!(shown.contains("company_size: \"<none>\""), "{shown}");
     }
 }

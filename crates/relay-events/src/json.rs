@@ -9,7 +9,9 @@
 //! ```
 //! `event_id` is optional (a v4 UUID is generated), `occurred_at` is RFC 3339 or integer
 //! milliseconds, `all_purposes` exists only for `Unsubscribed`, `purposes` not for
-//! `ErasureRequested`.
+//! `ErasureRequested`. `contact` takes the keys of the newest `Contact` record: `email`, `phone`,
+//! `first_name`, `last_name`, `company`, and since v2 `street`, `postal_code`, `city`, `country`
+//! (ISO 3166-1 alpha-2) and `company_size`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -45,7 +47,18 @@ const COMMON_KEYS: &[&str] = &[
     "notice_version",
     "contact",
 ];
-const CONTACT_KEYS: &[&str] = &["email", "phone", "first_name", "last_name", "company"];
+const CONTACT_KEYS: &[&str] = &[
+    "email",
+    "phone",
+    "first_name",
+    "last_name",
+    "company",
+    "street",
+    "postal_code",
+    "city",
+    "country",
+    "company_size",
+];
 
 /// Keys beyond [`COMMON_KEYS`], mirroring the fields of each Avro record.
 fn extra_keys(kind: EventKind) -> &'static [&'static str] {
@@ -159,6 +172,11 @@ pub fn from_json_line(line: &str) -> Result<ConsentEvent, JsonError> {
                 first_name: field("first_name")?,
                 last_name: field("last_name")?,
                 company: field("company")?,
+                street: field("street")?,
+                postal_code: field("postal_code")?,
+                city: field("city")?,
+                country: field("country")?,
+                company_size: field("company_size")?,
             }
         }
         Some(_) => return Err(wrong_type("contact", "an object")),
@@ -207,6 +225,11 @@ pub fn to_json(ev: &ConsentEvent) -> Value {
         ("first_name", &c.first_name),
         ("last_name", &c.last_name),
         ("company", &c.company),
+        ("street", &c.street),
+        ("postal_code", &c.postal_code),
+        ("city", &c.city),
+        ("country", &c.country),
+        ("company_size", &c.company_size),
     ] {
         if let Some(v) = v {
             contact.insert(k.to_owned(), v.clone().into());
@@ -374,6 +397,26 @@ mod tests {
             let back = from_json_line(&line(to_json(&ev))).unwrap();
             assert_eq!(back, ev);
         }
+    }
+
+    #[test]
+    fn postal_address_and_company_size_round_trip() {
+        let mut v = grant_json();
+        v["contact"]["street"] = json!("Am Seerhein 8");
+        v["contact"]["postal_code"] = json!("78467");
+        v["contact"]["city"] = json!("Konstanz");
+        v["contact"]["country"] = json!("DE");
+        v["contact"]["company_size"] = json!("50-249");
+        let ev = from_json_line(&line(v)).unwrap();
+        let c = &ev.contact;
+        assert_eq!(c.street.as_deref(), Some("Am Seerhein 8"));
+        assert_eq!(c.postal_code.as_deref(), Some("78467"));
+        assert_eq!(c.city.as_deref(), Some("Konstanz"));
+        assert_eq!(c.country.as_deref(), Some("DE"));
+        assert_eq!(c.company_size.as_deref(), Some("50-249"));
+        let back = to_json(&ev);
+        assert_eq!(back["contact"]["company_size"], "50-249");
+        assert_eq!(from_json_line(&line(back)), Ok(ev));
     }
 
     #[test]

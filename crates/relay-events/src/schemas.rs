@@ -45,6 +45,11 @@ const SOURCES: &[Source] = &[
     source!(ConsentWithdrawn, 1, "ConsentWithdrawn.v1.avsc"),
     source!(Unsubscribed, 1, "Unsubscribed.v1.avsc"),
     source!(ErasureRequested, 1, "ErasureRequested.v1.avsc"),
+    // v2: `Contact` gains the postal address and the company size (the partner hand-off needs them).
+    source!(ConsentGranted, 2, "ConsentGranted.v2.avsc"),
+    source!(ConsentWithdrawn, 2, "ConsentWithdrawn.v2.avsc"),
+    source!(Unsubscribed, 2, "Unsubscribed.v2.avsc"),
+    source!(ErasureRequested, 2, "ErasureRequested.v2.avsc"),
 ];
 
 /// One version of one record schema.
@@ -386,13 +391,14 @@ mod tests {
 
     #[test]
     fn logical_types_reduce_to_their_primitive_like_java() {
-        let pcf = parsing_canonical_form(newest(EventKind::ErasureRequested).json).unwrap();
+        let v1 = versions(EventKind::ErasureRequested).next().unwrap();
+        let pcf = parsing_canonical_form(v1.json).unwrap();
         assert_eq!(
             pcf,
             r#"{"name":"de.consentrelay.events.ErasureRequested","type":"record","fields":[{"name":"event_id","type":"string"},{"name":"subject_id","type":"string"},{"name":"occurred_at","type":"long"},{"name":"source","type":"string"},{"name":"notice_version","type":["null","string"]},{"name":"contact","type":{"name":"de.consentrelay.events.Contact","type":"record","fields":[{"name":"email","type":["null","string"]},{"name":"phone","type":["null","string"]},{"name":"first_name","type":["null","string"]},{"name":"last_name","type":["null","string"]},{"name":"company","type":["null","string"]}]}}]}"#
         );
         // The apache-avro 0.21 deviation this module works around.
-        let theirs = newest(EventKind::ErasureRequested).schema.canonical_form();
+        let theirs = v1.schema.canonical_form();
         assert!(
             theirs.contains(r#"{"name":"event_id","type":{"type":"string"}}"#),
             "{theirs}"
@@ -424,14 +430,20 @@ mod tests {
             );
             assert_eq!(json["namespace"], NAMESPACE);
         }
+        // Older versions stay decodable by either fingerprint: their data may still be in Kafka.
+        for s in all() {
+            for fp in [s.fingerprint, s.apache_avro_fingerprint] {
+                assert_eq!(by_fingerprint(fp).map(|b| b.file_name), Some(s.file_name));
+            }
+        }
         assert!(by_full_name("ConsentGranted").is_none());
         assert!(by_full_name("other.ns.ConsentGranted").is_none());
         assert!(by_fingerprint(0).is_none());
     }
 
-    /// Published versions are immutable. A changed fingerprint means a v1 file (or a canonical
-    /// form implementation) changed, and single-object data already in Kafka would stop decoding.
-    /// The values were cross-checked with the Python `avro` 1.12.2 package: its canonical form
+    /// Published versions are immutable. A changed fingerprint means a published file (or a
+    /// canonical form implementation) changed, and single-object data already in Kafka would stop
+    /// decoding. The values (v1 and v2) were cross-checked with the Python `avro` 1.12.2 package: its canonical form
     /// as is (second column) and with `{"type":"string"}`/`{"type":"long"}` reduced (first).
     #[test]
     fn published_fingerprints_do_not_change() {
@@ -456,7 +468,28 @@ mod tests {
                 0x2b30_953c_e23b_ded7,
                 0x7c2d_9d80_29ae_99aa,
             ),
+            (
+                "ConsentGranted.v2.avsc",
+                0x3b71_d5fc_36e2_f876,
+                0x891a_3673_d93b_27a1,
+            ),
+            (
+                "ConsentWithdrawn.v2.avsc",
+                0xfc16_af57_6497_e5b1,
+                0x401d_74d8_7a52_72c0,
+            ),
+            (
+                "Unsubscribed.v2.avsc",
+                0x4b12_3352_ec2e_52c5,
+                0xaf30_178d_8a71_f6be,
+            ),
+            (
+                "ErasureRequested.v2.avsc",
+                0x307b_b048_ff6e_d1ff,
+                0xd5ef_30e3_36d3_c7c6,
+            ),
         ];
+        assert_eq!(pinned.len(), all().len(), "pin every published version");
         for (file, spec, apache_avro) in pinned {
             let s = all().iter().find(|s| s.file_name == *file).unwrap();
             assert_eq!(s.fingerprint, *spec, "{file}: {:#018x}", s.fingerprint);

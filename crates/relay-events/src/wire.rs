@@ -223,6 +223,11 @@ fn to_value(ev: &ConsentEvent) -> Value {
         ("first_name".into(), optional(&c.first_name)),
         ("last_name".into(), optional(&c.last_name)),
         ("company".into(), optional(&c.company)),
+        ("street".into(), optional(&c.street)),
+        ("postal_code".into(), optional(&c.postal_code)),
+        ("city".into(), optional(&c.city)),
+        ("country".into(), optional(&c.country)),
+        ("company_size".into(), optional(&c.company_size)),
     ]);
     Value::Record(vec![
         // String and Long rather than Uuid and TimestampMillis: they also resolve against writer
@@ -353,6 +358,12 @@ fn from_value(kind: EventKind, value: Value) -> Result<ConsentEvent, DecodeError
         first_name: c.optional_string("first_name")?,
         last_name: c.optional_string("last_name")?,
         company: c.optional_string("company")?,
+        // v2 fields: absent from a v1 writer, the v2 reader fills them with their null default.
+        street: c.optional_string("street")?,
+        postal_code: c.optional_string("postal_code")?,
+        city: c.optional_string("city")?,
+        country: c.optional_string("country")?,
+        company_size: c.optional_string("company_size")?,
     };
     Ok(ConsentEvent {
         event_id,

@@ -28,6 +28,11 @@ fn sample(kind: EventKind) -> ConsentEvent {
             first_name: Some("Max".into()),
             last_name: Some("Müstermann".into()),
             company: (kind != EventKind::ErasureRequested).then(|| "in-GmbH".into()),
+            street: Some("Am Seerhein 8".into()),
+            postal_code: Some("78467".into()),
+            city: Some("Konstanz".into()),
+            country: Some("DE".into()),
+            company_size: (kind == EventKind::ConsentGranted).then(|| "50-249".into()),
         },
     }
 }
@@ -51,6 +56,48 @@ fn parse_json(json: &serde_json::Value) -> Schema {
 
 fn bundled_json(kind: EventKind) -> serde_json::Value {
     serde_json::from_str(schema_json(kind)).unwrap()
+}
+
+/// The field names of the `Contact` record in the record schema `json`.
+fn contact_fields(json: &str) -> Vec<String> {
+    let json: serde_json::Value = serde_json::from_str(json).unwrap();
+    let contact = json["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "contact")
+        .unwrap();
+    contact["type"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `ev` as a newer reader sees it after `writer` wrote it: the contact fields `writer` has no
+/// field for are lost on the way and come back as their null default.
+fn as_written_by(writer: &BundledSchema, ev: &ConsentEvent) -> ConsentEvent {
+    let known = contact_fields(writer.json);
+    let mut ev = ev.clone();
+    let c = &mut ev.contact;
+    for (name, slot) in [
+        ("email", &mut c.email),
+        ("phone", &mut c.phone),
+        ("first_name", &mut c.first_name),
+        ("last_name", &mut c.last_name),
+        ("company", &mut c.company),
+        ("street", &mut c.street),
+        ("postal_code", &mut c.postal_code),
+        ("city", &mut c.city),
+        ("country", &mut c.country),
+        ("company_size", &mut c.company_size),
+    ] {
+        if !known.iter().any(|k| k == name) {
+            *slot = None;
+        }
+    }
+    ev
 }
 
 #[test]
@@ -274,9 +321,9 @@ fn avro_errors_do_not_leak_values() {
             (
                 "contact".into(),
                 Value::Record(
-                    ["email", "phone", "first_name", "last_name", "company"]
-                        .iter()
-                        .map(|f| (f.to_string(), Value::Union(0, Box::new(Value::Null))))
+                    contact_fields(schema_json(EventKind::ConsentWithdrawn))
+                        .into_iter()
+                        .map(|f| (f, Value::Union(0, Box::new(Value::Null))))
                         .collect(),
                 ),
             ),
@@ -340,8 +387,8 @@ fn each_bundled_version_reads_the_previous_one() {
             for ev in &events {
                 let body = encode_with_schema(&v.schema, ev).unwrap();
                 assert_eq!(
-                    decode_body(&v.schema, &v.schema, &body).as_ref(),
-                    Ok(ev),
+                    decode_body(&v.schema, &v.schema, &body),
+                    Ok(as_written_by(v, ev)),
                     "{}",
                     v.file_name
                 );
@@ -351,20 +398,123 @@ fn each_bundled_version_reads_the_previous_one() {
             let (old, new) = (pair[0], pair[1]);
             SchemaCompatibility::can_read(&old.schema, &new.schema)
                 .unwrap_or_else(|e| panic!("{} cannot read {}: {e}", new.file_name, old.file_name));
+            let mut lost_something = false;
             for ev in &events {
                 let body = encode_with_schema(&old.schema, ev).unwrap();
+                let expected = as_written_by(old, ev);
+                lost_something |= expected != *ev;
                 assert_eq!(
-                    decode_body(&old.schema, &new.schema, &body).as_ref(),
-                    Ok(ev)
+                    decode_body(&old.schema, &new.schema, &body),
+                    Ok(expected),
+                    "{} reading {}",
+                    new.file_name,
+                    old.file_name
+                );
+            }
+            // Otherwise the samples set none of the fields the new version added, and the
+            // resolution of their defaults went untested.
+            if contact_fields(new.json).len() > contact_fields(old.json).len() {
+                assert!(
+                    lost_something,
+                    "samples set no field new in {}",
+                    new.file_name
                 );
             }
         }
     }
 }
 
-/// A v2 as a future author would write it: v1 plus an optional field with a default. Kept in the
-/// test, not in `schemas/`, so that it proves the resolution path without becoming a contract.
-fn withdrawn_v2() -> (Schema, String) {
+/// During a rolling upgrade, consumers still on v1 (with a schema registry) read what upgraded
+/// producers write; they skip the v2 fields.
+#[test]
+fn each_bundled_version_also_reads_the_next_one() {
+    for kind in EventKind::ALL {
+        let versions: Vec<&BundledSchema> = schemas::versions(kind).collect();
+        for pair in versions.windows(2) {
+            let (old, new) = (pair[0], pair[1]);
+            SchemaCompatibility::can_read(&new.schema, &old.schema)
+                .unwrap_or_else(|e| panic!("{} cannot read {}: {e}", old.file_name, new.file_name));
+            for ev in samples().iter().filter(|e| e.kind == kind) {
+                let body = encode_with_schema(&new.schema, ev).unwrap();
+                assert_eq!(
+                    decode_body(&new.schema, &old.schema, &body),
+                    Ok(as_written_by(old, ev))
+                );
+            }
+        }
+    }
+}
+
+/// Messages written before the upgrade sit in Kafka for the retention period: single-object
+/// frames naming a v1 fingerprint (either of the two) decode, with the v2 fields empty.
+#[test]
+fn v1_single_object_frames_decode_with_the_new_fields_empty() {
+    for ev in samples() {
+        let v1 = schemas::versions(ev.kind).next().unwrap();
+        assert_eq!(v1.version, 1);
+        assert_ne!(schemas::newest(ev.kind).version, 1);
+        let body = encode_with_schema(&v1.schema, &ev).unwrap();
+        for fingerprint in [v1.fingerprint, v1.apache_avro_fingerprint] {
+            let mut frame = SINGLE_OBJECT_MAGIC.to_vec();
+            frame.extend_from_slice(&fingerprint.to_le_bytes());
+            frame.extend_from_slice(&body);
+            let decoded = decode(&frame).unwrap();
+            let c = &decoded.contact;
+            assert_eq!(
+                [
+                    &c.street,
+                    &c.postal_code,
+                    &c.city,
+                    &c.country,
+                    &c.company_size
+                ],
+                [&None::<String>; 5]
+            );
+            assert_eq!(c.email, ev.contact.email);
+            assert_eq!(decoded, as_written_by(v1, &ev));
+        }
+    }
+}
+
+/// A frame from another implementation, as an upstream service still on v1 sends it: Python
+/// `avro` 1.12.2 wrote this ConsentGranted with the v1 schema (logical types stripped, which
+/// leaves the binary encoding as it is) and we framed it with v1's fingerprint. The v2 reader
+/// decodes it with the v2 fields empty.
+#[test]
+fn a_v1_frame_written_by_python_avro_decodes_with_the_new_fields_empty() {
+    const FRAME: &str = "c30136e3905d925bd5bb4830623966346134652d366331642d346233612d396135372d32\
+        66316433633465356636300e7375626a2d343280d4e1f4c268107765622d666f726d0e323032362d313002\
+        1e706172746e65725f696e5f676d626800021c6d6178406578616d706c652e64650002064d617800021a42\
+        6569737069656c20476d6248";
+    let bytes: Vec<u8> = (0..FRAME.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&FRAME[i..i + 2], 16).unwrap())
+        .collect();
+    let ev = decode(&bytes).unwrap();
+    assert_eq!(
+        ev,
+        ConsentEvent {
+            event_id: Uuid::from_u128(0x0b9f_4a4e_6c1d_4b3a_9a57_2f1d_3c4e_5f60),
+            kind: EventKind::ConsentGranted,
+            subject_id: "subj-42".into(),
+            occurred_at_ms: 1_795_687_200_000,
+            source: "web-form".into(),
+            notice_version: Some("2026-10".into()),
+            scope: Scope::Purposes(vec!["partner_in_gmbh".into()]),
+            contact: Contact {
+                email: Some("max@example.de".into()),
+                first_name: Some("Max".into()),
+                company: Some("Beispiel GmbH".into()),
+                ..Contact::default()
+            },
+        }
+    );
+}
+
+/// The next version as a future author would write it: the newest plus an optional field with a
+/// default. Kept in the test, not in `schemas/`, so that it proves the resolution path against a
+/// registry-only writer without becoming a contract.
+fn withdrawn_next() -> (Schema, String) {
     let mut json = bundled_json(EventKind::ConsentWithdrawn);
     json["fields"]
         .as_array_mut()
@@ -374,26 +524,26 @@ fn withdrawn_v2() -> (Schema, String) {
 }
 
 #[test]
-fn a_v2_with_an_added_optional_field_reads_v1_data_and_v1_reads_v2() {
-    let v1 = schemas::newest(EventKind::ConsentWithdrawn);
-    let (v2, v2_json) = withdrawn_v2();
-    let v2_fingerprint = schemas::fingerprint_of_json(&v2_json).unwrap();
-    assert_ne!(v2_fingerprint, v1.fingerprint);
-    let v1 = &v1.schema;
-    SchemaCompatibility::mutual_read(v1, &v2).unwrap();
+fn an_unbundled_next_version_reads_our_data_and_we_read_its() {
+    let current = schemas::newest(EventKind::ConsentWithdrawn);
+    let (next, next_json) = withdrawn_next();
+    let next_fingerprint = schemas::fingerprint_of_json(&next_json).unwrap();
+    assert_ne!(next_fingerprint, current.fingerprint);
+    let current = &current.schema;
+    SchemaCompatibility::mutual_read(current, &next).unwrap();
 
     let ev = sample(EventKind::ConsentWithdrawn);
-    // v2 reads v1 data: `channel` comes from its default.
-    let v1_body = encode_with_schema(v1, &ev).unwrap();
-    assert_eq!(decode_body(v1, &v2, &v1_body), Ok(ev.clone()));
-    // v1 reads v2 data (a newer producer behind a registry): `channel` is skipped.
-    let v2_body = encode_with_schema(&v2, &ev).unwrap();
-    assert!(v2_body.len() > v1_body.len());
-    assert_eq!(decode_with_writer_schema(&v2, &v2_body), Ok(ev.clone()));
+    // The next version reads our data: `channel` comes from its default.
+    let current_body = encode_with_schema(current, &ev).unwrap();
+    assert_eq!(decode_body(current, &next, &current_body), Ok(ev.clone()));
+    // We read its data (a newer producer behind a registry): `channel` is skipped.
+    let next_body = encode_with_schema(&next, &ev).unwrap();
+    assert!(next_body.len() > current_body.len());
+    assert_eq!(decode_with_writer_schema(&next, &next_body), Ok(ev.clone()));
     // Without a registry, an unbundled version is unknown rather than misread.
     let mut frame = SINGLE_OBJECT_MAGIC.to_vec();
-    frame.extend_from_slice(&v2_fingerprint.to_le_bytes());
-    frame.extend_from_slice(&v2_body);
+    frame.extend_from_slice(&next_fingerprint.to_le_bytes());
+    frame.extend_from_slice(&next_body);
     assert!(matches!(
         decode(&frame),
         Err(DecodeError::UnknownFingerprint(_))
