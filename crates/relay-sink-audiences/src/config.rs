@@ -1,0 +1,949 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use relay_delivery::DestinationConfig;
+use serde::{Deserialize, Deserializer};
+
+/// Meta accepts at most 10 000 rows per `/users` call (api-notes §2).
+const META_MAX_ROWS: usize = 10_000;
+/// Google accepts at most 10 000 audience members per ingest or remove request (api-notes §3a).
+const GOOGLE_MAX_MEMBERS: usize = 10_000;
+/// LinkedIn documents no batch limit (api-notes §4); more than this in one request is surely a typo.
+const LINKEDIN_MAX_USERS_CEILING: usize = 10_000;
+/// X accepts at most 2 500 operations per request (api-notes §5); we send one user per operation.
+const X_MAX_USERS: usize = 2_500;
+
+/// The `[sinks.audiences]` section of the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudiencesConfig {
+    /// Consent purpose → the names of the audiences (keys of `audiences`) that a grant adds the
+    /// person to and a withdrawal removes them from. Each audience serves exactly one purpose.
+    #[serde(default)]
+    pub purposes: BTreeMap<String, Vec<String>>,
+    /// Audience name → the platform audience it stands for. A global unsubscribe or an erasure
+    /// removes the person from every audience listed here.
+    #[serde(default)]
+    pub audiences: BTreeMap<String, AudienceConfig>,
+}
+
+/// One audience on one ad platform, chosen by `platform = "meta" | "google" | "linkedin" | "x"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "platform", rename_all = "lowercase")]
+pub enum AudienceConfig {
+    Meta(MetaAudience),
+    Google(GoogleAudience),
+    Linkedin(LinkedInAudience),
+    X(XAudience),
+}
+
+/// The ad platforms this sink writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Platform {
+    Meta,
+    Google,
+    LinkedIn,
+    X,
+}
+
+impl Platform {
+    /// The spelling of `platform` in the config file, also used in logs and outcome reasons.
+    pub fn name(self) -> &'static str {
+        match self {
+            Platform::Meta => "meta",
+            Platform::Google => "google",
+            Platform::LinkedIn => "linkedin",
+            Platform::X => "x",
+        }
+    }
+}
+
+/// Which identifiers a Meta audience is matched on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetaSchema {
+    /// `EMAIL_SHA256`: the hashed email only.
+    #[default]
+    Email,
+    /// Multi-key `["EMAIL", "PHONE"]`: the hashed email and, where the event has one, the hashed
+    /// phone (an empty cell otherwise).
+    EmailPhone,
+}
+
+/// A Meta Custom Audience (customer list).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaAudience {
+    /// Graph API root; tests and the demo point this at a fake.
+    #[serde(default = "meta_base_url")]
+    pub base_url: String,
+    /// System-user access token with `ads_management`, sent as the `access_token` form parameter.
+    /// Normally left out of the file: the binary fills it from the environment
+    /// ([`token_env_var`]).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Graph API version, the first path segment.
+    #[serde(default = "meta_api_version")]
+    pub api_version: String,
+    /// The custom audience id (digits).
+    pub audience_id: String,
+    /// Which identifiers are sent.
+    #[serde(default)]
+    pub schema: MetaSchema,
+    /// Rows per `/users` call, at most 10 000 (Meta's limit). Lower it if large removals fail.
+    #[serde(default = "meta_max_rows")]
+    pub max_rows_per_request: usize,
+    /// Rate limit, daily budget, concurrency and timeout of this account. Meta signals its
+    /// business-use-case limits in response bodies, so by default no window is set.
+    #[serde(
+        default = "meta_limits",
+        deserialize_with = "meta_limits_with_overrides"
+    )]
+    pub limits: DestinationConfig,
+}
+
+/// A Google Ads Customer Match user list, written through the Data Manager API.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoogleAudience {
+    /// Data Manager API root; tests and the demo point this at a fake.
+    #[serde(default = "google_base_url")]
+    pub base_url: String,
+    /// OAuth 2.0 access token with the Data Manager scope, sent as `Authorization: Bearer`.
+    /// Normally left out of the file: the binary fills it from the environment
+    /// ([`token_env_var`]).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The account that owns the user list (digits, no dashes).
+    pub operating_account_id: String,
+    /// `operatingAccount.accountType` as Google spells it.
+    #[serde(default = "google_account_type")]
+    pub account_type: String,
+    /// The user list id (`productDestinationId`).
+    pub product_destination_id: String,
+    /// Whether `+tag` is removed from gmail.com and googlemail.com addresses before hashing, as
+    /// the newer versions of Google's formatting guide ask (api-notes §0.3).
+    #[serde(default = "yes")]
+    pub remove_gmail_plus_suffix: bool,
+    /// The purposes whose grant means the person consented to `ad_user_data` and
+    /// `ad_personalization`. Adds are sent with both consents granted, so every purpose routed to
+    /// this audience must be listed here; `validate` checks that.
+    #[serde(default)]
+    pub consent_purposes: Vec<String>,
+    /// Audience members per ingest or remove request, at most 10 000 (Google's limit).
+    #[serde(default = "google_max_members")]
+    pub max_members_per_request: usize,
+    /// Rate limit, daily budget, concurrency and timeout of this project. Defaults to Google's
+    /// project quota: 300 requests per minute and 100 000 per day.
+    #[serde(
+        default = "google_limits",
+        deserialize_with = "google_limits_with_overrides"
+    )]
+    pub limits: DestinationConfig,
+}
+
+/// A LinkedIn Matched Audiences DMP segment.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkedInAudience {
+    /// LinkedIn API root; tests and the demo point this at a fake.
+    #[serde(default = "linkedin_base_url")]
+    pub base_url: String,
+    /// OAuth 2.0 access token with `rw_dmp_segments`, sent as `Authorization: Bearer`. Normally
+    /// left out of the file: the binary fills it from the environment ([`token_env_var`]).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The DMP segment id (digits).
+    pub segment_id: String,
+    /// The `LinkedIn-Version` header, `YYYYMM`. LinkedIn sunsets each version after about a year
+    /// (HTTP 426), so there is no default to go stale.
+    pub linkedin_version: String,
+    /// Users per batch request. LinkedIn does not document a limit (api-notes §4, UNCONFIRMED);
+    /// 1 000 keeps a request small enough that an undocumented limit is unlikely to bite and a
+    /// failed request retries little, while 600 requests a minute still move 600 000 users.
+    #[serde(default = "linkedin_max_users")]
+    pub max_users_per_request: usize,
+    /// Rate limit, daily budget, concurrency and timeout of this member. Defaults to LinkedIn's
+    /// 600 requests per minute for the users endpoint.
+    #[serde(
+        default = "linkedin_limits",
+        deserialize_with = "linkedin_limits_with_overrides"
+    )]
+    pub limits: DestinationConfig,
+}
+
+/// An X (Twitter) Ads custom audience.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XAudience {
+    /// X Ads API root; tests and the demo point this at a fake.
+    #[serde(default = "x_base_url")]
+    pub base_url: String,
+    /// Access token sent as `Authorization: Bearer`. Normally left out of the file: the binary
+    /// fills it from the environment ([`token_env_var`]). The X Ads API itself asks for OAuth 1.0a
+    /// request signing; see the crate docs.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The ads account id.
+    pub account_id: String,
+    /// The custom audience id.
+    pub custom_audience_id: String,
+    /// Ads API version, the first path segment.
+    #[serde(default = "x_api_version")]
+    pub api_version: String,
+    /// Users per request, at most 2 500 (X's limit on operations; each user is one operation).
+    #[serde(default = "x_max_users")]
+    pub max_users_per_request: usize,
+    /// Rate limit, daily budget, concurrency and timeout of this account. Defaults to X's 1 500
+    /// requests per one-minute window for the users endpoint.
+    #[serde(default = "x_limits", deserialize_with = "x_limits_with_overrides")]
+    pub limits: DestinationConfig,
+}
+
+/// The environment variable the binary reads an audience's token from, e.g.
+/// `CONSENT_RELAY_AUDIENCES_META_EU_TOKEN` for the audience `meta-eu`.
+pub fn token_env_var(audience: &str) -> String {
+    let name: String = audience
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("CONSENT_RELAY_AUDIENCES_{name}_TOKEN")
+}
+
+impl AudienceConfig {
+    pub fn platform(&self) -> Platform {
+        match self {
+            AudienceConfig::Meta(_) => Platform::Meta,
+            AudienceConfig::Google(_) => Platform::Google,
+            AudienceConfig::Linkedin(_) => Platform::LinkedIn,
+            AudienceConfig::X(_) => Platform::X,
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        match self {
+            AudienceConfig::Meta(a) => &a.base_url,
+            AudienceConfig::Google(a) => &a.base_url,
+            AudienceConfig::Linkedin(a) => &a.base_url,
+            AudienceConfig::X(a) => &a.base_url,
+        }
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        match self {
+            AudienceConfig::Meta(a) => a.token.as_deref(),
+            AudienceConfig::Google(a) => a.token.as_deref(),
+            AudienceConfig::Linkedin(a) => a.token.as_deref(),
+            AudienceConfig::X(a) => a.token.as_deref(),
+        }
+    }
+
+    /// Sets the credential, whatever the platform; the binary calls this with the value of
+    /// [`token_env_var`].
+    pub fn set_token(&mut self, token: String) {
+        let slot = match self {
+            AudienceConfig::Meta(a) => &mut a.token,
+            AudienceConfig::Google(a) => &mut a.token,
+            AudienceConfig::Linkedin(a) => &mut a.token,
+            AudienceConfig::X(a) => &mut a.token,
+        };
+        *slot = Some(token);
+    }
+
+    pub fn limits(&self) -> &DestinationConfig {
+        match self {
+            AudienceConfig::Meta(a) => &a.limits,
+            AudienceConfig::Google(a) => &a.limits,
+            AudienceConfig::Linkedin(a) => &a.limits,
+            AudienceConfig::X(a) => &a.limits,
+        }
+    }
+
+    /// Most members one request may carry.
+    pub fn batch_size(&self) -> usize {
+        match self {
+            AudienceConfig::Meta(a) => a.max_rows_per_request,
+            AudienceConfig::Google(a) => a.max_members_per_request,
+            AudienceConfig::Linkedin(a) => a.max_users_per_request,
+            AudienceConfig::X(a) => a.max_users_per_request,
+        }
+    }
+}
+
+/// One thing wrong with an [`AudiencesConfig`], named by its key within the sink's section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a [`crate::AudiencesSink`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid audiences sink config: {}", join(.0))]
+    Invalid(Vec<ConfigProblem>),
+    #[error("could not build the HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+fn join(problems: &[ConfigProblem]) -> String {
+    problems
+        .iter()
+        .map(ConfigProblem::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl AudiencesConfig {
+    /// Checks everything that can be checked without calling the platforms and reports all
+    /// problems at once, so that one start attempt shows every mistake.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Problems::default();
+
+        // Who uses each audience; an audience must serve exactly one purpose, so that its
+        // membership follows one consent decision and converges like the ledger's state does.
+        let mut users: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (purpose, names) in &self.purposes {
+            let key = format!("purposes.{purpose}");
+            if names.is_empty() {
+                problems.add(&key, "must name at least one audience");
+            }
+            if names.iter().collect::<BTreeSet<_>>().len() != names.len() {
+                problems.add(&key, "names an audience more than once");
+            }
+            for name in names {
+                if self.audiences.contains_key(name) {
+                    let purposes = users.entry(name).or_default();
+                    if !purposes.contains(&purpose.as_str()) {
+                        purposes.push(purpose);
+                    }
+                } else {
+                    problems.add(
+                        &key,
+                        &format!("names audience {name:?}, which is not in `audiences`"),
+                    );
+                }
+            }
+        }
+
+        // Audiences on one account share one rate limiter, so they must agree on its limits.
+        let mut accounts: BTreeMap<(Platform, &str, Option<&str>), &String> = BTreeMap::new();
+        for (name, audience) in &self.audiences {
+            let key = |field: &str| format!("audiences.{name}.{field}");
+            let purposes = users.get(name.as_str()).cloned().unwrap_or_default();
+            match purposes.as_slice() {
+                [] => problems.add(
+                    &format!("audiences.{name}"),
+                    "is not used by any purpose (remove it, or route a purpose to it)",
+                ),
+                [_] => {}
+                many => problems.add(
+                    &format!("audiences.{name}"),
+                    &format!(
+                        "is used by purposes {}; an audience must serve exactly one purpose, so \
+                         that one withdrawal cannot remove what another purpose's consent allows",
+                        many.join(", ")
+                    ),
+                ),
+            }
+
+            match reqwest::Url::parse(audience.base_url()) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+                Ok(_) => problems.add(&key("base_url"), "must be an http or https URL"),
+                Err(_) => problems.add(&key("base_url"), "is not a URL"),
+            }
+            match audience.token() {
+                None => problems.add(
+                    &key("token"),
+                    &format!("missing; set {}", token_env_var(name)),
+                ),
+                // It travels in a header or a form field; a pasted line break would break both.
+                Some(t) if t.is_empty() || !t.chars().all(|c| c.is_ascii_graphic()) => problems
+                    .add(
+                        &key("token"),
+                        "must be non-empty printable ASCII without spaces",
+                    ),
+                Some(_) => {}
+            }
+            let account = (audience.platform(), audience.base_url(), audience.token());
+            match accounts.get(&account) {
+                Some(first) if self.audiences[*first].limits() != audience.limits() => problems
+                    .add(
+                        &key("limits"),
+                        &format!(
+                            "differ from those of audience {first:?} on the same account (same \
+                         platform, base_url and token), which shares one rate limit"
+                        ),
+                    ),
+                Some(_) => {}
+                None => {
+                    accounts.insert(account, name);
+                }
+            }
+            let max = match audience {
+                AudienceConfig::Meta(_) => META_MAX_ROWS,
+                AudienceConfig::Google(_) => GOOGLE_MAX_MEMBERS,
+                AudienceConfig::Linkedin(_) => LINKEDIN_MAX_USERS_CEILING,
+                AudienceConfig::X(_) => X_MAX_USERS,
+            };
+            if !(1..=max).contains(&audience.batch_size()) {
+                let field = match audience {
+                    AudienceConfig::Meta(_) => "max_rows_per_request",
+                    AudienceConfig::Google(_) => "max_members_per_request",
+                    AudienceConfig::Linkedin(_) | AudienceConfig::X(_) => "max_users_per_request",
+                };
+                problems.add(&key(field), &format!("must be between 1 and {max}"));
+            }
+            for problem in audience.limits().problems() {
+                problems
+                    .0
+                    .push(problem_at(&format!("audiences.{name}.limits."), &problem));
+            }
+
+            match audience {
+                AudienceConfig::Meta(a) => {
+                    problems.digits(&key("audience_id"), &a.audience_id);
+                    if !is_meta_version(&a.api_version) {
+                        problems.add(&key("api_version"), "must look like \"v25.0\"");
+                    }
+                }
+                AudienceConfig::Google(a) => {
+                    problems.digits(&key("operating_account_id"), &a.operating_account_id);
+                    problems.digits(&key("product_destination_id"), &a.product_destination_id);
+                    if a.account_type.is_empty()
+                        || !a
+                            .account_type
+                            .chars()
+                            .all(|c| c.is_ascii_uppercase() || c == '_')
+                    {
+                        problems.add(&key("account_type"), "must look like \"GOOGLE_ADS\"");
+                    }
+                    for purpose in &purposes {
+                        if !a.consent_purposes.iter().any(|p| p == purpose) {
+                            problems.add(
+                                &key("consent_purposes"),
+                                &format!(
+                                    "does not list {purpose:?}, which routes to this audience: \
+                                     Google adds members only with ad_user_data and \
+                                     ad_personalization consent"
+                                ),
+                            );
+                        }
+                    }
+                    for listed in &a.consent_purposes {
+                        if !purposes.contains(&listed.as_str()) {
+                            problems.add(
+                                &key("consent_purposes"),
+                                &format!("lists {listed:?}, which does not route to this audience"),
+                            );
+                        }
+                    }
+                }
+                AudienceConfig::Linkedin(a) => {
+                    problems.digits(&key("segment_id"), &a.segment_id);
+                    if a.linkedin_version.len() != 6
+                        || !a.linkedin_version.chars().all(|c| c.is_ascii_digit())
+                    {
+                        problems.add(&key("linkedin_version"), "must be YYYYMM, e.g. \"202601\"");
+                    }
+                }
+                AudienceConfig::X(a) => {
+                    problems.path_segment(&key("account_id"), &a.account_id);
+                    problems.path_segment(&key("custom_audience_id"), &a.custom_audience_id);
+                    if a.api_version.is_empty()
+                        || !a.api_version.chars().all(|c| c.is_ascii_digit())
+                    {
+                        problems.add(&key("api_version"), "must be a number, e.g. \"12\"");
+                    }
+                }
+            }
+        }
+
+        if problems.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems.0))
+        }
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn add(&mut self, key: &str, message: &str) {
+        self.0.push(ConfigProblem {
+            key: key.to_owned(),
+            message: message.to_owned(),
+        });
+    }
+
+    fn digits(&mut self, key: &str, value: &str) {
+        if value.is_empty() || !value.chars().all(|c| c.is_ascii_digit()) {
+            self.add(key, "must be the platform's numeric id (digits only)");
+        }
+    }
+
+    /// Ids that go into a URL path verbatim must not be able to change the path.
+    fn path_segment(&mut self, key: &str, value: &str) {
+        if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
+            self.add(key, "must be the platform's id (letters and digits only)");
+        }
+    }
+}
+
+/// `DestinationConfig::problems` says "key: message"; this puts the audience's prefix on the key.
+fn problem_at(prefix: &str, problem: &str) -> ConfigProblem {
+    let (key, message) = problem.split_once(": ").unwrap_or(("", problem));
+    ConfigProblem {
+        key: format!("{prefix}{key}"),
+        message: message.to_owned(),
+    }
+}
+
+fn is_meta_version(v: &str) -> bool {
+    let Some((major, minor)) = v.strip_prefix('v').and_then(|v| v.split_once('.')) else {
+        return false;
+    };
+    [major, minor]
+        .iter()
+        .all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// A `limits` table as written: every key optional, each one overriding the platform's default
+/// rather than relay-delivery's generic one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsOverrides {
+    /// See [`DestinationConfig::max_requests_per_window`].
+    max_requests_per_window: Option<u32>,
+    /// See [`DestinationConfig::window_ms`].
+    window_ms: Option<u64>,
+    /// See [`DestinationConfig::daily_budget`].
+    daily_budget: Option<u32>,
+    /// See [`DestinationConfig::max_concurrency`].
+    max_concurrency: Option<usize>,
+    /// See [`DestinationConfig::request_timeout_ms`].
+    request_timeout_ms: Option<u64>,
+}
+
+fn with_overrides<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    defaults: DestinationConfig,
+) -> Result<DestinationConfig, D::Error> {
+    let o = LimitsOverrides::deserialize(deserializer)?;
+    Ok(DestinationConfig {
+        max_requests_per_window: o
+            .max_requests_per_window
+            .or(defaults.max_requests_per_window),
+        window_ms: o.window_ms.unwrap_or(defaults.window_ms),
+        daily_budget: o.daily_budget.or(defaults.daily_budget),
+        max_concurrency: o.max_concurrency.unwrap_or(defaults.max_concurrency),
+        request_timeout_ms: o.request_timeout_ms.unwrap_or(defaults.request_timeout_ms),
+    })
+}
+
+fn meta_limits_with_overrides<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<DestinationConfig, D::Error> {
+    with_overrides(d, meta_limits())
+}
+
+fn google_limits_with_overrides<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<DestinationConfig, D::Error> {
+    with_overrides(d, google_limits())
+}
+
+fn linkedin_limits_with_overrides<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<DestinationConfig, D::Error> {
+    with_overrides(d, linkedin_limits())
+}
+
+fn x_limits_with_overrides<'de, D: Deserializer<'de>>(d: D) -> Result<DestinationConfig, D::Error> {
+    with_overrides(d, x_limits())
+}
+
+/// Uploads of thousands of rows take longer than relay-delivery's generic 10 s.
+const UPLOAD_TIMEOUT_MS: u64 = 60_000;
+const MINUTE_MS: u64 = 60_000;
+
+fn meta_limits() -> DestinationConfig {
+    DestinationConfig {
+        request_timeout_ms: UPLOAD_TIMEOUT_MS,
+        ..DestinationConfig::default()
+    }
+}
+
+fn google_limits() -> DestinationConfig {
+    DestinationConfig {
+        max_requests_per_window: Some(300),
+        window_ms: MINUTE_MS,
+        daily_budget: Some(100_000),
+        request_timeout_ms: UPLOAD_TIMEOUT_MS,
+        ..DestinationConfig::default()
+    }
+}
+
+fn linkedin_limits() -> DestinationConfig {
+    DestinationConfig {
+        max_requests_per_window: Some(600),
+        window_ms: MINUTE_MS,
+        request_timeout_ms: UPLOAD_TIMEOUT_MS,
+        ..DestinationConfig::default()
+    }
+}
+
+fn x_limits() -> DestinationConfig {
+    DestinationConfig {
+        max_requests_per_window: Some(1_500),
+        window_ms: MINUTE_MS,
+        request_timeout_ms: UPLOAD_TIMEOUT_MS,
+        ..DestinationConfig::default()
+    }
+}
+
+fn meta_base_url() -> String {
+    "https://graph.facebook.com".to_owned()
+}
+fn meta_api_version() -> String {
+    "v25.0".to_owned()
+}
+fn meta_max_rows() -> usize {
+    META_MAX_ROWS
+}
+fn google_base_url() -> String {
+    "https://datamanager.googleapis.com".to_owned()
+}
+fn google_account_type() -> String {
+    "GOOGLE_ADS".to_owned()
+}
+fn google_max_members() -> usize {
+    GOOGLE_MAX_MEMBERS
+}
+fn linkedin_base_url() -> String {
+    "https://api.linkedin.com".to_owned()
+}
+fn linkedin_max_users() -> usize {
+    1_000
+}
+fn x_base_url() -> String {
+    "https://ads-api.x.com".to_owned()
+}
+fn x_api_version() -> String {
+    "12".to_owned()
+}
+fn x_max_users() -> usize {
+    X_MAX_USERS
+}
+fn yes() -> bool {
+    true
+}
+
+fn redacted(token: &Option<String>) -> Option<&'static str> {
+    token.as_ref().map(|_| "<redacted>")
+}
+
+// The Debug impls are hand-written so that a token can never reach a log line.
+
+impl fmt::Debug for MetaAudience {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetaAudience")
+            .field("base_url", &self.base_url)
+            .field("token", &redacted(&self.token))
+            .field("api_version", &self.api_version)
+            .field("audience_id", &self.audience_id)
+            .field("schema", &self.schema)
+            .field("max_rows_per_request", &self.max_rows_per_request)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl fmt::Debug for GoogleAudience {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GoogleAudience")
+            .field("base_url", &self.base_url)
+            .field("token", &redacted(&self.token))
+            .field("operating_account_id", &self.operating_account_id)
+            .field("account_type", &self.account_type)
+            .field("product_destination_id", &self.product_destination_id)
+            .field("remove_gmail_plus_suffix", &self.remove_gmail_plus_suffix)
+            .field("consent_purposes", &self.consent_purposes)
+            .field("max_members_per_request", &self.max_members_per_request)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl fmt::Debug for LinkedInAudience {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkedInAudience")
+            .field("base_url", &self.base_url)
+            .field("token", &redacted(&self.token))
+            .field("segment_id", &self.segment_id)
+            .field("linkedin_version", &self.linkedin_version)
+            .field("max_users_per_request", &self.max_users_per_request)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl fmt::Debug for XAudience {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XAudience")
+            .field("base_url", &self.base_url)
+            .field("token", &redacted(&self.token))
+            .field("account_id", &self.account_id)
+            .field("custom_audience_id", &self.custom_audience_id)
+            .field("api_version", &self.api_version)
+            .field("max_users_per_request", &self.max_users_per_request)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AudiencesConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    const FULL: &str = r#"
+        [purposes]
+        ads_remarketing = ["meta-eu", "google-eu", "linkedin", "x"]
+
+        [audiences.meta-eu]
+        platform = "meta"
+        token = "m"
+        audience_id = "23850000000000001"
+        schema = "email_phone"
+
+        [audiences.google-eu]
+        platform = "google"
+        token = "g"
+        operating_account_id = "1234567890"
+        product_destination_id = "987654321"
+        consent_purposes = ["ads_remarketing"]
+
+        [audiences.google-eu.limits]
+        max_concurrency = 2
+
+        [audiences.linkedin]
+        platform = "linkedin"
+        token = "l"
+        segment_id = "123456"
+        linkedin_version = "202601"
+
+        [audiences.x]
+        platform = "x"
+        token = "x"
+        account_id = "18ce54d4x5t"
+        custom_audience_id = "1nmth"
+    "#;
+
+    #[test]
+    fn defaults_fill_in_per_platform() {
+        let c = parse(FULL).unwrap();
+        c.validate().unwrap();
+        let AudienceConfig::Meta(meta) = &c.audiences["meta-eu"] else {
+            panic!("meta");
+        };
+        assert_eq!(meta.base_url, "https://graph.facebook.com");
+        assert_eq!(meta.api_version, "v25.0");
+        assert_eq!(meta.schema, MetaSchema::EmailPhone);
+        assert_eq!(meta.max_rows_per_request, 10_000);
+        assert_eq!(meta.limits.max_requests_per_window, None);
+
+        let AudienceConfig::Google(google) = &c.audiences["google-eu"] else {
+            panic!("google");
+        };
+        assert_eq!(google.account_type, "GOOGLE_ADS");
+        assert!(google.remove_gmail_plus_suffix);
+        // A partial limits table overrides only what it names; the rest stays Google's.
+        assert_eq!(google.limits.max_concurrency, 2);
+        assert_eq!(google.limits.max_requests_per_window, Some(300));
+        assert_eq!(google.limits.window_ms, 60_000);
+        assert_eq!(google.limits.daily_budget, Some(100_000));
+
+        let AudienceConfig::Linkedin(linkedin) = &c.audiences["linkedin"] else {
+            panic!("linkedin");
+        };
+        assert_eq!(linkedin.base_url, "https://api.linkedin.com");
+        assert_eq!(linkedin.max_users_per_request, 1_000);
+        assert_eq!(linkedin.limits.max_requests_per_window, Some(600));
+
+        let AudienceConfig::X(x) = &c.audiences["x"] else {
+            panic!("x");
+        };
+        assert_eq!(x.base_url, "https://ads-api.x.com");
+        assert_eq!(x.api_version, "12");
+        assert_eq!(x.max_users_per_request, 2_500);
+        assert_eq!(x.limits.max_requests_per_window, Some(1_500));
+        assert_eq!(x.limits.window_ms, 60_000);
+    }
+
+    #[test]
+    fn unknown_keys_and_platforms_are_rejected() {
+        let err = parse(
+            r#"[audiences.a]
+               platform = "meta"
+               audience_id = "1"
+               audience = "typo""#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("audience"), "{err}");
+        let err = parse(
+            r#"[audiences.a]
+               platform = "tiktok""#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("tiktok"), "{err}");
+        let err = parse(
+            r#"[audiences.a]
+               platform = "x"
+               account_id = "a"
+               custom_audience_id = "b"
+               [audiences.a.limits]
+               per_minute = 3"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("per_minute"), "{err}");
+        assert!(parse("batch = 3").is_err());
+    }
+
+    #[test]
+    fn validate_reports_every_problem_by_key() {
+        let c = parse(
+            r#"
+            [purposes]
+            ads = ["meta", "google", "ghost"]
+            lookalike = ["meta"]
+            empty = []
+
+            [audiences.meta]
+            platform = "meta"
+            base_url = "ftp://graph"
+            audience_id = "12a"
+            api_version = "25"
+            max_rows_per_request = 10001
+
+            [audiences.google]
+            platform = "google"
+            token = "t"
+            operating_account_id = "123-456-7890"
+            product_destination_id = "9"
+            consent_purposes = ["other"]
+
+            [audiences.linkedin]
+            platform = "linkedin"
+            token = "t"
+            segment_id = "1"
+            linkedin_version = "2026-01"
+
+            [audiences.linkedin.limits]
+            max_concurrency = 0
+            "#,
+        )
+        .unwrap();
+        let Err(ConfigError::Invalid(problems)) = c.validate() else {
+            panic!("expected problems");
+        };
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "purposes.ads",
+                "purposes.empty",
+                "audiences.google.operating_account_id",
+                "audiences.google.consent_purposes",
+                "audiences.google.consent_purposes",
+                "audiences.linkedin",
+                "audiences.linkedin.limits.max_concurrency",
+                "audiences.linkedin.linkedin_version",
+                "audiences.meta",
+                "audiences.meta.base_url",
+                "audiences.meta.token",
+                "audiences.meta.max_rows_per_request",
+                "audiences.meta.audience_id",
+                "audiences.meta.api_version",
+            ],
+            "{problems:#?}"
+        );
+        let text = ConfigError::Invalid(problems).to_string();
+        assert!(
+            text.contains("CONSENT_RELAY_AUDIENCES_META_TOKEN"),
+            "{text}"
+        );
+        assert!(text.contains("used by purposes ads, lookalike"), "{text}");
+    }
+
+    #[test]
+    fn audiences_on_one_account_must_agree_on_its_limits() {
+        let c = parse(
+            r#"
+            [purposes]
+            ads = ["a"]
+            lookalike = ["b"]
+
+            [audiences.a]
+            platform = "meta"
+            token = "same"
+            audience_id = "1"
+
+            [audiences.b]
+            platform = "meta"
+            token = "same"
+            audience_id = "2"
+
+            [audiences.b.limits]
+            max_requests_per_window = 10
+            "#,
+        )
+        .unwrap();
+        let Err(ConfigError::Invalid(problems)) = c.validate() else {
+            panic!("expected problems");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "audiences.b.limits");
+        assert!(problems[0].message.contains("\"a\""), "{}", problems[0]);
+    }
+
+    #[test]
+    fn token_env_var_and_set_token() {
+        assert_eq!(
+            token_env_var("meta-eu"),
+            "CONSENT_RELAY_AUDIENCES_META_EU_TOKEN"
+        );
+        let mut c = parse(FULL).unwrap();
+        let meta = c.audiences.get_mut("meta-eu").unwrap();
+        meta.set_token("from-env".into());
+        assert_eq!(meta.token(), Some("from-env"));
+    }
+
+    #[test]
+    fn debug_redacts_every_token() {
+        let mut c = parse(FULL).unwrap();
+        for audience in c.audiences.values_mut() {
+            audience.set_token("secret-value".into());
+        }
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("secret-value"), "{shown}");
+        assert_eq!(shown.matches("<redacted>").count(), 4, "{shown}");
+    }
+}

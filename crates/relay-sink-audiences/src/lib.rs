@@ -1,0 +1,39 @@
+//! The audiences sink: keeps ad-platform audiences in line with consent, sending only hashes.
+//!
+//! - grant of a purpose → add the person to the purpose's audiences;
+//! - withdrawal of a purpose → remove them from those audiences;
+//! - global unsubscribe and erasure → remove them from every configured audience.
+//!
+//! The person is identified by SHA-256 of their email (and, where an audience takes it, phone),
+//! normalized the way each platform asks (`relay_events::normalize`). Raw identifiers never leave
+//! the process, and never appear in a log line or an outcome reason.
+//!
+//! Platforms: Meta Custom Audiences, Google Customer Match through the Data Manager API, LinkedIn
+//! DMP segments, X custom audiences. Audiences on one platform account share one
+//! `relay_delivery::Destination` (rate limit, daily budget, `Retry-After` pause).
+//!
+//! Layout: `config` (the `[sinks.audiences]` section), `request` (items → per-audience adds and
+//! removes, hashing, the request shape), `meta` / `google` / `linkedin` / `x` (each platform's
+//! payloads and the mapping of its answers to outcomes), `client` (sending, one audience at a time,
+//! and folding the outcomes per item with `Outcome::worst`).
+//!
+//! Credentials: X's Ads API asks for OAuth 1.0a request signing, which needs HMAC-SHA1; until that
+//! is in, the X client sends the configured token as a bearer token. Google's access tokens expire
+//! hourly; the binary must keep `token` fresh.
+//!
+//! Owns: the platforms' payloads and response shapes. Must not: sleep, retry, or put a raw email
+//! or phone into a request, a log line or an outcome reason.
+
+mod client;
+mod config;
+mod google;
+mod linkedin;
+mod meta;
+mod request;
+mod x;
+
+pub use client::AudiencesSink;
+pub use config::{
+    token_env_var, AudienceConfig, AudiencesConfig, ConfigError, ConfigProblem, GoogleAudience,
+    LinkedInAudience, MetaAudience, MetaSchema, Platform, XAudience,
+};
