@@ -5,6 +5,9 @@
 //! Owns: fakes and fixtures. Must not: be a dependency of production code paths (only tests, benches
 //! and the demo's fake-downstreams binary use it).
 
+pub mod audiences;
 pub mod broker;
 pub mod hubspot;
+pub mod newsletter;
+pub mod partner;
 pub mod postgres;

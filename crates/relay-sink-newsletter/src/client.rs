@@ -1,0 +1,590 @@
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::Poll;
+use std::time::Duration;
+
+use relay_delivery::{classify_status, BoxFuture, Destination, Outcome, Reply, Sink, SinkItem};
+use serde::Deserialize;
+
+use crate::config::{ConfigError, ListConfig, NewsletterConfig};
+use crate::request::{self, Call, Op};
+
+/// Brevo's rate-limit headers (api-notes §6); `reset` is in seconds.
+const BREVO_REMAINING: &str = "x-sib-ratelimit-remaining";
+const BREVO_RESET: &str = "x-sib-ratelimit-reset";
+
+/// Mailchimp's `title` for subscribing an address that unsubscribed before.
+const MAILCHIMP_COMPLIANCE_STATE: &str = "Member In Compliance State";
+/// Mailchimp's `title` for writing an address that was permanently deleted.
+const MAILCHIMP_FORGOTTEN: &str = "Forgotten Email Not Subscribed";
+
+const COMPLIANCE_REASON: &str = "Mailchimp refuses to subscribe the address because it is in a \
+    compliance state (it unsubscribed, bounced or is under review); the person must confirm again \
+    through Mailchimp's own double opt-in (e.g. a Mailchimp signup form), a replay will not help";
+const FORGOTTEN_REASON: &str = "Mailchimp refuses to subscribe the address because it was \
+    permanently deleted (erasure) and cannot be re-imported; the person must sign up again \
+    through a Mailchimp signup form, a replay will not help";
+
+/// The newsletter sink: keeps Brevo lists and Mailchimp audiences in step with consent events.
+pub struct NewsletterSink {
+    config: NewsletterConfig,
+    lists: BTreeMap<String, ListClient>,
+}
+
+/// One configured list with its HTTP front.
+struct ListClient {
+    provider: Provider,
+    base_url: String,
+    api_key: String,
+    destination: Destination,
+}
+
+enum Provider {
+    Brevo,
+    /// The audience id, to ask whether the audience exists when a member is not found.
+    Mailchimp {
+        list_id: String,
+    },
+}
+
+impl NewsletterSink {
+    /// Validates `config` and builds one HTTP front (rate limit, concurrency) per list.
+    pub fn new(config: NewsletterConfig) -> Result<NewsletterSink, ConfigError> {
+        config.validate()?;
+        let mut lists = BTreeMap::new();
+        for (name, list) in &config.lists {
+            // validate() has checked that the key is there and the base URL derivable.
+            let (provider, base_url, api_key, limits) = match list {
+                ListConfig::Brevo(b) => (
+                    Provider::Brevo,
+                    b.base_url.clone(),
+                    b.api_key.clone(),
+                    &b.limits,
+                ),
+                ListConfig::Mailchimp(m) => (
+                    Provider::Mailchimp {
+                        list_id: m.list_id.clone(),
+                    },
+                    m.effective_base_url().unwrap_or_default(),
+                    m.api_key.clone(),
+                    &m.limits,
+                ),
+            };
+            let destination = Destination::new(limits.clone()).map_err(ConfigError::Client)?;
+            lists.insert(
+                name.clone(),
+                ListClient {
+                    provider,
+                    base_url: base_url.trim_end_matches('/').to_owned(),
+                    api_key: api_key.unwrap_or_default().trim().to_owned(),
+                    destination,
+                },
+            );
+        }
+        Ok(NewsletterSink { config, lists })
+    }
+
+    async fn deliver_items(&self, items: &[SinkItem]) -> Vec<Outcome> {
+        let request::Plan { settled, chains } = request::plan(items, &self.config);
+        let mut outcomes = settled;
+        // Lists that answered 429 or refused us in this delivery: their remaining calls are not
+        // sent, since the answer would be the same.
+        let blocked = Mutex::new(BTreeMap::new());
+        let results = join_all(
+            chains
+                .iter()
+                .map(|chain| self.run_chain(chain, &blocked))
+                .collect(),
+        )
+        .await;
+        for (item, outcome) in results.into_iter().flatten() {
+            merge(&mut outcomes[item], outcome);
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::retryable("no request covered this item")))
+            .collect()
+    }
+
+    /// Sends the calls for one address in order. After a call that is not done, the rest wait:
+    /// sending them would let the runtime's retry of the earlier change land after them and undo
+    /// the newer decision.
+    async fn run_chain(
+        &self,
+        chain: &[Call],
+        blocked: &Mutex<BTreeMap<String, Outcome>>,
+    ) -> Vec<(usize, Outcome)> {
+        let mut out = Vec::with_capacity(chain.len());
+        let mut stalled = false;
+        for call in chain {
+            let known = lock(blocked).get(&call.list).cloned();
+            let outcome = if stalled {
+                Outcome::retryable("held back: an earlier change of this address failed")
+            } else if let Some(outcome) = known {
+                outcome
+            } else {
+                let (outcome, status) = self.send(call).await;
+                if let Some(block) = blocking(status, &outcome) {
+                    lock(blocked).entry(call.list.clone()).or_insert(block);
+                }
+                outcome
+            };
+            stalled |= !outcome.is_done();
+            out.push((call.item, outcome));
+        }
+        out
+    }
+
+    /// Sends one call and maps the answer to the item's outcome; also returns the HTTP status,
+    /// if there was an answer.
+    async fn send(&self, call: &Call) -> (Outcome, Option<u16>) {
+        let Some(list) = self.lists.get(&call.list) else {
+            let reason = format!("list {:?} is not configured", call.list);
+            return (Outcome::permanent(reason), None);
+        };
+        let mut request = list.destination.http().request(
+            call.method.clone(),
+            format!("{}{}", list.base_url, call.path),
+        );
+        if let Some(body) = &call.body {
+            request = request.json(body);
+        }
+        let reply = match list.send(request).await {
+            Ok(reply) => reply,
+            Err(outcome) => return (outcome, None),
+        };
+        // Paths hold the address (Brevo) or its hash (Mailchimp): never logged.
+        tracing::debug!(
+            sink = "newsletter",
+            list = %call.list,
+            op = ?call.op,
+            status = reply.status,
+            "newsletter provider answered"
+        );
+        let outcome = match &list.provider {
+            Provider::Brevo => {
+                list.honor_brevo_rate_limit(&reply);
+                brevo_outcome(call.op, &reply)
+            }
+            Provider::Mailchimp { list_id } => match mailchimp_outcome(call.op, &reply) {
+                MailchimpAnswer::Done(outcome) => outcome,
+                MailchimpAnswer::NotFound => list.mailchimp_member_gone(list_id).await,
+            },
+        };
+        (outcome, Some(reply.status))
+    }
+}
+
+impl ListClient {
+    /// Sends `request` with the provider's authentication, through the list's rate limiter.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Reply, Outcome> {
+        let request = match self.provider {
+            Provider::Brevo => request.header("api-key", &self.api_key),
+            // Mailchimp takes any user name with the key as the password.
+            Provider::Mailchimp { .. } => request.basic_auth("consent-relay", Some(&self.api_key)),
+        };
+        self.destination.send(request).await
+    }
+
+    /// Brevo tells its limits in headers on every answer, not only on the 429: pausing when the
+    /// window is used up saves a rejected request.
+    fn honor_brevo_rate_limit(&self, reply: &Reply) {
+        let exhausted = reply.status == 429 || reply.header(BREVO_REMAINING) == Some("0");
+        let reset = reply
+            .header(BREVO_RESET)
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let (true, Some(reset)) = (exhausted, reset) {
+            self.destination.pause_for(Duration::from_secs(reset));
+        }
+    }
+
+    /// A permanent delete answered 404, which Mailchimp also says for a missing audience: only
+    /// when the audience exists is the member already gone. A wrong `list_id` must not make
+    /// erasures look done.
+    async fn mailchimp_member_gone(&self, list_id: &str) -> Outcome {
+        let url = format!("{}{}", self.base_url, request::mailchimp_list_path(list_id));
+        match self.send(self.destination.http().get(url)).await {
+            Err(outcome) => outcome,
+            Ok(reply) if reply.is_success() => Outcome::AlreadyApplied,
+            Ok(reply) if reply.status == 404 => Outcome::Refused {
+                reason: "Mailchimp has no audience with the configured list_id".to_owned(),
+            },
+            Ok(reply) => {
+                let problem: Problem = serde_json::from_slice(&reply.body).unwrap_or_default();
+                classify_status(
+                    reply.status,
+                    reply.header("retry-after"),
+                    problem.detail(&reply.body),
+                )
+            }
+        }
+    }
+}
+
+impl Sink for NewsletterSink {
+    fn name(&self) -> &str {
+        "newsletter"
+    }
+
+    fn requires_email(&self) -> bool {
+        true
+    }
+
+    fn deliver<'a>(&'a self, items: &'a [SinkItem]) -> BoxFuture<'a, Vec<Outcome>> {
+        Box::pin(self.deliver_items(items))
+    }
+
+    fn destinations(&self) -> Vec<&Destination> {
+        self.lists.values().map(|l| &l.destination).collect()
+    }
+}
+
+/// The outcome the rest of a delivery's calls to the same list get without being sent, if the
+/// answer (`status`, mapped to `outcome`) says the list will answer them the same way.
+fn blocking(status: Option<u16>, outcome: &Outcome) -> Option<Outcome> {
+    match outcome {
+        Outcome::Retryable { after, .. } if status == Some(429) => Some(Outcome::Retryable {
+            after: *after,
+            reason: "not sent: the list's provider answered 429 earlier in this delivery"
+                .to_owned(),
+        }),
+        Outcome::Refused { reason } => Some(Outcome::Refused {
+            reason: format!("not sent: the list's provider refused us earlier ({reason})"),
+        }),
+        _ => None,
+    }
+}
+
+fn brevo_outcome(op: Op, reply: &Reply) -> Outcome {
+    if reply.is_success() {
+        return Outcome::Applied;
+    }
+    let error: BrevoError = serde_json::from_slice(&reply.body).unwrap_or_default();
+    // Nothing to take off a list and nothing to erase. Only Brevo's own code counts: an empty 404
+    // is a wrong base URL, not a missing contact.
+    if reply.status == 404
+        && error.code.as_deref() == Some("document_not_found")
+        && op != Op::Subscribe
+    {
+        return Outcome::AlreadyApplied;
+    }
+    let wait = match reply.status {
+        429 => reply.header(BREVO_RESET).or(reply.header("retry-after")),
+        _ => reply.header("retry-after"),
+    };
+    classify_status(reply.status, wait, error.detail(&reply.body))
+}
+
+enum MailchimpAnswer {
+    Done(Outcome),
+    /// A permanent delete found nothing; whether that is the member or the audience is unknown.
+    NotFound,
+}
+
+fn mailchimp_outcome(op: Op, reply: &Reply) -> MailchimpAnswer {
+    if reply.is_success() {
+        return MailchimpAnswer::Done(Outcome::Applied);
+    }
+    let problem: Problem = serde_json::from_slice(&reply.body).unwrap_or_default();
+    let done = MailchimpAnswer::Done;
+    match (reply.status, problem.title.as_deref(), op) {
+        (400, Some(MAILCHIMP_COMPLIANCE_STATE), Op::Subscribe) => {
+            done(Outcome::permanent(COMPLIANCE_REASON))
+        }
+        (400, Some(MAILCHIMP_FORGOTTEN), Op::Subscribe) => {
+            done(Outcome::permanent(FORGOTTEN_REASON))
+        }
+        // A permanently deleted address receives nothing: the withdrawal holds already.
+        (400, Some(MAILCHIMP_FORGOTTEN), Op::Unsubscribe { .. }) => done(Outcome::AlreadyApplied),
+        (404, Some(_), Op::Delete) => MailchimpAnswer::NotFound,
+        // An upsert creates missing members, so its 404 is the audience: every item would fail
+        // the same way until an operator fixes list_id.
+        (404, Some(_), _) => done(Outcome::Refused {
+            reason: "Mailchimp has no audience with the configured list_id".to_owned(),
+        }),
+        _ => done(classify_status(
+            reply.status,
+            reply.header("retry-after"),
+            problem.detail(&reply.body),
+        )),
+    }
+}
+
+/// Brevo's error body (api-notes §6).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct BrevoError {
+    code: Option<String>,
+    message: Option<String>,
+}
+
+impl BrevoError {
+    fn detail(&self, body: &[u8]) -> String {
+        match (&self.message, &self.code) {
+            (Some(m), Some(c)) => format!("{} [{c}]", redact(m)),
+            (Some(m), None) => redact(m),
+            (None, Some(c)) => format!("[{c}]"),
+            (None, None) => foreign_body(body),
+        }
+    }
+}
+
+/// Mailchimp's `application/problem+json` error body (api-notes §6).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Problem {
+    title: Option<String>,
+    detail: Option<String>,
+    instance: Option<String>,
+}
+
+impl Problem {
+    /// `title: detail (instance …)`, or the start of a body that is not Mailchimp's.
+    fn detail(&self, body: &[u8]) -> String {
+        let Some(title) = &self.title else {
+            return foreign_body(body);
+        };
+        let mut out = title.clone();
+        if let Some(d) = &self.detail {
+            out.push_str(": ");
+            out.push_str(&redact(d));
+        }
+        if let Some(i) = self.instance.as_deref().filter(|i| !i.is_empty()) {
+            out.push_str(&format!(" (instance {i})"));
+        }
+        out
+    }
+}
+
+fn foreign_body(body: &[u8]) -> String {
+    let text: String = String::from_utf8_lossy(body).chars().take(200).collect();
+    if text.trim().is_empty() {
+        "no error body".to_owned()
+    } else {
+        redact(&text)
+    }
+}
+
+/// Replaces every word that looks like an email address: outcome reasons end up in the ledger and
+/// the DLQ, which must not hold raw addresses (providers put them into their messages).
+fn redact(text: &str) -> String {
+    text.split_whitespace()
+        .map(|word| if word.contains('@') { "<email>" } else { word })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Folds the outcome of one more call into its item's outcome.
+fn merge(slot: &mut Option<Outcome>, outcome: Outcome) {
+    *slot = Some(match slot.take() {
+        Some(so_far) => so_far.worst(outcome),
+        None => outcome,
+    });
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The map only caches answers; one a panicking chain left behind is still right.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs `futures` side by side and returns their outputs in order: the chains of different
+/// addresses need not wait for each other, and each list's `Destination` bounds the concurrency.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    use super::*;
+
+    fn reply(status: u16, headers: &[(&'static str, &str)], body: &str) -> Reply {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        Reply {
+            status,
+            headers: map,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn mailchimp(op: Op, r: &Reply) -> Outcome {
+        match mailchimp_outcome(op, r) {
+            MailchimpAnswer::Done(o) => o,
+            MailchimpAnswer::NotFound => panic!("not found"),
+        }
+    }
+
+    #[test]
+    fn brevo_not_found_is_done_for_removals_only() {
+        let gone = reply(
+            404,
+            &[],
+            r#"{"code":"document_not_found","message":"Contact does not exist"}"#,
+        );
+        assert_eq!(
+            brevo_outcome(Op::Unsubscribe { global: true }, &gone),
+            Outcome::AlreadyApplied
+        );
+        assert_eq!(brevo_outcome(Op::Delete, &gone), Outcome::AlreadyApplied);
+        assert!(matches!(
+            brevo_outcome(Op::Subscribe, &gone),
+            Outcome::Permanent { .. }
+        ));
+        let empty = reply(404, &[], "");
+        assert_eq!(
+            brevo_outcome(Op::Delete, &empty),
+            Outcome::permanent("HTTP 404: no error body")
+        );
+    }
+
+    #[test]
+    fn brevo_429_waits_for_the_reset_header() {
+        let r = reply(
+            429,
+            &[(BREVO_RESET, "7"), (BREVO_REMAINING, "0")],
+            r#"{"code":"too_many_requests","message":"rate limited"}"#,
+        );
+        assert_eq!(
+            brevo_outcome(Op::Subscribe, &r),
+            Outcome::Retryable {
+                after: Some(Duration::from_secs(7)),
+                reason: "HTTP 429: rate limited [too_many_requests]".into()
+            }
+        );
+    }
+
+    #[test]
+    fn brevo_errors_are_redacted() {
+        let r = reply(
+            400,
+            &[],
+            r#"{"code":"invalid_parameter","message":"email max@example.de is not valid"}"#,
+        );
+        assert_eq!(
+            brevo_outcome(Op::Subscribe, &r),
+            Outcome::permanent("HTTP 400: email <email> is not valid [invalid_parameter]")
+        );
+        assert!(matches!(
+            brevo_outcome(Op::Delete, &reply(401, &[], r#"{"code":"unauthorized"}"#)),
+            Outcome::Refused { .. }
+        ));
+    }
+
+    #[test]
+    fn mailchimp_vendor_states() {
+        let compliance = reply(
+            400,
+            &[],
+            r#"{"title":"Member In Compliance State","status":400,
+                "detail":"a@b.de is in a compliance state due to unsubscribe, bounce, or compliance review and cannot be subscribed.","instance":"x"}"#,
+        );
+        assert_eq!(
+            mailchimp(Op::Subscribe, &compliance),
+            Outcome::permanent(COMPLIANCE_REASON)
+        );
+        let forgotten = reply(
+            400,
+            &[],
+            r#"{"title":"Forgotten Email Not Subscribed","status":400,
+                "detail":"a@b.de was permanently deleted and cannot be re-imported."}"#,
+        );
+        assert_eq!(
+            mailchimp(Op::Subscribe, &forgotten),
+            Outcome::permanent(FORGOTTEN_REASON)
+        );
+        assert_eq!(
+            mailchimp(Op::Unsubscribe { global: false }, &forgotten),
+            Outcome::AlreadyApplied
+        );
+        let other = reply(
+            400,
+            &[],
+            r#"{"title":"Invalid Resource","status":400,"detail":"a@b.de looks fake or invalid","instance":"i-1"}"#,
+        );
+        assert_eq!(
+            mailchimp(Op::Subscribe, &other),
+            Outcome::permanent(
+                "HTTP 400: Invalid Resource: <email> looks fake or invalid (instance i-1)"
+            )
+        );
+    }
+
+    #[test]
+    fn mailchimp_404_is_the_audience_unless_deleting() {
+        let missing = reply(
+            404,
+            &[],
+            r#"{"title":"Resource Not Found","status":404,"detail":"The requested resource could not be found."}"#,
+        );
+        assert!(matches!(
+            mailchimp_outcome(Op::Delete, &missing),
+            MailchimpAnswer::NotFound
+        ));
+        assert!(matches!(
+            mailchimp(Op::Subscribe, &missing),
+            Outcome::Refused { .. }
+        ));
+        // Not Mailchimp's body: a wrong base URL.
+        assert!(matches!(
+            mailchimp(Op::Delete, &reply(404, &[], "")),
+            Outcome::Permanent { .. }
+        ));
+    }
+
+    #[test]
+    fn a_429_or_a_refusal_blocks_the_list_for_the_delivery() {
+        let limited = classify_status(429, Some("3"), "slow");
+        assert_eq!(
+            blocking(Some(429), &limited),
+            Some(Outcome::Retryable {
+                after: Some(Duration::from_secs(3)),
+                reason: "not sent: the list's provider answered 429 earlier in this delivery"
+                    .into()
+            })
+        );
+        assert!(matches!(
+            blocking(Some(401), &classify_status(401, None, "key")),
+            Some(Outcome::Refused { .. })
+        ));
+        assert_eq!(blocking(Some(500), &classify_status(500, None, "x")), None);
+        assert_eq!(blocking(None, &Outcome::retryable("timeout")), None);
+        assert_eq!(blocking(Some(200), &Outcome::Applied), None);
+    }
+
+    #[tokio::test]
+    async fn join_all_keeps_the_order() {
+        let slow_first = vec![
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                1
+            }) as Pin<Box<dyn Future<Output = i32> + Send>>,
+            Box::pin(async { 2 }),
+        ];
+        assert_eq!(join_all(slow_first).await, [1, 2]);
+    }
+}

@@ -1,0 +1,33 @@
+//! The newsletter sink: makes newsletter lists at Brevo and Mailchimp follow consent events. Each
+//! list names its provider in the config; a purpose maps to one or more lists.
+//!
+//! | event | Brevo (per list) | Mailchimp (per audience) |
+//! |---|---|---|
+//! | grant of a purpose | `POST /contacts` with `listIds`, `emailBlacklisted: false`, `updateEnabled` | `PUT …/members/{md5}` `status`/`status_if_new` = `subscribed` |
+//! | withdrawal of a purpose | `PUT /contacts/{email}` with `unlinkListIds` | `PUT …/members/{md5}` = `unsubscribed` |
+//! | global unsubscribe | the same on every list, plus `emailBlacklisted: true` | `unsubscribed` on every audience |
+//! | erasure | `DELETE /contacts/{email}` | `POST …/members/{md5}/actions/delete-permanent` |
+//!
+//! A grant adds the address at once because the upstream grant of a newsletter purpose is the
+//! confirmed double opt-in (see [`NewsletterConfig`]). Vendor states that no retry can change are
+//! permanent with a reason that says what a person has to do: Mailchimp's compliance state (an
+//! address that unsubscribed must confirm again through Mailchimp's own opt-in) and its forgotten
+//! addresses (permanently deleted ones cannot be re-imported). Requests never carry contact
+//! attributes, so Brevo's rename of a blocklisted contact, which would lift the blocklist, cannot
+//! happen.
+//!
+//! Layout: `config` (the `[sinks.newsletter]` section), `request` (items → one call per item and
+//! list, grouped by address), `client` (sending through each list's `Destination`, mapping answers
+//! to one outcome per item).
+//!
+//! Owns: the providers' payloads and response shapes. Must not: sleep, retry, log an email
+//! address, or put one into an outcome reason (reasons reach the ledger and the DLQ).
+
+mod client;
+mod config;
+mod request;
+
+pub use client::NewsletterSink;
+pub use config::{
+    BrevoList, ConfigError, ConfigProblem, ListConfig, MailchimpList, NewsletterConfig,
+};

@@ -1,0 +1,239 @@
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use relay_delivery::{classify_status, BoxFuture, Destination, Outcome, Sink, SinkItem};
+
+use crate::config::{secret_key, ConfigError, PartnerConfig, PartnerSinkConfig};
+use crate::request::{self, Message};
+
+/// The partner sink: hands leads to partners and tells them about withdrawals and erasures, as
+/// Standard Webhooks signed with each partner's secret.
+pub struct PartnerSink {
+    partners: Vec<Partner>,
+}
+
+/// One configured partner with its HTTP front.
+struct Partner {
+    name: String,
+    config: PartnerConfig,
+    /// The HMAC key behind the `whsec_` secret.
+    key: Vec<u8>,
+    /// Never follows redirects: Standard Webhooks counts a 3xx as a failure, and a redirect would
+    /// carry personal data to an address nobody configured.
+    http: reqwest::Client,
+    destination: Destination,
+}
+
+impl PartnerSink {
+    /// Validates `config` and builds one HTTP front (rate limit, concurrency) per partner.
+    pub fn new(config: PartnerSinkConfig) -> Result<PartnerSink, ConfigError> {
+        config.validate()?;
+        let mut partners = Vec::with_capacity(config.partners.len());
+        for (name, partner) in config.partners {
+            // validate() has checked that the secret is there and decodes.
+            let key = secret_key(partner.signing_secret.as_deref().unwrap_or_default()).map_err(
+                |message| {
+                    ConfigError::Invalid(vec![crate::ConfigProblem {
+                        key: format!("partners.{name}.signing_secret"),
+                        message,
+                    }])
+                },
+            )?;
+            let http = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_millis(partner.limits.request_timeout_ms))
+                .build()
+                .map_err(ConfigError::Client)?;
+            let destination =
+                Destination::new(partner.limits.clone()).map_err(ConfigError::Client)?;
+            partners.push(Partner {
+                name,
+                config: partner,
+                key,
+                http,
+                destination,
+            });
+        }
+        Ok(PartnerSink { partners })
+    }
+
+    async fn deliver_items(&self, items: &[SinkItem]) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
+        // (partner, subject) pairs with a notice that did not go through. Their later notices in
+        // this delivery are held back: sending them now would let the runtime's retry of the
+        // earlier one land after them (a lead after its withdrawal).
+        let mut stalled: HashSet<(usize, &str)> = HashSet::new();
+        // Per partner: the outcome its remaining messages get unsent after a 429 or a refusal.
+        let mut blocked: Vec<Option<Outcome>> = vec![None; self.partners.len()];
+
+        for (index, item) in items.iter().enumerate() {
+            let subject = item.event.subject_id.as_str();
+            for (p, partner) in self.partners.iter().enumerate() {
+                if !request::concerns(item, &partner.config) {
+                    continue;
+                }
+                let outcome = if stalled.contains(&(p, subject)) {
+                    Outcome::retryable("held back: an earlier notice about this person failed")
+                } else if let Some(outcome) = &blocked[p] {
+                    outcome.clone()
+                } else {
+                    match request::message(item, &partner.config) {
+                        Err(outcome) => outcome,
+                        Ok(message) => {
+                            let (outcome, status) = partner.send(&message).await;
+                            blocked[p] = blocking(status, &outcome);
+                            outcome
+                        }
+                    }
+                };
+                if !outcome.is_done() {
+                    stalled.insert((p, subject));
+                }
+                merge(&mut outcomes[index], outcome);
+            }
+        }
+
+        items
+            .iter()
+            .zip(outcomes)
+            .map(|(item, outcome)| {
+                outcome.unwrap_or_else(|| {
+                    Outcome::permanent(format!(
+                        "no partner is configured for purpose {:?}",
+                        item.target.key()
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+impl Partner {
+    /// Signs and sends one message; returns its outcome and the HTTP status, if there was an
+    /// answer.
+    async fn send(&self, message: &Message) -> (Outcome, Option<u16>) {
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let request = self
+            .http
+            .post(&self.config.endpoint)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", &message.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                request::signature(&self.key, &message.id, timestamp, &message.body),
+            )
+            .body(message.body.clone());
+        let reply = match self.destination.send(request).await {
+            Ok(reply) => reply,
+            Err(outcome) => return (outcome, None),
+        };
+        tracing::debug!(
+            sink = "partner",
+            partner = %self.name,
+            kind = message.kind,
+            event_id = %message.id,
+            status = reply.status,
+            "partner answered"
+        );
+        // 410 comes back refused: the partner asks us to stop (Standard Webhooks), which opens
+        // the runtime's circuit until an operator acts, instead of retrying forever.
+        let outcome = classify_status(
+            reply.status,
+            reply.header("retry-after"),
+            detail(&reply.body),
+        );
+        (outcome, Some(reply.status))
+    }
+}
+
+impl Sink for PartnerSink {
+    fn name(&self) -> &str {
+        "partner"
+    }
+
+    /// Leads carry whatever allow-listed fields the event has; notices need only `subject_id`.
+    fn requires_email(&self) -> bool {
+        false
+    }
+
+    fn deliver<'a>(&'a self, items: &'a [SinkItem]) -> BoxFuture<'a, Vec<Outcome>> {
+        Box::pin(self.deliver_items(items))
+    }
+
+    fn destinations(&self) -> Vec<&Destination> {
+        self.partners.iter().map(|p| &p.destination).collect()
+    }
+}
+
+/// The outcome a partner's remaining messages in this delivery get without being sent, if the
+/// answer (`status`, mapped to `outcome`) says the partner will answer them the same way.
+fn blocking(status: Option<u16>, outcome: &Outcome) -> Option<Outcome> {
+    match outcome {
+        Outcome::Retryable { after, .. } if status == Some(429) => Some(Outcome::Retryable {
+            after: *after,
+            reason: "not sent: the partner answered 429 earlier in this delivery".to_owned(),
+        }),
+        Outcome::Refused { reason } => Some(Outcome::Refused {
+            reason: format!("not sent: the partner refused us earlier ({reason})"),
+        }),
+        _ => None,
+    }
+}
+
+/// The start of the partner's answer, with anything that looks like an email address replaced:
+/// reasons reach the ledger and the DLQ.
+fn detail(body: &[u8]) -> String {
+    let text: String = String::from_utf8_lossy(body).chars().take(200).collect();
+    if text.trim().is_empty() {
+        return "no body".to_owned();
+    }
+    text.split_whitespace()
+        .map(|word| if word.contains('@') { "<email>" } else { word })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Folds the outcome of one more partner into the item's outcome.
+fn merge(slot: &mut Option<Outcome>, outcome: Outcome) {
+    *slot = Some(match slot.take() {
+        Some(so_far) => so_far.worst(outcome),
+        None => outcome,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_are_short_and_redacted() {
+        assert_eq!(detail(b""), "no body");
+        assert_eq!(
+            detail(b"lead max@example.de\nrejected"),
+            "lead <email> rejected"
+        );
+        assert_eq!(detail(&[b'x'; 500]).len(), 200);
+    }
+
+    #[test]
+    fn a_429_or_a_refusal_blocks_the_partner_for_the_delivery() {
+        let limited = classify_status(429, Some("4"), "slow");
+        assert_eq!(
+            blocking(Some(429), &limited),
+            Some(Outcome::Retryable {
+                after: Some(Duration::from_secs(4)),
+                reason: "not sent: the partner answered 429 earlier in this delivery".into()
+            })
+        );
+        assert!(matches!(
+            blocking(Some(410), &classify_status(410, None, "gone")),
+            Some(Outcome::Refused { .. })
+        ));
+        assert_eq!(blocking(Some(503), &classify_status(503, None, "x")), None);
+        assert_eq!(blocking(None, &Outcome::retryable("timeout")), None);
+    }
+}
