@@ -63,7 +63,9 @@ impl DestinationConfig {
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if self.max_requests_per_window == Some(0) {
-            p.push("max_requests_per_window: must be at least 1 (leave it out for no limit)".into());
+            p.push(
+                "max_requests_per_window: must be at least 1 (leave it out for no limit)".into(),
+            );
         }
         if self.window_ms == 0 {
             p.push("window_ms: must be at least 1".into());
@@ -99,6 +101,47 @@ impl Reply {
     }
 }
 
+/// Upper bounds of the latency histograms, in seconds.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A cumulative latency histogram over [`LATENCY_BUCKETS`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatencyHistogram {
+    /// Observations at or below each bound of [`LATENCY_BUCKETS`] (cumulative).
+    pub buckets: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&mut self, seconds: f64) {
+        if self.buckets.is_empty() {
+            self.buckets = vec![0; LATENCY_BUCKETS.len()];
+        }
+        for (slot, bound) in self.buckets.iter_mut().zip(LATENCY_BUCKETS) {
+            if seconds <= *bound {
+                *slot += 1;
+            }
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
+
+    /// Adds `other`'s observations to this one.
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        if self.buckets.is_empty() {
+            self.buckets = vec![0; LATENCY_BUCKETS.len()];
+        }
+        for (slot, n) in self.buckets.iter_mut().zip(&other.buckets) {
+            *slot += n;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+}
+
 /// Counters a destination keeps for metrics and benchmarks.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct DestinationStats {
@@ -115,6 +158,8 @@ struct Limiter {
     sent_today: u32,
     paused_until: Option<Instant>,
     stats: DestinationStats,
+    /// Request latency by status class: `2xx`, `3xx`, `4xx`, `5xx`, `transport`.
+    latency: std::collections::BTreeMap<&'static str, LatencyHistogram>,
 }
 
 #[derive(Debug)]
@@ -145,6 +190,7 @@ impl Destination {
                 sent_today: 0,
                 paused_until: None,
                 stats: DestinationStats::default(),
+                latency: Default::default(),
             }),
             config,
         })
@@ -157,6 +203,24 @@ impl Destination {
 
     pub fn stats(&self) -> DestinationStats {
         self.lock().stats
+    }
+
+    /// Request latency so far, by status class.
+    pub fn latency(&self) -> Vec<(&'static str, LatencyHistogram)> {
+        self.lock()
+            .latency
+            .iter()
+            .map(|(class, h)| (*class, h.clone()))
+            .collect()
+    }
+
+    fn record_latency(&self, class: &'static str, started: Instant) {
+        let seconds = started.elapsed().as_secs_f64();
+        self.lock()
+            .latency
+            .entry(class)
+            .or_default()
+            .observe(seconds);
     }
 
     /// Holds back every request to this destination for `duration`, e.g. when a vendor signals a
@@ -192,15 +256,37 @@ impl Destination {
                 }
             }
         }
-        let response = request.send().await.map_err(|e| classify_transport(&e))?;
+        let started = Instant::now();
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.record_latency("transport", started);
+                return Err(classify_transport(&e));
+            }
+        };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| classify_transport(&e))?
-            .to_vec();
-        let reply = Reply { status, headers, body };
+        let body = match response.bytes().await {
+            Ok(b) => b.to_vec(),
+            Err(e) => {
+                self.record_latency("transport", started);
+                return Err(classify_transport(&e));
+            }
+        };
+        self.record_latency(
+            match status {
+                200..=299 => "2xx",
+                300..=399 => "3xx",
+                400..=499 => "4xx",
+                _ => "5xx",
+            },
+            started,
+        );
+        let reply = Reply {
+            status,
+            headers,
+            body,
+        };
         if status == 429 {
             self.lock().stats.rate_limited_replies += 1;
         }
@@ -237,7 +323,11 @@ impl Destination {
         }
         if let Some(max) = self.config.max_requests_per_window {
             let window = Duration::from_millis(self.config.window_ms);
-            while l.sent.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            while l
+                .sent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= window)
+            {
                 l.sent.pop_front();
             }
             if l.sent.len() >= max as usize {
@@ -334,6 +424,20 @@ mod tests {
     }
 
     #[test]
+    fn latency_buckets_are_cumulative_and_merge() {
+        let mut h = LatencyHistogram::default();
+        h.observe(0.004);
+        h.observe(0.2);
+        assert_eq!(h.buckets[0], 1);
+        assert_eq!(h.buckets[5], 2, "0.25 s bucket holds both");
+        let mut total = LatencyHistogram::default();
+        total.merge(&h);
+        total.merge(&h);
+        assert_eq!(total.count, 4);
+        assert_eq!(total.buckets[5], 4);
+    }
+
+    #[test]
     fn zero_limits_are_reported_by_key() {
         let c = DestinationConfig {
             max_requests_per_window: Some(0),
@@ -341,6 +445,9 @@ mod tests {
             ..DestinationConfig::default()
         };
         let p = c.problems().join("\n");
-        assert!(p.contains("max_requests_per_window") && p.contains("max_concurrency"), "{p}");
+        assert!(
+            p.contains("max_requests_per_window") && p.contains("max_concurrency"),
+            "{p}"
+        );
     }
 }

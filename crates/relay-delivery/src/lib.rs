@@ -12,6 +12,8 @@ mod outcome;
 mod sink;
 
 pub use classify::{classify_status, classify_transport, parse_retry_after};
-pub use destination::{Destination, DestinationConfig, DestinationStats, Reply};
+pub use destination::{
+    Destination, DestinationConfig, DestinationStats, LatencyHistogram, Reply, LATENCY_BUCKETS,
+};
 pub use outcome::Outcome;
 pub use sink::{BoxFuture, Sink, SinkItem, Target};

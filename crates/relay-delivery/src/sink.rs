@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use relay_events::{Action, ConsentEvent};
 
-use crate::Outcome;
+use crate::{Destination, Outcome};
 
 /// A boxed future, so that the runtime can hold sinks of different types side by side.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -46,4 +46,9 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Delivers `items` and returns exactly one outcome per item, in the same order.
     fn deliver<'a>(&'a self, items: &'a [SinkItem]) -> BoxFuture<'a, Vec<Outcome>>;
+
+    /// The sink's HTTP fronts, so the runtime can export their statistics.
+    fn destinations(&self) -> Vec<&Destination> {
+        Vec::new()
+    }
 }

@@ -32,6 +32,9 @@ pub struct KafkaConfig {
     /// downstream is down before the group reassigns them (nothing is lost either way).
     #[serde(default = "default_max_poll_interval_ms")]
     pub max_poll_interval_ms: u32,
+    /// How often each sink refreshes its consumer-lag metric (also after every rebalance).
+    #[serde(default = "default_lag_refresh_interval_ms")]
+    pub lag_refresh_interval_ms: u64,
     /// Further librdkafka properties, e.g. `security.protocol`, `sasl.mechanisms`,
     /// `sasl.username`, `ssl.ca.location`. Secrets come from the environment (see the binary).
     #[serde(default)]
@@ -49,6 +52,9 @@ fn default_group_prefix() -> String {
 }
 fn default_session_timeout_ms() -> u32 {
     10_000
+}
+fn default_lag_refresh_interval_ms() -> u64 {
+    15_000
 }
 fn default_max_poll_interval_ms() -> u32 {
     600_000

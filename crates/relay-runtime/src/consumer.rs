@@ -6,8 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use relay_delivery::{Outcome, Sink, SinkItem};
@@ -15,7 +19,9 @@ use relay_events::ConsentEvent;
 use relay_ledger::{
     Claim, ConsentRecord, Decision, DeliveryKey, Finish, Ledger, Rejection, Status,
 };
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{BatchConfig, KafkaConfig, RetryConfig};
@@ -23,6 +29,7 @@ use crate::dead_letter::DeadLetters;
 use crate::decode::{Decoder, Rejected};
 use crate::retry::RetrySchedule;
 use crate::route::{self, Routed, Routes};
+use crate::telemetry::Telemetry;
 use crate::RuntimeError;
 
 /// Everything one sink's consumer needs.
@@ -38,7 +45,52 @@ pub(crate) struct SinkWorker<L> {
     pub exit_when_idle: Option<Duration>,
     /// Whether the destination currently refuses us (401/403/410/426).
     pub circuit_open: AtomicBool,
+    pub telemetry: Telemetry,
 }
+
+/// librdkafka's callbacks: rebalances and commits feed metrics and readiness, and wake the lag
+/// refresher so that partitions no longer assigned disappear at once.
+pub(crate) struct RelayContext {
+    sink: String,
+    telemetry: Telemetry,
+    rebalanced: Arc<Notify>,
+}
+
+impl ClientContext for RelayContext {}
+
+impl ConsumerContext for RelayContext {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        let what = match rebalance {
+            Rebalance::Assign(_) => "assigned",
+            Rebalance::Revoke(_) => "revoked",
+            Rebalance::Error(_) => "error",
+        };
+        info!(sink = %self.sink, rebalance = what, partitions = assigned, "rebalance");
+        self.telemetry.add(
+            "consent_relay_rebalances_total",
+            vec![("sink", self.sink.clone())],
+            1.0,
+        );
+        self.telemetry.set_assigned(&self.sink, assigned > 0);
+        self.rebalanced.notify_one();
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => self.telemetry.add(
+                "consent_relay_commits_total",
+                vec![("sink", self.sink.clone())],
+                1.0,
+            ),
+            Err(e) => {
+                warn!(sink = %self.sink, error = %e, "offset commit failed; the batch will be redelivered and recognised")
+            }
+        }
+    }
+}
+
+type RelayConsumer = StreamConsumer<RelayContext>;
 
 /// The batch was given up because of shutdown; nothing past its start may be committed.
 struct Abandoned;
@@ -59,7 +111,7 @@ impl<L: Ledger> SinkWorker<L> {
         self.sink.name()
     }
 
-    fn create_consumer(&self) -> Result<StreamConsumer, RuntimeError> {
+    fn create_consumer(&self, rebalanced: Arc<Notify>) -> Result<RelayConsumer, RuntimeError> {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.kafka.bootstrap_servers)
             .set("group.id", self.kafka.group_id(self.name()))
@@ -82,14 +134,32 @@ impl<L: Ledger> SinkWorker<L> {
         for (k, v) in &self.kafka.properties {
             cfg.set(k, v);
         }
-        let consumer: StreamConsumer = cfg.create().map_err(RuntimeError::Kafka)?;
+        let context = RelayContext {
+            sink: self.name().to_owned(),
+            telemetry: self.telemetry.clone(),
+            rebalanced,
+        };
+        let consumer: RelayConsumer = cfg
+            .create_with_context(context)
+            .map_err(RuntimeError::Kafka)?;
         let topics: Vec<&str> = self.kafka.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(RuntimeError::Kafka)?;
         Ok(consumer)
     }
 
     pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), RuntimeError> {
-        let consumer = Arc::new(self.create_consumer()?);
+        let rebalanced = Arc::new(Notify::new());
+        let consumer = Arc::new(self.create_consumer(rebalanced.clone())?);
+        // Tied to this future: if the worker is dropped (crash, abort), the refresher goes too and
+        // releases the consumer, so the group can hand its partitions to someone else.
+        let lag_refresher = AbortOnDropHandle::new(tokio::spawn(refresh_lag(
+            consumer.clone(),
+            self.name().to_owned(),
+            self.kafka.group_id(self.name()),
+            self.telemetry.clone(),
+            rebalanced,
+            Duration::from_millis(self.kafka.lag_refresh_interval_ms),
+        )));
         info!(sink = self.name(), group = %self.kafka.group_id(self.name()), topics = ?self.kafka.topics, "consumer started");
         let mut last_message = Instant::now();
         let mut assigned_at = None;
@@ -103,7 +173,14 @@ impl<L: Ledger> SinkWorker<L> {
             if batch.is_empty() {
                 continue;
             }
-            match self.process(&batch, &shutdown).await {
+            let oldest = batch
+                .iter()
+                .filter_map(|r| crate::lag::produced_at(&r.msg))
+                .min();
+            self.telemetry.set_oldest_unapplied(self.name(), oldest);
+            let processed = self.process(&batch, &shutdown).await;
+            self.telemetry.set_oldest_unapplied(self.name(), None);
+            match processed {
                 Ok(()) => self.commit(&consumer, &batch),
                 Err(Abandoned) => {
                     info!(
@@ -122,6 +199,12 @@ impl<L: Ledger> SinkWorker<L> {
         let c = consumer.clone();
         let _ =
             tokio::task::spawn_blocking(move || c.commit_consumer_state(CommitMode::Sync)).await;
+        drop(lag_refresher);
+        self.telemetry.set_assigned(self.name(), false);
+        self.telemetry
+            .retain("consent_relay_consumer_lag_messages", |l| {
+                !l.iter().any(|(k, v)| *k == "sink" && v == self.name())
+            });
         info!(sink = self.name(), "consumer stopped");
         Ok(())
     }
@@ -130,7 +213,7 @@ impl<L: Ledger> SinkWorker<L> {
     /// over. `None` means stop: shutdown, or idle long enough with `exit_when_idle`.
     async fn collect_batch(
         &self,
-        consumer: &StreamConsumer,
+        consumer: &RelayConsumer,
         shutdown: &CancellationToken,
         last_message: &mut Instant,
         assigned_at: &mut Option<Instant>,
@@ -265,7 +348,7 @@ impl<L: Ledger> SinkWorker<L> {
         }
 
         if !consent_log.is_empty() {
-            self.durable("log events", shutdown, || {
+            self.durable("log_events", shutdown, || {
                 self.ledger.log_events(&consent_log)
             })
             .await?;
@@ -278,13 +361,15 @@ impl<L: Ledger> SinkWorker<L> {
                 .iter()
                 .map(|(index, why)| rejection(&sink, &batch[*index].msg, why))
                 .collect();
-            self.durable("record rejections", shutdown, || {
+            self.durable("record_rejections", shutdown, || {
                 self.ledger.record_rejections(&rows)
             })
             .await?;
         }
 
         let plan = route::plan(items);
+        self.count("not_routed", not_routed.len());
+        self.count("superseded", plan.superseded.len());
         let mut finished = not_routed;
         for (stale, newer) in &plan.superseded {
             finished.push(Finish {
@@ -299,10 +384,8 @@ impl<L: Ledger> SinkWorker<L> {
             });
         }
         if !finished.is_empty() {
-            self.durable("record outcomes", shutdown, || {
-                self.ledger.finish(&finished)
-            })
-            .await?;
+            self.durable("finish", shutdown, || self.ledger.finish(&finished))
+                .await?;
         }
 
         for wave in plan.waves {
@@ -343,9 +426,11 @@ impl<L: Ledger> SinkWorker<L> {
                 match decision {
                     Decision::Proceed { .. } => to_send.push(item),
                     Decision::Duplicate { status } => {
+                        self.count("duplicate", 1);
                         debug!(sink = %sink, event_id = %item.event.event_id, status = status.as_str(), "duplicate, skipped")
                     }
                     Decision::Superseded { by } => {
+                        self.count("superseded", 1);
                         debug!(sink = %sink, event_id = %item.event.event_id, by = %by, "superseded, not applied")
                     }
                 }
@@ -369,6 +454,7 @@ impl<L: Ledger> SinkWorker<L> {
             for (item, outcome) in to_send.into_iter().zip(outcomes) {
                 let k = key(&sink, &item);
                 let subject_id = item.event.subject_id.clone();
+                self.count_outcome(&outcome);
                 match outcome {
                     Outcome::Applied | Outcome::AlreadyApplied => finished.push(Finish {
                         key: k,
@@ -424,10 +510,8 @@ impl<L: Ledger> SinkWorker<L> {
                 }
             }
             self.set_circuit(refused.as_deref());
-            self.durable("record outcomes", shutdown, || {
-                self.ledger.finish(&finished)
-            })
-            .await?;
+            self.durable("finish", shutdown, || self.ledger.finish(&finished))
+                .await?;
             if retry.is_empty() {
                 return Ok(());
             }
@@ -446,13 +530,17 @@ impl<L: Ledger> SinkWorker<L> {
     /// Opens the circuit when the destination refuses us, closes it on the next answer that is
     /// not a refusal. While open, the sink's partitions wait and the batch is probed with backoff.
     fn set_circuit(&self, refused: Option<&str>) {
+        self.telemetry.set_circuit(self.name(), refused);
         let was_open = self.circuit_open.swap(refused.is_some(), Ordering::Relaxed);
         match (was_open, refused) {
             (false, Some(reason)) => error!(
                 sink = self.name(), error = %reason,
                 "circuit open: the destination refuses us; consumption paused until it accepts again (fix credentials or endpoint)"
             ),
-            (true, None) => info!(sink = self.name(), "circuit closed: the destination accepts requests again"),
+            (true, None) => info!(
+                sink = self.name(),
+                "circuit closed: the destination accepts requests again"
+            ),
             _ => {}
         }
     }
@@ -463,7 +551,7 @@ impl<L: Ledger> SinkWorker<L> {
         why: &Rejected,
         shutdown: &CancellationToken,
     ) -> Result<(), Abandoned> {
-        self.durable("dead-letter", shutdown, || async {
+        self.until_done("dead-letter", shutdown, || async {
             self.dead_letters
                 .send(msg, self.name(), why)
                 .await
@@ -475,14 +563,21 @@ impl<L: Ledger> SinkWorker<L> {
             event_id = ?why.event_id, code = %why.code, error = %why.message,
             "event dead-lettered"
         );
+        self.count("dead_lettered", 1);
+        self.telemetry.add(
+            "consent_relay_dlq_messages_total",
+            vec![("sink", self.name().to_owned()), ("code", why.code.clone())],
+            1.0,
+        );
         Ok(())
     }
 
-    /// Runs a ledger or broker write until it succeeds: an outcome that is not durable must not be
-    /// committed past, so the partition waits instead.
+    /// Runs a ledger transaction until it succeeds: an outcome that is not durable must not be
+    /// committed past, so the partition waits instead. Timed for the latency histogram; a failure
+    /// makes the process unready until the ledger answers again.
     async fn durable<T, E, F, Fut>(
         &self,
-        what: &str,
+        op: &'static str,
         shutdown: &CancellationToken,
         f: F,
     ) -> Result<T, Abandoned>
@@ -491,10 +586,49 @@ impl<L: Ledger> SinkWorker<L> {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.until_done(what, shutdown, || async {
-            f().await.map_err(|e| e.to_string())
+        self.until_done(op, shutdown, || async {
+            let started = Instant::now();
+            let result = f().await.map_err(|e| e.to_string());
+            self.telemetry.observe(
+                "consent_relay_ledger_transaction_duration_seconds",
+                vec![("op", op.to_owned())],
+                started.elapsed(),
+            );
+            self.telemetry
+                .set_ledger_error(self.name(), result.as_ref().err().cloned());
+            result
         })
         .await
+    }
+
+    /// Counts a sink's answer for one item; dead-lettering is counted where the DLQ write happens.
+    fn count_outcome(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Applied => self.count("applied", 1),
+            Outcome::AlreadyApplied => self.count("already_applied", 1),
+            Outcome::Permanent { .. } => {}
+            Outcome::Retryable { .. } | Outcome::Refused { .. } => self.telemetry.add(
+                "consent_relay_retries_total",
+                vec![
+                    ("sink", self.name().to_owned()),
+                    ("class", outcome.class().to_owned()),
+                ],
+                1.0,
+            ),
+        }
+    }
+
+    fn count(&self, outcome: &'static str, n: usize) {
+        if n > 0 {
+            self.telemetry.add(
+                "consent_relay_events_total",
+                vec![
+                    ("sink", self.name().to_owned()),
+                    ("outcome", outcome.to_owned()),
+                ],
+                n as f64,
+            );
+        }
     }
 
     async fn until_done<T, F, Fut>(
@@ -527,7 +661,7 @@ impl<L: Ledger> SinkWorker<L> {
 
     /// Commits, per partition, the offset after the batch's last message. Everything in the batch
     /// is durable by now; a commit that fails only means redelivery, which the ledger recognises.
-    fn commit(&self, consumer: &StreamConsumer, batch: &[Received]) {
+    fn commit(&self, consumer: &RelayConsumer, batch: &[Received]) {
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for r in batch {
             let e = next
@@ -588,5 +722,60 @@ fn rejection(sink: &str, msg: &OwnedMessage, why: &Rejected) -> Rejection {
         subject_id: why.subject_id.clone(),
         code: why.code.clone(),
         message: why.message.clone(),
+    }
+}
+
+/// Keeps `consent_relay_consumer_lag_messages` right for this sink: refreshed on a timer and after
+/// every rebalance, from the broker's log end offsets and the group's committed offsets; partitions
+/// no longer assigned are removed, never left stale.
+async fn refresh_lag(
+    consumer: Arc<RelayConsumer>,
+    sink: String,
+    group: String,
+    telemetry: Telemetry,
+    rebalanced: Arc<Notify>,
+    every: Duration,
+) {
+    loop {
+        tokio::select! {
+            _ = rebalanced.notified() => {}
+            _ = tokio::time::sleep(every) => {}
+        }
+        let (c, g) = (consumer.clone(), group.clone());
+        let lags = tokio::task::spawn_blocking(move || {
+            let assignment = c.assignment()?;
+            crate::lag::lag_of(c.as_ref(), &g, &assignment)
+        })
+        .await;
+        let lags = match lags {
+            Ok(Ok(lags)) => lags,
+            Ok(Err(e)) => {
+                debug!(sink = %sink, error = %e, "lag refresh failed; keeping the last values");
+                continue;
+            }
+            Err(_) => return,
+        };
+        let assigned: std::collections::BTreeSet<(String, String)> = lags
+            .iter()
+            .map(|l| (l.topic.clone(), l.partition.to_string()))
+            .collect();
+        telemetry.retain("consent_relay_consumer_lag_messages", |labels| {
+            let get = |k: &str| labels.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+            get("sink").as_deref() != Some(sink.as_str())
+                || get("topic")
+                    .zip(get("partition"))
+                    .is_some_and(|tp| assigned.contains(&tp))
+        });
+        for l in lags {
+            telemetry.set(
+                "consent_relay_consumer_lag_messages",
+                vec![
+                    ("sink", sink.clone()),
+                    ("topic", l.topic),
+                    ("partition", l.partition.to_string()),
+                ],
+                l.lag as f64,
+            );
+        }
     }
 }

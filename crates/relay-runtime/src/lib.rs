@@ -10,10 +10,12 @@ pub mod config;
 mod consumer;
 pub mod dead_letter;
 mod decode;
+pub mod lag;
 mod publish;
 pub mod registry;
 mod retry;
 mod route;
+mod telemetry;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ pub use decode::{Decoder, Rejected};
 pub use publish::{producer, publish};
 pub use registry::SchemaRegistry;
 pub use retry::RetrySchedule;
+pub use telemetry::{Telemetry, METRICS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -70,6 +73,7 @@ pub async fn run<L: Ledger>(
     config: RelayConfig,
     ledger: Arc<L>,
     sinks: Vec<SinkSpec>,
+    telemetry: Telemetry,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     let producer = producer(&config.kafka)?;
@@ -84,6 +88,7 @@ pub async fn run<L: Ledger>(
     let mut tasks = JoinSet::new();
     for spec in sinks {
         let name = spec.sink.name().to_owned();
+        telemetry.register_sink(spec.sink.clone());
         let routes = route::Routes {
             known: config.known_purposes.clone(),
             sink: spec.purposes,
@@ -100,6 +105,7 @@ pub async fn run<L: Ledger>(
             dead_letters: dead_letters.clone(),
             exit_when_idle: config.exit_when_idle,
             circuit_open: Default::default(),
+            telemetry: telemetry.clone(),
         };
         let token = shutdown.clone();
         tasks.spawn(async move { (name, worker.run(token).await) });

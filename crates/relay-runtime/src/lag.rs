@@ -1,0 +1,146 @@
+//! Consumer lag, computed from the broker: log end offset (ListOffsets) minus the group's committed
+//! offset, per partition. Used by the relay's own metrics and by `consent-relay lag`, which works
+//! against any broker without a running relay.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{Message, Timestamp};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+
+use crate::config::KafkaConfig;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One partition's position of one group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PartitionLag {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset the group will read; `None` if it never committed here.
+    pub committed: Option<i64>,
+    /// The first offset still in the log.
+    pub log_start: i64,
+    /// The offset the next produced message will get.
+    pub log_end: i64,
+    /// Messages the group has not committed past yet.
+    pub lag: i64,
+    /// How long ago the oldest uncommitted message was produced, in seconds (`lag` CLI only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_unapplied_age_seconds: Option<f64>,
+}
+
+/// Lag of `partitions` for the group `consumer` belongs to. Blocking: call from a blocking task.
+pub fn lag_of<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    group: &str,
+    partitions: &TopicPartitionList,
+) -> KafkaResult<Vec<PartitionLag>> {
+    let committed = consumer.committed_offsets(partitions.clone(), TIMEOUT)?;
+    let mut out = Vec::new();
+    for e in committed.elements() {
+        let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), TIMEOUT)?;
+        let committed = match e.offset() {
+            Offset::Offset(o) if o >= 0 => Some(o),
+            _ => None,
+        };
+        // A group that never committed starts at the beginning (auto.offset.reset = earliest), so
+        // everything still in the log is its lag.
+        let from = committed.unwrap_or(low).max(low);
+        out.push(PartitionLag {
+            group: group.to_owned(),
+            topic: e.topic().to_owned(),
+            partition: e.partition(),
+            committed,
+            log_start: low,
+            log_end: high,
+            lag: high - from,
+            oldest_unapplied_age_seconds: None,
+        });
+    }
+    Ok(out)
+}
+
+/// `consent-relay lag`: the lag of `group` on every partition of `topics`, with the age of each
+/// partition's oldest uncommitted message. Joins no group, commits nothing.
+pub fn describe(
+    kafka: &KafkaConfig,
+    group: &str,
+    topics: &[String],
+) -> KafkaResult<Vec<PartitionLag>> {
+    let consumer: BaseConsumer = client(kafka, group).create()?;
+    let mut tpl = TopicPartitionList::new();
+    for topic in topics {
+        let md = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+        for t in md.topics() {
+            for p in t.partitions() {
+                tpl.add_partition(t.name(), p.id());
+            }
+        }
+    }
+    let mut lags = lag_of(&consumer, group, &tpl)?;
+    let reader: BaseConsumer = client(kafka, group).create()?;
+    for l in lags.iter_mut().filter(|l| l.lag > 0) {
+        l.oldest_unapplied_age_seconds = age_at(
+            &reader,
+            &l.topic,
+            l.partition,
+            l.committed.unwrap_or(l.log_start).max(l.log_start),
+        )?;
+    }
+    Ok(lags)
+}
+
+fn client(kafka: &KafkaConfig, group: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    for (k, v) in &kafka.properties {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+/// The age of the message at `offset`, read without a group.
+fn age_at(
+    reader: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> KafkaResult<Option<f64>> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    reader.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        match reader.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) if m.partition() == partition && m.topic() == topic => {
+                return Ok(produced_at(&m).map(|t| {
+                    SystemTime::now()
+                        .duration_since(t)
+                        .unwrap_or_default()
+                        .as_secs_f64()
+                }));
+            }
+            Some(Err(e)) => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// When a message was produced (or appended, for log-append-time topics).
+pub fn produced_at(m: &impl Message) -> Option<SystemTime> {
+    match m.timestamp() {
+        Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) if ms >= 0 => {
+            Some(UNIX_EPOCH + Duration::from_millis(ms as u64))
+        }
+        _ => None,
+    }
+}
