@@ -7,9 +7,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use relay_events::{ConsentEvent, Contact, EventKind, Scope};
 use relay_ledger::{AnyLedger, Ledger, SubjectReport};
-use relay_runtime::{BatchConfig, KafkaConfig, RelayConfig, RetryConfig, SinkSpec};
+use relay_runtime::{BatchConfig, KafkaConfig, RelayConfig, RetryConfig, SinkSpec, Telemetry};
 use relay_sink_hubspot::{HubSpotConfig, HubSpotSink};
 use relay_testkit::broker;
 use relay_testkit::hubspot::FakeHubSpot;
@@ -22,13 +24,18 @@ pub const NEWSLETTER: i64 = 12345;
 pub const PRODUCT_UPDATES: i64 = 23456;
 
 pub struct Harness {
+    pub bootstrap: String,
     pub topic: String,
     pub dlq_topic: String,
     pub group_prefix: String,
     pub fake: FakeHubSpot,
     pub ledger_url: String,
     pub ledger: Arc<AnyLedger>,
+    pub telemetry: Telemetry,
     _dir: tempfile::TempDir,
+    /// librdkafka's in-process cluster, for tests of lag arithmetic (its watermarks are right,
+    /// tansu's under-report; see DESIGN.md §8).
+    _mock: Option<MockCluster<'static, DefaultProducerContext>>,
 }
 
 /// A relay running in a task; dropping it does not stop it, [`Running::stop`] or
@@ -56,29 +63,53 @@ impl Running {
 }
 
 impl Harness {
+    /// On the test broker (tansu), with a 4-partition topic.
     pub async fn new() -> Harness {
         let topic = broker::unique_name("consent-e2e");
         let dlq_topic = format!("{topic}.dlq");
         broker::create_topic(&topic, 4).await;
         broker::create_topic(&dlq_topic, 1).await;
+        Harness::with(broker::bootstrap(), topic, dlq_topic, None).await
+    }
+
+    /// On librdkafka's mock cluster, with a topic of `partitions` partitions.
+    pub async fn on_mock_cluster(partitions: i32) -> Harness {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        let topic = broker::unique_name("consent-mock");
+        let dlq_topic = format!("{topic}.dlq");
+        mock.create_topic(&topic, partitions, 1)
+            .expect("mock topic");
+        mock.create_topic(&dlq_topic, 1, 1).expect("mock dlq topic");
+        Harness::with(mock.bootstrap_servers(), topic, dlq_topic, Some(mock)).await
+    }
+
+    async fn with(
+        bootstrap: String,
+        topic: String,
+        dlq_topic: String,
+        mock: Option<MockCluster<'static, DefaultProducerContext>>,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger_url = format!("sqlite://{}", dir.path().join("ledger.db").display());
         let ledger = Arc::new(relay_ledger::open(&ledger_url).await.expect("ledger"));
         Harness {
+            bootstrap,
             group_prefix: broker::unique_name("relay"),
             topic,
             dlq_topic,
             fake: FakeHubSpot::start(TOKEN).await,
             ledger_url,
             ledger,
+            telemetry: Telemetry::new(),
             _dir: dir,
+            _mock: mock,
         }
     }
 
     pub fn kafka(&self) -> KafkaConfig {
         let text = format!(
-            "bootstrap_servers = {:?}\ntopics = [{:?}]\ndlq_topic = {:?}\ngroup_prefix = {:?}\nsession_timeout_ms = 6000\n",
-            broker::bootstrap(),
+            "bootstrap_servers = {:?}\ntopics = [{:?}]\ndlq_topic = {:?}\ngroup_prefix = {:?}\nsession_timeout_ms = 6000\nlag_refresh_interval_ms = 300\n",
+            self.bootstrap,
             self.topic,
             self.dlq_topic,
             self.group_prefix
@@ -120,6 +151,44 @@ legal_basis_explanation = "Product updates in the customer portal"
 
     /// Starts the relay with the HubSpot sink, as `consent-relay run` would.
     pub fn start(&self) -> Running {
+        self.start_instance(self.telemetry.clone())
+    }
+
+    /// Starts the relay with the given sinks (the HubSpot fake is then unused).
+    pub fn start_sinks(&self, sinks: Vec<SinkSpec>) -> Running {
+        let known = sinks
+            .iter()
+            .flat_map(|s| s.purposes.iter().cloned())
+            .chain(["newsletter".to_owned(), "partner_in_gmbh".to_owned()])
+            .collect();
+        self.run(sinks, known, self.telemetry.clone())
+    }
+
+    fn run(
+        &self,
+        sinks: Vec<SinkSpec>,
+        known_purposes: BTreeSet<String>,
+        telemetry: Telemetry,
+    ) -> Running {
+        let config = RelayConfig {
+            kafka: self.kafka(),
+            known_purposes,
+            exit_when_idle: None,
+        };
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(relay_runtime::run(
+            config,
+            self.ledger.clone(),
+            sinks,
+            telemetry,
+            token.clone(),
+        ));
+        Running { token, handle }
+    }
+
+    /// Starts one more relay instance in the same consumer group, with its own telemetry, as a
+    /// second pod would.
+    pub fn start_instance(&self, telemetry: Telemetry) -> Running {
         let api = self.hubspot_config();
         let purposes: BTreeSet<String> = api.purposes.keys().cloned().collect();
         let spec = SinkSpec {
@@ -132,22 +201,11 @@ legal_basis_explanation = "Product updates in the customer portal"
             },
             retry: self.retry(),
         };
-        let config = RelayConfig {
-            kafka: self.kafka(),
-            known_purposes: purposes
-                .into_iter()
-                .chain(["partner_in_gmbh".to_owned()])
-                .collect(),
-            exit_when_idle: None,
-        };
-        let token = CancellationToken::new();
-        let handle = tokio::spawn(relay_runtime::run(
-            config,
-            self.ledger.clone(),
-            vec![spec],
-            token.clone(),
-        ));
-        Running { token, handle }
+        let known = purposes
+            .into_iter()
+            .chain(["partner_in_gmbh".to_owned()])
+            .collect();
+        self.run(vec![spec], known, telemetry)
     }
 
     pub async fn publish(&self, events: &[ConsentEvent]) {
@@ -230,3 +288,29 @@ pub fn unsubscribe_all(subject: &str, at_ms: i64) -> ConsentEvent {
 
 /// A base timestamp: 2026-11-26T00:00:00Z.
 pub const T0: i64 = 1_795_651_200_000;
+
+/// The consumer-lag gauge of a relay's `/metrics` text, by (topic, partition).
+pub fn scraped_lag(telemetry: &Telemetry) -> std::collections::BTreeMap<(String, i32), i64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in telemetry.render().lines() {
+        let Some(rest) = line.strip_prefix("consent_relay_consumer_lag_messages{") else {
+            continue;
+        };
+        let (labels, value) = rest.split_once("} ").expect("sample line");
+        let label = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches('"').to_owned())
+                .expect("label")
+        };
+        out.insert(
+            (
+                label("topic"),
+                label("partition").parse().expect("partition"),
+            ),
+            value.parse::<f64>().expect("value") as i64,
+        );
+    }
+    out
+}

@@ -6,10 +6,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use relay_runtime::{BatchConfig, KafkaConfig, RetryConfig};
-use relay_sink_hubspot::HubSpotConfig;
 use serde::Deserialize;
+
+use crate::sinks::SinkConfig;
 
 const DEFAULTS: &str = include_str!("defaults.toml");
 const ENV_PREFIX: &str = "CONSENT_RELAY__";
@@ -33,6 +35,7 @@ struct FileConfig {
     kafka: KafkaConfig,
     ledger: LedgerConfig,
     log: LogConfig,
+    admin: AdminConfig,
     #[serde(default)]
     purposes: BTreeMap<String, PurposeConfig>,
     #[serde(default)]
@@ -43,6 +46,13 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct LedgerConfig {
     pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP server (`/metrics`, `/healthz`, `/readyz`) during `run`.
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,8 +90,17 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub ledger: LedgerConfig,
     pub log: LogConfig,
+    pub admin: AdminConfig,
     pub purposes: BTreeMap<String, PurposeConfig>,
-    pub hubspot: Option<(SinkSettings, HubSpotConfig)>,
+    pub sinks: Vec<SinkEntry>,
+}
+
+/// One `[sinks.NAME]` table: the runtime's settings and the sink's own configuration.
+#[derive(Debug, Clone)]
+pub struct SinkEntry {
+    pub name: String,
+    pub settings: SinkSettings,
+    pub config: Arc<dyn SinkConfig>,
 }
 
 impl Config {
@@ -114,45 +133,59 @@ pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Co
         })?;
 
     let mut problems = Vec::new();
-    let mut hubspot = None;
+    let mut sinks = Vec::new();
     for (name, section) in file.sinks {
-        match name.as_str() {
-            "hubspot" => match sink_section::<HubSpotConfig>(&name, section) {
-                Ok((settings, mut api)) => {
-                    if let Some((_, token)) =
-                        env.iter().find(|(k, _)| k == "CONSENT_RELAY_HUBSPOT_TOKEN")
-                    {
-                        api.token = Some(token.clone());
-                    }
-                    if settings.enabled {
-                        match api.validate() {
-                            Ok(()) => {}
-                            Err(relay_sink_hubspot::ConfigError::Invalid(list)) => problems
-                                .extend(list.into_iter().map(|p| format!("sinks.hubspot.{p}"))),
-                            Err(e) => problems.push(format!("sinks.hubspot: {e}")),
-                        }
-                    }
-                    problems.extend(relay_runtime::config::validate(
-                        &file.kafka,
-                        &settings.batch,
-                        &settings.retry,
-                        "sinks.hubspot",
-                    ));
-                    for purpose in api.purposes.keys() {
-                        if !file.purposes.contains_key(purpose) {
-                            problems.push(format!(
-                                "sinks.hubspot.purposes.{purpose}: not in the [purposes] table"
-                            ));
-                        }
-                    }
-                    hubspot = Some((settings, api));
-                }
-                Err(p) => problems.push(p),
-            },
-            other => problems.push(format!("sinks.{other}: unknown sink (known: hubspot)")),
+        let (settings, section) = match runtime_settings(&name, section) {
+            Ok(split) => split,
+            Err(p) => {
+                problems.push(p);
+                continue;
+            }
+        };
+        let config = match crate::sinks::parse(&name, section, env) {
+            None => {
+                problems.push(format!(
+                    "sinks.{name}: unknown sink (known: {})",
+                    crate::sinks::KNOWN.join(", ")
+                ));
+                continue;
+            }
+            Some(Err(p)) => {
+                problems.push(p);
+                continue;
+            }
+            Some(Ok(config)) => config,
+        };
+        // A disabled sink may lack its secrets: each pod holds only its own sink's.
+        if settings.enabled {
+            problems.extend(
+                config
+                    .problems()
+                    .into_iter()
+                    .map(|p| format!("sinks.{name}.{p}")),
+            );
         }
+        let prefix = format!("sinks.{name}");
+        problems.extend(relay_runtime::config::validate(
+            &file.kafka,
+            &settings.batch,
+            &settings.retry,
+            &prefix,
+        ));
+        for purpose in config.purposes() {
+            if !file.purposes.contains_key(&purpose) {
+                problems.push(format!(
+                    "sinks.{name}: purpose {purpose:?} is not in the [purposes] table"
+                ));
+            }
+        }
+        sinks.push(SinkEntry {
+            name,
+            settings,
+            config,
+        });
     }
-    if hubspot.is_none() {
+    if sinks.is_empty() {
         problems.extend(relay_runtime::config::validate(
             &file.kafka,
             &BatchConfig::default(),
@@ -160,9 +193,17 @@ pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Co
             "sinks",
         ));
     }
-    if !(file.ledger.url.starts_with("sqlite://")
-        || file.ledger.url.starts_with("postgres://")
-        || file.ledger.url.starts_with("postgresql://"))
+    let mut ledger = file.ledger;
+    if let Some(url) = env
+        .iter()
+        .find(|(k, _)| k == "CONSENT_RELAY_LEDGER_URL")
+        .map(|(_, v)| v)
+    {
+        ledger.url = url.clone();
+    }
+    if !(ledger.url.starts_with("sqlite://")
+        || ledger.url.starts_with("postgres://")
+        || ledger.url.starts_with("postgresql://"))
     {
         problems.push("ledger.url: must start with sqlite:// or postgres://".to_owned());
     }
@@ -173,33 +214,24 @@ pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Co
     {
         problems.push(format!("log.level: {e}"));
     }
+    let mut kafka = file.kafka;
     if let Some((_, pw)) = env
         .iter()
         .find(|(k, _)| k == "CONSENT_RELAY_KAFKA_SASL_PASSWORD")
     {
-        let mut kafka = file.kafka.clone();
         kafka
             .properties
             .insert("sasl.password".to_owned(), pw.clone());
-        return finish(
-            problems,
-            Config {
-                kafka,
-                ledger: file.ledger,
-                log: file.log,
-                purposes: file.purposes,
-                hubspot,
-            },
-        );
     }
     finish(
         problems,
         Config {
-            kafka: file.kafka,
-            ledger: file.ledger,
+            kafka,
+            ledger,
             log: file.log,
+            admin: file.admin,
             purposes: file.purposes,
-            hubspot,
+            sinks,
         },
     )
 }
@@ -269,12 +301,12 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
     Ok(())
 }
 
-/// Splits a `[sinks.NAME]` table into the runtime's settings (`enabled`, `batch`, `retry`) and the
-/// sink's own configuration, which rejects unknown keys itself.
-fn sink_section<T: for<'de> Deserialize<'de>>(
+/// Takes the runtime's settings (`enabled`, `batch`, `retry`) out of a `[sinks.NAME]` table; the
+/// rest is the sink's own configuration, which rejects unknown keys itself.
+fn runtime_settings(
     name: &str,
     mut section: toml::Table,
-) -> Result<(SinkSettings, T), String> {
+) -> Result<(SinkSettings, toml::Table), String> {
     let enabled = match section.remove("enabled") {
         None => true,
         Some(toml::Value::Boolean(b)) => b,
@@ -288,15 +320,13 @@ fn sink_section<T: for<'de> Deserialize<'de>>(
         None => RetryConfig::default(),
         Some(v) => RetryConfig::deserialize(v).map_err(|e| format!("sinks.{name}.retry: {e}"))?,
     };
-    let own =
-        T::deserialize(toml::Value::Table(section)).map_err(|e| format!("sinks.{name}: {e}"))?;
     Ok((
         SinkSettings {
             enabled,
             batch,
             retry,
         },
-        own,
+        section,
     ))
 }
 
@@ -329,19 +359,37 @@ legal_basis_explanation = "Signed up on the website"
         let c = load_with_env(None, &[]).unwrap();
         assert_eq!(c.kafka.bootstrap_servers, "127.0.0.1:9092");
         assert_eq!(c.ledger.url, "sqlite://consent-relay.db");
-        assert!(c.hubspot.is_none());
+        assert!(c.sinks.is_empty());
     }
 
     #[test]
     fn the_example_config_in_deploy_is_valid() {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/consent-relay.example.toml");
-        let env = [(
-            "CONSENT_RELAY_HUBSPOT_TOKEN".to_owned(),
-            "pat-eu1-x".to_owned(),
-        )];
-        let c = load_with_env(Some(&path), &env).unwrap();
-        assert!(c.hubspot.is_some());
+        let env: Vec<(String, String)> = [
+            ("CONSENT_RELAY_HUBSPOT_TOKEN", "pat-eu1-x"),
+            ("CONSENT_RELAY_AUDIENCES_META_EU_TOKEN", "meta"),
+            ("CONSENT_RELAY_AUDIENCES_GOOGLE_EU_TOKEN", "google"),
+            ("CONSENT_RELAY_AUDIENCES_LINKEDIN_TOKEN", "linkedin"),
+            ("CONSENT_RELAY_AUDIENCES_X_TOKEN", "x"),
+            (
+                "CONSENT_RELAY__SINKS__NEWSLETTER__LISTS__MAIN__API_KEY",
+                "xkeysib-1",
+            ),
+            (
+                "CONSENT_RELAY__SINKS__NEWSLETTER__LISTS__PRODUCT__API_KEY",
+                "abc-us21",
+            ),
+            (
+                "CONSENT_RELAY__SINKS__PARTNER__PARTNERS__IN_GMBH__SIGNING_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into();
+        let c = load_with_env(Some(&path), &env).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = c.sinks.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["audiences", "hubspot", "newsletter", "partner"]);
     }
 
     #[test]
@@ -363,10 +411,24 @@ legal_basis_explanation = "Signed up on the website"
         ];
         let c = load_with_env(Some(f.path()), &env).unwrap();
         assert_eq!(c.kafka.bootstrap_servers, "kafka:9093");
-        let (settings, api) = c.hubspot.unwrap();
-        assert_eq!(settings.batch.max_events, 50);
-        assert_eq!(settings.batch.linger_ms, 25);
-        assert_eq!(api.token.as_deref(), Some("secret"));
+        let hubspot = &c.sinks[0];
+        assert_eq!(hubspot.settings.batch.max_events, 50);
+        assert_eq!(hubspot.settings.batch.linger_ms, 25);
+        assert!(
+            hubspot.config.problems().is_empty(),
+            "the token came from the environment"
+        );
+
+        let err = load_with_env(Some(f.path()), &env[1..])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sinks.hubspot.token"), "{err}");
+        let disabled = HUBSPOT.replace("[sinks.hubspot]", "[sinks.hubspot]\nenabled = false");
+        let f = write(&disabled);
+        assert!(
+            load_with_env(Some(f.path()), &[]).is_ok(),
+            "a disabled sink needs no secrets"
+        );
     }
 
     #[test]
@@ -382,7 +444,10 @@ legal_basis_explanation = "Signed up on the website"
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("sinks.hubspot.purposes.ads"), "{err}");
+        assert!(
+            err.contains("\"ads\" is not in the [purposes] table"),
+            "{err}"
+        );
 
         let f = write(&HUBSPOT.replace("max_events = 50", "max_events = 50\nlinger = 3"));
         let err = load_with_env(Some(f.path()), &[]).unwrap_err().to_string();

@@ -4,8 +4,10 @@
 //! Owns: the CLI, configuration layering and validation, logging setup, signal handling, and the
 //! choice of concrete sinks and ledger backend. Must not: contain delivery logic of its own.
 
+mod admin;
 mod config;
 mod ledger_report;
+mod sinks;
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use relay_runtime::{RelayConfig, SinkSpec};
+use relay_runtime::{RelayConfig, SinkSpec, Telemetry};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat};
@@ -55,6 +57,16 @@ enum Command {
         /// Topic to publish to (default: the first of `kafka.topics`).
         #[arg(long)]
         topic: Option<String>,
+    },
+    /// Consumer lag per group and partition (like `kafka-consumer-groups --describe`), with the
+    /// age of the oldest unapplied event. Needs only the broker, not a running relay.
+    Lag {
+        /// Groups to describe (default: the group of every enabled sink).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Inspect the ledger.
     Ledger {
@@ -126,6 +138,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
             exit_when_idle,
         } => run(config, sinks, exit_when_idle.map(Duration::from_secs)).await,
         Command::Publish { input, topic } => publish(config, input, topic).await,
+        Command::Lag { groups, json } => lag(config, groups, json).await,
         Command::Ledger {
             command: LedgerCommand::Show { subject_id, json },
         } => {
@@ -150,27 +163,44 @@ async fn run(
     only: Vec<String>,
     exit_when_idle: Option<Duration>,
 ) -> Result<(), AppError> {
-    let mut sinks = Vec::new();
-    if let Some((settings, api)) = &config.hubspot {
-        if settings.enabled && (only.is_empty() || only.iter().any(|s| s == "hubspot")) {
-            let sink = relay_sink_hubspot::HubSpotSink::new(api.clone())
-                .map_err(|e| AppError::Usage(format!("sinks.hubspot: {e}")))?;
-            sinks.push(SinkSpec {
-                sink: Arc::new(sink),
-                purposes: api.purposes.keys().cloned().collect(),
-                batch: settings.batch.clone(),
-                retry: settings.retry.clone(),
-            });
-        }
-    }
-    if let Some(unknown) = only.iter().find(|s| s.as_str() != "hubspot") {
+    if let Some(unknown) = only
+        .iter()
+        .find(|s| !config.sinks.iter().any(|e| &e.name == *s))
+    {
         return Err(AppError::Usage(format!(
-            "--sink {unknown}: no such sink (known: hubspot)"
+            "--sink {unknown}: not configured (configured: {})",
+            config
+                .sinks
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
+    }
+    let mut sinks = Vec::new();
+    for entry in &config.sinks {
+        let selected = if only.is_empty() {
+            entry.settings.enabled
+        } else {
+            only.contains(&entry.name)
+        };
+        if !selected {
+            continue;
+        }
+        let sink = entry
+            .config
+            .build()
+            .map_err(|e| AppError::Usage(format!("sinks.{}: {e}", entry.name)))?;
+        sinks.push(SinkSpec {
+            sink,
+            purposes: entry.config.purposes(),
+            batch: entry.settings.batch.clone(),
+            retry: entry.settings.retry.clone(),
+        });
     }
     if sinks.is_empty() {
         return Err(AppError::Usage(
-            "no sink is enabled: configure [sinks.hubspot] (see deploy/consent-relay.example.toml)"
+            "no sink is enabled: configure one under [sinks] (see deploy/consent-relay.example.toml)"
                 .to_owned(),
         ));
     }
@@ -185,6 +215,15 @@ async fn run(
     let ledger = Arc::new(relay_ledger::open(&config.ledger.url).await?);
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
+    let telemetry = Telemetry::new();
+    let listener = tokio::net::TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|source| AppError::Io {
+            path: format!("admin.listen {}", config.admin.listen),
+            source,
+        })?;
+    tracing::info!(listen = %config.admin.listen, "admin server: /metrics /healthz /readyz");
+    let admin = tokio::spawn(admin::serve(listener, telemetry.clone(), shutdown.clone()));
     tracing::info!(
         sinks = sinks.len(),
         ledger = ledger_kind(&config.ledger.url),
@@ -195,7 +234,75 @@ async fn run(
         known_purposes: config.known_purposes(),
         exit_when_idle,
     };
-    relay_runtime::run(relay, ledger, sinks, shutdown).await?;
+    let result = relay_runtime::run(relay, ledger, sinks, telemetry, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = admin.await;
+    result?;
+    Ok(())
+}
+
+/// The consumer groups of the enabled sinks.
+fn sink_groups(config: &Config) -> Vec<String> {
+    config
+        .sinks
+        .iter()
+        .filter(|e| e.settings.enabled)
+        .map(|e| config.kafka.group_id(&e.name))
+        .collect()
+}
+
+async fn lag(config: Config, groups: Vec<String>, json: bool) -> Result<(), AppError> {
+    let groups = if groups.is_empty() {
+        sink_groups(&config)
+    } else {
+        groups
+    };
+    if groups.is_empty() {
+        return Err(AppError::Usage(
+            "no sink is enabled and no --group given".to_owned(),
+        ));
+    }
+    let mut rows = Vec::new();
+    for group in groups {
+        let kafka = config.kafka.clone();
+        let lags = tokio::task::spawn_blocking(move || {
+            relay_runtime::lag::describe(&kafka, &group, &kafka.topics)
+        })
+        .await
+        .map_err(|e| AppError::Usage(format!("lag task failed: {e}")))?
+        .map_err(relay_runtime::RuntimeError::Kafka)?;
+        rows.extend(lags);
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<32} {:<28} {:>9} {:>15} {:>15} {:>8} {:>17}",
+        "GROUP",
+        "TOPIC",
+        "PARTITION",
+        "CURRENT-OFFSET",
+        "LOG-END-OFFSET",
+        "LAG",
+        "OLDEST-UNAPPLIED"
+    );
+    for r in &rows {
+        println!(
+            "{:<32} {:<28} {:>9} {:>15} {:>15} {:>8} {:>17}",
+            r.group,
+            r.topic,
+            r.partition,
+            r.committed.map_or("-".to_owned(), |o| o.to_string()),
+            r.log_end,
+            r.lag,
+            r.oldest_unapplied_age_seconds
+                .map_or("-".to_owned(), |s| format!("{s:.1}s")),
+        );
+    }
     Ok(())
 }
 

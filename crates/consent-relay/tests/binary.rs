@@ -1,0 +1,332 @@
+//! The binary as operators run it: a real process with a TOML config, against the real broker and
+//! the fake HubSpot. Covers `publish`, `run` (admin port, JSON logs, SIGTERM), `lag`, `ledger show`,
+//! that no raw PII reaches logs, ledger file or CLI output, and that every metric the deploy
+//! artefacts reference is exported.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use relay_testkit::broker;
+use relay_testkit::hubspot::FakeHubSpot;
+
+const BIN: &str = env!("CARGO_BIN_EXE_consent-relay");
+const TOKEN: &str = "pat-binary-test";
+
+/// Contact data that must never show up in logs, the ledger or command output.
+const PII: &[&str] = &[
+    "erika.mustermann@example.de",
+    "Erika",
+    "Mustermann",
+    "+49 30 1234567",
+    "max.power@example.org",
+    "Maximilian",
+];
+
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    admin: String,
+    topic: String,
+    fake: FakeHubSpot,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn setup() -> Setup {
+    let fake = FakeHubSpot::start(TOKEN).await;
+    let topic = broker::unique_name("binary-e2e");
+    broker::create_topic(&topic, 3).await;
+    broker::create_topic(&format!("{topic}.dlq"), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("consent-relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+topics = ["{topic}"]
+dlq_topic = "{topic}.dlq"
+group_prefix = "{group}"
+session_timeout_ms = 6000
+lag_refresh_interval_ms = 500
+
+[ledger]
+url = "sqlite://{ledger}"
+
+[admin]
+listen = "{admin}"
+
+[purposes.newsletter]
+description = "Newsletter"
+
+[sinks.hubspot]
+base_url = "{base}"
+[sinks.hubspot.batch]
+linger_ms = 50
+[sinks.hubspot.purposes.newsletter]
+subscription_ids = [12345]
+legal_basis = "CONSENT_WITH_NOTICE"
+legal_basis_explanation = "Newsletter sign-up"
+"#,
+            bootstrap = broker::bootstrap(),
+            group = broker::unique_name("binary"),
+            ledger = dir.path().join("ledger.db").display(),
+            base = fake.base_url(),
+        ),
+    )
+    .unwrap();
+    Setup {
+        dir,
+        config,
+        admin,
+        topic,
+        fake,
+    }
+}
+
+fn relay(config: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--config").arg(config).args(args);
+    c.env("CONSENT_RELAY_HUBSPOT_TOKEN", TOKEN)
+        .env_remove("RUST_LOG");
+    c
+}
+
+fn output(mut c: Command) -> String {
+    let out = c.output().expect("run consent-relay");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "consent-relay failed: {text}");
+    text
+}
+
+fn stdout(mut c: Command) -> String {
+    let out = c.output().expect("run consent-relay");
+    assert!(
+        out.status.success(),
+        "consent-relay failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn events(subject_prefix: &str) -> String {
+    let mut lines = String::new();
+    for (i, (email, first, last)) in [
+        ("erika.mustermann@example.de", "Erika", "Mustermann"),
+        ("max.power@example.org", "Maximilian", "Power"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        lines.push_str(&format!(
+            "{{\"type\":\"ConsentGranted\",\"subject_id\":\"{subject_prefix}-{i}\",\"occurred_at\":\"2026-11-20T09:00:00Z\",\"source\":\"web-form\",\"notice_version\":\"nl-1\",\"purposes\":[\"newsletter\"],\"contact\":{{\"email\":\"{email}\",\"first_name\":\"{first}\",\"last_name\":\"{last}\",\"phone\":\"+49 30 1234567\"}}}}\n"
+        ));
+    }
+    lines
+}
+
+async fn get(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+fn stop(mut child: Child) -> String {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(status.success(), "exit after SIGTERM: {status:?}\n{logs}");
+    logs
+}
+
+fn assert_no_pii(what: &str, text: &str) {
+    for needle in PII {
+        assert!(
+            !text.contains(needle),
+            "{what} contains raw PII {needle:?}:\n{text}"
+        );
+    }
+}
+
+/// `consent_relay_*` names in a deploy artefact, with histogram suffixes folded onto the family.
+fn referenced_metrics(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find("consent_relay_") {
+        let start = i + pos;
+        let mut end = start;
+        while end < bytes.len()
+            && (bytes[end].is_ascii_lowercase()
+                || bytes[end] == b'_'
+                || bytes[end].is_ascii_digit())
+        {
+            end += 1;
+        }
+        let mut name = &text[start..end];
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if let Some(base) = name.strip_suffix(suffix) {
+                if base.ends_with("_seconds") {
+                    name = base;
+                }
+            }
+        }
+        names.insert(name.to_owned());
+        i = end;
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_relays_exports_metrics_and_leaks_no_pii() {
+    let s = setup().await;
+    let input = s.dir.path().join("events.jsonl");
+    std::fs::write(&input, events("bin")).unwrap();
+    let published = output(relay(&s.config, &["publish", input.to_str().unwrap()]));
+    assert!(published.contains("published 2 event(s)"), "{published}");
+
+    let child = relay(&s.config, &["--log-format", "json", "run"])
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let mut applied = false;
+    for _ in 0..600 {
+        let subscribed =
+            |email: &str| s.fake.subscription_status(email, 12345).as_deref() == Some("SUBSCRIBED");
+        if subscribed("erika.mustermann@example.de") && subscribed("max.power@example.org") {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(applied, "both grants reach HubSpot");
+
+    let base = format!("http://{}", s.admin);
+    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+    let mut ready = (0, String::new());
+    for _ in 0..100 {
+        ready = get(&format!("{base}/readyz")).await;
+        if ready.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready.0, 200, "{}", ready.1);
+
+    // Wait until the batch is counted and committed, then check the deploy artefacts' references.
+    let applied_line = "consent_relay_events_total{sink=\"hubspot\",outcome=\"applied\"} 2";
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = get(&format!("{base}/metrics")).await.1;
+        if metrics.contains(applied_line)
+            && metrics.contains("consent_relay_commits_total{sink=\"hubspot\"}")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metrics.contains(applied_line), "{metrics}");
+    assert!(
+        metrics.contains("consent_relay_downstream_request_duration_seconds_count{sink=\"hubspot\",status_class=\"2xx\"}"),
+        "{metrics}"
+    );
+    let exported: BTreeSet<String> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for artefact in [
+        "deploy/prometheus/alerts.yaml",
+        "deploy/grafana/consent-relay.json",
+    ] {
+        let text = std::fs::read_to_string(root.join(artefact))
+            .unwrap_or_else(|e| panic!("{artefact}: {e}"));
+        let referenced = referenced_metrics(&text);
+        assert!(!referenced.is_empty(), "{artefact} references no metric");
+        let missing: Vec<_> = referenced.difference(&exported).collect();
+        assert!(
+            missing.is_empty(),
+            "{artefact} references metrics the relay does not export: {missing:?}"
+        );
+    }
+
+    let logs = stop(child);
+    assert!(
+        logs.lines().all(|l| l.starts_with('{')),
+        "--log-format json writes JSON lines only:\n{logs}"
+    );
+    assert!(logs.contains("\"sink\":\"hubspot\""), "{logs}");
+    assert_no_pii("the relay's logs", &logs);
+
+    let lag = stdout(relay(&s.config, &["lag", "--json"]));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&lag).unwrap();
+    assert_eq!(rows.len(), 3, "one row per partition: {lag}");
+    let committed: i64 = rows
+        .iter()
+        .map(|r| r["committed"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(committed, 2, "both events committed: {lag}");
+    assert!(rows.iter().all(|r| r["topic"] == s.topic.as_str()));
+
+    let shown = output(relay(&s.config, &["ledger", "show", "bin-0"]));
+    assert!(shown.contains("applied"), "{shown}");
+    assert_no_pii("ledger show", &shown);
+    let mut ledger_bytes = Vec::new();
+    for file in ["ledger.db", "ledger.db-wal"] {
+        if let Ok(b) = std::fs::read(s.dir.path().join(file)) {
+            ledger_bytes.extend(b);
+        }
+    }
+    assert_no_pii("the ledger file", &String::from_utf8_lossy(&ledger_bytes));
+}
+
+#[test]
+fn invalid_configuration_names_every_bad_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[kafka]\nbootstrap_servers = \"\"\ntopicz = [\"x\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("topicz"), "{err}");
+}
