@@ -1,28 +1,74 @@
-//! The fake downstreams as a standalone process, for the demo (`scripts/demo`): HubSpot on a fixed
-//! address, its state readable at `GET /__fake/state`. Runs until killed.
+//! The fake downstreams as one standalone process, for the demo (`scripts/demo`): every fake on a
+//! fixed port of 127.0.0.1 (base port + offset), and `GET /state` on the base port with what each
+//! of them now holds. Runs until killed.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
+use axum::routing::get;
+use axum::{Json, Router};
+use relay_testkit::audiences::{self, FakePlatform};
 use relay_testkit::hubspot::FakeHubSpot;
+use relay_testkit::newsletter::{FakeBrevo, FakeMailchimp};
+use relay_testkit::partner::FakePartner;
+use serde_json::json;
 
-const USAGE: &str =
-    "usage: fake-downstreams [--hubspot-addr 127.0.0.1:18080] [--hubspot-token TOKEN]";
+/// Credentials the demo configuration uses. Fakes only: nothing here is a real secret.
+const TOKEN: &str = "demo-token";
+const PARTNER_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const BREVO_LIST: i64 = 7;
+const MAILCHIMP_LIST: &str = "demolist1";
+
+struct Fakes {
+    hubspot: FakeHubSpot,
+    meta: FakePlatform,
+    google: FakePlatform,
+    linkedin: FakePlatform,
+    x: FakePlatform,
+    brevo: FakeBrevo,
+    mailchimp: FakeMailchimp,
+    partner: FakePartner,
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut addr: SocketAddr = "127.0.0.1:18080".parse()?;
-    let mut token = "demo-token".to_owned();
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().ok_or(USAGE)?;
-        match flag.as_str() {
-            "--hubspot-addr" => addr = value.parse()?,
-            "--hubspot-token" => token = value,
-            _ => return Err(USAGE.into()),
+    let base: u16 = match std::env::args().nth(1) {
+        Some(p) => p.parse().map_err(|_| "usage: fake-downstreams [BASE_PORT] (default 18080)")?,
+        None => 18080,
+    };
+    let at = |offset: u16| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), base + offset);
+    let fakes = Arc::new(Fakes {
+        hubspot: FakeHubSpot::start_on(at(1), TOKEN).await?,
+        meta: audiences::meta::start_on(at(2), TOKEN).await?,
+        google: audiences::google::start_on(at(3), TOKEN).await?,
+        linkedin: audiences::linkedin::start_on(at(4), TOKEN).await?,
+        x: audiences::x::start_on(at(5), TOKEN).await?,
+        brevo: FakeBrevo::start_on(at(6), TOKEN, &[BREVO_LIST]).await?,
+        mailchimp: FakeMailchimp::start_on(at(7), "demo-token-us1", &[MAILCHIMP_LIST]).await?,
+        partner: FakePartner::start_on(at(8), PARTNER_SECRET).await?,
+    });
+    let state = {
+        let f = fakes.clone();
+        move || {
+            let f = f.clone();
+            async move {
+                Json(json!({
+                    "hubspot": f.hubspot.state(),
+                    "audiences (SHA-256 members)": {
+                        "meta": f.meta.members("111"),
+                        "google": f.google.members("222"),
+                        "linkedin": f.linkedin.members("333"),
+                        "x": f.x.members("444"),
+                    },
+                    "brevo": f.brevo.state(),
+                    "mailchimp": f.mailchimp.state(),
+                    "partner in-GmbH": f.partner.state(),
+                }))
+            }
         }
-    }
-    let hubspot = FakeHubSpot::start_on(addr, &token).await?;
-    eprintln!("fake HubSpot on {}", hubspot.base_url());
-    tokio::signal::ctrl_c().await?;
+    };
+    let listener = tokio::net::TcpListener::bind(at(0)).await?;
+    eprintln!("fake downstreams on 127.0.0.1:{}..{}; state at http://{}/state", base + 1, base + 8, at(0));
+    axum::serve(listener, Router::new().route("/state", get(state))).await?;
     Ok(())
 }
