@@ -1,7 +1,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use relay_delivery::DestinationConfig;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// HubSpot's own batch limit is undocumented (api-notes §1c); its legacy v1 batch endpoint caps at
 /// 1000, so a larger value is surely a typo.
@@ -18,13 +19,27 @@ pub struct HubSpotConfig {
     /// of the file: the binary fills it from `CONSENT_RELAY_HUBSPOT_TOKEN`.
     #[serde(default)]
     pub token: Option<String>,
-    /// Most inputs sent in one v4 batch call. HubSpot does not document its limit; public clients
+    /// Most inputs sent in one batch call. HubSpot does not document its limit; public clients
     /// use 100.
     #[serde(default = "default_max_inputs_per_request")]
     pub max_inputs_per_request: usize,
-    /// Timeout of one HTTP request, connection included, in milliseconds.
-    #[serde(default = "default_request_timeout_ms")]
-    pub request_timeout_ms: u64,
+    /// Request limits of the HubSpot account (`[sinks.hubspot.limits]`), shared by every request
+    /// this sink sends, retries included. Defaults: 100 requests per 10 s rolling window (the burst
+    /// limit of Free and Starter accounts and of OAuth apps; Professional and Enterprise accounts
+    /// allow 190, the API limit increase pack 250), no daily budget (HubSpot's own daily limit is
+    /// honoured from its headers), 4 requests in flight, 10 s request timeout. Keys left out of
+    /// the table keep these defaults; there is no way to switch the burst limit off, as every
+    /// HubSpot account has one.
+    #[serde(
+        default = "default_limits",
+        deserialize_with = "limits_over_hubspot_defaults"
+    )]
+    pub limits: DestinationConfig,
+    /// The contact properties a grant with `create_contact` may send to HubSpot; nothing else ever
+    /// leaves the relay. Values come from the event's contact fields, and empty ones are left out.
+    /// The email is always sent as the upsert's `id`, listed here or not.
+    #[serde(default = "default_contact_properties")]
+    pub contact_properties: Vec<ContactProperty>,
     /// Consent purpose name → the HubSpot subscription types it stands for.
     #[serde(default)]
     pub purposes: BTreeMap<String, PurposeConfig>,
@@ -43,6 +58,10 @@ pub struct PurposeConfig {
     /// Human-readable proof text recorded with each status change; the event's notice version is
     /// appended to it.
     pub legal_basis_explanation: String,
+    /// Whether a grant first creates or updates the CRM contact (batch upsert by email, with the
+    /// allow-listed `contact_properties`) before it writes the subscription status.
+    #[serde(default)]
+    pub create_contact: bool,
 }
 
 /// HubSpot's `legalBasis` values (api-notes §1b), spelled as HubSpot spells them.
@@ -57,6 +76,36 @@ pub enum LegalBasis {
     NonGdpr,
     PerformanceOfContract,
     ProcessAndStore,
+}
+
+/// A HubSpot contact property the relay can fill from an event, by its HubSpot internal name.
+/// A closed set: a name the relay has no value for would be a silent no-op, so it fails at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContactProperty {
+    /// The normalized email address.
+    Email,
+    /// The contact's first name.
+    Firstname,
+    /// The contact's last name.
+    Lastname,
+    /// The contact's company name.
+    Company,
+    /// The phone number, as the event carries it.
+    Phone,
+}
+
+impl ContactProperty {
+    /// HubSpot's internal property name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ContactProperty::Email => "email",
+            ContactProperty::Firstname => "firstname",
+            ContactProperty::Lastname => "lastname",
+            ContactProperty::Company => "company",
+            ContactProperty::Phone => "phone",
+        }
+    }
 }
 
 /// One thing wrong with a [`HubSpotConfig`], named by its key within the sink's section.
@@ -97,8 +146,52 @@ fn default_max_inputs_per_request() -> usize {
     100
 }
 
-fn default_request_timeout_ms() -> u64 {
-    10_000
+fn default_limits() -> DestinationConfig {
+    DestinationConfig {
+        max_requests_per_window: Some(100),
+        window_ms: 10_000,
+        daily_budget: None,
+        max_concurrency: 4,
+        ..DestinationConfig::default()
+    }
+}
+
+fn default_contact_properties() -> Vec<ContactProperty> {
+    vec![
+        ContactProperty::Email,
+        ContactProperty::Firstname,
+        ContactProperty::Lastname,
+        ContactProperty::Company,
+        ContactProperty::Phone,
+    ]
+}
+
+/// Reads `[limits]` as changes to HubSpot's defaults. Read straight into `DestinationConfig`, a
+/// table would fill its missing keys with the delivery layer's generic defaults instead, and one
+/// holding only, say, `request_timeout_ms` would silently drop the burst limit.
+fn limits_over_hubspot_defaults<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<DestinationConfig, D::Error> {
+    /// The keys of [`DestinationConfig`], each optional; their meaning is documented there.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Overrides {
+        max_requests_per_window: Option<u32>,
+        window_ms: Option<u64>,
+        daily_budget: Option<u32>,
+        max_concurrency: Option<usize>,
+        request_timeout_ms: Option<u64>,
+    }
+    let o = Overrides::deserialize(deserializer)?;
+    let d = default_limits();
+    // No `..d`: a key added to DestinationConfig must be added to Overrides too.
+    Ok(DestinationConfig {
+        max_requests_per_window: o.max_requests_per_window.or(d.max_requests_per_window),
+        window_ms: o.window_ms.unwrap_or(d.window_ms),
+        daily_budget: o.daily_budget.or(d.daily_budget),
+        max_concurrency: o.max_concurrency.unwrap_or(d.max_concurrency),
+        request_timeout_ms: o.request_timeout_ms.unwrap_or(d.request_timeout_ms),
+    })
 }
 
 impl Default for HubSpotConfig {
@@ -107,7 +200,8 @@ impl Default for HubSpotConfig {
             base_url: default_base_url(),
             token: None,
             max_inputs_per_request: default_max_inputs_per_request(),
-            request_timeout_ms: default_request_timeout_ms(),
+            limits: default_limits(),
+            contact_properties: default_contact_properties(),
             purposes: BTreeMap::new(),
         }
     }
@@ -142,8 +236,10 @@ impl HubSpotConfig {
                 &format!("must be between 1 and {MAX_INPUTS_CEILING}"),
             );
         }
-        if self.request_timeout_ms == 0 {
-            problem("request_timeout_ms", "must be greater than 0");
+        for text in self.limits.problems() {
+            // DestinationConfig names each problem `<key>: <message>`.
+            let (key, message) = text.split_once(": ").unwrap_or(("", &text));
+            problem(&format!("limits.{key}"), message);
         }
         for (name, purpose) in &self.purposes {
             let key = |field: &str| format!("purposes.{name}.{field}");
@@ -181,7 +277,8 @@ impl fmt::Debug for HubSpotConfig {
             .field("base_url", &self.base_url)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("max_inputs_per_request", &self.max_inputs_per_request)
-            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("limits", &self.limits)
+            .field("contact_properties", &self.contact_properties)
             .field("purposes", &self.purposes)
             .finish()
     }
@@ -200,13 +297,42 @@ mod tests {
         let c = parse(r#"{"token":"t"}"#).unwrap();
         assert_eq!(c.base_url, "https://api.hubapi.com");
         assert_eq!(c.max_inputs_per_request, 100);
-        assert_eq!(c.request_timeout_ms, 10_000);
+        assert_eq!(c.limits.max_requests_per_window, Some(100));
+        assert_eq!(c.limits.window_ms, 10_000);
+        assert_eq!(c.limits.daily_budget, None);
+        assert_eq!(c.limits.max_concurrency, 4);
+        assert_eq!(c.limits.request_timeout_ms, 10_000);
+        let names: Vec<_> = c.contact_properties.iter().map(|p| p.name()).collect();
+        assert_eq!(
+            names,
+            ["email", "firstname", "lastname", "company", "phone"]
+        );
         assert!(c.purposes.is_empty());
         c.validate().unwrap();
     }
 
     #[test]
-    fn purpose_with_default_legal_basis() {
+    fn a_limits_table_changes_only_the_keys_it_names() {
+        let c =
+            parse(r#"{"token":"t","limits":{"request_timeout_ms":2500,"daily_budget":250000}}"#)
+                .unwrap();
+        assert_eq!(
+            c.limits,
+            DestinationConfig {
+                max_requests_per_window: Some(100),
+                window_ms: 10_000,
+                daily_budget: Some(250_000),
+                max_concurrency: 4,
+                request_timeout_ms: 2_500,
+            }
+        );
+        let c = parse(r#"{"token":"t","limits":{"max_requests_per_window":190}}"#).unwrap();
+        assert_eq!(c.limits.max_requests_per_window, Some(190));
+        assert_eq!(c.limits.window_ms, 10_000);
+    }
+
+    #[test]
+    fn purpose_with_defaults() {
         let c = parse(
             r#"{"token":"t","purposes":{"newsletter":{
                 "subscription_ids":[12345],"legal_basis_explanation":"Signed up via web form"}}}"#,
@@ -215,6 +341,7 @@ mod tests {
         let p = &c.purposes["newsletter"];
         assert_eq!(p.legal_basis, LegalBasis::ConsentWithNotice);
         assert_eq!(p.subscription_ids, vec![12345]);
+        assert!(!p.create_contact);
         c.validate().unwrap();
     }
 
@@ -230,20 +357,28 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_rejected() {
+    fn unknown_keys_and_properties_are_rejected() {
         let err = parse(r#"{"token":"t","batch_size":10}"#).unwrap_err();
         assert!(err.to_string().contains("batch_size"), "{err}");
+        // Moved to [limits].
+        let err = parse(r#"{"token":"t","request_timeout_ms":10}"#).unwrap_err();
+        assert!(err.to_string().contains("request_timeout_ms"), "{err}");
+        let err = parse(r#"{"token":"t","limits":{"burst":10}}"#).unwrap_err();
+        assert!(err.to_string().contains("burst"), "{err}");
         let err = parse(
             r#"{"purposes":{"p":{"subscription_ids":[1],"legal_basis_explanation":"x","id":2}}}"#,
         )
         .unwrap_err();
         assert!(err.to_string().contains("`id`"), "{err}");
+        let err = parse(r#"{"contact_properties":["email","firstName"]}"#).unwrap_err();
+        assert!(err.to_string().contains("firstName"), "{err}");
     }
 
     #[test]
     fn validate_reports_every_problem() {
         let c = parse(
-            r#"{"base_url":"ftp://x","max_inputs_per_request":0,"request_timeout_ms":0,
+            r#"{"base_url":"ftp://x","max_inputs_per_request":0,
+                "limits":{"max_requests_per_window":0,"request_timeout_ms":0},
                 "purposes":{"news":{"subscription_ids":[],"legal_basis_explanation":" "},
                             "ads":{"subscription_ids":[7,7,-1],"legal_basis_explanation":"ok"}}}"#,
         )
@@ -258,13 +393,15 @@ mod tests {
                 "base_url",
                 "token",
                 "max_inputs_per_request",
-                "request_timeout_ms",
+                "limits.max_requests_per_window",
+                "limits.request_timeout_ms",
                 "purposes.ads.subscription_ids",
                 "purposes.ads.subscription_ids",
                 "purposes.news.subscription_ids",
                 "purposes.news.legal_basis_explanation",
             ]
         );
+        assert_eq!(problems[4].message, "must be at least 1");
     }
 
     #[test]

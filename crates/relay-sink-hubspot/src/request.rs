@@ -1,12 +1,14 @@
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use relay_delivery::{Outcome, SinkItem, Target};
-use relay_events::{normalize, Action};
+use relay_events::{normalize, Action, Contact};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::{HubSpotConfig, LegalBasis};
+use crate::config::{ContactProperty, HubSpotConfig, LegalBasis};
 
+/// Creates or updates contacts by email (api-notes §1d).
+pub const UPSERT_PATH: &str = "/crm/v3/objects/contacts/batch/upsert";
 /// Sets subscription statuses for many (contact, subscription type) pairs (api-notes §1c).
 pub const BATCH_WRITE_PATH: &str = "/communication-preferences/v4/statuses/batch/write";
 /// Opts contacts out of all email (api-notes §1c). `channel` is documented for the single-contact
@@ -40,6 +42,22 @@ pub struct StatusInput {
     pub legal_basis_explanation: String,
 }
 
+/// One input of a contact batch upsert by email, serialized exactly as HubSpot expects it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContactInput {
+    /// Index of the item this input serves; never sent.
+    #[serde(skip)]
+    pub item: usize,
+    /// The normalized email address: the contact's key.
+    pub id: String,
+    pub id_property: &'static str,
+    /// Only allow-listed properties with a value.
+    pub properties: BTreeMap<&'static str, String>,
+    /// The event id: HubSpot echoes it in the result, which ties results to inputs.
+    pub object_write_trace_id: String,
+}
+
 /// A contact addressed by normalized email, and the item that asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactRef {
@@ -50,6 +68,7 @@ pub struct ContactRef {
 /// One HTTP request to HubSpot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
+    Upsert(Vec<ContactInput>),
     BatchWrite(Vec<StatusInput>),
     UnsubscribeAll(Vec<ContactRef>),
     GdprDelete(ContactRef),
@@ -59,6 +78,7 @@ impl Call {
     /// Path and query, relative to the configured base URL.
     pub fn path(&self) -> &'static str {
         match self {
+            Call::Upsert(_) => UPSERT_PATH,
             Call::BatchWrite(_) => BATCH_WRITE_PATH,
             Call::UnsubscribeAll(_) => UNSUBSCRIBE_ALL_PATH,
             Call::GdprDelete(_) => GDPR_DELETE_PATH,
@@ -67,6 +87,7 @@ impl Call {
 
     pub fn body(&self) -> serde_json::Value {
         match self {
+            Call::Upsert(inputs) => json!({ "inputs": inputs }),
             Call::BatchWrite(inputs) => json!({ "inputs": inputs }),
             Call::UnsubscribeAll(contacts) => {
                 json!({ "inputs": contacts.iter().map(|c| &c.email).collect::<Vec<_>>() })
@@ -80,6 +101,7 @@ impl Call {
     /// `(item, email)` of every input, in request order.
     pub fn inputs(&self) -> Vec<(usize, &str)> {
         match self {
+            Call::Upsert(inputs) => inputs.iter().map(|i| (i.item, i.id.as_str())).collect(),
             Call::BatchWrite(inputs) => inputs
                 .iter()
                 .map(|i| (i.item, i.subscriber_id_string.as_str()))
@@ -95,6 +117,10 @@ impl Call {
     /// Keeps only the inputs whose email passes `keep`; returns whether any input is left.
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) -> bool {
         match self {
+            Call::Upsert(inputs) => {
+                inputs.retain(|i| keep(&i.id));
+                !inputs.is_empty()
+            }
             Call::BatchWrite(inputs) => {
                 inputs.retain(|i| keep(&i.subscriber_id_string));
                 !inputs.is_empty()
@@ -115,7 +141,8 @@ pub struct Plan {
     /// or `None` when the item has at least one input in `calls`.
     pub settled: Vec<Option<Outcome>>,
     /// Requests in the order they must be sent. Two changes to the same contact keep their item
-    /// order: the later one is in a later call.
+    /// order: the later one is in a later call. An item's contact upsert is in an earlier call
+    /// than its status writes.
     pub calls: Vec<Call>,
 }
 
@@ -158,6 +185,19 @@ fn plan_item(
                 Action::Grant => StatusState::Subscribed,
                 _ => StatusState::Unsubscribed,
             };
+            if item.action == Action::Grant && purpose.create_contact {
+                builder.upsert(ContactInput {
+                    item: index,
+                    properties: contact_properties(
+                        &item.event.contact,
+                        &email,
+                        &config.contact_properties,
+                    ),
+                    id: email.clone(),
+                    id_property: "email",
+                    object_write_trace_id: item.event.event_id.to_string(),
+                });
+            }
             // The notice version makes HubSpot's own record a proof of which text was consented to.
             let legal_basis_explanation = match item.event.notice_version.as_deref() {
                 Some(v) if !v.is_empty() => {
@@ -193,21 +233,50 @@ fn plan_item(
     }
 }
 
+/// The allow-listed properties that have a value. Blank values are left out rather than sent:
+/// HubSpot reads an empty string as "clear this property", which an event never means.
+fn contact_properties(
+    contact: &Contact,
+    email: &str,
+    allowed: &[ContactProperty],
+) -> BTreeMap<&'static str, String> {
+    allowed
+        .iter()
+        .filter_map(|&property| {
+            let value = match property {
+                ContactProperty::Email => Some(email),
+                ContactProperty::Firstname => contact.first_name.as_deref(),
+                ContactProperty::Lastname => contact.last_name.as_deref(),
+                ContactProperty::Company => contact.company.as_deref(),
+                ContactProperty::Phone => contact.phone.as_deref(),
+            }?
+            .trim();
+            (!value.is_empty()).then(|| (property.name(), value.to_owned()))
+        })
+        .collect()
+}
+
 /// What the open segment already does to one contact.
 enum Touch {
-    /// Status writes for these subscription types.
-    Subscriptions(BTreeSet<i64>),
+    /// An upsert (or none) and status writes for these subscription types.
+    Parts {
+        upserted: bool,
+        subscriptions: BTreeSet<i64>,
+    },
     /// An unsubscribe-all or a GDPR delete.
     WholeContact,
 }
 
 /// Packs inputs into calls. Calls are built in segments: within one segment no contact is touched
-/// by two different operations, nor twice for the same subscription type, so the segment's calls
-/// commute. An input that would break that closes the segment, which keeps each contact's changes
-/// in item order even though HubSpot does not promise any order inside one batch.
+/// by two whole-contact operations, nor upserted twice (HubSpot rejects duplicate ids in a batch),
+/// nor written twice for the same subscription type. An input that would break that closes the
+/// segment, which keeps each contact's changes in item order even though HubSpot does not promise
+/// any order inside one batch. Within a segment the upserts go first, so that an item's contact
+/// exists before its status is written.
 struct Builder {
     limit: usize,
     calls: Vec<Call>,
+    upsert: Vec<ContactInput>,
     write: Vec<StatusInput>,
     unsubscribe: Vec<ContactRef>,
     touched: HashMap<String, Touch>,
@@ -218,9 +287,26 @@ impl Builder {
         Builder {
             limit,
             calls: Vec::new(),
+            upsert: Vec::new(),
             write: Vec::new(),
             unsubscribe: Vec::new(),
             touched: HashMap::new(),
+        }
+    }
+
+    fn upsert(&mut self, input: ContactInput) {
+        if matches!(
+            self.touched.get(&input.id),
+            Some(Touch::WholeContact | Touch::Parts { upserted: true, .. })
+        ) {
+            self.close_segment();
+        }
+        if let Touch::Parts { upserted, .. } = self.parts(&input.id) {
+            *upserted = true;
+        }
+        self.upsert.push(input);
+        if self.upsert.len() == self.limit {
+            self.flush_upserts();
         }
     }
 
@@ -228,22 +314,19 @@ impl Builder {
         let id = input.subscription_id;
         let conflict = match self.touched.get(&input.subscriber_id_string) {
             None => false,
-            Some(Touch::Subscriptions(ids)) => ids.contains(&id),
+            Some(Touch::Parts { subscriptions, .. }) => subscriptions.contains(&id),
             Some(Touch::WholeContact) => true,
         };
         if conflict {
             self.close_segment();
         }
-        // After a conflict the segment is new, so the contact has no whole-contact touch here.
-        if let Touch::Subscriptions(ids) = self
-            .touched
-            .entry(input.subscriber_id_string.clone())
-            .or_insert_with(|| Touch::Subscriptions(BTreeSet::new()))
-        {
-            ids.insert(id);
+        if let Touch::Parts { subscriptions, .. } = self.parts(&input.subscriber_id_string) {
+            subscriptions.insert(id);
         }
         self.write.push(input);
         if self.write.len() == self.limit {
+            // The upserts of these writes' items must not end up behind them.
+            self.flush_upserts();
             self.calls
                 .push(Call::BatchWrite(std::mem::take(&mut self.write)));
         }
@@ -271,7 +354,26 @@ impl Builder {
         self.calls.push(Call::GdprDelete(contact));
     }
 
+    /// The contact's per-part touch in the open segment. After a conflict the segment is new, so
+    /// the contact has no whole-contact touch here.
+    fn parts(&mut self, email: &str) -> &mut Touch {
+        self.touched
+            .entry(email.to_owned())
+            .or_insert_with(|| Touch::Parts {
+                upserted: false,
+                subscriptions: BTreeSet::new(),
+            })
+    }
+
+    fn flush_upserts(&mut self) {
+        if !self.upsert.is_empty() {
+            self.calls
+                .push(Call::Upsert(std::mem::take(&mut self.upsert)));
+        }
+    }
+
     fn close_segment(&mut self) {
+        self.flush_upserts();
         if !self.write.is_empty() {
             self.calls
                 .push(Call::BatchWrite(std::mem::take(&mut self.write)));
@@ -293,7 +395,7 @@ impl Builder {
 mod tests {
     use std::sync::Arc;
 
-    use relay_events::{ConsentEvent, Contact, EventKind, Scope};
+    use relay_events::{ConsentEvent, EventKind, Scope};
 
     use super::*;
     use crate::config::PurposeConfig;
@@ -310,6 +412,7 @@ mod tests {
                 subscription_ids: vec![11, 22],
                 legal_basis: LegalBasis::ConsentWithNotice,
                 legal_basis_explanation: "Web form opt-in".into(),
+                create_contact: false,
             },
         );
         c.purposes.insert(
@@ -318,6 +421,16 @@ mod tests {
                 subscription_ids: vec![33],
                 legal_basis: LegalBasis::LegitimateInterestClient,
                 legal_basis_explanation: "Customer events".into(),
+                create_contact: false,
+            },
+        );
+        c.purposes.insert(
+            "webinar".into(),
+            PurposeConfig {
+                subscription_ids: vec![44],
+                legal_basis: LegalBasis::ConsentWithNotice,
+                legal_basis_explanation: "Webinar sign-up".into(),
+                create_contact: true,
             },
         );
         c
@@ -513,6 +626,142 @@ mod tests {
                 (BATCH_WRITE_PATH, vec![3]),
                 (BATCH_WRITE_PATH, vec![4]),
                 (GDPR_DELETE_PATH, vec![5]),
+            ]
+        );
+    }
+
+    fn with_contact(mut item: SinkItem, contact: Contact) -> SinkItem {
+        Arc::get_mut(&mut item.event).unwrap().contact = contact;
+        item
+    }
+
+    #[test]
+    fn a_grant_with_create_contact_upserts_before_it_writes() {
+        let it = with_contact(
+            item(None, Action::Grant, purpose("webinar")),
+            Contact {
+                email: Some(" Max@Example.DE ".into()),
+                first_name: Some("Max".into()),
+                last_name: Some("  ".into()),
+                company: None,
+                phone: Some("+49 30 1234567".into()),
+                ..Contact::default()
+            },
+        );
+        let event_id = it.event.event_id.to_string();
+        let plan = plan(&[it], &config(100));
+        let paths: Vec<_> = plan.calls.iter().map(Call::path).collect();
+        assert_eq!(paths, [UPSERT_PATH, BATCH_WRITE_PATH]);
+        assert_eq!(
+            plan.calls[0].body(),
+            json!({"inputs": [{
+                "id": "max@example.de",
+                "idProperty": "email",
+                "properties": {"email": "max@example.de", "firstname": "Max",
+                               "phone": "+49 30 1234567"},
+                "objectWriteTraceId": event_id,
+            }]})
+        );
+    }
+
+    #[test]
+    fn only_allow_listed_properties_are_sent() {
+        let mut c = config(100);
+        c.contact_properties = vec![ContactProperty::Lastname];
+        let it = with_contact(
+            item(None, Action::Grant, purpose("webinar")),
+            Contact {
+                email: Some("a@b.de".into()),
+                first_name: Some("Anna".into()),
+                last_name: Some("Berg".into()),
+                company: Some("ACME".into()),
+                phone: Some("+4930".into()),
+                ..Contact::default()
+            },
+        );
+        let plan = plan(&[it], &c);
+        assert_eq!(
+            plan.calls[0].body()["inputs"][0]["properties"],
+            json!({"lastname": "Berg"})
+        );
+    }
+
+    #[test]
+    fn withdrawals_and_purposes_without_create_contact_send_no_upsert() {
+        let plan = plan(
+            &[
+                item(Some("a@b.de"), Action::Withdraw, purpose("webinar")),
+                item(Some("c@d.de"), Action::Grant, purpose("events")),
+            ],
+            &config(100),
+        );
+        assert!(plan.calls.iter().all(|c| c.path() != UPSERT_PATH));
+    }
+
+    #[test]
+    fn upserts_stay_ahead_of_their_writes_across_full_batches() {
+        let items: Vec<_> = (0..3)
+            .map(|i| {
+                item(
+                    Some(&format!("u{i}@x.de")),
+                    Action::Grant,
+                    purpose("webinar"),
+                )
+            })
+            .collect();
+        let plan = plan(&items, &config(2));
+        let calls: Vec<_> = plan
+            .calls
+            .iter()
+            .map(|c| {
+                (
+                    c.path(),
+                    c.inputs().iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            calls,
+            vec![
+                (UPSERT_PATH, vec![0, 1]),
+                (BATCH_WRITE_PATH, vec![0, 1]),
+                (UPSERT_PATH, vec![2]),
+                (BATCH_WRITE_PATH, vec![2]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_contact_is_upserted_once_per_call_and_never_across_an_erasure() {
+        let plan = plan(
+            &[
+                item(Some("a@b.de"), Action::Grant, purpose("webinar")),
+                item(Some("a@b.de"), Action::Grant, purpose("webinar")),
+                item(Some("a@b.de"), Action::Erase, Target::All),
+                item(Some("a@b.de"), Action::Grant, purpose("webinar")),
+            ],
+            &config(100),
+        );
+        let calls: Vec<_> = plan
+            .calls
+            .iter()
+            .map(|c| {
+                (
+                    c.path(),
+                    c.inputs().iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            calls,
+            vec![
+                (UPSERT_PATH, vec![0]),
+                (BATCH_WRITE_PATH, vec![0]),
+                (UPSERT_PATH, vec![1]),
+                (BATCH_WRITE_PATH, vec![1]),
+                (GDPR_DELETE_PATH, vec![2]),
+                (UPSERT_PATH, vec![3]),
+                (BATCH_WRITE_PATH, vec![3]),
             ]
         );
     }

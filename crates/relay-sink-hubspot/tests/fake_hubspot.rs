@@ -1,5 +1,6 @@
 //! The sink against the fake HubSpot of relay-testkit: outcomes per item and the state they leave.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,12 +9,15 @@ use relay_events::{Action, ConsentEvent, Contact, EventKind, Scope};
 use relay_sink_hubspot::{HubSpotConfig, HubSpotSink, LegalBasis, PurposeConfig};
 use relay_testkit::hubspot::{
     FakeHubSpot, ScriptedResponse, BATCH_WRITE_PATH, GDPR_DELETE_PATH, UNSUBSCRIBE_ALL_PATH,
+    UPSERT_PATH,
 };
 use serde_json::{json, Value};
 
 const TOKEN: &str = "pat-test-token";
 const NEWSLETTER_IDS: [i64; 2] = [1001, 1002];
 const EVENTS_ID: i64 = 2001;
+/// The purpose whose grants create the contact first.
+const WEBINAR_ID: i64 = 3001;
 
 fn config(base_url: String, max_inputs: usize) -> HubSpotConfig {
     let mut config = HubSpotConfig {
@@ -28,6 +32,7 @@ fn config(base_url: String, max_inputs: usize) -> HubSpotConfig {
             subscription_ids: NEWSLETTER_IDS.to_vec(),
             legal_basis: LegalBasis::ConsentWithNotice,
             legal_basis_explanation: "Opted in on the newsletter form".into(),
+            create_contact: false,
         },
     );
     config.purposes.insert(
@@ -36,6 +41,16 @@ fn config(base_url: String, max_inputs: usize) -> HubSpotConfig {
             subscription_ids: vec![EVENTS_ID],
             legal_basis: LegalBasis::LegitimateInterestClient,
             legal_basis_explanation: "Customer event invitations".into(),
+            create_contact: false,
+        },
+    );
+    config.purposes.insert(
+        "webinar".into(),
+        PurposeConfig {
+            subscription_ids: vec![WEBINAR_ID],
+            legal_basis: LegalBasis::ConsentWithNotice,
+            legal_basis_explanation: "Signed up for a webinar".into(),
+            create_contact: true,
         },
     );
     config
@@ -106,9 +121,20 @@ fn retry_after(outcome: &Outcome) -> Option<Duration> {
 
 fn reason(outcome: &Outcome) -> &str {
     match outcome {
-        Outcome::Retryable { reason, .. } | Outcome::Permanent { reason } => reason,
+        Outcome::Retryable { reason, .. }
+        | Outcome::Permanent { reason }
+        | Outcome::Refused { reason } => reason,
         other => panic!("expected a failure, got {other:?}"),
     }
+}
+
+fn with_contact(mut item: SinkItem, contact: Contact) -> SinkItem {
+    Arc::get_mut(&mut item.event).unwrap().contact = contact;
+    item
+}
+
+fn body(request: &relay_testkit::hubspot::RecordedRequest) -> Value {
+    serde_json::from_str(&request.body).unwrap()
 }
 
 #[tokio::test]
@@ -228,13 +254,28 @@ async fn gdpr_delete_of_known_and_unknown_contacts() {
     let (fake, sink) = setup(100).await;
     let known = "emil@example.de";
     let unknown = "nobody@example.de";
-    sink.deliver(&[grant(known, "newsletter")]).await;
+    let created = with_contact(
+        grant(known, "webinar"),
+        Contact {
+            email: Some(known.into()),
+            first_name: Some("Emil".into()),
+            ..Contact::default()
+        },
+    );
+    sink.deliver(&[grant(known, "newsletter"), created]).await;
+    assert!(fake.contact_properties(known).is_some());
 
     let outcomes = sink.deliver(&[erase(known), erase(unknown)]).await;
     assert_eq!(outcomes, [Outcome::Applied, Outcome::Applied]);
     assert!(fake.is_blocklisted(known));
     assert!(fake.is_blocklisted(unknown));
     assert_eq!(fake.subscription_status(known, NEWSLETTER_IDS[0]), None);
+    assert_eq!(
+        fake.contact_properties(known),
+        None,
+        "properties are gone too"
+    );
+    assert!(!fake.state()["contacts"].to_string().contains("Emil"));
 
     let deletes: Vec<_> = fake
         .requests()
@@ -326,36 +367,282 @@ async fn server_error_is_retryable_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn rate_limit_carries_retry_after_and_stops_the_delivery() {
-    let (fake, sink) = setup(2).await;
-    fake.push_response(ScriptedResponse::rate_limited(2));
-    let items = [
-        grant("j@example.de", "events"),
-        grant("k@example.de", "events"),
-        grant("l@example.de", "events"),
-    ];
-    let outcomes = sink.deliver(&items).await;
-    for outcome in &outcomes {
-        assert_eq!(retry_after(outcome), Some(Duration::from_secs(2)));
-    }
+async fn retry_after_holds_the_next_request_to_the_account() {
+    let (fake, sink) = setup(1).await;
+    fake.push_response(ScriptedResponse::rate_limited(3));
+    let outcomes = sink
+        .deliver(&[
+            grant("j@example.de", "events"),
+            grant("k@example.de", "events"),
+        ])
+        .await;
+    assert_eq!(retry_after(&outcomes[0]), Some(Duration::from_secs(3)));
     assert!(reason(&outcomes[0]).contains("RATE_LIMITS"), "{outcomes:?}");
-    assert!(reason(&outcomes[2]).starts_with("not sent"), "{outcomes:?}");
-    assert_eq!(fake.requests().len(), 1, "nothing is sent after a 429");
+    assert_eq!(outcomes[1], Outcome::Applied, "the delivery goes on");
+
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    let gap = requests[1].at.duration_since(requests[0].at);
+    assert!(gap >= Duration::from_secs(3), "next request after {gap:?}");
 }
 
 #[tokio::test]
-async fn bad_token_is_permanent() {
-    let (fake, sink) = setup(100).await;
-    fake.set_token("rotated");
-    let outcomes = sink.deliver(&[grant("m@example.de", "events")]).await;
+async fn a_full_window_at_hubspot_pauses_the_account() {
+    let (fake, sink) = setup(1).await;
+    let window = Duration::from_millis(800);
+    fake.set_rate_limit(2, window);
+    let items: Vec<_> = (0..3)
+        .map(|i| grant(&format!("w{i}@example.de"), "events"))
+        .collect();
+    assert_eq!(sink.deliver(&items).await, vec![Outcome::Applied; 3]);
+
+    // The second answer said `X-HubSpot-RateLimit-Remaining: 0`; the sink's own limiter (100 per
+    // 10 s) would not have waited.
+    let requests = fake.requests();
+    let gap = requests[2].at.duration_since(requests[1].at);
+    assert!(gap >= window, "third request after {gap:?}");
+    assert_eq!(fake.rate_limited_count(), 0);
+}
+
+#[tokio::test]
+async fn a_secondly_429_without_retry_after_pauses_for_the_named_window() {
+    let (fake, sink) = setup(1).await;
+    let window = Duration::from_millis(1500);
+    fake.set_rate_limit(1, window);
+    // Fill HubSpot's window behind the sink's back, as another client of the account would.
+    let other_client = reqwest::Client::new()
+        .post(format!("{}{BATCH_WRITE_PATH}", fake.base_url()))
+        .bearer_auth(TOKEN)
+        .json(&json!({"inputs": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_client.status(), 400, "an empty batch is invalid");
+
+    let outcomes = sink
+        .deliver(&[
+            grant("x@example.de", "events"),
+            grant("y@example.de", "events"),
+        ])
+        .await;
+    assert_eq!(retry_after(&outcomes[0]), Some(Duration::from_secs(2)));
+    assert_eq!(outcomes[1], Outcome::Applied);
+    assert_eq!(fake.rate_limited_count(), 1);
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 3);
+    let gap = requests[2].at.duration_since(requests[1].at);
+    assert!(gap >= window, "next request after {gap:?}");
+}
+
+#[tokio::test]
+async fn a_spent_daily_limit_ends_the_delivery() {
+    let (fake, sink) = setup(1).await;
+    fake.set_daily_limit(1);
+    let outcomes = sink
+        .deliver(&[
+            grant("d1@example.de", "events"),
+            grant("d2@example.de", "events"),
+        ])
+        .await;
+    assert_eq!(outcomes[0], Outcome::Applied);
+    let wait = retry_after(&outcomes[1]).expect("retry after midnight UTC");
     assert!(
-        matches!(outcomes[0], Outcome::Permanent { .. }),
-        "{outcomes:?}"
+        wait > Duration::ZERO && wait <= Duration::from_secs(86_400),
+        "{wait:?}"
     );
-    let reason = reason(&outcomes[0]);
-    assert!(reason.starts_with("HTTP 401"), "{reason}");
-    assert!(reason.contains("INVALID_AUTHENTICATION"), "{reason}");
-    assert!(reason.contains("correlationId"), "{reason}");
+    assert!(reason(&outcomes[1]).contains("daily"), "{outcomes:?}");
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "the last answer said Daily-Remaining: 0"
+    );
+}
+
+#[tokio::test]
+async fn a_daily_429_is_retryable_until_midnight_and_ends_the_delivery() {
+    let (fake, sink) = setup(1).await;
+    fake.push_response(ScriptedResponse::daily_limited());
+    let outcomes = sink
+        .deliver(&[
+            grant("e1@example.de", "events"),
+            grant("e2@example.de", "events"),
+        ])
+        .await;
+    for outcome in &outcomes {
+        let wait = retry_after(outcome).expect("retry after midnight UTC");
+        assert!(
+            wait > Duration::from_secs(1) && wait <= Duration::from_secs(86_400),
+            "{wait:?}"
+        );
+    }
+    assert!(reason(&outcomes[0]).contains("daily limit"), "{outcomes:?}");
+    assert!(reason(&outcomes[1]).starts_with("not sent"), "{outcomes:?}");
+    assert_eq!(fake.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_bad_token_is_refused_and_ends_the_delivery() {
+    let (fake, sink) = setup(1).await;
+    fake.set_token("rotated");
+    let outcomes = sink
+        .deliver(&[
+            grant("m@example.de", "events"),
+            erase("n@example.de"),
+            unsubscribe_all("o@example.de"),
+        ])
+        .await;
+    for outcome in &outcomes {
+        assert!(matches!(outcome, Outcome::Refused { .. }), "{outcome:?}");
+    }
+    let first = reason(&outcomes[0]);
+    assert!(first.starts_with("HTTP 401"), "{first}");
+    assert!(first.contains("INVALID_AUTHENTICATION"), "{first}");
+    assert!(first.contains("correlationId"), "{first}");
+    assert!(reason(&outcomes[1]).starts_with("not sent"), "{outcomes:?}");
+    assert_eq!(fake.requests().len(), 1, "nothing else sent");
+}
+
+#[tokio::test]
+async fn a_grant_with_create_contact_upserts_only_allow_listed_properties_first() {
+    let fake = FakeHubSpot::start(TOKEN).await;
+    let mut config = config(fake.base_url(), 100);
+    config.contact_properties = vec![
+        relay_sink_hubspot::ContactProperty::Email,
+        relay_sink_hubspot::ContactProperty::Firstname,
+        relay_sink_hubspot::ContactProperty::Lastname,
+        relay_sink_hubspot::ContactProperty::Company,
+    ];
+    let sink = HubSpotSink::new(config).unwrap();
+    let it = with_contact(
+        grant("ignored@example.de", "webinar"),
+        Contact {
+            email: Some("Lena@Example.DE".into()),
+            first_name: Some("Lena".into()),
+            last_name: Some("Vogt".into()),
+            company: None,
+            phone: Some("+49 30 1234567".into()),
+            ..Contact::default()
+        },
+    );
+    let event_id = it.event.event_id.to_string();
+    assert_eq!(sink.deliver(&[it]).await, [Outcome::Applied]);
+
+    let requests = fake.requests();
+    let paths: Vec<_> = requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, [UPSERT_PATH, BATCH_WRITE_PATH]);
+    let upsert = body(&requests[0]);
+    assert_eq!(
+        upsert,
+        json!({"inputs": [{
+            "id": "lena@example.de",
+            "idProperty": "email",
+            "properties": {"email": "lena@example.de", "firstname": "Lena", "lastname": "Vogt"},
+            "objectWriteTraceId": event_id,
+        }]})
+    );
+    let sent: BTreeSet<_> = upsert["inputs"][0]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert!(sent
+        .iter()
+        .all(|k| ["email", "firstname", "lastname", "company"].contains(&k.as_str())));
+    assert!(
+        !requests[0].body.contains("1234567"),
+        "phone is not allow-listed"
+    );
+
+    let properties = fake.contact_properties("lena@example.de").unwrap();
+    assert_eq!(properties["firstname"], "Lena");
+    assert!(!properties.contains_key("phone"));
+    assert!(fake.unknown_properties().is_empty());
+    assert_eq!(
+        fake.subscription_status("lena@example.de", WEBINAR_ID)
+            .as_deref(),
+        Some("SUBSCRIBED")
+    );
+
+    // A redelivery changes nothing at HubSpot: upsert by email, then NO_STATUS_CHANGE.
+    let again = with_contact(
+        grant("lena@example.de", "webinar"),
+        Contact {
+            email: Some("lena@example.de".into()),
+            ..Contact::default()
+        },
+    );
+    assert_eq!(sink.deliver(&[again]).await, [Outcome::AlreadyApplied]);
+}
+
+#[tokio::test]
+async fn without_create_contact_no_contact_is_upserted() {
+    let (fake, sink) = setup(100).await;
+    let outcomes = sink
+        .deliver(&[
+            grant("p@example.de", "events"),
+            withdraw("q@example.de", "webinar"),
+        ])
+        .await;
+    assert_eq!(outcomes, [Outcome::Applied, Outcome::Applied]);
+    assert!(fake.requests().iter().all(|r| r.path != UPSERT_PATH));
+    assert_eq!(fake.contact_properties("p@example.de"), None);
+}
+
+#[tokio::test]
+async fn a_hundred_grants_with_three_invalid_emails() {
+    let (fake, sink) = setup(100).await;
+    let invalid = [3, 50, 97];
+    let emails: Vec<String> = (0..100)
+        .map(|i| match i {
+            3 => "no-at-sign.example.de".to_owned(),
+            50 => "two@@example.de".to_owned(),
+            97 => "nodot@example".to_owned(),
+            _ => format!("bulk{i}@example.de"),
+        })
+        .collect();
+    let items: Vec<_> = emails.iter().map(|e| grant(e, "webinar")).collect();
+    let outcomes = sink.deliver(&items).await;
+
+    let requests = fake.requests();
+    let paths: Vec<_> = requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, [UPSERT_PATH, BATCH_WRITE_PATH]);
+    let correlation_id = {
+        // The 207's only correlation id is its header; the fake recorded no answers, so read it
+        // back from the reason and check its shape.
+        let reason = reason(&outcomes[invalid[0]]);
+        let start = reason.find("(correlationId ").expect("correlation id") + 15;
+        reason[start..reason.len() - 1].to_owned()
+    };
+    assert_eq!(uuid::Uuid::parse_str(&correlation_id).map(|_| ()), Ok(()));
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if invalid.contains(&i) {
+            let Outcome::Permanent { reason } = outcome else {
+                panic!("item {i}: {outcome:?}");
+            };
+            assert!(
+                reason.starts_with("HubSpot rejected the input: Property values were not valid"),
+                "{reason}"
+            );
+            assert!(reason.contains("INVALID_EMAIL"), "{reason}");
+            assert!(reason.contains("[VALIDATION_ERROR]"), "{reason}");
+            assert!(
+                reason.ends_with(&format!("(correlationId {correlation_id})")),
+                "{reason}"
+            );
+            assert!(!reason.contains(&emails[i]), "{reason}");
+        } else {
+            assert_eq!(*outcome, Outcome::Applied, "item {i}");
+        }
+    }
+    // The status write skipped the three whose contact could not be created.
+    assert_eq!(body(&requests[1])["inputs"].as_array().unwrap().len(), 97);
+    assert_eq!(
+        fake.subscription_status("bulk0@example.de", WEBINAR_ID)
+            .as_deref(),
+        Some("SUBSCRIBED")
+    );
+    assert_eq!(fake.subscription_status(&emails[3], WEBINAR_ID), None);
 }
 
 #[tokio::test]
@@ -429,11 +716,9 @@ async fn a_contacts_later_change_waits_for_its_failed_earlier_one() {
 #[tokio::test]
 async fn a_change_applied_before_a_timeout_is_already_applied_on_retry() {
     let fake = FakeHubSpot::start(TOKEN).await;
-    let sink = HubSpotSink::new(HubSpotConfig {
-        request_timeout_ms: 100,
-        ..config(fake.base_url(), 100)
-    })
-    .unwrap();
+    let mut config = config(fake.base_url(), 100);
+    config.limits.request_timeout_ms = 100;
+    let sink = HubSpotSink::new(config).unwrap();
     fake.set_response_delay(Duration::from_millis(500));
     let outcomes = sink.deliver(&[grant("q@example.de", "events")]).await;
     assert!(

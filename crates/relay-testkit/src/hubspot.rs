@@ -1,14 +1,26 @@
-//! A fake HubSpot: the v4 communication-preferences batch endpoints and the CRM GDPR delete, with
-//! the payload checks, auth, batch limit and error bodies of `api-notes.md` §1, on `127.0.0.1`.
+//! A fake HubSpot: the v4 communication-preferences batch endpoints, the CRM contact batch upsert
+//! and GDPR delete, with the payload checks, auth, batch limit, rate limits, headers and error
+//! bodies of `api-notes.md` §1, on `127.0.0.1`.
 //!
-//! Tests read its state (subscription statuses, opt-outs, blocklist, how many changes each address
-//! saw) and script failures (`push_response`) or slow answers (`set_response_delay`).
+//! Tests read its state (subscription statuses, contact properties, opt-outs, blocklist, how many
+//! changes each address saw, how many 429s it gave) and script failures (`push_response`), slow
+//! answers (`set_response_delay`) or rate limits (`set_rate_limit`, `set_daily_limit`).
 //! `GET /__fake/state` dumps the state as JSON for the demo; the `/__fake/` prefix marks paths that
 //! HubSpot does not have.
 //!
+//! Order of checks per request: a scripted answer replaces everything else (no auth, no counting,
+//! no added headers); then the token (a 401 counts against no limit: it names no account); then
+//! the rate limits, which count every request that reaches them, rejected ones included, as
+//! HubSpot's do; then the endpoint. Every answer that is not scripted carries
+//! `X-HubSpot-Correlation-Id` (the error body's `correlationId` where there is one).
+//!
 //! What HubSpot does not document, the fake decides like this: unknown JSON fields are rejected
-//! (strictness catches typos in our client); a status write creates the contact when it is unknown;
-//! writes to a blocklisted address are accepted; a GDPR delete supports `idProperty: "email"` only.
+//! (strictness catches typos in our client); a status write creates the subscriber when it is
+//! unknown, but no CRM contact (only an upsert does); an upsert whose `email` property differs
+//! from its `id` is rejected; contact properties outside a few HubSpot defaults are accepted and
+//! recorded (`unknown_properties`); writes to a blocklisted address are accepted; a GDPR delete
+//! supports `idProperty: "email"` only; the daily limit resets at midnight UTC (HubSpot's at
+//! midnight in the account's time zone).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -17,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,6 +45,8 @@ pub const UNSUBSCRIBE_ALL_PATH: &str =
     "/communication-preferences/v4/statuses/batch/unsubscribe-all";
 /// `POST` path of the CRM GDPR delete.
 pub const GDPR_DELETE_PATH: &str = "/crm/v3/objects/contacts/gdpr-delete";
+/// `POST` path of the CRM contact batch upsert.
+pub const UPSERT_PATH: &str = "/crm/v3/objects/contacts/batch/upsert";
 /// `GET` path of the JSON state dump (not a HubSpot endpoint).
 pub const STATE_PATH: &str = "/__fake/state";
 
@@ -52,6 +66,24 @@ const LEGAL_BASES: [&str; 7] = [
     "PERFORMANCE_OF_CONTRACT",
     "PROCESS_AND_STORE",
 ];
+/// A sample of HubSpot's default contact properties; an upsert naming another is recorded.
+const KNOWN_CONTACT_PROPERTIES: [&str; 14] = [
+    "email",
+    "firstname",
+    "lastname",
+    "company",
+    "phone",
+    "mobilephone",
+    "website",
+    "jobtitle",
+    "address",
+    "city",
+    "state",
+    "zip",
+    "country",
+    "lifecyclestage",
+];
+const CORRELATION_ID_HEADER: &str = "x-hubspot-correlation-id";
 /// The batch limit public HubSpot clients use; HubSpot's own is undocumented.
 const DEFAULT_MAX_INPUTS: usize = 100;
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -94,13 +126,16 @@ impl ScriptedResponse {
 
     /// A 429 of the ten-second burst limit, with `Retry-After: <retry_after_secs>`.
     pub fn rate_limited(retry_after_secs: u64) -> Self {
-        let mut body = error_body("You have reached your secondly limit.", "RATE_LIMITS");
-        body["policyName"] = json!("TEN_SECONDLY_ROLLING");
         Self::json(
             429,
-            body,
+            rate_limit_body("secondly", "TEN_SECONDLY_ROLLING"),
             vec![("Retry-After".to_owned(), retry_after_secs.to_string())],
         )
+    }
+
+    /// A 429 of the daily limit, without `Retry-After` (HubSpot documents none).
+    pub fn daily_limited() -> Self {
+        Self::json(429, rate_limit_body("daily", "DAILY"), Vec::new())
     }
 
     /// The 401 HubSpot gives for a missing or wrong token.
@@ -144,11 +179,23 @@ struct FakeState {
     max_inputs: usize,
     delay: Duration,
     script: VecDeque<ScriptedResponse>,
+    /// By normalized email.
     contacts: BTreeMap<String, ContactState>,
     blocklist: BTreeSet<String>,
     /// Survives a GDPR delete, so that tests can count effects across an erasure.
     status_changes: BTreeMap<String, usize>,
     requests: Vec<RecordedRequest>,
+    /// Requests allowed per rolling window, and the window.
+    rate_limit: Option<(u32, Duration)>,
+    /// Arrival times of the requests in the current window, oldest first.
+    window: VecDeque<Instant>,
+    daily_limit: Option<u32>,
+    /// The UTC day the daily count is for, and the count.
+    daily_count: (u64, u32),
+    /// 429 answers so far, scripted ones included.
+    rate_limited: usize,
+    last_contact_id: u64,
+    unknown_properties: BTreeSet<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -156,6 +203,18 @@ struct ContactState {
     /// Subscription type id → `SUBSCRIBED` or `UNSUBSCRIBED`.
     subscriptions: BTreeMap<i64, &'static str>,
     unsubscribed_from_all: bool,
+    /// The CRM contact object; only an upsert creates one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<ContactRecord>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ContactRecord {
+    id: u64,
+    properties: BTreeMap<String, String>,
+    created_at: String,
+    updated_at: String,
 }
 
 impl FakeState {
@@ -169,7 +228,62 @@ impl FakeState {
             blocklist: BTreeSet::new(),
             status_changes: BTreeMap::new(),
             requests: Vec::new(),
+            rate_limit: None,
+            window: VecDeque::new(),
+            daily_limit: None,
+            daily_count: (0, 0),
+            rate_limited: 0,
+            // HubSpot's record ids are large numbers; where they start does not matter.
+            last_contact_id: 100_000,
+            unknown_properties: BTreeSet::new(),
         }
+    }
+
+    /// Counts a request that reached the limits at `now`, rejected or not, as HubSpot counts them.
+    /// Returns the rate-limit headers to send (lowercase names, as HTTP/2 sends them) and, when a
+    /// limit is exceeded, the 429 body.
+    fn admit(&mut self, now: Instant) -> (Vec<(&'static str, String)>, Option<Value>) {
+        let mut headers = Vec::new();
+        let mut rejection = None;
+        if let Some(limit) = self.daily_limit {
+            let today = utc_day(SystemTime::now());
+            if self.daily_count.0 != today {
+                self.daily_count = (today, 0);
+            }
+            if self.daily_count.1 >= limit {
+                rejection = Some(rate_limit_body("daily", "DAILY"));
+            }
+            self.daily_count.1 = self.daily_count.1.saturating_add(1);
+            headers.push(("x-hubspot-ratelimit-daily", limit.to_string()));
+            headers.push((
+                "x-hubspot-ratelimit-daily-remaining",
+                limit.saturating_sub(self.daily_count.1).to_string(),
+            ));
+        }
+        if let Some((max, window)) = self.rate_limit {
+            while self
+                .window
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= window)
+            {
+                self.window.pop_front();
+            }
+            if self.window.len() >= max as usize && rejection.is_none() {
+                rejection = Some(rate_limit_body("secondly", "TEN_SECONDLY_ROLLING"));
+            }
+            self.window.push_back(now);
+            let used = u32::try_from(self.window.len()).unwrap_or(u32::MAX);
+            headers.push(("x-hubspot-ratelimit-max", max.to_string()));
+            headers.push((
+                "x-hubspot-ratelimit-remaining",
+                max.saturating_sub(used).to_string(),
+            ));
+            headers.push((
+                "x-hubspot-ratelimit-interval-milliseconds",
+                window.as_millis().to_string(),
+            ));
+        }
+        (headers, rejection)
     }
 
     fn count_change(&mut self, email: &str) {
@@ -210,6 +324,7 @@ impl FakeHubSpot {
             .route(BATCH_WRITE_PATH, post(batch_write))
             .route(UNSUBSCRIBE_ALL_PATH, post(unsubscribe_all))
             .route(GDPR_DELETE_PATH, post(gdpr_delete))
+            .route(UPSERT_PATH, post(upsert))
             .route(STATE_PATH, get(state_dump))
             // HubSpot answers unknown paths with an empty 404.
             .fallback(|| async { StatusCode::NOT_FOUND })
@@ -251,6 +366,29 @@ impl FakeHubSpot {
         lock(&self.shared).delay = delay;
     }
 
+    /// Limits requests to `max` per rolling `window` (default: no limit). Beyond it the fake
+    /// answers 429 with HubSpot's `TEN_SECONDLY_ROLLING` body; every answer carries the
+    /// `X-HubSpot-RateLimit-Max`, `-Remaining` and `-Interval-Milliseconds` headers.
+    pub fn set_rate_limit(&self, max: u32, window: Duration) {
+        let mut state = lock(&self.shared);
+        state.rate_limit = Some((max, window));
+        state.window.clear();
+    }
+
+    /// Limits requests to `max` per UTC day (default: no limit). Beyond it the fake answers 429
+    /// with HubSpot's `DAILY` body; every answer carries `X-HubSpot-RateLimit-Daily` and
+    /// `-Daily-Remaining`.
+    pub fn set_daily_limit(&self, max: u32) {
+        let mut state = lock(&self.shared);
+        state.daily_limit = Some(max);
+        state.daily_count = (utc_day(SystemTime::now()), 0);
+    }
+
+    /// How many 429s the fake has answered, scripted ones included.
+    pub fn rate_limited_count(&self) -> usize {
+        lock(&self.shared).rate_limited
+    }
+
     /// Queues an answer for the next request to any HubSpot endpoint.
     pub fn push_response(&self, response: ScriptedResponse) {
         lock(&self.shared).script.push_back(response);
@@ -272,6 +410,21 @@ impl FakeHubSpot {
             .is_some_and(|c| c.unsubscribed_from_all)
     }
 
+    /// The CRM contact's properties (`email` among them), or `None` when no upsert created the
+    /// contact or a GDPR delete removed it.
+    pub fn contact_properties(&self, email: &str) -> Option<BTreeMap<String, String>> {
+        lock(&self.shared)
+            .contacts
+            .get(&normalize::email(email))
+            .and_then(|c| c.record.as_ref())
+            .map(|r| r.properties.clone())
+    }
+
+    /// Property names upserts sent that are not among the HubSpot defaults the fake knows.
+    pub fn unknown_properties(&self) -> BTreeSet<String> {
+        lock(&self.shared).unknown_properties.clone()
+    }
+
     /// Whether a GDPR delete named the address.
     pub fn is_blocklisted(&self, email: &str) -> bool {
         lock(&self.shared)
@@ -279,8 +432,9 @@ impl FakeHubSpot {
             .contains(&normalize::email(email))
     }
 
-    /// How many requests ever changed state for the address (a repeat that changes nothing does
-    /// not count), so tests can prove that a redelivery had no second effect.
+    /// How many requests ever changed the address's subscription state or erased it (a repeat
+    /// that changes nothing does not count, nor does a contact upsert), so tests can prove that a
+    /// redelivery had no second effect.
     pub fn status_changes(&self, email: &str) -> usize {
         lock(&self.shared)
             .status_changes
@@ -306,7 +460,8 @@ impl Drop for FakeHubSpot {
     }
 }
 
-/// Records every request, then answers from the script, checks the token, and delays the answer.
+/// Records every request, then answers from the script, checks the token and the rate limits, and
+/// delays the answer.
 async fn gate(State(shared): State<Shared>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
@@ -317,8 +472,10 @@ async fn gate(State(shared): State<Shared>, request: Request, next: Next) -> Res
         );
     };
     let hubspot_path = !parts.uri.path().starts_with("/__fake/");
-    let (scripted, authorized, delay) = {
+    let (early, limit_headers, delay) = {
         let mut state = lock(&shared);
+        // Taken under the lock, so that the rate-limit window sees arrivals in order.
+        let arrived = Instant::now();
         state.requests.push(RecordedRequest {
             method: parts.method.to_string(),
             path: parts
@@ -336,32 +493,64 @@ async fn gate(State(shared): State<Shared>, request: Request, next: Next) -> Res
                 })
                 .collect(),
             body: String::from_utf8_lossy(&bytes).into_owned(),
-            at: Instant::now(),
+            at: arrived,
         });
-        if hubspot_path {
+        if !hubspot_path {
+            (None, Vec::new(), Duration::ZERO)
+        } else if let Some(scripted) = state.script.pop_front() {
+            (Some(Early::Scripted(scripted)), Vec::new(), state.delay)
+        } else {
             let expected = format!("Bearer {}", state.token);
             let authorized = parts
                 .headers
                 .get(header::AUTHORIZATION)
                 .is_some_and(|v| v.as_bytes() == expected.as_bytes());
-            (state.script.pop_front(), authorized, state.delay)
-        } else {
-            (None, true, Duration::ZERO)
+            if authorized {
+                let (headers, rejection) = state.admit(arrived);
+                let early = rejection.map(|body| Early::Json(StatusCode::TOO_MANY_REQUESTS, body));
+                (early, headers, state.delay)
+            } else {
+                let early = Early::Json(StatusCode::UNAUTHORIZED, unauthorized_body());
+                (Some(early), Vec::new(), state.delay)
+            }
         }
     };
 
-    let response = if let Some(scripted) = scripted {
-        scripted.into_response()
-    } else if !authorized {
-        json_response(StatusCode::UNAUTHORIZED, unauthorized_body())
-    } else {
-        next.run(Request::from_parts(parts, Body::from(bytes)))
-            .await
+    let scripted = matches!(early, Some(Early::Scripted(_)));
+    let mut response = match early {
+        Some(Early::Scripted(scripted)) => scripted.into_response(),
+        Some(Early::Json(status, body)) => json_response(status, body),
+        None => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
     };
+    if hubspot_path && !scripted {
+        let headers = response.headers_mut();
+        for (name, value) in limit_headers {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        }
+        if !headers.contains_key(CORRELATION_ID_HEADER) {
+            if let Ok(id) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+                headers.insert(CORRELATION_ID_HEADER, id);
+            }
+        }
+    }
+    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+        lock(&shared).rate_limited += 1;
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     response
+}
+
+/// An answer the gate gives without asking the endpoint.
+enum Early {
+    Scripted(ScriptedResponse),
+    Json(StatusCode, Value),
 }
 
 #[derive(Deserialize)]
@@ -379,6 +568,15 @@ struct WriteInput {
     subscription_id: i64,
     legal_basis: Option<String>,
     legal_basis_explanation: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct UpsertInput {
+    id: String,
+    id_property: String,
+    properties: BTreeMap<String, String>,
+    object_write_trace_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -562,6 +760,84 @@ async fn unsubscribe_all(
     batch_response(requested_at, results, errors)
 }
 
+async fn upsert(State(shared): State<Shared>, body: Bytes) -> Response {
+    let requested_at = now();
+    let max = lock(&shared).max_inputs;
+    let inputs = match parse_batch::<UpsertInput>(&body, max) {
+        Ok(inputs) => inputs,
+        Err(message) => return validation_error(&message),
+    };
+    let mut ids = BTreeSet::new();
+    for (i, input) in inputs.iter().enumerate() {
+        if input.id_property != "email" {
+            return validation_error(&format!(
+                "inputs[{i}]: this fake supports only idProperty \"email\""
+            ));
+        }
+        if !ids.insert(normalize::email(&input.id)) {
+            return validation_error(&format!(
+                "Duplicate IDs found in batch input: [{}]. IDs must be unique",
+                input.id
+            ));
+        }
+        if let Some(email) = input.properties.get("email") {
+            if normalize::email(email) != normalize::email(&input.id) {
+                return validation_error(&format!(
+                    "inputs[{i}]: property email differs from the id"
+                ));
+            }
+        }
+    }
+
+    let mut results = Vec::new();
+    let mut errors = Vec::new();
+    let mut guard = lock(&shared);
+    // Through a plain reference, so that fields can be borrowed separately.
+    let state = &mut *guard;
+    for input in inputs {
+        if !is_valid_email(&input.id) {
+            errors.push(invalid_contact_email(&input.id));
+            continue;
+        }
+        let unknown = input
+            .properties
+            .keys()
+            .filter(|name| !KNOWN_CONTACT_PROPERTIES.contains(&name.as_str()))
+            .cloned();
+        state.unknown_properties.extend(unknown);
+        let email = normalize::email(&input.id);
+        let timestamp = now();
+        let contact = state.contacts.entry(email.clone()).or_default();
+        let new = contact.record.is_none();
+        let record = contact.record.get_or_insert_with(|| {
+            state.last_contact_id += 1;
+            ContactRecord {
+                id: state.last_contact_id,
+                // HubSpot sets the id property of a contact it creates by it.
+                properties: BTreeMap::from([("email".to_owned(), email.clone())]),
+                created_at: timestamp.clone(),
+                updated_at: timestamp.clone(),
+            }
+        });
+        record.properties.extend(input.properties);
+        record.updated_at = timestamp;
+        let mut result = json!({
+            "id": record.id.to_string(),
+            "properties": record.properties,
+            "new": new,
+            "createdAt": record.created_at,
+            "updatedAt": record.updated_at,
+            "archived": false,
+        });
+        if let Some(trace_id) = input.object_write_trace_id {
+            result["objectWriteTraceId"] = json!(trace_id);
+        }
+        results.push(result);
+    }
+    drop(guard);
+    batch_response(requested_at, results, errors)
+}
+
 async fn gdpr_delete(State(shared): State<Shared>, body: Bytes) -> Response {
     let request: GdprDeleteBody = match serde_json::from_slice(&body) {
         Ok(request) => request,
@@ -572,6 +848,7 @@ async fn gdpr_delete(State(shared): State<Shared>, body: Bytes) -> Response {
     }
     let email = normalize::email(&request.object_id);
     let mut state = lock(&shared);
+    // Statuses and the CRM record, properties included, go together.
     let existed = state.contacts.remove(&email).is_some();
     // HubSpot blocklists the address whether or not a contact had it.
     let newly_blocked = state.blocklist.insert(email.clone());
@@ -621,6 +898,23 @@ fn batch_response(requested_at: String, results: Vec<Value>, errors: Vec<Value>)
     json_response(status, body)
 }
 
+/// The 207 error entry of an upsert input whose email HubSpot rejects; its message embeds the
+/// property errors as JSON, as HubSpot's does.
+fn invalid_contact_email(input: &str) -> Value {
+    let property_errors = json!([{
+        "isValid": false,
+        "message": format!("Email address {input} is invalid"),
+        "error": "INVALID_EMAIL",
+        "name": "email",
+    }]);
+    json!({
+        "status": "error",
+        "category": "VALIDATION_ERROR",
+        "message": format!("Property values were not valid: {property_errors}"),
+        "context": { "ids": [input] },
+    })
+}
+
 fn invalid_email(input: &str) -> Value {
     json!({
         "status": "error",
@@ -654,6 +948,17 @@ fn error_body(message: &str, category: &str) -> Value {
     })
 }
 
+/// HubSpot's 429 body for the `secondly` or `daily` limit.
+fn rate_limit_body(limit: &str, policy: &str) -> Value {
+    let mut body = error_body(
+        &format!("You have reached your {limit} limit."),
+        "RATE_LIMITS",
+    );
+    body["errorType"] = json!("RATE_LIMIT");
+    body["policyName"] = json!(policy);
+    body
+}
+
 fn unauthorized_body() -> Value {
     error_body(
         "Authentication credentials not found. This API supports OAuth 2.0 authentication and \
@@ -674,13 +979,27 @@ fn json_response(status: StatusCode, body: Value) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json;charset=utf-8"),
+        HeaderValue::from_static("application/json;charset=utf-8"),
     );
+    // HubSpot's header and body name the same id.
+    if let Some(id) = body["correlationId"]
+        .as_str()
+        .and_then(|id| HeaderValue::from_str(id).ok())
+    {
+        headers.insert(CORRELATION_ID_HEADER, id);
+    }
     (status, headers, body.to_string()).into_response()
 }
 
 fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn utc_day(now: SystemTime) -> u64 {
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        / 86_400
 }
 
 #[cfg(test)]
@@ -697,6 +1016,61 @@ mod tests {
         ] {
             assert!(!is_valid_email(bad), "{bad}");
         }
+    }
+
+    fn header<'a>(headers: &'a [(&'static str, String)], name: &str) -> &'a str {
+        headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn the_window_counts_every_request_rejected_ones_too() {
+        let mut state = FakeState::new("t");
+        state.rate_limit = Some((2, Duration::from_secs(1)));
+        let t0 = Instant::now();
+        let (headers, rejected) = state.admit(t0);
+        assert!(rejected.is_none());
+        assert_eq!(header(&headers, "x-hubspot-ratelimit-max"), "2");
+        assert_eq!(header(&headers, "x-hubspot-ratelimit-remaining"), "1");
+        assert_eq!(
+            header(&headers, "x-hubspot-ratelimit-interval-milliseconds"),
+            "1000"
+        );
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert!(state.admit(at(100)).1.is_none());
+        let (headers, rejected) = state.admit(at(500));
+        let body = rejected.expect("third request in the window");
+        assert_eq!(body["policyName"], "TEN_SECONDLY_ROLLING");
+        assert_eq!(body["errorType"], "RATE_LIMIT");
+        assert_eq!(body["category"], "RATE_LIMITS");
+        assert_eq!(body["message"], "You have reached your secondly limit.");
+        assert!(body["correlationId"].is_string());
+        assert_eq!(header(&headers, "x-hubspot-ratelimit-remaining"), "0");
+        // t0 has left the window, but the rejected request at 500 ms still holds a slot.
+        assert!(state.admit(at(1_000)).1.is_some());
+        assert!(state.admit(at(1_100)).1.is_some());
+        assert!(state.admit(at(2_000)).1.is_none());
+        assert!(state.daily_limit.is_none());
+    }
+
+    #[test]
+    fn the_daily_limit_answers_with_its_own_policy() {
+        let mut state = FakeState::new("t");
+        state.daily_limit = Some(2);
+        let now = Instant::now();
+        let (headers, rejected) = state.admit(now);
+        assert!(rejected.is_none());
+        assert_eq!(header(&headers, "x-hubspot-ratelimit-daily"), "2");
+        assert_eq!(header(&headers, "x-hubspot-ratelimit-daily-remaining"), "1");
+        let (headers, rejected) = state.admit(now);
+        assert!(rejected.is_none());
+        assert_eq!(header(&headers, "x-hubspot-ratelimit-daily-remaining"), "0");
+        assert_eq!(header(&headers, "x-hubspot-ratelimit-max"), "");
+        let body = state.admit(now).1.expect("over the daily limit");
+        assert_eq!(body["policyName"], "DAILY");
+        assert_eq!(body["message"], "You have reached your daily limit.");
     }
 
     #[test]
