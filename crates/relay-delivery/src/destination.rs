@@ -171,7 +171,8 @@ pub struct Destination {
 }
 
 enum Permit {
-    Granted,
+    /// The request may go; its slot in the window is held from this instant until it settles.
+    Granted(Instant),
     Wait(Duration),
     DailyBudgetSpent(Duration),
 }
@@ -241,9 +242,9 @@ impl Destination {
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        loop {
+        let slot = loop {
             match self.permit() {
-                Permit::Granted => break,
+                Permit::Granted(slot) => break slot,
                 Permit::Wait(d) => {
                     self.lock().stats.rate_limit_wait += d;
                     tokio::time::sleep(d).await;
@@ -255,11 +256,12 @@ impl Destination {
                     })
                 }
             }
-        }
+        };
         let started = Instant::now();
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
+                self.settle(slot);
                 self.record_latency("transport", started);
                 return Err(classify_transport(&e));
             }
@@ -269,10 +271,12 @@ impl Destination {
         let body = match response.bytes().await {
             Ok(b) => b.to_vec(),
             Err(e) => {
+                self.settle(slot);
                 self.record_latency("transport", started);
                 return Err(classify_transport(&e));
             }
         };
+        self.settle(slot);
         self.record_latency(
             match status {
                 200..=299 => "2xx",
@@ -338,7 +342,23 @@ impl Destination {
         }
         l.sent_today += 1;
         l.stats.requests += 1;
-        Permit::Granted
+        Permit::Granted(now)
+    }
+
+    /// Moves a request's slot from when it was permitted to when its answer came back. The
+    /// downstream counts a request when it arrives, which may be later than we sent it (a new
+    /// connection, a slow network): counting from the answer can only be late, never early, so
+    /// our window never admits a request the downstream's window would refuse.
+    fn settle(&self, permitted_at: Instant) {
+        if self.config.max_requests_per_window.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let mut l = self.lock();
+        if let Some(slot) = l.sent.iter_mut().find(|t| **t == permitted_at) {
+            *slot = now;
+        }
+        l.sent.make_contiguous().sort_unstable();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Limiter> {
@@ -379,7 +399,7 @@ mod tests {
     async fn the_window_admits_max_then_waits_for_the_oldest_to_expire() {
         let d = limited(3, 1_000);
         for _ in 0..3 {
-            assert!(matches!(d.permit(), Permit::Granted));
+            assert!(matches!(d.permit(), Permit::Granted(_)));
         }
         match d.permit() {
             Permit::Wait(w) => assert_eq!(w, Duration::from_millis(1_000)),
@@ -391,8 +411,25 @@ mod tests {
             _ => panic!("still within the window"),
         }
         tokio::time::advance(Duration::from_millis(600)).await;
-        assert!(matches!(d.permit(), Permit::Granted));
+        assert!(matches!(d.permit(), Permit::Granted(_)));
         assert_eq!(d.stats().requests, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_counts_from_when_the_answer_came_back() {
+        let d = limited(1, 1_000);
+        let Permit::Granted(slot) = d.permit() else {
+            panic!("the first request may go")
+        };
+        // The request took 300 ms to be answered: the window runs from then.
+        tokio::time::advance(Duration::from_millis(300)).await;
+        d.settle(slot);
+        // 1 200 ms after the permit, but only 900 ms after the answer: wait the remaining 100 ms.
+        tokio::time::advance(Duration::from_millis(900)).await;
+        match d.permit() {
+            Permit::Wait(w) => assert_eq!(w, Duration::from_millis(100)),
+            _ => panic!("1 000 ms have not passed since the answer"),
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -405,7 +442,7 @@ mod tests {
             _ => panic!("paused"),
         }
         tokio::time::advance(Duration::from_secs(3)).await;
-        assert!(matches!(d.permit(), Permit::Granted));
+        assert!(matches!(d.permit(), Permit::Granted(_)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -415,8 +452,8 @@ mod tests {
             ..DestinationConfig::default()
         })
         .unwrap();
-        assert!(matches!(d.permit(), Permit::Granted));
-        assert!(matches!(d.permit(), Permit::Granted));
+        assert!(matches!(d.permit(), Permit::Granted(_)));
+        assert!(matches!(d.permit(), Permit::Granted(_)));
         match d.permit() {
             Permit::DailyBudgetSpent(w) => assert!(w <= Duration::from_secs(86_400)),
             _ => panic!("budget spent"),
