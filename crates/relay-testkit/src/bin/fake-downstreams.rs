@@ -33,7 +33,9 @@ struct Fakes {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let base: u16 = match std::env::args().nth(1) {
-        Some(p) => p.parse().map_err(|_| "usage: fake-downstreams [BASE_PORT] (default 18080)")?,
+        Some(p) => p
+            .parse()
+            .map_err(|_| "usage: fake-downstreams [BASE_PORT] (default 18080)")?,
         None => 18080,
     };
     let at = |offset: u16| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), base + offset);
@@ -68,7 +70,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let listener = tokio::net::TcpListener::bind(at(0)).await?;
-    eprintln!("fake downstreams on 127.0.0.1:{}..{}; state at http://{}/state", base + 1, base + 8, at(0));
+    eprintln!(
+        "fake downstreams on 127.0.0.1:{}..{}; state at http://{}/state",
+        base + 1,
+        base + 8,
+        at(0)
+    );
     axum::serve(listener, Router::new().route("/state", get(state))).await?;
     Ok(())
 }
