@@ -1,17 +1,20 @@
 //! The delivery layer shared by all sinks: the `Sink` trait, the per-item `Outcome`, and the one
 //! place that classifies HTTP results (retryable, refused or permanent) and reads `Retry-After`, and
 //! `Destination`: rate limits, daily budget, concurrency bound and the `Retry-After` gate per account.
+//! Also the one configuration error every sink reports (`ConfigError`, `ConfigProblem`).
 //!
 //! Owns: the contract between the runtime and the sinks, and the shared HTTP front of every sink.
 //! Must not: name a concrete sink, retry, or know about Kafka and the ledger. The only waiting it
 //! does is for a rate-limit permit or a `Retry-After` pause.
 
 mod classify;
+mod config_error;
 mod destination;
 mod outcome;
 mod sink;
 
 pub use classify::{classify_status, classify_transport, parse_retry_after};
+pub use config_error::{ConfigError, ConfigProblem, ConfigProblems};
 pub use destination::{
     Destination, DestinationConfig, DestinationStats, LatencyHistogram, Reply, LATENCY_BUCKETS,
 };

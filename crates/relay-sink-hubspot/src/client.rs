@@ -1,12 +1,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use relay_delivery::{classify_status, BoxFuture, Destination, Outcome, Reply, Sink, SinkItem};
+use relay_delivery::{
+    classify_status, BoxFuture, ConfigError, Destination, Outcome, Reply, Sink, SinkItem,
+};
 use relay_events::normalize;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::config::{ConfigError, HubSpotConfig};
+use crate::config::HubSpotConfig;
 use crate::request::{self, Call, ContactInput};
 
 /// HubSpot's `setStatusSuccessReason` for a write that changed nothing.

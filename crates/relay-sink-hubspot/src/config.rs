@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use relay_delivery::DestinationConfig;
+use relay_delivery::{ConfigError, ConfigProblems, DestinationConfig};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// HubSpot's own batch limit is undocumented (api-notes §1c); its legacy v1 batch endpoint caps at
@@ -108,36 +108,6 @@ impl ContactProperty {
     }
 }
 
-/// One thing wrong with a [`HubSpotConfig`], named by its key within the sink's section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    pub key: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
-
-/// Why a [`crate::HubSpotSink`] could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("invalid HubSpot sink config: {}", join(.0))]
-    Invalid(Vec<ConfigProblem>),
-    #[error("could not build the HTTP client")]
-    Client(#[source] reqwest::Error),
-}
-
-fn join(problems: &[ConfigProblem]) -> String {
-    problems
-        .iter()
-        .map(ConfigProblem::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 fn default_base_url() -> String {
     "https://api.hubapi.com".to_owned()
 }
@@ -211,62 +181,52 @@ impl HubSpotConfig {
     /// Checks everything that can be checked without calling HubSpot and reports all problems at
     /// once, so that one start attempt shows every mistake.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
-        let mut problem = |key: &str, message: &str| {
-            problems.push(ConfigProblem {
-                key: key.to_owned(),
-                message: message.to_owned(),
-            })
-        };
+        let mut problems = ConfigProblems::default();
 
         match reqwest::Url::parse(&self.base_url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-            Ok(_) => problem("base_url", "must be an http or https URL"),
-            Err(_) => problem("base_url", "is not a URL"),
+            Ok(_) => problems.push("base_url", "must be an http or https URL"),
+            Err(_) => problems.push("base_url", "is not a URL"),
         }
         if self.token.as_deref().is_none_or(|t| t.trim().is_empty()) {
-            problem(
+            problems.push(
                 "token",
                 "missing; set CONSENT_RELAY_HUBSPOT_TOKEN to a private-app access token",
             );
         }
         if self.max_inputs_per_request == 0 || self.max_inputs_per_request > MAX_INPUTS_CEILING {
-            problem(
+            problems.push(
                 "max_inputs_per_request",
-                &format!("must be between 1 and {MAX_INPUTS_CEILING}"),
+                format!("must be between 1 and {MAX_INPUTS_CEILING}"),
             );
         }
         for text in self.limits.problems() {
             // DestinationConfig names each problem `<key>: <message>`.
             let (key, message) = text.split_once(": ").unwrap_or(("", &text));
-            problem(&format!("limits.{key}"), message);
+            problems.push(format!("limits.{key}"), message);
         }
         for (name, purpose) in &self.purposes {
             let key = |field: &str| format!("purposes.{name}.{field}");
             if purpose.subscription_ids.is_empty() {
-                problem(
-                    &key("subscription_ids"),
+                problems.push(
+                    key("subscription_ids"),
                     "must name at least one subscription type",
                 );
             }
             if purpose.subscription_ids.iter().any(|id| *id <= 0) {
-                problem(&key("subscription_ids"), "ids must be positive");
+                problems.push(key("subscription_ids"), "ids must be positive");
             }
             let distinct: BTreeSet<_> = purpose.subscription_ids.iter().collect();
             if distinct.len() != purpose.subscription_ids.len() {
-                problem(&key("subscription_ids"), "contains duplicates");
+                problems.push(key("subscription_ids"), "contains duplicates");
             }
             // HubSpot requires the explanation alongside the legal basis in GDPR-enabled portals.
             if purpose.legal_basis_explanation.trim().is_empty() {
-                problem(&key("legal_basis_explanation"), "must not be empty");
+                problems.push(key("legal_basis_explanation"), "must not be empty");
             }
         }
 
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
+        problems.into_result()
     }
 }
 

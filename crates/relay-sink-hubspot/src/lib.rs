@@ -25,6 +25,5 @@ mod config;
 mod request;
 
 pub use client::HubSpotSink;
-pub use config::{
-    ConfigError, ConfigProblem, ContactProperty, HubSpotConfig, LegalBasis, PurposeConfig,
-};
+pub use config::{ContactProperty, HubSpotConfig, LegalBasis, PurposeConfig};
+pub use relay_delivery::{ConfigError, ConfigProblem};

@@ -5,10 +5,12 @@ use std::sync::Mutex;
 use std::task::Poll;
 use std::time::Duration;
 
-use relay_delivery::{classify_status, BoxFuture, Destination, Outcome, Reply, Sink, SinkItem};
+use relay_delivery::{
+    classify_status, BoxFuture, ConfigError, Destination, Outcome, Reply, Sink, SinkItem,
+};
 use serde::Deserialize;
 
-use crate::config::{ConfigError, ListConfig, NewsletterConfig};
+use crate::config::{ListConfig, NewsletterConfig};
 use crate::request::{self, Call, Op};
 
 /// Brevo's rate-limit headers (api-notes §6); `reset` is in seconds.

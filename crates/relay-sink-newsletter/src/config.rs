@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use relay_delivery::DestinationConfig;
+use relay_delivery::{ConfigError, ConfigProblems, DestinationConfig};
 use serde::Deserialize;
 
 /// The `[sinks.newsletter]` section of the config file.
@@ -77,38 +77,6 @@ pub struct MailchimpList {
     pub limits: DestinationConfig,
 }
 
-/// One thing wrong with a [`NewsletterConfig`], named by its key within the sink's section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    /// The key at fault, e.g. `lists.main.api_key`.
-    pub key: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
-
-/// Why a [`crate::NewsletterSink`] could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("invalid newsletter sink config: {}", join(.0))]
-    Invalid(Vec<ConfigProblem>),
-    #[error("could not build the HTTP client")]
-    Client(#[source] reqwest::Error),
-}
-
-fn join(problems: &[ConfigProblem]) -> String {
-    problems
-        .iter()
-        .map(ConfigProblem::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 fn default_brevo_base_url() -> String {
     "https://api.brevo.com/v3".to_owned()
 }
@@ -137,28 +105,22 @@ impl NewsletterConfig {
     /// Checks everything that can be checked without calling a provider and reports all problems
     /// at once, so that one start attempt shows every mistake.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
-        let mut problem = |key: String, message: &str| {
-            problems.push(ConfigProblem {
-                key,
-                message: message.to_owned(),
-            })
-        };
+        let mut problems = ConfigProblems::default();
 
         if self.lists.is_empty() {
-            problem("lists".into(), "configure at least one list");
+            problems.push("lists", "configure at least one list");
         }
         let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
         for (purpose, lists) in &self.purposes {
             let key = format!("purposes.{purpose}");
             if lists.is_empty() {
-                problem(key.clone(), "must name at least one list");
+                problems.push(key.clone(), "must name at least one list");
             }
             for list in lists {
                 if !self.lists.contains_key(list) {
-                    problem(
+                    problems.push(
                         key.clone(),
-                        &format!("names {list:?}, which is not under lists"),
+                        format!("names {list:?}, which is not under lists"),
                     );
                 }
                 if let Some(other) = owner.insert(list, purpose) {
@@ -170,7 +132,7 @@ impl NewsletterConfig {
                              one purpose only"
                         )
                     };
-                    problem(key.clone(), &message);
+                    problems.push(key.clone(), &message);
                 }
             }
         }
@@ -181,7 +143,7 @@ impl NewsletterConfig {
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
             {
-                problem(
+                problems.push(
                     format!("lists.{name}"),
                     "list names may hold only a-z, 0-9 and _ (so that an environment variable can \
                      name them)",
@@ -190,14 +152,14 @@ impl NewsletterConfig {
             let (base_url, api_key, limits) = match list {
                 ListConfig::Brevo(b) => {
                     if b.list_id <= 0 {
-                        problem(key("list_id"), "must be a positive number");
+                        problems.push(key("list_id"), "must be a positive number");
                     }
                     (Some(b.base_url.as_str()), &b.api_key, &b.limits)
                 }
                 ListConfig::Mailchimp(m) => {
                     if m.list_id.is_empty() || !m.list_id.chars().all(|c| c.is_ascii_alphanumeric())
                     {
-                        problem(
+                        problems.push(
                             key("list_id"),
                             "must be a Mailchimp audience id (letters and digits)",
                         );
@@ -206,7 +168,7 @@ impl NewsletterConfig {
                         && m.api_key.is_some()
                         && data_center(m.api_key.as_deref().unwrap_or_default()).is_none()
                     {
-                        problem(
+                        problems.push(
                             key("api_key"),
                             "does not end in -<data center> (e.g. -us6); set base_url instead",
                         );
@@ -217,29 +179,25 @@ impl NewsletterConfig {
             if let Some(base_url) = base_url {
                 match reqwest::Url::parse(base_url) {
                     Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-                    Ok(_) => problem(key("base_url"), "must be an http or https URL"),
-                    Err(_) => problem(key("base_url"), "is not a URL"),
+                    Ok(_) => problems.push(key("base_url"), "must be an http or https URL"),
+                    Err(_) => problems.push(key("base_url"), "is not a URL"),
                 }
             }
             if api_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
-                problem(
+                problems.push(
                     key("api_key"),
-                    &format!(
+                    format!(
                         "missing; set CONSENT_RELAY__SINKS__NEWSLETTER__LISTS__{}__API_KEY",
                         name.to_uppercase()
                     ),
                 );
             }
             for p in limits.problems() {
-                problem(key("limits"), &p);
+                problems.push(key("limits"), &p);
             }
         }
 
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
+        problems.into_result()
     }
 }
 

@@ -28,6 +28,5 @@ mod config;
 mod request;
 
 pub use client::NewsletterSink;
-pub use config::{
-    BrevoList, ConfigError, ConfigProblem, ListConfig, MailchimpList, NewsletterConfig,
-};
+pub use config::{BrevoList, ListConfig, MailchimpList, NewsletterConfig};
+pub use relay_delivery::{ConfigError, ConfigProblem};

@@ -1,9 +1,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use relay_delivery::{classify_status, BoxFuture, Destination, Outcome, Sink, SinkItem};
+use relay_delivery::{
+    classify_status, BoxFuture, ConfigError, ConfigProblem, Destination, Outcome, Sink, SinkItem,
+};
 
-use crate::config::{secret_key, ConfigError, PartnerConfig, PartnerSinkConfig};
+use crate::config::{secret_key, PartnerConfig, PartnerSinkConfig};
 use crate::request::{self, Message};
 
 /// The partner sink: hands leads to partners and tells them about withdrawals and erasures, as
@@ -33,7 +35,7 @@ impl PartnerSink {
             // validate() has checked that the secret is there and decodes.
             let key = secret_key(partner.signing_secret.as_deref().unwrap_or_default()).map_err(
                 |message| {
-                    ConfigError::Invalid(vec![crate::ConfigProblem {
+                    ConfigError::Invalid(vec![ConfigProblem {
                         key: format!("partners.{name}.signing_secret"),
                         message,
                     }])

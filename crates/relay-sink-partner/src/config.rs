@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use base64::Engine;
-use relay_delivery::DestinationConfig;
+use relay_delivery::{ConfigError, ConfigProblems, DestinationConfig};
 use relay_events::Contact;
 use serde::Deserialize;
 
@@ -95,38 +95,6 @@ impl LeadField {
     }
 }
 
-/// One thing wrong with a [`PartnerSinkConfig`], named by its key within the sink's section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    /// The key at fault, e.g. `partners.in_gmbh.signing_secret`.
-    pub key: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
-
-/// Why a [`crate::PartnerSink`] could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("invalid partner sink config: {}", join(.0))]
-    Invalid(Vec<ConfigProblem>),
-    #[error("could not build the HTTP client")]
-    Client(#[source] reqwest::Error),
-}
-
-fn join(problems: &[ConfigProblem]) -> String {
-    problems
-        .iter()
-        .map(ConfigProblem::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 fn default_limits() -> DestinationConfig {
     DestinationConfig {
         request_timeout_ms: 15_000,
@@ -143,12 +111,9 @@ impl PartnerSinkConfig {
     /// Checks everything that can be checked without calling a partner and reports all problems
     /// at once, so that one start attempt shows every mistake.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
+        let mut problems = ConfigProblems::default();
         if self.partners.is_empty() {
-            problems.push(ConfigProblem {
-                key: "partners".into(),
-                message: "configure at least one partner".into(),
-            });
+            problems.push("partners", "configure at least one partner");
         }
         // The webhook-id is our event id: two partner entries on one endpoint would send two
         // different messages under one id, and the receiver would drop the second as a repeat.
@@ -161,7 +126,7 @@ impl PartnerSinkConfig {
                 } else {
                     format!("partners.{name}.{field}")
                 };
-                problems.push(ConfigProblem { key, message })
+                problems.push(key, message)
             };
             if name.is_empty()
                 || !name
@@ -219,11 +184,7 @@ impl PartnerSinkConfig {
                 problem("limits", p);
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
+        problems.into_result()
     }
 }
 

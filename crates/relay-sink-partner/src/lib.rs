@@ -34,5 +34,6 @@ mod config;
 mod request;
 
 pub use client::PartnerSink;
-pub use config::{ConfigError, ConfigProblem, LeadField, PartnerConfig, PartnerSinkConfig};
+pub use config::{LeadField, PartnerConfig, PartnerSinkConfig};
+pub use relay_delivery::{ConfigError, ConfigProblem};
 pub use request::{CONSENT_WITHDRAWN, LEAD_CONSENTED, SUBJECT_ERASED};

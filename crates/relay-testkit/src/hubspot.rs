@@ -38,6 +38,8 @@ use relay_events::normalize;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+pub use crate::recorded::{RecordedRequest, ScriptedResponse};
+
 /// `POST` path of the v4 batch status write.
 pub const BATCH_WRITE_PATH: &str = "/communication-preferences/v4/statuses/batch/write";
 /// `POST` path of the v4 batch unsubscribe-from-all (with `?channel=EMAIL`).
@@ -95,25 +97,7 @@ pub struct FakeHubSpot {
     server: tokio::task::JoinHandle<()>,
 }
 
-/// One request as the fake received it, rejected ones included.
-#[derive(Debug, Clone)]
-pub struct RecordedRequest {
-    pub method: String,
-    /// Path and query, as sent.
-    pub path: String,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-    pub at: Instant,
-}
-
-/// An answer the fake gives instead of handling the next request. It changes no state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScriptedResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
+/// HubSpot's answers, to script; any fake may send them.
 impl ScriptedResponse {
     /// A 500 with a HubSpot error body.
     pub fn server_error() -> Self {
@@ -141,34 +125,6 @@ impl ScriptedResponse {
     /// The 401 HubSpot gives for a missing or wrong token.
     pub fn unauthorized() -> Self {
         Self::json(401, unauthorized_body(), Vec::new())
-    }
-
-    /// Any status with a JSON body and extra headers.
-    pub fn json(status: u16, body: Value, headers: Vec<(String, String)>) -> Self {
-        ScriptedResponse {
-            status,
-            headers,
-            body: body.to_string(),
-        }
-    }
-}
-
-impl IntoResponse for ScriptedResponse {
-    fn into_response(self) -> Response {
-        let mut builder = Response::builder().status(self.status);
-        if !self.body.is_empty() {
-            builder = builder.header(header::CONTENT_TYPE, "application/json;charset=utf-8");
-        }
-        for (name, value) in &self.headers {
-            builder = builder.header(name.as_str(), value.as_str());
-        }
-        builder.body(Body::from(self.body)).unwrap_or_else(|e| {
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("invalid scripted response: {e}"),
-            )
-                .into_response()
-        })
     }
 }
 
@@ -476,25 +432,9 @@ async fn gate(State(shared): State<Shared>, request: Request, next: Next) -> Res
         let mut state = lock(&shared);
         // Taken under the lock, so that the rate-limit window sees arrivals in order.
         let arrived = Instant::now();
-        state.requests.push(RecordedRequest {
-            method: parts.method.to_string(),
-            path: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned()),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-            at: arrived,
-        });
+        state
+            .requests
+            .push(RecordedRequest::new(&parts, &bytes, arrived));
         if !hubspot_path {
             (None, Vec::new(), Duration::ZERO)
         } else if let Some(scripted) = state.script.pop_front() {

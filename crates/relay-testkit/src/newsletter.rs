@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -37,49 +37,17 @@ use relay_events::normalize;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-pub use crate::hubspot::{RecordedRequest, ScriptedResponse};
+use crate::recorded::record;
+pub use crate::recorded::{RecordedRequest, ScriptedResponse};
 
 /// `GET` path of the JSON state dump of either fake (not a vendor endpoint).
 pub const STATE_PATH: &str = "/__fake/state";
 /// Mailchimp's limit of simultaneous connections per account (api-notes §6).
 const MAILCHIMP_MAX_CONNECTIONS: usize = 10;
-const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 pub(crate) fn lock<T>(shared: &Mutex<T>) -> MutexGuard<'_, T> {
     // A test that panicked while holding the lock must not hide the state from the others.
     shared.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Reads the body and records the request; `false` when the body was too large to read.
-pub(crate) async fn record(
-    request: Request,
-    requests: impl FnOnce(RecordedRequest),
-) -> (Request, bool) {
-    let (parts, body) = request.into_parts();
-    let (bytes, complete) = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(bytes) => (bytes, true),
-        Err(_) => (Bytes::new(), false),
-    };
-    requests(RecordedRequest {
-        method: parts.method.to_string(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned()),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-        at: Instant::now(),
-    });
-    (Request::from_parts(parts, Body::from(bytes)), complete)
 }
 
 pub(crate) fn json_response(

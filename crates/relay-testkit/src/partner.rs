@@ -24,8 +24,9 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-pub use crate::hubspot::{RecordedRequest, ScriptedResponse};
-use crate::newsletter::{json_response, lock, record, serve};
+use crate::newsletter::{json_response, lock, serve};
+use crate::recorded::record;
+pub use crate::recorded::{RecordedRequest, ScriptedResponse};
 
 /// The path the fake receives webhooks on.
 pub const WEBHOOK_PATH: &str = "/webhooks/consent";

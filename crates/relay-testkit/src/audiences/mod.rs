@@ -30,56 +30,10 @@ pub mod linkedin;
 pub mod meta;
 pub mod x;
 
+pub use crate::recorded::{RecordedRequest, ScriptedResponse};
+
 /// X accepts up to 5 000 000 bytes; the others less. Anything larger is surely a client bug.
 const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
-
-/// One request as a fake received it, rejected ones included.
-#[derive(Debug, Clone)]
-pub struct RecordedRequest {
-    pub method: String,
-    /// Path and query, as sent.
-    pub path: String,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-    pub at: Instant,
-}
-
-/// An answer a fake gives instead of handling the next request. It changes no state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScriptedResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl ScriptedResponse {
-    /// Any status with a JSON body and extra headers.
-    pub fn json(status: u16, body: Value, headers: Vec<(String, String)>) -> Self {
-        ScriptedResponse {
-            status,
-            headers,
-            body: body.to_string(),
-        }
-    }
-}
-
-impl IntoResponse for ScriptedResponse {
-    fn into_response(self) -> Response {
-        let mut builder = Response::builder()
-            .status(self.status)
-            .header(header::CONTENT_TYPE, "application/json");
-        for (name, value) in &self.headers {
-            builder = builder.header(name.as_str(), value.as_str());
-        }
-        builder.body(Body::from(self.body)).unwrap_or_else(|e| {
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("invalid scripted response: {e}"),
-            )
-                .into_response()
-        })
-    }
-}
 
 /// A running fake platform. The server stops when this value is dropped.
 pub struct FakePlatform {
@@ -221,25 +175,9 @@ async fn gate(State(shared): State<Shared>, request: Request, next: Next) -> Res
     let early = {
         let mut state = lock(&shared);
         let now = Instant::now();
-        state.requests.push(RecordedRequest {
-            method: parts.method.to_string(),
-            path: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned()),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-            at: now,
-        });
+        state
+            .requests
+            .push(RecordedRequest::new(&parts, &bytes, now));
         if let Some(scripted) = state.script.pop_front() {
             Some(scripted)
         } else if let Some((max, window)) = state.rate_limit {
