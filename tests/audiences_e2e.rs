@@ -7,9 +7,12 @@ use consent_relay_e2e::*;
 use relay_events::normalize;
 use relay_runtime::{BatchConfig, RetryConfig, SinkSpec};
 use relay_sink_audiences::{AudiencesConfig, AudiencesSink};
+use relay_testkit::audiences::x::OAuthCredentials;
 use relay_testkit::audiences::{self, FakePlatform};
 
 const TOKEN: &str = "ads-token";
+/// X signs with OAuth 1.0a: consumer key and secret, access token and secret.
+const X_CREDENTIALS: [&str; 4] = ["ads-ck", "ads-cs", "1-ads-at", "ads-ats"];
 
 struct Platforms {
     meta: FakePlatform,
@@ -24,7 +27,13 @@ impl Platforms {
             meta: audiences::meta::start(TOKEN).await,
             google: audiences::google::start(TOKEN).await,
             linkedin: audiences::linkedin::start(TOKEN).await,
-            x: audiences::x::start(TOKEN).await,
+            x: audiences::x::start_oauth(OAuthCredentials::new(
+                X_CREDENTIALS[0],
+                X_CREDENTIALS[1],
+                X_CREDENTIALS[2],
+                X_CREDENTIALS[3],
+            ))
+            .await,
         }
     }
 
@@ -54,14 +63,21 @@ linkedin_version = "202601"
 [audiences.x]
 platform = "x"
 base_url = "{}"
-token = "{TOKEN}"
+consumer_key = "{ck}"
+consumer_secret = "{cs}"
+access_token = "{at}"
+access_token_secret = "{ats}"
 account_id = "acc"
 custom_audience_id = "444"
 "#,
             self.meta.base_url(),
             self.google.base_url(),
             self.linkedin.base_url(),
-            self.x.base_url()
+            self.x.base_url(),
+            ck = X_CREDENTIALS[0],
+            cs = X_CREDENTIALS[1],
+            at = X_CREDENTIALS[2],
+            ats = X_CREDENTIALS[3],
         ))
         .expect("audiences config");
         SinkSpec {

@@ -371,7 +371,10 @@ legal_basis_explanation = "Signed up on the website"
             ("CONSENT_RELAY_AUDIENCES_META_EU_TOKEN", "meta"),
             ("CONSENT_RELAY_AUDIENCES_GOOGLE_EU_TOKEN", "google"),
             ("CONSENT_RELAY_AUDIENCES_LINKEDIN_TOKEN", "linkedin"),
-            ("CONSENT_RELAY_AUDIENCES_X_TOKEN", "x"),
+            ("CONSENT_RELAY_AUDIENCES_X_CONSUMER_KEY", "x-ck"),
+            ("CONSENT_RELAY_AUDIENCES_X_CONSUMER_SECRET", "x-cs"),
+            ("CONSENT_RELAY_AUDIENCES_X_ACCESS_TOKEN", "1-x-at"),
+            ("CONSENT_RELAY_AUDIENCES_X_ACCESS_TOKEN_SECRET", "x-ats"),
             (
                 "CONSENT_RELAY__SINKS__NEWSLETTER__LISTS__MAIN__API_KEY",
                 "xkeysib-1",

@@ -2,10 +2,9 @@
 //! secrets it takes from the environment, which purposes it serves, and how it is built.
 
 use std::collections::BTreeSet;
-use std::fmt::Display;
 use std::sync::Arc;
 
-use relay_delivery::Sink;
+use relay_delivery::{ConfigError, Sink};
 use relay_sink_audiences::{AudiencesConfig, AudiencesSink};
 use relay_sink_hubspot::{HubSpotConfig, HubSpotSink};
 use relay_sink_newsletter::{NewsletterConfig, NewsletterSink};
@@ -39,9 +38,15 @@ pub fn parse(
             Arc::new(c) as Arc<dyn SinkConfig>
         }),
         "audiences" => value.try_into::<AudiencesConfig>().map(|mut c| {
+            // A token each, but four OAuth 1.0a credentials for X, each from its own variable:
+            // CONSENT_RELAY_AUDIENCES_<NAME>_TOKEN, or …_CONSUMER_KEY, …_CONSUMER_SECRET,
+            // …_ACCESS_TOKEN and …_ACCESS_TOKEN_SECRET.
             for (audience, cfg) in c.audiences.iter_mut() {
-                if let Some(token) = var(env, &relay_sink_audiences::token_env_var(audience)) {
-                    cfg.set_token(token);
+                for field in cfg.credential_fields() {
+                    let name = relay_sink_audiences::credential_env_var(audience, field);
+                    if let Some(value) = var(env, &name) {
+                        cfg.set_credential(field, value);
+                    }
                 }
             }
             Arc::new(c) as Arc<dyn SinkConfig>
@@ -63,18 +68,20 @@ fn var(env: &[(String, String)], name: &str) -> Option<String> {
     env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
 }
 
-/// Every sink crate reports `Invalid(problems)` or a client-construction error; this flattens both.
-fn problems<P: Display, E: Display>(
-    result: Result<(), E>,
-    invalid: impl FnOnce(&E) -> Option<Vec<P>>,
-) -> Vec<String> {
+/// Every sink validates into the shared [`ConfigError`]: `Invalid` lists each problem with its key,
+/// anything else is one problem as it stands.
+fn problems(result: Result<(), ConfigError>) -> Vec<String> {
     match result {
         Ok(()) => Vec::new(),
-        Err(e) => match invalid(&e) {
-            Some(list) => list.iter().map(ToString::to_string).collect(),
-            None => vec![e.to_string()],
-        },
+        Err(ConfigError::Invalid(list)) => list.iter().map(ToString::to_string).collect(),
+        Err(e) => vec![e.to_string()],
     }
+}
+
+fn built<S: Sink + 'static>(result: Result<S, ConfigError>) -> Result<Arc<dyn Sink>, String> {
+    result
+        .map(|s| Arc::new(s) as Arc<dyn Sink>)
+        .map_err(|e| e.to_string())
 }
 
 impl SinkConfig for HubSpotConfig {
@@ -82,16 +89,10 @@ impl SinkConfig for HubSpotConfig {
         self.purposes.keys().cloned().collect()
     }
     fn problems(&self) -> Vec<String> {
-        use relay_sink_hubspot::ConfigError::Invalid;
-        problems(self.validate(), |e| match e {
-            Invalid(list) => Some(list.clone()),
-            _ => None,
-        })
+        problems(self.validate())
     }
     fn build(&self) -> Result<Arc<dyn Sink>, String> {
-        HubSpotSink::new(self.clone())
-            .map(|s| Arc::new(s) as Arc<dyn Sink>)
-            .map_err(|e| e.to_string())
+        built(HubSpotSink::new(self.clone()))
     }
 }
 
@@ -100,16 +101,10 @@ impl SinkConfig for AudiencesConfig {
         self.purposes.keys().cloned().collect()
     }
     fn problems(&self) -> Vec<String> {
-        use relay_sink_audiences::ConfigError::Invalid;
-        problems(self.validate(), |e| match e {
-            Invalid(list) => Some(list.clone()),
-            _ => None,
-        })
+        problems(self.validate())
     }
     fn build(&self) -> Result<Arc<dyn Sink>, String> {
-        AudiencesSink::new(self.clone())
-            .map(|s| Arc::new(s) as Arc<dyn Sink>)
-            .map_err(|e| e.to_string())
+        built(AudiencesSink::new(self.clone()))
     }
 }
 
@@ -118,16 +113,10 @@ impl SinkConfig for NewsletterConfig {
         NewsletterConfig::purposes(self)
     }
     fn problems(&self) -> Vec<String> {
-        use relay_sink_newsletter::ConfigError::Invalid;
-        problems(self.validate(), |e| match e {
-            Invalid(list) => Some(list.clone()),
-            _ => None,
-        })
+        problems(self.validate())
     }
     fn build(&self) -> Result<Arc<dyn Sink>, String> {
-        NewsletterSink::new(self.clone())
-            .map(|s| Arc::new(s) as Arc<dyn Sink>)
-            .map_err(|e| e.to_string())
+        built(NewsletterSink::new(self.clone()))
     }
 }
 
@@ -136,15 +125,9 @@ impl SinkConfig for PartnerSinkConfig {
         PartnerSinkConfig::purposes(self)
     }
     fn problems(&self) -> Vec<String> {
-        use relay_sink_partner::ConfigError::Invalid;
-        problems(self.validate(), |e| match e {
-            Invalid(list) => Some(list.clone()),
-            _ => None,
-        })
+        problems(self.validate())
     }
     fn build(&self) -> Result<Arc<dyn Sink>, String> {
-        PartnerSink::new(self.clone())
-            .map(|s| Arc::new(s) as Arc<dyn Sink>)
-            .map_err(|e| e.to_string())
+        built(PartnerSink::new(self.clone()))
     }
 }

@@ -1,8 +1,8 @@
 use std::collections::{BTreeMap, HashMap};
 
-use relay_delivery::{BoxFuture, Destination, Outcome, Sink, SinkItem};
+use relay_delivery::{BoxFuture, ConfigError, Destination, Outcome, Sink, SinkItem};
 
-use crate::config::{AudienceConfig, AudiencesConfig, ConfigError};
+use crate::config::{AudienceConfig, AudiencesConfig};
 use crate::meta::Session;
 use crate::request::{self, merge, Answer, Body, HttpCall, Member, Op};
 use crate::{google, linkedin, meta, x};
@@ -29,7 +29,7 @@ impl AudiencesSink {
                 let key = (
                     audience.platform(),
                     audience.base_url(),
-                    audience.token().unwrap_or_default(),
+                    audience.account_credential().unwrap_or_default(),
                 );
                 let index = match known.get(&key) {
                     Some(&index) => index,
@@ -119,10 +119,8 @@ impl AudiencesSink {
             AudienceConfig::X(a) => x::call(a, op, batch),
         };
         let destination = &self.accounts[account];
-        // validate() has checked that every audience has a token.
-        let token = audience.token().unwrap_or_default();
         let reply = match destination
-            .send(build(destination.http(), call, token))
+            .send(build(destination.http(), call, audience))
             .await
         {
             Ok(reply) => reply,
@@ -188,13 +186,28 @@ fn blocking(answer: &Answer) -> Option<Outcome> {
     })
 }
 
-fn build(http: &reqwest::Client, call: HttpCall, token: &str) -> reqwest::RequestBuilder {
-    let mut request = http.request(call.method, &call.url);
+/// The request with its credentials: X's OAuth 1.0a signature (made here, just before sending, so
+/// that its timestamp is fresh), or the token as bearer or form field.
+fn build(
+    http: &reqwest::Client,
+    call: HttpCall,
+    audience: &AudienceConfig,
+) -> reqwest::RequestBuilder {
+    // validate() has checked that every audience has its credentials.
+    let token = audience.token().unwrap_or_default();
+    let mut request = http.request(call.method.clone(), &call.url);
     for (name, value) in call.headers {
         request = request.header(name, value);
     }
     match call.body {
-        Body::Json(value) => request.bearer_auth(token).json(&value),
+        Body::Json(value) => match audience {
+            AudienceConfig::X(a) => match x::authorization(a, &call.method, &call.url) {
+                Some(signed) => request.header(reqwest::header::AUTHORIZATION, signed),
+                None => request,
+            }
+            .json(&value),
+            _ => request.bearer_auth(token).json(&value),
+        },
         Body::Form {
             mut pairs,
             token_field,

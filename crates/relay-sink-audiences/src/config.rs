@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use relay_delivery::DestinationConfig;
+use relay_delivery::{ConfigError, ConfigProblems, DestinationConfig};
 use serde::{Deserialize, Deserializer};
 
 /// Meta accepts at most 10 000 rows per `/users` call (api-notes §2).
@@ -179,11 +179,21 @@ pub struct XAudience {
     /// X Ads API root; tests and the demo point this at a fake.
     #[serde(default = "x_base_url")]
     pub base_url: String,
-    /// Access token sent as `Authorization: Bearer`. Normally left out of the file: the binary
-    /// fills it from the environment ([`token_env_var`]). The X Ads API itself asks for OAuth 1.0a
-    /// request signing; see the crate docs.
+    /// The four OAuth 1.0a credentials every request is signed with (HMAC-SHA1): the app's
+    /// consumer key and secret, and the access token and secret of the user with access to the ads
+    /// account. Normally left out of the file: the binary fills each from the environment
+    /// ([`credential_env_var`], e.g. `CONSENT_RELAY_AUDIENCES_X_CONSUMER_SECRET`).
     #[serde(default)]
-    pub token: Option<String>,
+    pub consumer_key: Option<String>,
+    /// See `consumer_key`.
+    #[serde(default)]
+    pub consumer_secret: Option<String>,
+    /// See `consumer_key`.
+    #[serde(default)]
+    pub access_token: Option<String>,
+    /// See `consumer_key`.
+    #[serde(default)]
+    pub access_token_secret: Option<String>,
     /// The ads account id.
     pub account_id: String,
     /// The custom audience id.
@@ -200,20 +210,42 @@ pub struct XAudience {
     pub limits: DestinationConfig,
 }
 
+/// The credentials of a Meta, Google or LinkedIn audience: one token.
+const TOKEN_CREDENTIALS: &[&str] = &["token"];
+/// The credentials of an X audience: OAuth 1.0a's four.
+const X_CREDENTIALS: &[&str] = &[
+    "consumer_key",
+    "consumer_secret",
+    "access_token",
+    "access_token_secret",
+];
+
 /// The environment variable the binary reads an audience's token from, e.g.
 /// `CONSENT_RELAY_AUDIENCES_META_EU_TOKEN` for the audience `meta-eu`.
 pub fn token_env_var(audience: &str) -> String {
-    let name: String = audience
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("CONSENT_RELAY_AUDIENCES_{name}_TOKEN")
+    credential_env_var(audience, "token")
+}
+
+/// The environment variable the binary reads one credential of an audience from (a field named by
+/// [`AudienceConfig::credential_fields`]), e.g. `CONSENT_RELAY_AUDIENCES_X_ACCESS_TOKEN_SECRET`
+/// for `access_token_secret` of the audience `x`.
+pub fn credential_env_var(audience: &str, field: &str) -> String {
+    let upper = |text: &str| -> String {
+        text.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    format!(
+        "CONSENT_RELAY_AUDIENCES_{}_{}",
+        upper(audience),
+        upper(field)
+    )
 }
 
 impl AudienceConfig {
@@ -235,25 +267,67 @@ impl AudienceConfig {
         }
     }
 
+    /// The token of a Meta, Google or LinkedIn audience; `None` for X, which signs requests with
+    /// four credentials instead ([`XAudience::consumer_key`]).
     pub fn token(&self) -> Option<&str> {
+        self.credential("token")
+    }
+
+    /// Sets the token of a Meta, Google or LinkedIn audience. X audiences have no token: for them
+    /// this sets nothing and returns false (use [`AudienceConfig::set_credential`]).
+    pub fn set_token(&mut self, token: String) -> bool {
+        self.set_credential("token", token)
+    }
+
+    /// The credentials this audience takes, by field name: `token`, or for X `consumer_key`,
+    /// `consumer_secret`, `access_token` and `access_token_secret`. The binary reads each from
+    /// [`credential_env_var`].
+    pub fn credential_fields(&self) -> &'static [&'static str] {
         match self {
-            AudienceConfig::Meta(a) => a.token.as_deref(),
-            AudienceConfig::Google(a) => a.token.as_deref(),
-            AudienceConfig::Linkedin(a) => a.token.as_deref(),
-            AudienceConfig::X(a) => a.token.as_deref(),
+            AudienceConfig::X(_) => X_CREDENTIALS,
+            _ => TOKEN_CREDENTIALS,
         }
     }
 
-    /// Sets the credential, whatever the platform; the binary calls this with the value of
-    /// [`token_env_var`].
-    pub fn set_token(&mut self, token: String) {
-        let slot = match self {
-            AudienceConfig::Meta(a) => &mut a.token,
-            AudienceConfig::Google(a) => &mut a.token,
-            AudienceConfig::Linkedin(a) => &mut a.token,
-            AudienceConfig::X(a) => &mut a.token,
+    /// One credential by field name; `None` if it is not set or the platform has no such field.
+    pub fn credential(&self, field: &str) -> Option<&str> {
+        let slot = match (self, field) {
+            (AudienceConfig::Meta(a), "token") => &a.token,
+            (AudienceConfig::Google(a), "token") => &a.token,
+            (AudienceConfig::Linkedin(a), "token") => &a.token,
+            (AudienceConfig::X(a), "consumer_key") => &a.consumer_key,
+            (AudienceConfig::X(a), "consumer_secret") => &a.consumer_secret,
+            (AudienceConfig::X(a), "access_token") => &a.access_token,
+            (AudienceConfig::X(a), "access_token_secret") => &a.access_token_secret,
+            _ => return None,
         };
-        *slot = Some(token);
+        slot.as_deref()
+    }
+
+    /// Sets one credential by field name (one of [`AudienceConfig::credential_fields`]); returns
+    /// false, setting nothing, for a field this platform does not take.
+    pub fn set_credential(&mut self, field: &str, value: String) -> bool {
+        let slot = match (self, field) {
+            (AudienceConfig::Meta(a), "token") => &mut a.token,
+            (AudienceConfig::Google(a), "token") => &mut a.token,
+            (AudienceConfig::Linkedin(a), "token") => &mut a.token,
+            (AudienceConfig::X(a), "consumer_key") => &mut a.consumer_key,
+            (AudienceConfig::X(a), "consumer_secret") => &mut a.consumer_secret,
+            (AudienceConfig::X(a), "access_token") => &mut a.access_token,
+            (AudienceConfig::X(a), "access_token_secret") => &mut a.access_token_secret,
+            _ => return false,
+        };
+        *slot = Some(value);
+        true
+    }
+
+    /// What tells one account on a platform from another, next to the base URL: the token, or X's
+    /// access token (which also names the app it was issued to).
+    pub fn account_credential(&self) -> Option<&str> {
+        match self {
+            AudienceConfig::X(a) => a.access_token.as_deref(),
+            _ => self.token(),
+        }
     }
 
     pub fn limits(&self) -> &DestinationConfig {
@@ -276,41 +350,11 @@ impl AudienceConfig {
     }
 }
 
-/// One thing wrong with an [`AudiencesConfig`], named by its key within the sink's section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    pub key: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
-
-/// Why a [`crate::AudiencesSink`] could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("invalid audiences sink config: {}", join(.0))]
-    Invalid(Vec<ConfigProblem>),
-    #[error("could not build the HTTP client")]
-    Client(#[source] reqwest::Error),
-}
-
-fn join(problems: &[ConfigProblem]) -> String {
-    problems
-        .iter()
-        .map(ConfigProblem::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 impl AudiencesConfig {
     /// Checks everything that can be checked without calling the platforms and reports all
     /// problems at once, so that one start attempt shows every mistake.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Problems::default();
+        let mut problems = ConfigProblems::default();
 
         // Who uses each audience; an audience must serve exactly one purpose, so that its
         // membership follows one consent decision and converges like the ledger's state does.
@@ -318,10 +362,10 @@ impl AudiencesConfig {
         for (purpose, names) in &self.purposes {
             let key = format!("purposes.{purpose}");
             if names.is_empty() {
-                problems.add(&key, "must name at least one audience");
+                problems.push(&key, "must name at least one audience");
             }
             if names.iter().collect::<BTreeSet<_>>().len() != names.len() {
-                problems.add(&key, "names an audience more than once");
+                problems.push(&key, "names an audience more than once");
             }
             for name in names {
                 if self.audiences.contains_key(name) {
@@ -330,9 +374,9 @@ impl AudiencesConfig {
                         purposes.push(purpose);
                     }
                 } else {
-                    problems.add(
+                    problems.push(
                         &key,
-                        &format!("names audience {name:?}, which is not in `audiences`"),
+                        format!("names audience {name:?}, which is not in `audiences`"),
                     );
                 }
             }
@@ -344,14 +388,14 @@ impl AudiencesConfig {
             let key = |field: &str| format!("audiences.{name}.{field}");
             let purposes = users.get(name.as_str()).cloned().unwrap_or_default();
             match purposes.as_slice() {
-                [] => problems.add(
-                    &format!("audiences.{name}"),
+                [] => problems.push(
+                    format!("audiences.{name}"),
                     "is not used by any purpose (remove it, or route a purpose to it)",
                 ),
                 [_] => {}
-                many => problems.add(
-                    &format!("audiences.{name}"),
-                    &format!(
+                many => problems.push(
+                    format!("audiences.{name}"),
+                    format!(
                         "is used by purposes {}; an audience must serve exactly one purpose, so \
                          that one withdrawal cannot remove what another purpose's consent allows",
                         many.join(", ")
@@ -361,30 +405,39 @@ impl AudiencesConfig {
 
             match reqwest::Url::parse(audience.base_url()) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-                Ok(_) => problems.add(&key("base_url"), "must be an http or https URL"),
-                Err(_) => problems.add(&key("base_url"), "is not a URL"),
+                Ok(_) => problems.push(key("base_url"), "must be an http or https URL"),
+                Err(_) => problems.push(key("base_url"), "is not a URL"),
             }
-            match audience.token() {
-                None => problems.add(
-                    &key("token"),
-                    &format!("missing; set {}", token_env_var(name)),
-                ),
-                // It travels in a header or a form field; a pasted line break would break both.
-                Some(t) if t.is_empty() || !t.chars().all(|c| c.is_ascii_graphic()) => problems
-                    .add(
-                        &key("token"),
-                        "must be non-empty printable ASCII without spaces",
+            // A token, or all four OAuth 1.0a credentials of X.
+            for field in audience.credential_fields() {
+                match audience.credential(field) {
+                    None => problems.push(
+                        key(field),
+                        format!("missing; set {}", credential_env_var(name, field)),
                     ),
-                Some(_) => {}
+                    // It travels in a header or a form field (X's secrets in a signing key); a
+                    // pasted line break would break them all.
+                    Some(t) if t.is_empty() || !t.chars().all(|c| c.is_ascii_graphic()) => problems
+                        .push(
+                            key(field),
+                            "must be non-empty printable ASCII without spaces",
+                        ),
+                    Some(_) => {}
+                }
             }
-            let account = (audience.platform(), audience.base_url(), audience.token());
+            let account = (
+                audience.platform(),
+                audience.base_url(),
+                audience.account_credential(),
+            );
             match accounts.get(&account) {
                 Some(first) if self.audiences[*first].limits() != audience.limits() => problems
-                    .add(
-                        &key("limits"),
-                        &format!(
+                    .push(
+                        key("limits"),
+                        format!(
                             "differ from those of audience {first:?} on the same account (same \
-                         platform, base_url and token), which shares one rate limit"
+                         platform, base_url and token or access_token), which shares one rate \
+                         limit"
                         ),
                     ),
                 Some(_) => {}
@@ -404,37 +457,46 @@ impl AudiencesConfig {
                     AudienceConfig::Google(_) => "max_members_per_request",
                     AudienceConfig::Linkedin(_) | AudienceConfig::X(_) => "max_users_per_request",
                 };
-                problems.add(&key(field), &format!("must be between 1 and {max}"));
+                problems.push(key(field), format!("must be between 1 and {max}"));
             }
             for problem in audience.limits().problems() {
-                problems
-                    .0
-                    .push(problem_at(&format!("audiences.{name}.limits."), &problem));
+                // `DestinationConfig::problems` says "key: message"; the key gets the audience's
+                // prefix.
+                let (field, message) = problem.split_once(": ").unwrap_or(("", &problem));
+                problems.push(format!("audiences.{name}.limits.{field}"), message);
             }
 
             match audience {
                 AudienceConfig::Meta(a) => {
-                    problems.digits(&key("audience_id"), &a.audience_id);
+                    digits(&mut problems, key("audience_id"), &a.audience_id);
                     if !is_meta_version(&a.api_version) {
-                        problems.add(&key("api_version"), "must look like \"v25.0\"");
+                        problems.push(key("api_version"), "must look like \"v25.0\"");
                     }
                 }
                 AudienceConfig::Google(a) => {
-                    problems.digits(&key("operating_account_id"), &a.operating_account_id);
-                    problems.digits(&key("product_destination_id"), &a.product_destination_id);
+                    digits(
+                        &mut problems,
+                        key("operating_account_id"),
+                        &a.operating_account_id,
+                    );
+                    digits(
+                        &mut problems,
+                        key("product_destination_id"),
+                        &a.product_destination_id,
+                    );
                     if a.account_type.is_empty()
                         || !a
                             .account_type
                             .chars()
                             .all(|c| c.is_ascii_uppercase() || c == '_')
                     {
-                        problems.add(&key("account_type"), "must look like \"GOOGLE_ADS\"");
+                        problems.push(key("account_type"), "must look like \"GOOGLE_ADS\"");
                     }
                     for purpose in &purposes {
                         if !a.consent_purposes.iter().any(|p| p == purpose) {
-                            problems.add(
-                                &key("consent_purposes"),
-                                &format!(
+                            problems.push(
+                                key("consent_purposes"),
+                                format!(
                                     "does not list {purpose:?}, which routes to this audience: \
                                      Google adds members only with ad_user_data and \
                                      ad_personalization consent"
@@ -444,72 +506,51 @@ impl AudiencesConfig {
                     }
                     for listed in &a.consent_purposes {
                         if !purposes.contains(&listed.as_str()) {
-                            problems.add(
-                                &key("consent_purposes"),
-                                &format!("lists {listed:?}, which does not route to this audience"),
+                            problems.push(
+                                key("consent_purposes"),
+                                format!("lists {listed:?}, which does not route to this audience"),
                             );
                         }
                     }
                 }
                 AudienceConfig::Linkedin(a) => {
-                    problems.digits(&key("segment_id"), &a.segment_id);
+                    digits(&mut problems, key("segment_id"), &a.segment_id);
                     if a.linkedin_version.len() != 6
                         || !a.linkedin_version.chars().all(|c| c.is_ascii_digit())
                     {
-                        problems.add(&key("linkedin_version"), "must be YYYYMM, e.g. \"202601\"");
+                        problems.push(key("linkedin_version"), "must be YYYYMM, e.g. \"202601\"");
                     }
                 }
                 AudienceConfig::X(a) => {
-                    problems.path_segment(&key("account_id"), &a.account_id);
-                    problems.path_segment(&key("custom_audience_id"), &a.custom_audience_id);
+                    path_segment(&mut problems, key("account_id"), &a.account_id);
+                    path_segment(
+                        &mut problems,
+                        key("custom_audience_id"),
+                        &a.custom_audience_id,
+                    );
                     if a.api_version.is_empty()
                         || !a.api_version.chars().all(|c| c.is_ascii_digit())
                     {
-                        problems.add(&key("api_version"), "must be a number, e.g. \"12\"");
+                        problems.push(key("api_version"), "must be a number, e.g. \"12\"");
                     }
                 }
             }
         }
 
-        if problems.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems.0))
-        }
+        problems.into_result()
     }
 }
 
-#[derive(Default)]
-struct Problems(Vec<ConfigProblem>);
-
-impl Problems {
-    fn add(&mut self, key: &str, message: &str) {
-        self.0.push(ConfigProblem {
-            key: key.to_owned(),
-            message: message.to_owned(),
-        });
-    }
-
-    fn digits(&mut self, key: &str, value: &str) {
-        if value.is_empty() || !value.chars().all(|c| c.is_ascii_digit()) {
-            self.add(key, "must be the platform's numeric id (digits only)");
-        }
-    }
-
-    /// Ids that go into a URL path verbatim must not be able to change the path.
-    fn path_segment(&mut self, key: &str, value: &str) {
-        if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
-            self.add(key, "must be the platform's id (letters and digits only)");
-        }
+fn digits(problems: &mut ConfigProblems, key: String, value: &str) {
+    if value.is_empty() || !value.chars().all(|c| c.is_ascii_digit()) {
+        problems.push(key, "must be the platform's numeric id (digits only)");
     }
 }
 
-/// `DestinationConfig::problems` says "key: message"; this puts the audience's prefix on the key.
-fn problem_at(prefix: &str, problem: &str) -> ConfigProblem {
-    let (key, message) = problem.split_once(": ").unwrap_or(("", problem));
-    ConfigProblem {
-        key: format!("{prefix}{key}"),
-        message: message.to_owned(),
+/// Ids that go into a URL path verbatim must not be able to change the path.
+fn path_segment(problems: &mut ConfigProblems, key: String, value: &str) {
+    if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
+        problems.push(key, "must be the platform's id (letters and digits only)");
     }
 }
 
@@ -706,7 +747,10 @@ impl fmt::Debug for XAudience {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("XAudience")
             .field("base_url", &self.base_url)
-            .field("token", &redacted(&self.token))
+            .field("consumer_key", &redacted(&self.consumer_key))
+            .field("consumer_secret", &redacted(&self.consumer_secret))
+            .field("access_token", &redacted(&self.access_token))
+            .field("access_token_secret", &redacted(&self.access_token_secret))
             .field("account_id", &self.account_id)
             .field("custom_audience_id", &self.custom_audience_id)
             .field("api_version", &self.api_version)
@@ -752,7 +796,10 @@ mod tests {
 
         [audiences.x]
         platform = "x"
-        token = "x"
+        consumer_key = "ck"
+        consumer_secret = "cs"
+        access_token = "at"
+        access_token_secret = "as"
         account_id = "18ce54d4x5t"
         custom_audience_id = "1nmth"
     "#;
@@ -932,18 +979,96 @@ mod tests {
         );
         let mut c = parse(FULL).unwrap();
         let meta = c.audiences.get_mut("meta-eu").unwrap();
-        meta.set_token("from-env".into());
+        assert!(meta.set_token("from-env".into()));
         assert_eq!(meta.token(), Some("from-env"));
+        assert_eq!(meta.credential_fields(), ["token"]);
     }
 
     #[test]
-    fn debug_redacts_every_token() {
+    fn x_takes_four_oauth1_credentials_from_their_own_variables() {
+        let mut c = parse(FULL).unwrap();
+        let x = c.audiences.get_mut("x").unwrap();
+        let vars: Vec<String> = x
+            .credential_fields()
+            .iter()
+            .map(|field| credential_env_var("x-us", field))
+            .collect();
+        assert_eq!(
+            vars,
+            [
+                "CONSENT_RELAY_AUDIENCES_X_US_CONSUMER_KEY",
+                "CONSENT_RELAY_AUDIENCES_X_US_CONSUMER_SECRET",
+                "CONSENT_RELAY_AUDIENCES_X_US_ACCESS_TOKEN",
+                "CONSENT_RELAY_AUDIENCES_X_US_ACCESS_TOKEN_SECRET",
+            ]
+        );
+        // No single token.
+        assert!(!x.set_token("t".into()));
+        assert_eq!(x.token(), None);
+        assert!(!x.set_credential("token", "t".into()));
+        assert!(x.set_credential("access_token_secret", "new".into()));
+        assert_eq!(x.credential("access_token_secret"), Some("new"));
+        assert_eq!(x.account_credential(), Some("at"));
+        let AudienceConfig::X(a) = x else {
+            panic!("x");
+        };
+        assert_eq!(a.access_token_secret.as_deref(), Some("new"));
+
+        // A bearer token in the file is a mistake now, not a silently unused value.
+        let err = parse(
+            r#"[audiences.x]
+               platform = "x"
+               token = "t"
+               account_id = "a"
+               custom_audience_id = "b""#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("token"), "{err}");
+    }
+
+    #[test]
+    fn x_requires_all_four_credentials() {
+        let c = parse(
+            r#"
+            [purposes]
+            ads = ["x"]
+
+            [audiences.x]
+            platform = "x"
+            consumer_key = "ck"
+            access_token = "has space"
+            account_id = "18ce54d4x5t"
+            custom_audience_id = "1nmth"
+            "#,
+        )
+        .unwrap();
+        let Err(ConfigError::Invalid(problems)) = c.validate() else {
+            panic!("expected problems");
+        };
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "audiences.x.consumer_secret: missing; set \
+                 CONSENT_RELAY_AUDIENCES_X_CONSUMER_SECRET",
+                "audiences.x.access_token: must be non-empty printable ASCII without spaces",
+                "audiences.x.access_token_secret: missing; set \
+                 CONSENT_RELAY_AUDIENCES_X_ACCESS_TOKEN_SECRET",
+            ]
+        );
+    }
+
+    #[test]
+    fn debug_redacts_every_credential() {
         let mut c = parse(FULL).unwrap();
         for audience in c.audiences.values_mut() {
-            audience.set_token("secret-value".into());
+            for field in audience.credential_fields() {
+                assert!(audience.set_credential(field, "secret-value".into()));
+            }
         }
         let shown = format!("{c:?}");
         assert!(!shown.contains("secret-value"), "{shown}");
-        assert_eq!(shown.matches("<redacted>").count(), 4, "{shown}");
+        // Three tokens and X's four credentials.
+        assert_eq!(shown.matches("<redacted>").count(), 7, "{shown}");
     }
 }

@@ -17,9 +17,10 @@
 //! payloads and the mapping of its answers to outcomes), `client` (sending, one audience at a time,
 //! and folding the outcomes per item with `Outcome::worst`).
 //!
-//! Credentials: X's Ads API asks for OAuth 1.0a request signing, which needs HMAC-SHA1; until that
-//! is in, the X client sends the configured token as a bearer token. Google's access tokens expire
-//! hourly; the binary must keep `token` fresh.
+//! Credentials: Meta, Google and LinkedIn take one `token`; X signs every request with OAuth 1.0a
+//! (HMAC-SHA1, `oauth1`) from four credentials (consumer key and secret, access token and secret).
+//! The binary fills each from [`credential_env_var`]. Google's access tokens expire hourly; the
+//! binary must keep `token` fresh.
 //!
 //! Owns: the platforms' payloads and response shapes. Must not: sleep, retry, or put a raw email
 //! or phone into a request, a log line or an outcome reason.
@@ -29,11 +30,13 @@ mod config;
 mod google;
 mod linkedin;
 mod meta;
+mod oauth1;
 mod request;
 mod x;
 
 pub use client::AudiencesSink;
 pub use config::{
-    token_env_var, AudienceConfig, AudiencesConfig, ConfigError, ConfigProblem, GoogleAudience,
+    credential_env_var, token_env_var, AudienceConfig, AudiencesConfig, GoogleAudience,
     LinkedInAudience, MetaAudience, MetaSchema, Platform, XAudience,
 };
+pub use relay_delivery::{ConfigError, ConfigProblem};

@@ -241,7 +241,7 @@ pub struct HttpCall {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Body {
-    /// A JSON body; the token goes in `Authorization: Bearer`.
+    /// A JSON body; the platform client adds its own authentication (Bearer token, or an OAuth 1.0a signature for X).
     Json(serde_json::Value),
     /// `application/x-www-form-urlencoded` pairs; the token goes in the field `token_field`.
     Form {

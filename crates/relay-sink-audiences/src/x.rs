@@ -4,11 +4,12 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use relay_delivery::{classify_status, Outcome, Reply};
-use reqwest::Method;
+use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::XAudience;
+use crate::oauth1::{self, Credentials};
 use crate::request::{excerpt, Answer, Body, HttpCall, Member, Op};
 
 /// The request for one batch: one operation per user. X's `success_count` and `total_count` count
@@ -40,6 +41,28 @@ pub fn call(a: &XAudience, op: Op, batch: &[Member]) -> HttpCall {
         headers: Vec::new(),
         body: Body::Json(Value::Array(operations)),
     }
+}
+
+/// The `Authorization` header of one request: OAuth 1.0a, HMAC-SHA1, signed now with a fresh
+/// nonce. The JSON body is not part of the signature; the query string, if any, is. `None` when a
+/// credential is missing (`validate` rules that out) or the URL does not parse (then the request
+/// fails on it anyway).
+pub fn authorization(a: &XAudience, method: &Method, url: &str) -> Option<String> {
+    let credentials = Credentials {
+        consumer_key: a.consumer_key.as_deref()?,
+        consumer_secret: a.consumer_secret.as_deref()?,
+        token: a.access_token.as_deref()?,
+        token_secret: a.access_token_secret.as_deref()?,
+    };
+    let url = Url::parse(url).ok()?;
+    Some(oauth1::authorization(
+        &credentials,
+        method.as_str(),
+        &url,
+        &[],
+        &oauth1::nonce(),
+        oauth1::now(),
+    ))
 }
 
 /// Maps X's answer to a request of `sent` operations.
@@ -162,10 +185,52 @@ mod tests {
     fn audience() -> XAudience {
         toml::from_str(
             r#"base_url = "http://fake"
+               consumer_key = "ck"
+               consumer_secret = "consumer-secret-value"
+               access_token = "at"
+               access_token_secret = "token-secret-value"
                account_id = "18ce54d4x5t"
                custom_audience_id = "1nmth""#,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn requests_are_signed_with_oauth1_and_a_fresh_nonce() {
+        let a = audience();
+        let url = "http://fake/12/accounts/18ce54d4x5t/custom_audiences/1nmth/users";
+        let header = authorization(&a, &Method::POST, url).unwrap();
+        let fields: Vec<(&str, &str)> = header
+            .strip_prefix("OAuth ")
+            .unwrap()
+            .split(", ")
+            .map(|f| f.split_once('=').unwrap())
+            .collect();
+        let names: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "oauth_consumer_key",
+                "oauth_nonce",
+                "oauth_signature",
+                "oauth_signature_method",
+                "oauth_timestamp",
+                "oauth_token",
+                "oauth_version"
+            ]
+        );
+        assert_eq!(fields[0].1, "\"ck\"");
+        assert_eq!(fields[3].1, "\"HMAC-SHA1\"");
+        assert_eq!(fields[5].1, "\"at\"");
+        assert_eq!(fields[6].1, "\"1.0\"");
+        let timestamp: u64 = fields[4].1.trim_matches('"').parse().unwrap();
+        assert!(timestamp.abs_diff(oauth1::now()) <= 1);
+        assert!(!header.contains("secret-value"), "{header}");
+        assert_ne!(header, authorization(&a, &Method::POST, url).unwrap());
+
+        let mut missing = a.clone();
+        missing.access_token_secret = None;
+        assert_eq!(authorization(&missing, &Method::POST, url), None);
     }
 
     #[test]

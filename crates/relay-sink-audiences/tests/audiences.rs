@@ -383,3 +383,113 @@ async fn vendor_examples_arrive_as_the_vendors_documented_hashes() {
     assert_eq!(fakes.linkedin.members(LINKEDIN_SEGMENT), expected);
     assert_eq!(fakes.x.members(X_AUDIENCE), expected);
 }
+
+/// Sends a recorded request again, with `authorization` instead of its own (`None`: without one).
+async fn resend(base_url: &str, request: &RecordedRequest, authorization: Option<&str>) -> Value {
+    let mut resent = reqwest::Client::new()
+        .post(format!("{base_url}{}", request.path))
+        .header("content-type", "application/json")
+        .body(request.body.clone());
+    if let Some(value) = authorization {
+        resent = resent.header("authorization", value);
+    }
+    let response = resent.send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    // X's error shape.
+    assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED_ACCESS", "{body}");
+    assert_eq!(body["request"], json!({"params": {}}), "{body}");
+    body
+}
+
+#[tokio::test]
+async fn x_requests_are_signed_with_oauth1_and_only_the_right_signature_passes() {
+    let fakes = Fakes::start().await;
+    let sink = fakes.sink("");
+    // The fake recomputes each signature: applied means signed right.
+    let outcomes = deliver(&sink, &[grant("s1", "a@example.de")]).await;
+    assert_eq!(outcomes, vec![Outcome::Applied]);
+    assert_eq!(fakes.presence("a@example.de"), [true; 4]);
+
+    let requests = fakes.x.requests();
+    let [request] = requests.as_slice() else {
+        panic!("one X request: {requests:?}");
+    };
+    let authorization = request
+        .headers
+        .iter()
+        .find(|(name, _)| name == "authorization")
+        .map(|(_, value)| value.clone())
+        .expect("an Authorization header");
+    assert!(authorization.starts_with("OAuth "), "{authorization}");
+    for field in [
+        format!("oauth_consumer_key=\"{X_CONSUMER_KEY}\""),
+        format!("oauth_token=\"{X_ACCESS_TOKEN}\""),
+        "oauth_signature_method=\"HMAC-SHA1\"".to_owned(),
+        "oauth_version=\"1.0\"".to_owned(),
+        "oauth_nonce=\"".to_owned(),
+        "oauth_timestamp=\"".to_owned(),
+        "oauth_signature=\"".to_owned(),
+    ] {
+        assert!(authorization.contains(&field), "{field} in {authorization}");
+    }
+    // The secrets only key the signature; they are never sent.
+    for (name, value) in &request.headers {
+        for secret in [X_CONSUMER_SECRET, X_ACCESS_TOKEN_SECRET] {
+            assert!(!value.contains(secret), "{name}: {value}");
+        }
+    }
+    assert!(
+        !request.body.contains(X_CONSUMER_SECRET) && !request.body.contains(X_ACCESS_TOKEN_SECRET)
+    );
+
+    // Replayed as it was, the nonce is spent; without a header, or with a bearer token, refused.
+    let base = fakes.x.base_url();
+    let replayed = resend(&base, request, Some(&authorization)).await;
+    assert!(
+        replayed["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("oauth_nonce was already used"),
+        "{replayed}"
+    );
+    resend(&base, request, None).await;
+    resend(&base, request, Some(&format!("Bearer {X_ACCESS_TOKEN}"))).await;
+    // Signed for another audience, the signature does not fit this path.
+    let mut other = request.clone();
+    other.path = other.path.replace(X_AUDIENCE, "other");
+    let forged = authorization.replace("oauth_nonce=\"", "oauth_nonce=\"x");
+    let refused = resend(&base, &other, Some(&forged)).await;
+    assert!(
+        refused["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("oauth_signature does not match"),
+        "{refused}"
+    );
+    assert!(fakes.x.members("other").is_empty());
+    assert_eq!(fakes.x.members(X_AUDIENCE).len(), 1);
+}
+
+#[tokio::test]
+async fn a_wrong_x_secret_is_refused_not_dead_lettered() {
+    let fakes = Fakes::start().await;
+    for field in ["consumer_secret", "access_token_secret"] {
+        let mut config = fakes.config("");
+        assert!(config
+            .audiences
+            .get_mut("x")
+            .unwrap()
+            .set_credential(field, "wrong-secret".into()));
+        let sink = AudiencesSink::new(config).unwrap();
+        let outcomes = deliver(&sink, &[grant("s1", "a@example.de")]).await;
+        match &outcomes[0] {
+            Outcome::Refused { reason } => {
+                assert!(reason.contains("UNAUTHORIZED_ACCESS"), "{reason}")
+            }
+            other => panic!("{field}: {other:?}"),
+        }
+        assert_eq!(fakes.presence("a@example.de"), [true, true, true, false]);
+    }
+    fakes.assert_no_rejections();
+}

@@ -8,9 +8,15 @@ use std::sync::Arc;
 use relay_delivery::{Outcome, Sink, SinkItem, Target};
 use relay_events::{normalize, Action, ConsentEvent, Contact, EventKind, Scope};
 use relay_sink_audiences::{AudiencesConfig, AudiencesSink};
+use relay_testkit::audiences::x::OAuthCredentials;
 use relay_testkit::audiences::{self, FakePlatform, RecordedRequest};
 
 pub const TOKEN: &str = "test-token";
+/// X's four OAuth 1.0a credentials.
+pub const X_CONSUMER_KEY: &str = "test-consumer-key";
+pub const X_CONSUMER_SECRET: &str = "test-consumer-secret";
+pub const X_ACCESS_TOKEN: &str = "1234-test-access-token";
+pub const X_ACCESS_TOKEN_SECRET: &str = "test-access-token-secret";
 pub const META_AUDIENCE: &str = "23850000000000001";
 pub const META_LOOKALIKE: &str = "23850000000000002";
 pub const GOOGLE_LIST: &str = "555000111";
@@ -30,7 +36,7 @@ impl Fakes {
             meta: audiences::meta::start(TOKEN).await,
             google: audiences::google::start(TOKEN).await,
             linkedin: audiences::linkedin::start(TOKEN).await,
-            x: audiences::x::start(TOKEN).await,
+            x: audiences::x::start_oauth(x_credentials()).await,
         }
     }
 
@@ -74,7 +80,10 @@ impl Fakes {
             [audiences.x]
             platform = "x"
             base_url = "{x}"
-            token = "{TOKEN}"
+            consumer_key = "{X_CONSUMER_KEY}"
+            consumer_secret = "{X_CONSUMER_SECRET}"
+            access_token = "{X_ACCESS_TOKEN}"
+            access_token_secret = "{X_ACCESS_TOKEN_SECRET}"
             account_id = "18ce54d4x5t"
             custom_audience_id = "{X_AUDIENCE}"
             {extra}
@@ -135,6 +144,15 @@ impl Fakes {
             assert_eq!(fake.rejections(), Vec::<String>::new());
         }
     }
+}
+
+pub fn x_credentials() -> OAuthCredentials {
+    OAuthCredentials::new(
+        X_CONSUMER_KEY,
+        X_CONSUMER_SECRET,
+        X_ACCESS_TOKEN,
+        X_ACCESS_TOKEN_SECRET,
+    )
 }
 
 pub fn hashed(normalized: Option<String>) -> Option<String> {

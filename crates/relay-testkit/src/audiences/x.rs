@@ -3,23 +3,36 @@
 //! `Update` / `Delete` operations, all-or-nothing, answered with `success_count` and `total_count`
 //! (records = users).
 //!
-//! Decided here: the fake takes a bearer token (the real API signs requests with OAuth 1.0a), and
-//! only `email` user identifiers are supported.
+//! Every request must be signed with OAuth 1.0a (RFC 5849, HMAC-SHA1) by the four credentials the
+//! fake was started with. The fake recomputes the signature from the method, the URL (`http`, the
+//! `Host` header, the path), the query and the `oauth_*` parameters of the `Authorization` header,
+//! with its own implementation, and answers 401 `UNAUTHORIZED_ACCESS` when the header is missing
+//! or malformed, a credential or the signature does not match, the timestamp is more than 300 s
+//! off, or a nonce comes back.
+//!
+//! Decided here: only `email` user identifiers are supported.
 
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::post;
-use axum::Router;
+use axum::{Extension, Router};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sha1::Sha1;
 
 use super::{
-    has_bearer, is_sha256_hex, json_response, lock, FakePlatform, ScriptedResponse, Shared,
+    is_sha256_hex, json_response, lock, parse_form, FakePlatform, ScriptedResponse, Shared,
 };
 
 /// X's limit on operations per request.
@@ -27,23 +40,273 @@ pub const MAX_OPERATIONS: usize = 2_500;
 /// X's limit on the request body.
 pub const MAX_BODY_BYTES: usize = 5_000_000;
 
-/// Starts a fake X Ads API on a free port of 127.0.0.1, accepting `token` as bearer.
+/// How far a request's `oauth_timestamp` may be from the fake's clock.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
+
+/// The four OAuth 1.0a credentials the fake accepts.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OAuthCredentials {
+    pub consumer_key: String,
+    pub consumer_secret: String,
+    pub access_token: String,
+    pub access_token_secret: String,
+}
+
+impl OAuthCredentials {
+    pub fn new(
+        consumer_key: &str,
+        consumer_secret: &str,
+        access_token: &str,
+        access_token_secret: &str,
+    ) -> Self {
+        OAuthCredentials {
+            consumer_key: consumer_key.to_owned(),
+            consumer_secret: consumer_secret.to_owned(),
+            access_token: access_token.to_owned(),
+            access_token_secret: access_token_secret.to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for OAuthCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthCredentials")
+            .field("consumer_key", &self.consumer_key)
+            .field("access_token", &self.access_token)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts a fake X Ads API on a free port of 127.0.0.1 that accepts requests signed with
+/// `credentials`.
 ///
 /// # Panics
 /// If no port can be bound: a test cannot go on without its fake.
-pub async fn start(token: &str) -> FakePlatform {
-    start_on(SocketAddr::from(([127, 0, 0, 1], 0)), token)
+pub async fn start_oauth(credentials: OAuthCredentials) -> FakePlatform {
+    start_oauth_on(SocketAddr::from(([127, 0, 0, 1], 0)), credentials)
         .await
         .expect("bind the fake X on 127.0.0.1")
 }
 
-/// Starts the fake on `addr`, accepting `token`.
-pub async fn start_on(addr: SocketAddr, token: &str) -> std::io::Result<FakePlatform> {
-    let routes = Router::new().route(
-        "/{version}/accounts/{account_id}/custom_audiences/{audience_id}/users",
-        post(users),
+/// Starts the fake on `addr`, accepting requests signed with `credentials`.
+pub async fn start_oauth_on(
+    addr: SocketAddr,
+    credentials: OAuthCredentials,
+) -> std::io::Result<FakePlatform> {
+    let access_token = credentials.access_token.clone();
+    let verifier = Arc::new(Verifier {
+        credentials,
+        seen: Mutex::new(HashSet::new()),
+    });
+    let routes = Router::new()
+        .route(
+            "/{version}/accounts/{account_id}/custom_audiences/{audience_id}/users",
+            post(users),
+        )
+        .layer(Extension(verifier));
+    FakePlatform::serve(
+        addr,
+        routes,
+        &access_token,
+        MAX_OPERATIONS,
+        rate_limited,
+        "X",
+    )
+    .await
+}
+
+/// X's 401, with its error body and the (empty) echo of the request parameters.
+pub fn unauthorized(message: &str) -> ScriptedResponse {
+    ScriptedResponse::json(401, unauthorized_body(message), Vec::new())
+}
+
+fn unauthorized_body(message: &str) -> Value {
+    json!({
+        "errors": [{ "code": "UNAUTHORIZED_ACCESS", "message": message }],
+        "request": { "params": {} },
+    })
+}
+
+/// The fake's credentials and the nonces it has accepted (with their timestamps).
+struct Verifier {
+    credentials: OAuthCredentials,
+    seen: Mutex<HashSet<(String, String)>>,
+}
+
+impl Verifier {
+    /// Checks the request's OAuth 1.0a signature; accepted nonces cannot be used again.
+    fn check(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        uri: &Uri,
+        authorization: Option<&str>,
+    ) -> Result<(), String> {
+        let host = host.ok_or("no Host header")?;
+        let base_uri = format!("http://{}{}", host.to_ascii_lowercase(), uri.path());
+        let query = uri.query().unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let oauth = verify_oauth1(
+            &self.credentials,
+            method.as_str(),
+            &base_uri,
+            query,
+            authorization,
+            now,
+        )?;
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if !seen.insert((
+            oauth["oauth_timestamp"].clone(),
+            oauth["oauth_nonce"].clone(),
+        )) {
+            return Err("oauth_nonce was already used".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Verifies an OAuth 1.0a HMAC-SHA1 `Authorization` header (RFC 5849 §3) of a request to
+/// `base_uri` (scheme, host, path; already normalized) with the raw `query` string, as of `now`
+/// (epoch seconds). Returns the decoded `oauth_*` parameters, or why the request is refused.
+pub fn verify_oauth1(
+    credentials: &OAuthCredentials,
+    method: &str,
+    base_uri: &str,
+    query: &str,
+    authorization: Option<&str>,
+    now: u64,
+) -> Result<BTreeMap<String, String>, String> {
+    let header = authorization.ok_or("no Authorization header")?;
+    let oauth = parse_authorization(header)?;
+    let field = |name: &str| {
+        oauth
+            .get(name)
+            .map(String::as_str)
+            .ok_or(format!("{name} is missing"))
+    };
+    if field("oauth_consumer_key")? != credentials.consumer_key {
+        return Err("unknown oauth_consumer_key".to_owned());
+    }
+    if field("oauth_token")? != credentials.access_token {
+        return Err("unknown oauth_token".to_owned());
+    }
+    if field("oauth_signature_method")? != "HMAC-SHA1" {
+        return Err("oauth_signature_method must be HMAC-SHA1".to_owned());
+    }
+    if oauth.get("oauth_version").is_some_and(|v| v != "1.0") {
+        return Err("oauth_version must be 1.0".to_owned());
+    }
+    if field("oauth_nonce")?.is_empty() {
+        return Err("oauth_nonce is empty".to_owned());
+    }
+    let timestamp: u64 = field("oauth_timestamp")?
+        .parse()
+        .map_err(|_| "oauth_timestamp is not a number".to_owned())?;
+    if timestamp.abs_diff(now) > MAX_CLOCK_SKEW_SECS {
+        return Err(format!(
+            "oauth_timestamp {timestamp} is more than {MAX_CLOCK_SKEW_SECS} s from now ({now})"
+        ));
+    }
+    let claimed = STANDARD
+        .decode(field("oauth_signature")?)
+        .map_err(|_| "oauth_signature is not base64".to_owned())?;
+
+    // The query parameters and every protocol parameter but the signature itself (and the realm).
+    let mut params: Vec<(String, String)> = parse_form(query)
+        .into_iter()
+        .chain(
+            oauth
+                .iter()
+                .filter(|(name, _)| *name != "oauth_signature")
+                .map(|(n, v)| (n.clone(), v.clone())),
+        )
+        .map(|(n, v)| (encode(&n), encode(&v)))
+        .collect();
+    params.sort();
+    let normalized = params
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let base = format!(
+        "{}&{}&{}",
+        encode(&method.to_ascii_uppercase()),
+        encode(base_uri),
+        encode(&normalized)
     );
-    FakePlatform::serve(addr, routes, token, MAX_OPERATIONS, rate_limited, "X").await
+    let key = format!(
+        "{}&{}",
+        encode(&credentials.consumer_secret),
+        encode(&credentials.access_token_secret)
+    );
+    let mut mac = Hmac::<Sha1>::new_from_slice(key.as_bytes()).expect("HMAC takes any key");
+    mac.update(base.as_bytes());
+    mac.verify_slice(&claimed)
+        .map_err(|_| "oauth_signature does not match".to_owned())?;
+    Ok(oauth)
+}
+
+/// `OAuth name="value", …` → decoded pairs; `realm` is dropped, a repeated name is an error.
+fn parse_authorization(header: &str) -> Result<BTreeMap<String, String>, String> {
+    let (scheme, rest) = header
+        .trim()
+        .split_once(' ')
+        .ok_or("Authorization is not OAuth")?;
+    if !scheme.eq_ignore_ascii_case("OAuth") {
+        return Err("Authorization is not OAuth".to_owned());
+    }
+    let mut params = BTreeMap::new();
+    for part in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let malformed = || format!("malformed OAuth parameter {part:?}");
+        let (name, quoted) = part.split_once('=').ok_or_else(malformed)?;
+        let value = quoted
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .ok_or_else(malformed)?;
+        let name = decode(name.trim()).ok_or_else(malformed)?;
+        let value = decode(value).ok_or_else(malformed)?;
+        if name == "realm" {
+            continue;
+        }
+        if params.insert(name.clone(), value).is_some() {
+            return Err(format!("{name} appears more than once"));
+        }
+    }
+    Ok(params)
+}
+
+/// RFC 5849 §3.6 / RFC 3986: everything but `ALPHA DIGIT - . _ ~` as `%XX`.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Strict percent-decoding (no `+` for space); `None` on a broken escape or invalid UTF-8.
+fn decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// X's 429, with the end of the window in `x-rate-limit-reset` (epoch seconds, a minute ahead).
@@ -95,18 +358,25 @@ struct User {
 
 async fn users(
     State(shared): State<Shared>,
+    Extension(verifier): Extension<Arc<Verifier>>,
     Path((_version, account_id, audience_id)): Path<(String, String, String)>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let token = lock(&shared).token.clone();
-    if !has_bearer(&headers, &token) {
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err(why) = verifier.check(
+        &method,
+        text(header::HOST),
+        &uri,
+        text(header::AUTHORIZATION),
+    ) {
         return json_response(
             StatusCode::UNAUTHORIZED,
-            errors(&[(
-                "UNAUTHORIZED_ACCESS",
-                "This request is not properly authenticated",
-            )]),
+            unauthorized_body(&format!(
+                "This request is not properly authenticated: {why}"
+            )),
         );
     }
     let json_body = headers
@@ -188,4 +458,117 @@ async fn users(
             "data": { "success_count": records, "total_count": records },
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// developer.x.com, "Creating a signature": its `status` form parameter moved to the query,
+    /// which leaves the signature base string, and so the signature, as documented.
+    const HEADER: &str = "OAuth oauth_consumer_key=\"xvz1evFS4wEEPTGEFPHBog\", \
+        oauth_nonce=\"kYjzVBB8Y0ZFabxSWbWovY3uYSQ2pTgmZeNu2VS4cg\", \
+        oauth_signature=\"hCtSmYh%2BiHYCEqBWrE7C7hYmtUk%3D\", oauth_signature_method=\"HMAC-SHA1\", \
+        oauth_timestamp=\"1318622958\", \
+        oauth_token=\"370773112-GmHxMAgYyLbNEtIKZeRNFsMKPR9EyMZeS9weJAEb\", oauth_version=\"1.0\"";
+    const URI: &str = "https://api.twitter.com/1.1/statuses/update.json";
+    const QUERY: &str = "include_entities=true\
+        &status=Hello%20Ladies%20%2B%20Gentlemen%2C%20a%20signed%20OAuth%20request%21";
+    const TIMESTAMP: u64 = 1_318_622_958;
+
+    fn twitter() -> OAuthCredentials {
+        OAuthCredentials::new(
+            "xvz1evFS4wEEPTGEFPHBog",
+            "kAcSOqF21Fu85e7zjz7ZN2U4ZRhfV3WpwPAoE3Z7kBw",
+            "370773112-GmHxMAgYyLbNEtIKZeRNFsMKPR9EyMZeS9weJAEb",
+            "LswwdoUaIvS8ltyTt5jkRh4J50vUPVVHtR2YPi5kE",
+        )
+    }
+
+    fn verify(
+        credentials: &OAuthCredentials,
+        query: &str,
+        header: Option<&str>,
+        now: u64,
+    ) -> Result<(), String> {
+        verify_oauth1(credentials, "POST", URI, query, header, now).map(|_| ())
+    }
+
+    #[test]
+    fn twitters_documented_request_verifies() {
+        let oauth = verify_oauth1(&twitter(), "POST", URI, QUERY, Some(HEADER), TIMESTAMP).unwrap();
+        assert_eq!(oauth["oauth_signature"], "hCtSmYh+iHYCEqBWrE7C7hYmtUk=");
+        // Within the allowed skew either way.
+        assert_eq!(
+            verify(&twitter(), QUERY, Some(HEADER), TIMESTAMP + 300),
+            Ok(())
+        );
+        assert_eq!(
+            verify(&twitter(), QUERY, Some(HEADER), TIMESTAMP - 300),
+            Ok(())
+        );
+        // A realm is ignored.
+        let with_realm = HEADER.replacen("OAuth ", "OAuth realm=\"X\", ", 1);
+        assert_eq!(
+            verify(&twitter(), QUERY, Some(&with_realm), TIMESTAMP),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn anything_off_is_refused() {
+        let refused = |credentials: &OAuthCredentials, query: &str, header: Option<&str>, now| {
+            verify(credentials, query, header, now).unwrap_err()
+        };
+        let c = twitter();
+        let wrong_secret = OAuthCredentials {
+            access_token_secret: "other".into(),
+            ..twitter()
+        };
+        let wrong_key = OAuthCredentials {
+            consumer_key: "other".into(),
+            ..twitter()
+        };
+        let h = Some(HEADER);
+        assert!(refused(&c, QUERY, None, TIMESTAMP).contains("no Authorization"));
+        assert!(refused(&c, QUERY, Some("Bearer t"), TIMESTAMP).contains("not OAuth"));
+        assert!(refused(&c, QUERY, h, TIMESTAMP + 301).contains("more than 300 s"));
+        assert!(refused(&c, QUERY, h, TIMESTAMP - 301).contains("more than 300 s"));
+        assert!(refused(&wrong_secret, QUERY, h, TIMESTAMP).contains("does not match"));
+        assert!(refused(&wrong_key, QUERY, h, TIMESTAMP).contains("oauth_consumer_key"));
+        assert!(refused(&c, "include_entities=true", h, TIMESTAMP).contains("does not match"));
+        let changed_nonce = HEADER.replace("kYjzVBB8", "kYjzVBB9");
+        assert!(refused(&c, QUERY, Some(&changed_nonce), TIMESTAMP).contains("does not match"));
+        let no_token = HEADER.replace("oauth_token=", "oauth_tokens=");
+        assert!(refused(&c, QUERY, Some(&no_token), TIMESTAMP).contains("oauth_token is missing"));
+        let twice = format!("{HEADER}, oauth_nonce=\"x\"");
+        assert!(refused(&c, QUERY, Some(&twice), TIMESTAMP).contains("more than once"));
+        let plaintext = HEADER.replace("HMAC-SHA1", "PLAINTEXT");
+        assert!(refused(&c, QUERY, Some(&plaintext), TIMESTAMP).contains("HMAC-SHA1"));
+    }
+
+    #[test]
+    fn the_verifier_checks_against_the_clock() {
+        let verifier = Verifier {
+            credentials: twitter(),
+            seen: Mutex::new(HashSet::new()),
+        };
+        // The verifier checks against the clock, so the documented request is too old for it.
+        let uri: Uri = format!("/1.1/statuses/update.json?{QUERY}")
+            .parse()
+            .unwrap();
+        let err = verifier
+            .check(&Method::POST, Some("api.twitter.com"), &uri, Some(HEADER))
+            .unwrap_err();
+        assert!(err.contains("more than 300 s"), "{err}");
+        assert!(verifier.seen.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn decoding_is_strict() {
+        assert_eq!(decode("a%2Bb+c").as_deref(), Some("a+b+c"));
+        assert_eq!(decode("%zz"), None);
+        assert_eq!(decode("%4"), None);
+        assert_eq!(encode("a b+~"), "a%20b%2B~");
+    }
 }
