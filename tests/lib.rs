@@ -32,6 +32,8 @@ pub struct Harness {
     pub ledger_url: String,
     pub ledger: Arc<AnyLedger>,
     pub telemetry: Telemetry,
+    /// Set to decode and publish with Confluent framing through a schema registry.
+    pub schema_registry_url: Option<String>,
     _dir: tempfile::TempDir,
     /// librdkafka's in-process cluster, for tests of lag arithmetic (its watermarks are right,
     /// tansu's under-report; see DESIGN.md §8).
@@ -101,6 +103,7 @@ impl Harness {
             ledger_url,
             ledger,
             telemetry: Telemetry::new(),
+            schema_registry_url: None,
             _dir: dir,
             _mock: mock,
         }
@@ -114,7 +117,9 @@ impl Harness {
             self.dlq_topic,
             self.group_prefix
         );
-        toml::from_str(&text).expect("kafka config")
+        let mut kafka: KafkaConfig = toml::from_str(&text).expect("kafka config");
+        kafka.schema_registry_url = self.schema_registry_url.clone();
+        kafka
     }
 
     pub fn group(&self) -> String {

@@ -11,3 +11,5 @@ pub mod hubspot;
 pub mod newsletter;
 pub mod partner;
 pub mod postgres;
+pub mod recorded;
+pub mod registry;
