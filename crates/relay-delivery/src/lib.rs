@@ -11,6 +11,7 @@ mod classify;
 mod config_error;
 mod destination;
 mod outcome;
+mod redact;
 mod sink;
 
 pub use classify::{classify_status, classify_transport, parse_retry_after};
@@ -19,4 +20,5 @@ pub use destination::{
     Destination, DestinationConfig, DestinationStats, LatencyHistogram, Reply, LATENCY_BUCKETS,
 };
 pub use outcome::Outcome;
+pub use redact::{body_excerpt, redact_emails};
 pub use sink::{BoxFuture, Sink, SinkItem, Target};

@@ -35,6 +35,22 @@ impl Outcome {
         }
     }
 
+    /// What a later request of the same delivery to the same destination gets without being sent,
+    /// when this outcome (with HTTP `status`) says the destination would answer it the same way: a
+    /// 429 or a refusal. `None`: send the next one. `who` names the destination in the reason.
+    pub fn unsent_after(&self, status: Option<u16>, who: &str) -> Option<Outcome> {
+        match self {
+            Outcome::Retryable { after, .. } if status == Some(429) => Some(Outcome::Retryable {
+                after: *after,
+                reason: format!("not sent: {who} answered 429 earlier in this delivery"),
+            }),
+            Outcome::Refused { reason } => Some(Outcome::Refused {
+                reason: format!("not sent: {who} refused us earlier ({reason})"),
+            }),
+            _ => None,
+        }
+    }
+
     /// Whether the item is done at the downstream (applied now or before).
     pub fn is_done(&self) -> bool {
         matches!(self, Outcome::Applied | Outcome::AlreadyApplied)

@@ -308,10 +308,7 @@ fn redact(text: &str, emails: &[&str]) -> String {
         .fold(text.to_owned(), |text, email| {
             text.replace(email, "<email>")
         });
-    text.split_whitespace()
-        .map(|word| if word.contains('@') { "<email>" } else { word })
-        .collect::<Vec<_>>()
-        .join(" ")
+    relay_delivery::redact_emails(&text)
 }
 
 /// ` (correlationId …)`, or nothing.

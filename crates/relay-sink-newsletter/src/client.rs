@@ -6,7 +6,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use relay_delivery::{
-    classify_status, BoxFuture, ConfigError, Destination, Outcome, Reply, Sink, SinkItem,
+    body_excerpt, classify_status, redact_emails, BoxFuture, ConfigError, Destination, Outcome,
+    Reply, Sink, SinkItem,
 };
 use serde::Deserialize;
 
@@ -128,7 +129,7 @@ impl NewsletterSink {
                 outcome
             } else {
                 let (outcome, status) = self.send(call).await;
-                if let Some(block) = blocking(status, &outcome) {
+                if let Some(block) = outcome.unsent_after(status, PROVIDER) {
                     lock(blocked).entry(call.list.clone()).or_insert(block);
                 }
                 outcome
@@ -225,6 +226,9 @@ impl ListClient {
     }
 }
 
+/// How outcome reasons name a list's provider.
+const PROVIDER: &str = "the list's provider";
+
 impl Sink for NewsletterSink {
     fn name(&self) -> &str {
         "newsletter"
@@ -240,22 +244,6 @@ impl Sink for NewsletterSink {
 
     fn destinations(&self) -> Vec<&Destination> {
         self.lists.values().map(|l| &l.destination).collect()
-    }
-}
-
-/// The outcome the rest of a delivery's calls to the same list get without being sent, if the
-/// answer (`status`, mapped to `outcome`) says the list will answer them the same way.
-fn blocking(status: Option<u16>, outcome: &Outcome) -> Option<Outcome> {
-    match outcome {
-        Outcome::Retryable { after, .. } if status == Some(429) => Some(Outcome::Retryable {
-            after: *after,
-            reason: "not sent: the list's provider answered 429 earlier in this delivery"
-                .to_owned(),
-        }),
-        Outcome::Refused { reason } => Some(Outcome::Refused {
-            reason: format!("not sent: the list's provider refused us earlier ({reason})"),
-        }),
-        _ => None,
     }
 }
 
@@ -325,10 +313,10 @@ struct BrevoError {
 impl BrevoError {
     fn detail(&self, body: &[u8]) -> String {
         match (&self.message, &self.code) {
-            (Some(m), Some(c)) => format!("{} [{c}]", redact(m)),
-            (Some(m), None) => redact(m),
+            (Some(m), Some(c)) => format!("{} [{c}]", redact_emails(m)),
+            (Some(m), None) => redact_emails(m),
             (None, Some(c)) => format!("[{c}]"),
-            (None, None) => foreign_body(body),
+            (None, None) => body_excerpt(body),
         }
     }
 }
@@ -346,36 +334,18 @@ impl Problem {
     /// `title: detail (instance …)`, or the start of a body that is not Mailchimp's.
     fn detail(&self, body: &[u8]) -> String {
         let Some(title) = &self.title else {
-            return foreign_body(body);
+            return body_excerpt(body);
         };
         let mut out = title.clone();
         if let Some(d) = &self.detail {
             out.push_str(": ");
-            out.push_str(&redact(d));
+            out.push_str(&redact_emails(d));
         }
         if let Some(i) = self.instance.as_deref().filter(|i| !i.is_empty()) {
             out.push_str(&format!(" (instance {i})"));
         }
         out
     }
-}
-
-fn foreign_body(body: &[u8]) -> String {
-    let text: String = String::from_utf8_lossy(body).chars().take(200).collect();
-    if text.trim().is_empty() {
-        "no error body".to_owned()
-    } else {
-        redact(&text)
-    }
-}
-
-/// Replaces every word that looks like an email address: outcome reasons end up in the ledger and
-/// the DLQ, which must not hold raw addresses (providers put them into their messages).
-fn redact(text: &str) -> String {
-    text.split_whitespace()
-        .map(|word| if word.contains('@') { "<email>" } else { word })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Folds the outcome of one more call into its item's outcome.
@@ -562,7 +532,7 @@ mod tests {
     fn a_429_or_a_refusal_blocks_the_list_for_the_delivery() {
         let limited = classify_status(429, Some("3"), "slow");
         assert_eq!(
-            blocking(Some(429), &limited),
+            limited.unsent_after(Some(429), PROVIDER),
             Some(Outcome::Retryable {
                 after: Some(Duration::from_secs(3)),
                 reason: "not sent: the list's provider answered 429 earlier in this delivery"
@@ -570,12 +540,18 @@ mod tests {
             })
         );
         assert!(matches!(
-            blocking(Some(401), &classify_status(401, None, "key")),
+            classify_status(401, None, "key").unsent_after(Some(401), PROVIDER),
             Some(Outcome::Refused { .. })
         ));
-        assert_eq!(blocking(Some(500), &classify_status(500, None, "x")), None);
-        assert_eq!(blocking(None, &Outcome::retryable("timeout")), None);
-        assert_eq!(blocking(Some(200), &Outcome::Applied), None);
+        assert_eq!(
+            classify_status(500, None, "x").unsent_after(Some(500), PROVIDER),
+            None
+        );
+        assert_eq!(
+            Outcome::retryable("timeout").unsent_after(None, PROVIDER),
+            None
+        );
+        assert_eq!(Outcome::Applied.unsent_after(Some(200), PROVIDER), None);
     }
 
     #[tokio::test]

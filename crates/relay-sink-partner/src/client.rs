@@ -2,7 +2,8 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use relay_delivery::{
-    classify_status, BoxFuture, ConfigError, ConfigProblem, Destination, Outcome, Sink, SinkItem,
+    body_excerpt, classify_status, BoxFuture, ConfigError, ConfigProblem, Destination, Outcome,
+    Sink, SinkItem,
 };
 
 use crate::config::{secret_key, PartnerConfig, PartnerSinkConfig};
@@ -83,7 +84,7 @@ impl PartnerSink {
                         Err(outcome) => outcome,
                         Ok(message) => {
                             let (outcome, status) = partner.send(&message).await;
-                            blocked[p] = blocking(status, &outcome);
+                            blocked[p] = outcome.unsent_after(status, "the partner");
                             outcome
                         }
                     }
@@ -146,7 +147,7 @@ impl Partner {
         let outcome = classify_status(
             reply.status,
             reply.header("retry-after"),
-            detail(&reply.body),
+            body_excerpt(&reply.body),
         );
         (outcome, Some(reply.status))
     }
@@ -171,34 +172,6 @@ impl Sink for PartnerSink {
     }
 }
 
-/// The outcome a partner's remaining messages in this delivery get without being sent, if the
-/// answer (`status`, mapped to `outcome`) says the partner will answer them the same way.
-fn blocking(status: Option<u16>, outcome: &Outcome) -> Option<Outcome> {
-    match outcome {
-        Outcome::Retryable { after, .. } if status == Some(429) => Some(Outcome::Retryable {
-            after: *after,
-            reason: "not sent: the partner answered 429 earlier in this delivery".to_owned(),
-        }),
-        Outcome::Refused { reason } => Some(Outcome::Refused {
-            reason: format!("not sent: the partner refused us earlier ({reason})"),
-        }),
-        _ => None,
-    }
-}
-
-/// The start of the partner's answer, with anything that looks like an email address replaced:
-/// reasons reach the ledger and the DLQ.
-fn detail(body: &[u8]) -> String {
-    let text: String = String::from_utf8_lossy(body).chars().take(200).collect();
-    if text.trim().is_empty() {
-        return "no body".to_owned();
-    }
-    text.split_whitespace()
-        .map(|word| if word.contains('@') { "<email>" } else { word })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Folds the outcome of one more partner into the item's outcome.
 fn merge(slot: &mut Option<Outcome>, outcome: Outcome) {
     *slot = Some(match slot.take() {
@@ -212,30 +185,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn details_are_short_and_redacted() {
-        assert_eq!(detail(b""), "no body");
-        assert_eq!(
-            detail(b"lead max@example.de\nrejected"),
-            "lead <email> rejected"
-        );
-        assert_eq!(detail(&[b'x'; 500]).len(), 200);
-    }
-
-    #[test]
     fn a_429_or_a_refusal_blocks_the_partner_for_the_delivery() {
         let limited = classify_status(429, Some("4"), "slow");
         assert_eq!(
-            blocking(Some(429), &limited),
+            limited.unsent_after(Some(429), "the partner"),
             Some(Outcome::Retryable {
                 after: Some(Duration::from_secs(4)),
                 reason: "not sent: the partner answered 429 earlier in this delivery".into()
             })
         );
         assert!(matches!(
-            blocking(Some(410), &classify_status(410, None, "gone")),
+            classify_status(410, None, "gone").unsent_after(Some(410), "the partner"),
             Some(Outcome::Refused { .. })
         ));
-        assert_eq!(blocking(Some(503), &classify_status(503, None, "x")), None);
-        assert_eq!(blocking(None, &Outcome::retryable("timeout")), None);
+        assert_eq!(
+            classify_status(503, None, "x").unsent_after(Some(503), "the partner"),
+            None
+        );
+        assert_eq!(
+            Outcome::retryable("timeout").unsent_after(None, "the partner"),
+            None
+        );
     }
 }
