@@ -376,3 +376,31 @@ async fn unsubscribe_all_reaches_hubspot_and_a_later_grant_resubscribes() {
     );
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_global_unsubscribe_does_not_undo_a_newer_grant() {
+    let h = Harness::new().await;
+    let relay = h.start();
+    let older = grant("lutz", T0, "newsletter");
+    let newer = grant("lutz", T0 + 2_000, "product_updates");
+    // Published last (as from another topic), but the person unsubscribed between the two grants.
+    let late = unsubscribe_all("lutz", T0 + 1_000);
+    for ev in [&older, &newer, &late] {
+        h.publish(std::slice::from_ref(ev)).await;
+        assert_eq!(
+            wait_for_final(&h, "lutz", ev.event_id).await,
+            Status::Applied
+        );
+    }
+    assert_eq!(
+        status_of(&h, "lutz", NEWSLETTER).as_deref(),
+        Some("UNSUBSCRIBED")
+    );
+    assert_eq!(
+        status_of(&h, "lutz", PRODUCT_UPDATES).as_deref(),
+        Some("SUBSCRIBED"),
+        "the grant given after the unsubscribe stands"
+    );
+    assert!(!h.fake.unsubscribed_from_all(&email_of("lutz")));
+    relay.stop().await;
+}

@@ -28,6 +28,10 @@ pub enum Decision {
     /// Apply it. `attempt` counts claims of this delivery, starting at 1 (a redelivery after a
     /// crash between the downstream call and the commit is attempt 2).
     Proceed { attempt: u32 },
+    /// Apply this whole-subject withdrawal, but not to the purposes in `keep`: the person granted
+    /// those after it (a late global unsubscribe must not undo a newer grant). Otherwise like
+    /// `Proceed`.
+    ProceedExcept { attempt: u32, keep: Vec<String> },
     /// This delivery already has a final status; do nothing.
     Duplicate { status: Status },
     /// A newer decision (by `occurred_at`, ties going to withdrawal/erasure) is already known for

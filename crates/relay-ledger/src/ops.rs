@@ -30,10 +30,11 @@ macro_rules! backend_ops {
             let states = codec::all(states, codec::state)?;
 
             let decision = rule::decide(claim, delivery, &states);
-            let (status, attempts) = match decision {
+            let (status, attempts) = match &decision {
                 Decision::Duplicate { .. } => return Ok(decision),
                 Decision::Superseded { .. } => (Status::Superseded, delivery.map_or(0, |(_, n)| n)),
-                Decision::Proceed { attempt } => {
+                Decision::Proceed { attempt } | Decision::ProceedExcept { attempt, .. } => {
+                    let attempt = *attempt;
                     sqlx::query(sql::UPSERT_STATE)
                         .bind(&claim.subject_id)
                         .bind(&claim.key.sink)

@@ -32,11 +32,27 @@ pub(crate) fn decide(
         .filter(|s| s.event_id != claim.key.event_id)
         .filter(|s| version(s.occurred_at_ms, s.action) >= own)
         .max_by_key(|s| version(s.occurred_at_ms, s.action));
-    match newest_other {
-        Some(s) => Decision::Superseded { by: s.event_id },
-        None => Decision::Proceed {
-            attempt: delivery.map_or(0, |(_, n)| n).saturating_add(1),
-        },
+    if let Some(s) = newest_other {
+        return Decision::Superseded { by: s.event_id };
+    }
+    let attempt = delivery.map_or(0, |(_, n)| n).saturating_add(1);
+    if target != "*" || claim.action != Action::Withdraw {
+        return Decision::Proceed { attempt };
+    }
+    // A whole-subject withdrawal must not undo a purpose the person granted after it (possible
+    // when it arrives late, from another topic). An erasure is not narrowed: it asks for everything.
+    let mut keep: Vec<String> = states
+        .iter()
+        .filter(|s| s.sink == claim.key.sink && s.target != "*")
+        .filter(|s| s.event_id != claim.key.event_id && s.action == Action::Grant)
+        .filter(|s| version(s.occurred_at_ms, s.action) > own)
+        .map(|s| s.target.clone())
+        .collect();
+    keep.sort_unstable();
+    if keep.is_empty() {
+        Decision::Proceed { attempt }
+    } else {
+        Decision::ProceedExcept { attempt, keep }
     }
 }
 
@@ -67,6 +83,47 @@ mod tests {
             occurred_at_ms: at,
             event_id: Uuid::new_v4(),
         }
+    }
+
+    #[test]
+    fn a_late_global_withdrawal_spares_purposes_granted_after_it() {
+        let newer = state("product", Action::Grant, 9);
+        let older = state("newsletter", Action::Grant, 3);
+        let withdrawn = state("ads", Action::Withdraw, 8);
+        let d = decide(
+            &claim("*", Action::Withdraw, 5),
+            None,
+            &[newer, older.clone(), withdrawn],
+        );
+        assert_eq!(
+            d,
+            Decision::ProceedExcept {
+                attempt: 1,
+                keep: vec!["product".into()]
+            }
+        );
+        // Nothing newer: an ordinary proceed. An erasure is never narrowed.
+        assert_eq!(
+            decide(&claim("*", Action::Withdraw, 5), None, &[older]),
+            Decision::Proceed { attempt: 1 }
+        );
+        assert_eq!(
+            decide(
+                &claim("*", Action::Erase, 5),
+                None,
+                &[state("product", Action::Grant, 9)]
+            ),
+            Decision::Proceed { attempt: 1 }
+        );
+        // A purpose claim ignores other purposes' states, as before.
+        assert_eq!(
+            decide(
+                &claim("newsletter", Action::Withdraw, 5),
+                None,
+                &[state("product", Action::Grant, 9)]
+            ),
+            Decision::Proceed { attempt: 1 }
+        );
     }
 
     #[test]
@@ -124,7 +181,8 @@ mod tests {
     }
 
     #[test]
-    fn global_claim_ignores_purpose_states_and_other_sinks() {
+    fn global_claim_is_not_superseded_by_purpose_states_nor_other_sinks() {
+        // A newer purpose grant does not supersede a global withdrawal; it is spared by it.
         let purpose = state("n", Action::Grant, 8);
         let mut elsewhere = state("*", Action::Erase, 9);
         elsewhere.sink = "meta".into();
@@ -133,7 +191,13 @@ mod tests {
             None,
             &[purpose, elsewhere],
         );
-        assert_eq!(d, Decision::Proceed { attempt: 1 });
+        assert_eq!(
+            d,
+            Decision::ProceedExcept {
+                attempt: 1,
+                keep: vec!["n".into()]
+            }
+        );
     }
 
     #[test]

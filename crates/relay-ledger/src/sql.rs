@@ -25,10 +25,11 @@ ON CONFLICT (event_id) DO NOTHING"#;
 pub(crate) const DELIVERY_STATUS: &str =
     "SELECT status, attempts FROM deliveries WHERE event_id = $1 AND sink = $2 AND target = $3";
 
-/// The states a claim is compared with. Binds: subject_id, sink, target. For target `*` the
-/// `IN` list collapses to the global state alone, which is exactly the rule.
+/// The states a claim is compared with. Binds: subject_id, sink, target. A purpose claim needs its
+/// own state and the global one; a whole-subject (`*`) claim needs every state of the subject at
+/// the sink, to spare purposes granted after it.
 pub(crate) const STATES_FOR_CLAIM: &str = "SELECT sink, target, action, occurred_at_ms, event_id
-FROM subject_state WHERE subject_id = $1 AND sink = $2 AND target IN ($3, '*')";
+FROM subject_state WHERE subject_id = $1 AND sink = $2 AND ($3 = '*' OR target IN ($3, '*'))";
 
 /// Binds: subject_id, sink, target, action, occurred_at_ms, event_id, now.
 pub(crate) const UPSERT_STATE: &str = "INSERT INTO subject_state

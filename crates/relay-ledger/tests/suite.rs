@@ -658,7 +658,7 @@ async fn concurrent_claims_keep_the_newest_version(url: &str) {
         }
         for o in &all {
             let expected_status = match &o.decision {
-                Decision::Proceed { .. } => Status::InFlight,
+                Decision::Proceed { .. } | Decision::ProceedExcept { .. } => Status::InFlight,
                 Decision::Superseded { by } => {
                     superseded_total += 1;
                     let winner = all.iter().find(|w| w.event_id == *by).expect("known event");

@@ -14,7 +14,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use relay_delivery::{Outcome, Sink, SinkItem};
+use relay_delivery::{Outcome, Sink, SinkItem, Target};
 use relay_events::ConsentEvent;
 use relay_ledger::{
     Claim, ConsentRecord, Decision, DeliveryKey, Finish, Ledger, Rejection, Status,
@@ -408,35 +408,13 @@ impl<L: Ledger> SinkWorker<L> {
         let mut pending = wave;
         let mut schedule = RetrySchedule::new(&self.retry);
         let mut attempt = 0u32;
+        // Whole-subject withdrawals that were applied per purpose instead; recorded last, so that a
+        // crash before their purposes are done redoes the narrowing.
+        let mut narrowed = Vec::new();
         loop {
-            let claims: Vec<Claim> = pending
-                .iter()
-                .map(|item| Claim {
-                    key: key(&sink, item),
-                    subject_id: item.event.subject_id.clone(),
-                    action: item.action,
-                    occurred_at_ms: item.event.occurred_at_ms,
-                })
-                .collect();
-            let decisions = self
-                .durable("claim", shutdown, || self.ledger.claim(&claims))
-                .await?;
-            let mut to_send = Vec::new();
-            for (item, decision) in pending.into_iter().zip(decisions) {
-                match decision {
-                    Decision::Proceed { .. } => to_send.push(item),
-                    Decision::Duplicate { status } => {
-                        self.count("duplicate", 1);
-                        debug!(sink = %sink, event_id = %item.event.event_id, status = status.as_str(), "duplicate, skipped")
-                    }
-                    Decision::Superseded { by } => {
-                        self.count("superseded", 1);
-                        debug!(sink = %sink, event_id = %item.event.event_id, by = %by, "superseded, not applied")
-                    }
-                }
-            }
+            let to_send = self.claim(pending, &mut narrowed, shutdown).await?;
             if to_send.is_empty() {
-                return Ok(());
+                return self.finish_narrowed(&narrowed, shutdown).await;
             }
             attempt += 1;
             let outcomes = self.sink.deliver(&to_send).await;
@@ -513,7 +491,7 @@ impl<L: Ledger> SinkWorker<L> {
             self.durable("finish", shutdown, || self.ledger.finish(&finished))
                 .await?;
             if retry.is_empty() {
-                return Ok(());
+                return self.finish_narrowed(&narrowed, shutdown).await;
             }
             let delay = schedule.next_delay(retry_after);
             if refused.is_none() {
@@ -525,6 +503,85 @@ impl<L: Ledger> SinkWorker<L> {
             }
             pending = retry;
         }
+    }
+
+    /// Claims `items` against the version rule and returns those to apply. A late whole-subject
+    /// withdrawal that the ledger narrows (the person granted some purposes after it) becomes one
+    /// withdrawal per purpose of this sink except those, claimed in turn.
+    async fn claim(
+        &self,
+        mut items: Vec<SinkItem>,
+        narrowed: &mut Vec<Finish>,
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<SinkItem>, Abandoned> {
+        let sink = self.name().to_owned();
+        let mut to_send = Vec::new();
+        while !items.is_empty() {
+            let claims: Vec<Claim> = items
+                .iter()
+                .map(|item| Claim {
+                    key: key(&sink, item),
+                    subject_id: item.event.subject_id.clone(),
+                    action: item.action,
+                    occurred_at_ms: item.event.occurred_at_ms,
+                })
+                .collect();
+            let decisions = self
+                .durable("claim", shutdown, || self.ledger.claim(&claims))
+                .await?;
+            let mut per_purpose = Vec::new();
+            for (item, decision) in items.into_iter().zip(decisions) {
+                match decision {
+                    Decision::Proceed { .. } => to_send.push(item),
+                    Decision::ProceedExcept { keep, .. } => {
+                        info!(sink = %sink, event_id = %item.event.event_id, kept = ?keep, "late whole-subject withdrawal applied per purpose: newer grants stand");
+                        per_purpose.extend(
+                            self.routes
+                                .sink
+                                .iter()
+                                .filter(|p| !keep.contains(*p))
+                                .map(|p| SinkItem {
+                                    event: item.event.clone(),
+                                    action: item.action,
+                                    target: Target::Purpose(p.clone()),
+                                }),
+                        );
+                        narrowed.push(Finish {
+                            key: key(&sink, &item),
+                            subject_id: item.event.subject_id.clone(),
+                            status: Status::Applied,
+                            error_class: None,
+                            error: Some(format!(
+                                "applied per purpose; newer grants stand for {}",
+                                keep.join(", ")
+                            )),
+                        });
+                    }
+                    Decision::Duplicate { status } => {
+                        self.count("duplicate", 1);
+                        debug!(sink = %sink, event_id = %item.event.event_id, status = status.as_str(), "duplicate, skipped")
+                    }
+                    Decision::Superseded { by } => {
+                        self.count("superseded", 1);
+                        debug!(sink = %sink, event_id = %item.event.event_id, by = %by, "superseded, not applied")
+                    }
+                }
+            }
+            items = per_purpose;
+        }
+        Ok(to_send)
+    }
+
+    async fn finish_narrowed(
+        &self,
+        narrowed: &[Finish],
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        if !narrowed.is_empty() {
+            self.durable("finish", shutdown, || self.ledger.finish(narrowed))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Opens the circuit when the destination refuses us, closes it on the next answer that is
