@@ -191,23 +191,44 @@ legal_basis_explanation = "Product updates in the customer portal"
         Running { token, handle }
     }
 
-    /// Starts one more relay instance in the same consumer group, with its own telemetry, as a
-    /// second pod would.
-    pub fn start_instance(&self, telemetry: Telemetry) -> Running {
+    /// Starts the relay with the HubSpot sink and one more.
+    pub fn start_with_partner(&self, other: SinkSpec) -> Running {
+        let known = self
+            .hubspot_config()
+            .purposes
+            .keys()
+            .cloned()
+            .chain(other.purposes.iter().cloned())
+            .collect();
+        self.run(
+            vec![self.hubspot_spec(), other],
+            known,
+            self.telemetry.clone(),
+        )
+    }
+
+    fn hubspot_spec(&self) -> SinkSpec {
         let api = self.hubspot_config();
-        let purposes: BTreeSet<String> = api.purposes.keys().cloned().collect();
-        let spec = SinkSpec {
+        SinkSpec {
+            purposes: api.purposes.keys().cloned().collect(),
             sink: Arc::new(HubSpotSink::new(api).expect("hubspot sink")),
-            purposes: purposes.clone(),
             batch: BatchConfig {
                 max_events: 100,
                 linger_ms: 50,
                 withdrawal_linger_ms: 0,
             },
             retry: self.retry(),
-        };
-        let known = purposes
-            .into_iter()
+        }
+    }
+
+    /// Starts one more relay instance in the same consumer group, with its own telemetry, as a
+    /// second pod would.
+    pub fn start_instance(&self, telemetry: Telemetry) -> Running {
+        let spec = self.hubspot_spec();
+        let known = spec
+            .purposes
+            .iter()
+            .cloned()
             .chain(["partner_in_gmbh".to_owned()])
             .collect();
         self.run(vec![spec], known, telemetry)

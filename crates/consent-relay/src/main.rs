@@ -68,10 +68,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The dead-letter topic: what was given up on and why; replay after fixing the cause.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Inspect the ledger.
     Ledger {
         #[command(subcommand)]
         command: LedgerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Every dead-lettered message: sink, error code and reason, origin.
+    List {
+        /// Only those of this sink.
+        #[arg(long)]
+        sink: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead-lettered messages of one sink back on their original topic, for that sink alone.
+    /// The version rule still applies: a replay older than a newer decision is superseded.
+    Replay {
+        /// The sink whose dead letters to replay.
+        #[arg(long)]
+        sink: String,
+        /// Only messages with this error code (e.g. downstream_permanent, missing_email).
+        #[arg(long)]
+        code: Option<String>,
+        /// Only the message(s) of this event.
+        #[arg(long)]
+        event_id: Option<String>,
     },
 }
 
@@ -139,6 +170,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
         } => run(config, sinks, exit_when_idle.map(Duration::from_secs)).await,
         Command::Publish { input, topic } => publish(config, input, topic).await,
         Command::Lag { groups, json } => lag(config, groups, json).await,
+        Command::Dlq { command } => dlq(config, command).await,
         Command::Ledger {
             command: LedgerCommand::Show { subject_id, json },
         } => {
@@ -239,6 +271,68 @@ async fn run(
     let _ = admin.await;
     result?;
     Ok(())
+}
+
+async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
+    let kafka = config.kafka.clone();
+    let letters = tokio::task::spawn_blocking(move || {
+        relay_runtime::dead_letter::read_all(&kafka, Duration::from_secs(3))
+    })
+    .await
+    .map_err(|e| AppError::Usage(format!("dlq read failed: {e}")))?
+    .map_err(relay_runtime::RuntimeError::Kafka)?;
+    match command {
+        DlqCommand::List { sink, json } => {
+            let letters: Vec<_> = letters
+                .into_iter()
+                .filter(|l| sink.as_ref().is_none_or(|s| &l.sink == s))
+                .collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&letters).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            println!(
+                "{:<14} {:<11} {:<22} {:<38} {:<34} REASON",
+                "DLQ", "SINK", "CODE", "EVENT", "ORIGIN"
+            );
+            for l in &letters {
+                println!(
+                    "{:<14} {:<11} {:<22} {:<38} {:<34} {}",
+                    format!("{}@{}", l.dlq_partition, l.dlq_offset),
+                    l.sink,
+                    l.code,
+                    l.event_id.as_deref().unwrap_or("-"),
+                    format!(
+                        "{}/{}@{}",
+                        l.original_topic,
+                        l.original_partition
+                            .map_or("?".to_owned(), |p| p.to_string()),
+                        l.original_offset.map_or("?".to_owned(), |o| o.to_string())
+                    ),
+                    l.message
+                );
+            }
+            Ok(())
+        }
+        DlqCommand::Replay {
+            sink,
+            code,
+            event_id,
+        } => {
+            let chosen: Vec<_> = letters
+                .into_iter()
+                .filter(|l| l.sink == sink)
+                .filter(|l| code.as_ref().is_none_or(|c| &l.code == c))
+                .filter(|l| event_id.is_none() || l.event_id == event_id)
+                .collect();
+            relay_runtime::dead_letter::replay(&config.kafka, &chosen).await?;
+            println!("replayed {} message(s) for sink {sink}", chosen.len());
+            Ok(())
+        }
+    }
 }
 
 /// The consumer groups of the enabled sinks.

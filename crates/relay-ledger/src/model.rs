@@ -20,6 +20,9 @@ pub struct Claim {
     pub subject_id: String,
     pub action: Action,
     pub occurred_at_ms: i64,
+    /// A replay from the dead-letter topic (`consent-relay dlq replay`): a dead-lettered delivery
+    /// is decided again (version rule included) instead of being a duplicate.
+    pub replay: bool,
 }
 
 /// What the ledger decided for a claim.

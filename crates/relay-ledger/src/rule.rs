@@ -19,7 +19,8 @@ pub(crate) fn decide(
     states: &[SubjectState],
 ) -> Decision {
     if let Some((status, _)) = delivery {
-        if status.is_final() {
+        let replayed = claim.replay && status == Status::DeadLettered;
+        if status.is_final() && !replayed {
             return Decision::Duplicate { status };
         }
     }
@@ -72,6 +73,7 @@ mod tests {
             subject_id: "s".into(),
             action,
             occurred_at_ms: at,
+            replay: false,
         }
     }
 
@@ -123,6 +125,35 @@ mod tests {
                 &[state("product", Action::Grant, 9)]
             ),
             Decision::Proceed { attempt: 1 }
+        );
+    }
+
+    #[test]
+    fn a_replay_decides_a_dead_lettered_delivery_again_and_nothing_else() {
+        let mut c = claim("n", Action::Grant, 5);
+        c.replay = true;
+        assert_eq!(
+            decide(&c, Some((Status::DeadLettered, 1)), &[]),
+            Decision::Proceed { attempt: 2 }
+        );
+        assert_eq!(
+            decide(&c, Some((Status::Applied, 1)), &[]),
+            Decision::Duplicate {
+                status: Status::Applied
+            }
+        );
+        // Replayed after a newer decision: superseded like any stale event.
+        let newer = state("n", Action::Withdraw, 9);
+        assert!(matches!(
+            decide(&c, Some((Status::DeadLettered, 1)), &[newer]),
+            Decision::Superseded { .. }
+        ));
+        c.replay = false;
+        assert_eq!(
+            decide(&c, Some((Status::DeadLettered, 1)), &[]),
+            Decision::Duplicate {
+                status: Status::DeadLettered
+            }
         );
     }
 

@@ -73,6 +73,7 @@ fn claim(
         subject_id: subject.into(),
         action,
         occurred_at_ms: at,
+        replay: false,
     }
 }
 

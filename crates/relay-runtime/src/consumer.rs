@@ -98,6 +98,8 @@ struct Abandoned;
 struct Received {
     msg: OwnedMessage,
     decoded: Result<Arc<ConsentEvent>, Rejected>,
+    /// Set on a copy that `dlq replay` put back for one sink; every other sink ignores it.
+    replay_for: Option<String>,
 }
 
 /// Where an item came from, for the DLQ and the logs.
@@ -288,9 +290,11 @@ impl<L: Ledger> SinkWorker<L> {
             })
             .await
             .map_err(|Abandoned| RuntimeError::ShutdownDuringDecode)?;
+        let replay_for = crate::dead_letter::replay_target(&msg);
         Ok(Received {
             msg,
             decoded: decoded.map(Arc::new),
+            replay_for,
         })
     }
 
@@ -309,6 +313,10 @@ impl<L: Ledger> SinkWorker<L> {
         let mut origin_of: BTreeMap<uuid::Uuid, Origin> = BTreeMap::new();
 
         for (index, r) in batch.iter().enumerate() {
+            if r.replay_for.as_deref().is_some_and(|s| s != sink) {
+                // Replayed for another sink: this sink has already decided this message once.
+                continue;
+            }
             let event = match &r.decoded {
                 Ok(event) => event,
                 Err(why) => {
@@ -405,6 +413,11 @@ impl<L: Ledger> SinkWorker<L> {
         shutdown: &CancellationToken,
     ) -> Result<(), Abandoned> {
         let sink = self.name().to_owned();
+        let replays: std::collections::BTreeSet<uuid::Uuid> = origin_of
+            .iter()
+            .filter(|(_, o)| batch[o.index].replay_for.is_some())
+            .map(|(id, _)| *id)
+            .collect();
         let mut pending = wave;
         let mut schedule = RetrySchedule::new(&self.retry);
         let mut attempt = 0u32;
@@ -412,7 +425,9 @@ impl<L: Ledger> SinkWorker<L> {
         // crash before their purposes are done redoes the narrowing.
         let mut narrowed = Vec::new();
         loop {
-            let to_send = self.claim(pending, &mut narrowed, shutdown).await?;
+            let to_send = self
+                .claim(pending, &replays, &mut narrowed, shutdown)
+                .await?;
             if to_send.is_empty() {
                 return self.finish_narrowed(&narrowed, shutdown).await;
             }
@@ -511,6 +526,7 @@ impl<L: Ledger> SinkWorker<L> {
     async fn claim(
         &self,
         mut items: Vec<SinkItem>,
+        replays: &std::collections::BTreeSet<uuid::Uuid>,
         narrowed: &mut Vec<Finish>,
         shutdown: &CancellationToken,
     ) -> Result<Vec<SinkItem>, Abandoned> {
@@ -524,6 +540,7 @@ impl<L: Ledger> SinkWorker<L> {
                     subject_id: item.event.subject_id.clone(),
                     action: item.action,
                     occurred_at_ms: item.event.occurred_at_ms,
+                    replay: replays.contains(&item.event.event_id),
                 })
                 .collect();
             let decisions = self

@@ -1,10 +1,17 @@
-//! The dead-letter topic: the original bytes, with headers that say why and where they came from.
+//! The dead-letter topic: the original bytes, with headers that say why and where they came from;
+//! reading it back and replaying messages once their cause is fixed (DESIGN.md §3.5).
 
 use std::time::Duration;
 
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::TopicPartitionList;
+use serde::Serialize;
 
+use crate::config::KafkaConfig;
 use crate::decode::Rejected;
 
 /// Header names on every dead-lettered message.
@@ -16,6 +23,123 @@ pub mod header {
     pub const ORIGINAL_PARTITION: &str = "consent-relay-original-partition";
     pub const ORIGINAL_OFFSET: &str = "consent-relay-original-offset";
     pub const EVENT_ID: &str = "consent-relay-event-id";
+    /// On a message `dlq replay` put back on its original topic: the one sink that decides it
+    /// again. Every other sink ignores the copy.
+    pub const REPLAY_SINK: &str = "consent-relay-replay-sink";
+}
+
+/// The sink a replayed copy is meant for, if `msg` is one.
+pub fn replay_target(msg: &OwnedMessage) -> Option<String> {
+    let headers = msg.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == header::REPLAY_SINK)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// One message on the dead-letter topic, with its headers decoded.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub dlq_partition: i32,
+    pub dlq_offset: i64,
+    pub sink: String,
+    pub code: String,
+    pub message: String,
+    pub event_id: Option<String>,
+    pub original_topic: String,
+    pub original_partition: Option<i32>,
+    pub original_offset: Option<i64>,
+    #[serde(skip)]
+    pub key: Option<Vec<u8>>,
+    #[serde(skip)]
+    pub payload: Vec<u8>,
+}
+
+/// Reads the whole dead-letter topic without a consumer group (nothing is committed), stopping
+/// once no message arrived for `idle`. Blocking: call from a blocking task.
+pub fn read_all(kafka: &KafkaConfig, idle: Duration) -> KafkaResult<Vec<DeadLetter>> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("group.id", format!("{}.dlq-reader", kafka.group_prefix))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    for (k, v) in &kafka.properties {
+        cfg.set(k, v);
+    }
+    let consumer: BaseConsumer = cfg.create()?;
+    let metadata = consumer.fetch_metadata(Some(&kafka.dlq_topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(t.name(), p.id(), rdkafka::Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let mut letters = Vec::new();
+    let mut quiet_since = std::time::Instant::now();
+    while quiet_since.elapsed() < idle {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                letters.push(dead_letter(&m.detach()));
+                quiet_since = std::time::Instant::now();
+            }
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    letters.sort_by_key(|l| (l.dlq_partition, l.dlq_offset));
+    Ok(letters)
+}
+
+fn dead_letter(m: &OwnedMessage) -> DeadLetter {
+    let get = |name: &str| -> Option<String> {
+        m.headers()?
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    DeadLetter {
+        dlq_partition: m.partition(),
+        dlq_offset: m.offset(),
+        sink: get(header::SINK).unwrap_or_default(),
+        code: get(header::ERROR_CODE).unwrap_or_default(),
+        message: get(header::ERROR_MESSAGE).unwrap_or_default(),
+        event_id: get(header::EVENT_ID),
+        original_topic: get(header::ORIGINAL_TOPIC).unwrap_or_default(),
+        original_partition: get(header::ORIGINAL_PARTITION).and_then(|p| p.parse().ok()),
+        original_offset: get(header::ORIGINAL_OFFSET).and_then(|o| o.parse().ok()),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+    }
+}
+
+/// Puts `letters` back on their original topics with their original keys and bytes, each marked
+/// for the sink that dead-lettered it; that sink decides them again (the version rule included, so
+/// a replay older than a newer decision is superseded), every other sink ignores the copies.
+pub async fn replay(
+    kafka: &KafkaConfig,
+    letters: &[DeadLetter],
+) -> Result<(), crate::RuntimeError> {
+    let producer = crate::producer(kafka)?;
+    for l in letters {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: header::REPLAY_SINK,
+            value: Some(l.sink.as_str()),
+        });
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&l.original_topic)
+            .payload(l.payload.as_slice())
+            .headers(headers);
+        if let Some(key) = &l.key {
+            record = record.key(key.as_slice());
+        }
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| crate::RuntimeError::Kafka(e))?;
+    }
+    Ok(())
 }
 
 #[derive(Clone)]
