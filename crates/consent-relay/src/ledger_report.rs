@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use relay_ledger::SubjectReport;
 use serde_json::json;
 
-fn when(ms: i64) -> String {
+pub fn when(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }

@@ -73,6 +73,11 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Suppression lists for marketing.
+    Suppression {
+        #[command(subcommand)]
+        command: SuppressionCommand,
+    },
     /// Inspect the ledger.
     Ledger {
         #[command(subcommand)]
@@ -103,6 +108,16 @@ enum DlqCommand {
         /// Only the message(s) of this event.
         #[arg(long)]
         event_id: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SuppressionCommand {
+    /// CSV of everyone whose newest decision for the purpose is a withdrawal, unsubscribe or
+    /// erasure: subject_id and the SHA-256 of the normalized email, never the raw address.
+    Export {
+        #[arg(long)]
+        purpose: String,
     },
 }
 
@@ -171,6 +186,30 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
         Command::Publish { input, topic } => publish(config, input, topic).await,
         Command::Lag { groups, json } => lag(config, groups, json).await,
         Command::Dlq { command } => dlq(config, command).await,
+        Command::Suppression {
+            command: SuppressionCommand::Export { purpose },
+        } => {
+            if !config.purposes.contains_key(&purpose) {
+                return Err(AppError::Usage(format!(
+                    "--purpose {purpose}: not in the [purposes] table"
+                )));
+            }
+            let ledger = relay_ledger::open(&config.ledger.url).await?;
+            let records = relay_ledger::Ledger::consent_for_purpose(&ledger, &purpose).await?;
+            println!("subject_id,email_sha256,decision,occurred_at,event_id,source");
+            for s in relay_ledger::suppression_list(&records) {
+                println!(
+                    "{},{},{},{},{},{}",
+                    csv(&s.subject_id),
+                    s.email_sha256.as_deref().unwrap_or(""),
+                    s.decision,
+                    ledger_report::when(s.occurred_at_ms),
+                    s.event_id,
+                    csv(&s.source)
+                );
+            }
+            Ok(())
+        }
         Command::Ledger {
             command: LedgerCommand::Show { subject_id, json },
         } => {
@@ -332,6 +371,15 @@ async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
             println!("replayed {} message(s) for sink {sink}", chosen.len());
             Ok(())
         }
+    }
+}
+
+/// A CSV field, quoted when it needs to be (RFC 4180).
+fn csv(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_owned()
     }
 }
 

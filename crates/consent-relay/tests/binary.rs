@@ -299,6 +299,15 @@ async fn the_binary_relays_exports_metrics_and_leaks_no_pii() {
     assert_eq!(committed, 2, "both events committed: {lag}");
     assert!(rows.iter().all(|r| r["topic"] == s.topic.as_str()));
 
+    let csv = stdout(relay(
+        &s.config,
+        &["suppression", "export", "--purpose", "newsletter"],
+    ));
+    assert_eq!(
+        csv, "subject_id,email_sha256,decision,occurred_at,event_id,source\n",
+        "both granted: nobody to suppress"
+    );
+
     let shown = output(relay(&s.config, &["ledger", "show", "bin-0"]));
     assert!(shown.contains("applied"), "{shown}");
     assert_no_pii("ledger show", &shown);

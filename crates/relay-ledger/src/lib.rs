@@ -13,10 +13,12 @@ pub mod postgres;
 mod rule;
 mod sql;
 pub mod sqlite;
+mod suppression;
 
 pub use model::*;
 pub use postgres::PostgresLedger;
 pub use sqlite::SqliteLedger;
+pub use suppression::{suppression_list, Suppressed};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -88,6 +90,13 @@ impl Ledger for AnyLedger {
         match self {
             AnyLedger::Sqlite(l) => l.record_rejections(rejections).await,
             AnyLedger::Postgres(l) => l.record_rejections(rejections).await,
+        }
+    }
+
+    async fn consent_for_purpose(&self, purpose: &str) -> Result<Vec<ConsentRecord>, LedgerError> {
+        match self {
+            AnyLedger::Sqlite(l) => l.consent_for_purpose(purpose).await,
+            AnyLedger::Postgres(l) => l.consent_for_purpose(purpose).await,
         }
     }
 

@@ -205,6 +205,13 @@ pub trait Ledger: Send + Sync + 'static {
         rejections: &[Rejection],
     ) -> impl Future<Output = Result<(), LedgerError>> + Send;
 
+    /// The consent-log entries that concern `purpose` (naming it, or the whole subject), ordered by
+    /// subject and `occurred_at`. The input of [`crate::suppression_list`].
+    fn consent_for_purpose(
+        &self,
+        purpose: &str,
+    ) -> impl Future<Output = Result<Vec<ConsentRecord>, LedgerError>> + Send;
+
     /// Everything known about one subject.
     fn subject_report(
         &self,

@@ -128,6 +128,23 @@ macro_rules! backend_ops {
 
         /// Reads the four parts of a subject report; the caller runs it in one transaction so
         /// they come from the same snapshot.
+        async fn read_consent_for_purpose(
+            conn: &mut $conn,
+            purpose: &str,
+        ) -> Result<Vec<$crate::ConsentRecord>, $crate::LedgerError> {
+            use $crate::{codec, sql};
+            let rows: Vec<codec::ConsentTuple> = sqlx::query_as(sql::CONSENT_FOR_PURPOSE)
+                .bind(format!("%\"{purpose}\"%"))
+                .bind("%\"*\"%")
+                .fetch_all(&mut *conn)
+                .await?;
+            let records = codec::all(rows, codec::consent)?;
+            Ok(records
+                .into_iter()
+                .filter(|r| r.purposes.iter().any(|p| p == purpose || p == "*"))
+                .collect())
+        }
+
         async fn read_report(
             conn: &mut $conn,
             subject_id: &str,

@@ -185,6 +185,11 @@ impl Ledger for PostgresLedger {
         Ok(())
     }
 
+    async fn consent_for_purpose(&self, purpose: &str) -> Result<Vec<ConsentRecord>, LedgerError> {
+        let mut conn = self.pool.acquire().await?;
+        read_consent_for_purpose(&mut conn, purpose).await
+    }
+
     async fn subject_report(&self, subject_id: &str) -> Result<SubjectReport, LedgerError> {
         // REPEATABLE READ: the four reads see one snapshot even while claims commit.
         let mut tx = self

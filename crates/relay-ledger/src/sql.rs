@@ -72,6 +72,13 @@ pub(crate) const REPORT_CONSENT: &str = r#"SELECT event_id, subject_id, kind, pu
     occurred_at_ms, source, notice_version, email_sha256, topic, "partition", "offset"
 FROM consent_log WHERE subject_id = $1 ORDER BY occurred_at_ms, event_id"#;
 
+/// Consent-log entries that may concern a purpose. Binds: `%"<purpose>"%`, `%"*"%`. The LIKE is a
+/// pre-filter on the JSON text; the caller checks the purposes exactly.
+pub(crate) const CONSENT_FOR_PURPOSE: &str = r#"SELECT event_id, subject_id, kind, purposes,
+    occurred_at_ms, source, notice_version, email_sha256, topic, "partition", "offset"
+FROM consent_log WHERE purposes LIKE $1 OR purposes LIKE $2
+ORDER BY subject_id, occurred_at_ms, event_id"#;
+
 pub(crate) const REPORT_DELIVERIES: &str = "SELECT event_id, sink, target, status, attempts,
     error_class, error, updated_at_ms
 FROM deliveries WHERE subject_id = $1 ORDER BY updated_at_ms, event_id, sink, target";

@@ -173,6 +173,11 @@ impl Ledger for SqliteLedger {
         Ok(())
     }
 
+    async fn consent_for_purpose(&self, purpose: &str) -> Result<Vec<ConsentRecord>, LedgerError> {
+        let mut conn = self.pool.acquire().await?;
+        read_consent_for_purpose(&mut conn, purpose).await
+    }
+
     async fn subject_report(&self, subject_id: &str) -> Result<SubjectReport, LedgerError> {
         // A read transaction: in WAL mode it sees one snapshot and does not block writers.
         let mut tx = self.pool.begin().await?;

@@ -51,6 +51,7 @@ suite!(
     subject_report_holds_only_that_subject_in_order,
     migrations_are_idempotent,
     concurrent_claims_keep_the_newest_version,
+    suppression_list_follows_the_newest_decision_per_subject,
 );
 
 const HUBSPOT: &str = "hubspot";
@@ -683,4 +684,47 @@ async fn concurrent_claims_keep_the_newest_version(url: &str) {
     }
     // Scrambled orders make some claims arrive after newer ones in every round.
     assert!(superseded_total > 0);
+}
+
+async fn suppression_list_follows_the_newest_decision_per_subject(url: &str) {
+    let l = open(url).await.unwrap();
+    l.log_events(&[
+        record("withdrew", "ConsentGranted", &[NEWSLETTER], 100, 1),
+        record("withdrew", "ConsentWithdrawn", &[NEWSLETTER, "ads"], 200, 2),
+        record("regranted", "ConsentWithdrawn", &[NEWSLETTER], 100, 3),
+        record("regranted", "ConsentGranted", &[NEWSLETTER], 200, 4),
+        record("unsubscribed_all", "ConsentGranted", &[NEWSLETTER], 100, 5),
+        record("unsubscribed_all", "Unsubscribed", &["*"], 150, 6),
+        record("erased", "ErasureRequested", &["*"], 300, 7),
+        record(
+            "other_purpose",
+            "ConsentWithdrawn",
+            &["newsletter_weekly"],
+            100,
+            8,
+        ),
+        record("ads_only", "ConsentWithdrawn", &["ads"], 100, 9),
+    ])
+    .await
+    .unwrap();
+    let records = l.consent_for_purpose(NEWSLETTER).await.unwrap();
+    assert!(records
+        .iter()
+        .all(|r| r.purposes.iter().any(|p| p == NEWSLETTER || p == "*")));
+    let list = relay_ledger::suppression_list(&records);
+    let got: Vec<(&str, &str)> = list
+        .iter()
+        .map(|s| (s.subject_id.as_str(), s.decision))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("erased", "erase"),
+            ("unsubscribed_all", "withdraw"),
+            ("withdrew", "withdraw")
+        ]
+    );
+    assert!(list
+        .iter()
+        .all(|s| s.email_sha256.as_deref().is_some_and(|h| h.len() == 64)));
 }
