@@ -73,6 +73,11 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// The bundled event schemas: versions, fingerprints, and that each reads its predecessor.
+    Schemas {
+        #[command(subcommand)]
+        command: SchemasCommand,
+    },
     /// Suppression lists for marketing.
     Suppression {
         #[command(subcommand)]
@@ -109,6 +114,13 @@ enum DlqCommand {
         #[arg(long)]
         event_id: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum SchemasCommand {
+    /// List every bundled schema version and check backward compatibility; exits non-zero if a
+    /// version cannot read its predecessor.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -186,6 +198,9 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
         Command::Publish { input, topic } => publish(config, input, topic).await,
         Command::Lag { groups, json } => lag(config, groups, json).await,
         Command::Dlq { command } => dlq(config, command).await,
+        Command::Schemas {
+            command: SchemasCommand::Check,
+        } => schemas_check(),
         Command::Suppression {
             command: SuppressionCommand::Export { purpose },
         } => {
@@ -371,6 +386,41 @@ async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
             println!("replayed {} message(s) for sink {sink}", chosen.len());
             Ok(())
         }
+    }
+}
+
+fn schemas_check() -> Result<(), AppError> {
+    use relay_events::schemas;
+    println!(
+        "{:<40} {:>7}  {:<16}  {:<16}",
+        "SCHEMA", "VERSION", "FINGERPRINT", "APACHE-AVRO FP"
+    );
+    for s in schemas::all() {
+        println!(
+            "{:<40} {:>7}  {:016x}  {:016x}",
+            s.full_name(),
+            s.version,
+            s.fingerprint,
+            s.apache_avro_fingerprint
+        );
+    }
+    let mut failures = Vec::new();
+    for line in schemas::evolution_report() {
+        match line {
+            Ok(ok) => println!("ok    {ok}"),
+            Err(e) => {
+                println!("FAIL  {e}");
+                failures.push(e);
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(AppError::Usage(format!(
+            "{} incompatible schema version(s)",
+            failures.len()
+        )))
     }
 }
 

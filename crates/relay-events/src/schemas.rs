@@ -350,9 +350,38 @@ pub fn newest(kind: EventKind) -> &'static BundledSchema {
         .expect("every event kind has a bundled schema")
 }
 
+/// Every bundled version checked against its predecessor with Avro's schema-resolution rules
+/// (DESIGN.md §2: each version reads the data of the previous one). One line per pair, `Err` when
+/// a version cannot read its predecessor. For `consent-relay schemas check`.
+pub fn evolution_report() -> Vec<Result<String, String>> {
+    let mut out = Vec::new();
+    for kind in EventKind::ALL {
+        let versions: Vec<&BundledSchema> = versions(kind).collect();
+        for pair in versions.windows(2) {
+            let (old, new) = (pair[0], pair[1]);
+            out.push(
+                apache_avro::schema_compatibility::SchemaCompatibility::can_read(
+                    &old.schema,
+                    &new.schema,
+                )
+                .map(|()| format!("{} reads {}", new.file_name, old.file_name))
+                .map_err(|e| format!("{} cannot read {}: {e}", new.file_name, old.file_name)),
+            );
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_bundled_version_reads_its_predecessor() {
+        let report = evolution_report();
+        assert_eq!(report.len(), 4, "one pair (v1 → v2) per record today");
+        assert!(report.iter().all(Result::is_ok), "{report:?}");
+    }
 
     #[test]
     fn rabin_matches_the_avro_spec_test_data() {
