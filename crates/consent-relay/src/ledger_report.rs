@@ -92,3 +92,55 @@ pub fn to_json(subject_id: &str, r: &SubjectReport) -> serde_json::Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+/// `ledger audit`: what a data-subject request needs — the proof of each consent decision (GDPR
+/// Art. 7(1): what was decided, when, through which channel, under which notice) and every
+/// recipient the person's data went to (Art. 15(1)(c)), from the deliveries that reached a sink.
+pub fn to_audit(subject_id: &str, r: &SubjectReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "audit of subject {subject_id}");
+    let _ = writeln!(out, "\nconsent decisions ({}):", r.consent_log.len());
+    for c in &r.consent_log {
+        let _ = writeln!(
+            out,
+            "  {}  {} for {} via {} (notice {}), event {}",
+            when(c.occurred_at_ms),
+            c.kind,
+            c.purposes.join(", "),
+            c.source,
+            c.notice_version.as_deref().unwrap_or("-"),
+            c.event_id
+        );
+    }
+    let mut recipients: std::collections::BTreeMap<(&str, &str), (i64, i64, usize)> =
+        std::collections::BTreeMap::new();
+    for d in r.deliveries.iter().filter(|d| {
+        matches!(
+            d.status,
+            relay_ledger::Status::Applied | relay_ledger::Status::AlreadyApplied
+        )
+    }) {
+        let e = recipients
+            .entry((d.key.sink.as_str(), d.key.target.as_str()))
+            .or_insert((d.updated_at_ms, d.updated_at_ms, 0));
+        e.0 = e.0.min(d.updated_at_ms);
+        e.1 = e.1.max(d.updated_at_ms);
+        e.2 += 1;
+    }
+    let _ = writeln!(
+        out,
+        "\nrecipients (sink, purpose or * for the whole subject):"
+    );
+    if recipients.is_empty() {
+        let _ = writeln!(out, "  none");
+    }
+    for ((sink, target), (first, last, n)) in recipients {
+        let _ = writeln!(
+            out,
+            "  {sink:<10} {target:<20} {n} change(s), first {}, last {}",
+            when(first),
+            when(last)
+        );
+    }
+    out
+}

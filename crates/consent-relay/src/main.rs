@@ -142,6 +142,9 @@ enum LedgerCommand {
         #[arg(long)]
         json: bool,
     },
+    /// For a data-subject request: the proof of each consent decision and every recipient the
+    /// person's data went to.
+    Audit { subject_id: String },
 }
 
 fn main() -> ExitCode {
@@ -223,6 +226,14 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
                     csv(&s.source)
                 );
             }
+            Ok(())
+        }
+        Command::Ledger {
+            command: LedgerCommand::Audit { subject_id },
+        } => {
+            let ledger = relay_ledger::open(&config.ledger.url).await?;
+            let report = relay_ledger::Ledger::subject_report(&ledger, &subject_id).await?;
+            print!("{}", ledger_report::to_audit(&subject_id, &report));
             Ok(())
         }
         Command::Ledger {

@@ -308,6 +308,14 @@ async fn the_binary_relays_exports_metrics_and_leaks_no_pii() {
         "both granted: nobody to suppress"
     );
 
+    let audit = output(relay(&s.config, &["ledger", "audit", "bin-0"]));
+    assert!(
+        audit.contains("ConsentGranted for newsletter via web-form (notice nl-1)"),
+        "{audit}"
+    );
+    assert!(audit.contains("hubspot    newsletter"), "{audit}");
+    assert_no_pii("ledger audit", &audit);
+
     let shown = output(relay(&s.config, &["ledger", "show", "bin-0"]));
     assert!(shown.contains("applied"), "{shown}");
     assert_no_pii("ledger show", &shown);
