@@ -52,7 +52,9 @@ ON CONFLICT (event_id, sink, target) DO UPDATE SET
     attempts = excluded.attempts,
     updated_at_ms = excluded.updated_at_ms";
 
-/// Binds: event_id, sink, target, subject_id, status, error_class, error, now.
+/// Binds: event_id, sink, target, subject_id, status, error_class, error, now. A delivery that
+/// reached its downstream (or the DLQ) is never relabelled superseded: that happens when a batch
+/// that was applied but not committed comes back together with a newer event.
 pub(crate) const UPSERT_FINISHED: &str = "INSERT INTO deliveries
     (event_id, sink, target, subject_id, status, attempts, error_class, error, created_at_ms,
      updated_at_ms)
@@ -61,7 +63,9 @@ ON CONFLICT (event_id, sink, target) DO UPDATE SET
     status = excluded.status,
     error_class = excluded.error_class,
     error = excluded.error,
-    updated_at_ms = excluded.updated_at_ms";
+    updated_at_ms = excluded.updated_at_ms
+WHERE excluded.status <> 'superseded'
+    OR deliveries.status NOT IN ('applied', 'already_applied', 'dead_lettered')";
 
 pub(crate) const INSERT_REJECTION: &str = r#"INSERT INTO rejections
     (sink, topic, "partition", "offset", event_id, subject_id, code, message, recorded_at_ms)

@@ -52,6 +52,7 @@ suite!(
     migrations_are_idempotent,
     concurrent_claims_keep_the_newest_version,
     suppression_list_follows_the_newest_decision_per_subject,
+    an_applied_delivery_is_never_relabelled_superseded,
 );
 
 const HUBSPOT: &str = "hubspot";
@@ -727,4 +728,26 @@ async fn suppression_list_follows_the_newest_decision_per_subject(url: &str) {
     assert!(list
         .iter()
         .all(|s| s.email_sha256.as_deref().is_some_and(|h| h.len() == 64)));
+}
+
+async fn an_applied_delivery_is_never_relabelled_superseded(url: &str) {
+    let l = open(url).await.unwrap();
+    // Applied but not committed; redelivered with a newer event, in-batch coalescing then calls
+    // it superseded. The record must keep what really happened.
+    let c = fresh("s1", NEWSLETTER, Action::Grant, 100);
+    assert_eq!(decide_one(&l, &c).await, proceed(1));
+    l.finish(&[finish(&c, Status::Applied)]).await.unwrap();
+    l.finish(&[finish(&c, Status::Superseded)]).await.unwrap();
+    assert_eq!(
+        delivery(&report(&l, "s1").await, &c.key).status,
+        Status::Applied
+    );
+    // A delivery still in flight may be superseded.
+    let d = fresh("s1", NEWSLETTER, Action::Withdraw, 200);
+    assert_eq!(decide_one(&l, &d).await, proceed(1));
+    l.finish(&[finish(&d, Status::Superseded)]).await.unwrap();
+    assert_eq!(
+        delivery(&report(&l, "s1").await, &d.key).status,
+        Status::Superseded
+    );
 }
