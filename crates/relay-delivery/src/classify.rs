@@ -29,12 +29,26 @@ pub fn classify_status(
 /// Maps a transport error (no HTTP status) to an outcome: timeouts and connection failures are
 /// retryable; a request we could not even build is permanent.
 pub fn classify_transport(err: &reqwest::Error) -> Outcome {
+    // reqwest's own message names the URL, and some APIs put an email address in the path: the
+    // reason (logged, stored, dead-lettered) says what failed and why, never where.
+    let kind = if err.is_timeout() {
+        "timeout"
+    } else if err.is_connect() {
+        "connection failed"
+    } else if err.is_body() || err.is_decode() {
+        "response body failed"
+    } else {
+        "request failed"
+    };
+    let cause = std::error::Error::source(err)
+        .map(|c| format!(": {c}"))
+        .unwrap_or_default();
     if err.is_builder() {
-        Outcome::permanent(format!("request could not be built: {err}"))
+        Outcome::permanent(format!("request could not be built{cause}"))
     } else {
         // Timeouts, refused or reset connections, broken bodies: the downstream may be fine a
         // moment later.
-        Outcome::retryable(format!("transport error: {err}"))
+        Outcome::retryable(format!("transport error: {kind}{cause}"))
     }
 }
 
@@ -101,6 +115,29 @@ mod tests {
             }
             other => panic!("expected retryable, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn transport_reasons_never_carry_the_url() {
+        // Nothing listens on port 9 of loopback: the connection is refused.
+        let err = reqwest::Client::new()
+            .get("http://127.0.0.1:9/contacts/max%40example.de")
+            .send()
+            .await
+            .unwrap_err();
+        let outcome = classify_transport(&err);
+        assert_eq!(outcome.class(), "retryable");
+        let Outcome::Retryable { reason, .. } = outcome else {
+            unreachable!()
+        };
+        assert!(
+            reason.starts_with("transport error: connection failed"),
+            "{reason}"
+        );
+        assert!(
+            !reason.contains("example.de") && !reason.contains("/contacts"),
+            "{reason}"
+        );
     }
 
     #[test]
