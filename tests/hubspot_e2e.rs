@@ -404,3 +404,31 @@ async fn a_late_global_unsubscribe_does_not_undo_a_newer_grant() {
     assert!(!h.fake.unsubscribed_from_all(&email_of("lutz")));
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_without_email_still_stops_an_older_grant() {
+    let h = Harness::new().await;
+    let relay = h.start();
+    // The withdrawal cannot reach HubSpot (no email: dead-lettered), but the person's decision
+    // stands: a grant given before it and delivered after it must not subscribe them.
+    let mut withdrawal = withdraw("mona", T0 + 1_000, "newsletter");
+    withdrawal.contact.email = None;
+    h.publish(std::slice::from_ref(&withdrawal)).await;
+    assert_eq!(
+        wait_for_final(&h, "mona", withdrawal.event_id).await,
+        Status::DeadLettered
+    );
+    let older = grant("mona", T0, "newsletter");
+    h.publish(std::slice::from_ref(&older)).await;
+    assert_eq!(
+        wait_for_final(&h, "mona", older.event_id).await,
+        Status::Superseded
+    );
+    assert_eq!(
+        status_of(&h, "mona", NEWSLETTER),
+        None,
+        "nothing was sent to HubSpot"
+    );
+    assert_eq!(h.report("mona").await.rejections.len(), 1);
+    relay.stop().await;
+}

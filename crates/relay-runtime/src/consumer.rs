@@ -1,6 +1,6 @@
 //! One sink's consumer: read a batch, decide every event's fate, make it durable, then commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -154,8 +154,13 @@ impl<L: Ledger> SinkWorker<L> {
         let consumer = Arc::new(self.create_consumer(rebalanced.clone())?);
         // Tied to this future: if the worker is dropped (crash, abort), the refresher goes too and
         // releases the consumer, so the group can hand its partitions to someone else.
+        let probe = Arc::new(
+            crate::lag::probe(&self.kafka, &self.kafka.group_id(self.name()))
+                .map_err(RuntimeError::Kafka)?,
+        );
         let lag_refresher = AbortOnDropHandle::new(tokio::spawn(refresh_lag(
-            consumer.clone(),
+            Arc::downgrade(&consumer),
+            probe,
             self.name().to_owned(),
             self.kafka.group_id(self.name()),
             self.telemetry.clone(),
@@ -165,12 +170,17 @@ impl<L: Ledger> SinkWorker<L> {
         info!(sink = self.name(), group = %self.kafka.group_id(self.name()), topics = ?self.kafka.topics, "consumer started");
         let mut last_message = Instant::now();
         let mut assigned_at = None;
+        let mut last_commit = None;
         loop {
-            let Some(batch) = self
+            let batch = match self
                 .collect_batch(&consumer, &shutdown, &mut last_message, &mut assigned_at)
-                .await?
-            else {
-                break;
+                .await
+            {
+                Ok(Some(batch)) => batch,
+                // Shutdown while the schema registry was being waited for: nothing of this batch
+                // was decided, so nothing is committed.
+                Ok(None) | Err(RuntimeError::ShutdownDuringDecode) => break,
+                Err(e) => return Err(e),
             };
             if batch.is_empty() {
                 continue;
@@ -183,7 +193,7 @@ impl<L: Ledger> SinkWorker<L> {
             let processed = self.process(&batch, &shutdown).await;
             self.telemetry.set_oldest_unapplied(self.name(), None);
             match processed {
-                Ok(()) => self.commit(&consumer, &batch),
+                Ok(()) => last_commit = Some(self.commit(&consumer, &batch)),
                 Err(Abandoned) => {
                     info!(
                         sink = self.name(),
@@ -197,10 +207,12 @@ impl<L: Ledger> SinkWorker<L> {
                 break;
             }
         }
-        // The last commit was asynchronous; make it land before the group forgets us.
-        let c = consumer.clone();
-        let _ =
-            tokio::task::spawn_blocking(move || c.commit_consumer_state(CommitMode::Sync)).await;
+        // Commits are asynchronous; repeat the last one synchronously so that it has landed before
+        // the group hands the partitions to someone else.
+        if let Some(tpl) = last_commit {
+            let c = consumer.clone();
+            let _ = tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync)).await;
+        }
         drop(lag_refresher);
         self.telemetry.set_assigned(self.name(), false);
         self.telemetry
@@ -311,6 +323,14 @@ impl<L: Ledger> SinkWorker<L> {
         let mut not_routed = Vec::new();
         let mut items: Vec<SinkItem> = Vec::new();
         let mut origin_of: BTreeMap<uuid::Uuid, Origin> = BTreeMap::new();
+        // Withdrawals this sink cannot apply (no email): dead-lettered, but their decision still
+        // enters the version rule, so that an older grant arriving later cannot re-subscribe.
+        let mut unapplicable: Vec<(SinkItem, String)> = Vec::new();
+        let replays: BTreeSet<uuid::Uuid> = batch
+            .iter()
+            .filter(|r| r.replay_for.is_some())
+            .filter_map(|r| r.decoded.as_ref().ok().map(|e| e.event_id))
+            .collect();
 
         for (index, r) in batch.iter().enumerate() {
             if r.replay_for.as_deref().is_some_and(|s| s != sink) {
@@ -331,6 +351,16 @@ impl<L: Ledger> SinkWorker<L> {
                 }
                 Routed::Rejected(why) => {
                     consent_log.push(consent_record(event, &r.msg));
+                    if event.action() != relay_events::Action::Grant {
+                        let lenient = Routes {
+                            requires_email: false,
+                            ..self.routes.clone()
+                        };
+                        if let Routed::Items(routed) = route::route(event, &lenient) {
+                            unapplicable
+                                .extend(routed.into_iter().map(|i| (i, why.message.clone())));
+                        }
+                    }
                     rejected.push((index, why));
                 }
                 Routed::Elsewhere => {
@@ -375,6 +405,11 @@ impl<L: Ledger> SinkWorker<L> {
             .await?;
         }
 
+        if !unapplicable.is_empty() {
+            self.record_unapplicable(unapplicable, &replays, shutdown)
+                .await?;
+        }
+
         let plan = route::plan(items);
         self.count("not_routed", not_routed.len());
         self.count("superseded", plan.superseded.len());
@@ -397,7 +432,8 @@ impl<L: Ledger> SinkWorker<L> {
         }
 
         for wave in plan.waves {
-            self.apply(wave, batch, &origin_of, shutdown).await?;
+            self.apply(wave, batch, &origin_of, &replays, shutdown)
+                .await?;
         }
         debug!(sink = %sink, events = batch.len(), rejected = rejected.len(), "batch durable");
         Ok(())
@@ -410,14 +446,10 @@ impl<L: Ledger> SinkWorker<L> {
         wave: Vec<SinkItem>,
         batch: &[Received],
         origin_of: &BTreeMap<uuid::Uuid, Origin>,
+        replays: &BTreeSet<uuid::Uuid>,
         shutdown: &CancellationToken,
     ) -> Result<(), Abandoned> {
         let sink = self.name().to_owned();
-        let replays: std::collections::BTreeSet<uuid::Uuid> = origin_of
-            .iter()
-            .filter(|(_, o)| batch[o.index].replay_for.is_some())
-            .map(|(id, _)| *id)
-            .collect();
         let mut pending = wave;
         let mut schedule = RetrySchedule::new(&self.retry);
         let mut attempt = 0u32;
@@ -426,18 +458,23 @@ impl<L: Ledger> SinkWorker<L> {
         let mut narrowed = Vec::new();
         loop {
             let to_send = self
-                .claim(pending, &replays, &mut narrowed, shutdown)
+                .claim(pending, replays, &mut narrowed, shutdown)
                 .await?;
             if to_send.is_empty() {
                 return self.finish_narrowed(&narrowed, shutdown).await;
             }
             attempt += 1;
-            let outcomes = self.sink.deliver(&to_send).await;
-            assert_eq!(
-                outcomes.len(),
-                to_send.len(),
-                "sink {sink} broke the one-outcome-per-item contract"
-            );
+            let mut outcomes = self.sink.deliver(&to_send).await;
+            if outcomes.len() != to_send.len() {
+                // A sink bug must not crash the other sinks, nor drop anything: hold the batch
+                // and open the circuit, so it is visible and alerted on.
+                let reason = format!(
+                    "sink returned {} outcomes for {} items (a bug in the sink)",
+                    outcomes.len(),
+                    to_send.len()
+                );
+                outcomes = vec![Outcome::Refused { reason }; to_send.len()];
+            }
 
             let mut finished = Vec::new();
             let mut retry = Vec::new();
@@ -445,6 +482,7 @@ impl<L: Ledger> SinkWorker<L> {
             let mut last_reason = String::new();
             let mut refused = None;
             for (item, outcome) in to_send.into_iter().zip(outcomes) {
+                let outcome = scrubbed(outcome, &item.event.contact);
                 let k = key(&sink, &item);
                 let subject_id = item.event.subject_id.clone();
                 self.count_outcome(&outcome);
@@ -461,6 +499,16 @@ impl<L: Ledger> SinkWorker<L> {
                         error: None,
                     }),
                     Outcome::Permanent { reason } => {
+                        // A whole-subject withdrawal applied per purpose is not done while one of
+                        // its purposes is dead-lettered; a replay then decides it again.
+                        if let Some(whole) = narrowed
+                            .iter_mut()
+                            .find(|f| f.key.event_id == item.event.event_id)
+                        {
+                            whole.status = Status::DeadLettered;
+                            whole.error_class = Some("permanent".to_owned());
+                            whole.error = Some(format!("{}: {reason}", item.target.key()));
+                        }
                         let why = Rejected {
                             code: "downstream_permanent".to_owned(),
                             message: reason.clone(),
@@ -587,6 +635,49 @@ impl<L: Ledger> SinkWorker<L> {
             items = per_purpose;
         }
         Ok(to_send)
+    }
+
+    /// Claims withdrawals this sink cannot apply (so the version rule knows them) and records them
+    /// dead-lettered; their messages are already in the DLQ.
+    async fn record_unapplicable(
+        &self,
+        items: Vec<(SinkItem, String)>,
+        replays: &BTreeSet<uuid::Uuid>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let reasons: BTreeMap<uuid::Uuid, String> = items
+            .iter()
+            .map(|(i, r)| (i.event.event_id, r.clone()))
+            .collect();
+        let mut narrowed = Vec::new();
+        let claimed = self
+            .claim(
+                items.into_iter().map(|(i, _)| i).collect(),
+                replays,
+                &mut narrowed,
+                shutdown,
+            )
+            .await?;
+        let mut rows: Vec<Finish> = claimed
+            .iter()
+            .map(|item| Finish {
+                key: key(self.name(), item),
+                subject_id: item.event.subject_id.clone(),
+                status: Status::DeadLettered,
+                error_class: Some("missing_email".to_owned()),
+                error: reasons.get(&item.event.event_id).cloned(),
+            })
+            .collect();
+        for mut whole in narrowed {
+            whole.status = Status::DeadLettered;
+            whole.error_class = Some("missing_email".to_owned());
+            rows.push(whole);
+        }
+        if !rows.is_empty() {
+            self.durable("finish", shutdown, || self.ledger.finish(&rows))
+                .await?;
+        }
+        Ok(())
     }
 
     async fn finish_narrowed(
@@ -735,7 +826,7 @@ impl<L: Ledger> SinkWorker<L> {
 
     /// Commits, per partition, the offset after the batch's last message. Everything in the batch
     /// is durable by now; a commit that fails only means redelivery, which the ledger recognises.
-    fn commit(&self, consumer: &RelayConsumer, batch: &[Received]) {
+    fn commit(&self, consumer: &RelayConsumer, batch: &[Received]) -> TopicPartitionList {
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for r in batch {
             let e = next
@@ -752,6 +843,7 @@ impl<L: Ledger> SinkWorker<L> {
         if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
             warn!(sink = self.name(), error = %e, "commit failed; the batch will be redelivered and recognised");
         }
+        tpl
     }
 }
 
@@ -803,7 +895,8 @@ fn rejection(sink: &str, msg: &OwnedMessage, why: &Rejected) -> Rejection {
 /// every rebalance, from the broker's log end offsets and the group's committed offsets; partitions
 /// no longer assigned are removed, never left stale.
 async fn refresh_lag(
-    consumer: Arc<RelayConsumer>,
+    consumer: std::sync::Weak<RelayConsumer>,
+    probe: Arc<rdkafka::consumer::BaseConsumer>,
     sink: String,
     group: String,
     telemetry: Telemetry,
@@ -815,12 +908,21 @@ async fn refresh_lag(
             _ = rebalanced.notified() => {}
             _ = tokio::time::sleep(every) => {}
         }
-        let (c, g) = (consumer.clone(), group.clone());
-        let lags = tokio::task::spawn_blocking(move || {
-            let assignment = c.assignment()?;
-            crate::lag::lag_of(c.as_ref(), &g, &assignment)
-        })
-        .await;
+        // Only the (instant) assignment comes from the group member, and only a weak reference is
+        // kept: broker round trips go through a separate client, so a crashed or stopping worker
+        // releases its partitions at once instead of after a slow lag query.
+        let assignment = match consumer.upgrade().map(|c| c.assignment()) {
+            Some(Ok(a)) => a,
+            Some(Err(e)) => {
+                debug!(sink = %sink, error = %e, "no assignment; keeping the last lag values");
+                continue;
+            }
+            None => return,
+        };
+        let (p, g) = (probe.clone(), group.clone());
+        let lags =
+            tokio::task::spawn_blocking(move || crate::lag::lag_of(p.as_ref(), &g, &assignment))
+                .await;
         let lags = match lags {
             Ok(Ok(lags)) => lags,
             Ok(Err(e)) => {
@@ -851,5 +953,79 @@ async fn refresh_lag(
                 l.lag as f64,
             );
         }
+    }
+}
+
+/// Removes the item's own contact data from a downstream's reason: reasons are logged, stored in
+/// the ledger and put in DLQ headers, and vendors echo what they rejected (names, phone numbers).
+fn scrubbed(outcome: Outcome, contact: &relay_events::Contact) -> Outcome {
+    let scrub = |reason: String| {
+        let values = [
+            &contact.email,
+            &contact.phone,
+            &contact.first_name,
+            &contact.last_name,
+            &contact.street,
+            &contact.postal_code,
+            &contact.city,
+        ];
+        let mut reason = values
+            .into_iter()
+            .flatten()
+            .filter(|v| v.trim().len() >= 3)
+            .fold(reason, |r, v| r.replace(v.trim(), "<redacted>"));
+        // Short values (a two-letter name) only as whole words, not inside other words.
+        for v in values.into_iter().flatten().filter(|v| {
+            let len = v.trim().len();
+            (1..3).contains(&len)
+        }) {
+            reason = reason
+                .split(' ')
+                .map(|w| if w == v.trim() { "<redacted>" } else { w })
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
+        relay_delivery::redact_emails(&reason)
+    };
+    match outcome {
+        Outcome::Retryable { after, reason } => Outcome::Retryable {
+            after,
+            reason: scrub(reason),
+        },
+        Outcome::Permanent { reason } => Outcome::Permanent {
+            reason: scrub(reason),
+        },
+        Outcome::Refused { reason } => Outcome::Refused {
+            reason: scrub(reason),
+        },
+        done => done,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay_events::Contact;
+
+    #[test]
+    fn reasons_lose_the_items_own_contact_data() {
+        let contact = Contact {
+            email: Some("erika@example.de".into()),
+            phone: Some("+49 30 1234567".into()),
+            first_name: Some("Li".into()),
+            last_name: Some("Mustermann".into()),
+            ..Contact::default()
+        };
+        let echoed = Outcome::permanent(
+            "phone +49 30 1234567 of Li Mustermann (erika@example.de) is invalid; Lisbon office",
+        );
+        let Outcome::Permanent { reason } = scrubbed(echoed, &contact) else {
+            unreachable!()
+        };
+        assert_eq!(
+            reason,
+            "phone <redacted> of <redacted> <redacted> (<redacted>) is invalid; Lisbon office"
+        );
+        assert_eq!(scrubbed(Outcome::Applied, &contact), Outcome::Applied);
     }
 }

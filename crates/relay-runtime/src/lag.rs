@@ -95,6 +95,12 @@ pub fn describe(
     Ok(lags)
 }
 
+/// A client that reads `group`'s committed offsets and the log end offsets without joining the
+/// group.
+pub(crate) fn probe(kafka: &KafkaConfig, group: &str) -> KafkaResult<BaseConsumer> {
+    client(kafka, group).create()
+}
+
 fn client(kafka: &KafkaConfig, group: &str) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &kafka.bootstrap_servers)
