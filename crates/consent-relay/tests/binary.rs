@@ -147,20 +147,32 @@ async fn get(url: &str) -> (u16, String) {
     }
 }
 
-fn stop(mut child: Child) -> String {
+/// A running relay whose stderr is drained as it is written: with `RUST_LOG=trace` the logs
+/// outgrow a pipe's buffer, and a relay blocked on a full pipe would never get to exit.
+struct Running {
+    child: Child,
+    logs: std::thread::JoinHandle<String>,
+}
+
+fn start(mut command: Command) -> Running {
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut logs = String::new();
+        stderr.read_to_string(&mut logs).unwrap();
+        logs
+    });
+    Running { child, logs }
+}
+
+fn stop(mut running: Running) -> String {
     Command::new("kill")
         .arg("-TERM")
-        .arg(child.id().to_string())
+        .arg(running.child.id().to_string())
         .status()
         .unwrap();
-    let status = child.wait().unwrap();
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
+    let status = running.child.wait().unwrap();
+    let logs = running.logs.join().unwrap();
     assert!(status.success(), "exit after SIGTERM: {status:?}\n{logs}");
     logs
 }
@@ -211,12 +223,9 @@ async fn the_binary_relays_exports_metrics_and_leaks_no_pii() {
     let published = output(relay(&s.config, &["publish", input.to_str().unwrap()]));
     assert!(published.contains("published 2 event(s)"), "{published}");
 
-    let child = relay(&s.config, &["--log-format", "json", "run"])
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut command = relay(&s.config, &["--log-format", "json", "run"]);
+    command.env("RUST_LOG", "trace").stdout(Stdio::null());
+    let child = start(command);
 
     let mut applied = false;
     for _ in 0..600 {
