@@ -1,10 +1,10 @@
 //! Normalization and hashing of identifiers. Pure functions; per-platform rules live here too so
 //! that they can be table-tested against the vendors' published examples.
 //!
-//! Each ad platform normalizes differently before hashing (api-notes §0.2, §0.3), so there is one
-//! function per platform and identifier, and a hash made for one platform is never sent to another.
-//! Every function returns `None` for input it cannot normalize; callers must then send nothing for
-//! that identifier rather than a raw or half-normalized value.
+//! Each ad platform normalizes differently before hashing (docs/vendors/README.md §0.2, §0.3), so
+//! there is one function per platform and identifier, and a hash made for one platform is never
+//! sent to another. Every function returns `None` for input it cannot normalize; callers must then
+//! send nothing for that identifier rather than a raw or half-normalized value.
 
 use sha2::{Digest, Sha256};
 
@@ -43,7 +43,8 @@ pub fn meta_phone(raw: &str) -> Option<String> {
 
 /// Google Data Manager (`emailAddress`): all whitespace removed, lowercase; for gmail.com and
 /// googlemail.com every `.` before the `@` is removed and, when `remove_plus_suffix` is set, a
-/// `+tag` too. Google's doc versions disagree on the `+tag` rule (api-notes §0.3), hence the flag.
+/// `+tag` too. Google's doc versions disagree on the `+tag` rule (docs/vendors/README.md §0.3),
+/// hence the flag.
 pub fn google_email(raw: &str, remove_plus_suffix: bool) -> Option<String> {
     let compact: String = raw
         .chars()
@@ -69,12 +70,12 @@ pub fn google_phone(raw: &str) -> Option<String> {
 }
 
 /// LinkedIn (`SHA256_EMAIL`): LinkedIn documents no rule beyond "HEX encoded string with length =
-/// 64" (api-notes §4), so the rule every platform agrees on: trim and lowercase.
+/// 64" (docs/vendors/linkedin.md §4), so the rule every platform agrees on: trim and lowercase.
 pub fn linkedin_email(raw: &str) -> Option<String> {
     address(email(raw))
 }
 
-/// X (`email`): "lowercase, remove leading and trailing spaces" (api-notes §5).
+/// X (`email`): "lowercase, remove leading and trailing spaces" (docs/vendors/x.md §5).
 pub fn x_email(raw: &str) -> Option<String> {
     address(email(raw))
 }
@@ -154,7 +155,7 @@ mod tests {
             assert_eq!(meta_email(padded).as_deref(), Some("a@b.de"), "{padded:?}");
         }
         // "Trim leading, trail whitespace, and convert all characters to lowercase" (Meta's table,
-        // api-notes §2); sha256sum of "max.mustermann@example.de".
+        // docs/vendors/meta.md §2); sha256sum of "max.mustermann@example.de".
         assert_eq!(
             hashed(meta_email(" Max.Mustermann@Example.DE ")),
             "3b128ad4c64aa69af51af3b20b35d7e336ac6046bee10c6130cada27545d3e4a"
@@ -164,8 +165,8 @@ mod tests {
     #[test]
     fn meta_phone_golden() {
         // Meta Business Help Centre 2082575038703844 ("How to format a customer list") lists
-        // "+44 844 412 4653" as an accepted phone; Meta's rule (api-notes §2): "Remove symbols,
-        // letters, and any leading zeroes", no '+'. sha256sum of "448444124653"; Snap's
+        // "+44 844 412 4653" as an accepted phone; Meta's rule (docs/vendors/meta.md §2): "Remove
+        // symbols, letters, and any leading zeroes", no '+'. sha256sum of "448444124653"; Snap's
         // Conversions API parameter docs publish the same digest for the same number.
         assert_eq!(
             meta_phone("+44 844 412 4653").as_deref(),
@@ -300,8 +301,8 @@ mod tests {
 
     #[test]
     fn linkedin_email_is_trimmed_lowercase() {
-        // LinkedIn publishes no example (api-notes §4, UNCONFIRMED rule): trim and lowercase,
-        // hashed by sha256sum of "max.mustermann@example.de". Gmail dots are kept.
+        // LinkedIn publishes no example (docs/vendors/linkedin.md §4, UNCONFIRMED rule): trim and
+        // lowercase, hashed by sha256sum of "max.mustermann@example.de". Gmail dots are kept.
         assert_eq!(
             hashed(linkedin_email(" Max.Mustermann@Example.DE ")),
             "3b128ad4c64aa69af51af3b20b35d7e336ac6046bee10c6130cada27545d3e4a"

@@ -4,13 +4,16 @@ use std::fmt;
 use relay_delivery::{ConfigError, ConfigProblems, DestinationConfig};
 use serde::{Deserialize, Deserializer};
 
-/// Meta accepts at most 10 000 rows per `/users` call (api-notes §2).
+/// Meta accepts at most 10 000 rows per `/users` call (docs/vendors/meta.md §2).
 const META_MAX_ROWS: usize = 10_000;
-/// Google accepts at most 10 000 audience members per ingest or remove request (api-notes §3a).
+/// Google accepts at most 10 000 audience members per ingest or remove request
+/// (docs/vendors/google.md §3a).
 const GOOGLE_MAX_MEMBERS: usize = 10_000;
-/// LinkedIn documents no batch limit (api-notes §4); more than this in one request is surely a typo.
+/// LinkedIn documents no batch limit (docs/vendors/linkedin.md §4); more than this in one request
+/// is surely a typo.
 const LINKEDIN_MAX_USERS_CEILING: usize = 10_000;
-/// X accepts at most 2 500 operations per request (api-notes §5); we send one user per operation.
+/// X accepts at most 2 500 operations per request (docs/vendors/x.md §5); we send one user per
+/// operation.
 const X_MAX_USERS: usize = 2_500;
 
 /// The `[sinks.audiences]` section of the config file.
@@ -122,7 +125,7 @@ pub struct GoogleAudience {
     /// The user list id (`productDestinationId`).
     pub product_destination_id: String,
     /// Whether `+tag` is removed from gmail.com and googlemail.com addresses before hashing, as
-    /// the newer versions of Google's formatting guide ask (api-notes §0.3).
+    /// the newer versions of Google's formatting guide ask (docs/vendors/README.md §0.3).
     #[serde(default = "yes")]
     pub remove_gmail_plus_suffix: bool,
     /// The purposes whose grant means the person consented to `ad_user_data` and
@@ -158,9 +161,10 @@ pub struct LinkedInAudience {
     /// The `LinkedIn-Version` header, `YYYYMM`. LinkedIn sunsets each version after about a year
     /// (HTTP 426), so there is no default to go stale.
     pub linkedin_version: String,
-    /// Users per batch request. LinkedIn does not document a limit (api-notes §4, UNCONFIRMED);
-    /// 1 000 keeps a request small enough that an undocumented limit is unlikely to bite and a
-    /// failed request retries little, while 600 requests a minute still move 600 000 users.
+    /// Users per batch request. LinkedIn does not document a limit (docs/vendors/linkedin.md §4,
+    /// UNCONFIRMED); 1 000 keeps a request small enough that an undocumented limit is unlikely to
+    /// bite and a failed request retries little, while 600 requests a minute still move 600 000
+    /// users.
     #[serde(default = "linkedin_max_users")]
     pub max_users_per_request: usize,
     /// Rate limit, daily budget, concurrency and timeout of this member. Defaults to LinkedIn's

@@ -1,5 +1,6 @@
-//! Google Customer Match through the Data Manager API (api-notes §3a): `audienceMembers:ingest`
-//! adds with both ad consents granted, `audienceMembers:remove` removes; hashes hex-encoded.
+//! Google Customer Match through the Data Manager API (docs/vendors/google.md §3a):
+//! `audienceMembers:ingest` adds with both ad consents granted, `audienceMembers:remove` removes;
+//! hashes hex-encoded.
 
 use relay_delivery::{classify_status, Outcome, Reply};
 use reqwest::Method;

@@ -1,4 +1,4 @@
-//! LinkedIn Matched Audiences (api-notes §4): a Rest.li `BATCH_CREATE` on
+//! LinkedIn Matched Audiences (docs/vendors/linkedin.md §4): a Rest.li `BATCH_CREATE` on
 //! `/rest/dmpSegments/{id}/users` with one `ADD` or `REMOVE` element per user, answered with one
 //! status per element.
 
@@ -43,7 +43,7 @@ pub fn call(a: &LinkedInAudience, op: Op, batch: &[Member]) -> HttpCall {
 
 /// Maps LinkedIn's answer to a request of `sent` users: per element when the batch went through,
 /// else one outcome for all. Re-adding a member or removing an absent one is a 201 "by design"
-/// (api-notes §0.6), so every 2xx element is applied.
+/// (docs/vendors/README.md §0.6), so every 2xx element is applied.
 pub fn answer(reply: &Reply, sent: usize) -> Answer {
     if !reply.is_success() {
         let body = String::from_utf8_lossy(&reply.body);

@@ -1,4 +1,4 @@
-//! Meta Custom Audiences (api-notes §2): `POST` adds and `DELETE` removes on
+//! Meta Custom Audiences (docs/vendors/meta.md §2): `POST` adds and `DELETE` removes on
 //! `/{api_version}/{audience_id}/users`, hashed rows in the `payload` form parameter.
 
 use std::time::Duration;
@@ -17,7 +17,7 @@ use crate::request::{excerpt, Answer, Body, HttpCall, Member, Op};
 const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(60);
 
 /// Meta's subcode for an audience whose uploads are blocked until its restrictions are resolved
-/// (api-notes §2, "Flagged audience").
+/// (docs/vendors/meta.md §2, "Flagged audience").
 const AUDIENCE_UPLOAD_BLOCKED: i64 = 1_713_230;
 
 /// Where one request stands in a multi-request upload, so that Meta can tie the batches together.
@@ -175,7 +175,7 @@ fn error_answer(reply: &Reply, error: &GraphError, sent: usize) -> Answer {
 }
 
 /// Application (4), user (17) and ad-account (613) request limits, and the business-use-case
-/// throttles 80000–80014 (api-notes §2).
+/// throttles 80000–80014 (docs/vendors/meta.md §2).
 fn is_rate_limit(code: i64) -> bool {
     matches!(code, 4 | 17 | 613 | 80_000..=80_014)
 }

@@ -1,4 +1,4 @@
-//! X Ads custom audiences (api-notes §5): a JSON array of `Update` / `Delete` operations on
+//! X Ads custom audiences (docs/vendors/x.md §5): a JSON array of `Update` / `Delete` operations on
 //! `/{version}/accounts/{account_id}/custom_audiences/{id}/users`, all-or-nothing per request.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -73,7 +73,7 @@ pub fn answer(reply: &Reply, sent: usize) -> Answer {
             Ok(c) if c.success_count == c.total_count && c.total_count == sent as u64 => {
                 Answer::applied(sent)
             }
-            // "Should be treated as an error condition, requiring a retry" (api-notes §5).
+            // "Should be treated as an error condition, requiring a retry" (docs/vendors/x.md §5).
             Ok(c) => Answer::all(
                 Outcome::retryable(format!(
                     "X processed {} of {} records; {sent} were sent",

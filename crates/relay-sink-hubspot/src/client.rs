@@ -13,7 +13,8 @@ use crate::request::{self, Call, ContactInput};
 
 /// HubSpot's `setStatusSuccessReason` for a write that changed nothing.
 const NO_STATUS_CHANGE: &str = "NO_STATUS_CHANGE";
-/// `policyName` of a 429 from the burst limit, and of one from the daily limit (api-notes §1f).
+/// `policyName` of a 429 from the burst limit, and of one from the daily limit
+/// (docs/vendors/hubspot.md §1f).
 const TEN_SECONDLY_ROLLING: &str = "TEN_SECONDLY_ROLLING";
 const DAILY: &str = "DAILY";
 /// HubSpot's burst window, waited out when a reply does not name its own.
@@ -176,8 +177,8 @@ impl HubSpotSink {
     ) -> Outcome {
         let mut retry_after = reply.header("retry-after").map(str::to_owned);
         if reply.status == 429 && retry_after.is_none() {
-            // HubSpot does not document Retry-After on 429s (api-notes §1f); its SDK waits out
-            // the window the policy names.
+            // HubSpot does not document Retry-After on 429s (docs/vendors/hubspot.md §1f); its SDK
+            // waits out the window the policy names.
             let wait = match error.policy_name.as_deref() {
                 Some(TEN_SECONDLY_ROLLING) => {
                     self.destination.pause_for(limits.interval());
@@ -318,8 +319,8 @@ fn correlation_suffix(correlation_id: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
-/// HubSpot's rate-limit headers (api-notes §1f). Search endpoints send none of the burst ones,
-/// OAuth apps none of the daily ones.
+/// HubSpot's rate-limit headers (docs/vendors/hubspot.md §1f). Search endpoints send none of the
+/// burst ones, OAuth apps none of the daily ones.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct RateLimitHeaders {
     remaining: Option<u64>,
@@ -348,7 +349,7 @@ impl RateLimitHeaders {
     }
 }
 
-/// HubSpot's error body (api-notes §1g); every field is optional.
+/// HubSpot's error body (docs/vendors/hubspot.md §1g); every field is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 struct ErrorBody {
@@ -386,7 +387,7 @@ impl ErrorBody {
     }
 }
 
-/// A batch envelope (api-notes §1c, §1d), reduced to what decides outcomes.
+/// A batch envelope (docs/vendors/hubspot.md §1c, §1d), reduced to what decides outcomes.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct BatchResponse<R> {

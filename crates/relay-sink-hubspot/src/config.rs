@@ -4,8 +4,8 @@ use std::fmt;
 use relay_delivery::{ConfigError, ConfigProblems, DestinationConfig};
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// HubSpot's own batch limit is undocumented (api-notes §1c); its legacy v1 batch endpoint caps at
-/// 1000, so a larger value is surely a typo.
+/// HubSpot's own batch limit is undocumented (docs/vendors/hubspot.md §1c); its legacy v1 batch
+/// endpoint caps at 1000, so a larger value is surely a typo.
 const MAX_INPUTS_CEILING: usize = 1000;
 
 /// The `[sinks.hubspot]` section of the config file.
@@ -64,7 +64,7 @@ pub struct PurposeConfig {
     pub create_contact: bool,
 }
 
-/// HubSpot's `legalBasis` values (api-notes §1b), spelled as HubSpot spells them.
+/// HubSpot's `legalBasis` values (docs/vendors/hubspot.md §1b), spelled as HubSpot spells them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum LegalBasis {

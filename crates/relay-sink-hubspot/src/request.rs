@@ -7,15 +7,16 @@ use serde_json::json;
 
 use crate::config::{ContactProperty, HubSpotConfig, LegalBasis};
 
-/// Creates or updates contacts by email (api-notes §1d).
+/// Creates or updates contacts by email (docs/vendors/hubspot.md §1d).
 pub const UPSERT_PATH: &str = "/crm/v3/objects/contacts/batch/upsert";
-/// Sets subscription statuses for many (contact, subscription type) pairs (api-notes §1c).
+/// Sets subscription statuses for many (contact, subscription type) pairs
+/// (docs/vendors/hubspot.md §1c).
 pub const BATCH_WRITE_PATH: &str = "/communication-preferences/v4/statuses/batch/write";
-/// Opts contacts out of all email (api-notes §1c). `channel` is documented for the single-contact
-/// variant only; sending it here too is harmless.
+/// Opts contacts out of all email (docs/vendors/hubspot.md §1c). `channel` is documented for the
+/// single-contact variant only; sending it here too is harmless.
 pub const UNSUBSCRIBE_ALL_PATH: &str =
     "/communication-preferences/v4/statuses/batch/unsubscribe-all?channel=EMAIL";
-/// Permanently deletes a contact and blocklists its address (api-notes §1e).
+/// Permanently deletes a contact and blocklists its address (docs/vendors/hubspot.md §1e).
 pub const GDPR_DELETE_PATH: &str = "/crm/v3/objects/contacts/gdpr-delete";
 
 /// The status a batch-write input asks for.

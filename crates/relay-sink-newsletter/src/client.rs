@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::config::{ListConfig, NewsletterConfig};
 use crate::request::{self, Call, Op};
 
-/// Brevo's rate-limit headers (api-notes §6); `reset` is in seconds.
+/// Brevo's rate-limit headers (docs/vendors/brevo.md §6); `reset` is in seconds.
 const BREVO_REMAINING: &str = "x-sib-ratelimit-remaining";
 const BREVO_RESET: &str = "x-sib-ratelimit-reset";
 
@@ -302,7 +302,7 @@ fn mailchimp_outcome(op: Op, reply: &Reply) -> MailchimpAnswer {
     }
 }
 
-/// Brevo's error body (api-notes §6).
+/// Brevo's error body (docs/vendors/brevo.md §6).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct BrevoError {
@@ -321,7 +321,7 @@ impl BrevoError {
     }
 }
 
-/// Mailchimp's `application/problem+json` error body (api-notes §6).
+/// Mailchimp's `application/problem+json` error body (docs/vendors/mailchimp.md §6).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct Problem {

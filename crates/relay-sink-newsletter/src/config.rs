@@ -35,7 +35,7 @@ pub enum ListConfig {
     Mailchimp(MailchimpList),
 }
 
-/// A Brevo contact list (api-notes §6).
+/// A Brevo contact list (docs/vendors/brevo.md §6).
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrevoList {
@@ -56,7 +56,7 @@ pub struct BrevoList {
     pub limits: DestinationConfig,
 }
 
-/// A Mailchimp audience (api-notes §6).
+/// A Mailchimp audience (docs/vendors/mailchimp.md §6).
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MailchimpList {

@@ -125,13 +125,14 @@ fn plan_item(
     Ok((email, calls))
 }
 
-/// Brevo (api-notes §6), one contact per request. The batch update (`POST /contacts/batch`) is
-/// all or nothing: one unknown address fails the whole batch with a 404 (sendinblue/APIv3-php-library
-/// #257), which would tie the fate of unrelated people together.
+/// Brevo (docs/vendors/brevo.md §6), one contact per request. The batch update
+/// (`POST /contacts/batch`) is all or nothing: one unknown address fails the whole batch with a
+/// 404 (sendinblue/APIv3-php-library #257), which would tie the fate of unrelated people together.
 ///
 /// No request ever carries `attributes`: Brevo renames a contact whose `EMAIL` attribute changes,
-/// and renaming a blocklisted contact lifts the blocklist and re-subscribes it (api-notes §6).
-/// Keeping contact data out of the requests also keeps the newsletter provider minimal.
+/// and renaming a blocklisted contact lifts the blocklist and re-subscribes it
+/// (docs/vendors/brevo.md §6). Keeping contact data out of the requests also keeps the newsletter
+/// provider minimal.
 fn brevo(op: Op, email: &str, list_id: i64) -> (Method, String, Option<Value>) {
     let contact = format!(
         "/contacts/{}?identifierType=email_id",
@@ -165,7 +166,8 @@ fn brevo(op: Op, email: &str, list_id: i64) -> (Method, String, Option<Value>) {
     }
 }
 
-/// Mailchimp (api-notes §6): upsert by subscriber hash, permanent delete on erasure.
+/// Mailchimp (docs/vendors/mailchimp.md §6): upsert by subscriber hash, permanent delete on
+/// erasure.
 fn mailchimp(op: Op, email: &str, list_id: &str) -> (Method, String, Option<Value>) {
     let member = format!("/lists/{list_id}/members/{}", subscriber_hash(email));
     let status = |s: &str| json!({ "email_address": email, "status": s, "status_if_new": s });

@@ -1,6 +1,6 @@
 //! A fake HubSpot: the v4 communication-preferences batch endpoints, the CRM contact batch upsert
 //! and GDPR delete, with the payload checks, auth, batch limit, rate limits, headers and error
-//! bodies of `api-notes.md` §1, on `127.0.0.1`.
+//! bodies of `docs/vendors/hubspot.md`, on `127.0.0.1`.
 //!
 //! Tests read its state (subscription statuses, contact properties, opt-outs, blocklist, how many
 //! changes each address saw, how many 429s it gave) and script failures (`push_response`), slow

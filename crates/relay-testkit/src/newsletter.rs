@@ -1,6 +1,6 @@
 //! Fake newsletter providers on `127.0.0.1`: Brevo (contacts with list memberships and the email
 //! blocklist) and Mailchimp (audience members by subscriber hash), with the auth, error bodies,
-//! rate limits and vendor states of `api-notes.md` §6.
+//! rate limits and vendor states of `docs/vendors/brevo.md` and `docs/vendors/mailchimp.md` §6.
 //!
 //! Tests read their state, script failures (`push_response`) and seed what a person did at the
 //! vendor directly (`insert_contact`, `set_member_status`). `GET /__fake/state` dumps the state as
@@ -42,7 +42,7 @@ pub use crate::recorded::{RecordedRequest, ScriptedResponse};
 
 /// `GET` path of the JSON state dump of either fake (not a vendor endpoint).
 pub const STATE_PATH: &str = "/__fake/state";
-/// Mailchimp's limit of simultaneous connections per account (api-notes §6).
+/// Mailchimp's limit of simultaneous connections per account (docs/vendors/mailchimp.md §6).
 const MAILCHIMP_MAX_CONNECTIONS: usize = 10;
 
 pub(crate) fn lock<T>(shared: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -519,7 +519,7 @@ fn contact_not_found() -> Response {
     )
 }
 
-/// Brevo's error body: `{"code","message"}` (api-notes §6).
+/// Brevo's error body: `{"code","message"}` (docs/vendors/brevo.md §6).
 fn brevo_error(status: StatusCode, code: &str, message: &str) -> Response {
     json_response(
         status,
@@ -937,7 +937,7 @@ fn invalid_resource(detail: &str) -> Response {
     problem(StatusCode::BAD_REQUEST, "Invalid Resource", detail)
 }
 
-/// Mailchimp's `application/problem+json` error (api-notes §6).
+/// Mailchimp's `application/problem+json` error (docs/vendors/mailchimp.md §6).
 fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
     json_response(
         status,

@@ -1,8 +1,8 @@
-//! A fake partner that receives Standard Webhooks v1 (api-notes §7) on `127.0.0.1`, the way a
-//! careful receiver would: it verifies the signature with its `whsec_` secret (401 otherwise),
-//! rejects timestamps more than 5 minutes off (400), treats `webhook-id` as the idempotency key,
-//! and keeps leads by `subject_id`: `lead.consented` stores the `data` object as received,
-//! `consent.withdrawn` and `subject.erased` delete it.
+//! A fake partner that receives Standard Webhooks v1 (docs/vendors/partner-webhooks.md §7) on
+//! `127.0.0.1`, the way a careful receiver would: it verifies the signature with its `whsec_`
+//! secret (401 otherwise), rejects timestamps more than 5 minutes off (400), treats `webhook-id` as
+//! the idempotency key, and keeps leads by `subject_id`: `lead.consented` stores the `data` object
+//! as received, `consent.withdrawn` and `subject.erased` delete it.
 //!
 //! Tests read what arrived (`lead`, `deliveries`) to assert the exact fields that left our system,
 //! and script answers (`push_response`: 410, 429, 500, ...). `GET /__fake/state` dumps the leads

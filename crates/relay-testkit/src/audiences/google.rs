@@ -1,10 +1,10 @@
-//! A fake Google Data Manager API (api-notes §3a): `POST /v1/audienceMembers:ingest` and
-//! `POST /v1/audienceMembers:remove` with a bearer token, hex-encoded hashes, and errors as
+//! A fake Google Data Manager API (docs/vendors/google.md §3a): `POST /v1/audienceMembers:ingest`
+//! and `POST /v1/audienceMembers:remove` with a bearer token, hex-encoded hashes, and errors as
 //! `google.rpc.Status` JSON. Members of each user list (`productDestinationId`) are the hashes of
 //! all their identifiers.
 //!
 //! Decided here, not documented by Google: an ingest without both consents granted is refused
-//! (Customer Match requires them for EEA users, api-notes §8), and only email and phone
+//! (Customer Match requires them for EEA users, docs/consent-law.md §8), and only email and phone
 //! identifiers are supported.
 
 use std::net::SocketAddr;
@@ -48,7 +48,7 @@ pub async fn start_on(addr: SocketAddr, token: &str) -> std::io::Result<FakePlat
     FakePlatform::serve(addr, routes, token, MAX_MEMBERS, quota_exhausted, "Google").await
 }
 
-/// The 429 of the per-project ingestion quota (api-notes §3a).
+/// The 429 of the per-project ingestion quota (docs/vendors/google.md §3a).
 pub fn quota_exhausted() -> ScriptedResponse {
     ScriptedResponse::json(
         429,
@@ -161,7 +161,7 @@ async fn ingest(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -
         Ok(body) => body,
         Err(response) => return *response,
     };
-    // "User-level consent overrides request-level consent" (api-notes §3a).
+    // "User-level consent overrides request-level consent" (docs/vendors/google.md §3a).
     let ungranted = body.audience_members.iter().position(|m| {
         !m.consent
             .as_ref()

@@ -1,6 +1,6 @@
-//! A fake LinkedIn DMP segment users endpoint (api-notes §4): `POST /rest/dmpSegments/{id}/users`
-//! as a Rest.li `BATCH_CREATE`, answered with one status per element. Re-adding a member or
-//! removing an absent one is a 201, as LinkedIn does "by design".
+//! A fake LinkedIn DMP segment users endpoint (docs/vendors/linkedin.md §4):
+//! `POST /rest/dmpSegments/{id}/users` as a Rest.li `BATCH_CREATE`, answered with one status per
+//! element. Re-adding a member or removing an absent one is a 201, as LinkedIn does "by design".
 //!
 //! Decided here, not documented by LinkedIn: the batch limit (default 5 000, `set_max_batch`),
 //! and that only `SHA256_EMAIL` ids are supported. The optional raw name and company fields

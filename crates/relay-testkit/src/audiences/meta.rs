@@ -1,6 +1,7 @@
-//! A fake Meta Graph API for Custom Audiences (api-notes §2): `POST` adds and `DELETE` removes on
-//! `/{version}/{audience_id}/users`, with `payload`, `access_token` and the optional `session`
-//! taken from the form body or the query string. Errors use Graph's `{"error": {...}}` object.
+//! A fake Meta Graph API for Custom Audiences (docs/vendors/meta.md §2): `POST` adds and `DELETE`
+//! removes on `/{version}/{audience_id}/users`, with `payload`, `access_token` and the optional
+//! `session` taken from the form body or the query string. Errors use Graph's `{"error": {...}}`
+//! object.
 
 use std::net::SocketAddr;
 

@@ -1,6 +1,6 @@
 //! Fake ad platforms for the audiences sink, on `127.0.0.1`: Meta Custom Audiences
 //! ([`meta`]), Google Data Manager ([`google`]), LinkedIn DMP segments ([`linkedin`]) and X custom
-//! audiences ([`x`]), following `api-notes.md` §2–§5.
+//! audiences ([`x`]), following `docs/vendors/` (meta.md, google.md, linkedin.md, x.md).
 //!
 //! All four share one shape, [`FakePlatform`]: every request is recorded (rejected ones included)
 //! with its arrival time; scripted answers replace the next requests (`push_response`); an optional

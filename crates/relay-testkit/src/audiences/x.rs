@@ -1,4 +1,4 @@
-//! A fake X Ads API custom audience users endpoint (api-notes §5):
+//! A fake X Ads API custom audience users endpoint (docs/vendors/x.md §5):
 //! `POST /{version}/accounts/{account_id}/custom_audiences/{id}/users` with a JSON array of
 //! `Update` / `Delete` operations, all-or-nothing, answered with `success_count` and `total_count`
 //! (records = users).
