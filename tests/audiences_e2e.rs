@@ -93,6 +93,7 @@ custom_audience_id = "444"
                 max_delay_ms: 500,
                 factor: 2.0,
                 ramp_attempts: 5,
+                ..RetryConfig::default()
             },
         }
     }

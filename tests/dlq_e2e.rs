@@ -96,6 +96,7 @@ async fn dead_letters_replay_for_their_sink_only_and_stale_replays_are_supersede
             max_delay_ms: 500,
             factor: 2.0,
             ramp_attempts: 5,
+            ..RetryConfig::default()
         },
     };
 

@@ -34,6 +34,9 @@ pub struct Harness {
     pub telemetry: Telemetry,
     /// Set to decode and publish with Confluent framing through a schema registry.
     pub schema_registry_url: Option<String>,
+    /// Whether the relay creates its retry topics (the mock cluster cannot; its harness creates
+    /// them beforehand).
+    create_retry_topics: bool,
     _dir: tempfile::TempDir,
     /// librdkafka's in-process cluster, for tests of lag arithmetic (its watermarks are right,
     /// tansu's under-report; see DESIGN.md §8).
@@ -82,7 +85,14 @@ impl Harness {
         mock.create_topic(&topic, partitions, 1)
             .expect("mock topic");
         mock.create_topic(&dlq_topic, 1, 1).expect("mock dlq topic");
-        Harness::with(mock.bootstrap_servers(), topic, dlq_topic, Some(mock)).await
+        let mut h = Harness::with(mock.bootstrap_servers(), topic, dlq_topic, None).await;
+        // librdkafka's mock cluster does not serve CreateTopics (DESIGN.md §8).
+        let retry_topic = h.kafka().retry_topic("hubspot");
+        mock.create_topic(&retry_topic, 1, 1)
+            .expect("mock retry topic");
+        h.create_retry_topics = false;
+        h._mock = Some(mock);
+        h
     }
 
     async fn with(
@@ -104,6 +114,7 @@ impl Harness {
             ledger,
             telemetry: Telemetry::new(),
             schema_registry_url: None,
+            create_retry_topics: true,
             _dir: dir,
             _mock: mock,
         }
@@ -119,6 +130,8 @@ impl Harness {
         );
         let mut kafka: KafkaConfig = toml::from_str(&text).expect("kafka config");
         kafka.schema_registry_url = self.schema_registry_url.clone();
+        kafka.create_retry_topics = self.create_retry_topics;
+        kafka.retry_topic_prefix = format!("{}.retry", self.topic);
         kafka
     }
 
@@ -151,6 +164,7 @@ legal_basis_explanation = "Product updates in the customer portal"
             max_delay_ms: 500,
             factor: 2.0,
             ramp_attempts: 5,
+            ..RetryConfig::default()
         }
     }
 
@@ -179,6 +193,7 @@ legal_basis_explanation = "Product updates in the customer portal"
             kafka: self.kafka(),
             known_purposes,
             exit_when_idle: None,
+            liveness: Default::default(),
         };
         let token = CancellationToken::new();
         let handle = tokio::spawn(relay_runtime::run(

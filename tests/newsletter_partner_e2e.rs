@@ -21,6 +21,7 @@ fn retry() -> RetryConfig {
         max_delay_ms: 500,
         factor: 2.0,
         ramp_attempts: 5,
+        ..RetryConfig::default()
     }
 }
 

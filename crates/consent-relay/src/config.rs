@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use relay_runtime::{BatchConfig, KafkaConfig, RetryConfig};
+use relay_runtime::{BatchConfig, KafkaConfig, LivenessConfig, RetryConfig};
 use serde::Deserialize;
 
 use crate::sinks::SinkConfig;
@@ -36,6 +36,8 @@ struct FileConfig {
     ledger: LedgerConfig,
     log: LogConfig,
     admin: AdminConfig,
+    #[serde(default)]
+    liveness: LivenessConfig,
     #[serde(default)]
     purposes: BTreeMap<String, PurposeConfig>,
     #[serde(default)]
@@ -91,6 +93,7 @@ pub struct Config {
     pub ledger: LedgerConfig,
     pub log: LogConfig,
     pub admin: AdminConfig,
+    pub liveness: LivenessConfig,
     pub purposes: BTreeMap<String, PurposeConfig>,
     pub sinks: Vec<SinkEntry>,
 }
@@ -230,6 +233,7 @@ pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Co
             ledger,
             log: file.log,
             admin: file.admin,
+            liveness: file.liveness,
             purposes: file.purposes,
             sinks,
         },

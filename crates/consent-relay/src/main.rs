@@ -260,40 +260,40 @@ async fn run(
     only: Vec<String>,
     exit_when_idle: Option<Duration>,
 ) -> Result<(), AppError> {
-    if let Some(unknown) = only
+    // `--sink audiences` runs every destination of the section, `--sink audiences.meta-eu` one.
+    let known: Vec<String> = config
+        .sinks
         .iter()
-        .find(|s| !config.sinks.iter().any(|e| &e.name == *s))
-    {
+        .flat_map(|e| std::iter::once(e.name.clone()).chain(e.config.destinations()))
+        .collect();
+    if let Some(unknown) = only.iter().find(|s| !known.contains(s)) {
         return Err(AppError::Usage(format!(
             "--sink {unknown}: not configured (configured: {})",
-            config
-                .sinks
-                .iter()
-                .map(|e| e.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            known.join(", ")
         )));
     }
     let mut sinks = Vec::new();
     for entry in &config.sinks {
-        let selected = if only.is_empty() {
+        let whole = if only.is_empty() {
             entry.settings.enabled
         } else {
             only.contains(&entry.name)
         };
-        if !selected {
-            continue;
-        }
-        let sink = entry
+        let built = entry
             .config
             .build()
             .map_err(|e| AppError::Usage(format!("sinks.{}: {e}", entry.name)))?;
-        sinks.push(SinkSpec {
-            sink,
-            purposes: entry.config.purposes(),
-            batch: entry.settings.batch.clone(),
-            retry: entry.settings.retry.clone(),
-        });
+        for b in built {
+            if !(whole || only.iter().any(|s| s == b.sink.name())) {
+                continue;
+            }
+            sinks.push(SinkSpec {
+                sink: b.sink,
+                purposes: b.purposes,
+                batch: entry.settings.batch.clone(),
+                retry: entry.settings.retry.clone(),
+            });
+        }
     }
     if sinks.is_empty() {
         return Err(AppError::Usage(
@@ -330,6 +330,7 @@ async fn run(
         kafka: config.kafka.clone(),
         known_purposes: config.known_purposes(),
         exit_when_idle,
+        liveness: config.liveness.clone(),
     };
     let result = relay_runtime::run(relay, ledger, sinks, telemetry, shutdown.clone()).await;
     shutdown.cancel();
@@ -444,13 +445,14 @@ fn csv(field: &str) -> String {
     }
 }
 
-/// The consumer groups of the enabled sinks.
+/// The consumer groups of the enabled sinks' destinations.
 fn sink_groups(config: &Config) -> Vec<String> {
     config
         .sinks
         .iter()
         .filter(|e| e.settings.enabled)
-        .map(|e| config.kafka.group_id(&e.name))
+        .flat_map(|e| e.config.destinations())
+        .map(|d| config.kafka.group_id(&d))
         .collect()
 }
 

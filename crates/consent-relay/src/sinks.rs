@@ -1,5 +1,7 @@
 //! The one place that knows every concrete sink: how its `[sinks.NAME]` table is read, which
-//! secrets it takes from the environment, which purposes it serves, and how it is built.
+//! secrets it takes from the environment, which purposes it serves, and how it is built — as one
+//! runtime sink per destination (HubSpot account, audience, list, partner), each consuming in its
+//! own group, so that one destination's trouble never holds another's.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -13,13 +15,22 @@ use relay_sink_partner::{PartnerSink, PartnerSinkConfig};
 /// The sinks this binary can run, by their `[sinks.NAME]` name.
 pub const KNOWN: &[&str] = &["hubspot", "audiences", "newsletter", "partner"];
 
+/// One destination of a sink, ready to run: the runtime sink and the purposes routed to it.
+pub struct Built {
+    pub sink: Arc<dyn Sink>,
+    pub purposes: BTreeSet<String>,
+}
+
 /// What the binary needs of a sink's own configuration.
 pub trait SinkConfig: std::fmt::Debug + Send + Sync {
     /// The purposes that route to the sink.
     fn purposes(&self) -> BTreeSet<String>;
     /// Problems with the values, each `key: message` with the key relative to `[sinks.NAME]`.
     fn problems(&self) -> Vec<String>;
-    fn build(&self) -> Result<Arc<dyn Sink>, String>;
+    /// The names of its destinations as the runtime knows them (consumer group suffix, ledger,
+    /// metrics): `hubspot`, `audiences.<audience>`, `newsletter.<list>`, `partner.<partner>`.
+    fn destinations(&self) -> Vec<String>;
+    fn build(&self) -> Result<Vec<Built>, String>;
 }
 
 /// Reads `[sinks.NAME]` (without `enabled`, `batch`, `retry`) into the sink's configuration and
@@ -78,10 +89,18 @@ fn problems(result: Result<(), ConfigError>) -> Vec<String> {
     }
 }
 
-fn built<S: Sink + 'static>(result: Result<S, ConfigError>) -> Result<Arc<dyn Sink>, String> {
-    result
-        .map(|s| Arc::new(s) as Arc<dyn Sink>)
-        .map_err(|e| e.to_string())
+fn built<S: Sink + 'static>(
+    result: Result<Vec<S>, ConfigError>,
+    purposes: impl Fn(&S) -> BTreeSet<String>,
+) -> Result<Vec<Built>, String> {
+    let sinks = result.map_err(|e| e.to_string())?;
+    Ok(sinks
+        .into_iter()
+        .map(|s| Built {
+            purposes: purposes(&s),
+            sink: Arc::new(s),
+        })
+        .collect())
 }
 
 impl SinkConfig for HubSpotConfig {
@@ -91,8 +110,14 @@ impl SinkConfig for HubSpotConfig {
     fn problems(&self) -> Vec<String> {
         problems(self.validate())
     }
-    fn build(&self) -> Result<Arc<dyn Sink>, String> {
-        built(HubSpotSink::new(self.clone()))
+    fn destinations(&self) -> Vec<String> {
+        vec!["hubspot".to_owned()]
+    }
+    fn build(&self) -> Result<Vec<Built>, String> {
+        let purposes = SinkConfig::purposes(self);
+        built(HubSpotSink::new(self.clone()).map(|s| vec![s]), |_| {
+            purposes.clone()
+        })
     }
 }
 
@@ -103,8 +128,17 @@ impl SinkConfig for AudiencesConfig {
     fn problems(&self) -> Vec<String> {
         problems(self.validate())
     }
-    fn build(&self) -> Result<Arc<dyn Sink>, String> {
-        built(AudiencesSink::new(self.clone()))
+    fn destinations(&self) -> Vec<String> {
+        self.audiences
+            .keys()
+            .map(|a| format!("audiences.{a}"))
+            .collect()
+    }
+    fn build(&self) -> Result<Vec<Built>, String> {
+        built(
+            AudiencesSink::per_audience(self.clone()),
+            AudiencesSink::purposes,
+        )
     }
 }
 
@@ -115,8 +149,17 @@ impl SinkConfig for NewsletterConfig {
     fn problems(&self) -> Vec<String> {
         problems(self.validate())
     }
-    fn build(&self) -> Result<Arc<dyn Sink>, String> {
-        built(NewsletterSink::new(self.clone()))
+    fn destinations(&self) -> Vec<String> {
+        self.lists
+            .keys()
+            .map(|l| format!("newsletter.{l}"))
+            .collect()
+    }
+    fn build(&self) -> Result<Vec<Built>, String> {
+        built(
+            NewsletterSink::per_list(self.clone()),
+            NewsletterSink::purposes,
+        )
     }
 }
 
@@ -127,7 +170,16 @@ impl SinkConfig for PartnerSinkConfig {
     fn problems(&self) -> Vec<String> {
         problems(self.validate())
     }
-    fn build(&self) -> Result<Arc<dyn Sink>, String> {
-        built(PartnerSink::new(self.clone()))
+    fn destinations(&self) -> Vec<String> {
+        self.partners
+            .keys()
+            .map(|p| format!("partner.{p}"))
+            .collect()
+    }
+    fn build(&self) -> Result<Vec<Built>, String> {
+        built(
+            PartnerSink::per_partner(self.clone()),
+            PartnerSink::purposes,
+        )
     }
 }

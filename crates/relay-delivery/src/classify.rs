@@ -2,10 +2,13 @@ use std::time::{Duration, SystemTime};
 
 use crate::Outcome;
 
-/// Maps an HTTP status to an outcome (STYLE.md §4): 2xx applied; 408, 429 and 5xx other than 501
-/// retryable; 401, 403, 410 and 426 refused (credentials, permission, endpoint gone, API version
-/// sunset: the destination, not the item, is the problem); every other status permanent. `retry_after` is the raw `Retry-After` header.
-/// `detail` is the downstream's own error text, kept for the ledger and the DLQ.
+/// Maps an HTTP status to an outcome: 2xx applied; 429, and any 5xx that comes with a
+/// `Retry-After`, unavailable (the destination asks us to hold off: it pauses, no item is blamed),
+/// as is 408 (the server gave up waiting for us, like a timeout); the other 5xx but 501 retryable (charged to the items of the request, which the runtime
+/// splits to find a poisoned one); 401, 403, 410 and 426 refused (credentials, permission, endpoint
+/// gone, API version sunset: the destination, not the item, is the problem); every other status
+/// permanent. `retry_after` is the raw `Retry-After` header. `detail` is the downstream's own
+/// error text, kept for the ledger and the DLQ.
 pub fn classify_status(
     status: u16,
     retry_after: Option<&str>,
@@ -13,10 +16,22 @@ pub fn classify_status(
 ) -> Outcome {
     match status {
         200..=299 => Outcome::Applied,
-        408 | 429 | 500 | 502..=599 => Outcome::Retryable {
+        408 | 429 => Outcome::Unavailable {
             after: retry_after.and_then(|v| parse_retry_after(v, SystemTime::now())),
             reason: format!("HTTP {status}: {}", detail.into()),
         },
+        500 | 502..=599 => {
+            match retry_after.and_then(|v| parse_retry_after(v, SystemTime::now())) {
+                Some(after) => Outcome::Unavailable {
+                    after: Some(after),
+                    reason: format!("HTTP {status}: {}", detail.into()),
+                },
+                None => Outcome::Retryable {
+                    after: None,
+                    reason: format!("HTTP {status}: {}", detail.into()),
+                },
+            }
+        }
         401 | 403 | 410 | 426 => Outcome::Refused {
             reason: format!("HTTP {status}: {}", detail.into()),
         },
@@ -26,8 +41,9 @@ pub fn classify_status(
     }
 }
 
-/// Maps a transport error (no HTTP status) to an outcome: timeouts and connection failures are
-/// retryable; a request we could not even build is permanent.
+/// Maps a transport error (no HTTP status) to an outcome: timeouts and connection failures make
+/// the destination unavailable (they say nothing about the item); a request we could not even
+/// build is permanent.
 pub fn classify_transport(err: &reqwest::Error) -> Outcome {
     // reqwest's own message names the URL, and some APIs put an email address in the path: the
     // reason (logged, stored, dead-lettered) says what failed and why, never where.
@@ -48,7 +64,7 @@ pub fn classify_transport(err: &reqwest::Error) -> Outcome {
     } else {
         // Timeouts, refused or reset connections, broken bodies: the downstream may be fine a
         // moment later.
-        Outcome::retryable(format!("transport error: {kind}{cause}"))
+        Outcome::unavailable(format!("transport error: {kind}{cause}"))
     }
 }
 
@@ -67,7 +83,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 mod tests {
     use super::*;
 
-    fn class(status: u16) -> &'static str {
+    fn class(status: u16) -> crate::OutcomeClass {
         classify_status(status, None, "x").class()
     }
 
@@ -76,9 +92,17 @@ mod tests {
         for s in [200, 201, 204, 207] {
             assert_eq!(class(s), "applied", "{s}");
         }
-        for s in [408, 429, 500, 502, 503, 504, 599] {
+        for s in [500, 502, 503, 504, 599] {
             assert_eq!(class(s), "retryable", "{s}");
         }
+        for s in [408, 429] {
+            assert_eq!(class(s), "unavailable", "{s}");
+        }
+        assert_eq!(
+            classify_status(503, Some("5"), "x").class(),
+            "unavailable",
+            "a 5xx with Retry-After pauses the destination"
+        );
         for s in [400, 404, 409, 422, 501] {
             assert_eq!(class(s), "permanent", "{s}");
         }
@@ -109,11 +133,11 @@ mod tests {
     #[test]
     fn retry_after_is_carried_on_429() {
         match classify_status(429, Some("3"), "slow down") {
-            Outcome::Retryable { after, reason } => {
+            Outcome::Unavailable { after, reason } => {
                 assert_eq!(after, Some(Duration::from_secs(3)));
                 assert!(reason.contains("slow down"));
             }
-            other => panic!("expected retryable, got {other:?}"),
+            other => panic!("expected unavailable, got {other:?}"),
         }
     }
 
@@ -126,8 +150,8 @@ mod tests {
             .await
             .unwrap_err();
         let outcome = classify_transport(&err);
-        assert_eq!(outcome.class(), "retryable");
-        let Outcome::Retryable { reason, .. } = outcome else {
+        assert_eq!(outcome.class(), "unavailable");
+        let Outcome::Unavailable { reason, .. } = outcome else {
             unreachable!()
         };
         assert!(

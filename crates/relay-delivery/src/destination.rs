@@ -250,7 +250,7 @@ impl Destination {
                     tokio::time::sleep(d).await;
                 }
                 Permit::DailyBudgetSpent(until_midnight) => {
-                    return Err(Outcome::Retryable {
+                    return Err(Outcome::Unavailable {
                         after: Some(until_midnight),
                         reason: "daily request budget of this destination is spent".to_owned(),
                     })

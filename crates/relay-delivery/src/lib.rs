@@ -19,6 +19,6 @@ pub use config_error::{ConfigError, ConfigProblem, ConfigProblems};
 pub use destination::{
     Destination, DestinationConfig, DestinationStats, LatencyHistogram, Reply, LATENCY_BUCKETS,
 };
-pub use outcome::Outcome;
+pub use outcome::{Outcome, OutcomeClass};
 pub use redact::{body_excerpt, redact_emails};
 pub use sink::{BoxFuture, Sink, SinkItem, Target};

@@ -9,8 +9,8 @@ use crate::{
     ConsentRecord, DeliveryKey, DeliveryRow, LedgerError, Rejection, Status, SubjectState,
 };
 
-/// status, attempts
-pub(crate) type DeliveryStatusRow = (String, i32);
+/// status, attempts, park_id
+pub(crate) type DeliveryStatusRow = (String, i32, Option<String>);
 
 /// event_id, sink, target, status, attempts, error_class, error, updated_at_ms
 pub(crate) type DeliveryTuple = (
@@ -90,8 +90,14 @@ pub(crate) fn purposes(text: &str) -> Result<Vec<String>, LedgerError> {
     serde_json::from_str(text).map_err(|_| LedgerError::Corrupt(format!("purposes {text:?}")))
 }
 
-pub(crate) fn delivery_status((st, n): DeliveryStatusRow) -> Result<(Status, u32), LedgerError> {
-    Ok((status(&st)?, attempts(n)?))
+pub(crate) fn delivery_status(
+    (st, n, park_id): DeliveryStatusRow,
+) -> Result<crate::rule::DeliveryState, LedgerError> {
+    Ok(crate::rule::DeliveryState {
+        status: status(&st)?,
+        attempts: attempts(n)?,
+        park_id: park_id.as_deref().map(uuid).transpose()?,
+    })
 }
 
 pub(crate) fn delivery(row: DeliveryTuple) -> Result<DeliveryRow, LedgerError> {

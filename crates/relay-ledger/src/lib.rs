@@ -6,6 +6,7 @@
 //! migrations per backend. Must not: store raw email, phone or name; talk to Kafka or downstreams.
 
 mod codec;
+pub mod memory;
 mod migrations;
 mod model;
 mod ops;
@@ -15,6 +16,7 @@ mod sql;
 pub mod sqlite;
 mod suppression;
 
+pub use memory::MemoryLedger;
 pub use model::*;
 pub use postgres::PostgresLedger;
 pub use sqlite::SqliteLedger;
@@ -83,6 +85,13 @@ impl Ledger for AnyLedger {
         match self {
             AnyLedger::Sqlite(l) => l.finish(rows).await,
             AnyLedger::Postgres(l) => l.finish(rows).await,
+        }
+    }
+
+    async fn park(&self, rows: &[Park]) -> Result<(), LedgerError> {
+        match self {
+            AnyLedger::Sqlite(l) => l.park(rows).await,
+            AnyLedger::Postgres(l) => l.park(rows).await,
         }
     }
 

@@ -23,6 +23,12 @@ pub struct Claim {
     /// A replay from the dead-letter topic (`consent-relay dlq replay`): a dead-lettered delivery
     /// is decided again (version rule included) instead of being a duplicate.
     pub replay: bool,
+    /// Set when the claim comes from a parked copy (the retry topic): the park id the copy carries.
+    /// Only the copy the ledger last parked the delivery under may proceed; any other copy (an
+    /// older park, one written just before a crash, one whose delivery was since finished or
+    /// re-claimed from the source topic) is a duplicate. A claim without a ticket takes the
+    /// delivery over and clears its park id.
+    pub ticket: Option<Uuid>,
 }
 
 /// What the ledger decided for a claim.
@@ -49,6 +55,9 @@ pub enum Status {
     InFlight,
     /// Waiting for a retry after a retryable failure.
     Retrying,
+    /// Its inline retry budget is spent: a copy waits on the sink's retry topic (see
+    /// [`Ledger::park`]) while the rest of its partition proceeds.
+    Parked,
     Applied,
     AlreadyApplied,
     Superseded,
@@ -62,6 +71,7 @@ impl Status {
         match self {
             Status::InFlight => "in_flight",
             Status::Retrying => "retrying",
+            Status::Parked => "parked",
             Status::Applied => "applied",
             Status::AlreadyApplied => "already_applied",
             Status::Superseded => "superseded",
@@ -74,6 +84,7 @@ impl Status {
         [
             Status::InFlight,
             Status::Retrying,
+            Status::Parked,
             Status::Applied,
             Status::AlreadyApplied,
             Status::Superseded,
@@ -86,7 +97,7 @@ impl Status {
 
     /// Final statuses end a delivery; a claim of a final delivery is a duplicate.
     pub fn is_final(self) -> bool {
-        !matches!(self, Status::InFlight | Status::Retrying)
+        !matches!(self, Status::InFlight | Status::Retrying | Status::Parked)
     }
 }
 
@@ -100,6 +111,17 @@ pub struct Finish {
     pub error_class: Option<String>,
     /// The downstream's or the validator's message. Must not contain raw PII.
     pub error: Option<String>,
+}
+
+/// A delivery whose inline retry budget is spent and whose copy now waits on the retry topic.
+#[derive(Debug, Clone)]
+pub struct Park {
+    pub key: DeliveryKey,
+    pub subject_id: String,
+    /// The id the copy on the retry topic carries; see [`Claim::ticket`].
+    pub park_id: Uuid,
+    /// The last failure, for `ledger show`. Must not contain raw PII.
+    pub error: String,
 }
 
 /// One event's entry in the consent log (proof of consent, GDPR Art. 7(1)), written once per event.
@@ -198,6 +220,10 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Records the status of deliveries (insert or update), in one transaction.
     fn finish(&self, rows: &[Finish]) -> impl Future<Output = Result<(), LedgerError>> + Send;
+
+    /// Marks deliveries parked under a copy on the retry topic, which must already be durable
+    /// there. A delivery that reached a final status meanwhile (a redelivery applied it) keeps it.
+    fn park(&self, rows: &[Park]) -> impl Future<Output = Result<(), LedgerError>> + Send;
 
     /// Records messages sent to the dead-letter topic before they became deliveries.
     fn record_rejections(

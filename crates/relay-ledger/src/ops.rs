@@ -32,7 +32,9 @@ macro_rules! backend_ops {
             let decision = rule::decide(claim, delivery, &states);
             let (status, attempts) = match &decision {
                 Decision::Duplicate { .. } => return Ok(decision),
-                Decision::Superseded { .. } => (Status::Superseded, delivery.map_or(0, |(_, n)| n)),
+                Decision::Superseded { .. } => {
+                    (Status::Superseded, delivery.map_or(0, |d| d.attempts))
+                }
                 Decision::Proceed { attempt } | Decision::ProceedExcept { attempt, .. } => {
                     let attempt = *attempt;
                     sqlx::query(sql::UPSERT_STATE)
@@ -56,9 +58,29 @@ macro_rules! backend_ops {
                 .bind(status.as_str())
                 .bind(codec::attempts_db(attempts))
                 .bind(now)
+                .bind(claim.ticket.map(codec::uuid_text))
                 .execute(&mut *conn)
                 .await?;
             Ok(decision)
+        }
+
+        async fn upsert_parked(
+            conn: &mut $conn,
+            p: &$crate::Park,
+            now: i64,
+        ) -> Result<(), $crate::LedgerError> {
+            use $crate::{codec, sql};
+            sqlx::query(sql::UPSERT_PARKED)
+                .bind(codec::uuid_text(p.key.event_id))
+                .bind(&p.key.sink)
+                .bind(&p.key.target)
+                .bind(&p.subject_id)
+                .bind(codec::uuid_text(p.park_id))
+                .bind(&p.error)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
         }
 
         async fn insert_consent(

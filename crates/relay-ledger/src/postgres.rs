@@ -16,7 +16,7 @@ use sqlx::{Connection, Postgres, Transaction};
 use crate::migrations::{self, Migration};
 use crate::{now_ms, sql};
 use crate::{
-    Claim, ConsentRecord, Decision, Finish, Ledger, LedgerError, Rejection, SubjectReport,
+    Claim, ConsentRecord, Decision, Finish, Ledger, LedgerError, Park, Rejection, SubjectReport,
 };
 
 const POOL_SIZE: u32 = 8;
@@ -170,6 +170,19 @@ impl Ledger for PostgresLedger {
             .await?;
         for f in rows {
             upsert_finished(&mut tx, f, now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn park(&self, rows: &[Park]) -> Result<(), LedgerError> {
+        // Locked like a finish: a park must not land between a concurrent claim's read and write.
+        let now = now_ms();
+        let mut tx = self
+            .locked_tx(rows.iter().map(|p| p.subject_id.as_str()))
+            .await?;
+        for p in rows {
+            upsert_parked(&mut tx, p, now).await?;
         }
         tx.commit().await?;
         Ok(())

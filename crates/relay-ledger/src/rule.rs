@@ -11,17 +11,37 @@ fn version(occurred_at_ms: i64, action: Action) -> (i64, Action) {
     (occurred_at_ms, action)
 }
 
-/// Decides one claim given its delivery row (status, attempts), if any, and the subject states
-/// stored for its subject and sink.
+/// A delivery row as the rule needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeliveryState {
+    pub status: Status,
+    pub attempts: u32,
+    pub park_id: Option<uuid::Uuid>,
+}
+
+/// Decides one claim given its delivery row, if any, and the subject states stored for its
+/// subject and sink.
 pub(crate) fn decide(
     claim: &Claim,
-    delivery: Option<(Status, u32)>,
+    delivery: Option<DeliveryState>,
     states: &[SubjectState],
 ) -> Decision {
-    if let Some((status, _)) = delivery {
-        let replayed = claim.replay && status == Status::DeadLettered;
-        if status.is_final() && !replayed {
-            return Decision::Duplicate { status };
+    if let Some(d) = delivery {
+        let replayed = claim.replay && d.status == Status::DeadLettered;
+        if d.status.is_final() && !replayed {
+            return Decision::Duplicate { status: d.status };
+        }
+    }
+    if let Some(ticket) = claim.ticket {
+        // A parked copy acts only while the ledger still parks the delivery under it.
+        match delivery {
+            Some(d) if d.park_id == Some(ticket) => {}
+            Some(d) => return Decision::Duplicate { status: d.status },
+            None => {
+                return Decision::Duplicate {
+                    status: Status::Parked,
+                }
+            }
         }
     }
     let own = version(claim.occurred_at_ms, claim.action);
@@ -36,7 +56,7 @@ pub(crate) fn decide(
     if let Some(s) = newest_other {
         return Decision::Superseded { by: s.event_id };
     }
-    let attempt = delivery.map_or(0, |(_, n)| n).saturating_add(1);
+    let attempt = delivery.map_or(0, |d| d.attempts).saturating_add(1);
     if target != "*" || claim.action != Action::Withdraw {
         return Decision::Proceed { attempt };
     }
@@ -74,7 +94,16 @@ mod tests {
             action,
             occurred_at_ms: at,
             replay: false,
+            ticket: None,
         }
+    }
+
+    fn row(status: Status, attempts: u32) -> Option<DeliveryState> {
+        Some(DeliveryState {
+            status,
+            attempts,
+            park_id: None,
+        })
     }
 
     fn state(target: &str, action: Action, at: i64) -> SubjectState {
@@ -133,11 +162,11 @@ mod tests {
         let mut c = claim("n", Action::Grant, 5);
         c.replay = true;
         assert_eq!(
-            decide(&c, Some((Status::DeadLettered, 1)), &[]),
+            decide(&c, row(Status::DeadLettered, 1), &[]),
             Decision::Proceed { attempt: 2 }
         );
         assert_eq!(
-            decide(&c, Some((Status::Applied, 1)), &[]),
+            decide(&c, row(Status::Applied, 1), &[]),
             Decision::Duplicate {
                 status: Status::Applied
             }
@@ -145,12 +174,12 @@ mod tests {
         // Replayed after a newer decision: superseded like any stale event.
         let newer = state("n", Action::Withdraw, 9);
         assert!(matches!(
-            decide(&c, Some((Status::DeadLettered, 1)), &[newer]),
+            decide(&c, row(Status::DeadLettered, 1), &[newer]),
             Decision::Superseded { .. }
         ));
         c.replay = false;
         assert_eq!(
-            decide(&c, Some((Status::DeadLettered, 1)), &[]),
+            decide(&c, row(Status::DeadLettered, 1), &[]),
             Decision::Duplicate {
                 status: Status::DeadLettered
             }
@@ -160,18 +189,14 @@ mod tests {
     #[test]
     fn final_delivery_is_duplicate_whatever_the_state() {
         for status in [Status::Applied, Status::Superseded, Status::NotRouted] {
-            let d = decide(&claim("n", Action::Erase, 9), Some((status, 1)), &[]);
+            let d = decide(&claim("n", Action::Erase, 9), row(status, 1), &[]);
             assert_eq!(d, Decision::Duplicate { status });
         }
     }
 
     #[test]
     fn retrying_delivery_counts_the_next_attempt() {
-        let d = decide(
-            &claim("n", Action::Grant, 1),
-            Some((Status::Retrying, 3)),
-            &[],
-        );
+        let d = decide(&claim("n", Action::Grant, 1), row(Status::Retrying, 3), &[]);
         assert_eq!(d, Decision::Proceed { attempt: 4 });
     }
 
@@ -236,7 +261,52 @@ mod tests {
         let c = claim("n", Action::Grant, 5);
         let mut own = state("n", Action::Grant, 5);
         own.event_id = c.key.event_id;
-        let d = decide(&c, Some((Status::InFlight, 1)), &[own]);
+        let d = decide(&c, row(Status::InFlight, 1), &[own]);
         assert_eq!(d, Decision::Proceed { attempt: 2 });
+    }
+
+    #[test]
+    fn only_the_copy_a_delivery_is_parked_under_proceeds() {
+        let parked_under = Uuid::new_v4();
+        let parked = Some(DeliveryState {
+            status: Status::Parked,
+            attempts: 5,
+            park_id: Some(parked_under),
+        });
+        let mut c = claim("n", Action::Withdraw, 5);
+        c.ticket = Some(parked_under);
+        assert_eq!(decide(&c, parked, &[]), Decision::Proceed { attempt: 6 });
+        // An older copy, or one whose delivery a source redelivery took over (park id cleared).
+        c.ticket = Some(Uuid::new_v4());
+        assert_eq!(
+            decide(&c, parked, &[]),
+            Decision::Duplicate {
+                status: Status::Parked
+            }
+        );
+        let taken_over = row(Status::InFlight, 6);
+        c.ticket = Some(parked_under);
+        assert_eq!(
+            decide(&c, taken_over, &[]),
+            Decision::Duplicate {
+                status: Status::InFlight
+            }
+        );
+        // Finished meanwhile: a duplicate like any other.
+        assert_eq!(
+            decide(&c, row(Status::Applied, 6), &[]),
+            Decision::Duplicate {
+                status: Status::Applied
+            }
+        );
+        // A newer decision supersedes the parked copy that still owns its delivery.
+        let newer = state("n", Action::Grant, 9);
+        assert!(matches!(
+            decide(&c, parked, &[newer]),
+            Decision::Superseded { .. }
+        ));
+        // A claim from the source topic may always take a parked delivery over.
+        c.ticket = None;
+        assert_eq!(decide(&c, parked, &[]), Decision::Proceed { attempt: 6 });
     }
 }

@@ -17,7 +17,7 @@ use sqlx::{Sqlite, Transaction};
 use crate::migrations::{self, Migration};
 use crate::{now_ms, sql};
 use crate::{
-    Claim, ConsentRecord, Decision, Finish, Ledger, LedgerError, Rejection, SubjectReport,
+    Claim, ConsentRecord, Decision, Finish, Ledger, LedgerError, Park, Rejection, SubjectReport,
 };
 
 /// Writers queue on one lock anyway; a few connections let reports read alongside them.
@@ -158,6 +158,16 @@ impl Ledger for SqliteLedger {
         let mut tx = self.write_tx().await?;
         for f in rows {
             upsert_finished(&mut tx, f, now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn park(&self, rows: &[Park]) -> Result<(), LedgerError> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        for p in rows {
+            upsert_parked(&mut tx, p, now).await?;
         }
         tx.commit().await?;
         Ok(())

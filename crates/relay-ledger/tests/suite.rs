@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use relay_events::Action;
 use relay_ledger::{
     open, AnyLedger, Claim, ConsentRecord, Decision, DeliveryKey, DeliveryRow, Finish, Ledger,
-    Rejection, Status, SubjectReport, SubjectState,
+    Park, Rejection, Status, SubjectReport, SubjectState,
 };
 use uuid::Uuid;
 
@@ -53,6 +53,7 @@ suite!(
     concurrent_claims_keep_the_newest_version,
     suppression_list_follows_the_newest_decision_per_subject,
     an_applied_delivery_is_never_relabelled_superseded,
+    only_the_copy_a_delivery_is_parked_under_may_act,
 );
 
 const HUBSPOT: &str = "hubspot";
@@ -76,6 +77,7 @@ fn claim(
         action,
         occurred_at_ms: at,
         replay: false,
+        ticket: None,
     }
 }
 
@@ -554,8 +556,8 @@ async fn migrations_are_idempotent(url: &str) {
     // Two instances starting at once on a new database, then a restart.
     let (a, b) = tokio::join!(open(url), open(url));
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(a.applied_migrations().await.unwrap(), [1]);
-    assert_eq!(b.applied_migrations().await.unwrap(), [1]);
+    assert_eq!(a.applied_migrations().await.unwrap(), [1, 2]);
+    assert_eq!(b.applied_migrations().await.unwrap(), [1, 2]);
 
     let c = fresh("s1", NEWSLETTER, Action::Grant, 100);
     assert_eq!(decide_one(&a, &c).await, proceed(1));
@@ -563,7 +565,7 @@ async fn migrations_are_idempotent(url: &str) {
     b.close().await;
 
     let reopened = open(url).await.unwrap();
-    assert_eq!(reopened.applied_migrations().await.unwrap(), [1]);
+    assert_eq!(reopened.applied_migrations().await.unwrap(), [1, 2]);
     assert_eq!(
         decide(&reopened, &[c]).await,
         [proceed(2)],
@@ -749,5 +751,54 @@ async fn an_applied_delivery_is_never_relabelled_superseded(url: &str) {
     assert_eq!(
         delivery(&report(&l, "s1").await, &d.key).status,
         Status::Superseded
+    );
+}
+
+async fn only_the_copy_a_delivery_is_parked_under_may_act(url: &str) {
+    let l = open(url).await.unwrap();
+    let c = fresh("s1", NEWSLETTER, Action::Withdraw, 100);
+    assert_eq!(decide_one(&l, &c).await, proceed(1));
+    let park = |id: Uuid| Park {
+        key: c.key.clone(),
+        subject_id: "s1".into(),
+        park_id: id,
+        error: "HTTP 500: internal error".into(),
+    };
+    let first = Uuid::new_v4();
+    l.park(&[park(first)]).await.unwrap();
+    let d = delivery(&report(&l, "s1").await, &c.key).clone();
+    assert_eq!(d.status, Status::Parked);
+    assert_eq!(d.error.as_deref(), Some("HTTP 500: internal error"));
+
+    // The parked copy proceeds, and keeps the delivery while it is in flight (a crash now
+    // redelivers that same copy, which must still own it).
+    let mut copy = c.clone();
+    copy.ticket = Some(first);
+    assert_eq!(decide_one(&l, &copy).await, proceed(2));
+    assert_eq!(decide_one(&l, &copy).await, proceed(3));
+    // Parked again under a new copy: the old one is a duplicate from now on.
+    let second = Uuid::new_v4();
+    l.park(&[park(second)]).await.unwrap();
+    assert_eq!(
+        decide_one(&l, &copy).await,
+        Decision::Duplicate {
+            status: Status::Parked
+        }
+    );
+    // A redelivery from the source topic takes the delivery over; no parked copy acts after it.
+    assert_eq!(decide_one(&l, &c).await, proceed(4));
+    copy.ticket = Some(second);
+    assert_eq!(
+        decide_one(&l, &copy).await,
+        Decision::Duplicate {
+            status: Status::InFlight
+        }
+    );
+    // Once final, a late park leaves the delivery as it is.
+    l.finish(&[finish(&c, Status::Applied)]).await.unwrap();
+    l.park(&[park(Uuid::new_v4())]).await.unwrap();
+    assert_eq!(
+        delivery(&report(&l, "s1").await, &c.key).status,
+        Status::Applied
     );
 }

@@ -18,9 +18,25 @@ pub struct KafkaConfig {
     /// Where undecodable, invalid and permanently failed events go.
     #[serde(default = "default_dlq_topic")]
     pub dlq_topic: String,
+    /// Each sink parks the items whose inline retry budget is spent on its own retry topic
+    /// `<retry_topic_prefix>.<sink>`, consumed by the group `<group_prefix>.<sink>.parked`.
+    #[serde(default = "default_retry_topic_prefix")]
+    pub retry_topic_prefix: String,
+    /// Whether `run` creates a missing retry topic (one partition per `retry_topic_partitions`);
+    /// turn it off where the relay may not create topics and create them beforehand.
+    #[serde(default = "default_true")]
+    pub create_retry_topics: bool,
+    /// Partitions of a retry topic the relay creates.
+    #[serde(default = "default_retry_topic_partitions")]
+    pub retry_topic_partitions: i32,
     /// Each sink consumes in its own group `<group_prefix>.<sink>`.
     #[serde(default = "default_group_prefix")]
     pub group_prefix: String,
+    /// Static group membership (librdkafka `group.instance.id`): a stable name per instance, e.g.
+    /// the pod name. A member that restarts within `session_timeout_ms` gets its partitions back
+    /// without a rebalance. Each consumer uses `<instance_id>.<sink>` (and `….parked`).
+    #[serde(default)]
+    pub instance_id: Option<String>,
     /// Confluent-compatible schema registry; without it, single-object encoding against the
     /// bundled schemas is the only accepted framing.
     #[serde(default)]
@@ -47,6 +63,15 @@ fn default_topics() -> Vec<String> {
 fn default_dlq_topic() -> String {
     "consent.events.dlq".to_owned()
 }
+fn default_retry_topic_prefix() -> String {
+    "consent.events.retry".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_retry_topic_partitions() -> i32 {
+    1
+}
 fn default_group_prefix() -> String {
     "consent-relay".to_owned()
 }
@@ -63,6 +88,16 @@ fn default_max_poll_interval_ms() -> u32 {
 impl KafkaConfig {
     pub fn group_id(&self, sink: &str) -> String {
         format!("{}.{sink}", self.group_prefix)
+    }
+
+    /// The group that works `sink`'s retry topic.
+    pub fn parked_group_id(&self, sink: &str) -> String {
+        format!("{}.{sink}.parked", self.group_prefix)
+    }
+
+    /// Where `sink` parks items.
+    pub fn retry_topic(&self, sink: &str) -> String {
+        format!("{}.{sink}", self.retry_topic_prefix)
     }
 }
 
@@ -108,8 +143,15 @@ impl BatchConfig {
     }
 }
 
-/// Backoff for retryable failures. Retries never end while the failure stays retryable: after
-/// `ramp_attempts` the delay stays at `max_delay_ms` and the sink's partitions wait (backpressure).
+/// Retries, the per-item budget and parking (DESIGN.md §3.4).
+///
+/// A destination that is unavailable (429, `Retry-After`, unreachable) or refuses us pauses: its
+/// items wait with backoff, uncharged, as long as it takes (backpressure; visible in metrics and
+/// `/readyz`). An item that fails on its own (a 5xx, a vendor's per-item error) is retried inline
+/// within `item_attempts` and `item_budget_ms`, then parked on the sink's retry topic so that the
+/// rest of its partition proceeds; parked items come back after `parked_initial_delay_ms`
+/// (growing by `factor` up to `parked_max_delay_ms`) and are dead-lettered once
+/// `parked_budget_ms` has passed since their first failure.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
@@ -125,6 +167,22 @@ pub struct RetryConfig {
     /// Attempts over which the bound grows before it stays at `max_delay_ms`.
     #[serde(default = "default_ramp_attempts")]
     pub ramp_attempts: usize,
+    /// Failed attempts an item may have inline before it is parked.
+    #[serde(default = "default_item_attempts")]
+    pub item_attempts: u32,
+    /// Time an item may keep failing inline, from its first failure, before it is parked.
+    #[serde(default = "default_item_budget_ms")]
+    pub item_budget_ms: u64,
+    /// Delay before a parked item's first retry; later ones grow by `factor`.
+    #[serde(default = "default_parked_initial_delay_ms")]
+    pub parked_initial_delay_ms: u64,
+    /// Longest delay between two retries of a parked item.
+    #[serde(default = "default_parked_max_delay_ms")]
+    pub parked_max_delay_ms: u64,
+    /// Time from an item's first failure after which a parked item that still fails is
+    /// dead-lettered with its last reason.
+    #[serde(default = "default_parked_budget_ms")]
+    pub parked_budget_ms: u64,
 }
 
 fn default_initial_delay_ms() -> u64 {
@@ -139,6 +197,21 @@ fn default_factor() -> f32 {
 fn default_ramp_attempts() -> usize {
     10
 }
+fn default_item_attempts() -> u32 {
+    5
+}
+fn default_item_budget_ms() -> u64 {
+    60_000
+}
+fn default_parked_initial_delay_ms() -> u64 {
+    60_000
+}
+fn default_parked_max_delay_ms() -> u64 {
+    3_600_000
+}
+fn default_parked_budget_ms() -> u64 {
+    86_400_000
+}
 
 impl Default for RetryConfig {
     fn default() -> Self {
@@ -147,6 +220,62 @@ impl Default for RetryConfig {
             max_delay_ms: default_max_delay_ms(),
             factor: default_factor(),
             ramp_attempts: default_ramp_attempts(),
+            item_attempts: default_item_attempts(),
+            item_budget_ms: default_item_budget_ms(),
+            parked_initial_delay_ms: default_parked_initial_delay_ms(),
+            parked_max_delay_ms: default_parked_max_delay_ms(),
+            parked_budget_ms: default_parked_budget_ms(),
+        }
+    }
+}
+
+impl RetryConfig {
+    pub fn item_budget(&self) -> Duration {
+        Duration::from_millis(self.item_budget_ms)
+    }
+
+    pub fn parked_budget(&self) -> Duration {
+        Duration::from_millis(self.parked_budget_ms)
+    }
+
+    /// The delay before a parked item's `parks`-th retry (1 for the first): exponential by
+    /// `factor` from `parked_initial_delay_ms`, capped at `parked_max_delay_ms`, with jitter of up
+    /// to a tenth so that items parked together do not all come back at once.
+    pub fn parked_delay(&self, parks: u32) -> Duration {
+        let exponent = i32::try_from(parks.saturating_sub(1)).unwrap_or(i32::MAX);
+        let grown = self.parked_initial_delay_ms as f64 * f64::from(self.factor).powi(exponent);
+        let capped = grown.min(self.parked_max_delay_ms as f64);
+        let jittered = capped * (1.0 - 0.1 * fastrand::f64());
+        Duration::from_millis(jittered.max(0.0) as u64)
+    }
+}
+
+/// What counts as stalled, for `/readyz` and the metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LivenessConfig {
+    /// A destination paused (unavailable, refusing us) or a sink without progress while it has
+    /// work for this long is named in `/readyz`.
+    #[serde(default = "default_stall_after_ms")]
+    pub stall_after_ms: u64,
+    /// The age a withdrawal, unsubscribe or erasure may reach without an outcome; exported as
+    /// `consent_relay_withdrawal_slo_seconds` for the alert that compares the oldest one with it.
+    #[serde(default = "default_withdrawal_slo_ms")]
+    pub withdrawal_slo_ms: u64,
+}
+
+fn default_stall_after_ms() -> u64 {
+    60_000
+}
+fn default_withdrawal_slo_ms() -> u64 {
+    300_000
+}
+
+impl Default for LivenessConfig {
+    fn default() -> Self {
+        LivenessConfig {
+            stall_after_ms: default_stall_after_ms(),
+            withdrawal_slo_ms: default_withdrawal_slo_ms(),
         }
     }
 }
@@ -178,6 +307,32 @@ pub fn validate(
     }
     if retry.factor.is_nan() || retry.factor < 1.0 {
         problems.push(format!("{prefix}.retry.factor: must be >= 1.0"));
+    }
+    if retry.item_attempts == 0 {
+        problems.push(format!("{prefix}.retry.item_attempts: must be at least 1"));
+    }
+    if retry.parked_initial_delay_ms == 0
+        || retry.parked_max_delay_ms < retry.parked_initial_delay_ms
+    {
+        problems.push(format!(
+            "{prefix}.retry: need 0 < parked_initial_delay_ms <= parked_max_delay_ms"
+        ));
+    }
+    if retry.parked_budget_ms < retry.item_budget_ms {
+        problems.push(format!(
+            "{prefix}.retry.parked_budget_ms: must be at least item_budget_ms"
+        ));
+    }
+    if kafka.retry_topic_partitions < 1 {
+        problems.push("kafka.retry_topic_partitions: must be at least 1".to_owned());
+    }
+    if kafka
+        .topics
+        .iter()
+        .any(|t| t.starts_with(&format!("{}.", kafka.retry_topic_prefix)))
+    {
+        problems
+            .push("kafka.retry_topic_prefix: a topic of kafka.topics starts with it".to_owned());
     }
     problems
 }

@@ -7,12 +7,11 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::TopicPartitionList;
 use serde::Serialize;
 
 use crate::config::KafkaConfig;
-use crate::decode::Rejected;
 
 /// Header names on every dead-lettered message.
 pub mod header {
@@ -140,72 +139,4 @@ pub async fn replay(
             .map_err(|(e, _)| crate::RuntimeError::Kafka(e))?;
     }
     Ok(())
-}
-
-#[derive(Clone)]
-pub struct DeadLetters {
-    producer: FutureProducer,
-    topic: String,
-}
-
-impl DeadLetters {
-    pub fn new(producer: FutureProducer, topic: String) -> DeadLetters {
-        DeadLetters { producer, topic }
-    }
-
-    /// Writes `msg` to the DLQ and waits for the broker's acknowledgement.
-    pub async fn send(
-        &self,
-        msg: &OwnedMessage,
-        sink: &str,
-        why: &Rejected,
-    ) -> Result<(), rdkafka::error::KafkaError> {
-        let partition = msg.partition().to_string();
-        let offset = msg.offset().to_string();
-        let event_id = why.event_id.map(|id| id.to_string());
-        let mut headers = OwnedHeaders::new()
-            .insert(Header {
-                key: header::ERROR_CODE,
-                value: Some(why.code.as_str()),
-            })
-            .insert(Header {
-                key: header::ERROR_MESSAGE,
-                value: Some(why.message.as_str()),
-            })
-            .insert(Header {
-                key: header::SINK,
-                value: Some(sink),
-            })
-            .insert(Header {
-                key: header::ORIGINAL_TOPIC,
-                value: Some(msg.topic()),
-            })
-            .insert(Header {
-                key: header::ORIGINAL_PARTITION,
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: header::ORIGINAL_OFFSET,
-                value: Some(offset.as_str()),
-            });
-        if let Some(id) = &event_id {
-            headers = headers.insert(Header {
-                key: header::EVENT_ID,
-                value: Some(id.as_str()),
-            });
-        }
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.topic).headers(headers);
-        if let Some(key) = msg.key() {
-            record = record.key(key);
-        }
-        if let Some(payload) = msg.payload() {
-            record = record.payload(payload);
-        }
-        self.producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
-    }
 }

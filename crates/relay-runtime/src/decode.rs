@@ -1,9 +1,15 @@
 //! Turns message bytes into a valid event, or into the reason it goes to the dead-letter topic.
 
+use std::sync::Arc;
+
 use relay_events::{ConsentEvent, DecodeError, Frame};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 use uuid::Uuid;
 
+use crate::engine::Abandoned;
 use crate::registry::{RegistryError, SchemaRegistry};
+use crate::retry::RetrySchedule;
 
 /// Why a message or an event did not become deliveries. Goes into the DLQ headers and the ledger;
 /// never carries raw PII.
@@ -40,6 +46,30 @@ pub struct Decoder {
 impl Decoder {
     pub fn new(registry: Option<SchemaRegistry>) -> Decoder {
         Decoder { registry }
+    }
+
+    /// Decodes `bytes`, waiting (with backoff, until `shutdown`) while the schema registry cannot
+    /// be asked: that is not the message's fault, so it must not go to the DLQ.
+    pub(crate) async fn decode_patiently(
+        &self,
+        bytes: &[u8],
+        shutdown: &CancellationToken,
+    ) -> Result<Result<Arc<ConsentEvent>, Rejected>, Abandoned> {
+        let mut schedule = RetrySchedule::new(&crate::RetryConfig::default());
+        let mut attempt = 0u32;
+        loop {
+            match self.decode(bytes).await {
+                Ok(decoded) => return Ok(decoded.map(Arc::new)),
+                Err(RegistryUnavailable(e)) => {
+                    attempt += 1;
+                    warn!(attempt, error = %e, "schema registry unavailable; the message waits");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(Abandoned),
+                        _ = tokio::time::sleep(schedule.next_delay(None)) => {}
+                    }
+                }
+            }
+        }
     }
 
     pub async fn decode(

@@ -1,6 +1,11 @@
-//! The runtime: one Kafka consumer group per sink, routing by the purpose map, batching and
-//! coalescing, retries with backoff, the dead-letter topic, and offsets committed only after every
-//! outcome is durable in the ledger (DESIGN.md §3).
+//! The runtime: one Kafka consumer group per sink (one per destination), routing by the purpose
+//! map, batching and coalescing, retries within a per-item budget, parking on a per-sink retry
+//! topic, the dead-letter topic, and offsets committed only after every outcome is durable
+//! (DESIGN.md §3).
+//!
+//! Layout: `engine` decides a batch (route, plan, claim, deliver, park, finish) without seeing
+//! Kafka; `consumer` (source topics) and `parked` (the retry topic) are the Kafka shells around it;
+//! `outbox` writes the DLQ and the retry topic; `telemetry` holds metrics and readiness.
 //!
 //! Owns: the path of an event from Kafka to a sink and back to the ledger. Must not: name a
 //! concrete sink (sinks arrive as `Arc<dyn Sink>`), or decide what is retryable (the sink's
@@ -10,7 +15,12 @@ pub mod config;
 mod consumer;
 pub mod dead_letter;
 mod decode;
+mod engine;
 pub mod lag;
+mod message;
+pub mod outbox;
+mod parked;
+pub mod parking;
 mod publish;
 pub mod registry;
 mod retry;
@@ -26,17 +36,20 @@ use relay_ledger::Ledger;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{BatchConfig, KafkaConfig, RetryConfig};
+pub use config::{BatchConfig, KafkaConfig, LivenessConfig, RetryConfig};
 pub use decode::{Decoder, Rejected};
+pub use message::{Message, Origin, ParkTicket};
 pub use publish::{producer, publish};
 pub use registry::SchemaRegistry;
 pub use retry::RetrySchedule;
-pub use telemetry::{Telemetry, METRICS};
+pub use telemetry::{metric, Telemetry, METRICS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("creating the retry topic {topic}: {message}")]
+    RetryTopic { topic: String, message: String },
     #[error("schema registry: {0}")]
     Registry(#[from] registry::RegistryError),
     #[error("shutdown while waiting for the schema registry")]
@@ -64,11 +77,12 @@ pub struct RelayConfig {
     /// Stop once every sink had its partitions and saw no message for this long (for batch runs
     /// and the demo); `None` runs until shutdown.
     pub exit_when_idle: Option<Duration>,
+    pub liveness: LivenessConfig,
 }
 
-/// Runs one consumer per sink until `shutdown` fires (or all went idle, see
-/// [`RelayConfig::exit_when_idle`]). A failing sink task stops the others: better a visible crash
-/// and a restart than a sink silently not consuming.
+/// Runs two consumers per sink (its source topics, its retry topic) until `shutdown` fires (or all
+/// went idle, see [`RelayConfig::exit_when_idle`]). A failing sink task stops the others: better a
+/// visible crash and a restart than a sink silently not consuming.
 pub async fn run<L: Ledger>(
     config: RelayConfig,
     ledger: Arc<L>,
@@ -76,8 +90,15 @@ pub async fn run<L: Ledger>(
     telemetry: Telemetry,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
-    let producer = producer(&config.kafka)?;
-    let dead_letters = dead_letter::DeadLetters::new(producer, config.kafka.dlq_topic.clone());
+    telemetry.set_liveness(config.liveness.clone());
+    let outbox: Arc<dyn outbox::Outbox> = Arc::new(outbox::KafkaOutbox::new(
+        outbox::producer(&config.kafka)?,
+        config.kafka.clone(),
+    ));
+    if config.kafka.create_retry_topics {
+        let names: Vec<&str> = sinks.iter().map(|s| s.sink.name()).collect();
+        outbox::create_retry_topics(&config.kafka, &names).await?;
+    }
     let decoder = Decoder::new(
         config
             .kafka
@@ -94,34 +115,51 @@ pub async fn run<L: Ledger>(
             sink: spec.purposes,
             requires_email: spec.sink.requires_email(),
         };
-        let worker = consumer::SinkWorker {
-            kafka: config.kafka.clone(),
-            sink: spec.sink,
+        let engine = Arc::new(engine::Engine::new(
+            spec.sink,
             routes,
-            batch: spec.batch,
-            retry: spec.retry,
-            ledger: ledger.clone(),
+            spec.retry,
+            ledger.clone(),
+            outbox.clone(),
+            telemetry.clone(),
+        ));
+        let source = consumer::SourceWorker {
+            kafka: config.kafka.clone(),
+            engine: engine.clone(),
+            batch: spec.batch.clone(),
             decoder: decoder.clone(),
-            dead_letters: dead_letters.clone(),
             exit_when_idle: config.exit_when_idle,
-            circuit_open: Default::default(),
+            telemetry: telemetry.clone(),
+        };
+        let parked = parked::ParkedWorker {
+            kafka: config.kafka.clone(),
+            engine,
+            batch: spec.batch,
+            decoder: decoder.clone(),
+            exit_when_idle: config.exit_when_idle,
             telemetry: telemetry.clone(),
         };
         let token = shutdown.clone();
-        tasks.spawn(async move { (name, worker.run(token).await) });
+        let sink = name.clone();
+        tasks.spawn(async move { (sink, source.run(token).await) });
+        let token = shutdown.clone();
+        tasks.spawn(async move { (name, parked.run(token).await) });
     }
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         let failure = match joined {
             Ok((_, Ok(()))) => None,
-            Ok((_, Err(e))) => Some(e),
-            Err(e) => Some(RuntimeError::Task {
-                sink: "?".to_owned(),
-                message: e.to_string(),
-            }),
+            Ok((sink, Err(e))) => Some((sink, e)),
+            Err(e) => Some((
+                "?".to_owned(),
+                RuntimeError::Task {
+                    sink: "?".to_owned(),
+                    message: e.to_string(),
+                },
+            )),
         };
-        if let Some(e) = failure {
-            tracing::error!(error = %e, "sink consumer failed; stopping the others");
+        if let Some((sink, e)) = failure {
+            tracing::error!(sink = %sink, error = %e, "sink consumer failed; stopping the others");
             shutdown.cancel();
             first_error.get_or_insert(e);
         }

@@ -50,6 +50,7 @@ mod tests {
             max_delay_ms: 1_000,
             factor: 2.0,
             ramp_attempts: 4,
+            ..RetryConfig::default()
         }
     }
 

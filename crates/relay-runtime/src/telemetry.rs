@@ -5,67 +5,126 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use relay_delivery::{LatencyHistogram, Sink, LATENCY_BUCKETS};
+
+use crate::config::LivenessConfig;
+
+/// The names of every metric the relay exports. Code uses these constants, never a spelled-out
+/// name, so that a misspelt metric is a compile error rather than a silently missing series.
+pub mod metric {
+    pub const CONSUMER_LAG: &str = "consent_relay_consumer_lag_messages";
+    pub const OLDEST_UNAPPLIED_AGE: &str = "consent_relay_oldest_unapplied_age_seconds";
+    pub const OLDEST_UNAPPLIED_WITHDRAWAL_AGE: &str =
+        "consent_relay_oldest_unapplied_withdrawal_age_seconds";
+    pub const WITHDRAWAL_SLO: &str = "consent_relay_withdrawal_slo_seconds";
+    pub const STALLED: &str = "consent_relay_stalled_seconds";
+    pub const DESTINATION_PAUSED: &str = "consent_relay_destination_paused";
+    pub const PARKED_ITEMS: &str = "consent_relay_parked_items";
+    pub const PARKED_OLDEST_AGE: &str = "consent_relay_parked_oldest_age_seconds";
+    pub const PARKED_ITEMS_TOTAL: &str = "consent_relay_parked_items_total";
+    pub const EVENTS: &str = "consent_relay_events_total";
+    pub const RETRIES: &str = "consent_relay_retries_total";
+    pub const DLQ_MESSAGES: &str = "consent_relay_dlq_messages_total";
+    pub const CIRCUIT_OPEN: &str = "consent_relay_circuit_open";
+    pub const RATE_LIMIT_WAIT: &str = "consent_relay_rate_limit_wait_seconds_total";
+    pub const DOWNSTREAM_REQUEST_DURATION: &str =
+        "consent_relay_downstream_request_duration_seconds";
+    pub const LEDGER_TRANSACTION_DURATION: &str =
+        "consent_relay_ledger_transaction_duration_seconds";
+    pub const REBALANCES: &str = "consent_relay_rebalances_total";
+    pub const COMMITS: &str = "consent_relay_commits_total";
+}
 
 /// Every metric the relay exports: name, type, help. The deploy artefacts (alerts, dashboard) may
 /// reference only these; a test checks that.
 pub const METRICS: &[(&str, &str, &str)] = &[
     (
-        "consent_relay_consumer_lag_messages",
+        metric::CONSUMER_LAG,
         "gauge",
         "Log end offset minus committed offset, per assigned partition.",
     ),
     (
-        "consent_relay_oldest_unapplied_age_seconds",
+        metric::OLDEST_UNAPPLIED_AGE,
         "gauge",
-        "Age of the oldest consumed event whose outcome is not yet durable (0 when idle).",
+        "Age of the oldest consumed event whose outcome is not yet durable, parked ones included (0 when idle).",
     ),
     (
-        "consent_relay_events_total",
+        metric::OLDEST_UNAPPLIED_WITHDRAWAL_AGE,
+        "gauge",
+        "Age of the oldest consumed withdrawal, unsubscribe or erasure without a durable outcome, parked ones included (0 when none).",
+    ),
+    (
+        metric::WITHDRAWAL_SLO,
+        "gauge",
+        "The configured age a withdrawal may reach without an outcome (liveness.withdrawal_slo_ms).",
+    ),
+    (
+        metric::STALLED,
+        "gauge",
+        "Seconds since the sink last made progress, while it has lag or work in flight (0 otherwise).",
+    ),
+    (
+        metric::DESTINATION_PAUSED,
+        "gauge",
+        "1 while the sink waits for its destination (unavailable, rate-limited, refusing us, or failing every request).",
+    ),
+    (
+        metric::PARKED_ITEMS,
+        "gauge",
+        "Parked copies the sink's parked consumer holds, waiting for their next attempt.",
+    ),
+    (
+        metric::PARKED_OLDEST_AGE,
+        "gauge",
+        "Time since the first failure of the oldest parked copy held (0 when none).",
+    ),
+    (
+        metric::PARKED_ITEMS_TOTAL,
         "counter",
-        "Events by outcome at a sink.",
+        "Items parked on the retry topic after their inline retry budget was spent.",
     ),
+    (metric::EVENTS, "counter", "Events by outcome at a sink."),
     (
-        "consent_relay_retries_total",
+        metric::RETRIES,
         "counter",
-        "Delivery retries by class (retryable, refused).",
+        "Delivery retries by class (retryable, unavailable, refused).",
     ),
     (
-        "consent_relay_dlq_messages_total",
+        metric::DLQ_MESSAGES,
         "counter",
         "Messages written to the dead-letter topic, by error code.",
     ),
     (
-        "consent_relay_circuit_open",
+        metric::CIRCUIT_OPEN,
         "gauge",
         "1 while the sink's destination refuses us (401/403/410/426) and consumption is paused.",
     ),
     (
-        "consent_relay_rate_limit_wait_seconds_total",
+        metric::RATE_LIMIT_WAIT,
         "counter",
         "Time requests waited for a rate-limit permit or a Retry-After pause.",
     ),
     (
-        "consent_relay_downstream_request_duration_seconds",
+        metric::DOWNSTREAM_REQUEST_DURATION,
         "histogram",
         "Downstream HTTP request latency by status class.",
     ),
     (
-        "consent_relay_ledger_transaction_duration_seconds",
+        metric::LEDGER_TRANSACTION_DURATION,
         "histogram",
         "Ledger transaction latency by operation.",
     ),
     (
-        "consent_relay_rebalances_total",
+        metric::REBALANCES,
         "counter",
         "Consumer group rebalances (assignments and revocations).",
     ),
     (
-        "consent_relay_commits_total",
+        metric::COMMITS,
         "counter",
-        "Offset commits after a durable batch.",
+        "Offset commits the broker acknowledged, after a durable batch.",
     ),
 ];
 
@@ -78,12 +137,50 @@ struct Samples {
     histograms: BTreeMap<(&'static str, Labels), Histogram>,
 }
 
-/// Why a sink is not ready.
-#[derive(Debug, Clone, Default)]
+/// What readiness and the liveness gauges know of one sink.
+#[derive(Debug, Clone)]
 struct SinkHealth {
     assigned: bool,
     circuit: Option<String>,
     ledger_error: Option<String>,
+    /// Since when, and why, the sink waits for its destination.
+    paused: Option<(Instant, String)>,
+    last_progress: Instant,
+    /// Per lane (source, parked): when the oldest event without a durable outcome and the oldest
+    /// such withdrawal were produced.
+    unapplied: BTreeMap<Lane, Unapplied>,
+    /// Parked copies held, and when the oldest of them first failed.
+    parked: (usize, Option<SystemTime>),
+}
+
+impl Default for SinkHealth {
+    fn default() -> Self {
+        SinkHealth {
+            assigned: false,
+            circuit: None,
+            ledger_error: None,
+            paused: None,
+            last_progress: Instant::now(),
+            unapplied: BTreeMap::new(),
+            parked: (0, None),
+        }
+    }
+}
+
+/// Where a sink's unapplied events wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Lane {
+    /// The batch in flight from the source topics.
+    Source,
+    /// Copies held by the parked consumer.
+    Parked,
+}
+
+/// When the oldest unapplied event, and the oldest unapplied withdrawal, of a lane were produced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Unapplied {
+    pub any: Option<SystemTime>,
+    pub withdrawal: Option<SystemTime>,
 }
 
 /// The shared telemetry of one process: metrics and the readiness of each sink.
@@ -92,8 +189,7 @@ pub struct Telemetry {
     samples: Arc<Mutex<Samples>>,
     health: Arc<Mutex<BTreeMap<String, SinkHealth>>>,
     sinks: Arc<Mutex<Vec<Arc<dyn Sink>>>>,
-    /// Per sink: when the oldest event of the batch in flight was produced.
-    oldest_unapplied: Arc<Mutex<BTreeMap<String, SystemTime>>>,
+    liveness: Arc<Mutex<LivenessConfig>>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -105,6 +201,11 @@ impl std::fmt::Debug for Telemetry {
 impl Telemetry {
     pub fn new() -> Telemetry {
         Telemetry::default()
+    }
+
+    /// Sets what counts as stalled (the default until then: `LivenessConfig::default()`).
+    pub fn set_liveness(&self, liveness: LivenessConfig) {
+        *self.liveness.lock().expect("liveness lock poisoned") = liveness;
     }
 
     fn samples(&self) -> std::sync::MutexGuard<'_, Samples> {
@@ -143,13 +244,38 @@ impl Telemetry {
             .observe(duration.as_secs_f64());
     }
 
-    /// Marks when the oldest not-yet-durable event of `sink` was produced; `None` when idle.
-    pub(crate) fn set_oldest_unapplied(&self, sink: &str, produced_at: Option<SystemTime>) {
-        let mut map = self.oldest_unapplied.lock().expect("oldest lock poisoned");
-        match produced_at {
-            Some(t) => map.insert(sink.to_owned(), t),
-            None => map.remove(sink),
-        };
+    /// Marks what of `sink` waits in `lane` without a durable outcome (`Unapplied::default()` when
+    /// nothing does).
+    pub(crate) fn set_unapplied(&self, sink: &str, lane: Lane, unapplied: Unapplied) {
+        self.with_health(sink, |h| {
+            h.unapplied.insert(lane, unapplied);
+        });
+    }
+
+    /// Records the parked copies `sink` holds and when the oldest of them first failed.
+    pub(crate) fn set_parked(&self, sink: &str, held: usize, oldest_failure: Option<SystemTime>) {
+        self.with_health(sink, |h| h.parked = (held, oldest_failure));
+    }
+
+    /// A batch of `sink` became durable: it made progress.
+    pub(crate) fn progressed(&self, sink: &str) {
+        self.with_health(sink, |h| h.last_progress = Instant::now());
+    }
+
+    /// Marks `sink` as waiting for its destination, or not (`None`).
+    pub(crate) fn set_paused(&self, sink: &str, reason: Option<&str>) {
+        self.set(
+            metric::DESTINATION_PAUSED,
+            vec![("sink", sink.to_owned())],
+            f64::from(u8::from(reason.is_some())),
+        );
+        self.with_health(sink, |h| match reason {
+            None => h.paused = None,
+            Some(reason) => match &mut h.paused {
+                Some((_, r)) => reason.clone_into(r),
+                None => h.paused = Some((Instant::now(), reason.to_owned())),
+            },
+        });
     }
 
     pub(crate) fn set_assigned(&self, sink: &str, assigned: bool) {
@@ -158,7 +284,7 @@ impl Telemetry {
 
     pub(crate) fn set_circuit(&self, sink: &str, reason: Option<&str>) {
         self.set(
-            "consent_relay_circuit_open",
+            metric::CIRCUIT_OPEN,
             vec![("sink", sink.to_owned())],
             f64::from(u8::from(reason.is_some())),
         );
@@ -174,10 +300,20 @@ impl Telemetry {
         f(health.entry(sink.to_owned()).or_default());
     }
 
-    /// Ready when every sink has partitions, reached its ledger, and has no open circuit.
-    /// Otherwise the reasons, one per line.
+    /// Ready when every sink has partitions, reached its ledger, has no open circuit, has not
+    /// waited for its destination or made no progress for `stall_after_ms`, and holds no
+    /// withdrawal older than the SLO. Otherwise the reasons, one per line.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let liveness = self
+            .liveness
+            .lock()
+            .expect("liveness lock poisoned")
+            .clone();
+        let lag = self.lag_by_sink();
         let health = self.health.lock().expect("health lock poisoned");
+        let stall_after = Duration::from_millis(liveness.stall_after_ms);
+        let slo = Duration::from_millis(liveness.withdrawal_slo_ms);
+        let now = SystemTime::now();
         let mut reasons = Vec::new();
         if health.is_empty() {
             reasons.push("no sink is running".to_owned());
@@ -192,12 +328,52 @@ impl Telemetry {
             if let Some(e) = &h.ledger_error {
                 reasons.push(format!("{sink}: ledger unreachable: {e}"));
             }
+            match &h.paused {
+                Some((since, why)) if h.circuit.is_none() && since.elapsed() >= stall_after => {
+                    reasons.push(format!(
+                        "{sink}: destination paused for {}s: {why}",
+                        since.elapsed().as_secs()
+                    ))
+                }
+                _ => {}
+            }
+            let stalled = stalled_for(h, lag.get(sink).copied().unwrap_or(0));
+            if h.paused.is_none() && stalled >= stall_after {
+                reasons.push(format!(
+                    "{sink}: stalled: no progress for {}s while it has work",
+                    stalled.as_secs()
+                ));
+            }
+            let oldest = oldest_withdrawal(h);
+            if let Some(age) = oldest.and_then(|t| now.duration_since(t).ok()) {
+                if age > slo {
+                    reasons.push(format!(
+                        "{sink}: a withdrawal has waited {}s without an outcome (SLO {}s)",
+                        age.as_secs(),
+                        slo.as_secs()
+                    ));
+                }
+            }
         }
         if reasons.is_empty() {
             Ok(())
         } else {
             Err(reasons)
         }
+    }
+
+    /// Total consumer lag per sink, from the lag gauges.
+    fn lag_by_sink(&self) -> BTreeMap<String, i64> {
+        let mut out = BTreeMap::new();
+        for ((name, labels), v) in &self.samples().values {
+            if *name != metric::CONSUMER_LAG {
+                continue;
+            }
+            if let Some((_, sink)) = labels.iter().find(|(k, _)| *k == "sink") {
+                *out.entry(sink.clone()).or_insert(0) += *v as i64;
+            }
+        }
+        out
     }
 
     /// The Prometheus text exposition of every metric.
@@ -210,7 +386,7 @@ impl Telemetry {
                 wait += d.stats().rate_limit_wait;
             }
             self.set(
-                "consent_relay_rate_limit_wait_seconds_total",
+                metric::RATE_LIMIT_WAIT,
                 vec![("sink", sink.name().to_owned())],
                 wait.as_secs_f64(),
             );
@@ -228,25 +404,46 @@ impl Telemetry {
         }
 
         let now = SystemTime::now();
-        let ages: Vec<(String, f64)> = {
-            let oldest = self.oldest_unapplied.lock().expect("oldest lock poisoned");
-            sinks
+        let age = |t: Option<SystemTime>| {
+            t.map_or(0.0, |t| {
+                now.duration_since(t).unwrap_or_default().as_secs_f64()
+            })
+        };
+        let lag = self.lag_by_sink();
+        let gauges: Vec<(String, [(&'static str, f64); 5])> = {
+            let health = self.health.lock().expect("health lock poisoned");
+            health
                 .iter()
-                .map(|s| {
-                    let age = oldest.get(s.name()).map_or(0.0, |t| {
-                        now.duration_since(*t).unwrap_or_default().as_secs_f64()
-                    });
-                    (s.name().to_owned(), age)
+                .map(|(sink, h)| {
+                    let oldest_any = h.unapplied.values().filter_map(|u| u.any).min();
+                    let stalled = stalled_for(h, lag.get(sink).copied().unwrap_or(0));
+                    (
+                        sink.clone(),
+                        [
+                            (metric::OLDEST_UNAPPLIED_AGE, age(oldest_any)),
+                            (
+                                metric::OLDEST_UNAPPLIED_WITHDRAWAL_AGE,
+                                age(oldest_withdrawal(h)),
+                            ),
+                            (metric::STALLED, stalled.as_secs_f64()),
+                            (metric::PARKED_ITEMS, h.parked.0 as f64),
+                            (metric::PARKED_OLDEST_AGE, age(h.parked.1)),
+                        ],
+                    )
                 })
                 .collect()
         };
-        for (sink, age) in ages {
-            self.set(
-                "consent_relay_oldest_unapplied_age_seconds",
-                vec![("sink", sink)],
-                age,
-            );
+        for (sink, values) in gauges {
+            for (name, value) in values {
+                self.set(name, vec![("sink", sink.clone())], value);
+            }
         }
+        let slo = self
+            .liveness
+            .lock()
+            .expect("liveness lock poisoned")
+            .withdrawal_slo_ms;
+        self.set(metric::WITHDRAWAL_SLO, vec![], slo as f64 / 1000.0);
 
         let samples = self.samples();
         let mut out = String::new();
@@ -260,7 +457,7 @@ impl Telemetry {
                     .filter(|((n, _), _)| n == name)
                     .map(|((_, l), h)| (l.clone(), h.clone()))
                     .collect();
-                if *name == "consent_relay_downstream_request_duration_seconds" {
+                if *name == metric::DOWNSTREAM_REQUEST_DURATION {
                     series.extend(latency.iter().map(|((sink, class), h)| {
                         (
                             vec![
@@ -296,6 +493,25 @@ impl Telemetry {
         }
         out
     }
+}
+
+/// How long a sink has made no progress while it has work: lag, or a batch in flight. Parked copies
+/// waiting for their due time are not work yet.
+fn stalled_for(h: &SinkHealth, lag: i64) -> Duration {
+    let in_flight = h
+        .unapplied
+        .get(&Lane::Source)
+        .is_some_and(|u| u.any.is_some());
+    let has_work = lag > 0 || in_flight;
+    if has_work {
+        h.last_progress.elapsed()
+    } else {
+        Duration::ZERO
+    }
+}
+
+fn oldest_withdrawal(h: &SinkHealth) -> Option<SystemTime> {
+    h.unapplied.values().filter_map(|u| u.withdrawal).min()
 }
 
 fn fmt_labels(labels: &Labels) -> String {

@@ -1,4 +1,5 @@
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use relay_delivery::{BoxFuture, ConfigError, Destination, Outcome, Sink, SinkItem};
 
@@ -9,47 +10,54 @@ use crate::{google, linkedin, meta, x};
 
 /// The audiences sink: hashed identifiers into Meta, Google, LinkedIn and X audiences.
 pub struct AudiencesSink {
+    /// `audiences`, or `audiences.<audience>` for a sink of one audience.
+    name: String,
     config: AudiencesConfig,
     /// One per platform account (platform, base URL, token): audiences on one account share its
-    /// rate limit, daily budget and `Retry-After` pause.
-    accounts: Vec<Destination>,
+    /// rate limit, daily budget and `Retry-After` pause, also across per-audience sinks.
+    accounts: Vec<Arc<Destination>>,
     /// Audience name → index into `accounts`.
     account_of: BTreeMap<String, usize>,
 }
 
 impl AudiencesSink {
-    /// Validates `config` and builds one HTTP client per platform account.
+    /// Validates `config` and builds one sink for all its audiences, with one HTTP client per
+    /// platform account.
     pub fn new(config: AudiencesConfig) -> Result<Self, ConfigError> {
         config.validate()?;
-        let mut accounts = Vec::new();
-        let mut account_of = BTreeMap::new();
-        {
-            let mut known = HashMap::new();
-            for (name, audience) in &config.audiences {
-                let key = (
-                    audience.platform(),
-                    audience.base_url(),
-                    audience.account_credential().unwrap_or_default(),
-                );
-                let index = match known.get(&key) {
-                    Some(&index) => index,
-                    None => {
-                        accounts.push(
-                            Destination::new(audience.limits().clone())
-                                .map_err(ConfigError::Client)?,
-                        );
-                        known.insert(key, accounts.len() - 1);
-                        accounts.len() - 1
-                    }
-                };
-                account_of.insert(name.clone(), index);
-            }
-        }
+        let (accounts, account_of) = accounts(&config)?;
         Ok(AudiencesSink {
+            name: "audiences".to_owned(),
             config,
             accounts,
             account_of,
         })
+    }
+
+    /// Validates `config` and builds one sink per audience, named `audiences.<audience>`, each
+    /// with the purposes that route to it. Audiences on one platform account share its HTTP client
+    /// and limits.
+    pub fn per_audience(config: AudiencesConfig) -> Result<Vec<AudiencesSink>, ConfigError> {
+        config.validate()?;
+        let (accounts, account_of) = accounts(&config)?;
+        Ok(config
+            .audiences
+            .keys()
+            .map(|name| {
+                let index = account_of[name];
+                AudiencesSink {
+                    name: format!("audiences.{name}"),
+                    config: config.only(name),
+                    accounts: vec![accounts[index].clone()],
+                    account_of: BTreeMap::from([(name.clone(), 0)]),
+                }
+            })
+            .collect())
+    }
+
+    /// The purposes that route to this sink.
+    pub fn purposes(&self) -> std::collections::BTreeSet<String> {
+        self.config.purposes.keys().cloned().collect()
     }
 
     async fn deliver_items(&self, items: &[SinkItem]) -> Vec<Outcome> {
@@ -149,7 +157,7 @@ impl AudiencesSink {
         );
         if answer.stop {
             // Body-signalled limits (Meta) carry no Retry-After header for the destination to see.
-            if let Some(Outcome::Retryable {
+            if let Some(Outcome::Unavailable {
                 after: Some(after), ..
             }) = answer.outcomes.first()
             {
@@ -158,6 +166,35 @@ impl AudiencesSink {
         }
         answer
     }
+}
+
+type Accounts = (Vec<Arc<Destination>>, BTreeMap<String, usize>);
+
+/// One HTTP front per platform account (platform, base URL, credential), and which one each
+/// audience uses.
+fn accounts(config: &AudiencesConfig) -> Result<Accounts, ConfigError> {
+    let mut accounts = Vec::new();
+    let mut account_of = BTreeMap::new();
+    let mut known = HashMap::new();
+    for (name, audience) in &config.audiences {
+        let key = (
+            audience.platform(),
+            audience.base_url(),
+            audience.account_credential().unwrap_or_default(),
+        );
+        let index = match known.get(&key) {
+            Some(&index) => index,
+            None => {
+                accounts.push(Arc::new(
+                    Destination::new(audience.limits().clone()).map_err(ConfigError::Client)?,
+                ));
+                known.insert(key, accounts.len() - 1);
+                accounts.len() - 1
+            }
+        };
+        account_of.insert(name.clone(), index);
+    }
+    Ok((accounts, account_of))
 }
 
 /// The outcome for the rest of an account's requests in this delivery, if this answer means they
@@ -174,7 +211,7 @@ fn blocking(answer: &Answer) -> Option<Outcome> {
     let not_sent =
         |reason: &str| format!("not sent: an earlier request to this account failed: {reason}");
     Some(match cause {
-        Outcome::Retryable { after, reason } => Outcome::Retryable {
+        Outcome::Unavailable { after, reason } => Outcome::Unavailable {
             after: *after,
             reason: not_sent(reason),
         },
@@ -220,7 +257,7 @@ fn build(
 
 impl Sink for AudiencesSink {
     fn name(&self) -> &str {
-        "audiences"
+        &self.name
     }
 
     fn requires_email(&self) -> bool {
@@ -232,6 +269,6 @@ impl Sink for AudiencesSink {
     }
 
     fn destinations(&self) -> Vec<&Destination> {
-        self.accounts.iter().collect()
+        self.accounts.iter().map(|d| d.as_ref()).collect()
     }
 }

@@ -357,6 +357,26 @@ impl AudienceConfig {
 impl AudiencesConfig {
     /// Checks everything that can be checked without calling the platforms and reports all
     /// problems at once, so that one start attempt shows every mistake.
+    /// This configuration narrowed to one audience: that audience alone, and the purposes that
+    /// route to it (naming only it). Each audience is its own destination with its own consumer
+    /// group, so that one platform's pause never holds another's.
+    pub fn only(&self, audience: &str) -> AudiencesConfig {
+        AudiencesConfig {
+            purposes: self
+                .purposes
+                .iter()
+                .filter(|(_, names)| names.iter().any(|n| n == audience))
+                .map(|(p, _)| (p.clone(), vec![audience.to_owned()]))
+                .collect(),
+            audiences: self
+                .audiences
+                .iter()
+                .filter(|(name, _)| *name == audience)
+                .map(|(n, a)| (n.clone(), a.clone()))
+                .collect(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = ConfigProblems::default();
 

@@ -221,7 +221,7 @@ mod tests {
     }
 
     #[test]
-    fn quota_exhaustion_is_retryable_and_throttles() {
+    fn quota_exhaustion_makes_the_destination_unavailable_and_throttles() {
         let a = answer(
             &reply(
                 429,
@@ -231,8 +231,8 @@ mod tests {
             2,
         );
         assert!(a.stop);
-        assert_eq!(a.outcomes[0].class(), "retryable");
-        assert!(matches!(&a.outcomes[1], Outcome::Retryable { reason, .. }
+        assert_eq!(a.outcomes[0].class(), "unavailable");
+        assert!(matches!(&a.outcomes[1], Outcome::Unavailable { reason, .. }
             if reason.contains("RESOURCE_EXHAUSTED")));
     }
 

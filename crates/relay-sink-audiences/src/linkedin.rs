@@ -161,14 +161,14 @@ mod tests {
             6,
         );
         assert!(!a.stop);
-        let classes: Vec<_> = a.outcomes.iter().map(Outcome::class).collect();
+        let classes: Vec<_> = a.outcomes.iter().map(|o| o.class().as_str()).collect();
         assert_eq!(
             classes,
             [
                 "applied",
                 "applied",
                 "permanent",
-                "retryable",
+                "unavailable",
                 "retryable",
                 "retryable"
             ]
@@ -187,7 +187,7 @@ mod tests {
         );
         assert!(limited.stop);
         assert!(
-            matches!(&limited.outcomes[0], Outcome::Retryable { reason, .. }
+            matches!(&limited.outcomes[0], Outcome::Unavailable { reason, .. }
             if reason.contains("TOO_MANY_REQUESTS"))
         );
         assert_eq!(

@@ -147,7 +147,7 @@ fn error_answer(reply: &Reply, error: &GraphError, sent: usize) -> Answer {
         let after = regain_access(reply).unwrap_or(DEFAULT_THROTTLE_PAUSE);
         return Answer {
             outcomes: vec![
-                Outcome::Retryable {
+                Outcome::Unavailable {
                     after: Some(after),
                     reason: detail,
                 };
@@ -327,7 +327,7 @@ mod tests {
     }
 
     #[test]
-    fn rate_limit_codes_are_retryable_and_throttle_whatever_the_status() {
+    fn rate_limit_codes_make_the_destination_unavailable_whatever_the_status() {
         for (status, code) in [
             (400, 17),
             (403, 4),
@@ -339,7 +339,7 @@ mod tests {
             assert!(a.stop, "{code}");
             assert_eq!(a.outcomes.len(), 2);
             match &a.outcomes[0] {
-                Outcome::Retryable { after, reason } => {
+                Outcome::Unavailable { after, reason } => {
                     assert_eq!(*after, Some(DEFAULT_THROTTLE_PAUSE));
                     assert!(reason.contains(&format!("Meta error {code}")), "{reason}");
                 }
@@ -360,7 +360,9 @@ mod tests {
             )),
         );
         match &answer(&r, 1).outcomes[0] {
-            Outcome::Retryable { after, .. } => assert_eq!(*after, Some(Duration::from_secs(180))),
+            Outcome::Unavailable { after, .. } => {
+                assert_eq!(*after, Some(Duration::from_secs(180)))
+            }
             other => panic!("{other:?}"),
         }
     }

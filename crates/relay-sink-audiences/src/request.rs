@@ -468,7 +468,7 @@ pub(crate) mod tests {
         assert_eq!(linkedin.removes.len(), 1);
         assert_eq!(linkedin.removes[0].items, [3]);
         assert_eq!(
-            plan.settled[2].as_ref().map(Outcome::class),
+            plan.settled[2].as_ref().map(|o| o.class().as_str()),
             Some("retryable")
         );
         assert_eq!(plan.settled[3], None);

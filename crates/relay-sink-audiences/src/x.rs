@@ -308,7 +308,7 @@ mod tests {
         let a = answer(&r, 1);
         assert!(a.stop);
         match &a.outcomes[0] {
-            Outcome::Retryable { after, reason } => {
+            Outcome::Unavailable { after, reason } => {
                 let after = after.unwrap();
                 assert!(after <= Duration::from_secs(30) && after >= Duration::from_secs(28));
                 assert!(reason.contains("TOO_MANY_REQUESTS"), "{reason}");

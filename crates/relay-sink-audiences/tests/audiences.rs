@@ -226,11 +226,11 @@ async fn meta_error_code_17_is_retryable_not_permanent_and_holds_the_account_bac
     .await;
     for outcome in &outcomes {
         match outcome {
-            Outcome::Retryable { after, reason } => {
+            Outcome::Unavailable { after, reason } => {
                 assert!(after.is_some(), "{reason}");
                 assert!(reason.contains("Meta error 17"), "{reason}");
             }
-            other => panic!("code 17 must be retryable, got {other:?}"),
+            other => panic!("code 17 must pause the account, not dead-letter, got {other:?}"),
         }
     }
     // The lookalike audience is on the same account: not asked after the throttle.
@@ -263,7 +263,7 @@ async fn a_rate_limited_account_gets_no_more_requests_in_the_delivery() {
     for outcome in &outcomes[1..] {
         match outcome {
             // X's x-rate-limit-reset, a minute ahead, becomes the retry delay.
-            Outcome::Retryable {
+            Outcome::Unavailable {
                 after: Some(after),
                 reason,
             } => {
@@ -284,12 +284,12 @@ async fn platform_errors_map_to_outcomes() {
     let fakes = Fakes::start().await;
     let sink = fakes.sink("");
 
-    // Google's per-project quota: retryable.
+    // Google's per-project quota: the destination is unavailable, the item retried later.
     fakes
         .google
         .push_response(audiences::google::quota_exhausted());
     let outcomes = deliver(&sink, &[grant("s1", "q@example.de")]).await;
-    assert_eq!(classes(&outcomes), ["retryable"]);
+    assert_eq!(classes(&outcomes), ["unavailable"]);
     assert_eq!(fakes.presence("q@example.de"), [true, false, true, true]);
 
     // X is all-or-nothing: counts that do not add up are retried.

@@ -93,6 +93,7 @@ async fn no_raw_identifier_reaches_a_platform_a_log_line_or_a_reason() {
         for outcome in deliver(&sink, round).await {
             match outcome {
                 Outcome::Retryable { reason, .. }
+                | Outcome::Unavailable { reason, .. }
                 | Outcome::Permanent { reason }
                 | Outcome::Refused { reason } => reasons.push(reason),
                 Outcome::Applied | Outcome::AlreadyApplied => {}

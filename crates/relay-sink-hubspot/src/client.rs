@@ -158,7 +158,7 @@ impl HubSpotSink {
             // rest goes back to the runtime, which retries after the pause.
             let until = until_utc_midnight(SystemTime::now());
             self.destination.pause_for(until);
-            answer.halt = Some(Outcome::Retryable {
+            answer.halt = Some(Outcome::Unavailable {
                 after: Some(until),
                 reason: "not sent: HubSpot's daily request limit is spent".to_owned(),
             });
@@ -265,7 +265,7 @@ fn map_success(call: &Call, reply: &Reply) -> Vec<Outcome> {
         Call::UnsubscribeAll(contacts) => match parse::<StatusResult>(reply) {
             Ok(batch) => contacts
                 .iter()
-                .map(|c| batch.status_outcome(&c.email, None, correlation_id))
+                .map(|c| batch.unsubscribe_all_outcome(&c.email, correlation_id))
                 .collect(),
             Err(unreadable) => vec![unreadable; contacts.len()],
         },
@@ -499,6 +499,18 @@ impl BatchResponse<StatusResult> {
     }
 }
 
+impl BatchResponse<StatusResult> {
+    /// The outcome of one unsubscribe-all input. HubSpot lists contacts only on request
+    /// (`verbose`) but always lists errors: an input no error names is done, whether or not a
+    /// result lists it (docs/vendors/hubspot.md §1c).
+    fn unsubscribe_all_outcome(&self, email: &str, correlation_id: Option<&str>) -> Outcome {
+        match self.status_outcome(email, None, correlation_id) {
+            Outcome::Retryable { .. } => Outcome::Applied,
+            decided => decided,
+        }
+    }
+}
+
 impl StatusResult {
     /// True when every reason HubSpot gave is `NO_STATUS_CHANGE`. An unsubscribe-all result may
     /// carry its reasons per subscription type in `statuses`; no reason at all counts as a change.
@@ -552,8 +564,8 @@ mod tests {
 
     fn after(outcome: &Outcome) -> Option<Duration> {
         match outcome {
-            Outcome::Retryable { after, .. } => *after,
-            other => panic!("expected retryable, got {other:?}"),
+            Outcome::Unavailable { after, .. } => *after,
+            other => panic!("expected unavailable, got {other:?}"),
         }
     }
 

@@ -12,10 +12,11 @@ pub const UPSERT_PATH: &str = "/crm/v3/objects/contacts/batch/upsert";
 /// Sets subscription statuses for many (contact, subscription type) pairs
 /// (docs/vendors/hubspot.md §1c).
 pub const BATCH_WRITE_PATH: &str = "/communication-preferences/v4/statuses/batch/write";
-/// Opts contacts out of all email (docs/vendors/hubspot.md §1c). `channel` is documented for the
-/// single-contact variant only; sending it here too is harmless.
+/// Opts contacts out of all email (docs/vendors/hubspot.md §1c). `channel` is required;
+/// `verbose=true` asks HubSpot to list each contact's changed statuses (without it the results are
+/// empty, and only errors name inputs).
 pub const UNSUBSCRIBE_ALL_PATH: &str =
-    "/communication-preferences/v4/statuses/batch/unsubscribe-all?channel=EMAIL";
+    "/communication-preferences/v4/statuses/batch/unsubscribe-all?channel=EMAIL&verbose=true";
 /// Permanently deletes a contact and blocklists its address (docs/vendors/hubspot.md §1e).
 pub const GDPR_DELETE_PATH: &str = "/crm/v3/objects/contacts/gdpr-delete";
 
@@ -545,7 +546,7 @@ mod tests {
                 ),
             ]
         );
-        assert!(UNSUBSCRIBE_ALL_PATH.ends_with("?channel=EMAIL"));
+        assert!(UNSUBSCRIBE_ALL_PATH.ends_with("?channel=EMAIL&verbose=true"));
     }
 
     #[test]

@@ -112,20 +112,18 @@ fn erase(email: &str) -> SinkItem {
     item(Some(email), Action::Erase, Target::All)
 }
 
+/// The wait a rate-limited account asks for: limits make the destination unavailable.
 fn retry_after(outcome: &Outcome) -> Option<Duration> {
     match outcome {
-        Outcome::Retryable { after, .. } => *after,
-        other => panic!("expected retryable, got {other:?}"),
+        Outcome::Unavailable { after, .. } => *after,
+        other => panic!("expected unavailable, got {other:?}"),
     }
 }
 
 fn reason(outcome: &Outcome) -> &str {
-    match outcome {
-        Outcome::Retryable { reason, .. }
-        | Outcome::Permanent { reason }
-        | Outcome::Refused { reason } => reason,
-        other => panic!("expected a failure, got {other:?}"),
-    }
+    outcome
+        .reason()
+        .unwrap_or_else(|| panic!("expected a failure, got {outcome:?}"))
 }
 
 fn with_contact(mut item: SinkItem, contact: Contact) -> SinkItem {
@@ -204,6 +202,25 @@ async fn withdraw_unsubscribes_and_a_repeat_is_already_applied() {
 }
 
 #[tokio::test]
+async fn an_unsubscribe_all_answer_without_results_is_done_for_every_input_no_error_names() {
+    let (fake, sink) = setup(100).await;
+    fake.set_terse_unsubscribe_all(true);
+    let outcomes = sink
+        .deliver(&[
+            unsubscribe_all("eva@example.de"),
+            unsubscribe_all("bad@@example.de"),
+        ])
+        .await;
+    assert_eq!(outcomes[0], Outcome::Applied);
+    assert!(
+        matches!(&outcomes[1], Outcome::Permanent { reason } if reason.contains("VALIDATION_ERROR")),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(fake.unsubscribed_from_all("eva@example.de"));
+}
+
+#[tokio::test]
 async fn repeated_grant_is_already_applied() {
     let (fake, sink) = setup(100).await;
     let email = "ben@example.de";
@@ -237,7 +254,10 @@ async fn global_unsubscribe_opts_out_of_everything() {
         );
     }
     let last = fake.requests().pop().unwrap();
-    assert_eq!(last.path, format!("{UNSUBSCRIBE_ALL_PATH}?channel=EMAIL"));
+    assert_eq!(
+        last.path,
+        format!("{UNSUBSCRIBE_ALL_PATH}?channel=EMAIL&verbose=true")
+    );
     assert_eq!(
         serde_json::from_str::<Value>(&last.body).unwrap(),
         json!({"inputs": [email, "dora@example.de"]})
@@ -361,7 +381,10 @@ async fn server_error_is_retryable_and_changes_nothing() {
     let (fake, sink) = setup(100).await;
     fake.push_response(ScriptedResponse::server_error());
     let outcomes = sink.deliver(&[grant("i@example.de", "events")]).await;
-    assert_eq!(retry_after(&outcomes[0]), None);
+    assert!(
+        matches!(&outcomes[0], Outcome::Retryable { after: None, .. }),
+        "{outcomes:?}"
+    );
     assert!(reason(&outcomes[0]).starts_with("HTTP 500"), "{outcomes:?}");
     assert_eq!(fake.subscription_status("i@example.de", EVENTS_ID), None);
 }

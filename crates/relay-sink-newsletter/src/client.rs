@@ -32,6 +32,8 @@ const FORGOTTEN_REASON: &str = "Mailchimp refuses to subscribe the address becau
 
 /// The newsletter sink: keeps Brevo lists and Mailchimp audiences in step with consent events.
 pub struct NewsletterSink {
+    /// `newsletter`, or `newsletter.<list>` for a sink of one list.
+    name: String,
     config: NewsletterConfig,
     lists: BTreeMap<String, ListClient>,
 }
@@ -56,6 +58,26 @@ impl NewsletterSink {
     /// Validates `config` and builds one HTTP front (rate limit, concurrency) per list.
     pub fn new(config: NewsletterConfig) -> Result<NewsletterSink, ConfigError> {
         config.validate()?;
+        NewsletterSink::build("newsletter".to_owned(), config)
+    }
+
+    /// Validates `config` and builds one sink per list, named `newsletter.<list>`, each with the
+    /// purposes that route to it.
+    pub fn per_list(config: NewsletterConfig) -> Result<Vec<NewsletterSink>, ConfigError> {
+        config.validate()?;
+        config
+            .lists
+            .keys()
+            .map(|list| NewsletterSink::build(format!("newsletter.{list}"), config.only(list)))
+            .collect()
+    }
+
+    /// The purposes that route to this sink.
+    pub fn purposes(&self) -> std::collections::BTreeSet<String> {
+        self.config.purposes()
+    }
+
+    fn build(name: String, config: NewsletterConfig) -> Result<NewsletterSink, ConfigError> {
         let mut lists = BTreeMap::new();
         for (name, list) in &config.lists {
             // validate() has checked that the key is there and the base URL derivable.
@@ -86,7 +108,11 @@ impl NewsletterSink {
                 },
             );
         }
-        Ok(NewsletterSink { config, lists })
+        Ok(NewsletterSink {
+            name,
+            config,
+            lists,
+        })
     }
 
     async fn deliver_items(&self, items: &[SinkItem]) -> Vec<Outcome> {
@@ -128,8 +154,8 @@ impl NewsletterSink {
             } else if let Some(outcome) = known {
                 outcome
             } else {
-                let (outcome, status) = self.send(call).await;
-                if let Some(block) = outcome.unsent_after(status, PROVIDER) {
+                let outcome = self.send(call).await;
+                if let Some(block) = outcome.unsent_after(PROVIDER) {
                     lock(blocked).entry(call.list.clone()).or_insert(block);
                 }
                 outcome
@@ -140,12 +166,10 @@ impl NewsletterSink {
         out
     }
 
-    /// Sends one call and maps the answer to the item's outcome; also returns the HTTP status,
-    /// if there was an answer.
-    async fn send(&self, call: &Call) -> (Outcome, Option<u16>) {
+    /// Sends one call and maps the answer to the item's outcome.
+    async fn send(&self, call: &Call) -> Outcome {
         let Some(list) = self.lists.get(&call.list) else {
-            let reason = format!("list {:?} is not configured", call.list);
-            return (Outcome::permanent(reason), None);
+            return Outcome::permanent(format!("list {:?} is not configured", call.list));
         };
         let mut request = list.destination.http().request(
             call.method.clone(),
@@ -156,7 +180,7 @@ impl NewsletterSink {
         }
         let reply = match list.send(request).await {
             Ok(reply) => reply,
-            Err(outcome) => return (outcome, None),
+            Err(outcome) => return outcome,
         };
         // Paths hold the address (Brevo) or its hash (Mailchimp): never logged.
         tracing::debug!(
@@ -166,7 +190,7 @@ impl NewsletterSink {
             status = reply.status,
             "newsletter provider answered"
         );
-        let outcome = match &list.provider {
+        match &list.provider {
             Provider::Brevo => {
                 list.honor_brevo_rate_limit(&reply);
                 brevo_outcome(call.op, &reply)
@@ -175,8 +199,7 @@ impl NewsletterSink {
                 MailchimpAnswer::Done(outcome) => outcome,
                 MailchimpAnswer::NotFound => list.mailchimp_member_gone(list_id).await,
             },
-        };
-        (outcome, Some(reply.status))
+        }
     }
 }
 
@@ -231,7 +254,7 @@ const PROVIDER: &str = "the list's provider";
 
 impl Sink for NewsletterSink {
     fn name(&self) -> &str {
-        "newsletter"
+        &self.name
     }
 
     fn requires_email(&self) -> bool {
@@ -443,7 +466,7 @@ mod tests {
         );
         assert_eq!(
             brevo_outcome(Op::Subscribe, &r),
-            Outcome::Retryable {
+            Outcome::Unavailable {
                 after: Some(Duration::from_secs(7)),
                 reason: "HTTP 429: rate limited [too_many_requests]".into()
             }
@@ -532,26 +555,24 @@ mod tests {
     fn a_429_or_a_refusal_blocks_the_list_for_the_delivery() {
         let limited = classify_status(429, Some("3"), "slow");
         assert_eq!(
-            limited.unsent_after(Some(429), PROVIDER),
-            Some(Outcome::Retryable {
+            limited.unsent_after(PROVIDER),
+            Some(Outcome::Unavailable {
                 after: Some(Duration::from_secs(3)),
-                reason: "not sent: the list's provider answered 429 earlier in this delivery"
+                reason: "not sent: the list's provider was unavailable earlier in this delivery \
+                    (HTTP 429: slow)"
                     .into()
             })
         );
         assert!(matches!(
-            classify_status(401, None, "key").unsent_after(Some(401), PROVIDER),
+            classify_status(401, None, "key").unsent_after(PROVIDER),
             Some(Outcome::Refused { .. })
         ));
-        assert_eq!(
-            classify_status(500, None, "x").unsent_after(Some(500), PROVIDER),
-            None
-        );
-        assert_eq!(
-            Outcome::retryable("timeout").unsent_after(None, PROVIDER),
-            None
-        );
-        assert_eq!(Outcome::Applied.unsent_after(Some(200), PROVIDER), None);
+        assert_eq!(classify_status(500, None, "x").unsent_after(PROVIDER), None);
+        assert!(matches!(
+            Outcome::unavailable("timeout").unsent_after(PROVIDER),
+            Some(Outcome::Unavailable { .. })
+        ));
+        assert_eq!(Outcome::Applied.unsent_after(PROVIDER), None);
     }
 
     #[tokio::test]

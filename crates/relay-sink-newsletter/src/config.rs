@@ -102,6 +102,26 @@ impl NewsletterConfig {
         self.purposes.keys().cloned().collect()
     }
 
+    /// This configuration narrowed to one list: that list alone, and the purposes that route to
+    /// it. Each list is its own destination with its own consumer group, so that one provider's
+    /// pause never holds another's.
+    pub fn only(&self, list: &str) -> NewsletterConfig {
+        NewsletterConfig {
+            purposes: self
+                .purposes
+                .iter()
+                .filter(|(_, lists)| lists.iter().any(|l| l == list))
+                .map(|(p, _)| (p.clone(), vec![list.to_owned()]))
+                .collect(),
+            lists: self
+                .lists
+                .iter()
+                .filter(|(name, _)| *name == list)
+                .map(|(n, l)| (n.clone(), l.clone()))
+                .collect(),
+        }
+    }
+
     /// Checks everything that can be checked without calling a provider and reports all problems
     /// at once, so that one start attempt shows every mistake.
     pub fn validate(&self) -> Result<(), ConfigError> {

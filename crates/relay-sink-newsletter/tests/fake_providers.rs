@@ -320,7 +320,7 @@ async fn brevo_429_is_retryable_after_the_reset() {
     ));
     let outcomes = s.sink.deliver(&[grant("s@example.de", "newsletter")]).await;
     match &outcomes[0] {
-        Outcome::Retryable { after, reason } => {
+        Outcome::Unavailable { after, reason } => {
             assert_eq!(*after, Some(Duration::from_secs(3)));
             assert!(reason.contains("too_many_requests"), "{reason}");
         }

@@ -12,6 +12,8 @@ use crate::request::{self, Message};
 /// The partner sink: hands leads to partners and tells them about withdrawals and erasures, as
 /// Standard Webhooks signed with each partner's secret.
 pub struct PartnerSink {
+    /// `partner`, or `partner.<name>` for a sink of one partner.
+    name: String,
     partners: Vec<Partner>,
 }
 
@@ -31,6 +33,34 @@ impl PartnerSink {
     /// Validates `config` and builds one HTTP front (rate limit, concurrency) per partner.
     pub fn new(config: PartnerSinkConfig) -> Result<PartnerSink, ConfigError> {
         config.validate()?;
+        PartnerSink::build("partner".to_owned(), config)
+    }
+
+    /// Validates `config` and builds one sink per partner, named `partner.<name>`: a partner that
+    /// is down or answers 410 pauses only its own hand-offs.
+    pub fn per_partner(config: PartnerSinkConfig) -> Result<Vec<PartnerSink>, ConfigError> {
+        config.validate()?;
+        config
+            .partners
+            .iter()
+            .map(|(name, partner)| {
+                let only = PartnerSinkConfig {
+                    partners: [(name.clone(), partner.clone())].into(),
+                };
+                PartnerSink::build(format!("partner.{name}"), only)
+            })
+            .collect()
+    }
+
+    /// The purposes that route to this sink: its partners' gating purposes.
+    pub fn purposes(&self) -> std::collections::BTreeSet<String> {
+        self.partners
+            .iter()
+            .map(|p| p.config.purpose.clone())
+            .collect()
+    }
+
+    fn build(name: String, config: PartnerSinkConfig) -> Result<PartnerSink, ConfigError> {
         let mut partners = Vec::with_capacity(config.partners.len());
         for (name, partner) in config.partners {
             // validate() has checked that the secret is there and decodes.
@@ -57,7 +87,7 @@ impl PartnerSink {
                 destination,
             });
         }
-        Ok(PartnerSink { partners })
+        Ok(PartnerSink { name, partners })
     }
 
     async fn deliver_items(&self, items: &[SinkItem]) -> Vec<Outcome> {
@@ -83,8 +113,8 @@ impl PartnerSink {
                     match request::message(item, &partner.config) {
                         Err(outcome) => outcome,
                         Ok(message) => {
-                            let (outcome, status) = partner.send(&message).await;
-                            blocked[p] = outcome.unsent_after(status, "the partner");
+                            let outcome = partner.send(&message).await;
+                            blocked[p] = outcome.unsent_after("the partner");
                             outcome
                         }
                     }
@@ -112,9 +142,8 @@ impl PartnerSink {
 }
 
 impl Partner {
-    /// Signs and sends one message; returns its outcome and the HTTP status, if there was an
-    /// answer.
-    async fn send(&self, message: &Message) -> (Outcome, Option<u16>) {
+    /// Signs and sends one message and maps the answer to its outcome.
+    async fn send(&self, message: &Message) -> Outcome {
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -132,7 +161,7 @@ impl Partner {
             .body(message.body.clone());
         let reply = match self.destination.send(request).await {
             Ok(reply) => reply,
-            Err(outcome) => return (outcome, None),
+            Err(outcome) => return outcome,
         };
         tracing::debug!(
             sink = "partner",
@@ -144,18 +173,17 @@ impl Partner {
         );
         // 410 comes back refused: the partner asks us to stop (Standard Webhooks), which opens
         // the runtime's circuit until an operator acts, instead of retrying forever.
-        let outcome = classify_status(
+        classify_status(
             reply.status,
             reply.header("retry-after"),
             body_excerpt(&reply.body),
-        );
-        (outcome, Some(reply.status))
+        )
     }
 }
 
 impl Sink for PartnerSink {
     fn name(&self) -> &str {
-        "partner"
+        &self.name
     }
 
     /// Leads carry whatever allow-listed fields the event has; notices need only `subject_id`.
@@ -188,22 +216,24 @@ mod tests {
     fn a_429_or_a_refusal_blocks_the_partner_for_the_delivery() {
         let limited = classify_status(429, Some("4"), "slow");
         assert_eq!(
-            limited.unsent_after(Some(429), "the partner"),
-            Some(Outcome::Retryable {
+            limited.unsent_after("the partner"),
+            Some(Outcome::Unavailable {
                 after: Some(Duration::from_secs(4)),
-                reason: "not sent: the partner answered 429 earlier in this delivery".into()
+                reason: "not sent: the partner was unavailable earlier in this delivery \
+                    (HTTP 429: slow)"
+                    .into()
             })
         );
         assert!(matches!(
-            classify_status(410, None, "gone").unsent_after(Some(410), "the partner"),
+            classify_status(410, None, "gone").unsent_after("the partner"),
             Some(Outcome::Refused { .. })
         ));
         assert_eq!(
-            classify_status(503, None, "x").unsent_after(Some(503), "the partner"),
+            classify_status(503, None, "x").unsent_after("the partner"),
             None
         );
         assert_eq!(
-            Outcome::retryable("timeout").unsent_after(None, "the partner"),
+            Outcome::retryable("held back").unsent_after("the partner"),
             None
         );
     }

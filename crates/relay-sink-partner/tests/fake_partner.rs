@@ -381,7 +381,7 @@ async fn throttling_and_server_errors_are_retryable_then_go_through() {
     let it = grant("subj-11");
     let outcomes = sink.deliver(std::slice::from_ref(&it)).await;
     match &outcomes[0] {
-        Outcome::Retryable { after, reason } => {
+        Outcome::Unavailable { after, reason } => {
             assert_eq!(*after, Some(Duration::from_secs(1)));
             assert!(reason.starts_with("HTTP 429"), "{reason}");
         }

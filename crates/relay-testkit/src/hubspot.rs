@@ -133,6 +133,8 @@ type Shared = Arc<Mutex<FakeState>>;
 struct FakeState {
     token: String,
     max_inputs: usize,
+    /// Answer unsubscribe-all without per-contact results even when `verbose=true` is sent.
+    terse_unsubscribe_all: bool,
     delay: Duration,
     script: VecDeque<ScriptedResponse>,
     /// By normalized email.
@@ -178,6 +180,7 @@ impl FakeState {
         FakeState {
             token: token.to_owned(),
             max_inputs: DEFAULT_MAX_INPUTS,
+            terse_unsubscribe_all: false,
             delay: Duration::ZERO,
             script: VecDeque::new(),
             contacts: BTreeMap::new(),
@@ -315,6 +318,14 @@ impl FakeHubSpot {
     /// Changes the batch limit (default 100); larger batches get a 400.
     pub fn set_max_inputs(&self, max: usize) {
         lock(&self.shared).max_inputs = max;
+    }
+
+    /// Answers batch unsubscribe-all with `{"status":"COMPLETE","results":[]}` (plus any errors)
+    /// whatever the `verbose` parameter says. HubSpot documents `verbose` (default false) as what
+    /// makes it list the contacts (docs/vendors/hubspot.md §1c); this covers an account or version
+    /// that leaves them out anyway.
+    pub fn set_terse_unsubscribe_all(&self, terse: bool) {
+        lock(&self.shared).terse_unsubscribe_all = terse;
     }
 
     /// Answers every HubSpot request `delay` late, after its state change is applied.
@@ -640,11 +651,16 @@ async fn unsubscribe_all(
     if query.get("channel").map(String::as_str) != Some("EMAIL") {
         return validation_error("query parameter channel must be EMAIL");
     }
-    let max = lock(&shared).max_inputs;
+    let (max, terse) = {
+        let state = lock(&shared);
+        (state.max_inputs, state.terse_unsubscribe_all)
+    };
     let inputs = match parse_batch::<String>(&body, max) {
         Ok(inputs) => inputs,
         Err(message) => return validation_error(&message),
     };
+    // Without `verbose=true` HubSpot lists no contacts, only errors (default false).
+    let verbose = !terse && query.get("verbose").map(String::as_str) == Some("true");
 
     let mut results = Vec::new();
     let mut errors = Vec::new();
@@ -680,6 +696,9 @@ async fn unsubscribe_all(
         }
         if changed {
             state.count_change(&email);
+        }
+        if !verbose {
+            continue;
         }
         results.push(json!({
             "subscriberIdString": email,

@@ -215,5 +215,5 @@ pub async fn deliver(sink: &AudiencesSink, items: &[SinkItem]) -> Vec<Outcome> {
 }
 
 pub fn classes(outcomes: &[Outcome]) -> Vec<&'static str> {
-    outcomes.iter().map(Outcome::class).collect()
+    outcomes.iter().map(|o| o.class().as_str()).collect()
 }

@@ -1,0 +1,270 @@
+//! An in-memory ledger for tests of the code above the ledger (the runtime's batch engine): the
+//! same version rule ([`crate::rule::decide`]) and the same write rules as the SQL backends, held
+//! in one mutex, so every operation is one atomic step as a transaction is. It is not durable and
+//! [`crate::open`] never returns it: a ledger that dies with the process cannot back an offset
+//! commit.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use crate::rule::{self, DeliveryState};
+use crate::{
+    now_ms, Claim, ConsentRecord, Decision, DeliveryKey, DeliveryRow, Finish, Ledger, LedgerError,
+    Park, Rejection, Status, SubjectReport, SubjectState,
+};
+
+#[derive(Debug, Default)]
+pub struct MemoryLedger {
+    tables: Mutex<Tables>,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    deliveries: BTreeMap<DeliveryKey, Delivery>,
+    /// (subject, sink, target) → newest decision.
+    states: BTreeMap<(String, String, String), SubjectState>,
+    consent_log: BTreeMap<uuid::Uuid, ConsentRecord>,
+    rejections: BTreeMap<(String, String, i32, i64), Rejection>,
+}
+
+#[derive(Debug, Clone)]
+struct Delivery {
+    subject_id: String,
+    status: Status,
+    attempts: u32,
+    park_id: Option<uuid::Uuid>,
+    error_class: Option<String>,
+    error: Option<String>,
+    updated_at_ms: i64,
+}
+
+impl MemoryLedger {
+    pub fn new() -> MemoryLedger {
+        MemoryLedger::default()
+    }
+
+    fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.tables.lock().expect("memory ledger poisoned")
+    }
+
+    /// A delivery's status, for assertions.
+    pub fn status(&self, key: &DeliveryKey) -> Option<Status> {
+        self.tables().deliveries.get(key).map(|d| d.status)
+    }
+
+    /// Every delivery with its status, in key order, for assertions.
+    pub fn statuses(&self) -> Vec<(DeliveryKey, Status)> {
+        self.tables()
+            .deliveries
+            .iter()
+            .map(|(k, d)| (k.clone(), d.status))
+            .collect()
+    }
+}
+
+impl Ledger for MemoryLedger {
+    async fn log_events(&self, records: &[ConsentRecord]) -> Result<(), LedgerError> {
+        let mut t = self.tables();
+        for r in records {
+            t.consent_log.entry(r.event_id).or_insert_with(|| r.clone());
+        }
+        Ok(())
+    }
+
+    async fn claim(&self, claims: &[Claim]) -> Result<Vec<Decision>, LedgerError> {
+        let now = now_ms();
+        let mut t = self.tables();
+        let mut decisions = Vec::with_capacity(claims.len());
+        for claim in claims {
+            let delivery = t.deliveries.get(&claim.key).map(|d| DeliveryState {
+                status: d.status,
+                attempts: d.attempts,
+                park_id: d.park_id,
+            });
+            let target = claim.key.target.as_str();
+            let states: Vec<SubjectState> = t
+                .states
+                .iter()
+                .filter(|((subject, sink, t), _)| {
+                    *subject == claim.subject_id
+                        && *sink == claim.key.sink
+                        && (target == "*" || t == target || t == "*")
+                })
+                .map(|(_, s)| s.clone())
+                .collect();
+            let decision = rule::decide(claim, delivery, &states);
+            let (status, attempts) = match &decision {
+                Decision::Duplicate { .. } => {
+                    decisions.push(decision);
+                    continue;
+                }
+                Decision::Superseded { .. } => {
+                    (Status::Superseded, delivery.map_or(0, |d| d.attempts))
+                }
+                Decision::Proceed { attempt } | Decision::ProceedExcept { attempt, .. } => {
+                    t.states.insert(
+                        (
+                            claim.subject_id.clone(),
+                            claim.key.sink.clone(),
+                            claim.key.target.clone(),
+                        ),
+                        SubjectState {
+                            sink: claim.key.sink.clone(),
+                            target: claim.key.target.clone(),
+                            action: claim.action,
+                            occurred_at_ms: claim.occurred_at_ms,
+                            event_id: claim.key.event_id,
+                        },
+                    );
+                    (Status::InFlight, *attempt)
+                }
+            };
+            let row = t
+                .deliveries
+                .entry(claim.key.clone())
+                .or_insert_with(|| Delivery {
+                    subject_id: claim.subject_id.clone(),
+                    status,
+                    attempts,
+                    park_id: None,
+                    error_class: None,
+                    error: None,
+                    updated_at_ms: now,
+                });
+            row.status = status;
+            row.attempts = attempts;
+            row.park_id = claim.ticket;
+            row.updated_at_ms = now;
+            decisions.push(decision);
+        }
+        Ok(decisions)
+    }
+
+    async fn finish(&self, rows: &[Finish]) -> Result<(), LedgerError> {
+        let now = now_ms();
+        let mut t = self.tables();
+        for f in rows {
+            let row = t
+                .deliveries
+                .entry(f.key.clone())
+                .or_insert_with(|| Delivery {
+                    subject_id: f.subject_id.clone(),
+                    status: f.status,
+                    attempts: 0,
+                    park_id: None,
+                    error_class: None,
+                    error: None,
+                    updated_at_ms: now,
+                });
+            let reached = matches!(
+                row.status,
+                Status::Applied | Status::AlreadyApplied | Status::DeadLettered
+            );
+            if f.status == Status::Superseded && reached {
+                continue;
+            }
+            row.status = f.status;
+            row.error_class.clone_from(&f.error_class);
+            row.error.clone_from(&f.error);
+            row.updated_at_ms = now;
+        }
+        Ok(())
+    }
+
+    async fn park(&self, rows: &[Park]) -> Result<(), LedgerError> {
+        let now = now_ms();
+        let mut t = self.tables();
+        for p in rows {
+            let row = t
+                .deliveries
+                .entry(p.key.clone())
+                .or_insert_with(|| Delivery {
+                    subject_id: p.subject_id.clone(),
+                    status: Status::InFlight,
+                    attempts: 0,
+                    park_id: None,
+                    error_class: None,
+                    error: None,
+                    updated_at_ms: now,
+                });
+            if row.status.is_final() {
+                continue;
+            }
+            row.status = Status::Parked;
+            row.park_id = Some(p.park_id);
+            row.error_class = Some("retryable".to_owned());
+            row.error = Some(p.error.clone());
+            row.updated_at_ms = now;
+        }
+        Ok(())
+    }
+
+    async fn record_rejections(&self, rejections: &[Rejection]) -> Result<(), LedgerError> {
+        let mut t = self.tables();
+        for r in rejections {
+            t.rejections
+                .entry((r.sink.clone(), r.topic.clone(), r.partition, r.offset))
+                .or_insert_with(|| r.clone());
+        }
+        Ok(())
+    }
+
+    async fn consent_for_purpose(&self, purpose: &str) -> Result<Vec<ConsentRecord>, LedgerError> {
+        let t = self.tables();
+        let mut out: Vec<ConsentRecord> = t
+            .consent_log
+            .values()
+            .filter(|r| r.purposes.iter().any(|p| p == purpose || p == "*"))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.subject_id, a.occurred_at_ms, a.event_id).cmp(&(
+                &b.subject_id,
+                b.occurred_at_ms,
+                b.event_id,
+            ))
+        });
+        Ok(out)
+    }
+
+    async fn subject_report(&self, subject_id: &str) -> Result<SubjectReport, LedgerError> {
+        let t = self.tables();
+        let mut consent_log: Vec<ConsentRecord> = t
+            .consent_log
+            .values()
+            .filter(|r| r.subject_id == subject_id)
+            .cloned()
+            .collect();
+        consent_log.sort_by_key(|r| (r.occurred_at_ms, r.event_id));
+        let mut deliveries: Vec<DeliveryRow> = t
+            .deliveries
+            .iter()
+            .filter(|(_, d)| d.subject_id == subject_id)
+            .map(|(k, d)| DeliveryRow {
+                key: k.clone(),
+                status: d.status,
+                attempts: d.attempts,
+                error_class: d.error_class.clone(),
+                error: d.error.clone(),
+                updated_at_ms: d.updated_at_ms,
+            })
+            .collect();
+        deliveries.sort_by(|a, b| (a.updated_at_ms, &a.key).cmp(&(b.updated_at_ms, &b.key)));
+        Ok(SubjectReport {
+            consent_log,
+            deliveries,
+            state: t
+                .states
+                .iter()
+                .filter(|((s, _, _), _)| s == subject_id)
+                .map(|(_, s)| s.clone())
+                .collect(),
+            rejections: t
+                .rejections
+                .values()
+                .filter(|r| r.subject_id.as_deref() == Some(subject_id))
+                .cloned()
+                .collect(),
+        })
+    }
+}

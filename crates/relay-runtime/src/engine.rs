@@ -1,0 +1,599 @@
+//! The batch engine of one sink: given decoded messages, it decides every message's fate against
+//! the ledger, lets the sink apply what is fresh, and returns once every outcome is durable (in
+//! the ledger, the DLQ or the retry topic), so that the caller may commit every offset of the
+//! batch. It never sees Kafka: the shells in `consumer.rs` (source topics) and `parked.rs` (the
+//! retry topic) fetch, decode and commit around it, and tests drive it with an in-memory ledger,
+//! outbox and a scripted sink.
+//!
+//! What it guarantees about time: an item that fails on its own is retried inline within its
+//! budget (`RetryConfig::item_attempts`, `item_budget_ms`) and then parked, so one item never
+//! holds its partition longer than that. A destination that is unavailable or refuses us pauses
+//! the whole batch, uncharged: that is backpressure, and it is visible (metrics, `/readyz`).
+
+mod attempt;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use relay_delivery::{Outcome, Sink, SinkItem, Target};
+use relay_events::ConsentEvent;
+use relay_ledger::{ConsentRecord, DeliveryKey, Finish, Ledger, Rejection, Status};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use crate::config::RetryConfig;
+use crate::decode::Rejected;
+use crate::message::{Message, ParkTicket};
+use crate::outbox::Outbox;
+use crate::retry::RetrySchedule;
+use crate::route::{self, Routed, Routes};
+use crate::telemetry::{metric, Telemetry};
+
+/// The batch was given up because of shutdown; nothing past its start may be committed.
+#[derive(Debug)]
+pub(crate) struct Abandoned;
+
+pub(crate) struct Engine<L> {
+    pub sink: Arc<dyn Sink>,
+    pub routes: Routes,
+    pub retry: RetryConfig,
+    pub ledger: Arc<L>,
+    pub outbox: Arc<dyn Outbox>,
+    pub telemetry: Telemetry,
+    /// Whether the destination currently refuses us (401/403/410/426).
+    circuit_open: AtomicBool,
+}
+
+/// What the items of one batch need to know about the messages they came from.
+struct BatchContext<'a> {
+    batch: &'a [Message],
+    /// event id → index of its message in the batch.
+    origin_of: BTreeMap<Uuid, usize>,
+    /// Events replayed from the DLQ for this sink.
+    replays: BTreeSet<Uuid>,
+}
+
+impl BatchContext<'_> {
+    fn message(&self, event_id: Uuid) -> &Message {
+        &self.batch[self.origin_of[&event_id]]
+    }
+
+    fn ticket(&self, event_id: Uuid) -> Option<&ParkTicket> {
+        self.origin_of
+            .get(&event_id)
+            .and_then(|&i| self.batch[i].ticket.as_ref())
+    }
+}
+
+impl<L: Ledger> Engine<L> {
+    pub fn new(
+        sink: Arc<dyn Sink>,
+        routes: Routes,
+        retry: RetryConfig,
+        ledger: Arc<L>,
+        outbox: Arc<dyn Outbox>,
+        telemetry: Telemetry,
+    ) -> Engine<L> {
+        Engine {
+            sink,
+            routes,
+            retry,
+            ledger,
+            outbox,
+            telemetry,
+            circuit_open: AtomicBool::new(false),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.sink.name()
+    }
+
+    /// Decides, applies and records every message of the batch. Returns only when every outcome
+    /// is durable, or on shutdown.
+    pub async fn process(
+        &self,
+        batch: &[Message],
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let sink = self.name().to_owned();
+        let mut consent_log = Vec::new();
+        let mut rejected: Vec<(usize, Rejected)> = Vec::new();
+        let mut not_routed = Vec::new();
+        let mut items: Vec<SinkItem> = Vec::new();
+        let mut origin_of: BTreeMap<Uuid, usize> = BTreeMap::new();
+        // Withdrawals this sink cannot apply (no email): dead-lettered, but their decision still
+        // enters the version rule, so that an older grant arriving later cannot re-subscribe.
+        let mut unapplicable: Vec<(SinkItem, String)> = Vec::new();
+        let replays: BTreeSet<Uuid> = batch
+            .iter()
+            .filter(|m| m.replay_for.is_some())
+            .filter_map(|m| m.event().map(|e| e.event_id))
+            .collect();
+        // Of two parked copies of one event in a batch, only the later can be the live one: a
+        // copy is only ever superseded by one written after it.
+        let mut last_copy: BTreeMap<Uuid, usize> = BTreeMap::new();
+        for (index, m) in batch.iter().enumerate() {
+            if let (Some(_), Some(event)) = (&m.ticket, m.event()) {
+                last_copy.insert(event.event_id, index);
+            }
+        }
+
+        for (index, m) in batch.iter().enumerate() {
+            if m.replay_for.as_deref().is_some_and(|s| s != sink) {
+                // Replayed for another sink: this sink has already decided this message once.
+                continue;
+            }
+            let event = match &m.decoded {
+                Ok(event) => event,
+                Err(why) => {
+                    rejected.push((index, why.clone()));
+                    continue;
+                }
+            };
+            if m.ticket.is_some() && last_copy.get(&event.event_id) != Some(&index) {
+                continue;
+            }
+            match route::route(event, &self.routes) {
+                Routed::Rejected(why) if why.code == "unknown_purpose" => {
+                    rejected.push((index, why));
+                    continue;
+                }
+                Routed::Rejected(why) => {
+                    consent_log.push(consent_record(event, m));
+                    if event.action() != relay_events::Action::Grant {
+                        let lenient = Routes {
+                            requires_email: false,
+                            ..self.routes.clone()
+                        };
+                        if let Routed::Items(routed) = route::route(event, &lenient) {
+                            origin_of.insert(event.event_id, index);
+                            unapplicable
+                                .extend(routed.into_iter().map(|i| (i, why.message.clone())));
+                        }
+                    }
+                    rejected.push((index, why));
+                }
+                Routed::Elsewhere => {
+                    consent_log.push(consent_record(event, m));
+                    not_routed.push(Finish {
+                        key: DeliveryKey {
+                            event_id: event.event_id,
+                            sink: sink.clone(),
+                            target: Target::All.key().to_owned(),
+                        },
+                        subject_id: event.subject_id.clone(),
+                        status: Status::NotRouted,
+                        error_class: None,
+                        error: None,
+                    });
+                }
+                Routed::Items(routed) => {
+                    consent_log.push(consent_record(event, m));
+                    origin_of.insert(event.event_id, index);
+                    items.extend(routed);
+                }
+            }
+        }
+        let ctx = BatchContext {
+            batch,
+            origin_of,
+            replays,
+        };
+
+        if !consent_log.is_empty() {
+            self.durable("log_events", shutdown, || {
+                self.ledger.log_events(&consent_log)
+            })
+            .await?;
+        }
+        for (index, why) in &rejected {
+            self.dead_letter(&batch[*index], why, shutdown).await?;
+        }
+        if !rejected.is_empty() {
+            let rows: Vec<Rejection> = rejected
+                .iter()
+                .map(|(index, why)| rejection(&sink, &batch[*index], why))
+                .collect();
+            self.durable("record_rejections", shutdown, || {
+                self.ledger.record_rejections(&rows)
+            })
+            .await?;
+        }
+        if !unapplicable.is_empty() {
+            self.record_unapplicable(unapplicable, &ctx, shutdown)
+                .await?;
+        }
+
+        let plan = route::plan(items);
+        self.count("not_routed", not_routed.len());
+        self.count("superseded", plan.superseded.len());
+        let mut finished = not_routed;
+        for (stale, newer) in &plan.superseded {
+            finished.push(Finish {
+                key: key(&sink, stale),
+                subject_id: stale.event.subject_id.clone(),
+                status: Status::Superseded,
+                error_class: None,
+                error: Some(format!(
+                    "superseded in the same batch by event {}",
+                    newer.event.event_id
+                )),
+            });
+        }
+        if !finished.is_empty() {
+            self.durable("finish", shutdown, || self.ledger.finish(&finished))
+                .await?;
+        }
+
+        for wave in plan.waves {
+            self.deliver_wave(wave, &ctx, shutdown).await?;
+        }
+        self.telemetry.progressed(&sink);
+        debug!(sink = %sink, events = batch.len(), rejected = rejected.len(), "batch durable");
+        Ok(())
+    }
+
+    /// Claims withdrawals this sink cannot apply (so the version rule knows them) and records them
+    /// dead-lettered; their messages are already in the DLQ.
+    async fn record_unapplicable(
+        &self,
+        items: Vec<(SinkItem, String)>,
+        ctx: &BatchContext<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let reasons: BTreeMap<Uuid, String> = items
+            .iter()
+            .map(|(i, r)| (i.event.event_id, r.clone()))
+            .collect();
+        let mut narrowed = Vec::new();
+        let claimed = self
+            .claim(
+                items.into_iter().map(|(i, _)| i).collect(),
+                ctx,
+                &mut narrowed,
+                shutdown,
+            )
+            .await?;
+        let mut rows: Vec<Finish> = claimed
+            .iter()
+            .map(|item| Finish {
+                key: key(self.name(), item),
+                subject_id: item.event.subject_id.clone(),
+                status: Status::DeadLettered,
+                error_class: Some("missing_email".to_owned()),
+                error: reasons.get(&item.event.event_id).cloned(),
+            })
+            .collect();
+        for mut whole in narrowed {
+            whole.status = Status::DeadLettered;
+            whole.error_class = Some("missing_email".to_owned());
+            rows.push(whole);
+        }
+        if !rows.is_empty() {
+            self.durable("finish", shutdown, || self.ledger.finish(&rows))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Claims `items` against the version rule and returns those to apply. A late whole-subject
+    /// withdrawal that the ledger narrows (the person granted some purposes after it) becomes one
+    /// withdrawal per purpose of this sink except those, claimed in turn.
+    async fn claim(
+        &self,
+        mut items: Vec<SinkItem>,
+        ctx: &BatchContext<'_>,
+        narrowed: &mut Vec<Finish>,
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<SinkItem>, Abandoned> {
+        use relay_ledger::{Claim, Decision};
+        let sink = self.name().to_owned();
+        let mut to_send = Vec::new();
+        while !items.is_empty() {
+            let claims: Vec<Claim> = items
+                .iter()
+                .map(|item| Claim {
+                    key: key(&sink, item),
+                    subject_id: item.event.subject_id.clone(),
+                    action: item.action,
+                    occurred_at_ms: item.event.occurred_at_ms,
+                    replay: ctx.replays.contains(&item.event.event_id),
+                    ticket: ctx.ticket(item.event.event_id).map(|t| t.park_id),
+                })
+                .collect();
+            let decisions = self
+                .durable("claim", shutdown, || self.ledger.claim(&claims))
+                .await?;
+            let mut per_purpose = Vec::new();
+            for (item, decision) in items.into_iter().zip(decisions) {
+                match decision {
+                    Decision::Proceed { .. } => to_send.push(item),
+                    Decision::ProceedExcept { keep, .. } => {
+                        info!(sink = %sink, event_id = %item.event.event_id, kept = ?keep, "late whole-subject withdrawal applied per purpose: newer grants stand");
+                        per_purpose.extend(
+                            self.routes
+                                .sink
+                                .iter()
+                                .filter(|p| !keep.contains(*p))
+                                .map(|p| SinkItem {
+                                    event: item.event.clone(),
+                                    action: item.action,
+                                    target: Target::Purpose(p.clone()),
+                                }),
+                        );
+                        narrowed.push(Finish {
+                            key: key(&sink, &item),
+                            subject_id: item.event.subject_id.clone(),
+                            status: Status::Applied,
+                            error_class: None,
+                            error: Some(format!(
+                                "applied per purpose; newer grants stand for {}",
+                                keep.join(", ")
+                            )),
+                        });
+                    }
+                    Decision::Duplicate { status } => {
+                        self.count("duplicate", 1);
+                        debug!(sink = %sink, event_id = %item.event.event_id, status = status.as_str(), "duplicate, skipped")
+                    }
+                    Decision::Superseded { by } => {
+                        self.count("superseded", 1);
+                        debug!(sink = %sink, event_id = %item.event.event_id, by = %by, "superseded, not applied")
+                    }
+                }
+            }
+            items = per_purpose;
+        }
+        Ok(to_send)
+    }
+
+    async fn finish_narrowed(
+        &self,
+        narrowed: &[Finish],
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        if !narrowed.is_empty() {
+            self.durable("finish", shutdown, || self.ledger.finish(narrowed))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Opens the circuit when the destination refuses us, closes it on the next answer that is
+    /// not a refusal. While open, the batch is probed with backoff and nothing is dead-lettered.
+    fn set_circuit(&self, refused: Option<&str>) {
+        self.telemetry.set_circuit(self.name(), refused);
+        let was_open = self.circuit_open.swap(refused.is_some(), Ordering::Relaxed);
+        match (was_open, refused) {
+            (false, Some(reason)) => error!(
+                sink = self.name(), error = %reason,
+                "circuit open: the destination refuses us; consumption paused until it accepts again (fix credentials or endpoint)"
+            ),
+            (true, None) => info!(
+                sink = self.name(),
+                "circuit closed: the destination accepts requests again"
+            ),
+            _ => {}
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        msg: &Message,
+        why: &Rejected,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        self.until_done("dead-letter", shutdown, || async {
+            self.outbox
+                .dead_letter(msg, self.name(), why)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await?;
+        error!(
+            sink = self.name(), topic = %msg.origin.topic, partition = msg.origin.partition,
+            offset = msg.origin.offset, event_id = ?why.event_id, code = %why.code,
+            error = %why.message, "event dead-lettered"
+        );
+        self.count("dead_lettered", 1);
+        self.telemetry.add(
+            metric::DLQ_MESSAGES,
+            vec![("sink", self.name().to_owned()), ("code", why.code.clone())],
+            1.0,
+        );
+        Ok(())
+    }
+
+    /// Runs a ledger transaction until it succeeds: an outcome that is not durable must not be
+    /// committed past, so the partition waits instead. Timed for the latency histogram; a failure
+    /// makes the process unready until the ledger answers again.
+    async fn durable<T, E, F, Fut>(
+        &self,
+        op: &'static str,
+        shutdown: &CancellationToken,
+        f: F,
+    ) -> Result<T, Abandoned>
+    where
+        E: std::fmt::Display,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.until_done(op, shutdown, || async {
+            let started = Instant::now();
+            let result = f().await.map_err(|e| e.to_string());
+            self.telemetry.observe(
+                metric::LEDGER_TRANSACTION_DURATION,
+                vec![("op", op.to_owned())],
+                started.elapsed(),
+            );
+            self.telemetry
+                .set_ledger_error(self.name(), result.as_ref().err().cloned());
+            result
+        })
+        .await
+    }
+
+    /// Counts a sink's answer for one item; dead-lettering is counted where the DLQ write happens.
+    fn count_outcome(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Applied => self.count("applied", 1),
+            Outcome::AlreadyApplied => self.count("already_applied", 1),
+            Outcome::Permanent { .. } => {}
+            Outcome::Retryable { .. } | Outcome::Unavailable { .. } | Outcome::Refused { .. } => {
+                self.telemetry.add(
+                    metric::RETRIES,
+                    vec![
+                        ("sink", self.name().to_owned()),
+                        ("class", outcome.class().as_str().to_owned()),
+                    ],
+                    1.0,
+                )
+            }
+        }
+    }
+
+    fn count(&self, outcome: &'static str, n: usize) {
+        if n > 0 {
+            self.telemetry.add(
+                metric::EVENTS,
+                vec![
+                    ("sink", self.name().to_owned()),
+                    ("outcome", outcome.to_owned()),
+                ],
+                n as f64,
+            );
+        }
+    }
+
+    /// Retries an infrastructure step (ledger, DLQ, retry topic) until it succeeds or shutdown:
+    /// nothing may be committed past a message whose outcome is not durable. Every failure is
+    /// logged with what it was talking to, and the wait is bounded by the retry schedule.
+    async fn until_done<T, F, Fut>(
+        &self,
+        what: &str,
+        shutdown: &CancellationToken,
+        f: F,
+    ) -> Result<T, Abandoned>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, String>>,
+    {
+        let mut schedule = RetrySchedule::new(&self.retry);
+        let mut attempt = 0u32;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    attempt += 1;
+                    let delay = schedule.next_delay(None);
+                    warn!(sink = self.name(), attempt, error = %e, "{what} failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(Abandoned),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn key(sink: &str, item: &SinkItem) -> DeliveryKey {
+    DeliveryKey {
+        event_id: item.event.event_id,
+        sink: sink.to_owned(),
+        target: item.target.key().to_owned(),
+    }
+}
+
+fn consent_record(event: &ConsentEvent, msg: &Message) -> ConsentRecord {
+    ConsentRecord {
+        event_id: event.event_id,
+        subject_id: event.subject_id.clone(),
+        kind: event.kind.name().to_owned(),
+        purposes: match &event.scope {
+            relay_events::Scope::Purposes(p) => p.clone(),
+            relay_events::Scope::All => vec![Target::All.key().to_owned()],
+        },
+        occurred_at_ms: event.occurred_at_ms,
+        source: event.source.clone(),
+        notice_version: event.notice_version.clone(),
+        email_sha256: event
+            .contact
+            .email
+            .as_deref()
+            .map(relay_events::normalize::email_sha256),
+        topic: msg.origin.topic.clone(),
+        partition: msg.origin.partition,
+        offset: msg.origin.offset,
+    }
+}
+
+fn rejection(sink: &str, msg: &Message, why: &Rejected) -> Rejection {
+    Rejection {
+        sink: sink.to_owned(),
+        topic: msg.origin.topic.clone(),
+        partition: msg.origin.partition,
+        offset: msg.origin.offset,
+        event_id: why.event_id,
+        subject_id: why.subject_id.clone(),
+        code: why.code.clone(),
+        message: why.message.clone(),
+    }
+}
+
+/// Removes the item's own contact data from a downstream's reason: reasons are logged, stored in
+/// the ledger and put in DLQ headers, and vendors echo what they rejected (names, phone numbers).
+fn scrubbed(outcome: Outcome, contact: &relay_events::Contact) -> Outcome {
+    let scrub = |reason: String| {
+        let values = [
+            &contact.email,
+            &contact.phone,
+            &contact.first_name,
+            &contact.last_name,
+            &contact.street,
+            &contact.postal_code,
+            &contact.city,
+        ];
+        let mut reason = values
+            .into_iter()
+            .flatten()
+            .filter(|v| v.trim().len() >= 3)
+            .fold(reason, |r, v| r.replace(v.trim(), "<redacted>"));
+        // Short values (a two-letter name) only as whole words, not inside other words.
+        for v in values.into_iter().flatten().filter(|v| {
+            let len = v.trim().len();
+            (1..3).contains(&len)
+        }) {
+            reason = reason
+                .split(' ')
+                .map(|w| if w == v.trim() { "<redacted>" } else { w })
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
+        relay_delivery::redact_emails(&reason)
+    };
+    match outcome {
+        Outcome::Retryable { after, reason } => Outcome::Retryable {
+            after,
+            reason: scrub(reason),
+        },
+        Outcome::Unavailable { after, reason } => Outcome::Unavailable {
+            after,
+            reason: scrub(reason),
+        },
+        Outcome::Permanent { reason } => Outcome::Permanent {
+            reason: scrub(reason),
+        },
+        Outcome::Refused { reason } => Outcome::Refused {
+            reason: scrub(reason),
+        },
+        done => done,
+    }
+}

@@ -1,0 +1,499 @@
+//! One wave of a batch at the destination: claim, deliver and classify, round after round, until
+//! every item has an outcome.
+//!
+//! - An item that fails on its own (`Outcome::Retryable`) is charged an attempt. A request that
+//!   failed as a whole for several items says nothing about which one is at fault (a batch API
+//!   answers 500 for one poisoned input): its items are split in two and tried again uncharged,
+//!   so a poisoned item is isolated in a few quick rounds while the others go through. An item
+//!   whose attempts or time budget is spent is parked (or dead-lettered, once its total budget is
+//!   spent).
+//! - A destination that is unavailable (429, `Retry-After`, unreachable) or refuses us, or one
+//!   where every request of a round failed, pauses the wave with backoff and charges nobody
+//!   (except that the time budget of failing items keeps running: an item is never held inline
+//!   longer than `item_budget_ms` past its first failure).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use relay_delivery::{Outcome, OutcomeClass, SinkItem};
+use relay_ledger::{Finish, Ledger, Park, Status};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+use uuid::Uuid;
+
+use super::{key, scrubbed, Abandoned, BatchContext, Engine};
+use crate::decode::Rejected;
+use crate::message::{now_ms, ParkTicket};
+use crate::retry::RetrySchedule;
+use crate::telemetry::metric;
+
+/// DLQ code of an item whose total retry budget is spent.
+pub(crate) const RETRIES_EXHAUSTED: &str = "retries_exhausted";
+/// DLQ code of an item the downstream rejected for good.
+pub(crate) const DOWNSTREAM_PERMANENT: &str = "downstream_permanent";
+
+/// An item still under way, with what this run charged it.
+#[derive(Clone)]
+struct Pending {
+    item: SinkItem,
+    /// Failed attempts charged to the item in this run.
+    charged: u32,
+    /// When it first failed in this run.
+    first_failure: Option<Instant>,
+    last_error: String,
+}
+
+impl Pending {
+    fn new(item: SinkItem) -> Pending {
+        Pending {
+            item,
+            charged: 0,
+            first_failure: None,
+            last_error: String::new(),
+        }
+    }
+}
+
+/// What a round learned about the destination.
+#[derive(Default)]
+struct Verdict {
+    /// The destination refuses us (its reason).
+    refused: Option<String>,
+    /// The destination is unavailable (its reason), for at least `after` if it said.
+    unavailable: Option<String>,
+    after: Option<Duration>,
+    /// Every request of a round of several failed for all its items.
+    every_request_failed: bool,
+    /// Some item reached an outcome.
+    progress: bool,
+}
+
+impl Verdict {
+    fn destination_trouble(&self) -> Option<&str> {
+        self.refused
+            .as_deref()
+            .or(self.unavailable.as_deref())
+            .or(self
+                .every_request_failed
+                .then_some("every request of the last attempt failed"))
+    }
+}
+
+impl<L: Ledger> Engine<L> {
+    pub(super) async fn deliver_wave(
+        &self,
+        wave: Vec<SinkItem>,
+        ctx: &BatchContext<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let sink = self.name().to_owned();
+        let mut groups: Vec<Vec<Pending>> = vec![wave.into_iter().map(Pending::new).collect()];
+        let mut schedule = RetrySchedule::new(&self.retry);
+        // Whole-subject withdrawals that were applied per purpose instead; recorded last, so that
+        // a crash before their purposes are done redoes the narrowing.
+        let mut narrowed: Vec<Finish> = Vec::new();
+        let mut attempt = 0u32;
+        loop {
+            let mut claimed = Vec::with_capacity(groups.len());
+            for group in groups {
+                let group = self
+                    .claim_group(group, ctx, &mut narrowed, shutdown)
+                    .await?;
+                if !group.is_empty() {
+                    claimed.push(group);
+                }
+            }
+            if claimed.is_empty() {
+                self.telemetry.set_paused(&sink, None);
+                return self.finish_narrowed(&narrowed, shutdown).await;
+            }
+            attempt += 1;
+
+            let sent = claimed.len();
+            let mut answered: Vec<Vec<(Pending, Outcome)>> = Vec::with_capacity(sent);
+            for group in claimed {
+                answered.push(self.deliver_group(group).await);
+            }
+            let whole_failed = |g: &[(Pending, Outcome)]| {
+                g.iter()
+                    .all(|(_, o)| matches!(o, Outcome::Retryable { .. }))
+            };
+            let mut verdict = Verdict {
+                every_request_failed: sent >= 2 && answered.iter().all(|g| whole_failed(g)),
+                ..Verdict::default()
+            };
+            for (_, outcome) in answered.iter().flatten() {
+                match outcome {
+                    Outcome::Applied | Outcome::AlreadyApplied | Outcome::Permanent { .. } => {
+                        verdict.progress = true
+                    }
+                    // A hint on an item-level failure is honoured for the next round, but does
+                    // not pause the destination.
+                    Outcome::Retryable { after, .. } => verdict.after = verdict.after.max(*after),
+                    Outcome::Unavailable { after, reason } => {
+                        verdict.after = verdict.after.max(*after);
+                        verdict.unavailable.get_or_insert_with(|| reason.clone());
+                    }
+                    Outcome::Refused { reason } => {
+                        verdict.refused.get_or_insert_with(|| reason.clone());
+                    }
+                }
+            }
+            // Blame items only when the destination itself is fine.
+            let blame = verdict.destination_trouble().is_none();
+
+            let mut finished = Vec::new();
+            let mut next: Vec<Vec<Pending>> = Vec::new();
+            let mut to_park: Vec<Pending> = Vec::new();
+            let now = Instant::now();
+            for group in answered {
+                // A request that failed for all its items says nothing about which one is at
+                // fault: split it, uncharged, so that a poisoned item ends up alone.
+                let split = blame && group.len() >= 2 && whole_failed(&group);
+                let mut kept = Vec::new();
+                for (mut p, outcome) in group {
+                    self.count_outcome(&outcome);
+                    let k = key(&sink, &p.item);
+                    let subject_id = p.item.event.subject_id.clone();
+                    match outcome {
+                        Outcome::Applied | Outcome::AlreadyApplied => {
+                            finished.push(Finish {
+                                key: k,
+                                subject_id,
+                                status: if outcome == Outcome::Applied {
+                                    Status::Applied
+                                } else {
+                                    Status::AlreadyApplied
+                                },
+                                error_class: None,
+                                error: None,
+                            });
+                        }
+                        Outcome::Permanent { reason } => {
+                            mark_whole(
+                                &mut narrowed,
+                                &p.item,
+                                Status::DeadLettered,
+                                format!("{}: {reason}", p.item.target.key()),
+                            );
+                            let why = Rejected {
+                                code: DOWNSTREAM_PERMANENT.to_owned(),
+                                message: reason.clone(),
+                                event_id: Some(p.item.event.event_id),
+                                subject_id: Some(subject_id.clone()),
+                            };
+                            self.dead_letter(ctx.message(p.item.event.event_id), &why, shutdown)
+                                .await?;
+                            finished.push(Finish {
+                                key: k,
+                                subject_id,
+                                status: Status::DeadLettered,
+                                error_class: Some(OutcomeClass::Permanent.as_str().to_owned()),
+                                error: Some(reason),
+                            });
+                        }
+                        Outcome::Retryable { reason, .. } => {
+                            finished.push(retrying(
+                                k,
+                                subject_id,
+                                OutcomeClass::Retryable,
+                                &reason,
+                            ));
+                            // The time budget runs from the first failure whatever the verdict.
+                            p.first_failure.get_or_insert(now);
+                            if blame && !split {
+                                p.charged += 1;
+                            }
+                            p.last_error = reason;
+                            kept.push((p, true));
+                        }
+                        Outcome::Unavailable { reason, .. } => {
+                            finished.push(retrying(
+                                k,
+                                subject_id,
+                                OutcomeClass::Unavailable,
+                                &reason,
+                            ));
+                            p.last_error = reason;
+                            kept.push((p, false));
+                        }
+                        Outcome::Refused { reason } => {
+                            finished.push(retrying(k, subject_id, OutcomeClass::Refused, &reason));
+                            p.last_error = reason;
+                            kept.push((p, false));
+                        }
+                    }
+                }
+                // Only an item that failed on its own this round can have spent its budget: one
+                // waiting for an unavailable or refusing destination is not blamed for it.
+                let mut group = Vec::new();
+                for (p, own_failure) in kept {
+                    if own_failure && self.budget_spent(&p, now) {
+                        to_park.push(p);
+                    } else {
+                        group.push(p);
+                    }
+                }
+                if split && group.len() >= 2 {
+                    let second = group.split_off(group.len() / 2);
+                    next.push(group);
+                    next.push(second);
+                } else if !group.is_empty() {
+                    next.push(group);
+                }
+            }
+
+            self.set_circuit(verdict.refused.as_deref());
+            self.durable("finish", shutdown, || self.ledger.finish(&finished))
+                .await?;
+            if !to_park.is_empty() {
+                self.park(to_park, ctx, &mut narrowed, shutdown).await?;
+            }
+            if next.is_empty() {
+                self.telemetry.set_paused(&sink, None);
+                return self.finish_narrowed(&narrowed, shutdown).await;
+            }
+
+            let pending: usize = next.iter().map(Vec::len).sum();
+            let delay = match verdict.destination_trouble() {
+                Some(reason) => {
+                    self.telemetry.set_paused(&sink, Some(reason));
+                    let delay = schedule.next_delay(verdict.after);
+                    if verdict.refused.is_none() {
+                        warn!(sink = %sink, attempt, items = pending, delay_ms = delay.as_millis() as u64, error = %reason, "destination unavailable; its items wait");
+                    }
+                    delay
+                }
+                None => {
+                    self.telemetry.set_paused(&sink, None);
+                    if verdict.progress {
+                        // Splitting around a failing item: go on quickly, the others are fine.
+                        schedule = RetrySchedule::new(&self.retry);
+                    }
+                    let delay = schedule.next_delay(verdict.after);
+                    let example = next
+                        .iter()
+                        .flatten()
+                        .map(|p| p.last_error.as_str())
+                        .next()
+                        .unwrap_or_default();
+                    warn!(sink = %sink, attempt, items = pending, requests = next.len(), delay_ms = delay.as_millis() as u64, error = %example, "items failed; retrying within their budget");
+                    delay
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(Abandoned),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            groups = next;
+        }
+    }
+
+    /// Claims one group's items; returns those to send, with the state they had (narrowed parts
+    /// of a whole-subject withdrawal start fresh).
+    async fn claim_group(
+        &self,
+        group: Vec<Pending>,
+        ctx: &BatchContext<'_>,
+        narrowed: &mut Vec<Finish>,
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<Pending>, Abandoned> {
+        let items = group.iter().map(|p| p.item.clone()).collect();
+        let mut state: HashMap<(Uuid, String), Pending> = group
+            .into_iter()
+            .map(|p| ((p.item.event.event_id, p.item.target.key().to_owned()), p))
+            .collect();
+        let to_send = self.claim(items, ctx, narrowed, shutdown).await?;
+        Ok(to_send
+            .into_iter()
+            .map(|item| {
+                state
+                    .remove(&(item.event.event_id, item.target.key().to_owned()))
+                    .unwrap_or_else(|| Pending::new(item))
+            })
+            .collect())
+    }
+
+    /// Delivers one group in one call of the sink; exactly one outcome per item, scrubbed of the
+    /// item's own contact data.
+    async fn deliver_group(&self, group: Vec<Pending>) -> Vec<(Pending, Outcome)> {
+        let items: Vec<SinkItem> = group.iter().map(|p| p.item.clone()).collect();
+        let mut outcomes = self.sink.deliver(&items).await;
+        if outcomes.len() != items.len() {
+            // A sink bug must not crash the other sinks, nor drop anything: hold the batch and
+            // open the circuit, so it is visible and alerted on.
+            let reason = format!(
+                "sink returned {} outcomes for {} items (a bug in the sink)",
+                outcomes.len(),
+                items.len()
+            );
+            outcomes = vec![Outcome::Refused { reason }; items.len()];
+        }
+        group
+            .into_iter()
+            .zip(outcomes)
+            .map(|(p, o)| {
+                let o = scrubbed(o, &p.item.event.contact);
+                (p, o)
+            })
+            .collect()
+    }
+
+    fn budget_spent(&self, p: &Pending, now: Instant) -> bool {
+        p.charged >= self.retry.item_attempts
+            || p.first_failure
+                .is_some_and(|at| now.duration_since(at) >= self.retry.item_budget())
+    }
+
+    /// Parks the items whose inline budget is spent: one copy per message on the retry topic,
+    /// then the ledger. Items whose total budget is spent too are dead-lettered instead.
+    async fn park(
+        &self,
+        items: Vec<Pending>,
+        ctx: &BatchContext<'_>,
+        narrowed: &mut Vec<Finish>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let sink = self.name().to_owned();
+        let mut by_event: BTreeMap<Uuid, Vec<Pending>> = BTreeMap::new();
+        for p in items {
+            by_event.entry(p.item.event.event_id).or_default().push(p);
+        }
+        let now = now_ms();
+        let mut parks = Vec::new();
+        let mut dead = Vec::new();
+        for (event_id, items) in by_event {
+            let msg = ctx.message(event_id);
+            let reason = items[0].last_error.clone();
+            let (parks_so_far, first_failed_ms) = match &msg.ticket {
+                Some(t) => (t.parks, t.first_failed_ms),
+                None => {
+                    let failing_for = items
+                        .iter()
+                        .filter_map(|p| p.first_failure)
+                        .map(|at| at.elapsed())
+                        .max()
+                        .unwrap_or_default();
+                    let ms = i64::try_from(failing_for.as_millis()).unwrap_or(i64::MAX);
+                    (0, now.saturating_sub(ms))
+                }
+            };
+            let failing_for = Duration::from_millis(
+                u64::try_from(now.saturating_sub(first_failed_ms)).unwrap_or(0),
+            );
+            if failing_for >= self.retry.parked_budget() {
+                let message = format!(
+                    "still failing after {} parked retries over {}s: {reason}",
+                    parks_so_far,
+                    failing_for.as_secs()
+                );
+                let why = Rejected {
+                    code: RETRIES_EXHAUSTED.to_owned(),
+                    message: message.clone(),
+                    event_id: Some(event_id),
+                    subject_id: Some(items[0].item.event.subject_id.clone()),
+                };
+                self.dead_letter(msg, &why, shutdown).await?;
+                for p in &items {
+                    mark_whole(narrowed, &p.item, Status::DeadLettered, message.clone());
+                    dead.push(Finish {
+                        key: key(&sink, &p.item),
+                        subject_id: p.item.event.subject_id.clone(),
+                        status: Status::DeadLettered,
+                        error_class: Some(RETRIES_EXHAUSTED.to_owned()),
+                        error: Some(message.clone()),
+                    });
+                }
+                continue;
+            }
+            let parks_now = parks_so_far.saturating_add(1);
+            let ticket = ParkTicket {
+                park_id: Uuid::new_v4(),
+                parks: parks_now,
+                first_failed_ms,
+                due_ms: now.saturating_add(
+                    i64::try_from(self.retry.parked_delay(parks_now).as_millis())
+                        .unwrap_or(i64::MAX),
+                ),
+                reason: reason.clone(),
+            };
+            self.until_done("park", shutdown, || async {
+                self.outbox
+                    .park(msg, &sink, &ticket)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+            warn!(
+                sink = %sink, event_id = %event_id, parks = parks_now,
+                due_in_s = (ticket.due_ms - now) / 1000, error = %reason,
+                "item parked on the retry topic; the rest of its partition proceeds"
+            );
+            self.telemetry.add(
+                metric::PARKED_ITEMS_TOTAL,
+                vec![("sink", sink.clone())],
+                items.len() as f64,
+            );
+            self.count("parked", items.len());
+            for p in &items {
+                parks.push(Park {
+                    key: key(&sink, &p.item),
+                    subject_id: p.item.event.subject_id.clone(),
+                    park_id: ticket.park_id,
+                    error: reason.clone(),
+                });
+                // A whole-subject withdrawal applied per purpose is not done while one of its
+                // purposes waits: it is parked under the same copy, which narrows it again.
+                if let Some(at) = narrowed
+                    .iter()
+                    .position(|f| f.key.event_id == p.item.event.event_id)
+                {
+                    let whole = narrowed.remove(at);
+                    parks.push(Park {
+                        key: whole.key,
+                        subject_id: whole.subject_id,
+                        park_id: ticket.park_id,
+                        error: reason.clone(),
+                    });
+                }
+            }
+        }
+        if !dead.is_empty() {
+            self.durable("finish", shutdown, || self.ledger.finish(&dead))
+                .await?;
+        }
+        if !parks.is_empty() {
+            self.durable("park", shutdown, || self.ledger.park(&parks))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn retrying(
+    key: relay_ledger::DeliveryKey,
+    subject_id: String,
+    class: OutcomeClass,
+    reason: &str,
+) -> Finish {
+    Finish {
+        key,
+        subject_id,
+        status: Status::Retrying,
+        error_class: Some(class.as_str().to_owned()),
+        error: Some(reason.to_owned()),
+    }
+}
+
+/// A whole-subject withdrawal applied per purpose is not done while one of its purposes is
+/// dead-lettered; a replay then decides it again.
+fn mark_whole(narrowed: &mut [Finish], item: &SinkItem, status: Status, error: String) {
+    if let Some(whole) = narrowed
+        .iter_mut()
+        .find(|f| f.key.event_id == item.event.event_id)
+    {
+        whole.status = status;
+        whole.error_class = Some(OutcomeClass::Permanent.as_str().to_owned());
+        whole.error = Some(error);
+    }
+}

@@ -1,0 +1,446 @@
+//! The engine without a broker: an in-memory ledger and outbox, and a sink that answers from a
+//! script. The clock is tokio's paused one, so backoff costs no wall time.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use relay_delivery::{BoxFuture, Outcome, Sink, SinkItem};
+use relay_events::{ConsentEvent, Contact, EventKind, Scope};
+use relay_ledger::{DeliveryKey, MemoryLedger, Status};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::Engine;
+use crate::config::RetryConfig;
+use crate::message::{now_ms, Message, Origin, ParkTicket};
+use crate::outbox::MemoryOutbox;
+use crate::route::Routes;
+use crate::telemetry::Telemetry;
+
+const SINK: &str = "hubspot";
+const PURPOSE: &str = "newsletter";
+
+type Script = dyn Fn(usize, &[SinkItem]) -> Vec<Outcome> + Send + Sync;
+
+/// A sink that answers each call from `script` (call number from 0, the items) and records the
+/// subjects of every call.
+struct Scripted {
+    script: Box<Script>,
+    calls: Mutex<Vec<Vec<String>>>,
+}
+
+impl Scripted {
+    fn new(script: impl Fn(usize, &[SinkItem]) -> Vec<Outcome> + Send + Sync + 'static) -> Self {
+        Scripted {
+            script: Box::new(script),
+            calls: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn calls(&self) -> Vec<Vec<String>> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl Sink for Scripted {
+    fn name(&self) -> &str {
+        SINK
+    }
+
+    fn requires_email(&self) -> bool {
+        true
+    }
+
+    fn deliver<'a>(&'a self, items: &'a [SinkItem]) -> BoxFuture<'a, Vec<Outcome>> {
+        let n = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(items.iter().map(|i| i.event.subject_id.clone()).collect());
+            calls.len() - 1
+        };
+        let outcomes = (self.script)(n, items);
+        Box::pin(async move { outcomes })
+    }
+}
+
+/// A batch API that fails as a whole with a 500 whenever `poisoned` is among its inputs.
+fn poisoned_by(poisoned: &'static str) -> Scripted {
+    Scripted::new(move |_, items| {
+        if items.iter().any(|i| i.event.subject_id == poisoned) {
+            vec![Outcome::retryable("HTTP 500: internal error"); items.len()]
+        } else {
+            vec![Outcome::Applied; items.len()]
+        }
+    })
+}
+
+struct Setup {
+    engine: Engine<MemoryLedger>,
+    ledger: Arc<MemoryLedger>,
+    outbox: Arc<MemoryOutbox>,
+    sink: Arc<Scripted>,
+}
+
+fn retry() -> RetryConfig {
+    RetryConfig {
+        initial_delay_ms: 100,
+        max_delay_ms: 2_000,
+        item_attempts: 3,
+        ..RetryConfig::default()
+    }
+}
+
+fn setup(sink: Scripted, retry: RetryConfig) -> Setup {
+    let ledger = Arc::new(MemoryLedger::new());
+    let outbox = Arc::new(MemoryOutbox::default());
+    let sink = Arc::new(sink);
+    let routes = Routes {
+        known: BTreeSet::from([PURPOSE.to_owned()]),
+        sink: BTreeSet::from([PURPOSE.to_owned()]),
+        requires_email: true,
+    };
+    let engine = Engine::new(
+        sink.clone(),
+        routes,
+        retry,
+        ledger.clone(),
+        outbox.clone(),
+        Telemetry::new(),
+    );
+    Setup {
+        engine,
+        ledger,
+        outbox,
+        sink,
+    }
+}
+
+fn event(kind: EventKind, subject: &str, at: i64) -> Arc<ConsentEvent> {
+    Arc::new(ConsentEvent {
+        event_id: Uuid::new_v4(),
+        kind,
+        subject_id: subject.to_owned(),
+        occurred_at_ms: at,
+        source: "test".to_owned(),
+        notice_version: Some("v1".to_owned()),
+        scope: Scope::Purposes(vec![PURPOSE.to_owned()]),
+        contact: Contact {
+            email: Some(format!("{subject}@example.de")),
+            ..Contact::default()
+        },
+    })
+}
+
+fn message(offset: i64, event: &Arc<ConsentEvent>) -> Message {
+    Message {
+        origin: Origin {
+            topic: "consent.events".to_owned(),
+            partition: 0,
+            offset,
+        },
+        key: Some(event.subject_id.as_bytes().to_vec()),
+        payload: vec![0xc3, 0x01],
+        produced_at: None,
+        decoded: Ok(event.clone()),
+        replay_for: None,
+        ticket: None,
+    }
+}
+
+fn key(event: &ConsentEvent) -> DeliveryKey {
+    DeliveryKey {
+        event_id: event.event_id,
+        sink: SINK.to_owned(),
+        target: PURPOSE.to_owned(),
+    }
+}
+
+fn grants(n: usize, at: i64) -> Vec<Arc<ConsentEvent>> {
+    (0..n)
+        .map(|i| event(EventKind::ConsentGranted, &format!("s{i}"), at))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_poisoned_item_is_isolated_and_parked_while_the_rest_of_its_batch_is_applied() {
+    let s = setup(poisoned_by("s37"), retry());
+    let events = grants(100, 1_000);
+    let batch: Vec<Message> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| message(i as i64, e))
+        .collect();
+    s.engine
+        .process(&batch, &CancellationToken::new())
+        .await
+        .expect("the batch becomes durable");
+
+    for e in &events {
+        let want = if e.subject_id == "s37" {
+            Status::Parked
+        } else {
+            Status::Applied
+        };
+        assert_eq!(s.ledger.status(&key(e)), Some(want), "{}", e.subject_id);
+    }
+    let parked = s.outbox.parked.lock().unwrap().clone();
+    assert_eq!(parked.len(), 1, "one copy on the retry topic");
+    let (copy, sink, ticket) = &parked[0];
+    assert_eq!((copy.origin.offset, sink.as_str()), (37, SINK));
+    assert_eq!(ticket.parks, 1);
+    assert!(ticket.due_ms > now_ms(), "due later, not at once");
+    // Isolation by halving: about log2(100) splits, then the item alone for its attempts.
+    let calls = s.sink.calls();
+    assert!(calls.len() <= 20, "{} calls", calls.len());
+    assert_eq!(calls.last().unwrap(), &["s37".to_owned()]);
+    assert!(s.outbox.dead_letters.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_item_is_superseded_by_a_newer_decision_and_never_sent_again() {
+    let s = setup(poisoned_by("p"), retry());
+    let grant = event(EventKind::ConsentGranted, "p", 1_000);
+    let cancel = CancellationToken::new();
+    s.engine
+        .process(&[message(0, &grant)], &cancel)
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.status(&key(&grant)), Some(Status::Parked));
+    let (mut copy, _, ticket) = s.outbox.parked.lock().unwrap()[0].clone();
+    copy.ticket = Some(ticket);
+
+    // The person withdraws meanwhile; the withdrawal is applied (the sink accepts it once the
+    // poisoned grant is no longer in the request).
+    let sink_ok = setup(
+        Scripted::new(|_, i| vec![Outcome::Applied; i.len()]),
+        retry(),
+    );
+    let withdrawal = event(EventKind::ConsentWithdrawn, "p", 2_000);
+    let engine = Engine::new(
+        sink_ok.sink.clone(),
+        s.engine.routes.clone(),
+        retry(),
+        s.ledger.clone(),
+        s.outbox.clone(),
+        Telemetry::new(),
+    );
+    engine
+        .process(&[message(1, &withdrawal)], &cancel)
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.status(&key(&withdrawal)), Some(Status::Applied));
+
+    // The parked grant comes back: superseded, not sent.
+    engine.process(&[copy], &cancel).await.unwrap();
+    assert_eq!(s.ledger.status(&key(&grant)), Some(Status::Superseded));
+    assert_eq!(sink_ok.sink.calls(), vec![vec!["p".to_owned()]]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_item_that_keeps_failing_is_dead_lettered_once_its_total_budget_is_spent() {
+    let s = setup(poisoned_by("p"), retry());
+    let grant = event(EventKind::ConsentGranted, "p", 1_000);
+    let cancel = CancellationToken::new();
+    s.engine
+        .process(&[message(0, &grant)], &cancel)
+        .await
+        .unwrap();
+    let (mut copy, _, ticket) = s.outbox.parked.lock().unwrap()[0].clone();
+
+    // Parked again while within the total budget: a new copy, a longer delay.
+    copy.ticket = Some(ticket.clone());
+    s.engine.process(&[copy.clone()], &cancel).await.unwrap();
+    let again = s.outbox.parked.lock().unwrap()[1].2.clone();
+    assert_eq!(again.parks, 2);
+    assert_ne!(again.park_id, ticket.park_id);
+    assert_eq!(s.ledger.status(&key(&grant)), Some(Status::Parked));
+
+    // The older copy is stale now: it does nothing.
+    let calls = s.sink.calls().len();
+    s.engine.process(&[copy.clone()], &cancel).await.unwrap();
+    assert_eq!(s.sink.calls().len(), calls, "a stale copy sends nothing");
+
+    // The live copy, a day after the first failure: dead-lettered with its reason.
+    copy.ticket = Some(ParkTicket {
+        first_failed_ms: now_ms() - 25 * 3_600_000,
+        ..again
+    });
+    s.engine.process(&[copy], &cancel).await.unwrap();
+    assert_eq!(s.ledger.status(&key(&grant)), Some(Status::DeadLettered));
+    let dead = s.outbox.dead_letters.lock().unwrap().clone();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].2.code, "retries_exhausted");
+    assert!(
+        dead[0].2.message.contains("HTTP 500"),
+        "{}",
+        dead[0].2.message
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unavailable_destination_pauses_the_batch_uncharged_and_honours_retry_after() {
+    let s = setup(
+        Scripted::new(|n, items| {
+            if n < 4 {
+                vec![
+                    Outcome::Unavailable {
+                        after: Some(Duration::from_secs(30)),
+                        reason: "HTTP 429: slow down".into()
+                    };
+                    items.len()
+                ]
+            } else {
+                vec![Outcome::Applied; items.len()]
+            }
+        }),
+        retry(),
+    );
+    let events = grants(10, 1_000);
+    let batch: Vec<Message> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| message(i as i64, e))
+        .collect();
+    let started = tokio::time::Instant::now();
+    s.engine
+        .process(&batch, &CancellationToken::new())
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(120) && waited < Duration::from_secs(125),
+        "four pauses of exactly Retry-After (30 s), not more: {waited:?}"
+    );
+    assert!(
+        s.outbox.parked.lock().unwrap().is_empty(),
+        "nobody is blamed"
+    );
+    assert_eq!(
+        s.sink.calls().len(),
+        5,
+        "never split: one request per attempt"
+    );
+    for e in &events {
+        assert_eq!(s.ledger.status(&key(e)), Some(Status::Applied));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_destination_failing_every_request_is_an_outage_not_a_poison() {
+    // Fails everything for 20 calls, then recovers: the items wait, they are not parked.
+    let s = setup(
+        Scripted::new(|n, items| {
+            if n < 20 {
+                vec![Outcome::retryable("HTTP 503: down"); items.len()]
+            } else {
+                vec![Outcome::Applied; items.len()]
+            }
+        }),
+        retry(),
+    );
+    let events = grants(8, 1_000);
+    let batch: Vec<Message> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| message(i as i64, e))
+        .collect();
+    s.engine
+        .process(&batch, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(s.outbox.parked.lock().unwrap().is_empty());
+    for e in &events {
+        assert_eq!(s.ledger.status(&key(e)), Some(Status::Applied));
+    }
+    // Split once to tell a poison from an outage, then two requests per attempt, not more, as
+    // long as the outage lasts.
+    let sizes: Vec<usize> = s.sink.calls().iter().map(Vec::len).collect();
+    assert_eq!(sizes[0], 8, "{sizes:?}");
+    assert!(sizes[1..20].iter().all(|n| *n == 4), "{sizes:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusing_destination_opens_the_circuit_and_nothing_is_dead_lettered() {
+    let s = setup(
+        Scripted::new(|n, items| {
+            if n < 3 {
+                vec![
+                    Outcome::Refused {
+                        reason: "HTTP 401: bad token".into()
+                    };
+                    items.len()
+                ]
+            } else {
+                vec![Outcome::Applied; items.len()]
+            }
+        }),
+        retry(),
+    );
+    let e = event(EventKind::ConsentWithdrawn, "w", 1_000);
+    s.engine
+        .process(&[message(0, &e)], &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.status(&key(&e)), Some(Status::Applied));
+    assert!(s.outbox.dead_letters.lock().unwrap().is_empty());
+    assert!(s.outbox.parked.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn of_two_copies_of_one_parked_event_only_the_live_one_acts() {
+    let s = setup(poisoned_by("p"), retry());
+    let grant = event(EventKind::ConsentGranted, "p", 1_000);
+    let cancel = CancellationToken::new();
+    s.engine
+        .process(&[message(0, &grant)], &cancel)
+        .await
+        .unwrap();
+    let (copy, _, first) = s.outbox.parked.lock().unwrap()[0].clone();
+    let mut stale = copy.clone();
+    stale.ticket = Some(first.clone());
+    // Parked again (a crash after the copy was written redelivered the original).
+    s.engine
+        .process(&[message(0, &grant)], &cancel)
+        .await
+        .unwrap();
+    let second = s.outbox.parked.lock().unwrap()[1].2.clone();
+    let mut live = copy;
+    live.ticket = Some(second.clone());
+
+    let fixed = setup(
+        Scripted::new(|_, i| vec![Outcome::Applied; i.len()]),
+        retry(),
+    );
+    let engine = Engine::new(
+        fixed.sink.clone(),
+        s.engine.routes.clone(),
+        retry(),
+        s.ledger.clone(),
+        s.outbox.clone(),
+        Telemetry::new(),
+    );
+    engine.process(&[stale, live], &cancel).await.unwrap();
+    assert_eq!(s.ledger.status(&key(&grant)), Some(Status::Applied));
+    assert_eq!(
+        fixed.sink.calls().len(),
+        1,
+        "applied once, by the live copy"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_abandons_a_waiting_batch_without_an_outcome() {
+    let s = setup(
+        Scripted::new(|_, items| vec![Outcome::unavailable("connection refused"); items.len()]),
+        retry(),
+    );
+    let e = event(EventKind::ConsentWithdrawn, "w", 1_000);
+    let cancel = CancellationToken::new();
+    let stopper = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        stopper.cancel();
+    });
+    assert!(s.engine.process(&[message(0, &e)], &cancel).await.is_err());
+    assert_eq!(s.ledger.status(&key(&e)), Some(Status::Retrying));
+}
