@@ -9,10 +9,14 @@ use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
+use relay_events::normalize;
 use relay_events::{ConsentEvent, Contact, EventKind, Scope};
 use relay_ledger::{AnyLedger, Ledger, SubjectReport};
 use relay_runtime::{BatchConfig, KafkaConfig, RelayConfig, RetryConfig, SinkSpec, Telemetry};
+use relay_sink_audiences::{AudiencesConfig, AudiencesSink};
 use relay_sink_hubspot::{HubSpotConfig, HubSpotSink};
+use relay_testkit::audiences::x::OAuthCredentials;
+use relay_testkit::audiences::{self, FakePlatform};
 use relay_testkit::broker;
 use relay_testkit::hubspot::FakeHubSpot;
 use tokio::task::JoinHandle;
@@ -70,9 +74,14 @@ impl Running {
 impl Harness {
     /// On the test broker (tansu), with a 4-partition topic.
     pub async fn new() -> Harness {
+        Harness::with_partitions(4).await
+    }
+
+    /// On the test broker (tansu), with a topic of `partitions` partitions.
+    pub async fn with_partitions(partitions: i32) -> Harness {
         let topic = broker::unique_name("consent-e2e");
         let dlq_topic = format!("{topic}.dlq");
-        broker::create_topic(&topic, 4).await;
+        broker::create_topic(&topic, partitions).await;
         broker::create_topic(&dlq_topic, 1).await;
         Harness::with(broker::bootstrap(), topic, dlq_topic, None).await
     }
@@ -159,13 +168,7 @@ legal_basis_explanation = "Product updates in the customer portal"
     }
 
     pub fn retry(&self) -> RetryConfig {
-        RetryConfig {
-            initial_delay_ms: 50,
-            max_delay_ms: 500,
-            factor: 2.0,
-            ramp_attempts: 5,
-            ..RetryConfig::default()
-        }
+        quick_retries()
     }
 
     /// Starts the relay with the HubSpot sink, as `consent-relay run` would.
@@ -183,14 +186,44 @@ legal_basis_explanation = "Product updates in the customer portal"
         self.run(sinks, known, self.telemetry.clone())
     }
 
+    /// Starts the relay with the given sinks and Kafka settings.
+    pub fn start_with_kafka(&self, kafka: KafkaConfig, sinks: Vec<SinkSpec>) -> Running {
+        self.start_observed(kafka, sinks, self.telemetry.clone())
+    }
+
+    /// Starts the relay with the given sinks, Kafka settings and telemetry of its own, as one
+    /// more process would.
+    pub fn start_observed(
+        &self,
+        kafka: KafkaConfig,
+        sinks: Vec<SinkSpec>,
+        telemetry: Telemetry,
+    ) -> Running {
+        let known = sinks
+            .iter()
+            .flat_map(|s| s.purposes.iter().cloned())
+            .collect();
+        self.run_on(kafka, sinks, known, telemetry)
+    }
+
     fn run(
         &self,
         sinks: Vec<SinkSpec>,
         known_purposes: BTreeSet<String>,
         telemetry: Telemetry,
     ) -> Running {
+        self.run_on(self.kafka(), sinks, known_purposes, telemetry)
+    }
+
+    fn run_on(
+        &self,
+        kafka: KafkaConfig,
+        sinks: Vec<SinkSpec>,
+        known_purposes: BTreeSet<String>,
+        telemetry: Telemetry,
+    ) -> Running {
         let config = RelayConfig {
-            kafka: self.kafka(),
+            kafka,
             known_purposes,
             exit_when_idle: None,
             liveness: Default::default(),
@@ -222,16 +255,12 @@ legal_basis_explanation = "Product updates in the customer portal"
         )
     }
 
-    fn hubspot_spec(&self) -> SinkSpec {
+    pub fn hubspot_spec(&self) -> SinkSpec {
         let api = self.hubspot_config();
         SinkSpec {
             purposes: api.purposes.keys().cloned().collect(),
             sink: Arc::new(HubSpotSink::new(api).expect("hubspot sink")),
-            batch: BatchConfig {
-                max_events: 100,
-                linger_ms: 50,
-                withdrawal_linger_ms: 0,
-            },
+            batch: quick_batches(),
             retry: self.retry(),
         }
     }
@@ -354,4 +383,197 @@ pub fn scraped_lag(telemetry: &Telemetry) -> std::collections::BTreeMap<(String,
         );
     }
     out
+}
+
+/// Batches as the e2e tests use them: small linger, withdrawals at once.
+pub fn quick_batches() -> BatchConfig {
+    BatchConfig {
+        max_events: 100,
+        linger_ms: 50,
+        withdrawal_linger_ms: 0,
+    }
+}
+
+/// Retries as the e2e tests use them: short delays.
+pub fn quick_retries() -> RetryConfig {
+    RetryConfig {
+        initial_delay_ms: 50,
+        max_delay_ms: 500,
+        factor: 2.0,
+        ramp_attempts: 5,
+        ..RetryConfig::default()
+    }
+}
+
+const ADS_TOKEN: &str = "ads-token";
+/// X signs with OAuth 1.0a: consumer key and secret, access token and secret.
+const X_CREDENTIALS: [&str; 4] = ["ads-ck", "ads-cs", "1-ads-at", "ads-ats"];
+
+/// The four fake ad platforms with one audience each, as the audiences sink sees them.
+pub struct AdPlatforms {
+    pub meta: FakePlatform,
+    pub google: FakePlatform,
+    pub linkedin: FakePlatform,
+    pub x: FakePlatform,
+}
+
+impl AdPlatforms {
+    pub async fn start() -> AdPlatforms {
+        AdPlatforms {
+            meta: audiences::meta::start(ADS_TOKEN).await,
+            google: audiences::google::start(ADS_TOKEN).await,
+            linkedin: audiences::linkedin::start(ADS_TOKEN).await,
+            x: audiences::x::start_oauth(OAuthCredentials::new(
+                X_CREDENTIALS[0],
+                X_CREDENTIALS[1],
+                X_CREDENTIALS[2],
+                X_CREDENTIALS[3],
+            ))
+            .await,
+        }
+    }
+
+    /// The sink configuration: purpose `ads_remarketing` to all four audiences.
+    pub fn config(&self) -> AudiencesConfig {
+        toml::from_str(&format!(
+            r#"
+[purposes]
+ads_remarketing = ["meta", "google", "linkedin", "x"]
+[audiences.meta]
+platform = "meta"
+base_url = "{}"
+token = "{ADS_TOKEN}"
+audience_id = "111"
+[audiences.google]
+platform = "google"
+base_url = "{}"
+token = "{ADS_TOKEN}"
+operating_account_id = "1234567890"
+product_destination_id = "222"
+consent_purposes = ["ads_remarketing"]
+[audiences.linkedin]
+platform = "linkedin"
+base_url = "{}"
+token = "{ADS_TOKEN}"
+segment_id = "333"
+linkedin_version = "202601"
+[audiences.x]
+platform = "x"
+base_url = "{}"
+consumer_key = "{ck}"
+consumer_secret = "{cs}"
+access_token = "{at}"
+access_token_secret = "{ats}"
+account_id = "acc"
+custom_audience_id = "444"
+"#,
+            self.meta.base_url(),
+            self.google.base_url(),
+            self.linkedin.base_url(),
+            self.x.base_url(),
+            ck = X_CREDENTIALS[0],
+            cs = X_CREDENTIALS[1],
+            at = X_CREDENTIALS[2],
+            ats = X_CREDENTIALS[3],
+        ))
+        .expect("audiences config")
+    }
+
+    /// All four audiences as one sink (`audiences`).
+    pub fn spec(&self) -> SinkSpec {
+        let config = self.config();
+        SinkSpec {
+            purposes: config.purposes.keys().cloned().collect(),
+            sink: Arc::new(AudiencesSink::new(config).expect("audiences sink")),
+            batch: quick_batches(),
+            retry: quick_retries(),
+        }
+    }
+
+    /// One sink per audience (`audiences.meta`, …), each in its own consumer group, as
+    /// `consent-relay run` builds them.
+    pub fn specs_per_audience(&self) -> Vec<SinkSpec> {
+        AudiencesSink::per_audience(self.config())
+            .expect("audiences sinks")
+            .into_iter()
+            .map(|sink| SinkSpec {
+                purposes: sink.purposes(),
+                sink: Arc::new(sink),
+                batch: quick_batches(),
+                retry: quick_retries(),
+            })
+            .collect()
+    }
+
+    /// Whether the person's hashed email is in each platform's audience.
+    pub fn presence(&self, email: &str) -> [bool; 4] {
+        let hash = |n: Option<String>| normalize::sha256_hex(&n.expect("normalizes"));
+        [
+            self.meta
+                .members("111")
+                .contains(&hash(normalize::meta_email(email))),
+            self.google
+                .members("222")
+                .contains(&hash(normalize::google_email(email, true))),
+            self.linkedin
+                .members("333")
+                .contains(&hash(normalize::linkedin_email(email))),
+            self.x
+                .members("444")
+                .contains(&hash(normalize::x_email(email))),
+        ]
+    }
+}
+
+impl Harness {
+    /// The status of `event`'s delivery at `sink` (any target), as the ledger has it.
+    pub async fn status(
+        &self,
+        subject: &str,
+        event: Uuid,
+        sink: &str,
+    ) -> Option<relay_ledger::Status> {
+        self.report(subject)
+            .await
+            .deliveries
+            .iter()
+            .find(|d| d.key.event_id == event && d.key.sink == sink)
+            .map(|d| d.status)
+    }
+
+    /// Waits until `event`'s delivery at `sink` has status `want`, and says where it stood if it
+    /// never gets there.
+    pub async fn reaches(
+        &self,
+        subject: &str,
+        event: Uuid,
+        sink: &str,
+        want: relay_ledger::Status,
+        timeout: Duration,
+    ) {
+        let mut last = None;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            last = self.status(subject, event, sink).await;
+            if last == Some(want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{sink} delivery of {event} ({subject}) stayed {last:?}, wanted {want:?}");
+    }
+
+    /// Offsets the group of `sink` committed, summed over its partitions of the events topic.
+    pub async fn committed(&self, sink: &str) -> i64 {
+        let kafka = self.kafka();
+        let group = kafka.group_id(sink);
+        let topics = kafka.topics.clone();
+        tokio::task::spawn_blocking(move || relay_runtime::lag::describe(&kafka, &group, &topics))
+            .await
+            .expect("lag task")
+            .expect("lag")
+            .iter()
+            .map(|l| l.committed.unwrap_or(0))
+            .sum()
+    }
 }

@@ -9,8 +9,8 @@ use crate::{
     ConsentRecord, DeliveryKey, DeliveryRow, LedgerError, Rejection, Status, SubjectState,
 };
 
-/// status, attempts, park_id
-pub(crate) type DeliveryStatusRow = (String, i32, Option<String>);
+/// status, attempts, parks
+pub(crate) type DeliveryStatusRow = (String, i32, i32);
 
 /// event_id, sink, target, status, attempts, error_class, error, updated_at_ms
 pub(crate) type DeliveryTuple = (
@@ -91,12 +91,12 @@ pub(crate) fn purposes(text: &str) -> Result<Vec<String>, LedgerError> {
 }
 
 pub(crate) fn delivery_status(
-    (st, n, park_id): DeliveryStatusRow,
+    (st, n, parks): DeliveryStatusRow,
 ) -> Result<crate::rule::DeliveryState, LedgerError> {
     Ok(crate::rule::DeliveryState {
         status: status(&st)?,
         attempts: attempts(n)?,
-        park_id: park_id.as_deref().map(uuid).transpose()?,
+        parks: u32::try_from(parks).map_err(|_| LedgerError::Corrupt(format!("parks {parks}")))?,
     })
 }
 

@@ -32,7 +32,7 @@ struct Delivery {
     subject_id: String,
     status: Status,
     attempts: u32,
-    park_id: Option<uuid::Uuid>,
+    parks: u32,
     error_class: Option<String>,
     error: Option<String>,
     updated_at_ms: i64,
@@ -79,7 +79,7 @@ impl Ledger for MemoryLedger {
             let delivery = t.deliveries.get(&claim.key).map(|d| DeliveryState {
                 status: d.status,
                 attempts: d.attempts,
-                park_id: d.park_id,
+                parks: d.parks,
             });
             let target = claim.key.target.as_str();
             let states: Vec<SubjectState> = t
@@ -126,14 +126,13 @@ impl Ledger for MemoryLedger {
                     subject_id: claim.subject_id.clone(),
                     status,
                     attempts,
-                    park_id: None,
+                    parks: 0,
                     error_class: None,
                     error: None,
                     updated_at_ms: now,
                 });
             row.status = status;
             row.attempts = attempts;
-            row.park_id = claim.ticket;
             row.updated_at_ms = now;
             decisions.push(decision);
         }
@@ -151,7 +150,7 @@ impl Ledger for MemoryLedger {
                     subject_id: f.subject_id.clone(),
                     status: f.status,
                     attempts: 0,
-                    park_id: None,
+                    parks: 0,
                     error_class: None,
                     error: None,
                     updated_at_ms: now,
@@ -182,7 +181,7 @@ impl Ledger for MemoryLedger {
                     subject_id: p.subject_id.clone(),
                     status: Status::InFlight,
                     attempts: 0,
-                    park_id: None,
+                    parks: 0,
                     error_class: None,
                     error: None,
                     updated_at_ms: now,
@@ -191,7 +190,7 @@ impl Ledger for MemoryLedger {
                 continue;
             }
             row.status = Status::Parked;
-            row.park_id = Some(p.park_id);
+            row.parks = row.parks.max(p.parks);
             row.error_class = Some("retryable".to_owned());
             row.error = Some(p.error.clone());
             row.updated_at_ms = now;

@@ -23,12 +23,12 @@ pub struct Claim {
     /// A replay from the dead-letter topic (`consent-relay dlq replay`): a dead-lettered delivery
     /// is decided again (version rule included) instead of being a duplicate.
     pub replay: bool,
-    /// Set when the claim comes from a parked copy (the retry topic): the park id the copy carries.
-    /// Only the copy the ledger last parked the delivery under may proceed; any other copy (an
-    /// older park, one written just before a crash, one whose delivery was since finished or
-    /// re-claimed from the source topic) is a duplicate. A claim without a ticket takes the
-    /// delivery over and clears its park id.
-    pub ticket: Option<Uuid>,
+    /// Set when the claim comes from a parked copy (the retry topic): the copy's generation (1 for
+    /// the first park of the delivery). A copy of a lower generation than the newest the ledger
+    /// knows is stale (a newer copy exists) and is a duplicate. A copy of a generation the ledger
+    /// has not recorded yet proceeds: copies are written before the ledger records them, so it is
+    /// the newest. A claim without a ticket (from the source topic) always may proceed.
+    pub ticket: Option<u32>,
 }
 
 /// What the ledger decided for a claim.
@@ -118,8 +118,9 @@ pub struct Finish {
 pub struct Park {
     pub key: DeliveryKey,
     pub subject_id: String,
-    /// The id the copy on the retry topic carries; see [`Claim::ticket`].
-    pub park_id: Uuid,
+    /// The generation of the copy now on the retry topic; see [`Claim::ticket`]. The ledger keeps
+    /// the highest it was told.
+    pub parks: u32,
     /// The last failure, for `ledger show`. Must not contain raw PII.
     pub error: String,
 }

@@ -58,7 +58,6 @@ macro_rules! backend_ops {
                 .bind(status.as_str())
                 .bind(codec::attempts_db(attempts))
                 .bind(now)
-                .bind(claim.ticket.map(codec::uuid_text))
                 .execute(&mut *conn)
                 .await?;
             Ok(decision)
@@ -75,7 +74,7 @@ macro_rules! backend_ops {
                 .bind(&p.key.sink)
                 .bind(&p.key.target)
                 .bind(&p.subject_id)
-                .bind(codec::uuid_text(p.park_id))
+                .bind(codec::attempts_db(p.parks))
                 .bind(&p.error)
                 .bind(now)
                 .execute(&mut *conn)

@@ -16,7 +16,8 @@ fn version(occurred_at_ms: i64, action: Action) -> (i64, Action) {
 pub(crate) struct DeliveryState {
     pub status: Status,
     pub attempts: u32,
-    pub park_id: Option<uuid::Uuid>,
+    /// The generation of the newest parked copy recorded (0: never parked).
+    pub parks: u32,
 }
 
 /// Decides one claim given its delivery row, if any, and the subject states stored for its
@@ -32,16 +33,10 @@ pub(crate) fn decide(
             return Decision::Duplicate { status: d.status };
         }
     }
-    if let Some(ticket) = claim.ticket {
-        // A parked copy acts only while the ledger still parks the delivery under it.
-        match delivery {
-            Some(d) if d.park_id == Some(ticket) => {}
-            Some(d) => return Decision::Duplicate { status: d.status },
-            None => {
-                return Decision::Duplicate {
-                    status: Status::Parked,
-                }
-            }
+    if let (Some(generation), Some(d)) = (claim.ticket, delivery) {
+        // A newer copy exists: this one is stale.
+        if generation < d.parks {
+            return Decision::Duplicate { status: d.status };
         }
     }
     let own = version(claim.occurred_at_ms, claim.action);
@@ -102,7 +97,7 @@ mod tests {
         Some(DeliveryState {
             status,
             attempts,
-            park_id: None,
+            parks: 0,
         })
     }
 
@@ -266,46 +261,41 @@ mod tests {
     }
 
     #[test]
-    fn only_the_copy_a_delivery_is_parked_under_proceeds() {
-        let parked_under = Uuid::new_v4();
+    fn a_parked_copy_of_an_older_generation_is_stale() {
         let parked = Some(DeliveryState {
             status: Status::Parked,
             attempts: 5,
-            park_id: Some(parked_under),
+            parks: 2,
         });
         let mut c = claim("n", Action::Withdraw, 5);
-        c.ticket = Some(parked_under);
+        c.ticket = Some(2);
         assert_eq!(decide(&c, parked, &[]), Decision::Proceed { attempt: 6 });
-        // An older copy, or one whose delivery a source redelivery took over (park id cleared).
-        c.ticket = Some(Uuid::new_v4());
+        // Written but not yet recorded (the copy goes first): the newest, so it proceeds.
+        c.ticket = Some(3);
+        assert_eq!(decide(&c, parked, &[]), Decision::Proceed { attempt: 6 });
+        // A newer copy exists.
+        c.ticket = Some(1);
         assert_eq!(
             decide(&c, parked, &[]),
             Decision::Duplicate {
                 status: Status::Parked
             }
         );
-        let taken_over = row(Status::InFlight, 6);
-        c.ticket = Some(parked_under);
-        assert_eq!(
-            decide(&c, taken_over, &[]),
-            Decision::Duplicate {
-                status: Status::InFlight
-            }
-        );
         // Finished meanwhile: a duplicate like any other.
+        c.ticket = Some(2);
         assert_eq!(
             decide(&c, row(Status::Applied, 6), &[]),
             Decision::Duplicate {
                 status: Status::Applied
             }
         );
-        // A newer decision supersedes the parked copy that still owns its delivery.
+        // A newer decision supersedes a live parked copy.
         let newer = state("n", Action::Grant, 9);
         assert!(matches!(
             decide(&c, parked, &[newer]),
             Decision::Superseded { .. }
         ));
-        // A claim from the source topic may always take a parked delivery over.
+        // A claim from the source topic may always proceed.
         c.ticket = None;
         assert_eq!(decide(&c, parked, &[]), Decision::Proceed { attempt: 6 });
     }

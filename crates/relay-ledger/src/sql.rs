@@ -22,7 +22,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT (event_id) DO NOTHING"#;
 
 /// Binds: event_id, sink, target.
-pub(crate) const DELIVERY_STATUS: &str = "SELECT status, attempts, park_id FROM deliveries
+pub(crate) const DELIVERY_STATUS: &str = "SELECT status, attempts, parks FROM deliveries
 WHERE event_id = $1 AND sink = $2 AND target = $3";
 
 /// The states a claim is compared with. Binds: subject_id, sink, target. A purpose claim needs its
@@ -43,30 +43,29 @@ ON CONFLICT (subject_id, sink, target) DO UPDATE SET
 
 /// Claim outcome; the attempt count is computed by the caller from the row it read in the same
 /// transaction. Error columns are kept: the last failure stays visible while a retry is in flight.
-/// The park id becomes the claim's ticket: kept by the parked copy that owns the delivery, cleared
-/// by a claim from the source topic. Binds: event_id, sink, target, subject_id, status, attempts,
-/// now, park_id.
+/// Binds: event_id, sink, target, subject_id, status, attempts, now.
 pub(crate) const UPSERT_CLAIMED: &str = "INSERT INTO deliveries
-    (event_id, sink, target, subject_id, status, attempts, created_at_ms, updated_at_ms, park_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
+    (event_id, sink, target, subject_id, status, attempts, created_at_ms, updated_at_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
 ON CONFLICT (event_id, sink, target) DO UPDATE SET
     status = excluded.status,
     attempts = excluded.attempts,
-    updated_at_ms = excluded.updated_at_ms,
-    park_id = excluded.park_id";
+    updated_at_ms = excluded.updated_at_ms";
 
-/// Binds: event_id, sink, target, subject_id, park_id, error, now. Only a delivery still under way
-/// is parked; one finished meanwhile keeps its final status.
+/// Binds: event_id, sink, target, subject_id, parks, error, now. Only a delivery still under way
+/// is parked; one finished meanwhile keeps its final status. The generation never goes back: two
+/// copies parked concurrently may be recorded in either order.
 pub(crate) const UPSERT_PARKED: &str = "INSERT INTO deliveries
     (event_id, sink, target, subject_id, status, attempts, error_class, error, created_at_ms,
-     updated_at_ms, park_id)
+     updated_at_ms, parks)
 VALUES ($1, $2, $3, $4, 'parked', 0, 'retryable', $6, $7, $7, $5)
 ON CONFLICT (event_id, sink, target) DO UPDATE SET
     status = excluded.status,
     error_class = excluded.error_class,
     error = excluded.error,
     updated_at_ms = excluded.updated_at_ms,
-    park_id = excluded.park_id
+    parks = CASE WHEN excluded.parks > deliveries.parks THEN excluded.parks
+                 ELSE deliveries.parks END
 WHERE deliveries.status IN ('in_flight', 'retrying', 'parked')";
 
 /// Binds: event_id, sink, target, subject_id, status, error_class, error, now. A delivery that

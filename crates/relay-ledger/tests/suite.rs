@@ -758,47 +758,55 @@ async fn only_the_copy_a_delivery_is_parked_under_may_act(url: &str) {
     let l = open(url).await.unwrap();
     let c = fresh("s1", NEWSLETTER, Action::Withdraw, 100);
     assert_eq!(decide_one(&l, &c).await, proceed(1));
-    let park = |id: Uuid| Park {
+    let park = |parks: u32| Park {
         key: c.key.clone(),
         subject_id: "s1".into(),
-        park_id: id,
+        parks,
         error: "HTTP 500: internal error".into(),
     };
-    let first = Uuid::new_v4();
-    l.park(&[park(first)]).await.unwrap();
+    l.park(&[park(1)]).await.unwrap();
     let d = delivery(&report(&l, "s1").await, &c.key).clone();
     assert_eq!(d.status, Status::Parked);
     assert_eq!(d.error.as_deref(), Some("HTTP 500: internal error"));
 
-    // The parked copy proceeds, and keeps the delivery while it is in flight (a crash now
-    // redelivers that same copy, which must still own it).
-    let mut copy = c.clone();
-    copy.ticket = Some(first);
-    assert_eq!(decide_one(&l, &copy).await, proceed(2));
-    assert_eq!(decide_one(&l, &copy).await, proceed(3));
-    // Parked again under a new copy: the old one is a duplicate from now on.
-    let second = Uuid::new_v4();
-    l.park(&[park(second)]).await.unwrap();
+    // The parked copy proceeds, and still does when redelivered after a crash.
+    let copy = |generation: u32| Claim {
+        ticket: Some(generation),
+        ..c.clone()
+    };
+    assert_eq!(decide_one(&l, &copy(1)).await, proceed(2));
+    assert_eq!(decide_one(&l, &copy(1)).await, proceed(3));
+    // Parked again: the first copy is stale from now on, the second proceeds.
+    l.park(&[park(2)]).await.unwrap();
     assert_eq!(
-        decide_one(&l, &copy).await,
+        decide_one(&l, &copy(1)).await,
         Decision::Duplicate {
             status: Status::Parked
         }
     );
-    // A redelivery from the source topic takes the delivery over; no parked copy acts after it.
-    assert_eq!(decide_one(&l, &c).await, proceed(4));
-    copy.ticket = Some(second);
+    assert_eq!(decide_one(&l, &copy(2)).await, proceed(4));
+    // Two parks recorded out of order keep the newer generation.
+    l.park(&[park(4)]).await.unwrap();
+    l.park(&[park(3)]).await.unwrap();
     assert_eq!(
-        decide_one(&l, &copy).await,
+        decide_one(&l, &copy(3)).await,
         Decision::Duplicate {
-            status: Status::InFlight
+            status: Status::Parked
         }
     );
+    // A redelivery from the source topic may always proceed.
+    assert_eq!(decide_one(&l, &c).await, proceed(5));
     // Once final, a late park leaves the delivery as it is.
     l.finish(&[finish(&c, Status::Applied)]).await.unwrap();
-    l.park(&[park(Uuid::new_v4())]).await.unwrap();
+    l.park(&[park(9)]).await.unwrap();
     assert_eq!(
         delivery(&report(&l, "s1").await, &c.key).status,
         Status::Applied
+    );
+    assert_eq!(
+        decide_one(&l, &copy(9)).await,
+        Decision::Duplicate {
+            status: Status::Applied
+        }
     );
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -47,7 +48,32 @@ pub(crate) struct RelayContext {
     pub reports_assignment: bool,
 }
 
-impl ClientContext for RelayContext {}
+/// librdkafka's own log lines, as tracing events with the sink named. Its errors are about the
+/// broker connection, never about a consent change, so they are warnings (ERROR is reserved for
+/// dead-lettered events).
+impl ClientContext for RelayContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => {
+                warn!(sink = %self.sink, facility = fac, "librdkafka: {log_message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                info!(sink = %self.sink, facility = fac, "librdkafka: {log_message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                debug!(sink = %self.sink, facility = fac, "librdkafka: {log_message}")
+            }
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        warn!(sink = %self.sink, error = %error, "kafka client error: {reason}");
+    }
+}
 
 impl ConsumerContext for RelayContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -68,6 +94,34 @@ impl ConsumerContext for RelayContext {
 }
 
 pub(crate) type RelayConsumer = StreamConsumer<RelayContext>;
+
+/// Holds a consumer and, when dropped, closes it on a blocking thread. Closing leaves the group
+/// and may wait for the broker (seconds while a rebalance is under way); done inline, a worker
+/// that stops or is aborted would block an async worker thread meanwhile.
+pub(crate) struct Closing(Option<Arc<RelayConsumer>>);
+
+impl Closing {
+    pub fn new(consumer: RelayConsumer) -> Closing {
+        Closing(Some(Arc::new(consumer)))
+    }
+}
+
+impl std::ops::Deref for Closing {
+    type Target = Arc<RelayConsumer>;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if let (Some(consumer), Ok(runtime)) =
+            (self.0.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn_blocking(move || drop(consumer));
+        }
+    }
+}
 
 /// A consumer in `group` for `topics`, with offsets stored and committed by us only, incremental
 /// (cooperative-sticky) rebalances, and static membership when an instance id is configured.
@@ -174,7 +228,7 @@ impl<L: Ledger> SourceWorker<L> {
             rebalanced: rebalanced.clone(),
             reports_assignment: true,
         };
-        let consumer = Arc::new(create_consumer(
+        let consumer = Closing::new(create_consumer(
             &self.kafka,
             &group,
             self.name(),
@@ -185,7 +239,7 @@ impl<L: Ledger> SourceWorker<L> {
         // releases the consumer, so the group can hand its partitions to someone else.
         let probe = Arc::new(crate::lag::probe(&self.kafka, &group)?);
         let lag_refresher = AbortOnDropHandle::new(tokio::spawn(refresh_lag(
-            Arc::downgrade(&consumer),
+            Arc::downgrade(&*consumer),
             probe,
             self.name().to_owned(),
             group.clone(),

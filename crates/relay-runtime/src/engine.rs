@@ -116,12 +116,18 @@ impl<L: Ledger> Engine<L> {
             .filter(|m| m.replay_for.is_some())
             .filter_map(|m| m.event().map(|e| e.event_id))
             .collect();
-        // Of two parked copies of one event in a batch, only the later can be the live one: a
-        // copy is only ever superseded by one written after it.
-        let mut last_copy: BTreeMap<Uuid, usize> = BTreeMap::new();
+        // Of several parked copies of one event in a batch, the one of the newest generation
+        // speaks for all: if any of them is live, it is.
+        let mut newest_copy: BTreeMap<Uuid, usize> = BTreeMap::new();
         for (index, m) in batch.iter().enumerate() {
-            if let (Some(_), Some(event)) = (&m.ticket, m.event()) {
-                last_copy.insert(event.event_id, index);
+            if let (Some(t), Some(event)) = (&m.ticket, m.event()) {
+                let newer = newest_copy
+                    .get(&event.event_id)
+                    .and_then(|&i| batch[i].ticket.as_ref())
+                    .is_none_or(|kept| t.parks >= kept.parks);
+                if newer {
+                    newest_copy.insert(event.event_id, index);
+                }
             }
         }
 
@@ -137,7 +143,7 @@ impl<L: Ledger> Engine<L> {
                     continue;
                 }
             };
-            if m.ticket.is_some() && last_copy.get(&event.event_id) != Some(&index) {
+            if m.ticket.is_some() && newest_copy.get(&event.event_id) != Some(&index) {
                 continue;
             }
             match route::route(event, &self.routes) {
@@ -305,7 +311,7 @@ impl<L: Ledger> Engine<L> {
                     action: item.action,
                     occurred_at_ms: item.event.occurred_at_ms,
                     replay: ctx.replays.contains(&item.event.event_id),
-                    ticket: ctx.ticket(item.event.event_id).map(|t| t.park_id),
+                    ticket: ctx.ticket(item.event.event_id).map(|t| t.parks),
                 })
                 .collect();
             let decisions = self
@@ -536,13 +542,20 @@ fn consent_record(event: &ConsentEvent, msg: &Message) -> ConsentRecord {
 }
 
 fn rejection(sink: &str, msg: &Message, why: &Rejected) -> Rejection {
+    // A message that did not decode far enough still has its key, the subject id by contract
+    // (DESIGN.md §2), so that `ledger show` and `audit` list it for the person.
+    let key = msg
+        .key
+        .as_deref()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .filter(|k| !k.is_empty() && k.len() <= relay_events::MAX_SUBJECT_ID_CHARS);
     Rejection {
         sink: sink.to_owned(),
         topic: msg.origin.topic.clone(),
         partition: msg.origin.partition,
         offset: msg.origin.offset,
         event_id: why.event_id,
-        subject_id: why.subject_id.clone(),
+        subject_id: why.subject_id.clone().or_else(|| key.map(str::to_owned)),
         code: why.code.clone(),
         message: why.message.clone(),
     }

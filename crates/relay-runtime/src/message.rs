@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use relay_events::ConsentEvent;
-use uuid::Uuid;
 
 use crate::decode::Rejected;
 
@@ -22,9 +21,8 @@ pub struct Origin {
 /// What a copy on a retry topic carries besides the original key and bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParkTicket {
-    /// The ledger parks the copy's deliveries under this id; only this copy may act on them.
-    pub park_id: Uuid,
-    /// How often the item was parked, this copy included.
+    /// How often the item was parked, this copy included: the copy's generation. A copy of an
+    /// older generation than the newest the ledger knows does nothing.
     pub parks: u32,
     /// When the item first failed, in Unix milliseconds: the total budget counts from here.
     pub first_failed_ms: i64,

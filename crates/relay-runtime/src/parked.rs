@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{BatchConfig, KafkaConfig};
-use crate::consumer::{commit, create_consumer, unapplied, RelayContext};
+use crate::consumer::{commit, create_consumer, unapplied, Closing, RelayContext};
 use crate::decode::{Decoder, Rejected};
 use crate::engine::{Abandoned, Engine};
 use crate::message::{now_ms, Message, Origin};
@@ -148,7 +148,7 @@ impl<L: Ledger> ParkedWorker<L> {
             reports_assignment: false,
         };
         let member = format!("{}.parked", self.name());
-        let consumer = Arc::new(create_consumer(
+        let consumer = Closing::new(create_consumer(
             &self.kafka,
             &group,
             &member,

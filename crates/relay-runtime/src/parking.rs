@@ -2,9 +2,10 @@
 //! `parked list`), and `parked retry`, which makes copies due at once.
 //!
 //! A copy is the original message (key and bytes) with headers saying where it came from, why it
-//! was parked and when it is due. It carries the park id the ledger holds for its deliveries, so
-//! a copy that is no longer the live one (parked again since, finished by a redelivery) does
-//! nothing when it comes back.
+//! was parked and when it is due. It carries its generation (how often the item was parked), so
+//! that a copy overtaken by a newer one, or whose delivery was finished meanwhile, does nothing
+//! when it comes back. Copies are written before the ledger records them: a copy is never
+//! missing for a delivery the ledger says is parked.
 
 use std::time::{Duration, SystemTime};
 
@@ -23,7 +24,6 @@ use crate::message::{Origin, ParkTicket};
 /// Header names of a parked copy (besides the DLQ's origin and event-id headers).
 pub mod header {
     pub const SINK: &str = "consent-relay-parked-sink";
-    pub const PARK_ID: &str = "consent-relay-park-id";
     pub const PARKS: &str = "consent-relay-parks";
     pub const FIRST_FAILED_MS: &str = "consent-relay-first-failed-ms";
     pub const DUE_MS: &str = "consent-relay-due-ms";
@@ -40,7 +40,6 @@ pub(crate) fn headers(
 ) -> OwnedHeaders {
     let mut pairs: Vec<(&str, String)> = vec![
         (header::SINK, sink.to_owned()),
-        (header::PARK_ID, ticket.park_id.to_string()),
         (header::PARKS, ticket.parks.to_string()),
         (header::FIRST_FAILED_MS, ticket.first_failed_ms.to_string()),
         (header::DUE_MS, ticket.due_ms.to_string()),
@@ -84,8 +83,6 @@ pub(crate) fn read(msg: &OwnedMessage) -> Result<Copy, String> {
             .map_err(|_| format!("parked copy has a malformed header {name}"))
     };
     let ticket = ParkTicket {
-        park_id: Uuid::parse_str(&get(header::PARK_ID)?)
-            .map_err(|_| format!("parked copy has a malformed header {}", header::PARK_ID))?,
         parks: u32::try_from(parse(header::PARKS)?)
             .map_err(|_| format!("parked copy has a malformed header {}", header::PARKS))?,
         first_failed_ms: parse(header::FIRST_FAILED_MS)?,
@@ -137,7 +134,6 @@ pub struct ParkedCopy {
     pub event_id: Option<String>,
     /// The Kafka key: the subject id.
     pub subject_id: Option<String>,
-    pub park_id: String,
     pub parks: u32,
     pub first_failed_ms: i64,
     pub due_ms: i64,
@@ -200,7 +196,6 @@ pub fn read_all(kafka: &KafkaConfig, sink: &str) -> KafkaResult<Vec<ParkedCopy>>
                         retry_offset: m.offset(),
                         event_id: header_value(&m, dlq::EVENT_ID),
                         subject_id: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                        park_id: copy.ticket.park_id.to_string(),
                         parks: copy.ticket.parks,
                         first_failed_ms: copy.ticket.first_failed_ms,
                         due_ms: copy.ticket.due_ms,
@@ -220,8 +215,8 @@ pub fn read_all(kafka: &KafkaConfig, sink: &str) -> KafkaResult<Vec<ParkedCopy>>
 }
 
 /// Writes each copy again with its due time set to now, so that the parked consumer tries it at
-/// once. The park id stays: whichever of the two copies comes first acts, the other is then a
-/// duplicate.
+/// once. The generation stays: whichever of the two copies comes first acts; the other then finds
+/// the delivery finished, or parked again under a newer generation, and does nothing.
 pub async fn retry_now(
     kafka: &KafkaConfig,
     copies: &[ParkedCopy],

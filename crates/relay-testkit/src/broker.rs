@@ -60,11 +60,18 @@ pub async fn create_topic(name: &str, partitions: i32) {
 
 /// A producer that sends at once; for tests that publish raw bytes.
 pub fn producer() -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("linger.ms", "0")
-        .create()
-        .expect("producer")
+    producer_with(&[])
+}
+
+/// A producer that sends at once, with further librdkafka properties.
+pub fn producer_with(properties: &[(&str, &str)]) -> FutureProducer {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap())
+        .set("linger.ms", "0");
+    for (k, v) in properties {
+        cfg.set(*k, *v);
+    }
+    cfg.create().expect("producer")
 }
 
 /// Publishes one raw message and waits for the broker's acknowledgement.

@@ -135,6 +135,8 @@ struct FakeState {
     max_inputs: usize,
     /// Answer unsubscribe-all without per-contact results even when `verbose=true` is sent.
     terse_unsubscribe_all: bool,
+    /// Normalized emails whose mere presence in a request makes HubSpot answer 500 for all of it.
+    poisoned: BTreeSet<String>,
     delay: Duration,
     script: VecDeque<ScriptedResponse>,
     /// By normalized email.
@@ -181,6 +183,7 @@ impl FakeState {
             token: token.to_owned(),
             max_inputs: DEFAULT_MAX_INPUTS,
             terse_unsubscribe_all: false,
+            poisoned: BTreeSet::new(),
             delay: Duration::ZERO,
             script: VecDeque::new(),
             contacts: BTreeMap::new(),
@@ -328,6 +331,18 @@ impl FakeHubSpot {
         lock(&self.shared).terse_unsubscribe_all = terse;
     }
 
+    /// Answers 500 (`INTERNAL_ERROR`), changing nothing, to every request that names `email`: the
+    /// way a batch API fails as a whole for one input it cannot process. `false` heals it.
+    pub fn set_poisoned(&self, email: &str, poisoned: bool) {
+        let email = normalize::email(email);
+        let mut state = lock(&self.shared);
+        if poisoned {
+            state.poisoned.insert(email);
+        } else {
+            state.poisoned.remove(&email);
+        }
+    }
+
     /// Answers every HubSpot request `delay` late, after its state change is applied.
     pub fn set_response_delay(&self, delay: Duration) {
         lock(&self.shared).delay = delay;
@@ -450,6 +465,10 @@ async fn gate(State(shared): State<Shared>, request: Request, next: Next) -> Res
             (None, Vec::new(), Duration::ZERO)
         } else if let Some(scripted) = state.script.pop_front() {
             (Some(Early::Scripted(scripted)), Vec::new(), state.delay)
+        } else if names_any(&bytes, &state.poisoned) {
+            let body = error_body("internal error", "INTERNAL_ERROR");
+            let early = Early::Json(StatusCode::INTERNAL_SERVER_ERROR, body);
+            (Some(early), Vec::new(), state.delay)
         } else {
             let expected = format!("Bearer {}", state.token);
             let authorized = parts
@@ -496,6 +515,15 @@ async fn gate(State(shared): State<Shared>, request: Request, next: Next) -> Res
         tokio::time::sleep(delay).await;
     }
     response
+}
+
+/// Whether a request body names one of `emails` (as a JSON string, in any letter case).
+fn names_any(body: &[u8], emails: &BTreeSet<String>) -> bool {
+    if emails.is_empty() {
+        return false;
+    }
+    let body = String::from_utf8_lossy(body).to_lowercase();
+    emails.iter().any(|e| body.contains(&format!("\"{e}\"")))
 }
 
 /// An answer the gate gives without asking the endpoint.

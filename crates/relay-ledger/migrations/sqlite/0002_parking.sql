@@ -1,4 +1,5 @@
 -- Ledger schema v2 (SQLite): parking. A delivery whose inline retry budget is spent waits as a copy
--- on its sink's retry topic; park_id names that copy, so only it may act on the delivery
--- (relay-ledger `Claim::ticket`). Kept equal to migrations/postgres/0002_parking.sql.
-ALTER TABLE deliveries ADD COLUMN park_id TEXT;
+-- on its sink's retry topic. `parks` is the generation of the newest copy the ledger knows: a copy
+-- of a lower generation is stale and does nothing (relay-ledger `Claim::ticket`). Kept equal to
+-- migrations/postgres/0002_parking.sql.
+ALTER TABLE deliveries ADD COLUMN parks INTEGER NOT NULL DEFAULT 0;

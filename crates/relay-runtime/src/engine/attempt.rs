@@ -408,7 +408,6 @@ impl<L: Ledger> Engine<L> {
             }
             let parks_now = parks_so_far.saturating_add(1);
             let ticket = ParkTicket {
-                park_id: Uuid::new_v4(),
                 parks: parks_now,
                 first_failed_ms,
                 due_ms: now.saturating_add(
@@ -439,7 +438,7 @@ impl<L: Ledger> Engine<L> {
                 parks.push(Park {
                     key: key(&sink, &p.item),
                     subject_id: p.item.event.subject_id.clone(),
-                    park_id: ticket.park_id,
+                    parks: ticket.parks,
                     error: reason.clone(),
                 });
                 // A whole-subject withdrawal applied per purpose is not done while one of its
@@ -452,7 +451,7 @@ impl<L: Ledger> Engine<L> {
                     parks.push(Park {
                         key: whole.key,
                         subject_id: whole.subject_id,
-                        park_id: ticket.park_id,
+                        parks: ticket.parks,
                         error: reason.clone(),
                     });
                 }
