@@ -556,6 +556,11 @@ async fn publish(config: Config, input: PathBuf, topic: Option<String>) -> Resul
     };
     let mut events = Vec::new();
     let mut problems = Vec::new();
+    // The consumers hold every event to the clock rule; one that would be dead-lettered as
+    // future_occurred_at is refused here, before anything is sent.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     for (n, line) in reader.lines().enumerate() {
         let line = line.map_err(|source| AppError::Io {
             path: input.display().to_string(),
@@ -564,7 +569,16 @@ async fn publish(config: Config, input: PathBuf, topic: Option<String>) -> Resul
         if line.trim().is_empty() || line.trim_start().starts_with('#') {
             continue;
         }
-        match relay_events::json::from_json_line(&line) {
+        let checked = relay_events::json::from_json_line(&line).and_then(|ev| {
+            relay_events::check_occurred_at(
+                ev.occurred_at_ms,
+                None,
+                now_ms,
+                relay_events::DEFAULT_FUTURE_TOLERANCE_MS,
+            )?;
+            Ok(ev)
+        });
+        match checked {
             Ok(ev) => events.push(ev),
             Err(e) => problems.push(format!("line {}: {e}", n + 1)),
         }

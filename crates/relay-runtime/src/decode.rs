@@ -1,6 +1,6 @@
 //! Turns message bytes into a valid event, or into the reason it goes to the dead-letter topic.
 
-use relay_events::{ConsentEvent, DecodeError, Frame};
+use relay_events::{ConsentEvent, DecodeError, ErrorCode, Frame};
 use uuid::Uuid;
 
 use crate::registry::{RegistryError, SchemaRegistry};
@@ -18,7 +18,7 @@ pub struct Rejected {
 impl Rejected {
     pub fn decode(err: &DecodeError) -> Rejected {
         Rejected {
-            code: err.code().to_owned(),
+            code: err.code().as_str().to_owned(),
             message: err.to_string(),
             event_id: None,
             subject_id: None,
@@ -57,7 +57,7 @@ impl Decoder {
             Frame::Confluent { schema_id, body } => {
                 let Some(registry) = &self.registry else {
                     return Ok(Err(Rejected {
-                        code: "unknown_schema".to_owned(),
+                        code: ErrorCode::UnknownSchema.as_str().to_owned(),
                         message: format!(
                             "Confluent-framed message (schema id {schema_id}) but no schema registry is configured"
                         ),
@@ -69,7 +69,7 @@ impl Decoder {
                     Ok(writer) => Ok(relay_events::decode_with_writer_schema(&writer, body)
                         .map_err(|e| Rejected::decode(&e))),
                     Err(e) if e.is_unknown_schema() => Ok(Err(Rejected {
-                        code: "unknown_schema".to_owned(),
+                        code: ErrorCode::UnknownSchema.as_str().to_owned(),
                         message: e.to_string(),
                         event_id: None,
                         subject_id: None,

@@ -3,6 +3,7 @@ use uuid::Uuid;
 
 use super::*;
 use crate::schemas::BundledSchema;
+use crate::ErrorCode;
 
 const EMAIL: &str = "max.mustermann@example.de";
 
@@ -187,7 +188,7 @@ fn split_frame_rejects_short_and_unknown_headers() {
         split_frame(&[]).unwrap_err(),
         split_frame(&[0x7b]).unwrap_err(),
     ] {
-        assert_eq!(e.code(), "undecodable");
+        assert_eq!(e.code(), ErrorCode::Undecodable);
     }
 }
 
@@ -196,7 +197,7 @@ fn decode_needs_a_registry_for_confluent_frames() {
     let bytes = encode_confluent(12, &sample(EventKind::ConsentGranted));
     let err = decode(&bytes).unwrap_err();
     assert_eq!(err, DecodeError::NeedsRegistry { schema_id: 12 });
-    assert_eq!(err.code(), "unknown_schema");
+    assert_eq!(err.code(), ErrorCode::UnknownSchema);
 }
 
 #[test]
@@ -206,7 +207,7 @@ fn unknown_fingerprint_is_reported() {
     let fp = u64::from_le_bytes(bytes[2..10].try_into().unwrap());
     let err = decode(&bytes).unwrap_err();
     assert_eq!(err, DecodeError::UnknownFingerprint(fp));
-    assert_eq!(err.code(), "unknown_schema");
+    assert_eq!(err.code(), ErrorCode::UnknownSchema);
 }
 
 #[test]
@@ -216,7 +217,7 @@ fn every_truncation_is_an_error() {
         for len in 0..bytes.len() {
             let err = decode(&bytes[..len]).expect_err(&format!("{:?} cut at {len}", ev.kind));
             if len >= SINGLE_OBJECT_HEADER_LEN {
-                assert_eq!(err.code(), "undecodable", "{err}");
+                assert_eq!(err.code(), ErrorCode::Undecodable, "{err}");
             }
         }
     }
@@ -285,7 +286,7 @@ fn malformed_email_in_a_valid_body_is_invalid_email_without_the_address() {
             matches!(err, DecodeError::Invalid(ValidationError::InvalidEmail(_))),
             "{err:?}"
         );
-        assert_eq!(err.code(), "invalid_email");
+        assert_eq!(err.code(), ErrorCode::InvalidEmail);
         for text in [err.to_string(), format!("{err:?}")] {
             assert!(
                 !text.contains(bad) && !text.contains("mustermann"),
@@ -331,7 +332,7 @@ fn avro_errors_do_not_leak_values() {
     )
     .unwrap();
     let err = decode_with_writer_schema(&writer, &body).unwrap_err();
-    assert_eq!(err.code(), "undecodable");
+    assert_eq!(err.code(), ErrorCode::Undecodable);
     for text in [err.to_string(), format!("{err:?}")] {
         assert!(
             !text.contains(EMAIL) && !text.contains("mustermann"),
@@ -366,7 +367,7 @@ fn confluent_writer_must_name_a_known_record() {
         err,
         DecodeError::UnknownRecord("de.consentrelay.events.ConsentGiven".into())
     );
-    assert_eq!(err.code(), "unknown_schema");
+    assert_eq!(err.code(), ErrorCode::UnknownSchema);
     let string = Schema::parse_str(r#""string""#).unwrap();
     assert!(matches!(
         decode_with_writer_schema(&string, body),
@@ -589,5 +590,5 @@ fn confluent_writer_without_a_required_field_is_missing_field() {
     let body = encode_with_schema(&writer, &sample(EventKind::ConsentWithdrawn)).unwrap();
     let err = decode_with_writer_schema(&writer, &body).unwrap_err();
     assert_eq!(err, DecodeError::MissingField("source".into()));
-    assert_eq!(err.code(), "missing_field");
+    assert_eq!(err.code(), ErrorCode::MissingField);
 }
