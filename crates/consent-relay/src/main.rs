@@ -214,18 +214,10 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
             }
             let ledger = relay_ledger::open(&config.ledger.url).await?;
             let records = relay_ledger::Ledger::consent_for_purpose(&ledger, &purpose).await?;
-            println!("subject_id,email_sha256,decision,occurred_at,event_id,source");
-            for s in relay_ledger::suppression_list(&records) {
-                println!(
-                    "{},{},{},{},{},{}",
-                    csv(&s.subject_id),
-                    s.email_sha256.as_deref().unwrap_or(""),
-                    s.decision,
-                    ledger_report::when(s.occurred_at_ms),
-                    s.event_id,
-                    csv(&s.source)
-                );
-            }
+            print!(
+                "{}",
+                ledger_report::to_suppression_csv(&relay_ledger::suppression_list(&records))
+            );
             Ok(())
         }
         Command::Ledger {
@@ -432,15 +424,6 @@ fn schemas_check() -> Result<(), AppError> {
             "{} incompatible schema version(s)",
             failures.len()
         )))
-    }
-}
-
-/// A CSV field, quoted when it needs to be (RFC 4180).
-fn csv(field: &str) -> String {
-    if field.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", field.replace('"', "\"\""))
-    } else {
-        field.to_owned()
     }
 }
 
