@@ -592,3 +592,101 @@ fn confluent_writer_without_a_required_field_is_missing_field() {
     assert_eq!(err, DecodeError::MissingField("source".into()));
     assert_eq!(err.code(), ErrorCode::MissingField);
 }
+
+/// A body whose event_id is `id` as written, for spellings a `ConsentEvent` cannot hold.
+fn body_with_event_id(schema: &Schema, ev: &ConsentEvent, id: &str) -> Vec<u8> {
+    let mut value = to_value(ev);
+    if let Value::Record(fields) = &mut value {
+        fields[0].1 = Value::String(id.into());
+    }
+    // Resolving against the uuid logical type would parse (and so normalise) the id; a producer
+    // writes the string as it has it.
+    apache_avro::to_avro_datum(
+        &uuids_as_strings(schema),
+        value.resolve(&uuids_as_strings(schema)).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn event_ids_in_other_spellings_are_refused_in_both_framings() {
+    let ev = sample(EventKind::ConsentGranted);
+    let canonical = ev.event_id.to_string();
+    for id in [
+        format!("{{{canonical}}}"),
+        format!("urn:uuid:{canonical}"),
+        canonical.to_uppercase(),
+        canonical.replace('-', ""),
+        // 16 bytes: apache-avro's uuid type would take them as a binary UUID.
+        "abcdefghijklmnop".to_owned(),
+    ] {
+        for version in schemas::versions(ev.kind) {
+            let body = body_with_event_id(&version.schema, &ev, &id);
+            let mut frame = SINGLE_OBJECT_MAGIC.to_vec();
+            frame.extend_from_slice(&version.fingerprint.to_le_bytes());
+            frame.extend_from_slice(&body);
+            for err in [
+                decode(&frame).unwrap_err(),
+                decode_with_writer_schema(&version.schema, &body).unwrap_err(),
+            ] {
+                assert_eq!(err.code(), ErrorCode::InvalidEventId, "{id}: {err}");
+            }
+        }
+    }
+    let version = schemas::newest(ev.kind);
+    let body = body_with_event_id(&version.schema, &ev, &canonical);
+    assert_eq!(decode_with_writer_schema(&version.schema, &body), Ok(ev));
+}
+
+/// A registry writer with a recursive type the reader does not know: the bounds check follows
+/// the reference, and a chain deeper than the limit is refused before apache-avro recurses.
+#[test]
+fn recursive_writer_types_are_followed_to_a_limit() {
+    let mut json = bundled_json(EventKind::ConsentWithdrawn);
+    json["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "name": "chain",
+            "type": ["null", {"type": "record", "name": "Link", "fields": [
+                {"name": "next", "type": ["null", "Link"]}
+            ]}],
+            "default": null
+        }));
+    let writer = parse_json(&json);
+    let ev = sample(EventKind::ConsentWithdrawn);
+    let base = encode_with_schema(&writer, &ev).unwrap();
+    // The body ends with the chain's union index 0 (null); replace it by `depth` links.
+    let chain = |depth: usize| {
+        let mut body = base[..base.len() - 1].to_vec();
+        body.extend(std::iter::repeat_n(0x02, depth));
+        body.push(0x00);
+        body
+    };
+    assert_eq!(decode_with_writer_schema(&writer, &chain(5)), Ok(ev));
+    let err = decode_with_writer_schema(&writer, &chain(100_000)).unwrap_err();
+    assert_eq!(err, DecodeError::TooDeep(bounds::MAX_DEPTH));
+    assert_eq!(err.code(), ErrorCode::Undecodable);
+}
+
+#[test]
+fn lengths_and_counts_must_fit_in_the_message() {
+    let ev = sample(EventKind::ConsentWithdrawn);
+    let schema = &schemas::newest(ev.kind).schema;
+    let body = encode_with_schema(schema, &ev).unwrap();
+    // event_id is the first field: its length prefix, 36 as the zig-zag varint 0x48.
+    assert_eq!(body[0], 0x48);
+    let mut long = body.clone();
+    long[0] = 0x7e; // 63 bytes: more than the event id, less than the body
+    assert!(decode_with_writer_schema(schema, &long).is_err());
+    let mut beyond = body.clone();
+    beyond.splice(0..1, [0xfe, 0xff, 0x7f]); // 1 048 575
+    assert_eq!(
+        decode_with_writer_schema(schema, &beyond),
+        Err(DecodeError::ImplausibleLength {
+            what: "length",
+            declared: 1_048_575,
+            remaining: body.len() - 1
+        })
+    );
+}
