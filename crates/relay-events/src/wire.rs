@@ -80,7 +80,7 @@ pub fn decode(bytes: &[u8]) -> Result<ConsentEvent, DecodeError> {
             let writer = schemas::by_fingerprint(fingerprint)
                 .ok_or(DecodeError::UnknownFingerprint(fingerprint))?;
             let reader = schemas::newest(writer.kind);
-            decode_body(&writer.schema, &reader.schema, body)
+            decode_body(&writer.decoding, &reader.decoding, body)
         }
     }
 }
@@ -94,7 +94,7 @@ pub fn decode_with_writer_schema(
     let name = schemas::full_name(writer)
         .ok_or_else(|| DecodeError::UnknownRecord("<not a named schema>".into()))?;
     let reader = schemas::by_full_name(&name).ok_or(DecodeError::UnknownRecord(name))?;
-    decode_body(writer, &reader.schema, body)
+    decode_body(writer, &reader.decoding, body)
 }
 
 /// Avro single-object encoding with the newest schema of the event's record.
@@ -182,7 +182,9 @@ pub(crate) fn decode_body(
 /// string into a `Uuid` while decoding and so forgets how it was written: `{…}`, `urn:uuid:…`,
 /// upper case, and any 16-byte string (taken as raw bytes) would all pass. Reading the text lets
 /// [`parse_event_id`] insist on the canonical form. The wire format of the two is the same.
-fn uuids_as_strings(schema: &Schema) -> Cow<'_, Schema> {
+/// Borrows when there is nothing to change (the bundled schemas' decoding copies), so only a
+/// registry writer schema is copied per message.
+pub(crate) fn uuids_as_strings(schema: &Schema) -> Cow<'_, Schema> {
     let Schema::Record(record) = schema else {
         return Cow::Borrowed(schema);
     };

@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 
-use apache_avro::types::Value;
 use relay_events::schemas::{self, BundledSchema};
 use relay_events::wire::{encode_with_schema, SINGLE_OBJECT_MAGIC};
 use relay_events::{ConsentEvent, Contact, ErrorCode, EventKind, Scope};
@@ -68,20 +67,6 @@ pub fn frame(schema: &BundledSchema, ev: &ConsentEvent) -> Vec<u8> {
     let mut out = SINGLE_OBJECT_MAGIC.to_vec();
     out.extend_from_slice(&schema.fingerprint.to_le_bytes());
     out.extend_from_slice(&encode_with_schema(&schema.schema, ev).expect("bundled schema encodes"));
-    out
-}
-
-/// A single-object frame of the newest `kind` record whose fields are `fields` as given, for
-/// values a `ConsentEvent` cannot hold (an event id in another spelling).
-pub fn raw_frame(kind: EventKind, fields: Vec<(&str, Value)>) -> Vec<u8> {
-    let schema = schemas::newest(kind);
-    let record = Value::Record(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect());
-    let value = record
-        .resolve(&schema.schema)
-        .expect("record fits the schema");
-    let mut out = SINGLE_OBJECT_MAGIC.to_vec();
-    out.extend_from_slice(&schema.fingerprint.to_le_bytes());
-    out.extend_from_slice(&apache_avro::to_avro_datum(&schema.schema, value).unwrap());
     out
 }
 
