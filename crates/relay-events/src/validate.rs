@@ -28,9 +28,8 @@ pub const MAX_EMAIL_BYTES: usize = 254;
 pub const MAX_EMAIL_LOCAL_BYTES: usize = 64;
 /// Longest phone number as entered, separators included.
 pub const MAX_PHONE_CHARS: usize = 32;
-// The contact limits are generous for real data (the longest German street names have about 40
-// characters) and small enough that one event stays a few KiB and fits every downstream's field
-// limit (Mailchimp merge fields take 255).
+// The contact limits are generous for real names and addresses, and small enough that one event
+// stays a few KiB and that a value fits the downstreams' text fields (Mailchimp's take 255).
 /// Longest `contact.first_name` or `contact.last_name`.
 pub const MAX_NAME_CHARS: usize = 128;
 /// Longest `contact.company`.
