@@ -1,29 +1,66 @@
-//! `ledger show`: one subject's consent log, state per sink and deliveries, as text or JSON.
+//! `ledger show`, `ledger audit` and `suppression export`: what the ledger holds, as text, JSON or
+//! CSV.
+//!
+//! The ledger may hold anything an older version accepted (a year-10000 timestamp, a subject id
+//! of one U+202E, 100 000-character strings), and these are the commands a DPO runs on a data
+//! subject request, so nothing in a row may make them fail: every timestamp renders, or says it
+//! is invalid, and text output shows control and bidi characters escaped.
 
+use std::borrow::Cow;
 use std::fmt::Write;
-use std::time::{Duration, UNIX_EPOCH};
 
-use relay_ledger::SubjectReport;
+use relay_ledger::{SubjectReport, Suppressed};
 use serde_json::json;
 
+/// RFC 3339 where representable, else `invalid (N ms)`: the raw value stays visible.
 pub fn when(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
+    relay_events::format_timestamp_ms(ms).unwrap_or_else(|| format!("invalid ({ms} ms)"))
+}
+
+/// `s` for a terminal or a spreadsheet: control characters, line separators and bidi formatting
+/// characters as `\u{…}`, so a stored value can neither move the cursor, forge a line nor flip
+/// the rest of the line. Values that pass today's validation come through unchanged.
+fn shown(s: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{061C}'
+                    | '\u{200E}'
+                    | '\u{200F}'
+                    | '\u{202A}'..='\u{202E}'
+                    | '\u{2066}'..='\u{2069}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+            )
+    };
+    if !s.chars().any(unsafe_char) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            let _ = write!(out, "\\u{{{:04x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 pub fn to_text(subject_id: &str, r: &SubjectReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "subject {subject_id}");
+    let _ = writeln!(out, "subject {}", shown(subject_id));
     let _ = writeln!(out, "\nconsent log ({} event(s)):", r.consent_log.len());
     for c in &r.consent_log {
         let _ = writeln!(
             out,
             "  {}  {:<17} {:<24} source={} notice={} event={}",
             when(c.occurred_at_ms),
-            c.kind,
-            c.purposes.join(","),
-            c.source,
-            c.notice_version.as_deref().unwrap_or("-"),
+            shown(&c.kind),
+            shown(&c.purposes.join(",")),
+            shown(&c.source),
+            shown(c.notice_version.as_deref().unwrap_or("-")),
             c.event_id
         );
     }
@@ -32,8 +69,8 @@ pub fn to_text(subject_id: &str, r: &SubjectReport) -> String {
         let _ = writeln!(
             out,
             "  {:<10} {:<20} {:<9} as of {}  event={}",
-            s.sink,
-            s.target,
+            shown(&s.sink),
+            shown(&s.target),
             s.action.as_str(),
             when(s.occurred_at_ms),
             s.event_id
@@ -44,14 +81,14 @@ pub fn to_text(subject_id: &str, r: &SubjectReport) -> String {
         let _ = writeln!(
             out,
             "  {:<10} {:<20} {:<16} attempts={} event={}{}",
-            d.key.sink,
-            d.key.target,
+            shown(&d.key.sink),
+            shown(&d.key.target),
             d.status.as_str(),
             d.attempts,
             d.key.event_id,
             d.error
                 .as_deref()
-                .map(|e| format!("  error: {e}"))
+                .map(|e| format!("  error: {}", shown(e)))
                 .unwrap_or_default()
         );
     }
@@ -61,7 +98,12 @@ pub fn to_text(subject_id: &str, r: &SubjectReport) -> String {
             let _ = writeln!(
                 out,
                 "  {:<10} {}/{}@{} {}: {}",
-                x.sink, x.topic, x.partition, x.offset, x.code, x.message
+                shown(&x.sink),
+                shown(&x.topic),
+                x.partition,
+                x.offset,
+                shown(&x.code),
+                shown(&x.message)
             );
         }
     }
@@ -98,17 +140,17 @@ pub fn to_json(subject_id: &str, r: &SubjectReport) -> serde_json::Value {
 /// recipient the person's data went to (Art. 15(1)(c)), from the deliveries that reached a sink.
 pub fn to_audit(subject_id: &str, r: &SubjectReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "audit of subject {subject_id}");
+    let _ = writeln!(out, "audit of subject {}", shown(subject_id));
     let _ = writeln!(out, "\nconsent decisions ({}):", r.consent_log.len());
     for c in &r.consent_log {
         let _ = writeln!(
             out,
             "  {}  {} for {} via {} (notice {}), event {}",
             when(c.occurred_at_ms),
-            c.kind,
-            c.purposes.join(", "),
-            c.source,
-            c.notice_version.as_deref().unwrap_or("-"),
+            shown(&c.kind),
+            shown(&c.purposes.join(", ")),
+            shown(&c.source),
+            shown(c.notice_version.as_deref().unwrap_or("-")),
             c.event_id
         );
     }
@@ -137,10 +179,236 @@ pub fn to_audit(subject_id: &str, r: &SubjectReport) -> String {
     for ((sink, target), (first, last, n)) in recipients {
         let _ = writeln!(
             out,
-            "  {sink:<10} {target:<20} {n} change(s), first {}, last {}",
+            "  {:<10} {:<20} {n} change(s), first {}, last {}",
+            shown(sink),
+            shown(target),
             when(first),
             when(last)
         );
     }
     out
+}
+
+const SUPPRESSION_CSV_HEADER: &str = "subject_id,email_sha256,decision,occurred_at,event_id,source";
+
+/// `suppression export`: the header line and one line per suppressed subject, each ending in a
+/// newline.
+pub fn to_suppression_csv(list: &[Suppressed]) -> String {
+    let mut out = format!("{SUPPRESSION_CSV_HEADER}\n");
+    for s in list {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{}",
+            csv(&shown(&s.subject_id)),
+            csv(&shown(s.email_sha256.as_deref().unwrap_or(""))),
+            s.decision,
+            when(s.occurred_at_ms),
+            s.event_id,
+            csv(&shown(&s.source))
+        );
+    }
+    out
+}
+
+/// A CSV field, quoted when it needs to be (RFC 4180).
+fn csv(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use relay_events::Action;
+    use relay_ledger::{
+        Claim, ConsentRecord, DeliveryKey, Finish, Ledger, Rejection, SqliteLedger, Status,
+    };
+    use uuid::Uuid;
+
+    use super::*;
+
+    /// Every kind of i64 a timestamp column can hold, with what it must render as.
+    const EXTREMES: [(i64, &str); 6] = [
+        (i64::MIN, "invalid (-9223372036854775808 ms)"),
+        (-1, "invalid (-1 ms)"),
+        (0, "1970-01-01T00:00:00.000Z"),
+        (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
+        (253_402_300_800_000, "invalid (253402300800000 ms)"),
+        (i64::MAX, "invalid (9223372036854775807 ms)"),
+    ];
+
+    /// Strings no current producer can send, but an older relay stored as sent.
+    fn odd_strings() -> Vec<String> {
+        vec![
+            "x".repeat(100_000),
+            "\u{202e}".into(),
+            "line\nbreak\r\u{2028}".into(),
+            "\u{1b}[2J\u{1b}[31mred".into(),
+            "nul\u{0}\u{7f}\u{85}".into(),
+            "comma,\"quote\"".into(),
+            "ümlaut 日本語 👩‍👩‍👧 محمد".into(),
+            String::new(),
+        ]
+    }
+
+    const SUBJECT: &str = "\u{202e}subject";
+
+    async fn ledger_with_extremes(dir: &std::path::Path) -> SqliteLedger {
+        let url = format!("sqlite://{}", dir.join("ledger.db").display());
+        let ledger = SqliteLedger::open(&url).await.expect("open ledger");
+        let odd = odd_strings();
+        let mut records = Vec::new();
+        let mut claims = Vec::new();
+        for (i, &(ms, _)) in EXTREMES.iter().enumerate() {
+            let text = &odd[i % odd.len()];
+            for (subject, kind) in [
+                (SUBJECT.to_owned(), "ConsentWithdrawn"),
+                // One subject per value for the suppression list, which keeps only the newest.
+                (
+                    format!("{}-{i}", odd[(i + 1) % odd.len()]),
+                    "ErasureRequested",
+                ),
+            ] {
+                records.push(ConsentRecord {
+                    event_id: Uuid::new_v4(),
+                    subject_id: subject,
+                    kind: kind.into(),
+                    purposes: vec!["newsletter".into(), text.clone()],
+                    occurred_at_ms: ms,
+                    source: text.clone(),
+                    notice_version: Some(odd[(i + 2) % odd.len()].clone()),
+                    email_sha256: Some(text.clone()),
+                    topic: text.clone(),
+                    partition: i32::MIN,
+                    offset: i64::MAX,
+                });
+            }
+            claims.push(Claim {
+                key: DeliveryKey {
+                    event_id: records[records.len() - 2].event_id,
+                    sink: text.clone(),
+                    // A target per value, so that the version rule keeps a state row for each.
+                    target: format!("p{i}{text}"),
+                },
+                subject_id: SUBJECT.into(),
+                action: Action::Withdraw,
+                occurred_at_ms: ms,
+                replay: false,
+                ticket: None,
+            });
+        }
+        ledger.log_events(&records).await.expect("log");
+        ledger.claim(&claims).await.expect("claim");
+        let finishes: Vec<Finish> = claims
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Finish {
+                key: c.key.clone(),
+                subject_id: c.subject_id.clone(),
+                status: [
+                    Status::Applied,
+                    Status::AlreadyApplied,
+                    Status::DeadLettered,
+                ][i % 3],
+                error_class: Some(odd[i % odd.len()].clone()),
+                error: Some(odd[(i + 3) % odd.len()].clone()),
+            })
+            .collect();
+        ledger.finish(&finishes).await.expect("finish");
+        let rejections: Vec<Rejection> = odd
+            .iter()
+            .map(|text| Rejection {
+                sink: text.clone(),
+                topic: text.clone(),
+                partition: i32::MAX,
+                offset: i64::MIN,
+                event_id: None,
+                subject_id: Some(SUBJECT.into()),
+                code: text.clone(),
+                message: text.clone(),
+            })
+            .collect();
+        ledger.record_rejections(&rejections).await.expect("reject");
+        ledger
+    }
+
+    fn assert_no_raw_controls(what: &str, text: &str) {
+        for bad in [
+            '\u{202e}', '\u{1b}', '\u{0}', '\u{7f}', '\u{85}', '\u{2028}', '\r',
+        ] {
+            assert!(!text.contains(bad), "{what} shows {bad:?} raw");
+        }
+    }
+
+    #[tokio::test]
+    async fn whatever_the_ledger_holds_renders() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = ledger_with_extremes(dir.path()).await;
+        let report = ledger.subject_report(SUBJECT).await.expect("report");
+        assert_eq!(report.consent_log.len(), EXTREMES.len());
+        assert_eq!(report.state.len(), EXTREMES.len());
+        assert_eq!(report.deliveries.len(), EXTREMES.len());
+
+        let text = to_text(SUBJECT, &report);
+        let audit = to_audit(SUBJECT, &report);
+        let json = to_json(SUBJECT, &report).to_string();
+        for (ms, rendered) in EXTREMES {
+            assert!(text.contains(rendered), "show lacks {rendered} for {ms}");
+            assert!(audit.contains(rendered), "audit lacks {rendered} for {ms}");
+            assert!(
+                json.contains(&format!("\"occurred_at\":\"{rendered}\"")),
+                "show --json lacks {rendered} for {ms}"
+            );
+        }
+        assert!(
+            text.starts_with("subject \\u{202e}subject\n"),
+            "{}",
+            &text[..40]
+        );
+        assert!(text.contains(&"x".repeat(100_000)));
+        assert!(text.contains("ümlaut 日本語 👩‍👩‍👧 محمد"));
+        assert_no_raw_controls("show", &text);
+        assert_no_raw_controls("audit", &audit);
+        // JSON carries the values as data (escaped by JSON where JSON requires it).
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed["subject_id"], SUBJECT);
+
+        let purpose = ledger
+            .consent_for_purpose("newsletter")
+            .await
+            .expect("purpose");
+        let list = relay_ledger::suppression_list(&purpose);
+        let csv = to_suppression_csv(&list);
+        for (ms, rendered) in EXTREMES {
+            assert!(
+                csv.contains(rendered),
+                "suppression lacks {rendered} for {ms}"
+            );
+        }
+        assert_no_raw_controls("suppression", &csv);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], SUPPRESSION_CSV_HEADER);
+        // A newline in a stored value neither splits a row nor hides in a quoted field.
+        assert_eq!(lines.len(), 1 + list.len(), "{csv:.300}");
+        ledger.close().await;
+    }
+
+    #[test]
+    fn when_renders_every_i64() {
+        for (ms, rendered) in EXTREMES {
+            assert_eq!(when(ms), rendered);
+        }
+        assert_eq!(when(1_795_687_200_123), "2026-11-26T10:00:00.123Z");
+    }
+
+    #[test]
+    fn shown_escapes_only_what_could_mislead() {
+        assert_eq!(shown("subj-42 Müller محمد"), "subj-42 Müller محمد");
+        assert_eq!(
+            shown("a\u{202e}b\nc\u{1b}"),
+            "a\\u{202e}b\\u{000a}c\\u{001b}"
+        );
+    }
 }

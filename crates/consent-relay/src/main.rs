@@ -214,18 +214,10 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
             }
             let ledger = relay_ledger::open(&config.ledger.url).await?;
             let records = relay_ledger::Ledger::consent_for_purpose(&ledger, &purpose).await?;
-            println!("subject_id,email_sha256,decision,occurred_at,event_id,source");
-            for s in relay_ledger::suppression_list(&records) {
-                println!(
-                    "{},{},{},{},{},{}",
-                    csv(&s.subject_id),
-                    s.email_sha256.as_deref().unwrap_or(""),
-                    s.decision,
-                    ledger_report::when(s.occurred_at_ms),
-                    s.event_id,
-                    csv(&s.source)
-                );
-            }
+            print!(
+                "{}",
+                ledger_report::to_suppression_csv(&relay_ledger::suppression_list(&records))
+            );
             Ok(())
         }
         Command::Ledger {
@@ -436,15 +428,6 @@ fn schemas_check() -> Result<(), AppError> {
     }
 }
 
-/// A CSV field, quoted when it needs to be (RFC 4180).
-fn csv(field: &str) -> String {
-    if field.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", field.replace('"', "\"\""))
-    } else {
-        field.to_owned()
-    }
-}
-
 /// The consumer groups of the enabled sinks' destinations.
 fn sink_groups(config: &Config) -> Vec<String> {
     config
@@ -558,6 +541,11 @@ async fn publish(config: Config, input: PathBuf, topic: Option<String>) -> Resul
     };
     let mut events = Vec::new();
     let mut problems = Vec::new();
+    // The consumers hold every event to the clock rule; one that would be dead-lettered as
+    // future_occurred_at is refused here, before anything is sent.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     for (n, line) in reader.lines().enumerate() {
         let line = line.map_err(|source| AppError::Io {
             path: input.display().to_string(),
@@ -566,7 +554,16 @@ async fn publish(config: Config, input: PathBuf, topic: Option<String>) -> Resul
         if line.trim().is_empty() || line.trim_start().starts_with('#') {
             continue;
         }
-        match relay_events::json::from_json_line(&line) {
+        let checked = relay_events::json::from_json_line(&line).and_then(|ev| {
+            relay_events::check_occurred_at(
+                ev.occurred_at_ms,
+                None,
+                now_ms,
+                relay_events::DEFAULT_FUTURE_TOLERANCE_MS,
+            )?;
+            Ok(ev)
+        });
+        match checked {
             Ok(ev) => events.push(ev),
             Err(e) => problems.push(format!("line {}: {e}", n + 1)),
         }

@@ -356,3 +356,112 @@ fn invalid_configuration_names_every_bad_key_and_exits_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("topicz"), "{err}");
 }
+
+/// Issue 15: once a far-future event was in the ledger, `ledger show`, `show --json`, `audit` and
+/// `suppression export` exited 101 in the time formatting. They must exit 0 and say "invalid".
+/// Needs only SQLite, no broker; `publish` refusing such a line needs no broker either.
+#[tokio::test]
+async fn ledger_commands_render_what_no_producer_can_send_any_more() {
+    use relay_ledger::{ConsentRecord, Ledger};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let config = dir.path().join("consent-relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[ledger]
+url = "sqlite://{ledger}"
+
+[purposes.newsletter]
+description = "Newsletter"
+
+[sinks.hubspot]
+base_url = "http://127.0.0.1:1"
+[sinks.hubspot.purposes.newsletter]
+subscription_ids = [12345]
+legal_basis = "CONSENT_WITH_NOTICE"
+legal_basis_explanation = "Newsletter sign-up"
+"#,
+            ledger = db.display()
+        ),
+    )
+    .unwrap();
+    let ledger = relay_ledger::SqliteLedger::open(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let record = |subject: &str, kind: &str, at: i64| ConsentRecord {
+        event_id: uuid::Uuid::new_v4(),
+        subject_id: subject.into(),
+        kind: kind.into(),
+        purposes: vec!["newsletter".into()],
+        occurred_at_ms: at,
+        source: "s".repeat(100_000),
+        notice_version: Some("\u{202e}".into()),
+        email_sha256: None,
+        topic: "consent.events".into(),
+        partition: 0,
+        offset: 0,
+    };
+    ledger
+        .log_events(&[
+            record("future", "ConsentGranted", 253_402_300_800_000),
+            record("future", "ConsentWithdrawn", 253_402_300_799_999),
+            record("max", "ConsentWithdrawn", i64::MAX),
+            record("min", "Unsubscribed", i64::MIN),
+        ])
+        .await
+        .unwrap();
+    ledger.close().await;
+
+    let show = stdout(relay(&config, &["ledger", "show", "future"]));
+    assert!(show.contains("invalid (253402300800000 ms)"), "{show:.300}");
+    assert!(show.contains("9999-12-31T23:59:59.999Z"), "{show:.300}");
+    assert!(show.contains("notice=\\u{202e}"), "{show:.300}");
+    let json = stdout(relay(&config, &["ledger", "show", "future", "--json"]));
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        json["consent_log"][1]["occurred_at"],
+        "invalid (253402300800000 ms)"
+    );
+    let audit = stdout(relay(&config, &["ledger", "audit", "future"]));
+    assert!(
+        audit.contains("invalid (253402300800000 ms)"),
+        "{audit:.300}"
+    );
+    let csv = stdout(relay(
+        &config,
+        &["suppression", "export", "--purpose", "newsletter"],
+    ));
+    assert!(
+        csv.contains("invalid (9223372036854775807 ms)"),
+        "{csv:.300}"
+    );
+    assert!(
+        csv.contains("invalid (-9223372036854775808 ms)"),
+        "{csv:.300}"
+    );
+
+    // And such an event no longer gets in: publish refuses the line before connecting anywhere.
+    let line = dir.path().join("events.jsonl");
+    std::fs::write(
+        &line,
+        "{\"type\":\"ConsentGranted\",\"subject_id\":\"future\",\"occurred_at\":253402300800000,\
+         \"source\":\"web-form\",\"notice_version\":\"n-1\",\"purposes\":[\"newsletter\"]}\n\
+         {\"type\":\"ConsentGranted\",\"subject_id\":\"soon\",\"occurred_at\":\"9999-01-01T00:00:00Z\",\
+         \"source\":\"web-form\",\"notice_version\":\"n-1\",\"purposes\":[\"newsletter\"]}\n",
+    )
+    .unwrap();
+    let out = relay(&config, &["publish", line.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("line 1: field `occurred_at` must not be later than"),
+        "{err}"
+    );
+    assert!(err.contains("line 2: field `occurred_at` is"), "{err}");
+    assert!(err.contains("ahead of the relay's clock"), "{err}");
+}

@@ -13,12 +13,14 @@
 //! `first_name`, `last_name`, `company`, and since v2 `street`, `postal_code`, `city`, `country`
 //! (ISO 3166-1 alpha-2) and `company_size`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::{ConsentEvent, Contact, EventKind, Scope, ValidationError};
+use crate::{
+    format_timestamp_ms, parse_event_id, ConsentEvent, Contact, EventKind, Scope, ValidationError,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JsonError {
@@ -94,10 +96,7 @@ pub fn from_json_line(line: &str) -> Result<ConsentEvent, JsonError> {
 
     let event_id = match obj.remove("event_id") {
         None | Some(Value::Null) => Uuid::new_v4(),
-        Some(Value::String(s)) => Uuid::parse_str(&s).map_err(|_| JsonError::InvalidValue {
-            key: "event_id",
-            reason: "is not a UUID".into(),
-        })?,
+        Some(Value::String(s)) => parse_event_id(&s)?,
         Some(_) => return Err(wrong_type("event_id", "a UUID string")),
     };
     let subject_id = required_string(&mut obj, "subject_id")?;
@@ -329,14 +328,8 @@ fn split_offset(s: &str) -> Option<(&str, i64)> {
 }
 
 fn format_timestamp(ms: i64) -> Value {
-    // humantime formats 1970..=9999 only; anything else (invalid anyway) stays a number.
-    const YEAR_10000_MS: i64 = 253_402_300_800_000;
-    if (0..YEAR_10000_MS).contains(&ms) {
-        let t: SystemTime = UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs());
-        Value::String(humantime::format_rfc3339_millis(t).to_string())
-    } else {
-        Value::from(ms)
-    }
+    // Anything unprintable (invalid anyway) stays a number, so the line still says what it was.
+    format_timestamp_ms(ms).map_or_else(|| Value::from(ms), Value::String)
 }
 
 #[cfg(test)]
@@ -462,7 +455,7 @@ mod tests {
         assert_eq!(
             at(json!(0)).unwrap_err(),
             JsonError::Invalid(ValidationError::InvalidField {
-                field: "occurred_at",
+                field: crate::Field::OccurredAt,
                 reason: "must be after 1970-01-01T00:00:00Z".into()
             })
         );
@@ -534,15 +527,17 @@ mod tests {
             from_json_line(&line(v)),
             Err(JsonError::WrongType { .. })
         ));
-        let mut v = grant_json();
-        v["event_id"] = json!("not-a-uuid");
-        assert!(matches!(
-            from_json_line(&line(v)),
-            Err(JsonError::InvalidValue {
-                key: "event_id",
-                ..
-            })
-        ));
+        for id in ["not-a-uuid", "{0b9f4a4e-6c1d-4b3a-9a57-2f1d3c4e5f60}"] {
+            let mut v = grant_json();
+            v["event_id"] = json!(id);
+            assert!(matches!(
+                from_json_line(&line(v)),
+                Err(JsonError::Invalid(ValidationError::InvalidField {
+                    field: crate::Field::EventId,
+                    ..
+                }))
+            ));
+        }
         let unsub = json!({"type": "Unsubscribed", "subject_id": "s", "source": "x",
                            "occurred_at": 1, "all_purposes": true, "purposes": ["a"]});
         assert!(matches!(

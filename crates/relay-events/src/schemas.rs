@@ -63,6 +63,9 @@ pub struct BundledSchema {
     /// The file's text, as registered with a schema registry.
     pub json: &'static str,
     pub schema: Schema,
+    /// `schema` as the decoder reads it (uuid fields as strings, see `wire::uuids_as_strings`),
+    /// made once rather than per message.
+    pub(crate) decoding: Schema,
     /// CRC-64-AVRO of the spec's Parsing Canonical Form, as a number (the spec's notation); the
     /// wire carries its little-endian bytes. This is what we write.
     pub fingerprint: u64,
@@ -289,6 +292,7 @@ fn load() -> Vec<BundledSchema> {
                 fingerprint: fingerprint_of_json(src.json)
                     .unwrap_or_else(|e| panic!("bundled schema {}: {e}", src.file_name)),
                 apache_avro_fingerprint: apache_avro_fingerprint(&schema),
+                decoding: crate::wire::uuids_as_strings(&schema).into_owned(),
                 schema,
             }
         })

@@ -4,11 +4,17 @@
 //! off, and the mapping (`all_purposes` ⇒ [`Scope::All`], kind-specific fields) is not a plain
 //! struct mapping anyway.
 
+use std::borrow::Cow;
 use std::io::Read;
 
+use apache_avro::schema::{RecordSchema, UnionSchema};
 use apache_avro::{error::Details, types::Value, Schema};
 
-use crate::{schemas, ConsentEvent, Contact, DecodeError, EventKind, Scope, ValidationError};
+use crate::{
+    parse_event_id, schemas, ConsentEvent, Contact, DecodeError, EventKind, Scope, ValidationError,
+};
+
+mod bounds;
 
 /// First byte of a Confluent-framed message.
 pub const CONFLUENT_MAGIC: u8 = 0x00;
@@ -19,9 +25,10 @@ const CONFLUENT_HEADER_LEN: usize = 1 + 4;
 const SINGLE_OBJECT_HEADER_LEN: usize = 2 + 8;
 
 /// Length prefixes beyond this are corruption, not data: Kafka's default message size limit is
-/// 1 MiB, and apache-avro would otherwise reserve memory for up to 512 Mi array elements, enough to
-/// abort the process on one garbage message. apache-avro keeps this limit process-wide and lets
-/// only the first setter win, so the first decode here fixes it for the process.
+/// 1 MiB, and apache-avro's default would let one prefix ask for 512 MiB. apache-avro keeps this
+/// limit process-wide and lets only the first setter win, so the first decode here fixes it for
+/// the process. Our own check ([`bounds`]) is tighter and runs first; this stays as the backstop
+/// for any other apache-avro use in the process.
 const MAX_AVRO_ALLOCATION: usize = 1024 * 1024;
 
 /// A message split into its header and Avro body, before any schema is involved.
@@ -73,7 +80,7 @@ pub fn decode(bytes: &[u8]) -> Result<ConsentEvent, DecodeError> {
             let writer = schemas::by_fingerprint(fingerprint)
                 .ok_or(DecodeError::UnknownFingerprint(fingerprint))?;
             let reader = schemas::newest(writer.kind);
-            decode_body(&writer.schema, &reader.schema, body)
+            decode_body(&writer.decoding, &reader.decoding, body)
         }
     }
 }
@@ -87,7 +94,7 @@ pub fn decode_with_writer_schema(
     let name = schemas::full_name(writer)
         .ok_or_else(|| DecodeError::UnknownRecord("<not a named schema>".into()))?;
     let reader = schemas::by_full_name(&name).ok_or(DecodeError::UnknownRecord(name))?;
-    decode_body(writer, &reader.schema, body)
+    decode_body(writer, &reader.decoding, body)
 }
 
 /// Avro single-object encoding with the newest schema of the event's record.
@@ -149,13 +156,16 @@ pub(crate) fn decode_body(
         .next()
         .and_then(EventKind::from_name)
         .ok_or_else(|| DecodeError::UnknownRecord(reader_name.clone()))?;
+    bounds::check(writer, body)?;
+    let (writer, reader) = (uuids_as_strings(writer), uuids_as_strings(reader));
     let mut input = TrackedSlice {
         rest: body,
         ran_out: false,
     };
-    let result = apache_avro::from_avro_datum(writer, &mut input, Some(reader));
+    let result = apache_avro::from_avro_datum(&writer, &mut input, Some(&reader));
     // apache-avro reads a string cut short by the end of input as null, so a truncated body can
-    // "succeed" with a field missing; only the reader knows it ran dry.
+    // "succeed" with a field missing; only the reader knows it ran dry. `bounds::check` has
+    // caught that already; this keeps the guarantee should the two ever disagree.
     if input.ran_out {
         return Err(DecodeError::Truncated);
     }
@@ -166,6 +176,42 @@ pub(crate) fn decode_body(
     let ev = from_value(kind, value)?;
     ev.validate()?;
     Ok(ev)
+}
+
+/// `schema` with its top-level `uuid` fields read as plain strings. apache-avro turns a uuid
+/// string into a `Uuid` while decoding and so forgets how it was written: `{…}`, `urn:uuid:…`,
+/// upper case, and any 16-byte string (taken as raw bytes) would all pass. Reading the text lets
+/// [`parse_event_id`] insist on the canonical form. The wire format of the two is the same.
+/// Borrows when there is nothing to change (the bundled schemas' decoding copies), so only a
+/// registry writer schema is copied per message.
+pub(crate) fn uuids_as_strings(schema: &Schema) -> Cow<'_, Schema> {
+    let Schema::Record(record) = schema else {
+        return Cow::Borrowed(schema);
+    };
+    let is_uuid = |s: &Schema| match s {
+        Schema::Uuid => true,
+        Schema::Union(u) => u.variants().iter().any(|v| matches!(v, Schema::Uuid)),
+        _ => false,
+    };
+    if !record.fields.iter().any(|f| is_uuid(&f.schema)) {
+        return Cow::Borrowed(schema);
+    }
+    let as_string = |s: &Schema| {
+        if matches!(s, Schema::Uuid) {
+            Schema::String
+        } else {
+            s.clone()
+        }
+    };
+    let mut record: RecordSchema = record.clone();
+    for field in &mut record.fields {
+        field.schema = match &field.schema {
+            Schema::Union(u) => UnionSchema::new(u.variants().iter().map(as_string).collect())
+                .map_or_else(|_| field.schema.clone(), Schema::Union),
+            other => as_string(other),
+        };
+    }
+    Cow::Owned(Schema::Record(record))
 }
 
 struct TrackedSlice<'a> {
@@ -311,13 +357,7 @@ fn wrong_type(field: &str, expected: &str, found: &Value) -> DecodeError {
 fn from_value(kind: EventKind, value: Value) -> Result<ConsentEvent, DecodeError> {
     let mut f = Fields::of(value, kind.name())?;
     let event_id = match unwrap_union(f.required("event_id")?) {
-        Value::Uuid(u) => u,
-        Value::String(s) => uuid::Uuid::parse_str(&s).map_err(|_| {
-            DecodeError::Invalid(ValidationError::InvalidField {
-                field: "event_id",
-                reason: "is not a UUID".into(),
-            })
-        })?,
+        Value::String(s) => parse_event_id(&s)?,
         other => return Err(wrong_type("event_id", "a UUID string", &other)),
     };
     let occurred_at_ms = match unwrap_union(f.required("occurred_at")?) {

@@ -2,7 +2,7 @@
 
 use relay_events::{
     decode, decode_with_writer_schema, encode_confluent, encode_single_object, json, schema_json,
-    schemas, split_frame, Action, DecodeError, EventKind, Frame, Scope, ValidationError,
+    schemas, split_frame, Action, DecodeError, ErrorCode, EventKind, Frame, Scope, ValidationError,
 };
 
 const LINE: &str = r#"{"type":"Unsubscribed","subject_id":"subj-7","occurred_at":"2026-11-26T10:00:00Z","source":"newsletter-link","all_purposes":true,"contact":{"email":"erika@example.de"}}"#;
@@ -33,11 +33,11 @@ fn dlq_codes_are_reachable_from_outside() {
     let mut ev = json::from_json_line(LINE).unwrap();
     ev.contact.email = Some("erika.example.de".into());
     let err = decode(&encode_single_object(&ev)).unwrap_err();
-    assert_eq!(err.code(), "invalid_email");
+    assert_eq!(err.code(), ErrorCode::InvalidEmail);
     assert!(matches!(
         err,
         DecodeError::Invalid(ValidationError::InvalidEmail(_))
     ));
-    assert_eq!(decode(b"").unwrap_err().code(), "undecodable");
+    assert_eq!(decode(b"").unwrap_err().code(), ErrorCode::Undecodable);
     assert_eq!(schemas::all().len(), 8);
 }

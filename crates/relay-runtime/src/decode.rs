@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use relay_events::{ConsentEvent, DecodeError, Frame};
+use relay_events::{ConsentEvent, DecodeError, ErrorCode, Frame};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use uuid::Uuid;
@@ -24,7 +24,7 @@ pub struct Rejected {
 impl Rejected {
     pub fn decode(err: &DecodeError) -> Rejected {
         Rejected {
-            code: err.code().to_owned(),
+            code: err.code().as_str().to_owned(),
             message: err.to_string(),
             event_id: None,
             subject_id: None,
@@ -87,7 +87,7 @@ impl Decoder {
             Frame::Confluent { schema_id, body } => {
                 let Some(registry) = &self.registry else {
                     return Ok(Err(Rejected {
-                        code: "unknown_schema".to_owned(),
+                        code: ErrorCode::UnknownSchema.as_str().to_owned(),
                         message: format!(
                             "Confluent-framed message (schema id {schema_id}) but no schema registry is configured"
                         ),
@@ -99,7 +99,7 @@ impl Decoder {
                     Ok(writer) => Ok(relay_events::decode_with_writer_schema(&writer, body)
                         .map_err(|e| Rejected::decode(&e))),
                     Err(e) if e.is_unknown_schema() => Ok(Err(Rejected {
-                        code: "unknown_schema".to_owned(),
+                        code: ErrorCode::UnknownSchema.as_str().to_owned(),
                         message: e.to_string(),
                         event_id: None,
                         subject_id: None,

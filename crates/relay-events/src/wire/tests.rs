@@ -3,6 +3,7 @@ use uuid::Uuid;
 
 use super::*;
 use crate::schemas::BundledSchema;
+use crate::ErrorCode;
 
 const EMAIL: &str = "max.mustermann@example.de";
 
@@ -187,7 +188,7 @@ fn split_frame_rejects_short_and_unknown_headers() {
         split_frame(&[]).unwrap_err(),
         split_frame(&[0x7b]).unwrap_err(),
     ] {
-        assert_eq!(e.code(), "undecodable");
+        assert_eq!(e.code(), ErrorCode::Undecodable);
     }
 }
 
@@ -196,7 +197,7 @@ fn decode_needs_a_registry_for_confluent_frames() {
     let bytes = encode_confluent(12, &sample(EventKind::ConsentGranted));
     let err = decode(&bytes).unwrap_err();
     assert_eq!(err, DecodeError::NeedsRegistry { schema_id: 12 });
-    assert_eq!(err.code(), "unknown_schema");
+    assert_eq!(err.code(), ErrorCode::UnknownSchema);
 }
 
 #[test]
@@ -206,7 +207,7 @@ fn unknown_fingerprint_is_reported() {
     let fp = u64::from_le_bytes(bytes[2..10].try_into().unwrap());
     let err = decode(&bytes).unwrap_err();
     assert_eq!(err, DecodeError::UnknownFingerprint(fp));
-    assert_eq!(err.code(), "unknown_schema");
+    assert_eq!(err.code(), ErrorCode::UnknownSchema);
 }
 
 #[test]
@@ -216,7 +217,7 @@ fn every_truncation_is_an_error() {
         for len in 0..bytes.len() {
             let err = decode(&bytes[..len]).expect_err(&format!("{:?} cut at {len}", ev.kind));
             if len >= SINGLE_OBJECT_HEADER_LEN {
-                assert_eq!(err.code(), "undecodable", "{err}");
+                assert_eq!(err.code(), ErrorCode::Undecodable, "{err}");
             }
         }
     }
@@ -285,7 +286,7 @@ fn malformed_email_in_a_valid_body_is_invalid_email_without_the_address() {
             matches!(err, DecodeError::Invalid(ValidationError::InvalidEmail(_))),
             "{err:?}"
         );
-        assert_eq!(err.code(), "invalid_email");
+        assert_eq!(err.code(), ErrorCode::InvalidEmail);
         for text in [err.to_string(), format!("{err:?}")] {
             assert!(
                 !text.contains(bad) && !text.contains("mustermann"),
@@ -331,7 +332,7 @@ fn avro_errors_do_not_leak_values() {
     )
     .unwrap();
     let err = decode_with_writer_schema(&writer, &body).unwrap_err();
-    assert_eq!(err.code(), "undecodable");
+    assert_eq!(err.code(), ErrorCode::Undecodable);
     for text in [err.to_string(), format!("{err:?}")] {
         assert!(
             !text.contains(EMAIL) && !text.contains("mustermann"),
@@ -366,7 +367,7 @@ fn confluent_writer_must_name_a_known_record() {
         err,
         DecodeError::UnknownRecord("de.consentrelay.events.ConsentGiven".into())
     );
-    assert_eq!(err.code(), "unknown_schema");
+    assert_eq!(err.code(), ErrorCode::UnknownSchema);
     let string = Schema::parse_str(r#""string""#).unwrap();
     assert!(matches!(
         decode_with_writer_schema(&string, body),
@@ -589,5 +590,103 @@ fn confluent_writer_without_a_required_field_is_missing_field() {
     let body = encode_with_schema(&writer, &sample(EventKind::ConsentWithdrawn)).unwrap();
     let err = decode_with_writer_schema(&writer, &body).unwrap_err();
     assert_eq!(err, DecodeError::MissingField("source".into()));
-    assert_eq!(err.code(), "missing_field");
+    assert_eq!(err.code(), ErrorCode::MissingField);
+}
+
+/// A body whose event_id is `id` as written, for spellings a `ConsentEvent` cannot hold.
+fn body_with_event_id(schema: &Schema, ev: &ConsentEvent, id: &str) -> Vec<u8> {
+    let mut value = to_value(ev);
+    if let Value::Record(fields) = &mut value {
+        fields[0].1 = Value::String(id.into());
+    }
+    // Resolving against the uuid logical type would parse (and so normalise) the id; a producer
+    // writes the string as it has it.
+    apache_avro::to_avro_datum(
+        &uuids_as_strings(schema),
+        value.resolve(&uuids_as_strings(schema)).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn event_ids_in_other_spellings_are_refused_in_both_framings() {
+    let ev = sample(EventKind::ConsentGranted);
+    let canonical = ev.event_id.to_string();
+    for id in [
+        format!("{{{canonical}}}"),
+        format!("urn:uuid:{canonical}"),
+        canonical.to_uppercase(),
+        canonical.replace('-', ""),
+        // 16 bytes: apache-avro's uuid type would take them as a binary UUID.
+        "abcdefghijklmnop".to_owned(),
+    ] {
+        for version in schemas::versions(ev.kind) {
+            let body = body_with_event_id(&version.schema, &ev, &id);
+            let mut frame = SINGLE_OBJECT_MAGIC.to_vec();
+            frame.extend_from_slice(&version.fingerprint.to_le_bytes());
+            frame.extend_from_slice(&body);
+            for err in [
+                decode(&frame).unwrap_err(),
+                decode_with_writer_schema(&version.schema, &body).unwrap_err(),
+            ] {
+                assert_eq!(err.code(), ErrorCode::InvalidEventId, "{id}: {err}");
+            }
+        }
+    }
+    let version = schemas::newest(ev.kind);
+    let body = body_with_event_id(&version.schema, &ev, &canonical);
+    assert_eq!(decode_with_writer_schema(&version.schema, &body), Ok(ev));
+}
+
+/// A registry writer with a recursive type the reader does not know: the bounds check follows
+/// the reference, and a chain deeper than the limit is refused before apache-avro recurses.
+#[test]
+fn recursive_writer_types_are_followed_to_a_limit() {
+    let mut json = bundled_json(EventKind::ConsentWithdrawn);
+    json["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "name": "chain",
+            "type": ["null", {"type": "record", "name": "Link", "fields": [
+                {"name": "next", "type": ["null", "Link"]}
+            ]}],
+            "default": null
+        }));
+    let writer = parse_json(&json);
+    let ev = sample(EventKind::ConsentWithdrawn);
+    let base = encode_with_schema(&writer, &ev).unwrap();
+    // The body ends with the chain's union index 0 (null); replace it by `depth` links.
+    let chain = |depth: usize| {
+        let mut body = base[..base.len() - 1].to_vec();
+        body.extend(std::iter::repeat_n(0x02, depth));
+        body.push(0x00);
+        body
+    };
+    assert_eq!(decode_with_writer_schema(&writer, &chain(5)), Ok(ev));
+    let err = decode_with_writer_schema(&writer, &chain(100_000)).unwrap_err();
+    assert_eq!(err, DecodeError::TooDeep(bounds::MAX_DEPTH));
+    assert_eq!(err.code(), ErrorCode::Undecodable);
+}
+
+#[test]
+fn lengths_and_counts_must_fit_in_the_message() {
+    let ev = sample(EventKind::ConsentWithdrawn);
+    let schema = &schemas::newest(ev.kind).schema;
+    let body = encode_with_schema(schema, &ev).unwrap();
+    // event_id is the first field: its length prefix, 36 as the zig-zag varint 0x48.
+    assert_eq!(body[0], 0x48);
+    let mut long = body.clone();
+    long[0] = 0x7e; // 63 bytes: more than the event id, less than the body
+    assert!(decode_with_writer_schema(schema, &long).is_err());
+    let mut beyond = body.clone();
+    beyond.splice(0..1, [0xfe, 0xff, 0x7f]); // 1 048 575
+    assert_eq!(
+        decode_with_writer_schema(schema, &beyond),
+        Err(DecodeError::ImplausibleLength {
+            what: "length",
+            declared: 1_048_575,
+            remaining: body.len() - 1
+        })
+    );
 }
