@@ -78,10 +78,15 @@ pub enum ErrorCode {
     ConflictingDuplicate,
     /// The destination rejected the request for good; raised by the runtime.
     DownstreamPermanent,
+    /// A parked item still failed when its total retry budget was spent; raised by the runtime.
+    RetriesExhausted,
+    /// A message on a retry topic that is not a parked copy this sink can read; raised by the
+    /// runtime.
+    InvalidParkedCopy,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::Undecodable,
         ErrorCode::UnknownSchema,
         ErrorCode::MissingField,
@@ -99,6 +104,8 @@ impl ErrorCode {
         ErrorCode::MissingEmail,
         ErrorCode::ConflictingDuplicate,
         ErrorCode::DownstreamPermanent,
+        ErrorCode::RetriesExhausted,
+        ErrorCode::InvalidParkedCopy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -120,6 +127,8 @@ impl ErrorCode {
             ErrorCode::MissingEmail => "missing_email",
             ErrorCode::ConflictingDuplicate => "conflicting_duplicate",
             ErrorCode::DownstreamPermanent => "downstream_permanent",
+            ErrorCode::RetriesExhausted => "retries_exhausted",
+            ErrorCode::InvalidParkedCopy => "invalid_parked_copy",
         }
     }
 }

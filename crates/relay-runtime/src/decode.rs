@@ -15,7 +15,7 @@ use crate::retry::RetrySchedule;
 /// never carries raw PII.
 #[derive(Debug, Clone)]
 pub struct Rejected {
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
     pub event_id: Option<Uuid>,
     pub subject_id: Option<String>,
@@ -24,7 +24,7 @@ pub struct Rejected {
 impl Rejected {
     pub fn decode(err: &DecodeError) -> Rejected {
         Rejected {
-            code: err.code().as_str().to_owned(),
+            code: err.code(),
             message: err.to_string(),
             event_id: None,
             subject_id: None,
@@ -87,7 +87,7 @@ impl Decoder {
             Frame::Confluent { schema_id, body } => {
                 let Some(registry) = &self.registry else {
                     return Ok(Err(Rejected {
-                        code: ErrorCode::UnknownSchema.as_str().to_owned(),
+                        code: ErrorCode::UnknownSchema,
                         message: format!(
                             "Confluent-framed message (schema id {schema_id}) but no schema registry is configured"
                         ),
@@ -99,7 +99,7 @@ impl Decoder {
                     Ok(writer) => Ok(relay_events::decode_with_writer_schema(&writer, body)
                         .map_err(|e| Rejected::decode(&e))),
                     Err(e) if e.is_unknown_schema() => Ok(Err(Rejected {
-                        code: ErrorCode::UnknownSchema.as_str().to_owned(),
+                        code: ErrorCode::UnknownSchema,
                         message: e.to_string(),
                         event_id: None,
                         subject_id: None,

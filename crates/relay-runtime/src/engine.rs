@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use relay_delivery::{Outcome, Sink, SinkItem, Target};
-use relay_events::ConsentEvent;
+use relay_events::{ConsentEvent, ErrorCode};
 use relay_ledger::{ConsentRecord, DeliveryKey, Finish, Ledger, Rejection, Status};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -147,7 +147,7 @@ impl<L: Ledger> Engine<L> {
                 continue;
             }
             match route::route(event, &self.routes) {
-                Routed::Rejected(why) if why.code == "unknown_purpose" => {
+                Routed::Rejected(why) if why.code == ErrorCode::UnknownPurpose => {
                     rejected.push((index, why));
                     continue;
                 }
@@ -273,13 +273,13 @@ impl<L: Ledger> Engine<L> {
                 key: key(self.name(), item),
                 subject_id: item.event.subject_id.clone(),
                 status: Status::DeadLettered,
-                error_class: Some("missing_email".to_owned()),
+                error_class: Some(ErrorCode::MissingEmail.as_str().to_owned()),
                 error: reasons.get(&item.event.event_id).cloned(),
             })
             .collect();
         for mut whole in narrowed {
             whole.status = Status::DeadLettered;
-            whole.error_class = Some("missing_email".to_owned());
+            whole.error_class = Some(ErrorCode::MissingEmail.as_str().to_owned());
             rows.push(whole);
         }
         if !rows.is_empty() {
@@ -411,7 +411,10 @@ impl<L: Ledger> Engine<L> {
         self.count("dead_lettered", 1);
         self.telemetry.add(
             metric::DLQ_MESSAGES,
-            vec![("sink", self.name().to_owned()), ("code", why.code.clone())],
+            vec![
+                ("sink", self.name().to_owned()),
+                ("code", why.code.as_str().to_owned()),
+            ],
             1.0,
         );
         Ok(())
@@ -556,7 +559,7 @@ fn rejection(sink: &str, msg: &Message, why: &Rejected) -> Rejection {
         offset: msg.origin.offset,
         event_id: why.event_id,
         subject_id: why.subject_id.clone().or_else(|| key.map(str::to_owned)),
-        code: why.code.clone(),
+        code: why.code.as_str().to_owned(),
         message: why.message.clone(),
     }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message as _, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
+use relay_events::ErrorCode;
 use relay_ledger::Ledger;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -309,7 +310,7 @@ impl<L: Ledger> ParkedWorker<L> {
                     payload,
                     produced_at: crate::lag::produced_at(&raw),
                     decoded: Err(Rejected {
-                        code: INVALID_PARKED_COPY.to_owned(),
+                        code: ErrorCode::InvalidParkedCopy,
                         message: reason,
                         event_id: None,
                         subject_id: None,
@@ -324,9 +325,6 @@ impl<L: Ledger> ParkedWorker<L> {
         Ok(held)
     }
 }
-
-/// DLQ code of a message on a retry topic that is not a parked copy this sink can read.
-pub(crate) const INVALID_PARKED_COPY: &str = "invalid_parked_copy";
 
 #[cfg(test)]
 mod tests {
@@ -354,7 +352,7 @@ mod tests {
                 payload: Vec::new(),
                 produced_at: None,
                 decoded: Err(Rejected {
-                    code: "x".to_owned(),
+                    code: ErrorCode::Undecodable,
                     message: String::new(),
                     event_id: None,
                     subject_id: None,

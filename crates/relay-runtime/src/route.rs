@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use relay_delivery::{SinkItem, Target};
-use relay_events::{Action, ConsentEvent, Scope};
+use relay_events::{Action, ConsentEvent, ErrorCode, Scope};
 
 use crate::decode::Rejected;
 
@@ -27,9 +27,9 @@ pub enum Routed {
 }
 
 pub fn route(event: &Arc<ConsentEvent>, routes: &Routes) -> Routed {
-    let reject = |code: &str, message: String| {
+    let reject = |code: ErrorCode, message: String| {
         Routed::Rejected(Rejected {
-            code: code.to_owned(),
+            code,
             message,
             event_id: Some(event.event_id),
             subject_id: Some(event.subject_id.clone()),
@@ -42,7 +42,7 @@ pub fn route(event: &Arc<ConsentEvent>, routes: &Routes) -> Routed {
         Scope::Purposes(purposes) => {
             if let Some(unknown) = purposes.iter().find(|p| !routes.known.contains(*p)) {
                 return reject(
-                    "unknown_purpose",
+                    ErrorCode::UnknownPurpose,
                     format!("purpose {unknown:?} is not in the configured purpose map"),
                 );
             }
@@ -58,7 +58,7 @@ pub fn route(event: &Arc<ConsentEvent>, routes: &Routes) -> Routed {
     }
     if routes.requires_email && event.contact.email.is_none() {
         return reject(
-            "missing_email",
+            ErrorCode::MissingEmail,
             "the event routes to a sink that needs an email address, and has none".to_owned(),
         );
     }
@@ -223,7 +223,7 @@ mod tests {
             true,
         );
         match route(&ev, &routes()) {
-            Routed::Rejected(r) => assert_eq!(r.code, "unknown_purpose"),
+            Routed::Rejected(r) => assert_eq!(r.code, ErrorCode::UnknownPurpose),
             other => panic!("{other:?}"),
         }
         let ev = event(
@@ -235,7 +235,7 @@ mod tests {
         );
         match route(&ev, &routes()) {
             Routed::Rejected(r) => {
-                assert_eq!(r.code, "missing_email");
+                assert_eq!(r.code, ErrorCode::MissingEmail);
                 assert_eq!(r.event_id, Some(ev.event_id));
             }
             other => panic!("{other:?}"),

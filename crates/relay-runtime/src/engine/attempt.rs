@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use relay_delivery::{Outcome, OutcomeClass, SinkItem};
+use relay_events::ErrorCode;
 use relay_ledger::{Finish, Ledger, Park, Status};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -26,11 +27,6 @@ use crate::decode::Rejected;
 use crate::message::{now_ms, ParkTicket};
 use crate::retry::RetrySchedule;
 use crate::telemetry::metric;
-
-/// DLQ code of an item whose total retry budget is spent.
-pub(crate) const RETRIES_EXHAUSTED: &str = "retries_exhausted";
-/// DLQ code of an item the downstream rejected for good.
-pub(crate) const DOWNSTREAM_PERMANENT: &str = "downstream_permanent";
 
 /// An item still under way, with what this run charged it.
 #[derive(Clone)]
@@ -177,7 +173,7 @@ impl<L: Ledger> Engine<L> {
                                 format!("{}: {reason}", p.item.target.key()),
                             );
                             let why = Rejected {
-                                code: DOWNSTREAM_PERMANENT.to_owned(),
+                                code: ErrorCode::DownstreamPermanent,
                                 message: reason.clone(),
                                 event_id: Some(p.item.event.event_id),
                                 subject_id: Some(subject_id.clone()),
@@ -388,7 +384,7 @@ impl<L: Ledger> Engine<L> {
                     failing_for.as_secs()
                 );
                 let why = Rejected {
-                    code: RETRIES_EXHAUSTED.to_owned(),
+                    code: ErrorCode::RetriesExhausted,
                     message: message.clone(),
                     event_id: Some(event_id),
                     subject_id: Some(items[0].item.event.subject_id.clone()),
@@ -400,7 +396,7 @@ impl<L: Ledger> Engine<L> {
                         key: key(&sink, &p.item),
                         subject_id: p.item.event.subject_id.clone(),
                         status: Status::DeadLettered,
-                        error_class: Some(RETRIES_EXHAUSTED.to_owned()),
+                        error_class: Some(ErrorCode::RetriesExhausted.as_str().to_owned()),
                         error: Some(message.clone()),
                     });
                 }

@@ -268,7 +268,7 @@ async fn a_parked_item_that_keeps_failing_is_dead_lettered_once_its_total_budget
     assert_eq!(s.ledger.status(&key(&grant)), Some(Status::DeadLettered));
     let dead = s.outbox.dead_letters.lock().unwrap().clone();
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].2.code, "retries_exhausted");
+    assert_eq!(dead[0].2.code, relay_events::ErrorCode::RetriesExhausted);
     assert!(
         dead[0].2.message.contains("HTTP 500"),
         "{}",
