@@ -73,6 +73,11 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Parked items: those whose inline retries ran out, waiting on their sink's retry topic.
+    Parked {
+        #[command(subcommand)]
+        command: ParkedCommand,
+    },
     /// The bundled event schemas: versions, fingerprints, and that each reads its predecessor.
     Schemas {
         #[command(subcommand)]
@@ -111,6 +116,33 @@ enum DlqCommand {
         #[arg(long)]
         code: Option<String>,
         /// Only the message(s) of this event.
+        #[arg(long)]
+        event_id: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ParkedCommand {
+    /// Every item still parked: sink, event, subject, how often parked, since when, when due,
+    /// and the last failure.
+    List {
+        /// Only those of this sink (e.g. hubspot, audiences.meta-eu; default: every enabled one).
+        #[arg(long)]
+        sink: Option<String>,
+        /// Also copies whose item has been decided since (applied, superseded, dead-lettered).
+        #[arg(long)]
+        all: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make parked items of one sink due now, instead of at their next scheduled retry. The
+    /// version rule still applies: an item a newer decision overtook is superseded.
+    Retry {
+        /// The sink whose parked items to retry.
+        #[arg(long)]
+        sink: String,
+        /// Only the item of this event.
         #[arg(long)]
         event_id: Option<String>,
     },
@@ -201,6 +233,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
         Command::Publish { input, topic } => publish(config, input, topic).await,
         Command::Lag { groups, json } => lag(config, groups, json).await,
         Command::Dlq { command } => dlq(config, command).await,
+        Command::Parked { command } => parked(config, command).await,
         Command::Schemas {
             command: SchemasCommand::Check,
         } => schemas_check(),
@@ -388,6 +421,124 @@ async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
                 .collect();
             relay_runtime::dead_letter::replay(&config.kafka, &chosen).await?;
             println!("replayed {} message(s) for sink {sink}", chosen.len());
+            Ok(())
+        }
+    }
+}
+
+/// One parked item as `parked list` shows it: its newest copy and what the ledger says of it.
+#[derive(serde::Serialize)]
+struct ParkedItem {
+    #[serde(flatten)]
+    copy: relay_runtime::parking::ParkedCopy,
+    /// The delivery's status in the ledger (`parked`, or what it became since).
+    status: String,
+}
+
+/// The newest copy of each (sink, event) on the retry topics of `sinks`, with its ledger status.
+async fn parked_items(config: &Config, sinks: Vec<String>) -> Result<Vec<ParkedItem>, AppError> {
+    let mut newest: std::collections::BTreeMap<(String, String), relay_runtime::parking::ParkedCopy> =
+        Default::default();
+    for sink in sinks {
+        let kafka = config.kafka.clone();
+        let copies = tokio::task::spawn_blocking(move || {
+            relay_runtime::parking::read_all(&kafka, &sink)
+        })
+        .await
+        .map_err(|e| AppError::Usage(format!("reading the retry topic failed: {e}")))?
+        .map_err(relay_runtime::RuntimeError::Kafka)?;
+        for c in copies {
+            let key = (c.sink.clone(), c.event_id.clone().unwrap_or_default());
+            if newest.get(&key).is_none_or(|kept| c.parks >= kept.parks) {
+                newest.insert(key, c);
+            }
+        }
+    }
+    let ledger = relay_ledger::open(&config.ledger.url).await?;
+    let mut items = Vec::new();
+    for ((sink, event_id), copy) in newest {
+        let report = match &copy.subject_id {
+            Some(subject) => relay_ledger::Ledger::subject_report(&ledger, subject).await?,
+            None => Default::default(),
+        };
+        let status = report
+            .deliveries
+            .iter()
+            .filter(|d| d.key.sink == sink && d.key.event_id.to_string() == event_id)
+            .map(|d| d.status.as_str())
+            .min_by_key(|s| *s != "parked")
+            .unwrap_or("unknown")
+            .to_owned();
+        items.push(ParkedItem { copy, status });
+    }
+    Ok(items)
+}
+
+async fn parked(config: Config, command: ParkedCommand) -> Result<(), AppError> {
+    let enabled: Vec<String> = config
+        .sinks
+        .iter()
+        .filter(|e| e.settings.enabled)
+        .flat_map(|e| e.config.destinations())
+        .collect();
+    let known = |s: &str| {
+        config
+            .sinks
+            .iter()
+            .flat_map(|e| e.config.destinations())
+            .any(|d| d == s)
+    };
+    match command {
+        ParkedCommand::List { sink, all, json } => {
+            let sinks = match sink {
+                Some(s) if !known(&s) => {
+                    return Err(AppError::Usage(format!("--sink {s}: not configured")))
+                }
+                Some(s) => vec![s],
+                None => enabled,
+            };
+            let items: Vec<ParkedItem> = parked_items(&config, sinks)
+                .await?
+                .into_iter()
+                .filter(|i| all || i.status == "parked")
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:<38} {:<20} {:>5} {:<20} {:<20} {:<13} REASON",
+                "SINK", "EVENT", "SUBJECT", "PARKS", "FAILING-SINCE", "DUE", "STATUS"
+            );
+            for i in &items {
+                let c = &i.copy;
+                println!(
+                    "{:<24} {:<38} {:<20} {:>5} {:<20} {:<20} {:<13} {}",
+                    c.sink,
+                    c.event_id.as_deref().unwrap_or("-"),
+                    c.subject_id.as_deref().unwrap_or("-"),
+                    c.parks,
+                    ledger_report::when(c.first_failed_ms),
+                    ledger_report::when(c.due_ms),
+                    i.status,
+                    c.reason
+                );
+            }
+            Ok(())
+        }
+        ParkedCommand::Retry { sink, event_id } => {
+            if !known(&sink) {
+                return Err(AppError::Usage(format!("--sink {sink}: not configured")));
+            }
+            let chosen: Vec<relay_runtime::parking::ParkedCopy> = parked_items(&config, vec![sink.clone()])
+                .await?
+                .into_iter()
+                .filter(|i| i.status == "parked")
+                .filter(|i| event_id.is_none() || i.copy.event_id == event_id)
+                .map(|i| i.copy)
+                .collect();
+            relay_runtime::parking::retry_now(&config.kafka, &chosen).await?;
+            println!("{} parked item(s) of {sink} due now", chosen.len());
             Ok(())
         }
     }

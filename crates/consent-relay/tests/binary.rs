@@ -42,6 +42,11 @@ fn free_port() -> u16 {
 }
 
 async fn setup() -> Setup {
+    setup_with("").await
+}
+
+/// A setup whose `[sinks.hubspot]` table gets `extra` TOML lines.
+async fn setup_with(extra: &str) -> Setup {
     let fake = FakeHubSpot::start(TOKEN).await;
     let topic = broker::unique_name("binary-e2e");
     broker::create_topic(&topic, 3).await;
@@ -57,6 +62,7 @@ async fn setup() -> Setup {
 bootstrap_servers = "{bootstrap}"
 topics = ["{topic}"]
 dlq_topic = "{topic}.dlq"
+retry_topic_prefix = "{topic}.retry"
 group_prefix = "{group}"
 session_timeout_ms = 6000
 lag_refresh_interval_ms = 500
@@ -72,6 +78,7 @@ description = "Newsletter"
 
 [sinks.hubspot]
 base_url = "{base}"
+{extra}
 [sinks.hubspot.batch]
 linger_ms = 50
 [sinks.hubspot.purposes.newsletter]
@@ -464,4 +471,91 @@ legal_basis_explanation = "Newsletter sign-up"
     );
     assert!(err.contains("line 2: field `occurred_at` is"), "{err}");
     assert!(err.contains("ahead of the relay's clock"), "{err}");
+}
+
+/// The value of a counter sample (`name{labels}`) in a `/metrics` text, 0 if absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_items_are_listed_and_retried_on_demand_and_commits_are_counted() {
+    // Parked after one failed attempt, and not retried by itself for ten minutes.
+    let s = setup_with(
+        "[sinks.hubspot.retry]\nitem_attempts = 1\nparked_initial_delay_ms = 600000\nparked_max_delay_ms = 600000",
+    )
+    .await;
+    s.fake.set_poisoned("erika.mustermann@example.de", true);
+    let input = s.dir.path().join("events.jsonl");
+    std::fs::write(&input, events("park")).unwrap();
+    output(relay(&s.config, &["publish", input.to_str().unwrap()]));
+    let mut command = relay(&s.config, &["run"]);
+    command.stdout(Stdio::null());
+    let child = start(command);
+
+    let metrics_url = format!("http://{}/metrics", s.admin);
+    let commits = "consent_relay_commits_total{sink=\"hubspot\"}";
+    let mut listed = serde_json::Value::Null;
+    for _ in 0..600 {
+        let out = stdout(relay(&s.config, &["parked", "list", "--json"]));
+        listed = serde_json::from_str(&out).unwrap();
+        if listed.as_array().is_some_and(|a| a.len() == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let item = &listed[0];
+    assert_eq!(item["sink"], "hubspot", "{listed}");
+    assert_eq!(item["subject_id"], "park-0");
+    assert_eq!(item["status"], "parked");
+    assert_eq!(item["parks"], 1);
+    assert!(item["reason"].as_str().unwrap().contains("HTTP 500"), "{item}");
+    assert_eq!(
+        s.fake.subscription_status("max.power@example.org", 12345).as_deref(),
+        Some("SUBSCRIBED"),
+        "the other person of the batch went through"
+    );
+    let before = sample(&get(&metrics_url).await.1, commits);
+    assert!(before >= 1.0, "the source batch was committed: {before}");
+    // Every further batch is committed, and counted once the broker acknowledged it.
+    std::fs::write(
+        &input,
+        "{\"type\":\"ConsentGranted\",\"subject_id\":\"more-0\",\"occurred_at\":\"2026-11-20T10:00:00Z\",\"source\":\"web-form\",\"notice_version\":\"nl-1\",\"purposes\":[\"newsletter\"],\"contact\":{\"email\":\"more@example.org\"}}\n",
+    )
+    .unwrap();
+    output(relay(&s.config, &["publish", input.to_str().unwrap()]));
+    let mut after = before;
+    for _ in 0..100 {
+        after = sample(&get(&metrics_url).await.1, commits);
+        if after > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(after > before, "commits rise with the next batch: {before} -> {after}");
+
+    // Fixed at HubSpot; the operator does not want to wait ten minutes.
+    s.fake.set_poisoned("erika.mustermann@example.de", false);
+    let retried = stdout(relay(&s.config, &["parked", "retry", "--sink", "hubspot"]));
+    assert!(retried.contains("1 parked item(s) of hubspot due now"), "{retried}");
+    let mut applied = false;
+    for _ in 0..300 {
+        if s.fake.subscription_status("erika.mustermann@example.de", 12345).as_deref()
+            == Some("SUBSCRIBED")
+        {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(applied, "the retried item reaches HubSpot");
+    let pending = stdout(relay(&s.config, &["parked", "list", "--json"]));
+    assert_eq!(pending.trim(), "[]");
+    let all = stdout(relay(&s.config, &["parked", "list", "--all"]));
+    assert!(all.contains("applied"), "{all}");
+    assert_no_pii("parked list", &all);
+    stop(child);
 }
