@@ -90,6 +90,7 @@ async fn dead_letters_replay_for_their_sink_only_and_stale_replays_are_supersede
             max_events: 100,
             linger_ms: 50,
             withdrawal_linger_ms: 0,
+            ..BatchConfig::default()
         },
         retry: RetryConfig {
             initial_delay_ms: 50,

@@ -391,6 +391,7 @@ pub fn quick_batches() -> BatchConfig {
         max_events: 100,
         linger_ms: 50,
         withdrawal_linger_ms: 0,
+        ..BatchConfig::default()
     }
 }
 

@@ -44,6 +44,7 @@ fields = ["first_name", "last_name", "company", "email"]
             max_events: 100,
             linger_ms: 50,
             withdrawal_linger_ms: 0,
+            ..BatchConfig::default()
         },
         retry: retry(),
     }
@@ -175,6 +176,7 @@ list_id = {LIST}
             max_events: 100,
             linger_ms: linger.as_millis() as u64,
             withdrawal_linger_ms: 0,
+            ..BatchConfig::default()
         },
         retry: retry(),
     };

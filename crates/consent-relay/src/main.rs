@@ -437,16 +437,17 @@ struct ParkedItem {
 
 /// The newest copy of each (sink, event) on the retry topics of `sinks`, with its ledger status.
 async fn parked_items(config: &Config, sinks: Vec<String>) -> Result<Vec<ParkedItem>, AppError> {
-    let mut newest: std::collections::BTreeMap<(String, String), relay_runtime::parking::ParkedCopy> =
-        Default::default();
+    let mut newest: std::collections::BTreeMap<
+        (String, String),
+        relay_runtime::parking::ParkedCopy,
+    > = Default::default();
     for sink in sinks {
         let kafka = config.kafka.clone();
-        let copies = tokio::task::spawn_blocking(move || {
-            relay_runtime::parking::read_all(&kafka, &sink)
-        })
-        .await
-        .map_err(|e| AppError::Usage(format!("reading the retry topic failed: {e}")))?
-        .map_err(relay_runtime::RuntimeError::Kafka)?;
+        let copies =
+            tokio::task::spawn_blocking(move || relay_runtime::parking::read_all(&kafka, &sink))
+                .await
+                .map_err(|e| AppError::Usage(format!("reading the retry topic failed: {e}")))?
+                .map_err(relay_runtime::RuntimeError::Kafka)?;
         for c in copies {
             let key = (c.sink.clone(), c.event_id.clone().unwrap_or_default());
             if newest.get(&key).is_none_or(|kept| c.parks >= kept.parks) {
@@ -503,7 +504,10 @@ async fn parked(config: Config, command: ParkedCommand) -> Result<(), AppError> 
                 .filter(|i| all || i.status == "parked")
                 .collect();
             if json {
-                println!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&items).unwrap_or_default()
+                );
                 return Ok(());
             }
             println!(
@@ -530,13 +534,14 @@ async fn parked(config: Config, command: ParkedCommand) -> Result<(), AppError> 
             if !known(&sink) {
                 return Err(AppError::Usage(format!("--sink {sink}: not configured")));
             }
-            let chosen: Vec<relay_runtime::parking::ParkedCopy> = parked_items(&config, vec![sink.clone()])
-                .await?
-                .into_iter()
-                .filter(|i| i.status == "parked")
-                .filter(|i| event_id.is_none() || i.copy.event_id == event_id)
-                .map(|i| i.copy)
-                .collect();
+            let chosen: Vec<relay_runtime::parking::ParkedCopy> =
+                parked_items(&config, vec![sink.clone()])
+                    .await?
+                    .into_iter()
+                    .filter(|i| i.status == "parked")
+                    .filter(|i| event_id.is_none() || i.copy.event_id == event_id)
+                    .map(|i| i.copy)
+                    .collect();
             relay_runtime::parking::retry_now(&config.kafka, &chosen).await?;
             println!("{} parked item(s) of {sink} due now", chosen.len());
             Ok(())

@@ -512,9 +512,14 @@ async fn parked_items_are_listed_and_retried_on_demand_and_commits_are_counted()
     assert_eq!(item["subject_id"], "park-0");
     assert_eq!(item["status"], "parked");
     assert_eq!(item["parks"], 1);
-    assert!(item["reason"].as_str().unwrap().contains("HTTP 500"), "{item}");
+    assert!(
+        item["reason"].as_str().unwrap().contains("HTTP 500"),
+        "{item}"
+    );
     assert_eq!(
-        s.fake.subscription_status("max.power@example.org", 12345).as_deref(),
+        s.fake
+            .subscription_status("max.power@example.org", 12345)
+            .as_deref(),
         Some("SUBSCRIBED"),
         "the other person of the batch went through"
     );
@@ -535,15 +540,23 @@ async fn parked_items_are_listed_and_retried_on_demand_and_commits_are_counted()
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(after > before, "commits rise with the next batch: {before} -> {after}");
+    assert!(
+        after > before,
+        "commits rise with the next batch: {before} -> {after}"
+    );
 
     // Fixed at HubSpot; the operator does not want to wait ten minutes.
     s.fake.set_poisoned("erika.mustermann@example.de", false);
     let retried = stdout(relay(&s.config, &["parked", "retry", "--sink", "hubspot"]));
-    assert!(retried.contains("1 parked item(s) of hubspot due now"), "{retried}");
+    assert!(
+        retried.contains("1 parked item(s) of hubspot due now"),
+        "{retried}"
+    );
     let mut applied = false;
     for _ in 0..300 {
-        if s.fake.subscription_status("erika.mustermann@example.de", 12345).as_deref()
+        if s.fake
+            .subscription_status("erika.mustermann@example.de", 12345)
+            .as_deref()
             == Some("SUBSCRIBED")
         {
             applied = true;

@@ -10,6 +10,7 @@
 mod classify;
 mod config_error;
 mod destination;
+mod join;
 mod outcome;
 mod redact;
 mod sink;
@@ -19,6 +20,7 @@ pub use config_error::{ConfigError, ConfigProblem, ConfigProblems};
 pub use destination::{
     Destination, DestinationConfig, DestinationStats, LatencyHistogram, Reply, LATENCY_BUCKETS,
 };
+pub use join::join_all;
 pub use outcome::{Outcome, OutcomeClass};
 pub use redact::{body_excerpt, redact_emails};
 pub use sink::{BoxFuture, Sink, SinkItem, Target};

@@ -115,6 +115,15 @@ pub struct BatchConfig {
     /// wait behind grants (DESIGN.md §3.7).
     #[serde(default)]
     pub withdrawal_linger_ms: u64,
+    /// Batches in flight at once. While one waits (an item's inline retries), the next ones go on;
+    /// offsets are still committed strictly in order, and one person's items are in one batch at
+    /// a time.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_max_in_flight() -> usize {
+    4
 }
 
 fn default_max_events() -> usize {
@@ -130,6 +139,7 @@ impl Default for BatchConfig {
             max_events: default_max_events(),
             linger_ms: default_linger_ms(),
             withdrawal_linger_ms: 0,
+            max_in_flight: default_max_in_flight(),
         }
     }
 }
@@ -299,6 +309,9 @@ pub fn validate(
     }
     if batch.max_events == 0 {
         problems.push(format!("{prefix}.batch.max_events: must be at least 1"));
+    }
+    if batch.max_in_flight == 0 {
+        problems.push(format!("{prefix}.batch.max_in_flight: must be at least 1"));
     }
     if retry.initial_delay_ms == 0 || retry.max_delay_ms < retry.initial_delay_ms {
         problems.push(format!(

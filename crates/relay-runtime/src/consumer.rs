@@ -2,7 +2,7 @@
 //! decode it, hand it to the engine, and commit its offsets once the engine says every outcome is
 //! durable. Also keeps the lag gauges of its partitions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,13 @@ use crate::engine::{Abandoned, Engine};
 use crate::message::{Message, Origin};
 use crate::telemetry::{metric, Lane, Telemetry, Unapplied};
 use crate::RuntimeError;
+
+/// A batch handed to the engine, and what to commit once it (and every batch before it) is durable.
+struct InFlight {
+    task: AbortOnDropHandle<Result<(), Abandoned>>,
+    offsets: TopicPartitionList,
+    unapplied: Unapplied,
+}
 
 /// Everything one sink's source consumer needs.
 pub(crate) struct SourceWorker<L> {
@@ -248,44 +255,93 @@ impl<L: Ledger> SourceWorker<L> {
             Duration::from_millis(self.kafka.lag_refresh_interval_ms),
         )));
         info!(sink = self.name(), group = %group, topics = ?self.kafka.topics, "consumer started");
+        // Batches in flight, oldest first. They run side by side (the engine keeps one person's
+        // items in one batch at a time), so that one batch waiting for an item's retries does not
+        // hold back the next ones; offsets are committed strictly in order, each batch once it
+        // and every batch before it are durable.
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut last_message = Instant::now();
         let mut assigned_at = None;
-        loop {
-            let (batch, messages) = match self
-                .collect_batch(&consumer, &shutdown, &mut last_message, &mut assigned_at)
-                .await
-            {
-                Ok(Some(batch)) => batch,
-                // Shutdown (possibly while the schema registry was being waited for: nothing of
-                // the batch was decided, so nothing is committed), or idle as asked.
-                Ok(None) | Err(Abandoned) => break,
-            };
-            self.telemetry
-                .set_unapplied(self.name(), Lane::Source, unapplied(&messages));
-            let processed = self.engine.process(&messages, &shutdown).await;
-            self.telemetry
-                .set_unapplied(self.name(), Lane::Source, Unapplied::default());
-            match processed {
-                Ok(()) => {
-                    commit(
-                        &consumer,
-                        next_offsets(&batch),
-                        self.name(),
-                        &self.telemetry,
-                    )
-                    .await
+        let idle_tick = Duration::from_millis(250);
+        let mut stop = false;
+        while !stop || !in_flight.is_empty() {
+            tokio::select! {
+                biased;
+                done = async { (&mut in_flight.front_mut().expect("guarded").task).await },
+                    if !in_flight.is_empty() => {
+                    let front = in_flight.pop_front().expect("guarded");
+                    match done {
+                        Ok(Ok(())) => {
+                            commit(&consumer, front.offsets, self.name(), &self.telemetry).await;
+                        }
+                        Ok(Err(Abandoned)) => {
+                            info!(
+                                sink = self.name(),
+                                batches = in_flight.len() + 1,
+                                "shutdown: in-flight batches abandoned, not committed"
+                            );
+                            break;
+                        }
+                        Err(e) => {
+                            return Err(RuntimeError::Task {
+                                sink: self.name().to_owned(),
+                                message: e.to_string(),
+                            })
+                        }
+                    }
+                    self.report(&in_flight);
                 }
-                Err(Abandoned) => {
-                    info!(
-                        sink = self.name(),
-                        events = batch.len(),
-                        "shutdown: in-flight batch abandoned, not committed"
-                    );
-                    break;
+                _ = shutdown.cancelled(), if !stop => stop = true,
+                m = consumer.recv(), if !stop && in_flight.len() < self.batch.max_in_flight => {
+                    let first = match m {
+                        Ok(m) => m.detach(),
+                        Err(e) => {
+                            warn!(sink = self.name(), error = %e, "kafka consumer error");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    };
+                    last_message = Instant::now();
+                    // Filling the batch is not cancelled midway: a message taken from the
+                    // consumer must end up in a batch, or a later commit would pass it.
+                    let (batch, messages) = match self
+                        .fill_batch(first, &consumer, &shutdown, &mut last_message)
+                        .await
+                    {
+                        Ok(filled) => filled,
+                        // Shutdown while the schema registry was being waited for: nothing of
+                        // the batch was decided, so nothing of it is committed.
+                        Err(Abandoned) => {
+                            stop = true;
+                            continue;
+                        }
+                    };
+                    let unapplied = unapplied(&messages);
+                    let engine = self.engine.clone();
+                    let token = shutdown.clone();
+                    let task = AbortOnDropHandle::new(tokio::spawn(async move {
+                        engine.process(&messages, &token).await
+                    }));
+                    in_flight.push_back(InFlight {
+                        task,
+                        offsets: next_offsets(&batch),
+                        unapplied,
+                    });
+                    self.report(&in_flight);
                 }
-            }
-            if shutdown.is_cancelled() {
-                break;
+                _ = tokio::time::sleep(idle_tick), if !stop && self.exit_when_idle.is_some() && in_flight.is_empty() => {
+                    let idle_for = self.exit_when_idle.unwrap_or_default();
+                    let assigned = consumer.assignment().map(|a| a.count() > 0).unwrap_or(false);
+                    // Idle time counts from the assignment on: before it, nothing could arrive.
+                    match assigned_at {
+                        None if assigned => assigned_at = Some(Instant::now()),
+                        Some(at) if assigned && at.max(last_message).elapsed() >= idle_for => {
+                            info!(sink = self.name(), "idle: exiting as asked");
+                            stop = true;
+                        }
+                        _ => {}
+                    }
+                }
             }
         }
         drop(lag_refresher);
@@ -297,43 +353,31 @@ impl<L: Ledger> SourceWorker<L> {
         Ok(())
     }
 
-    /// Waits for the first message, then collects and decodes more until the batch is full or its
-    /// linger is over (shorter once a withdrawal is in it). `None` means stop: shutdown, or idle
-    /// long enough with `exit_when_idle`.
-    async fn collect_batch(
+    /// Reports what the batches in flight hold without an outcome yet.
+    fn report(&self, in_flight: &VecDeque<InFlight>) {
+        let merged = in_flight
+            .iter()
+            .fold(Unapplied::default(), |acc, b| Unapplied {
+                any: acc.any.into_iter().chain(b.unapplied.any).min(),
+                withdrawal: acc
+                    .withdrawal
+                    .into_iter()
+                    .chain(b.unapplied.withdrawal)
+                    .min(),
+            });
+        self.telemetry
+            .set_unapplied(self.name(), Lane::Source, merged);
+    }
+
+    /// Collects and decodes more messages after `first` until the batch is full or its linger is
+    /// over (shorter once a withdrawal is in it).
+    async fn fill_batch(
         &self,
+        first: OwnedMessage,
         consumer: &RelayConsumer,
         shutdown: &CancellationToken,
         last_message: &mut Instant,
-        assigned_at: &mut Option<Instant>,
-    ) -> Result<Option<(Vec<OwnedMessage>, Vec<Message>)>, Abandoned> {
-        let idle_tick = Duration::from_millis(250);
-        let first = loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(None),
-                m = consumer.recv() => match m {
-                    Ok(m) => break m.detach(),
-                    Err(e) => {
-                        warn!(sink = self.name(), error = %e, "kafka consumer error");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                },
-                _ = tokio::time::sleep(idle_tick), if self.exit_when_idle.is_some() => {
-                    let idle_for = self.exit_when_idle.unwrap_or_default();
-                    let assigned = consumer.assignment().map(|a| a.count() > 0).unwrap_or(false);
-                    // Idle time counts from the assignment on: before it, nothing could arrive.
-                    match *assigned_at {
-                        None if assigned => *assigned_at = Some(Instant::now()),
-                        Some(at) if assigned && at.max(*last_message).elapsed() >= idle_for => {
-                            info!(sink = self.name(), "idle: exiting as asked");
-                            return Ok(None);
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        };
-        *last_message = Instant::now();
+    ) -> Result<(Vec<OwnedMessage>, Vec<Message>), Abandoned> {
         let started = tokio::time::Instant::now();
         let mut deadline = started + self.batch.linger();
         let first_decoded = self.decode(&first, shutdown).await?;
@@ -362,7 +406,7 @@ impl<L: Ledger> SourceWorker<L> {
                 },
             }
         }
-        Ok(Some((batch, messages)))
+        Ok((batch, messages))
     }
 
     async fn decode(

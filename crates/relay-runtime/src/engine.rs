@@ -11,6 +11,7 @@
 //! the whole batch, uncharged: that is backpressure, and it is visible (metrics, `/readyz`).
 
 mod attempt;
+mod locks;
 #[cfg(test)]
 mod tests;
 
@@ -48,6 +49,8 @@ pub(crate) struct Engine<L> {
     pub telemetry: Telemetry,
     /// Whether the destination currently refuses us (401/403/410/426).
     circuit_open: AtomicBool,
+    /// The subjects batches of this engine are working on, one batch per subject at a time.
+    locks: Arc<locks::SubjectLocks>,
 }
 
 /// What the items of one batch need to know about the messages they came from.
@@ -88,6 +91,7 @@ impl<L: Ledger> Engine<L> {
             outbox,
             telemetry,
             circuit_open: AtomicBool::new(false),
+            locks: Default::default(),
         }
     }
 

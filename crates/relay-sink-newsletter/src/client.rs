@@ -1,13 +1,10 @@
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::Poll;
 use std::time::Duration;
 
 use relay_delivery::{
-    body_excerpt, classify_status, redact_emails, BoxFuture, ConfigError, Destination, Outcome,
-    Reply, Sink, SinkItem,
+    body_excerpt, classify_status, join_all, redact_emails, BoxFuture, ConfigError, Destination,
+    Outcome, Reply, Sink, SinkItem,
 };
 use serde::Deserialize;
 
@@ -384,31 +381,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Runs `futures` side by side and returns their outputs in order: the chains of different
-/// addresses need not wait for each other, and each list's `Destination` bounds the concurrency.
-async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
-}
-
 #[cfg(test)]
 mod tests {
     use reqwest::header::{HeaderMap, HeaderValue};
@@ -573,17 +545,5 @@ mod tests {
             Some(Outcome::Unavailable { .. })
         ));
         assert_eq!(Outcome::Applied.unsent_after(PROVIDER), None);
-    }
-
-    #[tokio::test]
-    async fn join_all_keeps_the_order() {
-        let slow_first = vec![
-            Box::pin(async {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                1
-            }) as Pin<Box<dyn Future<Output = i32> + Send>>,
-            Box::pin(async { 2 }),
-        ];
-        assert_eq!(join_all(slow_first).await, [1, 2]);
     }
 }

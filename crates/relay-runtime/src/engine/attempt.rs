@@ -12,16 +12,17 @@
 //!   (except that the time budget of failing items keeps running: an item is never held inline
 //!   longer than `item_budget_ms` past its first failure).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use relay_delivery::{Outcome, OutcomeClass, SinkItem};
+use relay_delivery::{join_all, BoxFuture, Outcome, OutcomeClass, SinkItem};
 use relay_events::ErrorCode;
 use relay_ledger::{Finish, Ledger, Park, Status};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use uuid::Uuid;
 
+use super::locks::Held;
 use super::{key, scrubbed, Abandoned, BatchContext, Engine};
 use crate::decode::Rejected;
 use crate::message::{now_ms, ParkTicket};
@@ -76,9 +77,48 @@ impl Verdict {
 }
 
 impl<L: Ledger> Engine<L> {
+    /// Delivers a wave. Its subjects that no other batch of this sink is working on go at once,
+    /// together; each of the others goes as soon as the batch holding it lets go.
     pub(super) async fn deliver_wave(
         &self,
         wave: Vec<SinkItem>,
+        ctx: &BatchContext<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let subjects: BTreeSet<String> = wave.iter().map(|i| i.event.subject_id.clone()).collect();
+        let (held, busy) = self.locks.try_acquire(subjects);
+        let (blocked, free): (Vec<SinkItem>, Vec<SinkItem>) = wave
+            .into_iter()
+            .partition(|i| busy.contains(&i.event.subject_id));
+        let mut waiting: BTreeMap<String, Vec<SinkItem>> = BTreeMap::new();
+        for item in blocked {
+            waiting
+                .entry(item.event.subject_id.clone())
+                .or_default()
+                .push(item);
+        }
+        let mut parts: Vec<BoxFuture<'_, Result<(), Abandoned>>> = Vec::new();
+        if !free.is_empty() {
+            parts.push(Box::pin(self.deliver_locked(free, held, ctx, shutdown)));
+        }
+        for (subject, items) in waiting {
+            parts.push(Box::pin(async move {
+                let held = tokio::select! {
+                    _ = shutdown.cancelled() => return Err(Abandoned),
+                    held = self.locks.acquire(subject) => held,
+                };
+                self.deliver_locked(items, held, ctx, shutdown).await
+            }));
+        }
+        join_all(parts).await.into_iter().collect()
+    }
+
+    /// Delivers `wave`, whose subjects `held` holds, releasing each subject once its items are
+    /// done.
+    async fn deliver_locked(
+        &self,
+        wave: Vec<SinkItem>,
+        mut held: Held,
         ctx: &BatchContext<'_>,
         shutdown: &CancellationToken,
     ) -> Result<(), Abandoned> {
@@ -245,6 +285,13 @@ impl<L: Ledger> Engine<L> {
             if !to_park.is_empty() {
                 self.park(to_park, ctx, &mut narrowed, shutdown).await?;
             }
+            held.keep_only(
+                &next
+                    .iter()
+                    .flatten()
+                    .map(|p| p.item.event.subject_id.clone())
+                    .collect(),
+            );
             if next.is_empty() {
                 self.telemetry.set_paused(&sink, None);
                 return self.finish_narrowed(&narrowed, shutdown).await;

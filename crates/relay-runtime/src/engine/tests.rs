@@ -443,3 +443,127 @@ async fn shutdown_abandons_a_waiting_batch_without_an_outcome() {
     assert!(s.engine.process(&[message(0, &e)], &cancel).await.is_err());
     assert_eq!(s.ledger.status(&key(&e)), Some(Status::Retrying));
 }
+
+/// A sink that takes 100 ms per call and records, per subject, how many of its calls overlapped.
+struct Slow {
+    in_flight: Mutex<std::collections::BTreeMap<String, usize>>,
+    overlaps: Mutex<Vec<String>>,
+    poisoned: &'static str,
+}
+
+impl Sink for Slow {
+    fn name(&self) -> &str {
+        SINK
+    }
+
+    fn requires_email(&self) -> bool {
+        true
+    }
+
+    fn deliver<'a>(&'a self, items: &'a [SinkItem]) -> BoxFuture<'a, Vec<Outcome>> {
+        Box::pin(async move {
+            let subjects: BTreeSet<String> =
+                items.iter().map(|i| i.event.subject_id.clone()).collect();
+            for s in &subjects {
+                let mut in_flight = self.in_flight.lock().unwrap();
+                let n = in_flight.entry(s.clone()).or_default();
+                *n += 1;
+                if *n > 1 {
+                    self.overlaps.lock().unwrap().push(s.clone());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            for s in &subjects {
+                *self.in_flight.lock().unwrap().get_mut(s).unwrap() -= 1;
+            }
+            if subjects.contains(self.poisoned) {
+                vec![Outcome::retryable("HTTP 500: internal error"); items.len()]
+            } else {
+                vec![Outcome::Applied; items.len()]
+            }
+        })
+    }
+}
+
+fn engine_with(sink: Arc<dyn Sink>) -> (Engine<MemoryLedger>, Arc<MemoryLedger>) {
+    let ledger = Arc::new(MemoryLedger::new());
+    let routes = Routes {
+        known: BTreeSet::from([PURPOSE.to_owned()]),
+        sink: BTreeSet::from([PURPOSE.to_owned()]),
+        requires_email: true,
+    };
+    let engine = Engine::new(
+        sink,
+        routes,
+        retry(),
+        ledger.clone(),
+        Arc::new(MemoryOutbox::default()),
+        Telemetry::new(),
+    );
+    (engine, ledger)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_waiting_for_an_items_retries_does_not_hold_back_the_next_one() {
+    let sink = Arc::new(Slow {
+        in_flight: Default::default(),
+        overlaps: Default::default(),
+        poisoned: "p",
+    });
+    let (engine, ledger) = engine_with(sink.clone());
+    let cancel = CancellationToken::new();
+    let first = [
+        message(0, &event(EventKind::ConsentGranted, "p", 1_000)),
+        message(1, &event(EventKind::ConsentGranted, "a", 1_000)),
+    ];
+    let withdrawal = event(EventKind::ConsentWithdrawn, "b", 1_000);
+    let second = [message(2, &withdrawal)];
+    let started = tokio::time::Instant::now();
+    let (a, b) = tokio::join!(
+        async {
+            engine.process(&first, &cancel).await.unwrap();
+            started.elapsed()
+        },
+        async {
+            engine.process(&second, &cancel).await.unwrap();
+            started.elapsed()
+        }
+    );
+    assert_eq!(ledger.status(&key(&withdrawal)), Some(Status::Applied));
+    assert!(
+        b < Duration::from_millis(250) && a > b * 3,
+        "the withdrawal took {b:?}, the batch with the poisoned item {a:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_persons_items_are_sent_by_one_batch_at_a_time() {
+    let sink = Arc::new(Slow {
+        in_flight: Default::default(),
+        overlaps: Default::default(),
+        poisoned: "nobody",
+    });
+    let (engine, ledger) = engine_with(sink.clone());
+    let cancel = CancellationToken::new();
+    let grant = event(EventKind::ConsentGranted, "s", 1_000);
+    let withdrawal = event(EventKind::ConsentWithdrawn, "s", 2_000);
+    let other = event(EventKind::ConsentGranted, "o", 1_000);
+    let first = [message(0, &grant), message(1, &other)];
+    let second = [message(2, &withdrawal)];
+    let (a, b) = tokio::join!(
+        engine.process(&first, &cancel),
+        engine.process(&second, &cancel)
+    );
+    a.unwrap();
+    b.unwrap();
+    assert!(
+        sink.overlaps.lock().unwrap().is_empty(),
+        "never two requests about s at once"
+    );
+    // Whichever was claimed first, the newest decision stands.
+    assert_eq!(ledger.status(&key(&withdrawal)), Some(Status::Applied));
+    assert!(matches!(
+        ledger.status(&key(&grant)),
+        Some(Status::Applied | Status::Superseded)
+    ));
+}
