@@ -430,6 +430,15 @@ impl FakeHubSpot {
         lock(&self.shared).requests.clone()
     }
 
+    /// The requests received after the first `skip`, for callers that poll (benches).
+    pub fn requests_after(&self, skip: usize) -> Vec<RecordedRequest> {
+        lock(&self.shared)
+            .requests
+            .get(skip..)
+            .map(<[RecordedRequest]>::to_vec)
+            .unwrap_or_default()
+    }
+
     /// The same JSON as `GET /__fake/state`.
     pub fn state(&self) -> Value {
         lock(&self.shared).dump()
