@@ -572,3 +572,149 @@ async fn parked_items_are_listed_and_retried_on_demand_and_commits_are_counted()
     assert_no_pii("parked list", &all);
     stop(child);
 }
+
+/// A consent event as a JSON line for `publish`.
+fn event_line(kind: &str, subject: &str, at_ms: i64) -> String {
+    let notice = if kind == "ConsentGranted" {
+        ",\"notice_version\":\"nl-1\""
+    } else {
+        ""
+    };
+    format!(
+        "{{\"type\":\"{kind}\",\"event_id\":\"{}\",\"subject_id\":\"{subject}\",\"occurred_at\":{at_ms},\"source\":\"crash-test\"{notice},\"purposes\":[\"newsletter\"],\"contact\":{{\"email\":\"{subject}@example.org\"}}}}\n",
+        uuid::Uuid::new_v4()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_points_while_items_are_parked_loses_nothing_and_leaves_nothing_stale() {
+    let s = setup_with(
+        "[sinks.hubspot.retry]\nitem_attempts = 2\nparked_initial_delay_ms = 500\nparked_max_delay_ms = 1500\nparked_budget_ms = 3600000",
+    )
+    .await;
+    // Four people HubSpot answers 500 for, in every request: parked and retried throughout.
+    let poisoned: Vec<String> = (0..4).map(|i| format!("k{i}")).collect();
+    for p in &poisoned {
+        s.fake.set_poisoned(&format!("{p}@example.org"), true);
+    }
+    let ready_url = format!("http://{}/readyz", s.admin);
+    let input = s.dir.path().join("chunk.jsonl");
+    // (subject, occurred_at, is_grant) of everything published.
+    let mut all: Vec<(String, i64, bool)> = Vec::new();
+    let base = 1_795_651_200_000_i64;
+    let mut kills = 0;
+    for round in 0..22_i64 {
+        let mut lines = String::new();
+        for _ in 0..50 {
+            let subject = format!("k{}", fastrand::usize(0..100));
+            let at = base + round * 1_000 + fastrand::i64(-1_500..1_500);
+            let grant = fastrand::bool();
+            let kind = if grant {
+                "ConsentGranted"
+            } else {
+                "ConsentWithdrawn"
+            };
+            lines.push_str(&event_line(kind, &subject, at));
+            all.push((subject, at, grant));
+        }
+        std::fs::write(&input, lines).unwrap();
+        output(relay(&s.config, &["publish", input.to_str().unwrap()]));
+        let mut command = relay(&s.config, &["run"]);
+        // The same instance restarted, as a pod is: static membership lets it take its partitions
+        // back at once instead of after the group's session timeout.
+        command
+            .env("CONSENT_RELAY__KAFKA__INSTANCE_ID", "crash-test")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = command.spawn().unwrap();
+        // Killed once it consumes (ready), at a random point of its work.
+        let mut ready = false;
+        for _ in 0..600 {
+            if get(&ready_url).await.0 == 200 {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ready, "round {round}: the relay never became ready");
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..2_000))).await;
+        child.kill().unwrap(); // SIGKILL: nothing gets to finish, nothing leaves the group.
+        child.wait().unwrap();
+        kills += 1;
+    }
+    assert!(kills >= 20);
+
+    for p in &poisoned {
+        s.fake.set_poisoned(&format!("{p}@example.org"), false);
+    }
+    let mut command = relay(&s.config, &["run"]);
+    command
+        .env("CONSENT_RELAY__KAFKA__INSTANCE_ID", "crash-test")
+        .stdout(Stdio::null());
+    let child = start(command);
+    // Every event ends with an outcome; every person with their newest decision.
+    let ledger_url = format!("sqlite://{}", s.dir.path().join("ledger.db").display());
+    let ledger = relay_ledger::open(&ledger_url).await.unwrap();
+    let subjects: std::collections::BTreeSet<&String> = all.iter().map(|(s, _, _)| s).collect();
+    let mut open = Vec::new();
+    for _ in 0..1200 {
+        open.clear();
+        for subject in &subjects {
+            let report = relay_ledger::Ledger::subject_report(&ledger, subject)
+                .await
+                .unwrap();
+            let logged = report.consent_log.len();
+            let published = all.iter().filter(|(s, _, _)| s == *subject).count();
+            let undecided = report
+                .consent_log
+                .iter()
+                .filter(|c| {
+                    !report
+                        .deliveries
+                        .iter()
+                        .any(|d| d.key.event_id == c.event_id && d.status.is_final())
+                })
+                .count();
+            if logged < published || undecided > 0 {
+                open.push((
+                    (*subject).clone(),
+                    published - logged.min(published),
+                    undecided,
+                ));
+            }
+        }
+        if open.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        open.is_empty(),
+        "after {kills} kills, subjects with events not consumed or without an outcome: {open:?}"
+    );
+    let mut stale = Vec::new();
+    for subject in &subjects {
+        let (_, _, granted) = all
+            .iter()
+            .filter(|(s, _, _)| s == *subject)
+            .max_by_key(|(_, at, grant)| (*at, !*grant))
+            .unwrap();
+        let want = if *granted {
+            "SUBSCRIBED"
+        } else {
+            "UNSUBSCRIBED"
+        };
+        let status = s
+            .fake
+            .subscription_status(&format!("{subject}@example.org"), 12345);
+        // Someone whose only decisions were withdrawals may never have reached HubSpot at all.
+        if (*granted || status.is_some()) && status.as_deref() != Some(want) {
+            stale.push(((*subject).clone(), status, want));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "stale states after {kills} kills: {stale:?}"
+    );
+    stop(child);
+}
