@@ -123,7 +123,7 @@ pub struct BatchConfig {
 }
 
 fn default_max_in_flight() -> usize {
-    4
+    8
 }
 
 fn default_max_events() -> usize {
@@ -208,13 +208,13 @@ fn default_ramp_attempts() -> usize {
     10
 }
 fn default_item_attempts() -> u32 {
-    5
+    3
 }
 fn default_item_budget_ms() -> u64 {
     60_000
 }
 fn default_parked_initial_delay_ms() -> u64 {
-    60_000
+    5_000
 }
 fn default_parked_max_delay_ms() -> u64 {
     3_600_000

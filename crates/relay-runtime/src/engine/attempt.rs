@@ -29,6 +29,12 @@ use crate::message::{now_ms, ParkTicket};
 use crate::retry::RetrySchedule;
 use crate::telemetry::metric;
 
+/// How long an item waits for another batch of this sink to finish with the same person before it
+/// is parked instead. A healthy batch is done with a person within milliseconds; one that is not
+/// is retrying a failing item, and must not hold this batch for its whole inline budget.
+const LOCK_WAIT: Duration = Duration::from_millis(250);
+const DEFERRED: &str = "deferred: another batch was retrying a failing item of this person";
+
 /// An item still under way, with what this run charged it.
 #[derive(Clone)]
 struct Pending {
@@ -105,9 +111,25 @@ impl<L: Ledger> Engine<L> {
             parts.push(Box::pin(async move {
                 let held = tokio::select! {
                     _ = shutdown.cancelled() => return Err(Abandoned),
-                    held = self.locks.acquire(subject) => held,
+                    _ = tokio::time::sleep(LOCK_WAIT) => None,
+                    held = self.locks.acquire(subject) => Some(held),
                 };
-                self.deliver_locked(items, held, ctx, shutdown).await
+                match held {
+                    Some(held) => self.deliver_locked(items, held, ctx, shutdown).await,
+                    // The other batch is stuck with this person (an item failing inline): park
+                    // these too rather than hold back this whole batch; they come back soon and
+                    // are decided then, version rule included.
+                    None => {
+                        let deferred = items
+                            .into_iter()
+                            .map(|item| Pending {
+                                last_error: DEFERRED.to_owned(),
+                                ..Pending::new(item)
+                            })
+                            .collect();
+                        self.park(deferred, ctx, &mut Vec::new(), shutdown).await
+                    }
+                }
             }));
         }
         join_all(parts).await.into_iter().collect()
@@ -181,6 +203,7 @@ impl<L: Ledger> Engine<L> {
             let mut finished = Vec::new();
             let mut next: Vec<Vec<Pending>> = Vec::new();
             let mut to_park: Vec<Pending> = Vec::new();
+            let mut split_any = false;
             let now = Instant::now();
             for group in answered {
                 // A request that failed for all its items says nothing about which one is at
@@ -271,6 +294,7 @@ impl<L: Ledger> Engine<L> {
                     }
                 }
                 if split && group.len() >= 2 {
+                    split_any = true;
                     let second = group.split_off(group.len() / 2);
                     next.push(group);
                     next.push(second);
@@ -310,10 +334,16 @@ impl<L: Ledger> Engine<L> {
                 None => {
                     self.telemetry.set_paused(&sink, None);
                     if verdict.progress {
-                        // Splitting around a failing item: go on quickly, the others are fine.
                         schedule = RetrySchedule::new(&self.retry);
                     }
-                    let delay = schedule.next_delay(verdict.after);
+                    // Halves of a request that failed for all its items go at once: that is not
+                    // a repeat of the same request but the search for the item at fault, and the
+                    // others in it should not wait.
+                    let delay = if split_any {
+                        Duration::ZERO
+                    } else {
+                        schedule.next_delay(verdict.after)
+                    };
                     let example = next
                         .iter()
                         .flatten()

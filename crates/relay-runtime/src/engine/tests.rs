@@ -567,3 +567,52 @@ async fn one_persons_items_are_sent_by_one_batch_at_a_time() {
         Some(Status::Applied | Status::Superseded)
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_persons_item_waiting_on_a_stuck_batch_is_parked_not_waited_for() {
+    let sink = Arc::new(Slow {
+        in_flight: Default::default(),
+        overlaps: Default::default(),
+        poisoned: "p",
+    });
+    let ledger = Arc::new(MemoryLedger::new());
+    let outbox = Arc::new(MemoryOutbox::default());
+    let engine = Engine::new(
+        sink.clone(),
+        Routes {
+            known: BTreeSet::from([PURPOSE.to_owned()]),
+            sink: BTreeSet::from([PURPOSE.to_owned()]),
+            requires_email: true,
+        },
+        retry(),
+        ledger.clone(),
+        outbox.clone(),
+        Telemetry::new(),
+    );
+    let cancel = CancellationToken::new();
+    let stuck = [message(0, &event(EventKind::ConsentGranted, "p", 1_000))];
+    let newer = event(EventKind::ConsentWithdrawn, "p", 2_000);
+    let other = event(EventKind::ConsentWithdrawn, "o", 2_000);
+    let next = [message(1, &newer), message(2, &other)];
+    let started = tokio::time::Instant::now();
+    let (a, b) = tokio::join!(
+        async {
+            engine.process(&stuck, &cancel).await.unwrap();
+            started.elapsed()
+        },
+        async {
+            // Arrives while the first batch is retrying p's grant.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            engine.process(&next, &cancel).await.unwrap();
+            started.elapsed()
+        }
+    );
+    assert!(b < Duration::from_millis(600), "the next batch took {b:?}");
+    assert!(a > b, "{a:?} vs {b:?}");
+    assert_eq!(ledger.status(&key(&other)), Some(Status::Applied));
+    assert_eq!(ledger.status(&key(&newer)), Some(Status::Parked));
+    let parked = outbox.parked.lock().unwrap();
+    assert!(parked
+        .iter()
+        .any(|(m, _, t)| m.origin.offset == 1 && t.reason.starts_with("deferred")));
+}
