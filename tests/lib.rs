@@ -227,6 +227,7 @@ legal_basis_explanation = "Product updates in the customer portal"
             known_purposes,
             exit_when_idle: None,
             liveness: Default::default(),
+            events: Default::default(),
         };
         let token = CancellationToken::new();
         let handle = tokio::spawn(relay_runtime::run(

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use relay_runtime::{BatchConfig, KafkaConfig, LivenessConfig, RetryConfig};
+use relay_runtime::{BatchConfig, EventRules, KafkaConfig, LivenessConfig, RetryConfig};
 use serde::Deserialize;
 
 use crate::sinks::SinkConfig;
@@ -38,6 +38,8 @@ struct FileConfig {
     admin: AdminConfig,
     #[serde(default)]
     liveness: LivenessConfig,
+    #[serde(default)]
+    events: EventRules,
     #[serde(default)]
     purposes: BTreeMap<String, PurposeConfig>,
     #[serde(default)]
@@ -94,6 +96,7 @@ pub struct Config {
     pub log: LogConfig,
     pub admin: AdminConfig,
     pub liveness: LivenessConfig,
+    pub events: EventRules,
     pub purposes: BTreeMap<String, PurposeConfig>,
     pub sinks: Vec<SinkEntry>,
 }
@@ -234,6 +237,7 @@ pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Co
             log: file.log,
             admin: file.admin,
             liveness: file.liveness,
+            events: file.events,
             purposes: file.purposes,
             sinks,
         },

@@ -55,13 +55,18 @@ pub fn to_text(subject_id: &str, r: &SubjectReport) -> String {
     for c in &r.consent_log {
         let _ = writeln!(
             out,
-            "  {}  {:<17} {:<24} source={} notice={} event={}",
+            "  {}  {:<17} {:<24} source={} notice={} event={}{}",
             when(c.occurred_at_ms),
             shown(&c.kind),
             shown(&c.purposes.join(",")),
             shown(&c.source),
             shown(c.notice_version.as_deref().unwrap_or("-")),
-            c.event_id
+            c.event_id,
+            if c.late {
+                "  (late: older than the horizon when it arrived)"
+            } else {
+                ""
+            }
         );
     }
     let _ = writeln!(out, "\ncurrent decision per sink and purpose:");
@@ -118,6 +123,7 @@ pub fn to_json(subject_id: &str, r: &SubjectReport) -> serde_json::Value {
             "occurred_at": when(c.occurred_at_ms), "source": c.source,
             "notice_version": c.notice_version, "email_sha256": c.email_sha256,
             "topic": c.topic, "partition": c.partition, "offset": c.offset,
+            "late": c.late, "payload_digest": c.payload_digest,
         })).collect::<Vec<_>>(),
         "state": r.state.iter().map(|s| json!({
             "sink": s.sink, "target": s.target, "action": s.action.as_str(),
@@ -283,6 +289,8 @@ mod tests {
                     topic: text.clone(),
                     partition: i32::MIN,
                     offset: i64::MAX,
+                    payload_digest: Some(text.clone()),
+                    late: i % 2 == 0,
                 });
             }
             claims.push(Claim {

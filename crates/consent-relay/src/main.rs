@@ -356,6 +356,7 @@ async fn run(
         known_purposes: config.known_purposes(),
         exit_when_idle,
         liveness: config.liveness.clone(),
+        events: config.events.clone(),
     };
     let result = relay_runtime::run(relay, ledger, sinks, telemetry, shutdown.clone()).await;
     shutdown.cancel();
@@ -715,7 +716,7 @@ async fn publish(config: Config, input: PathBuf, topic: Option<String>) -> Resul
                 ev.occurred_at_ms,
                 None,
                 now_ms,
-                relay_events::DEFAULT_FUTURE_TOLERANCE_MS,
+                config.events.future_tolerance_ms,
             )?;
             Ok(ev)
         });

@@ -410,6 +410,8 @@ legal_basis_explanation = "Newsletter sign-up"
         topic: "consent.events".into(),
         partition: 0,
         offset: 0,
+        payload_digest: None,
+        late: false,
     };
     ledger
         .log_events(&[

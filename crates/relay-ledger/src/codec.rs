@@ -28,7 +28,7 @@ pub(crate) type DeliveryTuple = (
 pub(crate) type StateTuple = (String, String, String, i64, String);
 
 /// event_id, subject_id, kind, purposes, occurred_at_ms, source, notice_version, email_sha256,
-/// topic, partition, offset
+/// topic, partition, offset, payload_digest, late
 pub(crate) type ConsentTuple = (
     String,
     String,
@@ -41,6 +41,8 @@ pub(crate) type ConsentTuple = (
     String,
     i32,
     i64,
+    Option<String>,
+    bool,
 );
 
 /// sink, topic, partition, offset, event_id, subject_id, code, message
@@ -142,6 +144,8 @@ pub(crate) fn consent(row: ConsentTuple) -> Result<ConsentRecord, LedgerError> {
         topic: row.8,
         partition: row.9,
         offset: row.10,
+        payload_digest: row.11,
+        late: row.12,
     })
 }
 

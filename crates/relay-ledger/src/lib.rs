@@ -67,7 +67,7 @@ impl AnyLedger {
 }
 
 impl Ledger for AnyLedger {
-    async fn log_events(&self, records: &[ConsentRecord]) -> Result<(), LedgerError> {
+    async fn log_events(&self, records: &[ConsentRecord]) -> Result<Vec<uuid::Uuid>, LedgerError> {
         match self {
             AnyLedger::Sqlite(l) => l.log_events(records).await,
             AnyLedger::Postgres(l) => l.log_events(records).await,

@@ -63,12 +63,16 @@ impl MemoryLedger {
 }
 
 impl Ledger for MemoryLedger {
-    async fn log_events(&self, records: &[ConsentRecord]) -> Result<(), LedgerError> {
+    async fn log_events(&self, records: &[ConsentRecord]) -> Result<Vec<uuid::Uuid>, LedgerError> {
         let mut t = self.tables();
+        let mut conflicts = Vec::new();
         for r in records {
-            t.consent_log.entry(r.event_id).or_insert_with(|| r.clone());
+            let stored = t.consent_log.entry(r.event_id).or_insert_with(|| r.clone());
+            if matches!((&stored.payload_digest, &r.payload_digest), (Some(a), Some(b)) if a != b) {
+                conflicts.push(r.event_id);
+            }
         }
-        Ok(())
+        Ok(conflicts)
     }
 
     async fn claim(&self, claims: &[Claim]) -> Result<Vec<Decision>, LedgerError> {

@@ -13,7 +13,7 @@ pub(crate) const SQLITE: &[Migration] = &[
     },
     Migration {
         version: 2,
-        sql: include_str!("../migrations/sqlite/0002_parking.sql"),
+        sql: include_str!("../migrations/sqlite/0002_parking_and_digests.sql"),
     },
 ];
 
@@ -24,7 +24,7 @@ pub(crate) const POSTGRES: &[Migration] = &[
     },
     Migration {
         version: 2,
-        sql: include_str!("../migrations/postgres/0002_parking.sql"),
+        sql: include_str!("../migrations/postgres/0002_parking_and_digests.sql"),
     },
 ];
 

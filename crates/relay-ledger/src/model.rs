@@ -142,6 +142,12 @@ pub struct ConsentRecord {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// `relay_events::ConsentEvent::digest` of the event as first logged; `None` for entries
+    /// logged before digests were kept.
+    pub payload_digest: Option<String>,
+    /// `occurred_at` was older than the configured horizon when the event arrived (a backfill, or
+    /// a producer that held it back): accepted, and marked.
+    pub late: bool,
 }
 
 /// A message that could not be turned into deliveries and went to the dead-letter topic.
@@ -203,11 +209,13 @@ pub enum LedgerError {
 
 /// The ledger operations. Every method is one transaction.
 pub trait Ledger: Send + Sync + 'static {
-    /// Appends consent-log entries; an event already logged is left as it is.
+    /// Appends consent-log entries; an event already logged is left as it is. Returns the ids of
+    /// events already logged with another payload digest: conflicting duplicates, which the caller
+    /// rejects (the first decision stands).
     fn log_events(
         &self,
         records: &[ConsentRecord],
-    ) -> impl Future<Output = Result<(), LedgerError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Uuid>, LedgerError>> + Send;
 
     /// Decides each claim in order, in one transaction (see [`Decision`]). The version rule:
     /// a claim is superseded when the subject state for (subject, target, sink) — or, for a

@@ -82,13 +82,15 @@ macro_rules! backend_ops {
             Ok(())
         }
 
+        /// Logs `r`; returns whether it conflicts with an entry of the same event logged before
+        /// with another payload digest.
         async fn insert_consent(
             conn: &mut $conn,
             r: &$crate::ConsentRecord,
             now: i64,
-        ) -> Result<(), $crate::LedgerError> {
+        ) -> Result<bool, $crate::LedgerError> {
             use $crate::{codec, sql};
-            sqlx::query(sql::INSERT_CONSENT)
+            let inserted: Option<String> = sqlx::query_scalar(sql::INSERT_CONSENT)
                 .bind(codec::uuid_text(r.event_id))
                 .bind(&r.subject_id)
                 .bind(&r.kind)
@@ -101,9 +103,18 @@ macro_rules! backend_ops {
                 .bind(r.partition)
                 .bind(r.offset)
                 .bind(now)
-                .execute(&mut *conn)
+                .bind(&r.payload_digest)
+                .bind(r.late)
+                .fetch_optional(&mut *conn)
                 .await?;
-            Ok(())
+            if inserted.is_some() {
+                return Ok(false);
+            }
+            let stored: Option<String> = sqlx::query_scalar(sql::CONSENT_DIGEST)
+                .bind(codec::uuid_text(r.event_id))
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok(matches!((stored, &r.payload_digest), (Some(a), Some(b)) if &a != b))
         }
 
         async fn upsert_finished(

@@ -18,6 +18,7 @@ use crate::{now_ms, sql};
 use crate::{
     Claim, ConsentRecord, Decision, Finish, Ledger, LedgerError, Park, Rejection, SubjectReport,
 };
+use uuid::Uuid;
 
 const POOL_SIZE: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -138,14 +139,17 @@ async fn migrate(conn: &mut PgConnection, list: &[Migration]) -> Result<(), Ledg
 crate::ops::backend_ops!(PgConnection);
 
 impl Ledger for PostgresLedger {
-    async fn log_events(&self, records: &[ConsentRecord]) -> Result<(), LedgerError> {
+    async fn log_events(&self, records: &[ConsentRecord]) -> Result<Vec<Uuid>, LedgerError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        let mut conflicts = Vec::new();
         for r in records {
-            insert_consent(&mut tx, r, now).await?;
+            if insert_consent(&mut tx, r, now).await? {
+                conflicts.push(r.event_id);
+            }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(conflicts)
     }
 
     async fn claim(&self, claims: &[Claim]) -> Result<Vec<Decision>, LedgerError> {

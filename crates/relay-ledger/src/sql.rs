@@ -15,11 +15,17 @@ pub(crate) const MIGRATION_APPLIED: &str =
 pub(crate) const RECORD_MIGRATION: &str =
     "INSERT INTO ledger_migrations (version, applied_at_ms) VALUES ($1, $2)";
 
+/// Returns the event id when the entry is new, nothing when the event was logged before.
 pub(crate) const INSERT_CONSENT: &str = r#"INSERT INTO consent_log
     (event_id, subject_id, kind, purposes, occurred_at_ms, source, notice_version, email_sha256,
-     topic, "partition", "offset", recorded_at_ms)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-ON CONFLICT (event_id) DO NOTHING"#;
+     topic, "partition", "offset", recorded_at_ms, payload_digest, late)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id"#;
+
+/// Binds: event_id.
+pub(crate) const CONSENT_DIGEST: &str =
+    "SELECT payload_digest FROM consent_log WHERE event_id = $1";
 
 /// Binds: event_id, sink, target.
 pub(crate) const DELIVERY_STATUS: &str = "SELECT status, attempts, parks FROM deliveries
@@ -89,13 +95,15 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (sink, topic, "partition", "offset") DO NOTHING"#;
 
 pub(crate) const REPORT_CONSENT: &str = r#"SELECT event_id, subject_id, kind, purposes,
-    occurred_at_ms, source, notice_version, email_sha256, topic, "partition", "offset"
+    occurred_at_ms, source, notice_version, email_sha256, topic, "partition", "offset",
+    payload_digest, late
 FROM consent_log WHERE subject_id = $1 ORDER BY occurred_at_ms, event_id"#;
 
 /// Consent-log entries that may concern a purpose. Binds: `%"<purpose>"%`, `%"*"%`. The LIKE is a
 /// pre-filter on the JSON text; the caller checks the purposes exactly.
 pub(crate) const CONSENT_FOR_PURPOSE: &str = r#"SELECT event_id, subject_id, kind, purposes,
-    occurred_at_ms, source, notice_version, email_sha256, topic, "partition", "offset"
+    occurred_at_ms, source, notice_version, email_sha256, topic, "partition", "offset",
+    payload_digest, late
 FROM consent_log WHERE purposes LIKE $1 OR purposes LIKE $2
 ORDER BY subject_id, occurred_at_ms, event_id"#;
 

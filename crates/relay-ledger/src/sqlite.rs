@@ -19,6 +19,7 @@ use crate::{now_ms, sql};
 use crate::{
     Claim, ConsentRecord, Decision, Finish, Ledger, LedgerError, Park, Rejection, SubjectReport,
 };
+use uuid::Uuid;
 
 /// Writers queue on one lock anyway; a few connections let reports read alongside them.
 const POOL_SIZE: u32 = 4;
@@ -132,14 +133,17 @@ fn is_busy(e: &sqlx::Error) -> bool {
 crate::ops::backend_ops!(SqliteConnection);
 
 impl Ledger for SqliteLedger {
-    async fn log_events(&self, records: &[ConsentRecord]) -> Result<(), LedgerError> {
+    async fn log_events(&self, records: &[ConsentRecord]) -> Result<Vec<Uuid>, LedgerError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
+        let mut conflicts = Vec::new();
         for r in records {
-            insert_consent(&mut tx, r, now).await?;
+            if insert_consent(&mut tx, r, now).await? {
+                conflicts.push(r.event_id);
+            }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(conflicts)
     }
 
     async fn claim(&self, claims: &[Claim]) -> Result<Vec<Decision>, LedgerError> {

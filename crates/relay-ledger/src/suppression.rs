@@ -68,6 +68,8 @@ mod tests {
             topic: "t".into(),
             partition: 0,
             offset: 0,
+            payload_digest: None,
+            late: false,
         }
     }
 

@@ -54,6 +54,7 @@ suite!(
     suppression_list_follows_the_newest_decision_per_subject,
     an_applied_delivery_is_never_relabelled_superseded,
     only_the_copy_a_delivery_is_parked_under_may_act,
+    a_logged_event_with_another_digest_is_reported_as_a_conflict,
 );
 
 const HUBSPOT: &str = "hubspot";
@@ -418,6 +419,8 @@ fn record(subject: &str, kind: &str, purposes: &[&str], at: i64, offset: i64) ->
         topic: "consent.events".into(),
         partition: 3,
         offset,
+        payload_digest: None,
+        late: false,
     }
 }
 
@@ -809,4 +812,48 @@ async fn only_the_copy_a_delivery_is_parked_under_may_act(url: &str) {
             status: Status::Applied
         }
     );
+}
+
+async fn a_logged_event_with_another_digest_is_reported_as_a_conflict(url: &str) {
+    let l = open(url).await.unwrap();
+    let with = |digest: Option<&str>| ConsentRecord {
+        payload_digest: digest.map(str::to_owned),
+        late: true,
+        ..record("s1", "ConsentWithdrawn", &[NEWSLETTER], 100, 7)
+    };
+    let first = with(Some("aaaa"));
+    let same = ConsentRecord {
+        event_id: first.event_id,
+        ..with(Some("aaaa"))
+    };
+    let other = ConsentRecord {
+        event_id: first.event_id,
+        ..with(Some("bbbb"))
+    };
+    let unknown = ConsentRecord {
+        event_id: first.event_id,
+        ..with(None)
+    };
+    assert!(l
+        .log_events(std::slice::from_ref(&first))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(
+        l.log_events(&[same]).await.unwrap().is_empty(),
+        "a redelivery"
+    );
+    assert!(
+        l.log_events(&[unknown]).await.unwrap().is_empty(),
+        "nothing to compare"
+    );
+    assert_eq!(
+        l.log_events(&[other]).await.unwrap(),
+        [first.event_id],
+        "same id, another payload"
+    );
+    let r = report(&l, "s1").await;
+    assert_eq!(r.consent_log.len(), 1, "the first entry stands");
+    assert_eq!(r.consent_log[0].payload_digest.as_deref(), Some("aaaa"));
+    assert!(r.consent_log[0].late);
 }

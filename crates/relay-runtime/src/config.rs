@@ -260,6 +260,37 @@ impl RetryConfig {
     }
 }
 
+/// How the relay judges an event's `occurred_at` (docs/event-rules.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRules {
+    /// How far in the future (against the relay's clock and the message's broker timestamp) an
+    /// event may be dated before it is rejected (`future_occurred_at`): a far-future grant would
+    /// otherwise win the version rule against every real withdrawal until then.
+    #[serde(default = "default_future_tolerance_ms")]
+    pub future_tolerance_ms: i64,
+    /// Events dated further back than this are accepted (backfills are legitimate) and marked
+    /// late in the consent log.
+    #[serde(default = "default_late_after_ms")]
+    pub late_after_ms: i64,
+}
+
+fn default_future_tolerance_ms() -> i64 {
+    relay_events::DEFAULT_FUTURE_TOLERANCE_MS
+}
+fn default_late_after_ms() -> i64 {
+    relay_events::DEFAULT_AGE_HORIZON_MS
+}
+
+impl Default for EventRules {
+    fn default() -> Self {
+        EventRules {
+            future_tolerance_ms: default_future_tolerance_ms(),
+            late_after_ms: default_late_after_ms(),
+        }
+    }
+}
+
 /// What counts as stalled, for `/readyz` and the metrics.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use relay_delivery::{Outcome, Sink, SinkItem, Target};
 use relay_events::{ConsentEvent, ErrorCode};
@@ -28,9 +28,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
-use crate::config::RetryConfig;
+use crate::config::{EventRules, RetryConfig};
 use crate::decode::Rejected;
-use crate::message::{Message, ParkTicket};
+use crate::message::{now_ms, Message, ParkTicket};
 use crate::outbox::Outbox;
 use crate::retry::RetrySchedule;
 use crate::route::{self, Routed, Routes};
@@ -47,6 +47,7 @@ pub(crate) struct Engine<L> {
     pub ledger: Arc<L>,
     pub outbox: Arc<dyn Outbox>,
     pub telemetry: Telemetry,
+    pub rules: EventRules,
     /// Whether the destination currently refuses us (401/403/410/426).
     circuit_open: AtomicBool,
     /// The subjects batches of this engine are working on, one batch per subject at a time.
@@ -82,6 +83,7 @@ impl<L: Ledger> Engine<L> {
         ledger: Arc<L>,
         outbox: Arc<dyn Outbox>,
         telemetry: Telemetry,
+        rules: EventRules,
     ) -> Engine<L> {
         Engine {
             sink,
@@ -90,6 +92,7 @@ impl<L: Ledger> Engine<L> {
             ledger,
             outbox,
             telemetry,
+            rules,
             circuit_open: AtomicBool::new(false),
             locks: Default::default(),
         }
@@ -112,6 +115,8 @@ impl<L: Ledger> Engine<L> {
         let mut not_routed = Vec::new();
         let mut items: Vec<SinkItem> = Vec::new();
         let mut origin_of: BTreeMap<Uuid, usize> = BTreeMap::new();
+        // Events that pass the clock rule, by message: what the consent log is asked to hold.
+        let mut logged: BTreeMap<Uuid, usize> = BTreeMap::new();
         // Withdrawals this sink cannot apply (no email): dead-lettered, but their decision still
         // enters the version rule, so that an older grant arriving later cannot re-subscribe.
         let mut unapplicable: Vec<(SinkItem, String)> = Vec::new();
@@ -150,13 +155,35 @@ impl<L: Ledger> Engine<L> {
             if m.ticket.is_some() && newest_copy.get(&event.event_id) != Some(&index) {
                 continue;
             }
+            // An event dated in the future would win the version rule against every real
+            // decision until then: it never enters it (docs/event-rules.md).
+            let broker_ms = m.produced_at.and_then(unix_ms);
+            if let Err(e) = relay_events::check_occurred_at(
+                event.occurred_at_ms,
+                broker_ms,
+                now_ms(),
+                self.rules.future_tolerance_ms,
+            ) {
+                rejected.push((
+                    index,
+                    Rejected {
+                        code: e.code(),
+                        message: e.to_string(),
+                        event_id: Some(event.event_id),
+                        subject_id: Some(event.subject_id.clone()),
+                    },
+                ));
+                continue;
+            }
+            logged.insert(event.event_id, index);
+            let record = |event: &ConsentEvent| self.consent_record(event, m);
             match route::route(event, &self.routes) {
                 Routed::Rejected(why) if why.code == ErrorCode::UnknownPurpose => {
                     rejected.push((index, why));
                     continue;
                 }
                 Routed::Rejected(why) => {
-                    consent_log.push(consent_record(event, m));
+                    consent_log.push(record(event));
                     if event.action() != relay_events::Action::Grant {
                         let lenient = Routes {
                             requires_email: false,
@@ -171,7 +198,7 @@ impl<L: Ledger> Engine<L> {
                     rejected.push((index, why));
                 }
                 Routed::Elsewhere => {
-                    consent_log.push(consent_record(event, m));
+                    consent_log.push(record(event));
                     not_routed.push(Finish {
                         key: DeliveryKey {
                             event_id: event.event_id,
@@ -185,7 +212,7 @@ impl<L: Ledger> Engine<L> {
                     });
                 }
                 Routed::Items(routed) => {
-                    consent_log.push(consent_record(event, m));
+                    consent_log.push(record(event));
                     origin_of.insert(event.event_id, index);
                     items.extend(routed);
                 }
@@ -198,10 +225,40 @@ impl<L: Ledger> Engine<L> {
         };
 
         if !consent_log.is_empty() {
-            self.durable("log_events", shutdown, || {
-                self.ledger.log_events(&consent_log)
-            })
-            .await?;
+            let conflicts: BTreeSet<Uuid> = self
+                .durable("log_events", shutdown, || {
+                    self.ledger.log_events(&consent_log)
+                })
+                .await?
+                .into_iter()
+                .collect();
+            if !conflicts.is_empty() {
+                // The same event id with another payload: a producer bug or a forged id. The
+                // decision logged first stands; this one is rejected, whatever else it would have
+                // been.
+                let conflicting = |id: &Uuid| conflicts.contains(id);
+                rejected
+                    .retain(|(i, _)| !batch[*i].event().is_some_and(|e| conflicting(&e.event_id)));
+                items.retain(|i| !conflicting(&i.event.event_id));
+                unapplicable.retain(|(i, _)| !conflicting(&i.event.event_id));
+                not_routed.retain(|f| !conflicting(&f.key.event_id));
+                for id in &conflicts {
+                    let index = logged[id];
+                    let event = batch[index].event().expect("logged events decoded");
+                    warn!(sink = %sink, event_id = %id, "conflicting duplicate: this event id was logged with another payload; rejected");
+                    rejected.push((
+                        index,
+                        Rejected {
+                            code: ErrorCode::ConflictingDuplicate,
+                            message: "an event with this event_id and another payload was logged \
+                                      before; the first decision stands"
+                                .to_owned(),
+                            event_id: Some(*id),
+                            subject_id: Some(event.subject_id.clone()),
+                        },
+                    ));
+                }
+            }
         }
         for (index, why) in &rejected {
             self.dead_letter(&batch[*index], why, shutdown).await?;
@@ -525,6 +582,27 @@ fn key(sink: &str, item: &SinkItem) -> DeliveryKey {
     }
 }
 
+fn unix_ms(t: SystemTime) -> Option<i64> {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+}
+
+impl<L> Engine<L> {
+    fn consent_record(&self, event: &ConsentEvent, msg: &Message) -> ConsentRecord {
+        let late = relay_events::is_older_than_horizon(
+            event.occurred_at_ms,
+            now_ms(),
+            self.rules.late_after_ms,
+        );
+        ConsentRecord {
+            payload_digest: Some(event.digest()),
+            late,
+            ..consent_record(event, msg)
+        }
+    }
+}
+
 fn consent_record(event: &ConsentEvent, msg: &Message) -> ConsentRecord {
     ConsentRecord {
         event_id: event.event_id,
@@ -545,6 +623,8 @@ fn consent_record(event: &ConsentEvent, msg: &Message) -> ConsentRecord {
         topic: msg.origin.topic.clone(),
         partition: msg.origin.partition,
         offset: msg.origin.offset,
+        payload_digest: None,
+        late: false,
     }
 }
 

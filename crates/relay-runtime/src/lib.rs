@@ -36,7 +36,7 @@ use relay_ledger::Ledger;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{BatchConfig, KafkaConfig, LivenessConfig, RetryConfig};
+pub use config::{BatchConfig, EventRules, KafkaConfig, LivenessConfig, RetryConfig};
 pub use decode::{Decoder, Rejected};
 pub use message::{Message, Origin, ParkTicket};
 pub use publish::{producer, publish};
@@ -78,6 +78,7 @@ pub struct RelayConfig {
     /// and the demo); `None` runs until shutdown.
     pub exit_when_idle: Option<Duration>,
     pub liveness: LivenessConfig,
+    pub events: EventRules,
 }
 
 /// Runs two consumers per sink (its source topics, its retry topic) until `shutdown` fires (or all
@@ -122,6 +123,7 @@ pub async fn run<L: Ledger>(
             ledger.clone(),
             outbox.clone(),
             telemetry.clone(),
+            config.events.clone(),
         ));
         let source = consumer::SourceWorker {
             kafka: config.kafka.clone(),

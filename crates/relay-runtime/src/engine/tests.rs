@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Engine;
-use crate::config::RetryConfig;
+use crate::config::{EventRules, RetryConfig};
 use crate::message::{now_ms, Message, Origin, ParkTicket};
 use crate::outbox::MemoryOutbox;
 use crate::route::Routes;
@@ -106,6 +106,7 @@ fn setup(sink: Scripted, retry: RetryConfig) -> Setup {
         ledger.clone(),
         outbox.clone(),
         Telemetry::new(),
+        EventRules::default(),
     );
     Setup {
         engine,
@@ -223,6 +224,7 @@ async fn a_parked_item_is_superseded_by_a_newer_decision_and_never_sent_again() 
         s.ledger.clone(),
         s.outbox.clone(),
         Telemetry::new(),
+        EventRules::default(),
     );
     engine
         .process(&[message(1, &withdrawal)], &cancel)
@@ -417,6 +419,7 @@ async fn of_two_copies_of_one_parked_event_only_the_live_one_acts() {
         s.ledger.clone(),
         s.outbox.clone(),
         Telemetry::new(),
+        EventRules::default(),
     );
     engine.process(&[stale, live], &cancel).await.unwrap();
     assert_eq!(s.ledger.status(&key(&grant)), Some(Status::Applied));
@@ -499,6 +502,7 @@ fn engine_with(sink: Arc<dyn Sink>) -> (Engine<MemoryLedger>, Arc<MemoryLedger>)
         ledger.clone(),
         Arc::new(MemoryOutbox::default()),
         Telemetry::new(),
+        EventRules::default(),
     );
     (engine, ledger)
 }
@@ -588,6 +592,7 @@ async fn a_persons_item_waiting_on_a_stuck_batch_is_parked_not_waited_for() {
         ledger.clone(),
         outbox.clone(),
         Telemetry::new(),
+        EventRules::default(),
     );
     let cancel = CancellationToken::new();
     let stuck = [message(0, &event(EventKind::ConsentGranted, "p", 1_000))];
@@ -615,4 +620,109 @@ async fn a_persons_item_waiting_on_a_stuck_batch_is_parked_not_waited_for() {
     assert!(parked
         .iter()
         .any(|(m, _, t)| m.origin.offset == 1 && t.reason.starts_with("deferred")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_dated_in_the_future_is_rejected_and_never_outranks_a_withdrawal() {
+    let s = setup(
+        Scripted::new(|_, i| vec![Outcome::Applied; i.len()]),
+        retry(),
+    );
+    let cancel = CancellationToken::new();
+    // Year 10000, and a quarter of an hour ahead of the relay's clock.
+    let far = event(EventKind::ConsentGranted, "f", 253_402_300_800_000);
+    let ahead = event(EventKind::ConsentGranted, "g", now_ms() + 15 * 60_000);
+    s.engine
+        .process(&[message(0, &far), message(1, &ahead)], &cancel)
+        .await
+        .unwrap();
+    let dead = s.outbox.dead_letters.lock().unwrap().clone();
+    // (The decoder already refuses year 10000 as invalid_occurred_at; the engine's own check
+    // stops it all the same.)
+    let codes: Vec<_> = dead.iter().map(|(_, _, why)| why.code).collect();
+    assert_eq!(codes, [relay_events::ErrorCode::FutureOccurredAt; 2]);
+    assert!(s.sink.calls().is_empty(), "neither reached the destination");
+    assert_eq!(s.ledger.status(&key(&ahead)), None, "never claimed");
+    // A withdrawal of now still takes effect.
+    let withdrawal = event(EventKind::ConsentWithdrawn, "g", now_ms());
+    s.engine
+        .process(&[message(2, &withdrawal)], &cancel)
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.status(&key(&withdrawal)), Some(Status::Applied));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_same_event_id_with_another_payload_is_rejected_and_the_first_decision_stands() {
+    let s = setup(
+        Scripted::new(|_, i| vec![Outcome::Applied; i.len()]),
+        retry(),
+    );
+    let cancel = CancellationToken::new();
+    let first = event(EventKind::ConsentWithdrawn, "d", 1_000);
+    s.engine
+        .process(&[message(0, &first)], &cancel)
+        .await
+        .unwrap();
+    // A redelivery (same payload) is a plain duplicate.
+    s.engine
+        .process(&[message(0, &first)], &cancel)
+        .await
+        .unwrap();
+    assert!(s.outbox.dead_letters.lock().unwrap().is_empty());
+    // The same id, another payload (here a grant dated later): rejected, not applied.
+    let mut forged = (*first).clone();
+    forged.kind = EventKind::ConsentGranted;
+    forged.occurred_at_ms = 2_000;
+    let forged = Arc::new(forged);
+    s.engine
+        .process(&[message(1, &forged)], &cancel)
+        .await
+        .unwrap();
+    let dead = s.outbox.dead_letters.lock().unwrap().clone();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].2.code,
+        relay_events::ErrorCode::ConflictingDuplicate
+    );
+    assert_eq!(dead[0].0.origin.offset, 1);
+    assert_eq!(s.sink.calls().len(), 1, "only the first was sent");
+    assert_eq!(s.ledger.status(&key(&first)), Some(Status::Applied));
+    let report = relay_ledger::Ledger::subject_report(s.ledger.as_ref(), "d")
+        .await
+        .unwrap();
+    assert_eq!(report.consent_log.len(), 1);
+    assert_eq!(report.consent_log[0].kind, "ConsentWithdrawn");
+    assert_eq!(report.rejections.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_old_event_is_applied_and_marked_late() {
+    let s = setup(
+        Scripted::new(|_, i| vec![Outcome::Applied; i.len()]),
+        retry(),
+    );
+    let old = event(EventKind::ConsentGranted, "o", 1_000);
+    let recent = event(EventKind::ConsentGranted, "r", now_ms() - 1_000);
+    s.engine
+        .process(
+            &[message(0, &old), message(1, &recent)],
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.status(&key(&old)), Some(Status::Applied));
+    let late = |subject: &str| {
+        let ledger = s.ledger.clone();
+        let subject = subject.to_owned();
+        async move {
+            relay_ledger::Ledger::subject_report(ledger.as_ref(), &subject)
+                .await
+                .unwrap()
+                .consent_log[0]
+                .late
+        }
+    };
+    assert!(late("o").await);
+    assert!(!late("r").await);
 }
