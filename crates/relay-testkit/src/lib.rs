@@ -7,6 +7,7 @@
 
 pub mod audiences;
 pub mod broker;
+pub mod downstreams;
 pub mod hubspot;
 pub mod newsletter;
 pub mod partner;
