@@ -102,10 +102,17 @@ impl ConsumerContext for RelayContext {
 
 pub(crate) type RelayConsumer = StreamConsumer<RelayContext>;
 
-/// Holds a consumer and, when dropped, closes it on a blocking thread. Closing leaves the group
-/// and may wait for the broker (seconds while a rebalance is under way); done inline, a worker
-/// that stops or is aborted would block an async worker thread meanwhile.
+/// Holds a consumer and, when dropped, closes it on a thread of its own. Closing leaves the group
+/// and waits for the broker (seconds while a rebalance is under way, and without end when the
+/// coordinator does not answer, as tansu's can after a member vanished mid-join). Done inline it
+/// would block an async worker; done with `spawn_blocking` it would block the runtime's shutdown,
+/// which waits for blocking tasks without a bound. [`closes_finished`] gives shutdown a bounded
+/// wait instead: a close that has not finished by then is abandoned to the process exit, and the
+/// group notices the member's absence by its session timeout (or static membership).
 pub(crate) struct Closing(Option<Arc<RelayConsumer>>);
+
+/// Consumers being closed right now, for [`closes_finished`].
+static CLOSES_IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Closing {
     pub fn new(consumer: RelayConsumer) -> Closing {
@@ -122,11 +129,43 @@ impl std::ops::Deref for Closing {
 
 impl Drop for Closing {
     fn drop(&mut self) {
-        if let (Some(consumer), Ok(runtime)) =
-            (self.0.take(), tokio::runtime::Handle::try_current())
-        {
-            runtime.spawn_blocking(move || drop(consumer));
+        let Some(consumer) = self.0.take() else {
+            return;
+        };
+        use std::sync::atomic::Ordering::SeqCst;
+        CLOSES_IN_FLIGHT.fetch_add(1, SeqCst);
+        let spawned = std::thread::Builder::new()
+            .name("kafka-close".to_owned())
+            .spawn(move || {
+                drop(consumer);
+                CLOSES_IN_FLIGHT.fetch_sub(1, SeqCst);
+            });
+        if let Err(e) = spawned {
+            // The consumer went down with the closure: closed inline, on this thread.
+            CLOSES_IN_FLIGHT.fetch_sub(1, SeqCst);
+            tracing::warn!(error = %e, "no thread for closing a consumer; closed inline");
         }
+    }
+}
+
+/// Waits until every consumer dropped so far has closed (left its group), or `limit` passed.
+/// Returns whether all did.
+pub(crate) async fn closes_finished(limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let open = CLOSES_IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst);
+        if open == 0 {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                consumers = open,
+                waited_ms = limit.as_millis() as u64,
+                "consumers still closing; leaving them to the group's session timeout"
+            );
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

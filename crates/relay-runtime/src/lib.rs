@@ -81,6 +81,9 @@ pub struct RelayConfig {
     pub events: EventRules,
 }
 
+/// How long shutdown waits for the consumers to leave their groups (see [`consumer::Closing`]).
+const CLOSE_LIMIT: Duration = Duration::from_secs(10);
+
 /// Runs two consumers per sink (its source topics, its retry topic) until `shutdown` fires (or all
 /// went idle, see [`RelayConfig::exit_when_idle`]). A failing sink task stops the others: better a
 /// visible crash and a restart than a sink silently not consuming.
@@ -166,5 +169,6 @@ pub async fn run<L: Ledger>(
             first_error.get_or_insert(e);
         }
     }
+    consumer::closes_finished(CLOSE_LIMIT).await;
     first_error.map_or(Ok(()), Err)
 }
