@@ -10,6 +10,7 @@ use crate::audiences::{self, FakePlatform};
 use crate::hubspot::FakeHubSpot;
 use crate::newsletter::{FakeBrevo, FakeMailchimp};
 use crate::partner::FakePartner;
+use crate::recorded::Recording;
 
 /// The fakes' credentials. Fakes only: nothing here is a real secret.
 pub const TOKEN: &str = "demo-token";
@@ -65,6 +66,21 @@ impl Downstreams {
     /// Starts every fake on a free port of 127.0.0.1.
     pub async fn start_anywhere() -> std::io::Result<Downstreams> {
         Downstreams::start(|_| SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Each fake's request log, by the name of the relay destination the demo configuration
+    /// points at it (`deploy/demo.toml`).
+    pub fn recordings(&self) -> Vec<(&'static str, &dyn Recording)> {
+        vec![
+            ("hubspot", &self.hubspot),
+            ("audiences.meta", &self.meta),
+            ("audiences.google", &self.google),
+            ("audiences.linkedin", &self.linkedin),
+            ("audiences.x", &self.x),
+            ("newsletter.main", &self.brevo),
+            ("newsletter.product", &self.mailchimp),
+            ("partner.in_gmbh", &self.partner),
+        ]
     }
 
     /// What each fake now holds.

@@ -1103,3 +1103,16 @@ mod tests {
         assert_eq!(s.status_changes["a@b.de"], 5);
     }
 }
+
+impl crate::recorded::Recording for FakeHubSpot {
+    fn request_count(&self) -> usize {
+        lock(&self.shared).requests.len()
+    }
+    fn find_request(
+        &self,
+        from: usize,
+        pred: &dyn Fn(&RecordedRequest) -> bool,
+    ) -> Option<std::time::Instant> {
+        crate::recorded::find_from(&lock(&self.shared).requests, from, pred)
+    }
+}

@@ -995,3 +995,29 @@ mod tests {
         assert!(!is_authorized(&HeaderMap::new(), "key-us1"));
     }
 }
+
+impl crate::recorded::Recording for FakeBrevo {
+    fn request_count(&self) -> usize {
+        lock(&self.shared).requests.len()
+    }
+    fn find_request(
+        &self,
+        from: usize,
+        pred: &dyn Fn(&RecordedRequest) -> bool,
+    ) -> Option<std::time::Instant> {
+        crate::recorded::find_from(&lock(&self.shared).requests, from, pred)
+    }
+}
+
+impl crate::recorded::Recording for FakeMailchimp {
+    fn request_count(&self) -> usize {
+        lock(&self.shared).requests.len()
+    }
+    fn find_request(
+        &self,
+        from: usize,
+        pred: &dyn Fn(&RecordedRequest) -> bool,
+    ) -> Option<std::time::Instant> {
+        crate::recorded::find_from(&lock(&self.shared).requests, from, pred)
+    }
+}

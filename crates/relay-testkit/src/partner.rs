@@ -319,3 +319,16 @@ mod tests {
         );
     }
 }
+
+impl crate::recorded::Recording for FakePartner {
+    fn request_count(&self) -> usize {
+        lock(&self.shared).requests.len()
+    }
+    fn find_request(
+        &self,
+        from: usize,
+        pred: &dyn Fn(&RecordedRequest) -> bool,
+    ) -> Option<std::time::Instant> {
+        crate::recorded::find_from(&lock(&self.shared).requests, from, pred)
+    }
+}

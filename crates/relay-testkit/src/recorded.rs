@@ -50,6 +50,24 @@ impl RecordedRequest {
     }
 }
 
+/// What every fake's request log answers without copying it: for callers that poll a log that
+/// may hold thousands of large bodies (benches).
+pub trait Recording {
+    /// Requests received so far.
+    fn request_count(&self) -> usize;
+    /// When the first request from index `from` on that satisfies `pred` arrived.
+    fn find_request(&self, from: usize, pred: &dyn Fn(&RecordedRequest) -> bool)
+        -> Option<Instant>;
+}
+
+pub(crate) fn find_from(
+    requests: &[RecordedRequest],
+    from: usize,
+    pred: &dyn Fn(&RecordedRequest) -> bool,
+) -> Option<Instant> {
+    requests.get(from..)?.iter().find(|r| pred(r)).map(|r| r.at)
+}
+
 /// An answer a fake gives instead of handling the next request. It changes no state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScriptedResponse {

@@ -298,3 +298,16 @@ mod tests {
         assert!(!is_sha256_hex("max@example.de"));
     }
 }
+
+impl crate::recorded::Recording for FakePlatform {
+    fn request_count(&self) -> usize {
+        lock(&self.shared).requests.len()
+    }
+    fn find_request(
+        &self,
+        from: usize,
+        pred: &dyn Fn(&RecordedRequest) -> bool,
+    ) -> Option<std::time::Instant> {
+        crate::recorded::find_from(&lock(&self.shared).requests, from, pred)
+    }
+}
