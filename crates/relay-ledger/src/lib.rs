@@ -12,6 +12,7 @@ mod model;
 mod ops;
 pub mod postgres;
 mod rule;
+mod sets;
 mod sql;
 pub mod sqlite;
 mod suppression;

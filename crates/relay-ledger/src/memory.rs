@@ -78,67 +78,44 @@ impl Ledger for MemoryLedger {
     async fn claim(&self, claims: &[Claim]) -> Result<Vec<Decision>, LedgerError> {
         let now = now_ms();
         let mut t = self.tables();
-        let mut decisions = Vec::with_capacity(claims.len());
+        let mut known = rule::Known::default();
         for claim in claims {
-            let delivery = t.deliveries.get(&claim.key).map(|d| DeliveryState {
-                status: d.status,
-                attempts: d.attempts,
-                parks: d.parks,
+            if let Some(d) = t.deliveries.get(&claim.key) {
+                let state = DeliveryState {
+                    status: d.status,
+                    attempts: d.attempts,
+                    parks: d.parks,
+                };
+                known.deliveries.insert(claim.key.clone(), state);
+            }
+            if !known.states.contains_key(&claim.subject_id) {
+                let states = t
+                    .states
+                    .iter()
+                    .filter(|((subject, _, _), _)| *subject == claim.subject_id)
+                    .map(|(_, s)| s.clone())
+                    .collect();
+                known.states.insert(claim.subject_id.clone(), states);
+            }
+        }
+        let (decisions, writes) = rule::decide_all(claims, known);
+        for (subject, state) in writes.states {
+            let key = (subject, state.sink.clone(), state.target.clone());
+            t.states.insert(key, state);
+        }
+        for (key, subject_id, status, attempts) in writes.claimed {
+            let row = t.deliveries.entry(key).or_insert_with(|| Delivery {
+                subject_id,
+                status,
+                attempts,
+                parks: 0,
+                error_class: None,
+                error: None,
+                updated_at_ms: now,
             });
-            let target = claim.key.target.as_str();
-            let states: Vec<SubjectState> = t
-                .states
-                .iter()
-                .filter(|((subject, sink, t), _)| {
-                    *subject == claim.subject_id
-                        && *sink == claim.key.sink
-                        && (target == "*" || t == target || t == "*")
-                })
-                .map(|(_, s)| s.clone())
-                .collect();
-            let decision = rule::decide(claim, delivery, &states);
-            let (status, attempts) = match &decision {
-                Decision::Duplicate { .. } => {
-                    decisions.push(decision);
-                    continue;
-                }
-                Decision::Superseded { .. } => {
-                    (Status::Superseded, delivery.map_or(0, |d| d.attempts))
-                }
-                Decision::Proceed { attempt } | Decision::ProceedExcept { attempt, .. } => {
-                    t.states.insert(
-                        (
-                            claim.subject_id.clone(),
-                            claim.key.sink.clone(),
-                            claim.key.target.clone(),
-                        ),
-                        SubjectState {
-                            sink: claim.key.sink.clone(),
-                            target: claim.key.target.clone(),
-                            action: claim.action,
-                            occurred_at_ms: claim.occurred_at_ms,
-                            event_id: claim.key.event_id,
-                        },
-                    );
-                    (Status::InFlight, *attempt)
-                }
-            };
-            let row = t
-                .deliveries
-                .entry(claim.key.clone())
-                .or_insert_with(|| Delivery {
-                    subject_id: claim.subject_id.clone(),
-                    status,
-                    attempts,
-                    parks: 0,
-                    error_class: None,
-                    error: None,
-                    updated_at_ms: now,
-                });
             row.status = status;
             row.attempts = attempts;
             row.updated_at_ms = now;
-            decisions.push(decision);
         }
         Ok(decisions)
     }

@@ -74,13 +74,12 @@ impl PostgresLedger {
         keys.sort_unstable();
         keys.dedup();
         let mut tx = self.pool.begin().await?;
-        for key in keys {
-            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-                .bind(LOCK_NAMESPACE)
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
-        }
+        // One statement; unnest yields the keys in array order, so they are taken ascending.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) AS k")
+            .bind(LOCK_NAMESPACE)
+            .bind(keys)
+            .execute(&mut *tx)
+            .await?;
         Ok(tx)
     }
 }
@@ -136,18 +135,13 @@ async fn migrate(conn: &mut PgConnection, list: &[Migration]) -> Result<(), Ledg
     Ok(())
 }
 
-crate::ops::backend_ops!(PgConnection);
+crate::ops::backend_ops!(PgConnection, crate::sets::POSTGRES);
 
 impl Ledger for PostgresLedger {
     async fn log_events(&self, records: &[ConsentRecord]) -> Result<Vec<Uuid>, LedgerError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let mut conflicts = Vec::new();
-        for r in records {
-            if insert_consent(&mut tx, r, now).await? {
-                conflicts.push(r.event_id);
-            }
-        }
+        let conflicts = log_all(&mut tx, records, now).await?;
         tx.commit().await?;
         Ok(conflicts)
     }
@@ -157,10 +151,7 @@ impl Ledger for PostgresLedger {
         let mut tx = self
             .locked_tx(claims.iter().map(|c| c.subject_id.as_str()))
             .await?;
-        let mut decisions = Vec::with_capacity(claims.len());
-        for claim in claims {
-            decisions.push(claim_one(&mut tx, claim, now).await?);
-        }
+        let decisions = claim_all(&mut tx, claims, now).await?;
         tx.commit().await?;
         Ok(decisions)
     }
@@ -172,9 +163,7 @@ impl Ledger for PostgresLedger {
         let mut tx = self
             .locked_tx(rows.iter().map(|f| f.subject_id.as_str()))
             .await?;
-        for f in rows {
-            upsert_finished(&mut tx, f, now).await?;
-        }
+        finish_all(&mut tx, rows, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -185,9 +174,7 @@ impl Ledger for PostgresLedger {
         let mut tx = self
             .locked_tx(rows.iter().map(|p| p.subject_id.as_str()))
             .await?;
-        for p in rows {
-            upsert_parked(&mut tx, p, now).await?;
-        }
+        park_all(&mut tx, rows, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -195,9 +182,7 @@ impl Ledger for PostgresLedger {
     async fn record_rejections(&self, rejections: &[Rejection]) -> Result<(), LedgerError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        for r in rejections {
-            insert_rejection(&mut tx, r, now).await?;
-        }
+        reject_all(&mut tx, rejections, now).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -1,9 +1,11 @@
 //! The version rule (DESIGN.md §3.1) and idempotency check (§3.2) as a pure function, so both
 //! backends decide identically and the rule can be tested without a database.
 
+use std::collections::HashMap;
+
 use relay_events::Action;
 
-use crate::{Claim, Decision, Status, SubjectState};
+use crate::{Claim, Decision, DeliveryKey, Status, SubjectState};
 
 /// The order of decisions: newer `occurred_at` wins; on a tie the higher action rank
 /// (withdraw/erase over grant) wins.
@@ -70,6 +72,107 @@ pub(crate) fn decide(
     } else {
         Decision::ProceedExcept { attempt, keep }
     }
+}
+
+/// What a batch of claims read before deciding: the delivery rows of its keys and the subject
+/// states of its subjects (all targets, at the claims' sinks).
+#[derive(Debug, Default)]
+pub(crate) struct Known {
+    pub deliveries: HashMap<DeliveryKey, DeliveryState>,
+    pub states: HashMap<String, Vec<SubjectState>>,
+}
+
+/// A claim's row of `deliveries` after the batch: key, subject, status, attempts.
+pub(crate) type ClaimedRow = (DeliveryKey, String, Status, u32);
+
+/// What a batch of claims writes: each row once, with the value its last claim left, which is
+/// what claiming them one after the other would have left in the tables.
+#[derive(Debug, Default)]
+pub(crate) struct Writes {
+    /// (subject_id, state)
+    pub states: Vec<(String, SubjectState)>,
+    pub claimed: Vec<ClaimedRow>,
+}
+
+/// Decides `claims` in order, each seeing what the ones before it decided (a batch may hold two
+/// events of one subject, or the same event twice), exactly as if each were claimed in its own
+/// statement after the previous one was written.
+pub(crate) fn decide_all(claims: &[Claim], mut known: Known) -> (Vec<Decision>, Writes) {
+    let mut decisions = Vec::with_capacity(claims.len());
+    let mut writes = Writes::default();
+    let mut state_row: HashMap<(String, String, String), usize> = HashMap::new();
+    let mut claimed_row: HashMap<DeliveryKey, usize> = HashMap::new();
+    for claim in claims {
+        let delivery = known.deliveries.get(&claim.key).copied();
+        let states = known
+            .states
+            .get(&claim.subject_id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let decision = decide(claim, delivery, states);
+        let (status, attempts) = match &decision {
+            Decision::Duplicate { .. } => {
+                decisions.push(decision);
+                continue;
+            }
+            Decision::Superseded { .. } => (Status::Superseded, delivery.map_or(0, |d| d.attempts)),
+            Decision::Proceed { attempt } | Decision::ProceedExcept { attempt, .. } => {
+                let state = SubjectState {
+                    sink: claim.key.sink.clone(),
+                    target: claim.key.target.clone(),
+                    action: claim.action,
+                    occurred_at_ms: claim.occurred_at_ms,
+                    event_id: claim.key.event_id,
+                };
+                let subject_states = known.states.entry(claim.subject_id.clone()).or_default();
+                match subject_states
+                    .iter_mut()
+                    .find(|s| s.sink == state.sink && s.target == state.target)
+                {
+                    Some(s) => *s = state.clone(),
+                    None => subject_states.push(state.clone()),
+                }
+                let row_key = (
+                    claim.subject_id.clone(),
+                    claim.key.sink.clone(),
+                    claim.key.target.clone(),
+                );
+                let row = (claim.subject_id.clone(), state);
+                match state_row.get(&row_key) {
+                    Some(&i) => writes.states[i] = row,
+                    None => {
+                        state_row.insert(row_key, writes.states.len());
+                        writes.states.push(row);
+                    }
+                }
+                (Status::InFlight, *attempt)
+            }
+        };
+        let parks = delivery.map_or(0, |d| d.parks);
+        known.deliveries.insert(
+            claim.key.clone(),
+            DeliveryState {
+                status,
+                attempts,
+                parks,
+            },
+        );
+        let row = (
+            claim.key.clone(),
+            claim.subject_id.clone(),
+            status,
+            attempts,
+        );
+        match claimed_row.get(&claim.key) {
+            Some(&i) => writes.claimed[i] = row,
+            None => {
+                claimed_row.insert(claim.key.clone(), writes.claimed.len());
+                writes.claimed.push(row);
+            }
+        }
+        decisions.push(decision);
+    }
+    (decisions, writes)
 }
 
 #[cfg(test)]

@@ -130,18 +130,13 @@ fn is_busy(e: &sqlx::Error) -> bool {
         .is_some_and(|c| c & 0xff == SQLITE_BUSY)
 }
 
-crate::ops::backend_ops!(SqliteConnection);
+crate::ops::backend_ops!(SqliteConnection, crate::sets::SQLITE);
 
 impl Ledger for SqliteLedger {
     async fn log_events(&self, records: &[ConsentRecord]) -> Result<Vec<Uuid>, LedgerError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let mut conflicts = Vec::new();
-        for r in records {
-            if insert_consent(&mut tx, r, now).await? {
-                conflicts.push(r.event_id);
-            }
-        }
+        let conflicts = log_all(&mut tx, records, now).await?;
         tx.commit().await?;
         Ok(conflicts)
     }
@@ -149,10 +144,7 @@ impl Ledger for SqliteLedger {
     async fn claim(&self, claims: &[Claim]) -> Result<Vec<Decision>, LedgerError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let mut decisions = Vec::with_capacity(claims.len());
-        for claim in claims {
-            decisions.push(claim_one(&mut tx, claim, now).await?);
-        }
+        let decisions = claim_all(&mut tx, claims, now).await?;
         tx.commit().await?;
         Ok(decisions)
     }
@@ -160,9 +152,7 @@ impl Ledger for SqliteLedger {
     async fn finish(&self, rows: &[Finish]) -> Result<(), LedgerError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        for f in rows {
-            upsert_finished(&mut tx, f, now).await?;
-        }
+        finish_all(&mut tx, rows, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -170,9 +160,7 @@ impl Ledger for SqliteLedger {
     async fn park(&self, rows: &[Park]) -> Result<(), LedgerError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        for p in rows {
-            upsert_parked(&mut tx, p, now).await?;
-        }
+        park_all(&mut tx, rows, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -180,9 +168,7 @@ impl Ledger for SqliteLedger {
     async fn record_rejections(&self, rejections: &[Rejection]) -> Result<(), LedgerError> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        for r in rejections {
-            insert_rejection(&mut tx, r, now).await?;
-        }
+        reject_all(&mut tx, rejections, now).await?;
         tx.commit().await?;
         Ok(())
     }

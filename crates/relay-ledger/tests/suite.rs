@@ -55,6 +55,9 @@ suite!(
     an_applied_delivery_is_never_relabelled_superseded,
     only_the_copy_a_delivery_is_parked_under_may_act,
     a_logged_event_with_another_digest_is_reported_as_a_conflict,
+    conflicting_decisions_in_one_batch_decide_as_one_after_another,
+    the_same_row_twice_in_one_write_applies_in_order,
+    copies_of_an_event_in_one_log_write_are_compared_with_the_first,
 );
 
 const HUBSPOT: &str = "hubspot";
@@ -856,4 +859,207 @@ async fn a_logged_event_with_another_digest_is_reported_as_a_conflict(url: &str)
     assert_eq!(r.consent_log.len(), 1, "the first entry stands");
     assert_eq!(r.consent_log[0].payload_digest.as_deref(), Some("aaaa"));
     assert!(r.consent_log[0].late);
+}
+
+/// The ledger decides a batch in one statement per table; the outcome must be what claiming the
+/// same claims one at a time gives.
+async fn conflicting_decisions_in_one_batch_decide_as_one_after_another(url: &str) {
+    let batch = open(url).await.unwrap();
+    // Earlier state: s2 withdrew at 50.
+    let w50 = fresh("s2", NEWSLETTER, Action::Withdraw, 50);
+    assert_eq!(decide_one(&batch, &w50).await, proceed(1));
+
+    let g100 = fresh("s1", NEWSLETTER, Action::Grant, 100);
+    let w200 = fresh("s1", NEWSLETTER, Action::Withdraw, 200);
+    let g40 = fresh("s2", NEWSLETTER, Action::Grant, 40);
+    let g60 = fresh("s2", NEWSLETTER, Action::Grant, 60);
+    let product = fresh("s3", "product", Action::Grant, 300);
+    let all = fresh("s3", "*", Action::Withdraw, 250);
+    let news = fresh("s3", NEWSLETTER, Action::Grant, 100);
+    let other_sink = claim(
+        g100.key.event_id,
+        "meta",
+        NEWSLETTER,
+        "s1",
+        Action::Grant,
+        100,
+    );
+    let claims = [
+        g100.clone(),
+        g40.clone(),
+        w200.clone(),
+        product.clone(),
+        g100.clone(),
+        news.clone(),
+        g60.clone(),
+        all.clone(),
+        other_sink.clone(),
+        g60.clone(),
+    ];
+    let want = [
+        proceed(1),
+        superseded_by(&w50),
+        proceed(1),
+        proceed(1),
+        superseded_by(&w200),
+        proceed(1),
+        proceed(1),
+        Decision::ProceedExcept {
+            attempt: 1,
+            keep: vec!["product".into()],
+        },
+        proceed(1),
+        proceed(2),
+    ];
+    assert_eq!(decide(&batch, &claims).await, want);
+
+    // The same claims one at a time, on a ledger of their own, leave the same tables.
+    let dir = tempfile::tempdir().unwrap();
+    let single = open(&format!(
+        "sqlite://{}",
+        dir.path().join("single.db").display()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(decide_one(&single, &w50).await, proceed(1));
+    let mut one_by_one = Vec::new();
+    for c in &claims {
+        one_by_one.push(decide_one(&single, c).await);
+    }
+    assert_eq!(one_by_one, want);
+    for subject in ["s1", "s2", "s3"] {
+        let (b, s) = (
+            report(&batch, subject).await,
+            report(&single, subject).await,
+        );
+        let rows = |r: &SubjectReport| {
+            let mut d: Vec<_> = r
+                .deliveries
+                .iter()
+                .map(|d| (d.key.clone(), d.status, d.attempts))
+                .collect();
+            d.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut st = r.state.clone();
+            st.sort_by(|a, b| (&a.sink, &a.target).cmp(&(&b.sink, &b.target)));
+            (d, st)
+        };
+        assert_eq!(rows(&b), rows(&s), "{subject}");
+    }
+    let s1 = report(&batch, "s1").await;
+    assert_eq!(
+        (
+            delivery(&s1, &g100.key).status,
+            delivery(&s1, &g100.key).attempts
+        ),
+        (Status::Superseded, 1)
+    );
+    assert_eq!(
+        delivery(&report(&batch, "s2").await, &g60.key).attempts,
+        2,
+        "the second copy is a redelivery of the first"
+    );
+}
+
+async fn the_same_row_twice_in_one_write_applies_in_order(url: &str) {
+    let l = open(url).await.unwrap();
+    let a = fresh("s1", NEWSLETTER, Action::Grant, 100);
+    let b = fresh("s1", "product", Action::Grant, 100);
+    let c = fresh("s1", "ads", Action::Withdraw, 100);
+    decide(&l, &[a.clone(), b.clone(), c.clone()]).await;
+    // Applied, then superseded in the same write: the applied delivery is not relabelled. The
+    // other way round, the second write wins as it would one statement at a time.
+    l.finish(&[
+        finish(&a, Status::Applied),
+        finish(&b, Status::Superseded),
+        finish(&a, Status::Superseded),
+        finish(&b, Status::Applied),
+    ])
+    .await
+    .unwrap();
+    let r = report(&l, "s1").await;
+    assert_eq!(delivery(&r, &a.key).status, Status::Applied);
+    assert_eq!(delivery(&r, &b.key).status, Status::Applied);
+
+    // Two parks of one delivery in one write keep the newer generation; a park after a finish
+    // in the same write leaves the final status.
+    let park = |k: &Claim, parks: u32| Park {
+        key: k.key.clone(),
+        subject_id: "s1".into(),
+        parks,
+        error: format!("HTTP 503 (generation {parks})"),
+    };
+    l.park(&[park(&c, 3), park(&c, 2)]).await.unwrap();
+    let d = delivery(&report(&l, "s1").await, &c.key).clone();
+    assert_eq!(d.status, Status::Parked);
+    assert_eq!(d.error.as_deref(), Some("HTTP 503 (generation 2)"));
+    assert_eq!(
+        decide_one(
+            &l,
+            &Claim {
+                ticket: Some(2),
+                ..c.clone()
+            }
+        )
+        .await,
+        Decision::Duplicate {
+            status: Status::Parked
+        },
+        "generation 3 is the newest"
+    );
+    l.finish(&[finish(&a, Status::Applied)]).await.unwrap();
+    l.park(&[park(&a, 1), park(&a, 2)]).await.unwrap();
+    assert_eq!(
+        delivery(&report(&l, "s1").await, &a.key).status,
+        Status::Applied
+    );
+
+    // The same rejected position twice in one write is recorded once, as first seen.
+    let first = rejection(HUBSPOT, 9, Some("s1"), "invalid_email");
+    let again = rejection(HUBSPOT, 9, Some("s1"), "unknown_schema");
+    l.record_rejections(&[first.clone(), again]).await.unwrap();
+    let r = report(&l, "s1").await;
+    assert_eq!(
+        r.rejections
+            .iter()
+            .map(|x| format!("{x:?}"))
+            .collect::<Vec<_>>(),
+        [format!("{first:?}")]
+    );
+}
+
+async fn copies_of_an_event_in_one_log_write_are_compared_with_the_first(url: &str) {
+    let l = open(url).await.unwrap();
+    let with = |id: Uuid, digest: &str, offset: i64| ConsentRecord {
+        event_id: id,
+        payload_digest: Some(digest.to_owned()),
+        ..record("s1", "ConsentGranted", &[NEWSLETTER], 100, offset)
+    };
+    let old = with(Uuid::new_v4(), "aaaa", 1);
+    l.log_events(std::slice::from_ref(&old)).await.unwrap();
+    let new = Uuid::new_v4();
+    let conflicts = l
+        .log_events(&[
+            with(new, "cccc", 2),
+            with(old.event_id, "aaaa", 3),
+            with(new, "cccc", 4),
+            with(new, "dddd", 5),
+            with(old.event_id, "bbbb", 6),
+            with(new, "eeee", 7),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        conflicts,
+        [new, old.event_id, new],
+        "in order, each copy against the entry logged first"
+    );
+    let r = report(&l, "s1").await;
+    let logged: Vec<(Uuid, Option<&str>, i64)> = r
+        .consent_log
+        .iter()
+        .map(|e| (e.event_id, e.payload_digest.as_deref(), e.offset))
+        .collect();
+    assert_eq!(logged.len(), 2);
+    assert!(logged.contains(&(old.event_id, Some("aaaa"), 1)));
+    assert!(logged.contains(&(new, Some("cccc"), 2)));
 }
