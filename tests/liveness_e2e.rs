@@ -316,3 +316,88 @@ async fn a_large_invalid_message_is_dead_lettered_whole_when_the_topic_takes_it(
     assert_eq!(letters[0].header("consent-relay-payload-omitted"), None);
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_behind_a_backlog_goes_ahead_and_the_backlog_still_drains_in_order() {
+    // One partition and a slow HubSpot, so that draining the backlog takes seconds.
+    let h = Harness::with_partitions(1).await;
+    h.fake.set_response_delay(Duration::from_millis(100));
+    let first = grant("wanda", T0, "newsletter");
+    let backlog: Vec<_> = (0..20_000)
+        .map(|i| grant(&format!("queued-{i}"), T0, "newsletter"))
+        .collect();
+    let unsubscribe = unsubscribe_all("wanda", T0 + 1);
+    // Nora's newer grant comes before her older withdrawal: that pair is left in order, and the
+    // grant stands.
+    let newer_grant = grant("nora", T0 + 10, "newsletter");
+    let older_withdrawal = withdraw("nora", T0 + 5, "newsletter");
+    let last = grant("zeno", T0, "newsletter");
+    h.publish(std::slice::from_ref(&first)).await;
+    h.publish(&backlog).await;
+    h.publish(&[
+        newer_grant.clone(),
+        unsubscribe.clone(),
+        older_withdrawal.clone(),
+        last.clone(),
+    ])
+    .await;
+    let total = 20_005;
+
+    let relay = h.start();
+    eventually("wanda's unsubscribe reaches HubSpot", PATIENCE, || async {
+        h.fake
+            .unsubscribed_from_all(&email_of("wanda"))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        h.fake
+            .subscription_status(&email_of("zeno"), NEWSLETTER)
+            .is_none(),
+        "the unsubscribe went ahead of the backlog, not after it"
+    );
+    assert!(
+        h.committed("hubspot").await < total,
+        "the commit frontier did not move with the lookahead"
+    );
+
+    eventually("the backlog drains", Duration::from_secs(120), || async {
+        (h.committed("hubspot").await == total).then_some(())
+    })
+    .await;
+    h.reaches(
+        "wanda",
+        unsubscribe.event_id,
+        "hubspot",
+        Status::Applied,
+        PATIENCE,
+    )
+    .await;
+    assert!(h.fake.unsubscribed_from_all(&email_of("wanda")));
+    h.reaches(
+        "nora",
+        older_withdrawal.event_id,
+        "hubspot",
+        Status::Superseded,
+        PATIENCE,
+    )
+    .await;
+    assert_eq!(
+        h.fake
+            .subscription_status(&email_of("nora"), NEWSLETTER)
+            .as_deref(),
+        Some("SUBSCRIBED")
+    );
+    assert_eq!(
+        h.fake.status_changes(&email_of("nora")),
+        1,
+        "nora was never unsubscribed on the way"
+    );
+    assert_eq!(
+        h.fake
+            .subscription_status(&email_of("zeno"), NEWSLETTER)
+            .as_deref(),
+        Some("SUBSCRIBED")
+    );
+    relay.stop().await;
+}

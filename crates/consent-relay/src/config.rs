@@ -320,9 +320,19 @@ fn runtime_settings(
         Some(toml::Value::Boolean(b)) => b,
         Some(_) => return Err(format!("sinks.{name}.enabled: expected true or false")),
     };
+    let max_events = crate::sinks::default_max_events(name);
     let batch = match section.remove("batch") {
-        None => BatchConfig::default(),
-        Some(v) => BatchConfig::deserialize(v).map_err(|e| format!("sinks.{name}.batch: {e}"))?,
+        None => BatchConfig {
+            max_events,
+            ..BatchConfig::default()
+        },
+        Some(mut v) => {
+            if let toml::Value::Table(t) = &mut v {
+                t.entry("max_events")
+                    .or_insert(toml::Value::Integer(max_events as i64));
+            }
+            BatchConfig::deserialize(v).map_err(|e| format!("sinks.{name}.batch: {e}"))?
+        }
     };
     let retry = match section.remove("retry") {
         None => RetryConfig::default(),

@@ -15,6 +15,18 @@ use relay_sink_partner::{PartnerSink, PartnerSinkConfig};
 /// The sinks this binary can run, by their `[sinks.NAME]` name.
 pub const KNOWN: &[&str] = &["hubspot", "audiences", "newsletter", "partner"];
 
+/// A sink's `batch.max_events` unless configured: enough events that, under a backlog, its calls
+/// carry as many items as its vendors take in one request (Meta and Google 10 000 identifiers,
+/// HubSpot 100 inputs per batch call, an event being one to a few items), while a withdrawal on
+/// an idle relay still leaves alone and at once (batches only fill with messages already fetched).
+pub fn default_max_events(name: &str) -> usize {
+    match name {
+        "audiences" => 10_000,
+        "hubspot" | "newsletter" => 1_000,
+        _ => 100,
+    }
+}
+
 /// One destination of a sink, ready to run: the runtime sink and the purposes routed to it.
 pub struct Built {
     pub sink: Arc<dyn Sink>,

@@ -120,6 +120,14 @@ pub struct BatchConfig {
     /// a time.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Whether withdrawals may be applied ahead of a backlog of their partition (read ahead by
+    /// a client of their own, offsets still committed strictly in order; `lookahead.rs`).
+    #[serde(default = "default_lookahead")]
+    pub lookahead: bool,
+}
+
+fn default_lookahead() -> bool {
+    true
 }
 
 fn default_max_in_flight() -> usize {
@@ -140,6 +148,7 @@ impl Default for BatchConfig {
             linger_ms: default_linger_ms(),
             withdrawal_linger_ms: 0,
             max_in_flight: default_max_in_flight(),
+            lookahead: default_lookahead(),
         }
     }
 }

@@ -53,7 +53,16 @@ pub(crate) struct RelayContext {
     /// Whether this consumer's assignment is what readiness reports (the source consumer's is;
     /// a parked consumer often has no partition of a small retry topic, and that is fine).
     pub reports_assignment: bool,
+    /// Where the partitions' log ends are kept from librdkafka's statistics, for the lookahead
+    /// (source consumers only): the high watermarks of the fetch responses, no extra requests.
+    pub log_ends: Option<Arc<LogEnds>>,
 }
+
+/// The high watermark last seen per (topic, partition).
+pub(crate) type LogEnds = std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>;
+
+/// How often librdkafka reports statistics (the log ends) to a source consumer.
+const STATISTICS_INTERVAL_MS: &str = "250";
 
 /// librdkafka's own log lines, as tracing events with the sink named. Its errors are about the
 /// broker connection, never about a consent change, so they are warnings (ERROR is reserved for
@@ -79,6 +88,21 @@ impl ClientContext for RelayContext {
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         warn!(sink = %self.sink, error = %error, "kafka client error: {reason}");
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(log_ends) = &self.log_ends else {
+            return;
+        };
+        let mut ends = log_ends.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, topic) in statistics.topics {
+            for (id, p) in topic.partitions {
+                // librdkafka lists an internal partition -1 and reports -1 for unknown offsets.
+                if id >= 0 && p.hi_offset >= 0 {
+                    ends.insert((name.clone(), id), p.hi_offset);
+                }
+            }
+        }
     }
 }
 
@@ -129,23 +153,44 @@ impl std::ops::Deref for Closing {
 
 impl Drop for Closing {
     fn drop(&mut self) {
-        let Some(consumer) = self.0.take() else {
-            return;
-        };
-        use std::sync::atomic::Ordering::SeqCst;
-        CLOSES_IN_FLIGHT.fetch_add(1, SeqCst);
-        let spawned = std::thread::Builder::new()
-            .name("kafka-close".to_owned())
-            .spawn(move || {
-                drop(consumer);
-                CLOSES_IN_FLIGHT.fetch_sub(1, SeqCst);
-            });
-        if let Err(e) = spawned {
-            // The consumer went down with the closure: closed inline, on this thread.
-            CLOSES_IN_FLIGHT.fetch_sub(1, SeqCst);
-            tracing::warn!(error = %e, "no thread for closing a consumer; closed inline");
+        if let Some(consumer) = self.0.take() {
+            release(consumer);
         }
     }
+}
+
+/// Gives up a reference to a consumer; the last one closes it on a thread of its own. Every
+/// reference besides the worker's [`Closing`] (one upgraded from a `Weak` for a moment) must be
+/// given up this way: if the worker stopped meanwhile, that moment's reference is the last, and
+/// dropping it inline would close the consumer on an async worker thread.
+pub(crate) fn release(consumer: Arc<RelayConsumer>) {
+    let Some(consumer) = Arc::into_inner(consumer) else {
+        return;
+    };
+    use std::sync::atomic::Ordering::SeqCst;
+    CLOSES_IN_FLIGHT.fetch_add(1, SeqCst);
+    let spawned = std::thread::Builder::new()
+        .name("kafka-close".to_owned())
+        .spawn(move || {
+            drop(consumer);
+            CLOSES_IN_FLIGHT.fetch_sub(1, SeqCst);
+        });
+    if let Err(e) = spawned {
+        // The consumer went down with the closure: closed inline, on this thread.
+        CLOSES_IN_FLIGHT.fetch_sub(1, SeqCst);
+        tracing::warn!(error = %e, "no thread for closing a consumer; closed inline");
+    }
+}
+
+/// Runs `f` on the consumer behind `weak`, if it is still there (see [`release`]).
+pub(crate) fn with_consumer<R>(
+    weak: &std::sync::Weak<RelayConsumer>,
+    f: impl FnOnce(&RelayConsumer) -> R,
+) -> Option<R> {
+    let consumer = weak.upgrade()?;
+    let result = f(&consumer);
+    release(consumer);
+    Some(result)
 }
 
 /// Waits until every consumer dropped so far has closed (left its group), or `limit` passed.
@@ -168,6 +213,13 @@ pub(crate) async fn closes_finished(limit: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// How long a stopping consumer waits for its last commits to be answered.
+pub(crate) const LAST_COMMIT_LIMIT: Duration = Duration::from_secs(10);
+
+const FETCH_WAIT_MAX_MS: &str = "100";
+const QUEUED_MAX_KBYTES: &str = "4096";
+const QUEUED_MIN_MESSAGES: &str = "20000";
 
 /// A consumer in `group` for `topics`, with offsets stored and committed by us only, incremental
 /// (cooperative-sticky) rebalances, and static membership when an instance id is configured.
@@ -192,6 +244,16 @@ pub(crate) fn create_consumer(
         // Incremental rebalances: a member joining or leaving moves only the partitions that
         // change hands, the others keep being consumed.
         .set("partition.assignment.strategy", "cooperative-sticky")
+        // librdkafka's default (500 ms) is what an idle relay adds to every withdrawal with a
+        // broker that answers a fetch only when the wait is over (tansu); Kafka answers as soon as
+        // a message is there, so the shorter wait costs an idle consumer only more empty fetches.
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
+        // Prefetch is bounded per consumer, and a relay runs one consumer per destination and
+        // lane: librdkafka's default (64 MiB queued each) would let eight destinations hold half
+        // a gigabyte of messages nobody asked for yet. 4 MiB is ~20 000 events, two of the
+        // largest batches.
+        .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES)
+        .set("queued.min.messages", QUEUED_MIN_MESSAGES)
         .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
         .set(
             "max.poll.interval.ms",
@@ -199,6 +261,9 @@ pub(crate) fn create_consumer(
         );
     if let Some(instance) = &kafka.instance_id {
         cfg.set("group.instance.id", format!("{instance}.{member}"));
+    }
+    if context.log_ends.is_some() {
+        cfg.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     }
     for (k, v) in &kafka.properties {
         cfg.set(k, v);
@@ -209,24 +274,85 @@ pub(crate) fn create_consumer(
     Ok(consumer)
 }
 
-/// Commits `tpl` and waits for the broker's answer; counts the commit when it was acknowledged. A
-/// commit that fails only means redelivery, which the ledger recognises.
-pub(crate) async fn commit(
-    consumer: &Arc<RelayConsumer>,
-    tpl: TopicPartitionList,
-    sink: &str,
-    telemetry: &Telemetry,
-) {
-    if tpl.count() == 0 {
-        return;
-    }
-    let c = consumer.clone();
-    match tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync)).await {
-        Ok(Ok(())) => telemetry.add(metric::COMMITS, vec![("sink", sink.to_owned())], 1.0),
-        Ok(Err(e)) => {
-            warn!(sink, error = %e, "offset commit failed; the batch will be redelivered and recognised")
+/// Commits offsets on a thread of its own, so that neither an async worker nor the consumer's
+/// loop waits for the broker: the loop hands over what to commit and goes on. Commits that queue
+/// up while one is on its way are merged (the highest offset per partition), and each is counted
+/// once the broker acknowledged it. A commit the coordinator never answers (tansu, after a member
+/// vanished mid-join) holds only this thread; shutdown waits for it at most a bound. A commit
+/// that fails only means redelivery, which the ledger recognises.
+pub(crate) struct Committer {
+    tx: Option<std::sync::mpsc::Sender<TopicPartitionList>>,
+    drained: Option<tokio::sync::oneshot::Receiver<()>>,
+    sink: String,
+}
+
+impl Committer {
+    pub fn start(consumer: &Arc<RelayConsumer>, sink: &str, telemetry: &Telemetry) -> Committer {
+        let (tx, rx) = std::sync::mpsc::channel::<TopicPartitionList>();
+        let (done, drained) = tokio::sync::oneshot::channel();
+        let (consumer, name, telemetry) = (consumer.clone(), sink.to_owned(), telemetry.clone());
+        let spawned = std::thread::Builder::new()
+            .name("kafka-commit".to_owned())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+                    for tpl in std::iter::once(first).chain(rx.try_iter()) {
+                        for e in tpl.elements() {
+                            if let Offset::Offset(o) = e.offset() {
+                                let at = next.entry((e.topic().to_owned(), e.partition())).or_insert(o);
+                                *at = (*at).max(o);
+                            }
+                        }
+                    }
+                    let mut tpl = TopicPartitionList::new();
+                    for ((topic, partition), offset) in &next {
+                        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+                    }
+                    match consumer.commit(&tpl, CommitMode::Sync) {
+                        Ok(()) => telemetry.add(metric::COMMITS, vec![("sink", name.clone())], 1.0),
+                        Err(e) => warn!(sink = %name, error = %e, "offset commit failed; the batch will be redelivered and recognised"),
+                    }
+                }
+                release(consumer);
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => Committer {
+                tx: Some(tx),
+                drained: Some(drained),
+                sink: sink.to_owned(),
+            },
+            Err(e) => {
+                warn!(sink, error = %e, "no thread for offset commits; nothing will be committed");
+                Committer {
+                    tx: None,
+                    drained: None,
+                    sink: sink.to_owned(),
+                }
+            }
         }
-        Err(e) => warn!(sink, error = %e, "offset commit task failed"),
+    }
+
+    pub fn commit(&self, tpl: TopicPartitionList) {
+        if tpl.count() > 0 {
+            if let Some(tx) = &self.tx {
+                let _ = tx.send(tpl);
+            }
+        }
+    }
+
+    /// Waits until everything handed over is committed (or failed), at most `limit`.
+    pub async fn finish(mut self, limit: Duration) {
+        drop(self.tx.take());
+        if let Some(drained) = self.drained.take() {
+            if tokio::time::timeout(limit, drained).await.is_err() {
+                warn!(
+                    sink = %self.sink,
+                    waited_ms = limit.as_millis() as u64,
+                    "last offset commit not answered; the last batches may be redelivered and recognised"
+                );
+            }
+        }
     }
 }
 
@@ -273,7 +399,9 @@ impl<L: Ledger> SourceWorker<L> {
             telemetry: self.telemetry.clone(),
             rebalanced: rebalanced.clone(),
             reports_assignment: true,
+            log_ends: self.batch.lookahead.then(Default::default),
         };
+        let log_ends = context.log_ends.clone();
         let consumer = Closing::new(create_consumer(
             &self.kafka,
             &group,
@@ -293,12 +421,27 @@ impl<L: Ledger> SourceWorker<L> {
             rebalanced,
             Duration::from_millis(self.kafka.lag_refresh_interval_ms),
         )));
+        let _lookahead = log_ends.map(|log_ends| {
+            let lookahead = crate::lookahead::Lookahead {
+                kafka: self.kafka.clone(),
+                engine: self.engine.clone(),
+                decoder: self.decoder.clone(),
+                telemetry: self.telemetry.clone(),
+                group: format!("{group}.lookahead"),
+                chunk: self.batch.max_events,
+                log_ends,
+            };
+            AbortOnDropHandle::new(tokio::spawn(
+                lookahead.run(Arc::downgrade(&*consumer), shutdown.clone()),
+            ))
+        });
         info!(sink = self.name(), group = %group, topics = ?self.kafka.topics, "consumer started");
         // Batches in flight, oldest first. They run side by side (the engine keeps one person's
         // items in one batch at a time), so that one batch waiting for an item's retries does not
         // hold back the next ones; offsets are committed strictly in order, each batch once it
         // and every batch before it are durable.
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let committer = Committer::start(&consumer, self.name(), &self.telemetry);
         let mut last_message = Instant::now();
         let mut assigned_at = None;
         let idle_tick = Duration::from_millis(250);
@@ -311,7 +454,7 @@ impl<L: Ledger> SourceWorker<L> {
                     let front = in_flight.pop_front().expect("guarded");
                     match done {
                         Ok(Ok(())) => {
-                            commit(&consumer, front.offsets, self.name(), &self.telemetry).await;
+                            committer.commit(front.offsets);
                         }
                         Ok(Err(Abandoned)) => {
                             info!(
@@ -383,6 +526,7 @@ impl<L: Ledger> SourceWorker<L> {
                 }
             }
         }
+        committer.finish(LAST_COMMIT_LIMIT).await;
         drop(lag_refresher);
         self.telemetry.set_assigned(self.name(), false);
         self.telemetry.retain(metric::CONSUMER_LAG, |l| {
@@ -408,8 +552,10 @@ impl<L: Ledger> SourceWorker<L> {
             .set_unapplied(self.name(), Lane::Source, merged);
     }
 
-    /// Collects and decodes more messages after `first` until the batch is full or its linger is
-    /// over (shorter once a withdrawal is in it).
+    /// Collects and decodes more messages after `first` until the batch is full, or its linger is
+    /// over (shorter once a withdrawal is in it) and no message is ready. Messages already
+    /// fetched are always taken: under a backlog batches fill to `max_events` whatever the
+    /// linger, while on an idle relay a withdrawal leaves at once.
     async fn fill_batch(
         &self,
         first: OwnedMessage,
@@ -429,7 +575,6 @@ impl<L: Ledger> SourceWorker<L> {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep_until(deadline) => break,
                 m = consumer.recv() => match m {
                     Ok(m) => {
                         let m = m.detach();
@@ -443,6 +588,7 @@ impl<L: Ledger> SourceWorker<L> {
                     }
                     Err(e) => warn!(sink = self.name(), error = %e, "kafka consumer error"),
                 },
+                _ = tokio::time::sleep_until(deadline) => break,
             }
         }
         Ok((batch, messages))
@@ -453,22 +599,32 @@ impl<L: Ledger> SourceWorker<L> {
         m: &OwnedMessage,
         shutdown: &CancellationToken,
     ) -> Result<Message, Abandoned> {
-        let payload = m.payload().unwrap_or_default().to_vec();
-        let decoded = self.decoder.decode_patiently(&payload, shutdown).await?;
-        Ok(Message {
-            origin: Origin {
-                topic: m.topic().to_owned(),
-                partition: m.partition(),
-                offset: m.offset(),
-            },
-            key: m.key().map(<[u8]>::to_vec),
-            payload,
-            produced_at: crate::lag::produced_at(m),
-            decoded,
-            replay_for: crate::dead_letter::replay_target(m),
-            ticket: None,
-        })
+        decode_message(&self.decoder, m, shutdown).await
     }
+}
+
+/// A source message as the engine sees it. Waits for the schema registry as long as it takes
+/// (or until shutdown): an unknown schema id is not a reason to dead-letter.
+pub(crate) async fn decode_message(
+    decoder: &Decoder,
+    m: &OwnedMessage,
+    shutdown: &CancellationToken,
+) -> Result<Message, Abandoned> {
+    let payload = m.payload().unwrap_or_default().to_vec();
+    let decoded = decoder.decode_patiently(&payload, shutdown).await?;
+    Ok(Message {
+        origin: Origin {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+        },
+        key: m.key().map(<[u8]>::to_vec),
+        payload,
+        produced_at: crate::lag::produced_at(m),
+        decoded,
+        replay_for: crate::dead_letter::replay_target(m),
+        ticket: None,
+    })
 }
 
 /// Keeps `consent_relay_consumer_lag_messages` right for this sink: refreshed on a timer and after
@@ -491,7 +647,7 @@ async fn refresh_lag(
         // Only the (instant) assignment comes from the group member, and only a weak reference is
         // kept: broker round trips go through a separate client, so a crashed or stopping worker
         // releases its partitions at once instead of after a slow lag query.
-        let assignment = match consumer.upgrade().map(|c| c.assignment()) {
+        let assignment = match with_consumer(&consumer, |c| c.assignment()) {
             Some(Ok(a)) => a,
             Some(Err(e)) => {
                 debug!(sink = %sink, error = %e, "no assignment; keeping the last lag values");

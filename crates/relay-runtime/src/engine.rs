@@ -102,6 +102,26 @@ impl<L: Ledger> Engine<L> {
         self.sink.name()
     }
 
+    /// Whether `m` is a withdrawal this engine would apply without rejecting anything: what the
+    /// lookahead may take ahead of its partition's backlog. Whatever would be rejected (the clock
+    /// rule, routing) stays for the source lane, so that nothing is dead-lettered twice.
+    pub fn may_go_ahead(&self, m: &Message) -> bool {
+        let Some(event) = m.event() else {
+            return false;
+        };
+        m.is_withdrawal()
+            && m.replay_for.is_none()
+            && m.ticket.is_none()
+            && relay_events::check_occurred_at(
+                event.occurred_at_ms,
+                m.produced_at.and_then(unix_ms),
+                now_ms(),
+                self.rules.future_tolerance_ms,
+            )
+            .is_ok()
+            && matches!(route::route(event, &self.routes), Routed::Items(_))
+    }
+
     /// Decides, applies and records every message of the batch. Returns only when every outcome
     /// is durable, or on shutdown.
     pub async fn process(

@@ -17,6 +17,7 @@ pub mod dead_letter;
 mod decode;
 mod engine;
 pub mod lag;
+mod lookahead;
 mod message;
 pub mod outbox;
 mod parked;

@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{BatchConfig, KafkaConfig};
-use crate::consumer::{commit, create_consumer, unapplied, Closing, RelayContext};
+use crate::consumer::{
+    create_consumer, unapplied, Closing, Committer, RelayContext, LAST_COMMIT_LIMIT,
+};
 use crate::decode::{Decoder, Rejected};
 use crate::engine::{Abandoned, Engine};
 use crate::message::{now_ms, Message, Origin};
@@ -147,6 +149,7 @@ impl<L: Ledger> ParkedWorker<L> {
             telemetry: self.telemetry.clone(),
             rebalanced: Arc::new(Notify::new()),
             reports_assignment: false,
+            log_ends: None,
         };
         let member = format!("{}.parked", self.name());
         let consumer = Closing::new(create_consumer(
@@ -160,6 +163,8 @@ impl<L: Ledger> ParkedWorker<L> {
         let mut hold = Hold::default();
         let mut paused = false;
         let mut last_message = Instant::now();
+        let mut last_commit = None;
+        let committer = Committer::start(&consumer, self.name(), &self.telemetry);
         loop {
             self.report(&hold);
             let wait = match hold.next_due() {
@@ -229,13 +234,11 @@ impl<L: Ledger> ParkedWorker<L> {
                     Err(Abandoned) => break,
                 }
             }
-            commit(
-                &consumer,
-                hold.frontier(&topic),
-                self.name(),
-                &self.telemetry,
-            )
-            .await;
+            let frontier = hold.frontier(&topic);
+            if last_commit.as_ref() != Some(&frontier) {
+                committer.commit(frontier.clone());
+                last_commit = Some(frontier);
+            }
             // Copies not yet due do not keep a run alive: they are durable on the retry topic and
             // the next run takes them up.
             let nothing_due = hold.next_due().is_none_or(|due| due > now_ms());
@@ -251,6 +254,7 @@ impl<L: Ledger> ParkedWorker<L> {
                 break;
             }
         }
+        committer.finish(LAST_COMMIT_LIMIT).await;
         self.telemetry
             .set_unapplied(self.name(), Lane::Parked, Unapplied::default());
         self.telemetry.set_parked(self.name(), 0, None);

@@ -35,11 +35,17 @@ pub mod metric {
         "consent_relay_ledger_transaction_duration_seconds";
     pub const REBALANCES: &str = "consent_relay_rebalances_total";
     pub const COMMITS: &str = "consent_relay_commits_total";
+    pub const LOOKAHEAD_WITHDRAWALS: &str = "consent_relay_lookahead_withdrawals_total";
 }
 
 /// Every metric the relay exports: name, type, help. The deploy artefacts (alerts, dashboard) may
 /// reference only these; a test checks that.
 pub const METRICS: &[(&str, &str, &str)] = &[
+    (
+        metric::LOOKAHEAD_WITHDRAWALS,
+        "counter",
+        "Withdrawals, unsubscribes and erasures applied ahead of their partition's backlog by the lookahead.",
+    ),
     (
         metric::CONSUMER_LAG,
         "gauge",
