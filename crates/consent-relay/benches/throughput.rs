@@ -6,6 +6,8 @@
 //! # THROUGHPUT_EVENTS=5000000   backlog size (default 1 000 000)
 //! # THROUGHPUT_CASES=hubspot    only the cases whose name contains one of these (comma-separated)
 //! # THROUGHPUT_TRIALS=20        trials of the withdrawal-behind-a-backlog measurement (0: skip)
+//! # THROUGHPUT_BASELINE=PATH    also run every case with this consent-relay binary (an older
+//! #                             build), in the same run, against the same backlog
 //! ```
 //!
 //! 1. Produces N events (grants of one or two of four purposes, withdrawals of one, global
@@ -41,6 +43,8 @@ use relay_testkit::{broker, postgres};
 
 const BIN: &str = env!("CARGO_BIN_EXE_consent-relay");
 const PARTITIONS: i32 = 8;
+/// A drain that commits nothing for this long is reported as stalled and abandoned.
+const STALL: Duration = Duration::from_secs(60);
 const PURPOSES: [&str; 4] = [
     "newsletter",
     "product_updates",
@@ -259,6 +263,14 @@ enum Backend {
 struct Case {
     sinks: Sinks,
     backend: Backend,
+    /// The binary under test: this build, or `THROUGHPUT_BASELINE`.
+    bin: Build,
+}
+
+#[derive(Clone)]
+struct Build {
+    label: &'static str,
+    path: String,
 }
 
 impl Case {
@@ -272,7 +284,10 @@ impl Case {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
         };
-        format!("{sinks}, {backend}")
+        match self.bin.label {
+            "" => format!("{sinks}, {backend}"),
+            label => format!("{sinks}, {backend} [{label}]"),
+        }
     }
 
     /// The relay destinations of the case, by their runtime names.
@@ -395,14 +410,14 @@ newsletter = ["main"]
 product_updates = ["product"]
 [sinks.newsletter.lists.main]
 provider = "brevo"
-base_url = "{brevo}/v3"
+base_url = "{brevo}"
 api_key = "{token}"
 list_id = {brevo_list}
 [sinks.newsletter.lists.main.limits]
 {UNLIMITED}
 [sinks.newsletter.lists.product]
 provider = "mailchimp"
-base_url = "{mailchimp}/3.0"
+base_url = "{mailchimp}"
 api_key = "{mailchimp_key}"
 list_id = "{mailchimp_list}"
 [sinks.newsletter.lists.product.limits]
@@ -450,7 +465,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn start_relay(topics: &[&str], sinks: Sinks, backend: Backend, f: &Downstreams) -> Relay {
+async fn start_relay(
+    bin: &str,
+    topics: &[&str],
+    sinks: Sinks,
+    backend: Backend,
+    f: &Downstreams,
+) -> Relay {
     let dir = tempfile::tempdir().unwrap();
     let (ledger, pg) = match backend {
         Backend::Sqlite => (
@@ -497,7 +518,7 @@ description = "Partner hand-off"
     .unwrap();
     let admin = free_port();
     let log = dir.path().join("relay.log");
-    let child = Command::new(BIN)
+    let child = Command::new(bin)
         .arg("--config")
         .arg(&config)
         .arg("run")
@@ -675,6 +696,8 @@ fn marks(f: &Downstreams) -> BTreeMap<&'static str, usize> {
 
 struct CaseResult {
     name: String,
+    /// Destinations still behind when the drain stopped moving.
+    stalled: Option<String>,
     events_per_s: f64,
     peak_rss_mib: f64,
     latency: Vec<Duration>,
@@ -689,17 +712,44 @@ async fn run_case(case: &Case, backlog: &str, n: usize, f: &Downstreams) -> Case
     let live = broker::unique_name("throughput-live");
     broker::create_topic(&live, 1).await;
     let before = marks(f);
-    let mut relay = start_relay(&[backlog, &live], case.sinks, case.backend, f).await;
+    let mut relay = start_relay(
+        &case.bin.path,
+        &[backlog, &live],
+        case.sinks,
+        case.backend,
+        f,
+    )
+    .await;
     relay.ready().await;
     let started = Instant::now();
     let destinations = case.destinations();
     let mut progress = Instant::now();
+    let (mut last_done, mut moved) = (0i64, Instant::now());
+    let mut stalled = None;
     loop {
         let mut done = 0i64;
+        let mut behind = Vec::new();
         for d in &destinations {
-            done += committed(&format!("{}.{d}", relay.group_prefix), backlog).await;
+            let c = committed(&format!("{}.{d}", relay.group_prefix), backlog).await;
+            if c < n as i64 {
+                behind.push(format!("{d} {:.0} %", 100.0 * c as f64 / n as f64));
+            }
+            done += c;
         }
         if done >= (n * destinations.len()) as i64 {
+            break;
+        }
+        if done != last_done {
+            (last_done, moved) = (done, Instant::now());
+        } else if moved.elapsed() > STALL {
+            eprintln!(
+                "  {}: no progress for {} s, giving up; behind: {}; log:\n{}",
+                case.name(),
+                STALL.as_secs(),
+                behind.join(", "),
+                relay.log_tail()
+            );
+            stalled = Some(behind.join(", "));
             break;
         }
         if progress.elapsed() > Duration::from_secs(10) {
@@ -718,6 +768,19 @@ async fn run_case(case: &Case, backlog: &str, n: usize, f: &Downstreams) -> Case
     }
     let drain = started.elapsed();
     let metrics = relay.metrics().await;
+    if let Some(behind) = stalled {
+        relay.stop().await;
+        return CaseResult {
+            name: case.name(),
+            stalled: Some(behind),
+            events_per_s: f64::NAN,
+            peak_rss_mib: f64::NAN,
+            latency: Vec::new(),
+            requests: Vec::new(),
+            ledger: Vec::new(),
+            drain,
+        };
+    }
     let after = marks(f);
     let requests = destinations
         .iter()
@@ -772,19 +835,25 @@ async fn run_case(case: &Case, backlog: &str, n: usize, f: &Downstreams) -> Case
     latency.sort_unstable();
     let peak_rss_mib = relay.peak_rss_mib();
     relay.stop().await;
-    CaseResult {
+    let result = CaseResult {
         name: case.name(),
+        stalled: None,
         events_per_s: n as f64 / drain.as_secs_f64(),
         peak_rss_mib,
         latency,
         requests,
         ledger,
         drain,
-    }
+    };
+    eprintln!(
+        "  {}: {:.0} events/s, peak {:.0} MiB",
+        result.name, result.events_per_s, result.peak_rss_mib
+    );
+    result
 }
 
 /// Drain start → HubSpot receipt of one unsubscribe published behind `OVERTAKE_BACKLOG` grants.
-async fn overtake(trials: usize, f: &Downstreams) -> Vec<Duration> {
+async fn overtake(bin: &Build, trials: usize, f: &Downstreams) -> Vec<Duration> {
     let topic = broker::unique_name("throughput-overtake");
     broker::create_topic(&topic, 1).await;
     let base = now_ms() - 3_600_000;
@@ -814,14 +883,15 @@ async fn overtake(trials: usize, f: &Downstreams) -> Vec<Duration> {
     let mut out = Vec::new();
     for trial in 0..trials {
         let from = marks(f);
-        let mut relay = start_relay(&[&topic], Sinks::HubSpot, Backend::Sqlite, f).await;
+        let mut relay = start_relay(&bin.path, &[&topic], Sinks::HubSpot, Backend::Sqlite, f).await;
         relay.ready().await;
         let started = Instant::now();
         let got =
             received_by_all(f, &["hubspot"], &from, withdrawer, Duration::from_secs(120)).await;
         out.push(got.map_or(Duration::MAX, |at| at.saturating_duration_since(started)));
         eprintln!(
-            "  overtake trial {}: {} ms",
+            "  overtake{} trial {}: {} ms",
+            bin.label,
             trial + 1,
             ms(*out.last().unwrap())
         );
@@ -867,12 +937,29 @@ async fn main() {
         .unwrap();
     raw_lat.sort_unstable();
 
+    let mut builds = vec![Build {
+        label: "",
+        path: BIN.to_owned(),
+    }];
+    if let Ok(path) = std::env::var("THROUGHPUT_BASELINE") {
+        builds.push(Build {
+            label: "baseline",
+            path,
+        });
+    }
     let cases: Vec<Case> = [Sinks::HubSpot, Sinks::Audiences, Sinks::All]
         .into_iter()
         .flat_map(|sinks| {
             [Backend::Sqlite, Backend::Postgres]
                 .into_iter()
-                .map(move |backend| Case { sinks, backend })
+                .flat_map(move |backend| [(sinks, backend)])
+        })
+        .flat_map(|(sinks, backend)| {
+            builds.iter().map(move |bin| Case {
+                sinks,
+                backend,
+                bin: bin.clone(),
+            })
         })
         .filter(|c| filter.is_empty() || filter.iter().any(|f| c.name().contains(f.as_str())))
         .collect();
@@ -881,12 +968,13 @@ async fn main() {
         eprintln!("case {}", case.name());
         results.push(run_case(case, &backlog, n, &f).await);
     }
-    let overtaken = if trials > 0 {
-        eprintln!("withdrawal behind {OVERTAKE_BACKLOG} grants, {trials} trials");
-        overtake(trials, &f).await
-    } else {
-        Vec::new()
-    };
+    let mut overtaken = Vec::new();
+    if trials > 0 {
+        for bin in &builds {
+            eprintln!("withdrawal behind {OVERTAKE_BACKLOG} grants, {trials} trials");
+            overtaken.push((bin.label, overtake(bin, trials, &f).await));
+        }
+    }
 
     println!();
     println!(
@@ -899,12 +987,20 @@ async fn main() {
     );
     println!();
     println!(
-        "{:<22} {:>9} {:>10} {:>8} {:>9} {:>15}",
+        "{:<33} {:>9} {:>10} {:>8} {:>9} {:>15}",
         "case", "drain s", "events/s", "× raw", "peak MiB", "unsub p50/p99"
     );
     for r in &results {
+        if let Some(behind) = &r.stalled {
+            println!(
+                "{:<33} stalled after {:.0} s, behind: {behind}",
+                r.name,
+                r.drain.as_secs_f64()
+            );
+            continue;
+        }
         println!(
-            "{:<22} {:>9.1} {:>10.0} {:>8.4} {:>9.0} {:>9}/{} ms",
+            "{:<33} {:>9.1} {:>10.0} {:>8.4} {:>9.0} {:>9}/{} ms",
             r.name,
             r.drain.as_secs_f64(),
             r.events_per_s,
@@ -916,14 +1012,14 @@ async fn main() {
     }
     println!();
     println!(
-        "{:<22} {:<20} {:>9} {:>9} {:>11} {:>8}",
+        "{:<33} {:<20} {:>9} {:>9} {:>11} {:>8}",
         "case", "destination", "requests", "items", "per item", "× best"
     );
     for r in &results {
         for (d, requests, items) in &r.requests {
             let best = (items / max_batch(d) as f64).ceil().max(1.0);
             println!(
-                "{:<22} {:<20} {:>9.0} {:>9.0} {:>11.5} {:>8.2}",
+                "{:<33} {:<20} {:>9.0} {:>9.0} {:>11.5} {:>8.2}",
                 r.name,
                 d,
                 requests,
@@ -944,19 +1040,20 @@ async fn main() {
             .map(|(op, s)| format!("{op} {s:.1}"))
             .collect();
         println!(
-            "{:<22} drain {:.1}: {}",
+            "{:<33} drain {:.1}: {}",
             r.name,
             r.drain.as_secs_f64(),
             ops.join(", ")
         );
     }
-    if !overtaken.is_empty() {
+    for (label, overtaken) in &overtaken {
         println!();
         println!(
-            "unsubscribe behind {OVERTAKE_BACKLOG} grants (1 partition, hubspot, sqlite), drain start → receipt over {} trials: p50 {} ms, p99 {} ms, max {} ms",
+            "unsubscribe behind {OVERTAKE_BACKLOG} grants (1 partition, hubspot, sqlite){}, drain start → receipt over {} trials: p50 {} ms, p99 {} ms, max {} ms",
+            if label.is_empty() { String::new() } else { format!(" [{label}]") },
             overtaken.len(),
-            ms(percentile(&overtaken, 0.5)),
-            ms(percentile(&overtaken, 0.99)),
+            ms(percentile(overtaken, 0.5)),
+            ms(percentile(overtaken, 0.99)),
             ms(*overtaken.last().unwrap()),
         );
     }

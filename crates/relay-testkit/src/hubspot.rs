@@ -998,6 +998,19 @@ fn utc_day(now: SystemTime) -> u64 {
         / 86_400
 }
 
+impl crate::recorded::Recording for FakeHubSpot {
+    fn request_count(&self) -> usize {
+        lock(&self.shared).requests.len()
+    }
+    fn find_request(
+        &self,
+        from: usize,
+        pred: &dyn Fn(&RecordedRequest) -> bool,
+    ) -> Option<std::time::Instant> {
+        crate::recorded::find_from(&lock(&self.shared).requests, from, pred)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1101,18 +1114,5 @@ mod tests {
             NO_STATUS_CHANGE
         );
         assert_eq!(s.status_changes["a@b.de"], 5);
-    }
-}
-
-impl crate::recorded::Recording for FakeHubSpot {
-    fn request_count(&self) -> usize {
-        lock(&self.shared).requests.len()
-    }
-    fn find_request(
-        &self,
-        from: usize,
-        pred: &dyn Fn(&RecordedRequest) -> bool,
-    ) -> Option<std::time::Instant> {
-        crate::recorded::find_from(&lock(&self.shared).requests, from, pred)
     }
 }

@@ -952,6 +952,32 @@ fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
     )
 }
 
+impl crate::recorded::Recording for FakeBrevo {
+    fn request_count(&self) -> usize {
+        lock(&self.shared).requests.len()
+    }
+    fn find_request(
+        &self,
+        from: usize,
+        pred: &dyn Fn(&RecordedRequest) -> bool,
+    ) -> Option<std::time::Instant> {
+        crate::recorded::find_from(&lock(&self.shared).requests, from, pred)
+    }
+}
+
+impl crate::recorded::Recording for FakeMailchimp {
+    fn request_count(&self) -> usize {
+        lock(&self.shared).requests.len()
+    }
+    fn find_request(
+        &self,
+        from: usize,
+        pred: &dyn Fn(&RecordedRequest) -> bool,
+    ) -> Option<std::time::Instant> {
+        crate::recorded::find_from(&lock(&self.shared).requests, from, pred)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -993,31 +1019,5 @@ mod tests {
         assert!(!with(&format!("Basic {wrong}")));
         assert!(!with("Bearer other"));
         assert!(!is_authorized(&HeaderMap::new(), "key-us1"));
-    }
-}
-
-impl crate::recorded::Recording for FakeBrevo {
-    fn request_count(&self) -> usize {
-        lock(&self.shared).requests.len()
-    }
-    fn find_request(
-        &self,
-        from: usize,
-        pred: &dyn Fn(&RecordedRequest) -> bool,
-    ) -> Option<std::time::Instant> {
-        crate::recorded::find_from(&lock(&self.shared).requests, from, pred)
-    }
-}
-
-impl crate::recorded::Recording for FakeMailchimp {
-    fn request_count(&self) -> usize {
-        lock(&self.shared).requests.len()
-    }
-    fn find_request(
-        &self,
-        from: usize,
-        pred: &dyn Fn(&RecordedRequest) -> bool,
-    ) -> Option<std::time::Instant> {
-        crate::recorded::find_from(&lock(&self.shared).requests, from, pred)
     }
 }

@@ -266,6 +266,19 @@ fn reject(status: StatusCode, message: &str) -> Response {
     json_response(status, "application/json", &json!({ "error": message }))
 }
 
+impl crate::recorded::Recording for FakePartner {
+    fn request_count(&self) -> usize {
+        lock(&self.shared).requests.len()
+    }
+    fn find_request(
+        &self,
+        from: usize,
+        pred: &dyn Fn(&RecordedRequest) -> bool,
+    ) -> Option<std::time::Instant> {
+        crate::recorded::find_from(&lock(&self.shared).requests, from, pred)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use axum::http::HeaderValue;
@@ -317,18 +330,5 @@ mod tests {
             verify(KEY, &HeaderMap::new(), &body, now).err().unwrap().0,
             StatusCode::BAD_REQUEST
         );
-    }
-}
-
-impl crate::recorded::Recording for FakePartner {
-    fn request_count(&self) -> usize {
-        lock(&self.shared).requests.len()
-    }
-    fn find_request(
-        &self,
-        from: usize,
-        pred: &dyn Fn(&RecordedRequest) -> bool,
-    ) -> Option<std::time::Instant> {
-        crate::recorded::find_from(&lock(&self.shared).requests, from, pred)
     }
 }

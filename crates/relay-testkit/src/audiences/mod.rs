@@ -270,6 +270,19 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+impl crate::recorded::Recording for FakePlatform {
+    fn request_count(&self) -> usize {
+        lock(&self.shared).requests.len()
+    }
+    fn find_request(
+        &self,
+        from: usize,
+        pred: &dyn Fn(&RecordedRequest) -> bool,
+    ) -> Option<std::time::Instant> {
+        crate::recorded::find_from(&lock(&self.shared).requests, from, pred)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,18 +309,5 @@ mod tests {
         assert!(!is_sha256_hex(&h.to_uppercase()));
         assert!(!is_sha256_hex(&h[1..]));
         assert!(!is_sha256_hex("max@example.de"));
-    }
-}
-
-impl crate::recorded::Recording for FakePlatform {
-    fn request_count(&self) -> usize {
-        lock(&self.shared).requests.len()
-    }
-    fn find_request(
-        &self,
-        from: usize,
-        pred: &dyn Fn(&RecordedRequest) -> bool,
-    ) -> Option<std::time::Instant> {
-        crate::recorded::find_from(&lock(&self.shared).requests, from, pred)
     }
 }
