@@ -55,6 +55,7 @@ suite!(
     an_applied_delivery_is_never_relabelled_superseded,
     only_the_copy_a_delivery_is_parked_under_may_act,
     a_logged_event_with_another_digest_is_reported_as_a_conflict,
+    ingest_finds_subjects_by_email_hash_and_keeps_unknown_contacts_once,
 );
 
 const HUBSPOT: &str = "hubspot";
@@ -559,8 +560,8 @@ async fn migrations_are_idempotent(url: &str) {
     // Two instances starting at once on a new database, then a restart.
     let (a, b) = tokio::join!(open(url), open(url));
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(a.applied_migrations().await.unwrap(), [1, 2]);
-    assert_eq!(b.applied_migrations().await.unwrap(), [1, 2]);
+    assert_eq!(a.applied_migrations().await.unwrap(), [1, 2, 3]);
+    assert_eq!(b.applied_migrations().await.unwrap(), [1, 2, 3]);
 
     let c = fresh("s1", NEWSLETTER, Action::Grant, 100);
     assert_eq!(decide_one(&a, &c).await, proceed(1));
@@ -568,7 +569,7 @@ async fn migrations_are_idempotent(url: &str) {
     b.close().await;
 
     let reopened = open(url).await.unwrap();
-    assert_eq!(reopened.applied_migrations().await.unwrap(), [1, 2]);
+    assert_eq!(reopened.applied_migrations().await.unwrap(), [1, 2, 3]);
     assert_eq!(
         decide(&reopened, &[c]).await,
         [proceed(2)],
@@ -856,4 +857,48 @@ async fn a_logged_event_with_another_digest_is_reported_as_a_conflict(url: &str)
     assert_eq!(r.consent_log.len(), 1, "the first entry stands");
     assert_eq!(r.consent_log[0].payload_digest.as_deref(), Some("aaaa"));
     assert!(r.consent_log[0].late);
+}
+
+async fn ingest_finds_subjects_by_email_hash_and_keeps_unknown_contacts_once(url: &str) {
+    let l = open(url).await.unwrap();
+    let mut old = record("old-id", "ConsentGranted", &[NEWSLETTER], 100, 1);
+    old.email_sha256 = Some("a".repeat(64));
+    let mut merged = record("new-id", "ConsentGranted", &[NEWSLETTER], 200, 2);
+    merged.email_sha256 = Some("a".repeat(64));
+    l.log_events(&[old, merged]).await.unwrap();
+    assert_eq!(
+        l.subject_for_email(&"a".repeat(64))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("new-id"),
+        "the subject of the newest decision"
+    );
+    assert_eq!(l.subject_for_email(&"b".repeat(64)).await.unwrap(), None);
+
+    let unknown = relay_ledger::UnknownContact {
+        event_id: Uuid::new_v4(),
+        vendor: "mailchimp".into(),
+        kind: "Unsubscribed".into(),
+        purposes: vec![NEWSLETTER.into()],
+        email_sha256: Some("b".repeat(64)),
+        vendor_ref: "list a6b5da1054".into(),
+        occurred_at_ms: 300,
+        recorded_at_ms: 0,
+    };
+    assert!(l.record_unknown_contact(&unknown).await.unwrap());
+    assert!(
+        !l.record_unknown_contact(&unknown).await.unwrap(),
+        "a vendor's retry adds nothing"
+    );
+    let kept = l.unknown_contacts().await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        relay_ledger::UnknownContact {
+            recorded_at_ms: 0,
+            ..kept[0].clone()
+        },
+        unknown
+    );
+    assert!(kept[0].recorded_at_ms > 0);
 }
