@@ -58,6 +58,9 @@ enum Command {
         #[arg(long)]
         topic: Option<String>,
     },
+    /// Receive the vendors' own notifications (HubSpot, Mailchimp, Brevo webhooks), verify them,
+    /// and publish each decision as a consent event before answering; see `[ingest]`.
+    Ingest,
     /// Consumer lag per group and partition (like `kafka-consumer-groups --describe`), with the
     /// age of the oldest unapplied event. Needs only the broker, not a running relay.
     Lag {
@@ -217,6 +220,8 @@ enum AppError {
     Ledger(#[from] relay_ledger::LedgerError),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -231,6 +236,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
             exit_when_idle,
         } => run(config, sinks, exit_when_idle.map(Duration::from_secs)).await,
         Command::Publish { input, topic } => publish(config, input, topic).await,
+        Command::Ingest => ingest(config).await,
         Command::Lag { groups, json } => lag(config, groups, json).await,
         Command::Dlq { command } => dlq(config, command).await,
         Command::Parked { command } => parked(config, command).await,
@@ -363,6 +369,56 @@ async fn run(
     let _ = admin.await;
     result?;
     Ok(())
+}
+
+async fn ingest(config: Config) -> Result<(), AppError> {
+    let settings = config.ingest()?;
+    let topic = settings
+        .topic
+        .clone()
+        .unwrap_or_else(|| config.kafka.topics[0].clone());
+    let ledger = Arc::new(relay_ledger::open(&config.ledger.url).await?);
+    let publisher = relay_runtime::Publisher::new(&config.kafka)?;
+    let metrics = relay_ingest::Metrics::default();
+    let bind = |addr: std::net::SocketAddr, what: &'static str| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Io {
+                path: format!("{what} {addr}"),
+                source,
+            })
+    };
+    let listener = bind(settings.listen, "ingest.listen").await?;
+    let admin_listener = bind(config.admin.listen, "admin.listen").await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    let admin = tokio::spawn(admin::serve_ingest(
+        admin_listener,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        listen = %settings.listen,
+        public_url = %settings.public_url,
+        topic,
+        hubspot = settings.hubspot.is_some(),
+        mailchimp = settings.mailchimp.is_some(),
+        brevo = settings.brevo.is_some(),
+        "ingest: serving the vendors' webhooks"
+    );
+    let ingest = relay_ingest::Ingest::new(
+        settings,
+        ledger,
+        Arc::new(relay_ingest::KafkaPublish { publisher, topic }),
+        metrics,
+    );
+    let served = relay_ingest::serve(listener, ingest, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = admin.await;
+    served.map_err(|source| AppError::Io {
+        path: "ingest server".to_owned(),
+        source,
+    })
 }
 
 async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
