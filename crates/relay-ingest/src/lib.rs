@@ -296,6 +296,7 @@ async fn hubspot_webhook(
 
 async fn mailchimp_check(State(ingest): State<Ingest>, Path(secret): Path<String>) -> Response {
     let vendor = Vendor::Mailchimp;
+    ingest.metrics.add(metrics::RECEIVED, vendor, "", 1);
     let Some(config) = ingest.config.mailchimp.as_ref() else {
         return StatusCode::NOT_FOUND.into_response();
     };
