@@ -1,6 +1,6 @@
-//! What `consent-relay ingest` asks of the ledger: which subject an email hash belongs to, and a
-//! record of notifications about people the ledger does not know. Kept apart from the claim and
-//! finish statements, which it never touches.
+//! What `consent-relay ingest` and `import` ask of the ledger: which subject an email hash
+//! belongs to, a record of notifications about people the ledger does not know, and which events
+//! are logged already. Kept apart from the claim and finish statements, which it never touches.
 
 use serde::Serialize;
 use uuid::Uuid;
@@ -70,7 +70,48 @@ fn from_row(row: UnknownRow) -> Result<UnknownContact, LedgerError> {
     })
 }
 
+/// How many ids one `IN (...)` list binds; far below both backends' parameter limits.
+const IDS_PER_QUERY: usize = 500;
+
 impl AnyLedger {
+    /// Those of `event_ids` the consent log has, i.e. events some consumer has seen.
+    pub async fn logged_event_ids(
+        &self,
+        event_ids: &[Uuid],
+    ) -> Result<std::collections::HashSet<Uuid>, LedgerError> {
+        let mut out = std::collections::HashSet::new();
+        for chunk in event_ids.chunks(IDS_PER_QUERY) {
+            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT event_id FROM consent_log WHERE event_id IN ({})",
+                list.join(", ")
+            );
+            let ids: Vec<String> = match self {
+                AnyLedger::Sqlite(l) => {
+                    let mut q = sqlx::query_scalar(&sql);
+                    for id in chunk {
+                        q = q.bind(id.to_string());
+                    }
+                    q.fetch_all(l.pool()).await?
+                }
+                AnyLedger::Postgres(l) => {
+                    let mut q = sqlx::query_scalar(&sql);
+                    for id in chunk {
+                        q = q.bind(id.to_string());
+                    }
+                    q.fetch_all(l.pool()).await?
+                }
+            };
+            for id in ids {
+                out.insert(
+                    Uuid::parse_str(&id)
+                        .map_err(|e| LedgerError::Corrupt(format!("consent_log.event_id: {e}")))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
     /// The subject whose newest logged event carried this email hash, if any.
     pub async fn subject_for_email(
         &self,

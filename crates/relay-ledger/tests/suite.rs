@@ -865,7 +865,12 @@ async fn ingest_finds_subjects_by_email_hash_and_keeps_unknown_contacts_once(url
     old.email_sha256 = Some("a".repeat(64));
     let mut merged = record("new-id", "ConsentGranted", &[NEWSLETTER], 200, 2);
     merged.email_sha256 = Some("a".repeat(64));
+    let logged = [old.event_id, merged.event_id, Uuid::new_v4()];
     l.log_events(&[old, merged]).await.unwrap();
+    assert_eq!(
+        l.logged_event_ids(&logged).await.unwrap(),
+        logged[..2].iter().copied().collect()
+    );
     assert_eq!(
         l.subject_for_email(&"a".repeat(64))
             .await
