@@ -134,6 +134,8 @@ impl Ingest {
             )
                 .into_response(),
             Ok(Err(failure)) => failure.into_response(),
+            // The publish may still land after the 503; the vendor's retry then carries the
+            // same event id, a duplicate the consumers recognise.
             Err(_) => {
                 self.metrics.add(metrics::FAILED, vendor, "timeout", 1);
                 tracing::warn!(
