@@ -9,6 +9,7 @@ use consent_relay_e2e::*;
 use relay_ingest::{metrics, Ingest, IngestConfig, KafkaPublish, Metrics, Vendor};
 use relay_ledger::Status;
 use relay_runtime::{BatchConfig, SinkSpec};
+use relay_sink_newsletter::{NewsletterConfig, NewsletterSink};
 use relay_sink_partner::{PartnerSink, PartnerSinkConfig};
 use relay_testkit::newsletter::FakeMailchimp;
 use relay_testkit::partner::FakePartner;
@@ -23,6 +24,7 @@ const PARTNER_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// The acceptance bound: from the webhook to every downstream.
 const WITHIN: Duration = Duration::from_secs(10);
 const PURPOSES: [&str; 3] = ["newsletter", "ads_remarketing", "partner_in_gmbh"];
+const MAILCHIMP_KEY: &str = "mc-key-us21";
 
 struct Loop {
     h: Harness,
@@ -55,14 +57,40 @@ fn partner_spec(fake: &FakePartner) -> SinkSpec {
     }
 }
 
+/// The newsletter sink on the fake Mailchimp's list: the vendor the unsubscribe came from is told
+/// the same decision again, which must change nothing there.
+fn newsletter_spec(fake: &FakeMailchimp) -> SinkSpec {
+    let config: NewsletterConfig = toml::from_str(&format!(
+        "[purposes]\nnewsletter = [\"main\"]\n[lists.main]\nprovider = \"mailchimp\"\nbase_url = \"{}\"\napi_key = \"{MAILCHIMP_KEY}\"\nlist_id = \"{LIST}\"\n",
+        fake.base_url()
+    ))
+    .expect("newsletter config");
+    SinkSpec {
+        purposes: config.purposes(),
+        sink: Arc::new(NewsletterSink::new(config).expect("newsletter sink")),
+        batch: BatchConfig {
+            max_events: 100,
+            linger_ms: 50,
+            withdrawal_linger_ms: 0,
+            ..BatchConfig::default()
+        },
+        retry: quick_retries(),
+    }
+}
+
 impl Loop {
     async fn start() -> Loop {
         let h = Harness::new().await;
         let ads = AdPlatforms::start().await;
         let partner = FakePartner::start(PARTNER_SECRET).await;
-        let mailchimp = FakeMailchimp::start("mc-key-us21", &[LIST]).await;
+        let mailchimp = FakeMailchimp::start(MAILCHIMP_KEY, &[LIST]).await;
         let contacts = HubSpotContacts::start(HUBSPOT_READ_TOKEN).await;
-        let relay = h.start_sinks(vec![h.hubspot_spec(), ads.spec(), partner_spec(&partner)]);
+        let relay = h.start_sinks(vec![
+            h.hubspot_spec(),
+            ads.spec(),
+            partner_spec(&partner),
+            newsletter_spec(&mailchimp),
+        ]);
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -131,7 +159,8 @@ api_base_url = "{}"
                 .as_deref()
                 == Some("SUBSCRIBED")
                 && self.ads.presence(&email) == [true; 4]
-                && self.partner.lead(who).is_some())
+                && self.partner.lead(who).is_some()
+                && self.mailchimp.member_status(LIST, &email).as_deref() == Some("subscribed"))
             .then_some(())
         })
         .await;
@@ -205,6 +234,7 @@ async fn an_unsubscribe_at_mailchimp_reaches_every_other_downstream_once_and_for
 
     // Mailchimp's times have whole seconds.
     let at_ms = (webhooks::now_ms() - 2_000) / 1000 * 1000;
+    let before = l.mailchimp.requests().len();
     let (status, body) =
         webhooks::unsubscribe_at_mailchimp(&l.mailchimp, &hook, LIST, &email, at_ms).await;
     assert_eq!(status, http::OK, "{body}");
@@ -237,13 +267,44 @@ async fn an_unsubscribe_at_mailchimp_reaches_every_other_downstream_once_and_for
         "subscribed once, unsubscribed once"
     );
     assert_eq!(l.metrics.get(metrics::PUBLISHED, Vendor::Mailchimp), 3);
+    // The echo: the newsletter sink tells Mailchimp the same decision, which changes nothing.
+    let echo = eventually("the newsletter sink decided the echo", PATIENCE, || async {
+        l.h.report("mia")
+            .await
+            .deliveries
+            .into_iter()
+            .find(|d| {
+                d.key.event_id == unsubscribe.event_id && d.key.sink.starts_with("newsletter")
+            })
+            .filter(|d| d.status.is_final())
+    })
+    .await;
+    assert!(
+        matches!(echo.status, Status::Applied | Status::AlreadyApplied),
+        "{echo:?}"
+    );
+
+    l.stale_grant_is_superseded("mia", at_ms - 60_000).await;
     assert_eq!(
         l.mailchimp.member_status(LIST, &email).as_deref(),
         Some("unsubscribed"),
         "nobody re-subscribed the person where they unsubscribed"
     );
-
-    l.stale_grant_is_superseded("mia", at_ms - 60_000).await;
+    let subscribes = |r: &&relay_testkit::recorded::RecordedRequest| {
+        r.body.contains("\"status\":\"subscribed\"") || r.body.contains("\"status\":\"pending\"")
+    };
+    assert!(
+        l.mailchimp.requests()[..before]
+            .iter()
+            .any(|r| subscribes(&r)),
+        "the sign-up's request is what a re-subscribe would look like"
+    );
+    let resubscribing: Vec<_> = l.mailchimp.requests()[before..]
+        .iter()
+        .filter(subscribes)
+        .map(|r| format!("{} {} {}", r.method, r.path, r.body))
+        .collect();
+    assert!(resubscribing.is_empty(), "no flapping: {resubscribing:?}");
     l.stop().await;
 }
 
