@@ -32,6 +32,7 @@ use axum::{Json, Router};
 use relay_events::ConsentEvent;
 use relay_ledger::AnyLedger;
 use serde_json::json;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{BrevoAuth, BrevoIngest, HubSpotIngest, IngestConfig, MailchimpIngest, Secret};
@@ -43,7 +44,8 @@ pub const MAILCHIMP_PATH: &str = "/webhooks/mailchimp/{secret}";
 pub const BREVO_PATH: &str = "/webhooks/brevo";
 
 /// The vendors time out (HubSpot after a few seconds) and retry; an answer that comes too late
-/// is a retry anyway, so give up first and say so (503).
+/// is a retry anyway, so give up first and say so (503). One budget per request, lookups and
+/// publishing together.
 const ANSWER_WITHIN: Duration = Duration::from_secs(4);
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -123,11 +125,12 @@ impl Ingest {
         vendor: Vendor,
         notices: Vec<Notice>,
         ignored: Vec<&'static str>,
+        deadline: Instant,
     ) -> Response {
         for reason in &ignored {
             self.metrics.add(metrics::IGNORED, vendor, reason, 1);
         }
-        match tokio::time::timeout(ANSWER_WITHIN, self.publish_known(vendor, notices)).await {
+        match tokio::time::timeout_at(deadline, self.publish_known(vendor, notices)).await {
             Ok(Ok((published, unknown))) => (
                 StatusCode::OK,
                 Json(json!({"published": published, "unknown": unknown, "ignored": ignored.len()})),
@@ -136,15 +139,17 @@ impl Ingest {
             Ok(Err(failure)) => failure.into_response(),
             // The publish may still land after the 503; the vendor's retry then carries the
             // same event id, a duplicate the consumers recognise.
-            Err(_) => {
-                self.metrics.add(metrics::FAILED, vendor, "timeout", 1);
-                tracing::warn!(
-                    vendor = vendor.as_str(),
-                    "webhook not decided in time; answering 503"
-                );
-                unavailable("not decided in time")
-            }
+            Err(_) => self.too_late(vendor),
         }
+    }
+
+    fn too_late(&self, vendor: Vendor) -> Response {
+        self.metrics.add(metrics::FAILED, vendor, "timeout", 1);
+        tracing::warn!(
+            vendor = vendor.as_str(),
+            "webhook not decided in time; answering 503"
+        );
+        unavailable("not decided in time")
     }
 
     async fn publish_known(
@@ -260,6 +265,7 @@ async fn hubspot_webhook(
     body: Bytes,
 ) -> Response {
     let vendor = Vendor::HubSpot;
+    let deadline = Instant::now() + ANSWER_WITHIN;
     ingest.metrics.add(metrics::RECEIVED, vendor, "", 1);
     let Some(config) = ingest.config.hubspot.as_ref() else {
         return StatusCode::NOT_FOUND.into_response();
@@ -285,14 +291,16 @@ async fn hubspot_webhook(
     let (pending, ignored) = hubspot::decisions(config, &events);
     let mut notices = Vec::new();
     for p in pending {
-        let email = match hubspot::contact_email(&ingest.http, config, p.contact_id).await {
-            Ok(email) => email,
-            Err(e) => return ingest.fail(vendor, "lookup", e.to_string()).into_response(),
+        let lookup = hubspot::contact_email(&ingest.http, config, p.contact_id);
+        let email = match tokio::time::timeout_at(deadline, lookup).await {
+            Ok(Ok(email)) => email,
+            Ok(Err(e)) => return ingest.fail(vendor, "lookup", e.to_string()).into_response(),
+            Err(_) => return ingest.too_late(vendor),
         };
         notices.push(p.into_notice(email));
     }
     ingest
-        .decide(vendor, notices, vec!["no_decision"; ignored])
+        .decide(vendor, notices, vec!["no_decision"; ignored], deadline)
         .await
 }
 
@@ -315,6 +323,7 @@ async fn mailchimp_webhook(
     body: Bytes,
 ) -> Response {
     let vendor = Vendor::Mailchimp;
+    let deadline = Instant::now() + ANSWER_WITHIN;
     ingest.metrics.add(metrics::RECEIVED, vendor, "", 1);
     let Some(config) = ingest.config.mailchimp.as_ref() else {
         return StatusCode::NOT_FOUND.into_response();
@@ -325,14 +334,19 @@ async fn mailchimp_webhook(
     ingest.metrics.add(metrics::VERIFIED, vendor, "", 1);
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
     match mailchimp::parse(config, &form) {
-        Ok(mailchimp::Parsed::Decision(n)) => ingest.decide(vendor, vec![n], vec![]).await,
-        Ok(mailchimp::Parsed::Ignored(why)) => ingest.decide(vendor, vec![], vec![why]).await,
+        Ok(mailchimp::Parsed::Decision(n)) => {
+            ingest.decide(vendor, vec![n], vec![], deadline).await
+        }
+        Ok(mailchimp::Parsed::Ignored(why)) => {
+            ingest.decide(vendor, vec![], vec![why], deadline).await
+        }
         Err(e) => malformed(e.to_string()),
     }
 }
 
 async fn brevo_webhook(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -> Response {
     let vendor = Vendor::Brevo;
+    let deadline = Instant::now() + ANSWER_WITHIN;
     ingest.metrics.add(metrics::RECEIVED, vendor, "", 1);
     let Some(config) = ingest.config.brevo.as_ref() else {
         return StatusCode::NOT_FOUND.into_response();
@@ -349,8 +363,8 @@ async fn brevo_webhook(State(ingest): State<Ingest>, headers: HeaderMap, body: B
         Err(e) => return malformed(format!("Brevo webhook body is not an event object: {e}")),
     };
     match brevo::parse(config, &payload) {
-        Ok(brevo::Parsed::Decision(n)) => ingest.decide(vendor, vec![n], vec![]).await,
-        Ok(brevo::Parsed::Ignored(why)) => ingest.decide(vendor, vec![], vec![why]).await,
+        Ok(brevo::Parsed::Decision(n)) => ingest.decide(vendor, vec![n], vec![], deadline).await,
+        Ok(brevo::Parsed::Ignored(why)) => ingest.decide(vendor, vec![], vec![why], deadline).await,
         Err(e) => malformed(e.to_string()),
     }
 }

@@ -18,6 +18,7 @@ const TOKEN: &str = "pat-ingest";
 struct Recorder {
     events: Mutex<Vec<ConsentEvent>>,
     broken: Mutex<bool>,
+    slow: Mutex<bool>,
 }
 
 impl Publish for Recorder {
@@ -25,6 +26,10 @@ impl Publish for Recorder {
         Box::pin(async move {
             if *self.broken.lock().unwrap() {
                 return Err("broker down".into());
+            }
+            let slow = *self.slow.lock().unwrap();
+            if slow {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
             }
             self.events.lock().unwrap().extend_from_slice(events);
             Ok(())
@@ -267,6 +272,22 @@ async fn brevo_needs_its_credentials_and_a_failed_publish_is_a_503() {
     assert_eq!(s.metrics.get(metrics::FAILED, Vendor::Brevo), 1);
 
     *s.recorder.broken.lock().unwrap() = false;
+    *s.recorder.slow.lock().unwrap() = true;
+    let asked = std::time::Instant::now();
+    let (status, _) = webhooks::send_brevo(&url, "Bearer brevo-token", &payload).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a broker that does not answer"
+    );
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(6),
+        "answered within the vendors' timeouts: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(s.metrics.get(metrics::FAILED, Vendor::Brevo), 2);
+
+    *s.recorder.slow.lock().unwrap() = false;
     let (status, _) = webhooks::send_brevo(&url, "Bearer brevo-token", &payload).await;
     assert_eq!(status, StatusCode::OK);
     let published = s.published();
