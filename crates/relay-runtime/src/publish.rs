@@ -1,4 +1,4 @@
-//! Publishing events (the `publish` command): encode, key by `subject_id`, wait for the broker.
+//! Publishing events (`publish`, `import`, `ingest`): encode, key by `subject_id`, wait for the broker.
 
 use std::time::Duration;
 
