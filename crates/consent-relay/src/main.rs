@@ -200,6 +200,13 @@ enum LedgerCommand {
     /// For a data-subject request: the proof of each consent decision and every recipient the
     /// person's data went to.
     Audit { subject_id: String },
+    /// Decisions `ingest` heard about people the ledger does not know (email hash only), to
+    /// follow up at the vendor or upstream.
+    UnknownContacts {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -292,6 +299,21 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
             let ledger = relay_ledger::open(&config.ledger.url).await?;
             let report = relay_ledger::Ledger::subject_report(&ledger, &subject_id).await?;
             print!("{}", ledger_report::to_audit(&subject_id, &report));
+            Ok(())
+        }
+        Command::Ledger {
+            command: LedgerCommand::UnknownContacts { json },
+        } => {
+            let ledger = relay_ledger::open(&config.ledger.url).await?;
+            let unknown = ledger.unknown_contacts().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&unknown).unwrap_or_default()
+                );
+            } else {
+                print!("{}", ledger_report::to_unknown_contacts(&unknown));
+            }
             Ok(())
         }
         Command::Ledger {

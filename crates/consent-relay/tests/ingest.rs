@@ -112,7 +112,13 @@ a6b5da1054 = ["newsletter"]
     let (status, body) = webhooks::send_mailchimp(&hook, &form).await;
     assert_eq!(status.as_u16(), 200, "{body}");
 
-    let messages = broker::read_all(&topic, 1, Duration::from_secs(30)).await;
+    // Someone the ledger has never seen: recorded, nothing published.
+    let stranger =
+        webhooks::mailchimp_unsubscribe("a6b5da1054", "nobody@example.de", "2026-11-30 09:16:00");
+    let (status, body) = webhooks::send_mailchimp(&hook, &stranger).await;
+    assert_eq!(status.as_u16(), 200, "{body}");
+
+    let messages = broker::read_all(&topic, 2, Duration::from_secs(5)).await;
     assert_eq!(messages.len(), 1);
     let ev = relay_events::decode(&messages[0].payload).unwrap();
     assert_eq!(
@@ -165,4 +171,20 @@ a6b5da1054 = ["newsletter"]
         "no raw email in the logs:\n{logs}"
     );
     assert!(!logs.contains(PATH_SECRET), "no secret in the logs");
+
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["ledger", "unknown-contacts"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    let hash = relay_events::normalize::email_sha256("nobody@example.de");
+    assert_eq!(table.lines().count(), 2, "a header and one row:\n{table}");
+    assert!(
+        table.contains(&hash) && table.contains("mailchimp") && table.contains("list a6b5da1054"),
+        "{table}"
+    );
+    assert!(!table.contains("nobody@example.de"), "hash only:\n{table}");
 }
