@@ -1,15 +1,18 @@
 //! `consent-relay ingest` as a process: secrets from the environment, a Mailchimp webhook for a
-//! person the ledger knows ends up on the topic, the admin port counts it, SIGTERM stops it.
+//! person the ledger knows ends up on the topic, the admin port counts it, SIGTERM stops it; once
+//! `run` has consumed it, `ledger audit` names Mailchimp as the source.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use relay_testkit::broker;
+use relay_testkit::hubspot::FakeHubSpot;
 use relay_testkit::webhooks;
 
 const BIN: &str = env!("CARGO_BIN_EXE_consent-relay");
 const PATH_SECRET: &str = "f3a1c0e2b4d6a8c0e2f4a6b8d0c2e4f6";
+const TOKEN: &str = "pat-ingest-binary";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -23,6 +26,8 @@ fn free_port() -> u16 {
 async fn the_ingest_command_publishes_a_verified_webhook_and_counts_it() {
     let topic = broker::unique_name("ingest-bin");
     broker::create_topic(&topic, 2).await;
+    broker::create_topic(&format!("{topic}.dlq"), 1).await;
+    let hubspot = FakeHubSpot::start(TOKEN).await;
     let dir = tempfile::tempdir().unwrap();
     let (web, admin) = (free_port(), free_port());
     let config = dir.path().join("consent-relay.toml");
@@ -34,6 +39,10 @@ async fn the_ingest_command_publishes_a_verified_webhook_and_counts_it() {
 [kafka]
 bootstrap_servers = "{}"
 topics = ["{topic}"]
+dlq_topic = "{topic}.dlq"
+retry_topic_prefix = "{topic}.retry"
+group_prefix = "{group}"
+session_timeout_ms = 6000
 [ledger]
 url = "{ledger_url}"
 [admin]
@@ -46,8 +55,20 @@ public_url = "http://127.0.0.1:{web}"
 [ingest.mailchimp]
 [ingest.mailchimp.lists]
 a6b5da1054 = ["newsletter"]
+# As in production: the file enables no sink, the `run` process enables its own.
+[sinks.hubspot]
+enabled = false
+base_url = "{base}"
+[sinks.hubspot.batch]
+linger_ms = 50
+[sinks.hubspot.purposes.newsletter]
+subscription_ids = [12345]
+legal_basis = "CONSENT_WITH_NOTICE"
+legal_basis_explanation = "Newsletter sign-up"
 "#,
-            broker::bootstrap()
+            broker::bootstrap(),
+            group = broker::unique_name("ingest-bin"),
+            base = hubspot.base_url(),
         ),
     )
     .unwrap();
@@ -187,4 +208,38 @@ a6b5da1054 = ["newsletter"]
         "{table}"
     );
     assert!(!table.contains("nobody@example.de"), "hash only:\n{table}");
+
+    // The relay consumes the event like any other; the audit names the vendor.
+    let run = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--exit-when-idle", "3"])
+        .env("CONSENT_RELAY__SINKS__HUBSPOT__ENABLED", "true")
+        .env("CONSENT_RELAY_HUBSPOT_TOKEN", TOKEN)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        hubspot
+            .subscription_status("ines@example.de", 12345)
+            .as_deref(),
+        Some("UNSUBSCRIBED")
+    );
+    let audit = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["ledger", "audit", "ines"])
+        .output()
+        .unwrap();
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    let line = audit
+        .lines()
+        .find(|l| l.contains("Unsubscribed"))
+        .unwrap_or_else(|| panic!("the unsubscribe in the audit:\n{audit}"));
+    assert!(line.contains("via mailchimp"), "{audit}");
 }
