@@ -48,3 +48,29 @@ async fn readyz(State(t): State<Telemetry>) -> impl IntoResponse {
         ),
     }
 }
+
+/// The admin port of `ingest`: its counters and `/healthz` (it has no sinks to be ready for).
+pub async fn serve_ingest(
+    listener: TcpListener,
+    metrics: relay_ingest::Metrics,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route(
+            "/metrics",
+            get(|State(m): State<relay_ingest::Metrics>| async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    m.render(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(metrics);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

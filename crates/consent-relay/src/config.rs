@@ -44,6 +44,8 @@ struct FileConfig {
     purposes: BTreeMap<String, PurposeConfig>,
     #[serde(default)]
     sinks: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    ingest: Option<relay_ingest::IngestConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +101,9 @@ pub struct Config {
     pub events: EventRules,
     pub purposes: BTreeMap<String, PurposeConfig>,
     pub sinks: Vec<SinkEntry>,
+    /// `[ingest]`: the vendors' webhooks (`consent-relay ingest`); checked only when that command
+    /// runs, because each pod holds only its own command's secrets.
+    pub ingest: Option<relay_ingest::IngestConfig>,
 }
 
 /// One `[sinks.NAME]` table: the runtime's settings and the sink's own configuration.
@@ -112,6 +117,21 @@ pub struct SinkEntry {
 impl Config {
     pub fn known_purposes(&self) -> BTreeSet<String> {
         self.purposes.keys().cloned().collect()
+    }
+
+    /// The `[ingest]` section with its secrets, or every problem with it.
+    pub fn ingest(&self) -> Result<relay_ingest::IngestConfig, ConfigError> {
+        let Some(ingest) = &self.ingest else {
+            return Err(ConfigError::Invalid(vec![
+                "ingest: no [ingest] section (see deploy/consent-relay.example.toml)".to_owned(),
+            ]));
+        };
+        let problems = ingest.problems(&self.known_purposes());
+        if problems.is_empty() {
+            Ok(ingest.clone())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
     }
 }
 
@@ -229,6 +249,10 @@ pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Co
             .properties
             .insert("sasl.password".to_owned(), pw.clone());
     }
+    let mut ingest = file.ingest;
+    if let Some(ingest) = &mut ingest {
+        ingest.apply_env(env);
+    }
     finish(
         problems,
         Config {
@@ -240,6 +264,7 @@ pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Co
             events: file.events,
             purposes: file.purposes,
             sinks,
+            ingest,
         },
     )
 }
@@ -411,6 +436,30 @@ legal_basis_explanation = "Signed up on the website"
         let c = load_with_env(Some(&path), &env).unwrap_or_else(|e| panic!("{e}"));
         let names: Vec<&str> = c.sinks.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["audiences", "hubspot", "newsletter", "partner"]);
+        let missing = c.ingest().unwrap_err().to_string();
+        assert!(
+            missing.contains("CONSENT_RELAY_INGEST_HUBSPOT_CLIENT_SECRET"),
+            "{missing}"
+        );
+        let mut env = env;
+        env.extend(
+            [
+                ("CONSENT_RELAY_INGEST_HUBSPOT_CLIENT_SECRET", "hs-secret"),
+                ("CONSENT_RELAY_INGEST_HUBSPOT_TOKEN", "pat-eu1-read"),
+                (
+                    "CONSENT_RELAY_INGEST_MAILCHIMP_PATH_SECRET",
+                    "6f1c0d3a9e2b4c7d8e9f0a1b2c3d4e5f",
+                ),
+                ("CONSENT_RELAY_INGEST_BREVO_TOKEN", "brevo-webhook-token"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+        let c = load_with_env(Some(&path), &env).unwrap_or_else(|e| panic!("{e}"));
+        let ingest = c.ingest().unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !format!("{ingest:?}").contains("hs-secret"),
+            "secrets stay out of Debug"
+        );
     }
 
     #[test]

@@ -225,6 +225,27 @@ fn csv(field: &str) -> String {
     }
 }
 
+/// `ledger unknown-contacts`: one line per decision about a person the ledger does not know.
+pub fn to_unknown_contacts(rows: &[relay_ledger::UnknownContact]) -> String {
+    let mut out = format!(
+        "{:<24} {:<10} {:<17} {:<24} {:<64} {:<36} VENDOR-REF\n",
+        "OCCURRED", "VENDOR", "KIND", "PURPOSES", "EMAIL-SHA256", "EVENT"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<24} {:<10} {:<17} {:<24} {:<64} {:<36} {}\n",
+            when(r.occurred_at_ms),
+            shown(&r.vendor),
+            shown(&r.kind),
+            shown(&r.purposes.join(",")),
+            r.email_sha256.as_deref().unwrap_or("-"),
+            r.event_id,
+            shown(&r.vendor_ref)
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use relay_events::Action;

@@ -6,6 +6,7 @@
 
 mod admin;
 mod config;
+mod import;
 mod ledger_report;
 mod sinks;
 
@@ -38,6 +39,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process; boxing `import`'s column flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Consume and propagate events: one consumer group per sink.
@@ -57,6 +60,26 @@ enum Command {
         /// Topic to publish to (default: the first of `kafka.topics`).
         #[arg(long)]
         topic: Option<String>,
+    },
+    /// Receive the vendors' own notifications (HubSpot, Mailchimp, Brevo webhooks), verify them,
+    /// and publish each decision as a consent event before answering; see `[ingest]`.
+    Ingest,
+    /// Load existing consent decisions (CSV, or JSON lines as `publish` reads them) as events with
+    /// their original timestamps. Rows that break a rule are listed (row number and reason) and
+    /// skipped; event ids are derived from each row, so a rerun repeats the same events.
+    Import {
+        file: PathBuf,
+        /// Default: JSON lines for .jsonl/.ndjson/.json, CSV otherwise.
+        #[arg(long, value_enum)]
+        format: Option<import::Format>,
+        /// Check every row and report; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Topic to publish to (default: the first of `kafka.topics`).
+        #[arg(long)]
+        topic: Option<String>,
+        #[command(flatten)]
+        columns: import::Columns,
     },
     /// Consumer lag per group and partition (like `kafka-consumer-groups --describe`), with the
     /// age of the oldest unapplied event. Needs only the broker, not a running relay.
@@ -177,6 +200,13 @@ enum LedgerCommand {
     /// For a data-subject request: the proof of each consent decision and every recipient the
     /// person's data went to.
     Audit { subject_id: String },
+    /// Decisions `ingest` heard about people the ledger does not know (email hash only), to
+    /// follow up at the vendor or upstream.
+    UnknownContacts {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -217,6 +247,8 @@ enum AppError {
     Ledger(#[from] relay_ledger::LedgerError),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -231,6 +263,14 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
             exit_when_idle,
         } => run(config, sinks, exit_when_idle.map(Duration::from_secs)).await,
         Command::Publish { input, topic } => publish(config, input, topic).await,
+        Command::Ingest => ingest(config).await,
+        Command::Import {
+            file,
+            format,
+            dry_run,
+            topic,
+            columns,
+        } => import_file(config, file, format, dry_run, topic, columns).await,
         Command::Lag { groups, json } => lag(config, groups, json).await,
         Command::Dlq { command } => dlq(config, command).await,
         Command::Parked { command } => parked(config, command).await,
@@ -259,6 +299,21 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
             let ledger = relay_ledger::open(&config.ledger.url).await?;
             let report = relay_ledger::Ledger::subject_report(&ledger, &subject_id).await?;
             print!("{}", ledger_report::to_audit(&subject_id, &report));
+            Ok(())
+        }
+        Command::Ledger {
+            command: LedgerCommand::UnknownContacts { json },
+        } => {
+            let ledger = relay_ledger::open(&config.ledger.url).await?;
+            let unknown = ledger.unknown_contacts().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&unknown).unwrap_or_default()
+                );
+            } else {
+                print!("{}", ledger_report::to_unknown_contacts(&unknown));
+            }
             Ok(())
         }
         Command::Ledger {
@@ -363,6 +418,147 @@ async fn run(
     let _ = admin.await;
     result?;
     Ok(())
+}
+
+async fn ingest(config: Config) -> Result<(), AppError> {
+    let settings = config.ingest()?;
+    let topic = settings
+        .topic
+        .clone()
+        .unwrap_or_else(|| config.kafka.topics[0].clone());
+    let ledger = Arc::new(relay_ledger::open(&config.ledger.url).await?);
+    let publisher = relay_runtime::Publisher::new(&config.kafka)?;
+    let metrics = relay_ingest::Metrics::default();
+    let bind = |addr: std::net::SocketAddr, what: &'static str| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Io {
+                path: format!("{what} {addr}"),
+                source,
+            })
+    };
+    let listener = bind(settings.listen, "ingest.listen").await?;
+    let admin_listener = bind(config.admin.listen, "admin.listen").await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    let admin = tokio::spawn(admin::serve_ingest(
+        admin_listener,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        listen = %settings.listen,
+        public_url = %settings.public_url,
+        topic,
+        hubspot = settings.hubspot.is_some(),
+        mailchimp = settings.mailchimp.is_some(),
+        brevo = settings.brevo.is_some(),
+        "ingest: serving the vendors' webhooks"
+    );
+    let ingest = relay_ingest::Ingest::new(
+        settings,
+        ledger,
+        Arc::new(relay_ingest::KafkaPublish { publisher, topic }),
+        metrics,
+    );
+    let served = relay_ingest::serve(listener, ingest, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = admin.await;
+    served.map_err(|source| AppError::Io {
+        path: "ingest server".to_owned(),
+        source,
+    })
+}
+
+/// Events per broker round: large enough to keep the producer busy, small enough for a progress
+/// line that moves.
+const IMPORT_CHUNK: usize = 5_000;
+
+async fn import_file(
+    config: Config,
+    file: PathBuf,
+    format: Option<import::Format>,
+    dry_run: bool,
+    topic: Option<String>,
+    columns: import::Columns,
+) -> Result<(), AppError> {
+    use std::io::{IsTerminal, Write};
+    let text = std::fs::read_to_string(&file).map_err(|source| AppError::Io {
+        path: file.display().to_string(),
+        source,
+    })?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let known = config.known_purposes();
+    let rules = import::Rules {
+        known_purposes: &known,
+        now_ms,
+        future_tolerance_ms: config.events.future_tolerance_ms,
+    };
+    let format = format.unwrap_or_else(|| import::Format::guess(&file));
+    let parsed = import::parse(&text, format, &columns, &rules)
+        .map_err(|e| AppError::Usage(format!("{}: {e}", file.display())))?;
+    for bad in &parsed.bad {
+        println!("row {}: {}", bad.row, bad.reason);
+    }
+    let rows = parsed.events.len() + parsed.bad.len() + parsed.repeated;
+    let topic = topic.unwrap_or_else(|| config.kafka.topics[0].clone());
+    if dry_run {
+        println!(
+            "dry run of {}: {rows} row(s), {} valid, {} bad, {} repeating an earlier row; nothing published",
+            file.display(),
+            parsed.events.len(),
+            parsed.bad.len(),
+            parsed.repeated
+        );
+        return match parsed.bad.len() {
+            0 => Ok(()),
+            n => Err(AppError::Usage(format!("{n} bad row(s), listed above"))),
+        };
+    }
+    // A rerun after a partial import: what a consumer has logged needs no second copy.
+    let ledger = relay_ledger::open(&config.ledger.url).await?;
+    let ids: Vec<uuid::Uuid> = parsed.events.iter().map(|e| e.event_id).collect();
+    let logged = ledger.logged_event_ids(&ids).await?;
+    let fresh: Vec<_> = parsed
+        .events
+        .into_iter()
+        .filter(|e| !logged.contains(&e.event_id))
+        .collect();
+    let publisher = relay_runtime::Publisher::new(&config.kafka)?;
+    let interactive = std::io::stderr().is_terminal();
+    let mut done = 0;
+    let mut shown_tenth = 0;
+    for chunk in fresh.chunks(IMPORT_CHUNK) {
+        publisher.send(&topic, chunk).await?;
+        done += chunk.len();
+        let percent = done * 100 / fresh.len();
+        if interactive {
+            eprint!("\rimport: {done}/{} published ({percent}%)", fresh.len());
+            let _ = std::io::stderr().flush();
+        } else if percent / 10 > shown_tenth || done == fresh.len() {
+            shown_tenth = percent / 10;
+            eprintln!("import: {done}/{} published ({percent}%)", fresh.len());
+        }
+    }
+    if interactive && !fresh.is_empty() {
+        eprintln!();
+    }
+    println!(
+        "imported {}: {rows} row(s), {} published to {topic}, {} already in the ledger, {} bad, {} repeating an earlier row",
+        file.display(),
+        fresh.len(),
+        logged.len(),
+        parsed.bad.len(),
+        parsed.repeated
+    );
+    match parsed.bad.len() {
+        0 => Ok(()),
+        n => Err(AppError::Usage(format!(
+            "{n} bad row(s) not imported, listed above; fix them and rerun (imported rows keep their ids)"
+        ))),
+    }
 }
 
 async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {

@@ -6,6 +6,7 @@
 //! migrations per backend. Must not: store raw email, phone or name; talk to Kafka or downstreams.
 
 mod codec;
+mod ingest;
 pub mod memory;
 mod migrations;
 mod model;
@@ -17,6 +18,7 @@ mod sql;
 pub mod sqlite;
 mod suppression;
 
+pub use ingest::UnknownContact;
 pub use memory::MemoryLedger;
 pub use model::*;
 pub use postgres::PostgresLedger;

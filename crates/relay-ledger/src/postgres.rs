@@ -64,6 +64,11 @@ impl PostgresLedger {
         self.pool.close().await;
     }
 
+    /// For the statements kept in modules of their own (`ingest.rs`).
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Begins a transaction holding the advisory locks of `subjects`, taken in ascending key
     /// order so two transactions locking overlapping sets cannot deadlock.
     async fn locked_tx<'a>(

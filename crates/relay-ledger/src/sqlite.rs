@@ -61,6 +61,11 @@ impl SqliteLedger {
         self.pool.close().await;
     }
 
+    /// For the statements kept in modules of their own (`ingest.rs`).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, LedgerError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }

@@ -58,6 +58,7 @@ suite!(
     conflicting_decisions_in_one_batch_decide_as_one_after_another,
     the_same_row_twice_in_one_write_applies_in_order,
     copies_of_an_event_in_one_log_write_are_compared_with_the_first,
+    ingest_finds_subjects_by_email_hash_and_keeps_unknown_contacts_once,
 );
 
 const HUBSPOT: &str = "hubspot";
@@ -562,8 +563,8 @@ async fn migrations_are_idempotent(url: &str) {
     // Two instances starting at once on a new database, then a restart.
     let (a, b) = tokio::join!(open(url), open(url));
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(a.applied_migrations().await.unwrap(), [1, 2]);
-    assert_eq!(b.applied_migrations().await.unwrap(), [1, 2]);
+    assert_eq!(a.applied_migrations().await.unwrap(), [1, 2, 3]);
+    assert_eq!(b.applied_migrations().await.unwrap(), [1, 2, 3]);
 
     let c = fresh("s1", NEWSLETTER, Action::Grant, 100);
     assert_eq!(decide_one(&a, &c).await, proceed(1));
@@ -571,7 +572,7 @@ async fn migrations_are_idempotent(url: &str) {
     b.close().await;
 
     let reopened = open(url).await.unwrap();
-    assert_eq!(reopened.applied_migrations().await.unwrap(), [1, 2]);
+    assert_eq!(reopened.applied_migrations().await.unwrap(), [1, 2, 3]);
     assert_eq!(
         decide(&reopened, &[c]).await,
         [proceed(2)],
@@ -1062,4 +1063,53 @@ async fn copies_of_an_event_in_one_log_write_are_compared_with_the_first(url: &s
     assert_eq!(logged.len(), 2);
     assert!(logged.contains(&(old.event_id, Some("aaaa"), 1)));
     assert!(logged.contains(&(new, Some("cccc"), 2)));
+}
+
+async fn ingest_finds_subjects_by_email_hash_and_keeps_unknown_contacts_once(url: &str) {
+    let l = open(url).await.unwrap();
+    let mut old = record("old-id", "ConsentGranted", &[NEWSLETTER], 100, 1);
+    old.email_sha256 = Some("a".repeat(64));
+    let mut merged = record("new-id", "ConsentGranted", &[NEWSLETTER], 200, 2);
+    merged.email_sha256 = Some("a".repeat(64));
+    let logged = [old.event_id, merged.event_id, Uuid::new_v4()];
+    l.log_events(&[old, merged]).await.unwrap();
+    assert_eq!(
+        l.logged_event_ids(&logged).await.unwrap(),
+        logged[..2].iter().copied().collect()
+    );
+    assert_eq!(
+        l.subject_for_email(&"a".repeat(64))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("new-id"),
+        "the subject of the newest decision"
+    );
+    assert_eq!(l.subject_for_email(&"b".repeat(64)).await.unwrap(), None);
+
+    let unknown = relay_ledger::UnknownContact {
+        event_id: Uuid::new_v4(),
+        vendor: "mailchimp".into(),
+        kind: "Unsubscribed".into(),
+        purposes: vec![NEWSLETTER.into()],
+        email_sha256: Some("b".repeat(64)),
+        vendor_ref: "list a6b5da1054".into(),
+        occurred_at_ms: 300,
+        recorded_at_ms: 0,
+    };
+    assert!(l.record_unknown_contact(&unknown).await.unwrap());
+    assert!(
+        !l.record_unknown_contact(&unknown).await.unwrap(),
+        "a vendor's retry adds nothing"
+    );
+    let kept = l.unknown_contacts().await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        relay_ledger::UnknownContact {
+            recorded_at_ms: 0,
+            ..kept[0].clone()
+        },
+        unknown
+    );
+    assert!(kept[0].recorded_at_ms > 0);
 }

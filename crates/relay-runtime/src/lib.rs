@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{BatchConfig, EventRules, KafkaConfig, LivenessConfig, RetryConfig};
 pub use decode::{Decoder, Rejected};
 pub use message::{Message, Origin, ParkTicket};
-pub use publish::{producer, publish};
+pub use publish::{producer, publish, Publisher};
 pub use registry::SchemaRegistry;
 pub use retry::RetrySchedule;
 pub use telemetry::{metric, Telemetry, METRICS};

@@ -1,9 +1,10 @@
-//! Publishing events (the `publish` command): encode, key by `subject_id`, wait for the broker.
+//! Publishing events (`publish`, `import`, `ingest`): encode, key by `subject_id`, wait for the broker.
 
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -34,55 +35,90 @@ pub async fn publish(
     topic: &str,
     events: &[ConsentEvent],
 ) -> Result<(), RuntimeError> {
-    let producer = producer(kafka)?;
-    let registry = kafka
-        .schema_registry_url
-        .as_deref()
-        .map(SchemaRegistry::new);
-    let mut ids = std::collections::HashMap::<EventKind, u32>::new();
-    let mut pending = VecDeque::new();
-    for ev in events {
-        let bytes = match &registry {
-            None => relay_events::encode_single_object(ev),
-            Some(registry) => {
-                let id = match ids.get(&ev.kind) {
-                    Some(id) => *id,
-                    None => {
-                        let subject = format!("{topic}-value");
-                        let id = registry
-                            .register(&subject, relay_events::schema_json(ev.kind))
-                            .await
-                            .map_err(RuntimeError::Registry)?;
-                        ids.insert(ev.kind, id);
-                        id
-                    }
-                };
-                relay_events::encode_confluent(id, ev)
-            }
-        };
-        let key = ev.subject_id.as_str();
-        // send_result enqueues at once, so the events leave in order without a round trip each.
-        loop {
-            match producer.send_result(FutureRecord::to(topic).key(key).payload(&bytes)) {
-                Ok(delivery) => {
-                    pending.push_back(delivery);
-                    break;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    let Some(oldest) = pending.pop_front() else {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
+    Publisher::new(kafka)?.send(topic, events).await
+}
+
+/// A producer kept for many sends (`ingest` answers each webhook only after its events are
+/// acknowledged, and a producer per request would cost a broker connection each time).
+pub struct Publisher {
+    producer: FutureProducer,
+    registry: Option<SchemaRegistry>,
+    /// Registered schema ids per (topic, kind): a registry is asked once per process.
+    ids: Mutex<HashMap<(String, EventKind), u32>>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    pub fn new(kafka: &KafkaConfig) -> Result<Publisher, RuntimeError> {
+        Ok(Publisher {
+            producer: producer(kafka)?,
+            registry: kafka
+                .schema_registry_url
+                .as_deref()
+                .map(SchemaRegistry::new),
+            ids: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sends `events` in order and returns once the broker acknowledged every one of them (as
+    /// durable as the producer's `acks` make it: all in-sync replicas by default).
+    pub async fn send(&self, topic: &str, events: &[ConsentEvent]) -> Result<(), RuntimeError> {
+        let mut pending = VecDeque::new();
+        for ev in events {
+            let bytes = match &self.registry {
+                None => relay_events::encode_single_object(ev),
+                Some(registry) => {
+                    let key = (topic.to_owned(), ev.kind);
+                    let known = self.ids.lock().ok().and_then(|ids| ids.get(&key).copied());
+                    let id = match known {
+                        Some(id) => id,
+                        None => {
+                            let subject = format!("{topic}-value");
+                            let id = registry
+                                .register(&subject, relay_events::schema_json(ev.kind))
+                                .await
+                                .map_err(RuntimeError::Registry)?;
+                            if let Ok(mut ids) = self.ids.lock() {
+                                ids.insert(key, id);
+                            }
+                            id
+                        }
                     };
-                    acknowledged(oldest).await?;
+                    relay_events::encode_confluent(id, ev)
                 }
-                Err((e, _)) => return Err(RuntimeError::Kafka(e)),
+            };
+            let key = ev.subject_id.as_str();
+            // send_result enqueues at once, so the events leave in order without a round trip each.
+            loop {
+                match self
+                    .producer
+                    .send_result(FutureRecord::to(topic).key(key).payload(&bytes))
+                {
+                    Ok(delivery) => {
+                        pending.push_back(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        let Some(oldest) = pending.pop_front() else {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        };
+                        acknowledged(oldest).await?;
+                    }
+                    Err((e, _)) => return Err(RuntimeError::Kafka(e)),
+                }
             }
         }
+        for delivery in pending {
+            acknowledged(delivery).await?;
+        }
+        Ok(())
     }
-    for delivery in pending {
-        acknowledged(delivery).await?;
-    }
-    Ok(())
 }
 
 async fn acknowledged(delivery: DeliveryFuture) -> Result<(), RuntimeError> {

@@ -14,3 +14,4 @@ pub mod partner;
 pub mod postgres;
 pub mod recorded;
 pub mod registry;
+pub mod webhooks;

@@ -1,0 +1,253 @@
+//! The `[ingest]` section. Secrets are [`Secret`]s: never shown by `Debug`, so a config dump or a
+//! panic message cannot leak them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+/// A credential from the configuration or the environment.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<unset>"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Where the webhook server listens.
+    pub listen: SocketAddr,
+    /// The URL the vendors call, up to (not including) `/webhooks/...`: HubSpot signs the URL as
+    /// it called it, which behind an Ingress or proxy is not what this process sees.
+    pub public_url: String,
+    /// Topic the events go to; default the first of `kafka.topics`.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Larger requests are refused (413) before anything is parsed.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    #[serde(default)]
+    pub hubspot: Option<HubSpotIngest>,
+    #[serde(default)]
+    pub mailchimp: Option<MailchimpIngest>,
+    #[serde(default)]
+    pub brevo: Option<BrevoIngest>,
+}
+
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubSpotIngest {
+    /// The app's client secret, the key of the v3 signature (`CONSENT_RELAY_INGEST_HUBSPOT_CLIENT_SECRET`).
+    #[serde(default)]
+    pub client_secret: Secret,
+    /// A token allowed to read contacts (`crm.objects.contacts.read`), because HubSpot's webhooks
+    /// name a contact by id only (`CONSENT_RELAY_INGEST_HUBSPOT_TOKEN`).
+    #[serde(default)]
+    pub token: Secret,
+    #[serde(default = "default_hubspot_api")]
+    pub api_base_url: String,
+    /// Older signed requests are refused (HubSpot: 5 minutes).
+    #[serde(default = "default_max_age_ms")]
+    pub max_age_ms: u64,
+    /// Subscription type id → the purposes an opt-out of it withdraws.
+    #[serde(default)]
+    pub subscriptions: BTreeMap<String, Vec<String>>,
+}
+
+fn default_hubspot_api() -> String {
+    "https://api.hubapi.com".to_owned()
+}
+
+fn default_max_age_ms() -> u64 {
+    5 * 60 * 1000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailchimpIngest {
+    /// The last segment of the webhook URL; Mailchimp does not sign its webhooks
+    /// (`CONSENT_RELAY_INGEST_MAILCHIMP_PATH_SECRET`).
+    #[serde(default)]
+    pub path_secret: Secret,
+    /// Audience (list) id → the purposes an unsubscribe from it withdraws.
+    #[serde(default)]
+    pub lists: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BrevoAuth {
+    Bearer,
+    Basic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrevoIngest {
+    /// How the webhook was configured at Brevo to authenticate.
+    pub auth: BrevoAuth,
+    /// For `auth = "bearer"` (`CONSENT_RELAY_INGEST_BREVO_TOKEN`).
+    #[serde(default)]
+    pub token: Secret,
+    /// For `auth = "basic"`.
+    #[serde(default)]
+    pub username: String,
+    /// For `auth = "basic"` (`CONSENT_RELAY_INGEST_BREVO_PASSWORD`).
+    #[serde(default)]
+    pub password: Secret,
+    /// List id → the purposes an unsubscribe from it withdraws.
+    #[serde(default)]
+    pub lists: BTreeMap<String, Vec<String>>,
+    /// The purposes of an event that names no configured list (a spam complaint, an unsubscribe
+    /// from every list).
+    #[serde(default)]
+    pub purposes: Vec<String>,
+}
+
+/// Environment variables that carry the secrets, applied over the file.
+pub const ENV_SECRETS: [&str; 5] = [
+    "CONSENT_RELAY_INGEST_HUBSPOT_CLIENT_SECRET",
+    "CONSENT_RELAY_INGEST_HUBSPOT_TOKEN",
+    "CONSENT_RELAY_INGEST_MAILCHIMP_PATH_SECRET",
+    "CONSENT_RELAY_INGEST_BREVO_TOKEN",
+    "CONSENT_RELAY_INGEST_BREVO_PASSWORD",
+];
+
+impl IngestConfig {
+    /// Takes the secrets of [`ENV_SECRETS`] from `env`.
+    pub fn apply_env(&mut self, env: &[(String, String)]) {
+        let get = |name: &str| {
+            env.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| Secret::new(v.clone()))
+        };
+        if let Some(h) = &mut self.hubspot {
+            if let Some(s) = get(ENV_SECRETS[0]) {
+                h.client_secret = s;
+            }
+            if let Some(s) = get(ENV_SECRETS[1]) {
+                h.token = s;
+            }
+        }
+        if let Some(m) = &mut self.mailchimp {
+            if let Some(s) = get(ENV_SECRETS[2]) {
+                m.path_secret = s;
+            }
+        }
+        if let Some(b) = &mut self.brevo {
+            if let Some(s) = get(ENV_SECRETS[3]) {
+                b.token = s;
+            }
+            if let Some(s) = get(ENV_SECRETS[4]) {
+                b.password = s;
+            }
+        }
+    }
+
+    /// Every problem, each naming its key; `known` are the configured purposes.
+    pub fn problems(&self, known: &std::collections::BTreeSet<String>) -> Vec<String> {
+        let mut out = Vec::new();
+        if !(self.public_url.starts_with("https://") || self.public_url.starts_with("http://")) {
+            out.push("ingest.public_url: must start with https:// (or http:// for tests)".into());
+        }
+        if self.hubspot.is_none() && self.mailchimp.is_none() && self.brevo.is_none() {
+            out.push("ingest: configure at least one of hubspot, mailchimp, brevo".into());
+        }
+        let mut purposes = |key: String, list: &[String]| {
+            if list.is_empty() {
+                out.push(format!("{key}: names no purpose"));
+            }
+            for p in list {
+                if !known.contains(p) {
+                    out.push(format!(
+                        "{key}: purpose {p:?} is not in the [purposes] table"
+                    ));
+                }
+            }
+        };
+        if let Some(h) = &self.hubspot {
+            for (id, list) in &h.subscriptions {
+                purposes(format!("ingest.hubspot.subscriptions.{id}"), list);
+            }
+        }
+        if let Some(m) = &self.mailchimp {
+            for (id, list) in &m.lists {
+                purposes(format!("ingest.mailchimp.lists.{id}"), list);
+            }
+        }
+        if let Some(b) = &self.brevo {
+            for (id, list) in &b.lists {
+                purposes(format!("ingest.brevo.lists.{id}"), list);
+            }
+            if !b.purposes.is_empty() {
+                purposes("ingest.brevo.purposes".into(), &b.purposes);
+            }
+        }
+        if let Some(h) = &self.hubspot {
+            if h.client_secret.is_empty() {
+                out.push(format!(
+                    "ingest.hubspot.client_secret: missing (set {})",
+                    ENV_SECRETS[0]
+                ));
+            }
+            if h.token.is_empty() {
+                out.push(format!(
+                    "ingest.hubspot.token: missing (set {})",
+                    ENV_SECRETS[1]
+                ));
+            }
+        }
+        if let Some(m) = &self.mailchimp {
+            // Short secrets in a URL can be guessed; 32 characters is a UUID without hyphens.
+            if m.path_secret.expose().len() < 32 {
+                out.push(format!(
+                    "ingest.mailchimp.path_secret: at least 32 characters (set {})",
+                    ENV_SECRETS[2]
+                ));
+            }
+        }
+        if let Some(b) = &self.brevo {
+            match b.auth {
+                BrevoAuth::Bearer if b.token.is_empty() => out.push(format!(
+                    "ingest.brevo.token: missing for auth = \"bearer\" (set {})",
+                    ENV_SECRETS[3]
+                )),
+                BrevoAuth::Basic if b.username.is_empty() || b.password.is_empty() => {
+                    out.push(format!(
+                        "ingest.brevo.username/password: missing for auth = \"basic\" (set {})",
+                        ENV_SECRETS[4]
+                    ))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}

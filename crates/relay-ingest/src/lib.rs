@@ -1,0 +1,381 @@
+//! `consent-relay ingest`: the HTTP server that hears what people decided *at* a downstream (an
+//! unsubscribe link in a newsletter, a HubSpot opt-out, a GDPR deletion there) and puts it on the
+//! source topic as a consent event, so every other downstream follows (DESIGN.md §3.9).
+//!
+//! Owns: verifying each vendor's webhooks (HubSpot v3 signatures, Mailchimp's URL secret, Brevo's
+//! configured credentials), mapping them to `Unsubscribed` / `ConsentWithdrawn` /
+//! `ErasureRequested` through the configured purpose maps, finding the subject by email hash in
+//! the ledger, recording people the ledger does not know, deterministic event ids, and answering
+//! 2xx only after the broker acknowledged the events. Must not: apply anything to a downstream,
+//! decide versions (the version rule in the consumers does, as for any event), turn a vendor-side
+//! opt-in into a grant (no notice, no proof of consent), or log or store a raw email address.
+
+pub mod brevo;
+pub mod config;
+pub mod hubspot;
+pub mod mailchimp;
+pub mod metrics;
+pub mod notice;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use relay_events::ConsentEvent;
+use relay_ledger::AnyLedger;
+use serde_json::json;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{BrevoAuth, BrevoIngest, HubSpotIngest, IngestConfig, MailchimpIngest, Secret};
+pub use metrics::Metrics;
+pub use notice::{Notice, Vendor};
+
+pub const HUBSPOT_PATH: &str = "/webhooks/hubspot";
+pub const MAILCHIMP_PATH: &str = "/webhooks/mailchimp/{secret}";
+pub const BREVO_PATH: &str = "/webhooks/brevo";
+
+/// The vendors time out (HubSpot after a few seconds) and retry; an answer that comes too late
+/// is a retry anyway, so give up first and say so (503). One budget per request, lookups and
+/// publishing together.
+const ANSWER_WITHIN: Duration = Duration::from_secs(4);
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where the events go: Kafka in production, a recorder in tests.
+pub trait Publish: Send + Sync + 'static {
+    /// Returns once every event is durable, or why not.
+    fn publish<'a>(&'a self, events: &'a [ConsentEvent]) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// Publishes to the source topic and waits for the broker's acknowledgement.
+pub struct KafkaPublish {
+    pub publisher: relay_runtime::Publisher,
+    pub topic: String,
+}
+
+impl Publish for KafkaPublish {
+    fn publish<'a>(&'a self, events: &'a [ConsentEvent]) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.publisher
+                .send(&self.topic, events)
+                .await
+                .map_err(|e| format!("publishing to {} failed: {e}", self.topic))
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct Ingest {
+    config: Arc<IngestConfig>,
+    ledger: Arc<AnyLedger>,
+    publish: Arc<dyn Publish>,
+    metrics: Metrics,
+    http: reqwest::Client,
+}
+
+impl Ingest {
+    pub fn new(
+        config: IngestConfig,
+        ledger: Arc<AnyLedger>,
+        publish: Arc<dyn Publish>,
+        metrics: Metrics,
+    ) -> Ingest {
+        Ingest {
+            config: Arc::new(config),
+            ledger,
+            publish,
+            metrics,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The webhook routes of the configured vendors, and `/healthz`.
+    pub fn router(self) -> Router {
+        let mut router = Router::new().route("/healthz", get(|| async { "ok" }));
+        if self.config.hubspot.is_some() {
+            router = router.route(HUBSPOT_PATH, post(hubspot_webhook));
+        }
+        if self.config.mailchimp.is_some() {
+            router = router.route(MAILCHIMP_PATH, get(mailchimp_check).post(mailchimp_webhook));
+        }
+        if self.config.brevo.is_some() {
+            router = router.route(BREVO_PATH, post(brevo_webhook));
+        }
+        router
+            .layer(DefaultBodyLimit::max(self.config.max_body_bytes))
+            .with_state(self)
+    }
+
+    /// Turns verified notices into events and publishes them: known people's decisions are
+    /// published (and acknowledged) before the 200, unknown people are recorded.
+    async fn decide(
+        &self,
+        vendor: Vendor,
+        notices: Vec<Notice>,
+        ignored: Vec<&'static str>,
+        deadline: Instant,
+    ) -> Response {
+        for reason in &ignored {
+            self.metrics.add(metrics::IGNORED, vendor, reason, 1);
+        }
+        match tokio::time::timeout_at(deadline, self.publish_known(vendor, notices)).await {
+            Ok(Ok((published, unknown))) => (
+                StatusCode::OK,
+                Json(json!({"published": published, "unknown": unknown, "ignored": ignored.len()})),
+            )
+                .into_response(),
+            Ok(Err(failure)) => failure.into_response(),
+            // The publish may still land after the 503; the vendor's retry then carries the
+            // same event id, a duplicate the consumers recognise.
+            Err(_) => self.too_late(vendor),
+        }
+    }
+
+    fn too_late(&self, vendor: Vendor) -> Response {
+        self.metrics.add(metrics::FAILED, vendor, "timeout", 1);
+        tracing::warn!(
+            vendor = vendor.as_str(),
+            "webhook not decided in time; answering 503"
+        );
+        unavailable("not decided in time")
+    }
+
+    async fn publish_known(
+        &self,
+        vendor: Vendor,
+        notices: Vec<Notice>,
+    ) -> Result<(usize, usize), Failure> {
+        let mut events = Vec::new();
+        let mut unknown = 0;
+        for notice in notices {
+            let subject = match notice.email_sha256() {
+                Some(hash) => self.ledger.subject_for_email(&hash).await.map_err(|e| {
+                    self.fail(vendor, "ledger", format!("ledger lookup failed: {e}"))
+                })?,
+                None => None,
+            };
+            match subject {
+                Some(subject) => {
+                    let event = notice.into_event(subject);
+                    if let Err(e) = event.validate() {
+                        self.metrics.add(metrics::FAILED, vendor, "invalid", 1);
+                        tracing::warn!(vendor = vendor.as_str(), event_id = %event.event_id, error = %e, "webhook does not make a valid event");
+                        return Err(Failure::Invalid(e.to_string()));
+                    }
+                    events.push(event);
+                }
+                None => {
+                    let record = notice.unknown();
+                    self.ledger
+                        .record_unknown_contact(&record)
+                        .await
+                        .map_err(|e| {
+                            self.fail(
+                                vendor,
+                                "ledger",
+                                format!("recording an unknown contact failed: {e}"),
+                            )
+                        })?;
+                    tracing::info!(vendor = vendor.as_str(), event_id = %record.event_id, email_sha256 = record.email_sha256.as_deref().unwrap_or("-"), "decision about a contact the ledger does not know; recorded");
+                    self.metrics.add(metrics::UNKNOWN, vendor, "", 1);
+                    unknown += 1;
+                }
+            }
+        }
+        if !events.is_empty() {
+            self.publish
+                .publish(&events)
+                .await
+                .map_err(|e| self.fail(vendor, "publish", e))?;
+            for ev in &events {
+                tracing::info!(vendor = vendor.as_str(), event_id = %ev.event_id, subject_id = %ev.subject_id, kind = ev.kind.name(), "published");
+            }
+            self.metrics
+                .add(metrics::PUBLISHED, vendor, "", events.len() as u64);
+        }
+        Ok((events.len(), unknown))
+    }
+
+    fn fail(&self, vendor: Vendor, stage: &'static str, message: String) -> Failure {
+        self.metrics.add(metrics::FAILED, vendor, stage, 1);
+        tracing::error!(vendor = vendor.as_str(), stage, error = %message, "webhook not acknowledged; the vendor will retry");
+        Failure::Unavailable(stage)
+    }
+
+    fn reject(&self, vendor: Vendor, reason: &'static str) -> Response {
+        self.metrics.add(metrics::REJECTED, vendor, reason, 1);
+        tracing::warn!(vendor = vendor.as_str(), reason, "webhook rejected");
+        (StatusCode::UNAUTHORIZED, Json(json!({"error": reason}))).into_response()
+    }
+}
+
+enum Failure {
+    Unavailable(&'static str),
+    Invalid(String),
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        match self {
+            Failure::Unavailable(stage) => unavailable(stage),
+            Failure::Invalid(reason) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({"error": reason})),
+            )
+                .into_response(),
+        }
+    }
+}
+
+fn unavailable(what: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": format!("{what}; retry later")})),
+    )
+        .into_response()
+}
+
+fn malformed(reason: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"error": reason}))).into_response()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+async fn hubspot_webhook(
+    State(ingest): State<Ingest>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let vendor = Vendor::HubSpot;
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    ingest.metrics.add(metrics::RECEIVED, vendor, "", 1);
+    let Some(config) = ingest.config.hubspot.as_ref() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let url = format!("{}{path}", ingest.config.public_url.trim_end_matches('/'));
+    let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let signed = hubspot::SignedRequest {
+        method: method.as_str(),
+        uri: &url,
+        body: &body,
+        signature: header_text(hubspot::SIGNATURE_HEADER),
+        timestamp: header_text(hubspot::TIMESTAMP_HEADER),
+    };
+    if let Err(why) = hubspot::verify(&config.client_secret, config.max_age_ms, &signed, now_ms()) {
+        return ingest.reject(vendor, why.as_str());
+    }
+    ingest.metrics.add(metrics::VERIFIED, vendor, "", 1);
+    let events: Vec<hubspot::WebhookEvent> = match serde_json::from_slice(&body) {
+        Ok(events) => events,
+        Err(e) => return malformed(format!("HubSpot webhook body is not an event array: {e}")),
+    };
+    let (pending, ignored) = hubspot::decisions(config, &events);
+    let mut notices = Vec::new();
+    for p in pending {
+        let lookup = hubspot::contact_email(&ingest.http, config, p.contact_id);
+        let email = match tokio::time::timeout_at(deadline, lookup).await {
+            Ok(Ok(email)) => email,
+            Ok(Err(e)) => return ingest.fail(vendor, "lookup", e.to_string()).into_response(),
+            Err(_) => return ingest.too_late(vendor),
+        };
+        notices.push(p.into_notice(email));
+    }
+    ingest
+        .decide(vendor, notices, vec!["no_decision"; ignored], deadline)
+        .await
+}
+
+async fn mailchimp_check(State(ingest): State<Ingest>, Path(secret): Path<String>) -> Response {
+    let vendor = Vendor::Mailchimp;
+    ingest.metrics.add(metrics::RECEIVED, vendor, "", 1);
+    let Some(config) = ingest.config.mailchimp.as_ref() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if !mailchimp::secret_matches(&secret, config.path_secret.expose()) {
+        return ingest.reject(vendor, "bad_secret");
+    }
+    // Mailchimp validates a webhook URL with a GET that must answer 200.
+    StatusCode::OK.into_response()
+}
+
+async fn mailchimp_webhook(
+    State(ingest): State<Ingest>,
+    Path(secret): Path<String>,
+    body: Bytes,
+) -> Response {
+    let vendor = Vendor::Mailchimp;
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    ingest.metrics.add(metrics::RECEIVED, vendor, "", 1);
+    let Some(config) = ingest.config.mailchimp.as_ref() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if !mailchimp::secret_matches(&secret, config.path_secret.expose()) {
+        return ingest.reject(vendor, "bad_secret");
+    }
+    ingest.metrics.add(metrics::VERIFIED, vendor, "", 1);
+    let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    match mailchimp::parse(config, &form) {
+        Ok(mailchimp::Parsed::Decision(n)) => {
+            ingest.decide(vendor, vec![n], vec![], deadline).await
+        }
+        Ok(mailchimp::Parsed::Ignored(why)) => {
+            ingest.decide(vendor, vec![], vec![why], deadline).await
+        }
+        Err(e) => malformed(e.to_string()),
+    }
+}
+
+async fn brevo_webhook(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -> Response {
+    let vendor = Vendor::Brevo;
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    ingest.metrics.add(metrics::RECEIVED, vendor, "", 1);
+    let Some(config) = ingest.config.brevo.as_ref() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !brevo::authorized(config, auth) {
+        return ingest.reject(vendor, "bad_credentials");
+    }
+    ingest.metrics.add(metrics::VERIFIED, vendor, "", 1);
+    let payload: brevo::Payload = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => return malformed(format!("Brevo webhook body is not an event object: {e}")),
+    };
+    match brevo::parse(config, &payload) {
+        Ok(brevo::Parsed::Decision(n)) => ingest.decide(vendor, vec![n], vec![], deadline).await,
+        Ok(brevo::Parsed::Ignored(why)) => ingest.decide(vendor, vec![], vec![why], deadline).await,
+        Err(e) => malformed(e.to_string()),
+    }
+}
+
+/// Serves the webhooks on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ingest: Ingest,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, ingest.router())
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

@@ -1,0 +1,299 @@
+//! The webhook server in-process, with a recording publisher and a real (SQLite) ledger: what
+//! each vendor's request turns into, and what is refused.
+
+use std::sync::{Arc, Mutex};
+
+use axum::http::StatusCode;
+use relay_events::{normalize, ConsentEvent, EventKind, Scope};
+use relay_ingest::{metrics, BoxFuture, Ingest, IngestConfig, Metrics, Publish, Vendor};
+use relay_ledger::{ConsentRecord, Ledger};
+use relay_testkit::webhooks::{self, HubSpotContacts};
+use serde_json::json;
+
+const SECRET: &str = "yyyyyyyy-yyyy-yyyy-yyyy-yyyyyyyyyyyy";
+const PATH_SECRET: &str = "0123456789abcdef0123456789abcdef";
+const TOKEN: &str = "pat-ingest";
+
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<ConsentEvent>>,
+    broken: Mutex<bool>,
+    slow: Mutex<bool>,
+}
+
+impl Publish for Recorder {
+    fn publish<'a>(&'a self, events: &'a [ConsentEvent]) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            if *self.broken.lock().unwrap() {
+                return Err("broker down".into());
+            }
+            let slow = *self.slow.lock().unwrap();
+            if slow {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            }
+            self.events.lock().unwrap().extend_from_slice(events);
+            Ok(())
+        })
+    }
+}
+
+struct Server {
+    url: String,
+    recorder: Arc<Recorder>,
+    ledger: Arc<relay_ledger::AnyLedger>,
+    metrics: Metrics,
+    contacts: HubSpotContacts,
+    _dir: tempfile::TempDir,
+}
+
+async fn known(ledger: &relay_ledger::AnyLedger, subject: &str, email: &str) {
+    ledger
+        .log_events(&[ConsentRecord {
+            event_id: uuid::Uuid::new_v4(),
+            subject_id: subject.into(),
+            kind: "ConsentGranted".into(),
+            purposes: vec!["newsletter".into()],
+            occurred_at_ms: 1_000,
+            source: "web-form".into(),
+            notice_version: Some("n1".into()),
+            email_sha256: Some(normalize::email_sha256(email)),
+            topic: "consent.events".into(),
+            partition: 0,
+            offset: 0,
+            payload_digest: None,
+            late: false,
+        }])
+        .await
+        .unwrap();
+}
+
+async fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(
+        relay_ledger::open(&format!("sqlite://{}", dir.path().join("l.db").display()))
+            .await
+            .unwrap(),
+    );
+    known(&ledger, "anna", "anna@example.de").await;
+    let contacts = HubSpotContacts::start(TOKEN).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut config: IngestConfig = toml::from_str(&format!(
+        r#"
+listen = "127.0.0.1:0"
+public_url = "{url}"
+[hubspot]
+api_base_url = "{}"
+[hubspot.subscriptions]
+12345 = ["newsletter"]
+[mailchimp]
+[mailchimp.lists]
+a6b5da1054 = ["newsletter", "ads_remarketing"]
+[brevo]
+auth = "bearer"
+purposes = ["newsletter"]
+"#,
+        contacts.base_url()
+    ))
+    .unwrap();
+    config.apply_env(
+        &[
+            ("CONSENT_RELAY_INGEST_HUBSPOT_CLIENT_SECRET", SECRET),
+            ("CONSENT_RELAY_INGEST_HUBSPOT_TOKEN", TOKEN),
+            ("CONSENT_RELAY_INGEST_MAILCHIMP_PATH_SECRET", PATH_SECRET),
+            ("CONSENT_RELAY_INGEST_BREVO_TOKEN", "brevo-token"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let known_purposes = ["newsletter", "ads_remarketing"].map(String::from).into();
+    assert_eq!(config.problems(&known_purposes), Vec::<String>::new());
+    assert!(
+        !format!("{config:?}").contains(SECRET),
+        "secrets stay out of Debug"
+    );
+    let recorder = Arc::new(Recorder::default());
+    let metrics = Metrics::default();
+    let ingest = Ingest::new(config, ledger.clone(), recorder.clone(), metrics.clone());
+    tokio::spawn(relay_ingest::serve(
+        listener,
+        ingest,
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    Server {
+        url,
+        recorder,
+        ledger,
+        metrics,
+        contacts,
+        _dir: dir,
+    }
+}
+
+impl Server {
+    fn published(&self) -> Vec<ConsentEvent> {
+        self.recorder.events.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn a_signed_hubspot_opt_out_is_published_for_the_known_subject() {
+    let s = start().await;
+    s.contacts.insert(7, "Anna@Example.de");
+    let url = format!("{}{}", s.url, relay_ingest::HUBSPOT_PATH);
+    let at = webhooks::now_ms() - 1_000;
+    let batch = [webhooks::hubspot_property_change(
+        1,
+        7,
+        "hs_email_optout_12345",
+        "true",
+        at,
+    )];
+    let (status, body) = webhooks::send_hubspot(&url, SECRET, &batch, webhooks::now_ms()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let published = s.published();
+    assert_eq!(published.len(), 1);
+    let ev = &published[0];
+    assert_eq!(
+        (
+            ev.kind,
+            ev.subject_id.as_str(),
+            ev.source.as_str(),
+            ev.occurred_at_ms
+        ),
+        (EventKind::Unsubscribed, "anna", "hubspot", at)
+    );
+    assert_eq!(ev.scope, Scope::Purposes(vec!["newsletter".into()]));
+
+    // Tampered body, stale timestamp, wrong secret: 401, nothing published.
+    let body = json!(batch).to_string();
+    let sig = webhooks::hubspot_signature_v3(SECRET, "POST", &url, &body, webhooks::now_ms());
+    let tampered = body.replace("\"true\"", "\"false\"");
+    let (status, _) = webhooks::send_hubspot_raw(&url, &tampered, &sig, webhooks::now_ms()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let stale = webhooks::now_ms() - 5 * 60 * 1000 - 1_000;
+    let (status, _) = webhooks::send_hubspot(&url, SECRET, &batch, stale).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) =
+        webhooks::send_hubspot(&url, "another-secret", &batch, webhooks::now_ms()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.published().len(), 1, "nothing more published");
+    assert_eq!(s.metrics.get(metrics::REJECTED, Vendor::HubSpot), 3);
+    assert_eq!(s.metrics.get(metrics::RECEIVED, Vendor::HubSpot), 4);
+    assert_eq!(s.metrics.get(metrics::PUBLISHED, Vendor::HubSpot), 1);
+    let text = s.metrics.render();
+    assert!(
+        text.contains(
+            "consent_relay_ingest_rejected_total{vendor=\"hubspot\",reason=\"stale_timestamp\"} 1"
+        ),
+        "{text}"
+    );
+
+    // A privacy deletion: HubSpot has already removed the contact, so it is recorded unknown.
+    s.contacts.remove(7);
+    let deletion = json!({"eventId": 9, "portalId": 62515, "occurredAt": at, "subscriptionType": "contact.privacyDeletion", "objectId": 7, "attemptNumber": 0});
+    let (status, _) = webhooks::send_hubspot(&url, SECRET, &[deletion], webhooks::now_ms()).await;
+    assert_eq!(status, StatusCode::OK);
+    let unknown = s.ledger.unknown_contacts().await.unwrap();
+    assert_eq!(unknown.len(), 1);
+    assert_eq!(
+        (unknown[0].kind.as_str(), unknown[0].vendor_ref.as_str()),
+        ("ErasureRequested", "contact 7")
+    );
+}
+
+#[tokio::test]
+async fn mailchimp_validation_retries_and_unknown_people() {
+    let s = start().await;
+    let url = format!("{}/webhooks/mailchimp/{PATH_SECRET}", s.url);
+    assert_eq!(webhooks::validate_mailchimp_url(&url).await, StatusCode::OK);
+    let wrong = format!("{}/webhooks/mailchimp/{}", s.url, "x".repeat(32));
+    assert_eq!(
+        webhooks::validate_mailchimp_url(&wrong).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let form =
+        webhooks::mailchimp_unsubscribe("a6b5da1054", "anna@example.de", "2026-11-26 10:00:00");
+    for _ in 0..3 {
+        let (status, body) = webhooks::send_mailchimp(&url, &form).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let published = s.published();
+    assert_eq!(published.len(), 3, "each retry is published again");
+    assert!(
+        published
+            .iter()
+            .all(|e| e.event_id == published[0].event_id),
+        "with one event id"
+    );
+    assert_eq!(
+        published[0].scope,
+        Scope::Purposes(vec!["newsletter".into(), "ads_remarketing".into()])
+    );
+    assert_eq!(published[0].source, "mailchimp");
+
+    let (status, _) = webhooks::send_mailchimp(&wrong, &form).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let stranger =
+        webhooks::mailchimp_unsubscribe("a6b5da1054", "who@example.de", "2026-11-26 10:00:00");
+    let (status, body) = webhooks::send_mailchimp(&url, &stranger).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("\"unknown\":1"), "{body}");
+    let unknown = s.ledger.unknown_contacts().await.unwrap();
+    assert_eq!(unknown.len(), 1);
+    assert_eq!(
+        unknown[0].email_sha256.as_deref(),
+        Some(normalize::email_sha256("who@example.de").as_str())
+    );
+    assert_eq!(
+        s.published().len(),
+        3,
+        "an unknown person publishes nothing"
+    );
+}
+
+#[tokio::test]
+async fn brevo_needs_its_credentials_and_a_failed_publish_is_a_503() {
+    let s = start().await;
+    let url = format!("{}{}", s.url, relay_ingest::BREVO_PATH);
+    let payload = webhooks::brevo_unsubscribed("anna@example.de", &[3], 1_764_000_000_000);
+    let (status, _) = webhooks::send_brevo(&url, "Bearer wrong", &payload).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(s.published().is_empty());
+
+    *s.recorder.broken.lock().unwrap() = true;
+    let (status, _) = webhooks::send_brevo(&url, "Bearer brevo-token", &payload).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "so that Brevo retries"
+    );
+    assert_eq!(s.metrics.get(metrics::FAILED, Vendor::Brevo), 1);
+
+    *s.recorder.broken.lock().unwrap() = false;
+    *s.recorder.slow.lock().unwrap() = true;
+    let asked = std::time::Instant::now();
+    let (status, _) = webhooks::send_brevo(&url, "Bearer brevo-token", &payload).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a broker that does not answer"
+    );
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(6),
+        "answered within the vendors' timeouts: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(s.metrics.get(metrics::FAILED, Vendor::Brevo), 2);
+
+    *s.recorder.slow.lock().unwrap() = false;
+    let (status, _) = webhooks::send_brevo(&url, "Bearer brevo-token", &payload).await;
+    assert_eq!(status, StatusCode::OK);
+    let published = s.published();
+    assert_eq!(published.len(), 1);
+    assert_eq!(
+        (published[0].kind, published[0].occurred_at_ms),
+        (EventKind::Unsubscribed, 1_764_000_000_000)
+    );
+}
