@@ -8,6 +8,9 @@
 //! # THROUGHPUT_TRIALS=20        trials of the withdrawal-behind-a-backlog measurement (0: skip)
 //! # THROUGHPUT_BASELINE=PATH    also run every case with this consent-relay binary (an older
 //! #                             build), in the same run, against the same backlog
+//! # THROUGHPUT_HOSTILE=26025    hostile messages for the memory bound under hostile input (0: skip)
+//! # THROUGHPUT_BASELINE_TRIALS=3 trials of the overtake measurement for the baseline (default:
+//! #                             THROUGHPUT_TRIALS; an old build may take a minute per trial)
 //! ```
 //!
 //! 1. Produces N events (grants of one or two of four purposes, withdrawals of one, global
@@ -22,6 +25,9 @@
 //!    consumer's produce → consume latency (`fetch.wait.max.ms` 100).
 //! 3. Publishes one unsubscribe behind 100 000 grants on a one-partition topic and times, over
 //!    fresh relays, drain start → HubSpot receipt of the unsubscribe.
+//! 4. Hostile input (issue 15): random bytes, bit-flipped and truncated frames, allocation bombs
+//!    and 100 000-character fields, one in six messages valid, through every sink; the relay's peak
+//!    RSS while it gives every message an outcome.
 //!
 //! The downstream is not the limit: the fakes answer at once and the relay's own request limits
 //! are lifted, so what is measured is the relay.
@@ -137,12 +143,23 @@ fn producer() -> BaseProducer {
 
 /// Sends `n` events from `make` and waits until the broker has them all; prints progress.
 fn produce(topic: &str, n: usize, mut make: impl FnMut(usize) -> ConsentEvent) -> Duration {
+    produce_bytes(topic, n, |i| {
+        let e = make(i);
+        (e.subject_id.clone(), relay_events::encode_single_object(&e))
+    })
+}
+
+/// Sends `n` (key, payload) pairs from `make`; as [`produce`].
+fn produce_bytes(
+    topic: &str,
+    n: usize,
+    mut make: impl FnMut(usize) -> (String, Vec<u8>),
+) -> Duration {
     let producer = producer();
     let started = Instant::now();
     for i in 0..n {
-        let e = make(i);
-        let payload = relay_events::encode_single_object(&e);
-        let mut record = BaseRecord::to(topic).key(&e.subject_id).payload(&payload);
+        let (key, payload) = make(i);
+        let mut record = BaseRecord::to(topic).key(&key).payload(&payload);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -164,6 +181,103 @@ fn produce(topic: &str, n: usize, mut make: impl FnMut(usize) -> ConsentEvent) -
         .flush(Duration::from_secs(300))
         .expect("flush producer");
     started.elapsed()
+}
+
+/// Hostile input of the kinds issue 15 names, around valid events: every fifth message of each
+/// kind below is valid. Single-object framing: a 10-byte header, then the Avro body.
+fn hostile_message(rng: &mut fastrand::Rng, base_ms: i64, i: usize) -> (String, Vec<u8>) {
+    let valid = event(
+        EventKind::ConsentGranted,
+        40_000_000 + i,
+        Scope::Purposes(vec!["newsletter".to_owned()]),
+        base_ms + i as i64,
+    );
+    let key = valid.subject_id.clone();
+    let mut frame = relay_events::encode_single_object(&valid);
+    let body = 10;
+    match i % 6 {
+        // Random bytes, up to 2 KiB.
+        0 => frame = (0..rng.usize(1..2048)).map(|_| rng.u8(..)).collect(),
+        // A valid frame with bits flipped in its body.
+        1 => {
+            for _ in 0..rng.usize(1..8) {
+                let at = rng.usize(body..frame.len());
+                frame[at] ^= 1 << rng.u8(..8);
+            }
+        }
+        // Truncated.
+        2 => frame.truncate(rng.usize(1..frame.len())),
+        // An allocation bomb: the first length prefix claims up to 2^62 bytes.
+        3 => {
+            frame.truncate(body);
+            let claimed: i64 = 1 << rng.u32(20..62);
+            let mut zigzag = ((claimed << 1) ^ (claimed >> 63)) as u64;
+            while zigzag >= 0x80 {
+                frame.push((zigzag as u8) | 0x80);
+                zigzag >>= 7;
+            }
+            frame.push(zigzag as u8);
+            frame.extend((0..64).map(|_| rng.u8(..)));
+        }
+        // 100 000-character free text.
+        4 => {
+            let mut long = valid.clone();
+            long.source = "x".repeat(100_000);
+            frame = relay_events::encode_single_object(&long);
+        }
+        _ => {}
+    }
+    (key, frame)
+}
+
+/// Peak RSS while the relay (every sink, SQLite) drains `n` hostile messages; every one must
+/// get an outcome (all groups commit the whole topic).
+async fn hostile(n: usize, bin: &Build, f: &Downstreams) -> Option<(Duration, f64)> {
+    let topic = broker::unique_name("throughput-hostile");
+    broker::create_topic(&topic, PARTITIONS).await;
+    let t = topic.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut rng = fastrand::Rng::with_seed(15);
+        let base = now_ms() - 3_600_000;
+        produce_bytes(&t, n, |i| hostile_message(&mut rng, base, i))
+    })
+    .await
+    .unwrap();
+    let case = Case {
+        sinks: Sinks::All,
+        backend: Backend::Sqlite,
+        bin: bin.clone(),
+    };
+    let mut relay = start_relay(&bin.path, &[&topic], case.sinks, case.backend, f).await;
+    relay.ready().await;
+    let started = Instant::now();
+    let destinations = case.destinations();
+    let (mut last, mut moved) = (0i64, Instant::now());
+    loop {
+        let mut done = 0i64;
+        for d in &destinations {
+            done += committed(&format!("{}.{d}", relay.group_prefix), &topic).await;
+        }
+        if done >= (n * destinations.len()) as i64 {
+            break;
+        }
+        if done != last {
+            (last, moved) = (done, Instant::now());
+        } else if moved.elapsed() > STALL {
+            eprintln!(
+                "  hostile: no progress for {} s; log:\n{}",
+                STALL.as_secs(),
+                relay.log_tail()
+            );
+            relay.stop().await;
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drained = started.elapsed();
+    let peak = relay.peak_rss_mib();
+    relay.stop().await;
+    Some((drained, peak))
 }
 
 /// A raw consumer's rate over the whole topic: first message to the n-th.
@@ -968,9 +1082,23 @@ async fn main() {
         eprintln!("case {}", case.name());
         results.push(run_case(case, &backlog, n, &f).await);
     }
+    let hostile_n: usize = env_or("THROUGHPUT_HOSTILE", 26_025);
+    let mut hostile_runs = Vec::new();
+    if hostile_n > 0 {
+        for bin in &builds {
+            eprintln!("hostile input: {hostile_n} messages, every sink, sqlite");
+            hostile_runs.push((bin.label, hostile(hostile_n, bin, &f).await));
+        }
+    }
     let mut overtaken = Vec::new();
     if trials > 0 {
+        let baseline_trials: usize = env_or("THROUGHPUT_BASELINE_TRIALS", trials);
         for bin in &builds {
+            let trials = if bin.label.is_empty() {
+                trials
+            } else {
+                baseline_trials
+            };
             eprintln!("withdrawal behind {OVERTAKE_BACKLOG} grants, {trials} trials");
             overtaken.push((bin.label, overtake(bin, trials, &f).await));
         }
@@ -1045,6 +1173,22 @@ async fn main() {
             r.drain.as_secs_f64(),
             ops.join(", ")
         );
+    }
+    for (label, run) in &hostile_runs {
+        let label = if label.is_empty() {
+            String::new()
+        } else {
+            format!(" [{label}]")
+        };
+        match run {
+            Some((drained, peak)) => println!(
+                "hostile input{label}: {hostile_n} messages (random bytes, bit flips, truncations, \
+                 allocation bombs, 100 000-character fields, 1 in 6 valid), every sink, sqlite: \
+                 drained in {:.1} s, peak RSS {peak:.0} MiB",
+                drained.as_secs_f64()
+            ),
+            None => println!("hostile input{label}: stalled"),
+        }
     }
     for (label, overtaken) in &overtaken {
         println!();

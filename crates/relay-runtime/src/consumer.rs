@@ -32,7 +32,14 @@ struct InFlight {
     task: AbortOnDropHandle<Result<(), Abandoned>>,
     offsets: TopicPartitionList,
     unapplied: Unapplied,
+    events: usize,
 }
+
+/// Events in flight per consumer, in full batches: beyond two (one delivered while the next is
+/// claimed) the ledger is the limit anyway, and each held event costs memory. Small batches (an
+/// idle relay, or one that waits for an item's retries) still go side by side up to
+/// `max_in_flight`.
+const FULL_BATCHES_IN_FLIGHT: usize = 2;
 
 /// Everything one sink's source consumer needs.
 pub(crate) struct SourceWorker<L> {
@@ -474,7 +481,10 @@ impl<L: Ledger> SourceWorker<L> {
                     self.report(&in_flight);
                 }
                 _ = shutdown.cancelled(), if !stop => stop = true,
-                m = consumer.recv(), if !stop && in_flight.len() < self.batch.max_in_flight => {
+                m = consumer.recv(), if !stop
+                    && in_flight.len() < self.batch.max_in_flight
+                    && in_flight.iter().map(|b| b.events).sum::<usize>()
+                        < FULL_BATCHES_IN_FLIGHT * self.batch.max_events => {
                     let first = match m {
                         Ok(m) => m.detach(),
                         Err(e) => {
@@ -508,6 +518,7 @@ impl<L: Ledger> SourceWorker<L> {
                         task,
                         offsets: next_offsets(&batch),
                         unapplied,
+                        events: batch.len(),
                     });
                     self.report(&in_flight);
                 }
