@@ -35,11 +35,15 @@ struct InFlight {
     events: usize,
 }
 
-/// Events in flight per consumer, in full batches: beyond two (one delivered while the next is
-/// claimed) the ledger is the limit anyway, and each held event costs memory. Small batches (an
-/// idle relay, or one that waits for an item's retries) still go side by side up to
-/// `max_in_flight`.
-const FULL_BATCHES_IN_FLIGHT: usize = 2;
+/// Events in flight per consumer: two full batches (one delivered while the next is claimed), and
+/// at least this many, so that small batches (an idle relay, one that waits for an item's
+/// retries, a PostgreSQL ledger that works several transactions at once) still go side by side
+/// up to `max_in_flight`. Each held event costs memory.
+const MIN_EVENTS_IN_FLIGHT: usize = 2_000;
+
+fn events_in_flight_limit(batch: &BatchConfig) -> usize {
+    (2 * batch.max_events).max(MIN_EVENTS_IN_FLIGHT)
+}
 
 /// Everything one sink's source consumer needs.
 pub(crate) struct SourceWorker<L> {
@@ -484,7 +488,7 @@ impl<L: Ledger> SourceWorker<L> {
                 m = consumer.recv(), if !stop
                     && in_flight.len() < self.batch.max_in_flight
                     && in_flight.iter().map(|b| b.events).sum::<usize>()
-                        < FULL_BATCHES_IN_FLIGHT * self.batch.max_events => {
+                        < events_in_flight_limit(&self.batch) => {
                     let first = match m {
                         Ok(m) => m.detach(),
                         Err(e) => {
