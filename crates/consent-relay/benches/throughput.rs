@@ -252,27 +252,12 @@ async fn hostile(n: usize, bin: &Build, f: &Downstreams) -> Option<(Duration, f6
     relay.ready().await;
     let started = Instant::now();
     let destinations = case.destinations();
-    let (mut last, mut moved) = (0i64, Instant::now());
-    loop {
-        let mut done = 0i64;
-        for d in &destinations {
-            done += committed(&format!("{}.{d}", relay.group_prefix), &topic).await;
-        }
-        if done >= (n * destinations.len()) as i64 {
-            break;
-        }
-        if done != last {
-            (last, moved) = (done, Instant::now());
-        } else if moved.elapsed() > STALL {
-            eprintln!(
-                "  hostile: no progress for {} s; log:\n{}",
-                STALL.as_secs(),
-                relay.log_tail()
-            );
-            relay.stop().await;
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if drain(&relay, "hostile", &topic, &destinations, n)
+        .await
+        .is_err()
+    {
+        relay.stop().await;
+        return None;
     }
     let drained = started.elapsed();
     let peak = relay.peak_rss_mib();
@@ -712,6 +697,54 @@ impl Relay {
     }
 }
 
+/// Waits until every destination's group committed all `n` messages of `topic`, printing progress
+/// every 10 s; gives up after `STALL` without progress and returns the destinations behind.
+async fn drain(
+    relay: &Relay,
+    name: &str,
+    topic: &str,
+    destinations: &[&str],
+    n: usize,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let mut progress = Instant::now();
+    let (mut last_done, mut moved) = (0i64, Instant::now());
+    loop {
+        let mut done = 0i64;
+        let mut behind = Vec::new();
+        for d in destinations {
+            let c = committed(&format!("{}.{d}", relay.group_prefix), topic).await;
+            if c < n as i64 {
+                behind.push(format!("{d} {:.0} %", 100.0 * c as f64 / n as f64));
+            }
+            done += c;
+        }
+        if done >= (n * destinations.len()) as i64 {
+            return Ok(());
+        }
+        if done != last_done {
+            (last_done, moved) = (done, Instant::now());
+        } else if moved.elapsed() > STALL {
+            eprintln!(
+                "  {name}: no progress for {} s, giving up; behind: {}; log:\n{}",
+                STALL.as_secs(),
+                behind.join(", "),
+                relay.log_tail()
+            );
+            return Err(behind.join(", "));
+        }
+        if progress.elapsed() > Duration::from_secs(10) {
+            progress = Instant::now();
+            eprintln!(
+                "  {name}: {:.0} % after {:.0} s",
+                100.0 * done as f64 / (n * destinations.len()) as f64,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Sum over partitions of what `group` committed on `topic`.
 async fn committed(group: &str, topic: &str) -> i64 {
     broker::committed_offsets(group, topic)
@@ -837,49 +870,9 @@ async fn run_case(case: &Case, backlog: &str, n: usize, f: &Downstreams) -> Case
     relay.ready().await;
     let started = Instant::now();
     let destinations = case.destinations();
-    let mut progress = Instant::now();
-    let (mut last_done, mut moved) = (0i64, Instant::now());
-    let mut stalled = None;
-    loop {
-        let mut done = 0i64;
-        let mut behind = Vec::new();
-        for d in &destinations {
-            let c = committed(&format!("{}.{d}", relay.group_prefix), backlog).await;
-            if c < n as i64 {
-                behind.push(format!("{d} {:.0} %", 100.0 * c as f64 / n as f64));
-            }
-            done += c;
-        }
-        if done >= (n * destinations.len()) as i64 {
-            break;
-        }
-        if done != last_done {
-            (last_done, moved) = (done, Instant::now());
-        } else if moved.elapsed() > STALL {
-            eprintln!(
-                "  {}: no progress for {} s, giving up; behind: {}; log:\n{}",
-                case.name(),
-                STALL.as_secs(),
-                behind.join(", "),
-                relay.log_tail()
-            );
-            stalled = Some(behind.join(", "));
-            break;
-        }
-        if progress.elapsed() > Duration::from_secs(10) {
-            progress = Instant::now();
-            eprintln!(
-                "  {}: {:.0} % after {:.0} s",
-                case.name(),
-                100.0 * done as f64 / (n * destinations.len()) as f64,
-                started.elapsed().as_secs_f64()
-            );
-        }
-        if let Ok(Some(status)) = relay.child.try_wait() {
-            panic!("relay exited ({status}); log: {}", relay.log_tail());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let stalled = drain(&relay, &case.name(), backlog, &destinations, n)
+        .await
+        .err();
     let drain = started.elapsed();
     let metrics = relay.metrics().await;
     if let Some(behind) = stalled {
