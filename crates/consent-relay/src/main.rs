@@ -8,6 +8,7 @@ mod admin;
 mod config;
 mod import;
 mod ledger_report;
+mod reconcile;
 mod sinks;
 
 use std::io::BufRead;
@@ -110,6 +111,27 @@ enum Command {
     Suppression {
         #[command(subcommand)]
         command: SuppressionCommand,
+    },
+    /// Make a downstream show the ledger's newest decisions again. HubSpot is read back and
+    /// repaired towards less consent (a grant it does not show is reported, not restored, unless
+    /// --restore-grants); ad audiences get their removals re-sent from the ledger's email hashes
+    /// (Meta, LinkedIn, X; not Google, whose hash differs). Exits 1 when a repair failed.
+    Reconcile {
+        /// `hubspot` or `audiences` (every audience), or a destination (`audiences.meta-eu`).
+        #[arg(long)]
+        sink: String,
+        /// Only this destination of the sink (an audience name, e.g. `meta-eu`).
+        #[arg(long)]
+        destination: Option<String>,
+        /// Read and compare, list what would change, send no change.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also re-subscribe people HubSpot shows unsubscribed whose newest decision is a grant.
+        #[arg(long)]
+        restore_grants: bool,
+        /// Also write the figures as Prometheus text to this file (textfile collector).
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
     },
     /// Inspect the ledger.
     Ledger {
@@ -272,6 +294,21 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
             columns,
         } => import_file(config, file, format, dry_run, topic, columns).await,
         Command::Lag { groups, json } => lag(config, groups, json).await,
+        Command::Reconcile {
+            sink,
+            destination,
+            dry_run,
+            restore_grants,
+            metrics_file,
+        } => {
+            let options = reconcile::Options {
+                sink,
+                destination,
+                dry_run,
+                restore_grants,
+            };
+            reconcile_command(config, options, metrics_file).await
+        }
         Command::Dlq { command } => dlq(config, command).await,
         Command::Parked { command } => parked(config, command).await,
         Command::Schemas {
@@ -417,6 +454,37 @@ async fn run(
     shutdown.cancel();
     let _ = admin.await;
     result?;
+    Ok(())
+}
+
+async fn reconcile_command(
+    config: Config,
+    options: reconcile::Options,
+    metrics_file: Option<PathBuf>,
+) -> Result<(), AppError> {
+    let ledger = relay_ledger::open(&config.ledger.url).await?;
+    let telemetry = Telemetry::new();
+    let results = reconcile::run(&config, &options, &ledger, &telemetry)
+        .await
+        .map_err(AppError::Usage)?;
+    for (destination, figures) in &results {
+        println!(
+            "{}",
+            reconcile::summary(destination, figures, options.dry_run)
+        );
+    }
+    if let Some(path) = metrics_file {
+        std::fs::write(&path, telemetry.render()).map_err(|source| AppError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    let failed: u64 = results.iter().map(|(_, f)| f.failed).sum();
+    if failed > 0 {
+        return Err(AppError::Usage(format!(
+            "{failed} repair(s) failed, listed above; rerun to retry them"
+        )));
+    }
     Ok(())
 }
 

@@ -44,6 +44,8 @@ pub trait SinkConfig: std::fmt::Debug + Send + Sync {
     /// metrics): `hubspot`, `audiences.<audience>`, `newsletter.<list>`, `partner.<partner>`.
     fn destinations(&self) -> Vec<String>;
     fn build(&self) -> Result<Vec<Built>, String>;
+    /// The concrete configuration, for commands that need more than running it (`reconcile`).
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// Reads `[sinks.NAME]` (without `enabled`, `batch`, `retry`) into the sink's configuration and
@@ -117,6 +119,9 @@ fn built<S: Sink + 'static>(
 }
 
 impl SinkConfig for HubSpotConfig {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn purposes(&self) -> BTreeSet<String> {
         self.purposes.keys().cloned().collect()
     }
@@ -135,6 +140,9 @@ impl SinkConfig for HubSpotConfig {
 }
 
 impl SinkConfig for AudiencesConfig {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn purposes(&self) -> BTreeSet<String> {
         self.purposes.keys().cloned().collect()
     }
@@ -156,6 +164,9 @@ impl SinkConfig for AudiencesConfig {
 }
 
 impl SinkConfig for NewsletterConfig {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn purposes(&self) -> BTreeSet<String> {
         NewsletterConfig::purposes(self)
     }
@@ -177,6 +188,9 @@ impl SinkConfig for NewsletterConfig {
 }
 
 impl SinkConfig for PartnerSinkConfig {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn purposes(&self) -> BTreeSet<String> {
         PartnerSinkConfig::purposes(self)
     }

@@ -12,6 +12,7 @@ mod migrations;
 mod model;
 mod ops;
 pub mod postgres;
+mod reconcile;
 mod rule;
 mod sets;
 mod sql;
@@ -22,6 +23,7 @@ pub use ingest::UnknownContact;
 pub use memory::MemoryLedger;
 pub use model::*;
 pub use postgres::PostgresLedger;
+pub use reconcile::{effective, SinkState};
 pub use sqlite::SqliteLedger;
 pub use suppression::{suppression_list, Suppressed};
 

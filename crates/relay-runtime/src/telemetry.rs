@@ -36,11 +36,23 @@ pub mod metric {
     pub const REBALANCES: &str = "consent_relay_rebalances_total";
     pub const COMMITS: &str = "consent_relay_commits_total";
     pub const LOOKAHEAD_WITHDRAWALS: &str = "consent_relay_lookahead_withdrawals_total";
+    pub const RECONCILE_SUBJECTS: &str = "consent_relay_reconcile_subjects_total";
+    pub const RECONCILE_REQUESTS: &str = "consent_relay_reconcile_requests_total";
 }
 
 /// Every metric the relay exports: name, type, help. The deploy artefacts (alerts, dashboard) may
 /// reference only these; a test checks that.
 pub const METRICS: &[(&str, &str, &str)] = &[
+    (
+        metric::RECONCILE_SUBJECTS,
+        "counter",
+        "Reconcile figures per destination: (subject, purpose) pairs checked, in sync, repaired, reported (a grant the downstream does not show, left alone), failed.",
+    ),
+    (
+        metric::RECONCILE_REQUESTS,
+        "counter",
+        "Requests reconcile sent to a downstream, reads and repairs, per destination.",
+    ),
     (
         metric::LOOKAHEAD_WITHDRAWALS,
         "counter",
@@ -207,6 +219,25 @@ impl std::fmt::Debug for Telemetry {
 impl Telemetry {
     pub fn new() -> Telemetry {
         Telemetry::default()
+    }
+
+    /// Adds to a reconcile figure (`checked`, `in_sync`, `repaired`, `reported`, `failed`) of
+    /// `sink` (a destination name).
+    pub fn reconciled(&self, sink: &str, figure: &'static str, by: u64) {
+        self.add(
+            metric::RECONCILE_SUBJECTS,
+            vec![("sink", sink.to_owned()), ("result", figure.to_owned())],
+            by as f64,
+        );
+    }
+
+    /// Counts requests reconcile sent to `sink`'s downstream.
+    pub fn reconcile_requests(&self, sink: &str, by: u64) {
+        self.add(
+            metric::RECONCILE_REQUESTS,
+            vec![("sink", sink.to_owned())],
+            by as f64,
+        );
     }
 
     /// Sets what counts as stalled (the default until then: `LivenessConfig::default()`).

@@ -12,12 +12,12 @@ use crate::{google, linkedin, meta, x};
 pub struct AudiencesSink {
     /// `audiences`, or `audiences.<audience>` for a sink of one audience.
     name: String,
-    config: AudiencesConfig,
+    pub(crate) config: AudiencesConfig,
     /// One per platform account (platform, base URL, token): audiences on one account share its
     /// rate limit, daily budget and `Retry-After` pause, also across per-audience sinks.
     accounts: Vec<Arc<Destination>>,
     /// Audience name → index into `accounts`.
-    account_of: BTreeMap<String, usize>,
+    pub(crate) account_of: BTreeMap<String, usize>,
 }
 
 impl AudiencesSink {
@@ -111,7 +111,7 @@ impl AudiencesSink {
     }
 
     /// Sends one batch and maps the answer to one outcome per member.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         name: &str,
         audience: &AudienceConfig,

@@ -31,6 +31,7 @@ mod google;
 mod linkedin;
 mod meta;
 mod oauth1;
+mod reconcile;
 mod request;
 mod x;
 
@@ -39,4 +40,5 @@ pub use config::{
     credential_env_var, token_env_var, AudienceConfig, AudiencesConfig, GoogleAudience,
     LinkedInAudience, MetaAudience, MetaSchema, Platform, XAudience,
 };
+pub use reconcile::BatchPosition;
 pub use relay_delivery::{ConfigError, ConfigProblem};

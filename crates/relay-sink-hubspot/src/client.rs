@@ -25,10 +25,10 @@ const CORRELATION_ID_HEADER: &str = "x-hubspot-correlation-id";
 /// The HubSpot sink: contact upserts, subscription statuses, global unsubscribe and GDPR delete.
 pub struct HubSpotSink {
     /// The account's rate limits, `Retry-After` gate and HTTP client.
-    destination: Destination,
-    base_url: String,
-    token: String,
-    config: HubSpotConfig,
+    pub(crate) destination: Destination,
+    pub(crate) base_url: String,
+    pub(crate) token: String,
+    pub(crate) config: HubSpotConfig,
 }
 
 impl HubSpotSink {

@@ -22,8 +22,10 @@
 
 mod client;
 mod config;
+mod read;
 mod request;
 
 pub use client::HubSpotSink;
 pub use config::{ContactProperty, HubSpotConfig, LegalBasis, PurposeConfig};
+pub use read::{ContactPage, ReadStatus, BATCH_READ_PATH, LIST_CONTACTS_PATH, READ_PAGE};
 pub use relay_delivery::{ConfigError, ConfigProblem};

@@ -49,6 +49,12 @@ pub const UNSUBSCRIBE_ALL_PATH: &str =
 pub const GDPR_DELETE_PATH: &str = "/crm/v3/objects/contacts/gdpr-delete";
 /// `POST` path of the CRM contact batch upsert.
 pub const UPSERT_PATH: &str = "/crm/v3/objects/contacts/batch/upsert";
+/// `POST` path of the v4 batch status read (with `?channel=EMAIL`).
+pub const BATCH_READ_PATH: &str = "/communication-preferences/v4/statuses/batch/read";
+/// `GET` path of the CRM contact list (`limit`, `after`, `properties`).
+pub const LIST_CONTACTS_PATH: &str = "/crm/v3/objects/contacts";
+/// HubSpot's largest `limit` of a CRM list page.
+const MAX_PAGE: usize = 100;
 /// `GET` path of the JSON state dump (not a HubSpot endpoint).
 pub const STATE_PATH: &str = "/__fake/state";
 
@@ -287,6 +293,8 @@ impl FakeHubSpot {
             .route(UNSUBSCRIBE_ALL_PATH, post(unsubscribe_all))
             .route(GDPR_DELETE_PATH, post(gdpr_delete))
             .route(UPSERT_PATH, post(upsert))
+            .route(BATCH_READ_PATH, post(batch_read))
+            .route(LIST_CONTACTS_PATH, get(list_contacts))
             .route(STATE_PATH, get(state_dump))
             // HubSpot answers unknown paths with an empty 404.
             .fallback(|| async { StatusCode::NOT_FOUND })
@@ -383,6 +391,23 @@ impl FakeHubSpot {
             .get(&normalize::email(email))
             .and_then(|c| c.subscriptions.get(&subscription_id))
             .map(|s| (*s).to_owned())
+    }
+
+    /// Sets a status as someone in HubSpot's UI would (`SUBSCRIBED` or `UNSUBSCRIBED`): no
+    /// request, and not counted in `status_changes`, so a test can tell the relay's changes from
+    /// it. Creates the contact when it is unknown.
+    pub fn set_status_by_hand(&self, email: &str, subscription_id: i64, status: &str) {
+        let status = if status == SUBSCRIBED {
+            SUBSCRIBED
+        } else {
+            UNSUBSCRIBED
+        };
+        let mut state = lock(&self.shared);
+        let contact = state.contacts.entry(normalize::email(email)).or_default();
+        contact.subscriptions.insert(subscription_id, status);
+        if status == SUBSCRIBED {
+            contact.unsubscribed_from_all = false;
+        }
     }
 
     pub fn unsubscribed_from_all(&self, email: &str) -> bool {
@@ -852,6 +877,124 @@ async fn gdpr_delete(State(shared): State<Shared>, body: Bytes) -> Response {
         state.count_change(&email);
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+    properties: Option<String>,
+    archived: Option<bool>,
+}
+
+/// The CRM contact list, ordered by address, paged by `after` (an opaque cursor to HubSpot; here
+/// the position of the next contact). The fake lists every address it holds a status or a record
+/// for (HubSpot lists CRM contacts; whether a v4 status write creates one is UNCONFIRMED,
+/// docs/vendors/hubspot.md §10). The last page has no `paging`; an empty portal answers
+/// `{"results": []}`.
+async fn list_contacts(State(shared): State<Shared>, Query(query): Query<ListQuery>) -> Response {
+    let limit = query.limit.unwrap_or(10);
+    if limit == 0 || limit > MAX_PAGE {
+        return validation_error(&format!("limit must be between 1 and {MAX_PAGE}"));
+    }
+    let start = match query.after.as_deref().map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return validation_error("after is not a valid paging cursor"),
+    };
+    let with_email = query
+        .properties
+        .as_deref()
+        .is_some_and(|p| p.split(',').any(|p| p == "email"));
+    let _ = query.archived;
+    let state = lock(&shared);
+    let all: Vec<(&String, &ContactState)> = state.contacts.iter().collect();
+    let page: Vec<Value> = all
+        .iter()
+        .enumerate()
+        .skip(start)
+        .take(limit)
+        .map(|(i, (email, contact))| {
+            let id = contact
+                .record
+                .as_ref()
+                .map_or(format!("{}", 900_000 + i), |r| r.id.to_string());
+            let mut properties = json!({ "hs_object_id": id });
+            if with_email {
+                properties["email"] = json!(email);
+            }
+            json!({
+                "id": id,
+                "properties": properties,
+                "createdAt": now(),
+                "updatedAt": now(),
+                "archived": false,
+            })
+        })
+        .collect();
+    let mut body = json!({ "results": page });
+    if start + limit < all.len() {
+        let after = (start + limit).to_string();
+        body["paging"] = json!({ "next": {
+            "after": after,
+            "link": format!("{LIST_CONTACTS_PATH}?after={after}"),
+        }});
+    }
+    drop(state);
+    json_response(StatusCode::OK, body)
+}
+
+/// The v4 batch status read: one result per known address with a status for every subscription
+/// type it has one for; unknown addresses come back as errors (207), as for the writes.
+async fn batch_read(
+    State(shared): State<Shared>,
+    Query(query): Query<BTreeMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let requested_at = now();
+    if query.get("channel").map(String::as_str) != Some("EMAIL") {
+        return validation_error("query parameter channel must be EMAIL");
+    }
+    let max = lock(&shared).max_inputs;
+    let inputs = match parse_batch::<String>(&body, max) {
+        Ok(inputs) => inputs,
+        Err(message) => return validation_error(&message),
+    };
+    let state = lock(&shared);
+    let mut results = Vec::new();
+    let mut errors = Vec::new();
+    for input in inputs {
+        let email = normalize::email(&input);
+        let Some(contact) = state.contacts.get(&email) else {
+            errors.push(json!({
+                "category": "OBJECT_NOT_FOUND",
+                "message": "Subscriber not found",
+                "status": "error",
+                "context": { "subscriberIdString": [email] },
+            }));
+            continue;
+        };
+        let statuses: Vec<Value> = contact
+            .subscriptions
+            .iter()
+            .map(|(id, status)| {
+                json!({
+                    "channel": "EMAIL",
+                    "status": status,
+                    "subscriberIdString": email,
+                    "subscriptionId": id,
+                    "timestamp": now(),
+                    "businessUnitId": 0,
+                    "source": "fake",
+                    "subscriptionName": format!("Subscription {id}"),
+                })
+            })
+            .collect();
+        results.push(json!({ "subscriberIdString": email, "statuses": statuses }));
+    }
+    drop(state);
+    batch_response(requested_at, results, errors)
 }
 
 async fn state_dump(State(shared): State<Shared>) -> Response {

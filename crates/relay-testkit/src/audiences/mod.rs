@@ -56,6 +56,8 @@ pub(crate) struct PlatformState {
     window: VecDeque<Instant>,
     throttled: fn() -> ScriptedResponse,
     requests: Vec<RecordedRequest>,
+    /// Added before every answer that is not scripted, after its change was applied.
+    delay: Duration,
 }
 
 pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, PlatformState> {
@@ -96,6 +98,7 @@ impl FakePlatform {
             window: VecDeque::new(),
             throttled,
             requests: Vec::new(),
+            delay: Duration::ZERO,
         }));
         let app = routes
             .fallback(|| async { StatusCode::NOT_FOUND })
@@ -154,6 +157,17 @@ impl FakePlatform {
         lock(&self.shared).max_batch = max;
     }
 
+    /// Puts hashes into an audience directly, as an earlier upload would have (no request).
+    pub fn add_members(&self, audience: &str, hashes: impl IntoIterator<Item = String>) {
+        lock(&self.shared).audience(audience).extend(hashes);
+    }
+
+    /// Answers every request that is not scripted `delay` late, after its change is applied (a
+    /// slow platform, or a test that needs a process to be mid-run).
+    pub fn set_response_delay(&self, delay: Duration) {
+        lock(&self.shared).delay = delay;
+    }
+
     /// What was rejected for not being a lowercase hex SHA-256, by position.
     pub fn rejections(&self) -> Vec<String> {
         lock(&self.shared).rejections.clone()
@@ -201,8 +215,14 @@ async fn gate(State(shared): State<Shared>, request: Request, next: Next) -> Res
     match early {
         Some(response) => response.into_response(),
         None => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
+            let response = next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
+            let delay = lock(&shared).delay;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            response
         }
     }
 }

@@ -1,0 +1,132 @@
+//! What `consent-relay reconcile` asks of the ledger: the newest decision per (subject, target)
+//! of one sink, with the email hash the consent log holds for the subject. Read-only; it never
+//! touches the claim and finish statements.
+
+use relay_events::Action;
+
+use crate::{codec, AnyLedger, LedgerError};
+
+/// Binds: sink. The subject's email hash is that of its newest logged event that carried one (an
+/// erasure or a global unsubscribe may come without an email).
+const SINK_STATES: &str = "SELECT s.subject_id, s.target, s.action, s.occurred_at_ms, s.event_id,
+    (SELECT c.email_sha256 FROM consent_log c
+      WHERE c.subject_id = s.subject_id AND c.email_sha256 IS NOT NULL
+      ORDER BY c.occurred_at_ms DESC, c.recorded_at_ms DESC LIMIT 1) AS email_sha256,
+    (SELECT c.notice_version FROM consent_log c WHERE c.event_id = s.event_id) AS notice_version
+FROM subject_state s WHERE s.sink = $1 ORDER BY s.subject_id, s.target";
+
+/// The newest decision for one (subject, target) of a sink, as reconcile compares it with a
+/// downstream. Never the raw address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkState {
+    pub subject_id: String,
+    /// A purpose name, or `*` for the whole subject.
+    pub target: String,
+    pub action: Action,
+    pub occurred_at_ms: i64,
+    pub event_id: String,
+    /// SHA-256 of the normalized email (`relay_events::normalize::email_sha256`).
+    pub email_sha256: Option<String>,
+    /// The notice version of the deciding event (for re-asserting a grant).
+    pub notice_version: Option<String>,
+}
+
+type Row = (
+    String,
+    String,
+    String,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
+impl AnyLedger {
+    /// Every (subject, target) state of `sink` (a destination name: `hubspot`,
+    /// `audiences.<audience>`, `newsletter.<list>`), ordered by subject and target.
+    pub async fn sink_states(&self, sink: &str) -> Result<Vec<SinkState>, LedgerError> {
+        let rows: Vec<Row> = match self {
+            AnyLedger::Sqlite(l) => {
+                sqlx::query_as(SINK_STATES)
+                    .bind(sink)
+                    .fetch_all(l.pool())
+                    .await?
+            }
+            AnyLedger::Postgres(l) => {
+                sqlx::query_as(SINK_STATES)
+                    .bind(sink)
+                    .fetch_all(l.pool())
+                    .await?
+            }
+        };
+        rows.into_iter()
+            .map(
+                |(subject_id, target, action, occurred_at_ms, event_id, email_sha256, notice)| {
+                    Ok(SinkState {
+                        subject_id,
+                        target,
+                        action: codec::action(&action)?,
+                        occurred_at_ms,
+                        event_id,
+                        email_sha256,
+                        notice_version: notice,
+                    })
+                },
+            )
+            .collect()
+    }
+}
+
+/// Of a purpose's own state and the subject's whole-subject (`*`) state, the one that decides:
+/// the newer by `occurred_at`, ties going to the stronger action (erasure, then withdrawal), as the
+/// version rule orders them.
+pub fn effective<'a>(
+    purpose: Option<&'a SinkState>,
+    all: Option<&'a SinkState>,
+) -> Option<&'a SinkState> {
+    fn rank(a: Action) -> u8 {
+        match a {
+            Action::Grant => 0,
+            Action::Withdraw => 1,
+            Action::Erase => 2,
+        }
+    }
+    match (purpose, all) {
+        (Some(p), Some(a)) => {
+            if (a.occurred_at_ms, rank(a.action)) >= (p.occurred_at_ms, rank(p.action)) {
+                Some(a)
+            } else {
+                Some(p)
+            }
+        }
+        (p, a) => p.or(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(target: &str, action: Action, at: i64) -> SinkState {
+        SinkState {
+            subject_id: "s".into(),
+            target: target.into(),
+            action,
+            occurred_at_ms: at,
+            event_id: "e".into(),
+            email_sha256: None,
+            notice_version: None,
+        }
+    }
+
+    #[test]
+    fn the_newer_state_decides_and_ties_go_to_less_consent() {
+        let grant = st("news", Action::Grant, 10);
+        let unsub = st("*", Action::Withdraw, 10);
+        assert_eq!(effective(Some(&grant), Some(&unsub)), Some(&unsub));
+        let later = st("news", Action::Grant, 11);
+        assert_eq!(effective(Some(&later), Some(&unsub)), Some(&later));
+        assert_eq!(effective(None, Some(&unsub)), Some(&unsub));
+        assert_eq!(effective(None, None), None);
+    }
+}
