@@ -6,12 +6,15 @@ use relay_events::Action;
 
 use crate::{codec, AnyLedger, LedgerError};
 
-/// Binds: sink. The subject's email hash is that of its newest logged event that carried one (an
-/// erasure or a global unsubscribe may come without an email).
+/// Binds: sink. The subject's email hash is the deciding event's, or else that of the subject's
+/// newest logged event that carried one (an erasure or a global unsubscribe may come without an
+/// email).
 const SINK_STATES: &str = "SELECT s.subject_id, s.target, s.action, s.occurred_at_ms, s.event_id,
-    (SELECT c.email_sha256 FROM consent_log c
-      WHERE c.subject_id = s.subject_id AND c.email_sha256 IS NOT NULL
-      ORDER BY c.occurred_at_ms DESC, c.recorded_at_ms DESC LIMIT 1) AS email_sha256,
+    COALESCE(
+      (SELECT c.email_sha256 FROM consent_log c WHERE c.event_id = s.event_id),
+      (SELECT c.email_sha256 FROM consent_log c
+        WHERE c.subject_id = s.subject_id AND c.email_sha256 IS NOT NULL
+        ORDER BY c.occurred_at_ms DESC, c.recorded_at_ms DESC LIMIT 1)) AS email_sha256,
     (SELECT c.notice_version FROM consent_log c WHERE c.event_id = s.event_id) AS notice_version
 FROM subject_state s WHERE s.sink = $1 ORDER BY s.subject_id, s.target";
 

@@ -1,0 +1,582 @@
+//! `consent-relay reconcile` as operators run it: the real binary against the fake HubSpot and
+//! the fake Meta, with the ledger seeded through its own API (claims, as the relay makes them).
+//! No broker: reconcile reads the ledger and the downstream only.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use relay_events::{normalize, EventKind};
+use relay_ledger::{AnyLedger, Claim, ConsentRecord, DeliveryKey, Ledger};
+use relay_testkit::audiences::{self, FakePlatform};
+use relay_testkit::hubspot::{FakeHubSpot, BATCH_WRITE_PATH};
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_consent-relay");
+const TOKEN: &str = "pat-reconcile-test";
+const ADS_TOKEN: &str = "ads-reconcile-test";
+const NEWSLETTER: i64 = 12345;
+const T0: i64 = 1_795_651_200_000;
+
+fn email(subject: &str) -> String {
+    format!("{subject}@example.de")
+}
+
+fn write_config(dir: &Path, sinks: &str) -> PathBuf {
+    let path = dir.join("consent-relay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[ledger]
+url = "sqlite://{}"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[purposes.newsletter]
+description = "Newsletter"
+[purposes.ads]
+description = "Ads"
+{sinks}
+"#,
+            dir.join("ledger.db").display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn hubspot_sinks(hubspot: &FakeHubSpot) -> String {
+    format!(
+        r#"
+[sinks.hubspot]
+base_url = "{}"
+[sinks.hubspot.purposes.newsletter]
+subscription_ids = [{NEWSLETTER}]
+legal_basis = "CONSENT_WITH_NOTICE"
+legal_basis_explanation = "Newsletter sign-up"
+"#,
+        hubspot.base_url()
+    )
+}
+
+fn audience_sinks(meta: &FakePlatform, google: &FakePlatform, meta_rows: usize) -> String {
+    format!(
+        r#"
+[sinks.audiences.purposes]
+ads = ["meta", "google"]
+[sinks.audiences.audiences.meta]
+platform = "meta"
+base_url = "{}"
+token = "{ADS_TOKEN}"
+audience_id = "111"
+max_rows_per_request = {meta_rows}
+[sinks.audiences.audiences.google]
+platform = "google"
+base_url = "{}"
+token = "{ADS_TOKEN}"
+operating_account_id = "1234567890"
+product_destination_id = "222"
+consent_purposes = ["ads"]
+"#,
+        meta.base_url(),
+        google.base_url()
+    )
+}
+
+fn relay(config: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--config")
+        .arg(config)
+        .args(args)
+        .env("CONSENT_RELAY_HUBSPOT_TOKEN", TOKEN)
+        .env_remove("RUST_LOG");
+    c
+}
+
+fn run(config: &Path, args: &[&str]) -> (bool, String, String) {
+    let out: Output = relay(config, args).output().expect("run consent-relay");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Records decisions the way the relay does: a consent-log entry, then a claim for `sink`, which
+/// makes the decision the subject's state. `decisions` are (subject, kind, purpose or None for
+/// the whole subject, occurred_at), claimed in order.
+async fn seed(
+    ledger: &AnyLedger,
+    sink: &str,
+    decisions: &[(String, EventKind, Option<&str>, i64)],
+) {
+    for chunk in decisions.chunks(5_000) {
+        let mut records = Vec::new();
+        let mut claims = Vec::new();
+        for (i, (subject, kind, purpose, at)) in chunk.iter().enumerate() {
+            let event_id = Uuid::new_v4();
+            let target = purpose.unwrap_or("*").to_owned();
+            records.push(ConsentRecord {
+                event_id,
+                subject_id: subject.clone(),
+                kind: kind.name().to_owned(),
+                purposes: vec![target.clone()],
+                occurred_at_ms: *at,
+                source: "reconcile-test".to_owned(),
+                notice_version: (*kind == EventKind::ConsentGranted).then(|| "n-1".to_owned()),
+                email_sha256: Some(normalize::email_sha256(&email(subject))),
+                topic: "seed".to_owned(),
+                partition: 0,
+                offset: i as i64,
+                payload_digest: None,
+                late: false,
+            });
+            claims.push(Claim {
+                key: DeliveryKey {
+                    event_id,
+                    sink: sink.to_owned(),
+                    target,
+                },
+                subject_id: subject.clone(),
+                action: kind.action(),
+                occurred_at_ms: *at,
+                replay: false,
+                ticket: None,
+            });
+        }
+        ledger.log_events(&records).await.expect("log events");
+        ledger.claim(&claims).await.expect("claim");
+    }
+}
+
+fn writes(hubspot: &FakeHubSpot) -> usize {
+    hubspot
+        .requests()
+        .iter()
+        .filter(|r| r.path == BATCH_WRITE_PATH)
+        .count()
+}
+
+fn lines_starting(text: &str, prefix: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("subject="))
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_dry_run_reports_the_three_resubscribed_then_repairs_only_them() {
+    let hubspot = FakeHubSpot::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &hubspot_sinks(&hubspot));
+    let ledger = relay_ledger::open(&format!(
+        "sqlite://{}",
+        dir.path().join("ledger.db").display()
+    ))
+    .await
+    .unwrap();
+
+    // 250 people in sync (withdrawn here and there), so that the contact list has three pages.
+    let mut decisions = Vec::new();
+    for n in 0..250 {
+        let s = format!("sync{n:03}");
+        decisions.push((s.clone(), EventKind::ConsentGranted, Some("newsletter"), T0));
+        decisions.push((
+            s,
+            EventKind::ConsentWithdrawn,
+            Some("newsletter"),
+            T0 + 1_000,
+        ));
+    }
+    for s in ["w1", "w2", "w3"] {
+        decisions.push((
+            s.to_owned(),
+            EventKind::ConsentGranted,
+            Some("newsletter"),
+            T0,
+        ));
+        decisions.push((
+            s.to_owned(),
+            EventKind::ConsentWithdrawn,
+            Some("newsletter"),
+            T0 + 1_000,
+        ));
+    }
+    for s in ["granted-here-unsubscribed-there", "granted-both"] {
+        decisions.push((
+            s.to_owned(),
+            EventKind::ConsentGranted,
+            Some("newsletter"),
+            T0,
+        ));
+    }
+    seed(&ledger, "hubspot", &decisions).await;
+    ledger.close().await;
+
+    for n in 0..250 {
+        hubspot.set_status_by_hand(&email(&format!("sync{n:03}")), NEWSLETTER, "UNSUBSCRIBED");
+    }
+    // Three withdrawn people put back to SUBSCRIBED by hand.
+    for s in ["w1", "w2", "w3"] {
+        hubspot.set_status_by_hand(&email(s), NEWSLETTER, "SUBSCRIBED");
+    }
+    hubspot.set_status_by_hand(
+        &email("granted-here-unsubscribed-there"),
+        NEWSLETTER,
+        "UNSUBSCRIBED",
+    );
+    hubspot.set_status_by_hand(&email("granted-both"), NEWSLETTER, "SUBSCRIBED");
+    // Someone the ledger never heard of.
+    hubspot.set_status_by_hand("stranger@example.de", NEWSLETTER, "SUBSCRIBED");
+    let expected: BTreeSet<String> = ["w1", "w2", "w3"].map(String::from).into();
+
+    let (ok, out, err) = run(&config, &["reconcile", "--sink", "hubspot", "--dry-run"]);
+    assert!(ok, "dry run failed: {out}\n{err}");
+    assert_eq!(lines_starting(&out, "would repair"), expected, "{out}");
+    assert_eq!(
+        lines_starting(&out, "report"),
+        BTreeSet::from(["granted-here-unsubscribed-there".to_owned()]),
+        "{out}"
+    );
+    assert!(
+        out.contains("checked 255 (subject, purpose) pair(s), in sync 251, to repair 3, reported 1, failed 0, contacts unknown to the ledger 1"),
+        "{out}"
+    );
+    assert_eq!(writes(&hubspot), 0, "a dry run changes nothing");
+    assert_eq!(
+        hubspot
+            .subscription_status(&email("w1"), NEWSLETTER)
+            .as_deref(),
+        Some("SUBSCRIBED")
+    );
+    for text in [&out, &err] {
+        assert!(
+            !text.contains("@example.de"),
+            "an address was printed: {text}"
+        );
+    }
+
+    let metrics = dir.path().join("reconcile.prom");
+    let (ok, out, err) = run(
+        &config,
+        &[
+            "reconcile",
+            "--sink",
+            "hubspot",
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "reconcile failed: {out}\n{err}");
+    assert_eq!(lines_starting(&out, "repair"), expected, "{out}");
+    assert!(
+        out.contains("in sync 251, repaired 3, reported 1, failed 0"),
+        "{out}"
+    );
+    for s in ["w1", "w2", "w3"] {
+        assert_eq!(
+            hubspot
+                .subscription_status(&email(s), NEWSLETTER)
+                .as_deref(),
+            Some("UNSUBSCRIBED"),
+            "{s}"
+        );
+        assert_eq!(hubspot.status_changes(&email(s)), 1, "{s} changed once");
+    }
+    // Reported, left alone.
+    assert_eq!(
+        hubspot
+            .subscription_status(&email("granted-here-unsubscribed-there"), NEWSLETTER)
+            .as_deref(),
+        Some("UNSUBSCRIBED")
+    );
+    assert_eq!(
+        hubspot.status_changes(&email("granted-here-unsubscribed-there")),
+        0
+    );
+    assert_eq!(hubspot.status_changes("stranger@example.de"), 0);
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    for series in [
+        r#"consent_relay_reconcile_subjects_total{sink="hubspot",result="repaired"} 3"#,
+        r#"consent_relay_reconcile_subjects_total{sink="hubspot",result="reported"} 1"#,
+        r#"consent_relay_reconcile_subjects_total{sink="hubspot",result="in_sync"} 251"#,
+        r#"consent_relay_reconcile_subjects_total{sink="hubspot",result="checked"} 255"#,
+    ] {
+        assert!(prom.contains(series), "{series} missing from:\n{prom}");
+    }
+
+    // A second run finds everything but the reported one in sync and sends no write.
+    let before = writes(&hubspot);
+    let (ok, out, _) = run(&config, &["reconcile", "--sink", "hubspot"]);
+    assert!(ok);
+    assert!(out.contains("in sync 254, repaired 0, reported 1"), "{out}");
+    assert_eq!(writes(&hubspot), before);
+
+    // --restore-grants re-subscribes the one whose newest decision is a grant.
+    let (ok, out, _) = run(
+        &config,
+        &["reconcile", "--sink", "hubspot", "--restore-grants"],
+    );
+    assert!(ok);
+    assert!(out.contains("repaired 1, reported 0"), "{out}");
+    assert_eq!(
+        hubspot
+            .subscription_status(&email("granted-here-unsubscribed-there"), NEWSLETTER)
+            .as_deref(),
+        Some("SUBSCRIBED")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_reconcile_of_an_empty_portal_checks_nothing() {
+    let hubspot = FakeHubSpot::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &hubspot_sinks(&hubspot));
+    let (ok, out, err) = run(&config, &["reconcile", "--sink", "hubspot"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains("checked 0 (subject, purpose) pair(s)"),
+        "{out}"
+    );
+}
+
+/// `subjects` withdrawn people (and `granted` granted ones) for the `ads` purpose, in the ledger
+/// for `audiences.meta` and in the fake Meta audience 111.
+async fn seed_audience(dir: &Path, meta: &FakePlatform, subjects: usize, granted: usize) {
+    let ledger = relay_ledger::open(&format!("sqlite://{}", dir.join("ledger.db").display()))
+        .await
+        .unwrap();
+    let mut decisions = Vec::with_capacity(subjects + granted);
+    for n in 0..subjects {
+        decisions.push((
+            format!("w{n:06}"),
+            EventKind::ConsentWithdrawn,
+            Some("ads"),
+            T0 + 1_000,
+        ));
+    }
+    for n in 0..granted {
+        decisions.push((format!("g{n}"), EventKind::ConsentGranted, Some("ads"), T0));
+    }
+    seed(&ledger, "audiences.meta", &decisions).await;
+    ledger.close().await;
+    meta.add_members(
+        "111",
+        decisions
+            .iter()
+            .map(|(s, ..)| normalize::email_sha256(&email(s))),
+    );
+}
+
+fn granted_hashes(granted: usize) -> BTreeSet<String> {
+    (0..granted)
+        .map(|n| normalize::email_sha256(&email(&format!("g{n}"))))
+        .collect()
+}
+
+fn removal_requests(meta: &FakePlatform) -> usize {
+    meta.requests()
+        .iter()
+        .filter(|r| r.method == "DELETE")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100k_member_meta_audience_is_emptied_of_withdrawals_in_at_most_11_requests() {
+    let meta = audiences::meta::start(ADS_TOKEN).await;
+    let google = audiences::google::start(ADS_TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &audience_sinks(&meta, &google, 10_000));
+    let started = Instant::now();
+    seed_audience(dir.path(), &meta, 100_000, 5).await;
+    eprintln!("seeded 100 005 subjects in {:?}", started.elapsed());
+    assert_eq!(meta.members("111").len(), 100_005);
+
+    let (ok, out, err) = run(&config, &["reconcile", "--sink", "audiences", "--dry-run"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains(
+            "would re-send 100000 removal(s) to audiences.meta in 10 request(s) of up to 10000"
+        ),
+        "{out}"
+    );
+    assert_eq!(meta.requests().len(), 0, "a dry run sends nothing");
+
+    let started = Instant::now();
+    let (ok, out, err) = run(&config, &["reconcile", "--sink", "audiences"]);
+    eprintln!("reconcile took {:?}\n{out}{err}", started.elapsed());
+    assert!(ok, "{out}\n{err}");
+    let requests = removal_requests(&meta);
+    assert!(requests <= 11, "{requests} requests");
+    assert_eq!(requests, 10);
+    assert_eq!(meta.requests().len(), requests, "removals only");
+    assert_eq!(
+        meta.members("111"),
+        granted_hashes(5),
+        "only the granted remain"
+    );
+    assert!(meta.rejections().is_empty(), "{:?}", meta.rejections());
+    assert!(
+        out.contains("reconcile audiences.meta: checked 100005 subject(s), in sync 5 (granted, left in), repaired 100000 (removals re-sent; the platform cannot be read back), reported 0, failed 0, without an email hash 0, 10 request(s)"),
+        "{out}"
+    );
+    // Google's hash is not the ledger's: skipped with a reason, nothing sent.
+    assert!(
+        out.contains("skipped audiences.google: Google normalizes"),
+        "{out}"
+    );
+    assert_eq!(google.requests().len(), 0);
+    // Hashes only ever: no address in any request body.
+    for r in meta.requests() {
+        assert!(!r.body.contains("@example.de"));
+    }
+    assert!(!out.contains("@example.de") && !err.contains("@example.de"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_an_audience_reconcile_then_a_rerun_finishes_the_job() {
+    let meta = audiences::meta::start(ADS_TOKEN).await;
+    let google = audiences::google::start(ADS_TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    // 20 000 withdrawn people, 1 000 per request: 20 requests, each answered 200 ms late.
+    let config = write_config(dir.path(), &audience_sinks(&meta, &google, 1_000));
+    seed_audience(dir.path(), &meta, 20_000, 3).await;
+    meta.set_response_delay(Duration::from_millis(200));
+
+    let mut child = relay(
+        &config,
+        &["reconcile", "--sink", "audiences", "--destination", "meta"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("start reconcile");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while removal_requests(&meta) < 3 {
+        assert!(Instant::now() < deadline, "reconcile never got going");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().expect("kill -9"); // SIGKILL on Unix
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let first = removal_requests(&meta);
+    let left = meta.members("111").len();
+    assert!(first < 20, "killed mid-way ({first} requests)");
+    assert!(left > 3, "members left after the kill: {left}");
+
+    meta.set_response_delay(Duration::ZERO);
+    let (ok, out, err) = run(
+        &config,
+        &["reconcile", "--sink", "audiences", "--destination", "meta"],
+    );
+    assert!(ok, "{out}\n{err}");
+    // The rerun starts over (no cursor): every removal again, harmless because removing someone
+    // who is not a member changes nothing.
+    assert_eq!(removal_requests(&meta), first + 20);
+    assert_eq!(meta.members("111"), granted_hashes(3));
+    assert!(meta.rejections().is_empty());
+    assert!(out.contains("repaired 20000"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_hubspot_reconcile_then_a_rerun_repairs_the_rest_once() {
+    let hubspot = FakeHubSpot::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &hubspot_sinks(&hubspot));
+    let ledger = relay_ledger::open(&format!(
+        "sqlite://{}",
+        dir.path().join("ledger.db").display()
+    ))
+    .await
+    .unwrap();
+    // 300 withdrawn people all SUBSCRIBED at HubSpot: 3 pages, 3 repair writes.
+    let subjects: Vec<String> = (0..300).map(|n| format!("k{n:03}")).collect();
+    let decisions: Vec<_> = subjects
+        .iter()
+        .map(|s| {
+            (
+                s.clone(),
+                EventKind::ConsentWithdrawn,
+                Some("newsletter"),
+                T0,
+            )
+        })
+        .collect();
+    seed(&ledger, "hubspot", &decisions).await;
+    ledger.close().await;
+    for s in &subjects {
+        hubspot.set_status_by_hand(&email(s), NEWSLETTER, "SUBSCRIBED");
+    }
+    hubspot.set_response_delay(Duration::from_millis(300));
+
+    let mut child = relay(&config, &["reconcile", "--sink", "hubspot"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start reconcile");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Until the first repair write has been applied (its answer is still 300 ms away).
+    while subjects.iter().all(|s| {
+        hubspot
+            .subscription_status(&email(s), NEWSLETTER)
+            .as_deref()
+            == Some("SUBSCRIBED")
+    }) {
+        assert!(Instant::now() < deadline, "reconcile never repaired");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().expect("kill -9");
+    child.wait().unwrap();
+    let still_subscribed = subjects
+        .iter()
+        .filter(|s| {
+            hubspot
+                .subscription_status(&email(s), NEWSLETTER)
+                .as_deref()
+                == Some("SUBSCRIBED")
+        })
+        .count();
+    assert!(still_subscribed > 0, "killed mid-way");
+
+    hubspot.set_response_delay(Duration::ZERO);
+    let (ok, out, err) = run(&config, &["reconcile", "--sink", "hubspot"]);
+    assert!(ok, "{out}\n{err}");
+    // The rerun reads HubSpot again: what the killed run repaired is in sync now.
+    assert!(
+        out.contains(&format!(
+            "in sync {}, repaired {still_subscribed}",
+            300 - still_subscribed
+        )),
+        "{out}"
+    );
+    for s in &subjects {
+        assert_eq!(
+            hubspot
+                .subscription_status(&email(s), NEWSLETTER)
+                .as_deref(),
+            Some("UNSUBSCRIBED"),
+            "{s}"
+        );
+        assert_eq!(
+            hubspot.status_changes(&email(s)),
+            1,
+            "{s} repaired exactly once"
+        );
+    }
+}
