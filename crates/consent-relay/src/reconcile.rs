@@ -25,6 +25,7 @@ use relay_ledger::{effective, AnyLedger, SinkState};
 use relay_runtime::Telemetry;
 use relay_sink_audiences::{AudiencesConfig, AudiencesSink, BatchPosition};
 use relay_sink_hubspot::{HubSpotConfig, HubSpotSink, ReadStatus, READ_PAGE};
+use relay_sink_newsletter::{ListStatus, NewsletterConfig, NewsletterSink};
 
 use crate::config::Config;
 
@@ -185,10 +186,12 @@ pub async fn run(
     if let Some(audiences) = any.downcast_ref::<AudiencesConfig>() {
         return audiences_run(audiences, wanted.as_deref(), options, ledger, telemetry).await;
     }
+    if let Some(newsletter) = any.downcast_ref::<NewsletterConfig>() {
+        return newsletter_run(newsletter, wanted.as_deref(), options, ledger, telemetry).await;
+    }
     Err(format!(
-        "reconcile of `{section}` is not implemented yet: only `hubspot` (read back and repaired) \
-         and `audiences` (removals re-sent) are; newsletter lists (Mailchimp members, Brevo \
-         contacts) and partner webhooks are not reconciled"
+        "reconcile of `{section}` is not implemented: partner webhooks can neither be read back \
+         nor told to forget without the person's address"
     ))
 }
 
@@ -553,6 +556,181 @@ async fn audiences_run(
             figures.export(telemetry, &destination);
             out.push((destination.clone(), figures));
         }
+    }
+    Ok(out)
+}
+
+/// The decision that stands for a subject on a list fed by several purposes: the newest grant if
+/// any purpose is granted (the list keeps them), else the newest withdrawal or erasure.
+fn list_decision<'a>(
+    states: &'a BTreeMap<String, SinkState>,
+    purposes: &[String],
+) -> Option<&'a SinkState> {
+    let all = states.get("*");
+    let decisions: Vec<&SinkState> = purposes
+        .iter()
+        .filter_map(|p| effective(states.get(p.as_str()), all))
+        .collect();
+    let newest = |want_grant: bool| {
+        decisions
+            .iter()
+            .filter(|d| (d.action == Action::Grant) == want_grant)
+            .max_by_key(|d| d.occurred_at_ms)
+            .copied()
+    };
+    newest(true).or_else(|| newest(false))
+}
+
+async fn newsletter_run(
+    config: &NewsletterConfig,
+    wanted: Option<&str>,
+    options: &Options,
+    ledger: &AnyLedger,
+    telemetry: &Telemetry,
+) -> Result<Vec<(String, Figures)>, String> {
+    if let Some(w) = wanted {
+        if !config.lists.contains_key(w) {
+            return Err(format!(
+                "--destination {w}: no such list (configured: {})",
+                config.lists.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    let sinks =
+        NewsletterSink::per_list(config.clone()).map_err(|e| format!("sinks.newsletter: {e}"))?;
+    let mut out = Vec::new();
+    for sink in &sinks {
+        let Some((list, provider)) = sink.single_list() else {
+            continue;
+        };
+        let list = list.to_owned();
+        if wanted.is_some_and(|w| w != list) {
+            continue;
+        }
+        let destination = sink.name().to_owned();
+        let purposes: Vec<String> = sink.purposes().into_iter().collect();
+        let ledger_view = view(
+            ledger
+                .sink_states(&destination)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        let mut figures = Figures::default();
+        let mut progress = Progress::new(format!("reconcile {destination}"), None);
+        let mut read = 0u64;
+        let mut offset = 0usize;
+        let mut stuck = 0;
+        let mut seen: std::collections::HashSet<String> = Default::default();
+        loop {
+            let page = sink.read_list(&list, offset).await?;
+            figures.requests += 1;
+            if let Some(total) = page.total {
+                progress.total = Some(total);
+            }
+            let mut items = Vec::new();
+            for (email, status) in &page.members {
+                // Stepping back after removals may show a member twice.
+                if !seen.insert(email.clone()) {
+                    continue;
+                }
+                read += 1;
+                let hash = normalize::email_sha256(email);
+                let Some(subject) = ledger_view.by_hash.get(&hash) else {
+                    figures.unknown += 1;
+                    continue;
+                };
+                let Some(decision) = list_decision(&ledger_view.by_subject[subject], &purposes)
+                else {
+                    continue;
+                };
+                figures.checked += 1;
+                let less = match decision.action {
+                    Action::Erase => true,
+                    Action::Withdraw => *status == ListStatus::Subscribed,
+                    Action::Grant => false,
+                };
+                let more = decision.action == Action::Grant && *status == ListStatus::Unsubscribed;
+                let shown = match status {
+                    ListStatus::Subscribed => "subscribed",
+                    ListStatus::Unsubscribed => "unsubscribed",
+                    ListStatus::Other => "other",
+                };
+                let line = format!(
+                    "subject={subject} list={list} {provider}={shown} ledger={}",
+                    decision.action.as_str()
+                );
+                if !less && !(more && options.restore_grants) {
+                    if more {
+                        figures.reported += 1;
+                        println!(
+                            "report  {line} (left alone: the person may have unsubscribed at {provider}; --restore-grants re-subscribes)"
+                        );
+                    } else {
+                        figures.in_sync += 1;
+                    }
+                    continue;
+                }
+                println!(
+                    "{}  {line}",
+                    if options.dry_run {
+                        "would repair"
+                    } else {
+                        "repair"
+                    }
+                );
+                if options.dry_run {
+                    figures.repaired += 1;
+                    continue;
+                }
+                let purpose = if decision.target == "*" {
+                    purposes.first().cloned().unwrap_or_default()
+                } else {
+                    decision.target.clone()
+                };
+                items.push(repair_item(decision, &purpose, email));
+            }
+            let mut repaired_here = 0usize;
+            if !items.is_empty() {
+                let outcomes = sink.deliver(&items).await;
+                figures.requests += items.len() as u64;
+                for (item, outcome) in items.iter().zip(&outcomes) {
+                    if outcome.is_done() {
+                        figures.repaired += 1;
+                        // Off the list now: Brevo unlinks (or deletes), a Mailchimp erasure
+                        // deletes; a Mailchimp unsubscribe keeps the member.
+                        if item.action == Action::Erase
+                            || (provider == "brevo" && item.action != Action::Grant)
+                        {
+                            repaired_here += 1;
+                        }
+                    } else {
+                        figures.failed += 1;
+                        println!(
+                            "failed  subject={} {}",
+                            item.event.subject_id,
+                            outcome.reason().unwrap_or("not applied")
+                        );
+                    }
+                }
+            }
+            progress.update(read, "members read");
+            match page.next_offset {
+                // A repair that takes a member off the list (Brevo unlink, erasure) shifts the
+                // members behind it forward: step back by every repair of this page, so that none
+                // is skipped (one read twice is merely in sync the second time).
+                // A downstream that keeps answering "done" without changing would hold the run
+                // on one page: after three reads that did not advance, move on.
+                Some(next) => {
+                    let back = next - repaired_here.min(next);
+                    stuck = if back <= offset { stuck + 1 } else { 0 };
+                    offset = if stuck > 3 { next } else { back };
+                }
+                None => break,
+            }
+        }
+        progress.finish();
+        figures.export(telemetry, &destination);
+        out.push((destination, figures));
     }
     Ok(out)
 }

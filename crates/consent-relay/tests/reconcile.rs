@@ -580,3 +580,136 @@ async fn kill_9_during_a_hubspot_reconcile_then_a_rerun_repairs_the_rest_once() 
         );
     }
 }
+
+const MAILCHIMP_KEY: &str = "0123456789abcdef0123456789abcdef-us1";
+const BREVO_KEY: &str = "xkeysib-reconcile-test";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newsletter_lists_are_read_page_by_page_and_repaired_towards_less_consent() {
+    use relay_testkit::newsletter::{FakeBrevo, FakeMailchimp};
+    let mailchimp = FakeMailchimp::start(MAILCHIMP_KEY, &["aud1"]).await;
+    let brevo = FakeBrevo::start(BREVO_KEY, &[7]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[sinks.newsletter.purposes]
+newsletter = ["mc", "br"]
+[sinks.newsletter.lists.mc]
+provider = "mailchimp"
+base_url = "{}"
+api_key = "{MAILCHIMP_KEY}"
+list_id = "aud1"
+[sinks.newsletter.lists.br]
+provider = "brevo"
+base_url = "{}"
+api_key = "{BREVO_KEY}"
+list_id = 7
+"#,
+            mailchimp.base_url(),
+            brevo.base_url()
+        ),
+    );
+    let ledger = relay_ledger::open(&format!(
+        "sqlite://{}",
+        dir.path().join("ledger.db").display()
+    ))
+    .await
+    .unwrap();
+    // 1 200 withdrawn people per list (two Mailchimp pages), four of them still subscribed there;
+    // one granted person unsubscribed there.
+    let mut decisions = Vec::new();
+    for n in 0..1_200 {
+        decisions.push((
+            format!("n{n:04}"),
+            EventKind::ConsentWithdrawn,
+            Some("newsletter"),
+            T0,
+        ));
+    }
+    decisions.push((
+        "granted".to_owned(),
+        EventKind::ConsentGranted,
+        Some("newsletter"),
+        T0,
+    ));
+    for sink in ["newsletter.mc", "newsletter.br"] {
+        seed(&ledger, sink, &decisions).await;
+    }
+    ledger.close().await;
+    let stale = ["n0003", "n0600", "n1001", "n1199"];
+    for n in 0..1_200 {
+        let s = format!("n{n:04}");
+        let subscribed = stale.contains(&s.as_str());
+        mailchimp.set_member_status(
+            "aud1",
+            &email(&s),
+            if subscribed {
+                "subscribed"
+            } else {
+                "unsubscribed"
+            },
+        );
+        // Brevo lists hold members only: the withdrawn in-sync ones were unlinked, so only the
+        // stale ones and a few blocklisted ones are on the list.
+        // People who signed up at Brevo directly, unknown to the ledger, between them: three
+        // pages of 500.
+        if n < 1_100 {
+            brevo.insert_contact(&format!("direct{n}@example.org"), false, &[7]);
+        }
+        if subscribed {
+            brevo.insert_contact(&email(&s), false, &[7]);
+        } else if n % 100 == 0 {
+            brevo.insert_contact(&email(&s), true, &[7]);
+        }
+    }
+    mailchimp.set_member_status("aud1", &email("granted"), "unsubscribed");
+    brevo.insert_contact(&email("granted"), true, &[7]);
+    let expected: BTreeSet<String> = stale.map(String::from).into();
+
+    let (ok, out, err) = run(&config, &["reconcile", "--sink", "newsletter", "--dry-run"]);
+    assert!(ok, "{out}\n{err}");
+    let would: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("would repair"))
+        .collect();
+    assert_eq!(would.len(), 8, "{out}");
+    assert_eq!(lines_starting(&out, "would repair"), expected, "{out}");
+    assert!(out.contains("reconcile newsletter.mc: checked 1201 (subject, purpose) pair(s), in sync 1196, to repair 4, reported 1"), "{out}");
+    assert!(out.contains("reconcile newsletter.br: checked 16 (subject, purpose) pair(s), in sync 11, to repair 4, reported 1, failed 0, contacts unknown to the ledger 1100, 3 request(s)"), "{out}");
+
+    let (ok, out, err) = run(&config, &["reconcile", "--sink", "newsletter"]);
+    assert!(ok, "{out}\n{err}");
+    for s in stale {
+        assert_eq!(
+            mailchimp.member_status("aud1", &email(s)).as_deref(),
+            Some("unsubscribed"),
+            "{s}"
+        );
+        let contact = brevo.contact(&email(s)).expect("still a contact");
+        assert!(
+            !contact.list_ids.contains(&7),
+            "{s} unlinked from the Brevo list"
+        );
+    }
+    assert_eq!(
+        mailchimp
+            .member_status("aud1", &email("granted"))
+            .as_deref(),
+        Some("unsubscribed"),
+        "reported, left alone"
+    );
+    assert!(brevo.is_blocklisted(&email("granted")));
+    assert!(out.contains("newsletter.mc: checked 1201 (subject, purpose) pair(s), in sync 1196, repaired 4, reported 1, failed 0"), "{out}");
+    assert!(out.contains("newsletter.br: checked 16 (subject, purpose) pair(s), in sync 11, repaired 4, reported 1, failed 0, contacts unknown to the ledger 1100"), "{out}");
+
+    // Only one list, and an empty rerun.
+    let (ok, out, _) = run(
+        &config,
+        &["reconcile", "--sink", "newsletter", "--destination", "br"],
+    );
+    assert!(ok);
+    assert!(out.contains("newsletter.br: checked 12 (subject, purpose) pair(s), in sync 11, repaired 0, reported 1, failed 0, contacts unknown to the ledger 1100, 3 request(s)"), "{out}");
+    assert!(!out.contains("newsletter.mc"), "{out}");
+}

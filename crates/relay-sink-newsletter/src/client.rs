@@ -31,19 +31,19 @@ const FORGOTTEN_REASON: &str = "Mailchimp refuses to subscribe the address becau
 pub struct NewsletterSink {
     /// `newsletter`, or `newsletter.<list>` for a sink of one list.
     name: String,
-    config: NewsletterConfig,
-    lists: BTreeMap<String, ListClient>,
+    pub(crate) config: NewsletterConfig,
+    pub(crate) lists: BTreeMap<String, ListClient>,
 }
 
 /// One configured list with its HTTP front.
-struct ListClient {
-    provider: Provider,
-    base_url: String,
+pub(crate) struct ListClient {
+    pub(crate) provider: Provider,
+    pub(crate) base_url: String,
     api_key: String,
     destination: Destination,
 }
 
-enum Provider {
+pub(crate) enum Provider {
     Brevo,
     /// The audience id, to ask whether the audience exists when a member is not found.
     Mailchimp {
@@ -201,8 +201,13 @@ impl NewsletterSink {
 }
 
 impl ListClient {
+    /// The list's HTTP client.
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        self.destination.http()
+    }
+
     /// Sends `request` with the provider's authentication, through the list's rate limiter.
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Reply, Outcome> {
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> Result<Reply, Outcome> {
         let request = match self.provider {
             Provider::Brevo => request.header("api-key", &self.api_key),
             // Mailchimp takes any user name with the key as the password.
@@ -213,7 +218,7 @@ impl ListClient {
 
     /// Brevo tells its limits in headers on every answer, not only on the 429: pausing when the
     /// window is used up saves a rejected request.
-    fn honor_brevo_rate_limit(&self, reply: &Reply) {
+    pub(crate) fn honor_brevo_rate_limit(&self, reply: &Reply) {
         let exhausted = reply.status == 429 || reply.header(BREVO_REMAINING) == Some("0");
         let reset = reply
             .header(BREVO_RESET)

@@ -25,8 +25,10 @@
 
 mod client;
 mod config;
+mod read;
 mod request;
 
 pub use client::NewsletterSink;
 pub use config::{BrevoList, ListConfig, MailchimpList, NewsletterConfig};
+pub use read::{ListPage, ListStatus, BREVO_PAGE, MAILCHIMP_PAGE};
 pub use relay_delivery::{ConfigError, ConfigProblem};

@@ -186,6 +186,10 @@ impl FakeBrevo {
                 "/v3/contacts/{identifier}",
                 put(brevo_update).delete(brevo_delete),
             )
+            .route(
+                "/v3/contacts/lists/{list_id}/contacts",
+                get(brevo_list_contacts),
+            )
             .route(STATE_PATH, get(brevo_state))
             .fallback(|| async { brevo_error(StatusCode::NOT_FOUND, "not_found", "Invalid route") })
             .layer(middleware::from_fn_with_state(shared.clone(), brevo_gate))
@@ -474,6 +478,68 @@ async fn brevo_delete(
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<usize>,
+    offset: Option<usize>,
+    sort: Option<String>,
+}
+
+/// Brevo's "get contacts in a list": the list's members (blocklisted ones included, with
+/// `emailBlacklisted`), `limit` (default 50, at most 500 here) from `offset`, oldest first with
+/// `sort=asc`; `count` is the list's size. An unknown list is 404; an empty one `{"contacts": [],
+/// "count": 0}`.
+async fn brevo_list_contacts(
+    State(shared): State<Arc<Mutex<BrevoState>>>,
+    Path(list_id): Path<i64>,
+    Query(query): Query<PageQuery>,
+) -> Response {
+    let limit = query.limit.unwrap_or(50);
+    if limit == 0 || limit > 500 {
+        return brevo_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "limit must be between 1 and 500",
+        );
+    }
+    let state = lock(&shared);
+    if !state.lists.contains(&list_id) {
+        return brevo_error(
+            StatusCode::NOT_FOUND,
+            "document_not_found",
+            "List ID does not exist",
+        );
+    }
+    let mut members: Vec<(&String, &BrevoContact)> = state
+        .contacts
+        .iter()
+        .filter(|(_, c)| c.list_ids.contains(&list_id))
+        .collect();
+    members.sort_by_key(|(_, c)| c.id);
+    if query.sort.as_deref() != Some("asc") {
+        members.reverse();
+    }
+    let page: Vec<Value> = members
+        .iter()
+        .skip(query.offset.unwrap_or(0))
+        .take(limit)
+        .map(|(email, c)| {
+            json!({
+                "email": email,
+                "id": c.id,
+                "emailBlacklisted": c.email_blacklisted,
+                "smsBlacklisted": false,
+                "listIds": c.list_ids,
+                "attributes": c.attributes,
+            })
+        })
+        .collect();
+    let body = json!({ "contacts": page, "count": members.len() });
+    drop(state);
+    json_response(StatusCode::OK, "application/json", &body)
+}
+
 async fn brevo_state(State(shared): State<Arc<Mutex<BrevoState>>>) -> Response {
     json_response(StatusCode::OK, "application/json", &lock(&shared).dump())
 }
@@ -627,6 +693,7 @@ impl FakeMailchimp {
         }));
         let app = Router::new()
             .route("/3.0/lists/{list_id}", get(mailchimp_list))
+            .route("/3.0/lists/{list_id}/members", get(mailchimp_members))
             .route("/3.0/lists/{list_id}/members/{hash}", put(mailchimp_upsert))
             .route(
                 "/3.0/lists/{list_id}/members/{hash}/actions/delete-permanent",
@@ -826,6 +893,56 @@ async fn mailchimp_list(
         "application/json",
         &json!({ "id": list_id, "name": format!("Audience {list_id}") }),
     )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembersQuery {
+    count: Option<usize>,
+    offset: Option<usize>,
+    fields: Option<String>,
+}
+
+/// Mailchimp's "list members info": every member whatever its status, `count` (default 10, at
+/// most 1 000) from `offset`, with `total_items`. `fields` is accepted and ignored (the fake
+/// always sends `email_address` and `status`). An empty audience answers `{"members": [],
+/// "total_items": 0}`.
+async fn mailchimp_members(
+    State(shared): State<Arc<Mutex<MailchimpState>>>,
+    Path(list_id): Path<String>,
+    Query(query): Query<MembersQuery>,
+) -> Response {
+    let count = query.count.unwrap_or(10);
+    if count > 1_000 {
+        return invalid_resource("count must be at most 1000");
+    }
+    let _ = query.fields;
+    let state = lock(&shared);
+    if !state.lists.contains(&list_id) {
+        return not_found();
+    }
+    let all: Vec<&Member> = state
+        .members
+        .iter()
+        .filter(|((l, _), _)| *l == list_id)
+        .map(|(_, m)| m)
+        .collect();
+    let page: Vec<Value> = all
+        .iter()
+        .skip(query.offset.unwrap_or(0))
+        .take(count)
+        .map(|m| {
+            json!({
+                "id": subscriber_hash(&m.email_address),
+                "email_address": m.email_address,
+                "status": m.status,
+                "list_id": list_id,
+            })
+        })
+        .collect();
+    let body = json!({ "members": page, "list_id": list_id, "total_items": all.len() });
+    drop(state);
+    json_response(StatusCode::OK, "application/json", &body)
 }
 
 async fn mailchimp_upsert(
