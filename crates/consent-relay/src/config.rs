@@ -46,6 +46,28 @@ struct FileConfig {
     sinks: BTreeMap<String, toml::Table>,
     #[serde(default)]
     ingest: Option<relay_ingest::IngestConfig>,
+    /// `[reconcile.<sink or destination>]`: how often `run` reconciles it.
+    #[serde(default)]
+    reconcile: BTreeMap<String, ReconcileSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconcileSection {
+    /// How often, e.g. `"6h"`; the first run is one interval after start.
+    interval: String,
+    /// As `reconcile --restore-grants`.
+    #[serde(default)]
+    restore_grants: bool,
+}
+
+/// One scheduled reconcile of `run` (`[reconcile.<sink>]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledReconcile {
+    /// `hubspot`, `audiences`, `newsletter`, or one destination (`audiences.meta-eu`).
+    pub sink: String,
+    pub interval: std::time::Duration,
+    pub restore_grants: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +126,7 @@ pub struct Config {
     /// `[ingest]`: the vendors' webhooks (`consent-relay ingest`); checked only when that command
     /// runs, because each pod holds only its own command's secrets.
     pub ingest: Option<relay_ingest::IngestConfig>,
+    pub reconcile: Vec<ScheduledReconcile>,
 }
 
 /// One `[sinks.NAME]` table: the runtime's settings and the sink's own configuration.
@@ -249,6 +272,33 @@ pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Co
             .properties
             .insert("sasl.password".to_owned(), pw.clone());
     }
+    let mut reconcile = Vec::new();
+    for (name, section) in file.reconcile {
+        let section_name = name.split('.').next().unwrap_or_default();
+        let known = sinks.iter().any(|e| {
+            e.name == name || (e.name == section_name && e.config.destinations().contains(&name))
+        });
+        if !known {
+            problems.push(format!(
+                "reconcile.{name}: no such sink or destination under [sinks]"
+            ));
+        } else if !["hubspot", "audiences", "newsletter"].contains(&section_name) {
+            problems.push(format!(
+                "reconcile.{name}: only hubspot, audiences and newsletter can be reconciled"
+            ));
+        }
+        match humantime::parse_duration(&section.interval) {
+            Ok(interval) if interval >= std::time::Duration::from_secs(1) => {
+                reconcile.push(ScheduledReconcile {
+                    sink: name,
+                    interval,
+                    restore_grants: section.restore_grants,
+                })
+            }
+            Ok(_) => problems.push(format!("reconcile.{name}.interval: at least 1s")),
+            Err(e) => problems.push(format!("reconcile.{name}.interval: {e}")),
+        }
+    }
     let mut ingest = file.ingest;
     if let Some(ingest) = &mut ingest {
         ingest.apply_env(env);
@@ -265,6 +315,7 @@ pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Co
             purposes: file.purposes,
             sinks,
             ingest,
+            reconcile,
         },
     )
 }

@@ -306,6 +306,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
                 destination,
                 dry_run,
                 restore_grants,
+                log: false,
             };
             reconcile_command(config, options, metrics_file).await
         }
@@ -443,6 +444,7 @@ async fn run(
         ledger = ledger_kind(&config.ledger.url),
         "starting"
     );
+    let scheduled = spawn_reconciles(&config, ledger.clone(), telemetry.clone(), shutdown.clone());
     let relay = RelayConfig {
         kafka: config.kafka.clone(),
         known_purposes: config.known_purposes(),
@@ -452,9 +454,67 @@ async fn run(
     };
     let result = relay_runtime::run(relay, ledger, sinks, telemetry, shutdown.clone()).await;
     shutdown.cancel();
+    for task in scheduled {
+        let _ = task.await;
+    }
     let _ = admin.await;
     result?;
     Ok(())
+}
+
+/// The `[reconcile.<sink>]` schedules of `run`: each in its own task, first one interval after
+/// start, then every interval; figures to `/metrics`, lines to the log. A failed run is logged
+/// and tried again at the next interval. Stops at shutdown, abandoning a run in progress (a
+/// rerun starts over, which is safe: see reconcile.rs).
+fn spawn_reconciles(
+    config: &Config,
+    ledger: Arc<relay_ledger::AnyLedger>,
+    telemetry: Telemetry,
+    shutdown: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    config
+        .reconcile
+        .iter()
+        .map(|schedule| {
+            let config = config.clone();
+            let ledger = ledger.clone();
+            let telemetry = telemetry.clone();
+            let shutdown = shutdown.clone();
+            let schedule = schedule.clone();
+            tracing::info!(sink = %schedule.sink, interval = ?schedule.interval, "reconcile scheduled");
+            tokio::spawn(async move {
+                let options = reconcile::Options {
+                    sink: schedule.sink.clone(),
+                    destination: None,
+                    dry_run: false,
+                    restore_grants: schedule.restore_grants,
+                    log: true,
+                };
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(schedule.interval) => {}
+                    }
+                    let run = reconcile::run(&config, &options, &ledger, &telemetry);
+                    let outcome = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        outcome = run => outcome,
+                    };
+                    match outcome {
+                        Ok(results) => {
+                            for (destination, figures) in &results {
+                                tracing::info!(
+                                    "{}",
+                                    reconcile::summary(destination, figures, false)
+                                );
+                            }
+                        }
+                        Err(e) => tracing::warn!(sink = %schedule.sink, error = %e, "scheduled reconcile failed"),
+                    }
+                }
+            })
+        })
+        .collect()
 }
 
 async fn reconcile_command(

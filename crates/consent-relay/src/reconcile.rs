@@ -38,6 +38,18 @@ pub struct Options {
     pub destination: Option<String>,
     pub dry_run: bool,
     pub restore_grants: bool,
+    /// Per-pair lines and progress as log lines (scheduled runs inside `run`) instead of stdout
+    /// and stderr.
+    pub log: bool,
+}
+
+/// One per-pair or per-destination line: stdout for the command, the log inside `run`.
+fn say(options: &Options, line: String) {
+    if options.log {
+        tracing::info!(target: "consent_relay::reconcile", "{line}");
+    } else {
+        println!("{line}");
+    }
 }
 
 /// The figures of one destination's run. A "pair" is a (subject, purpose).
@@ -82,6 +94,7 @@ impl Figures {
 /// total is unknown) otherwise.
 struct Progress {
     label: String,
+    log: bool,
     interactive: bool,
     total: Option<u64>,
     shown_tenth: u64,
@@ -89,10 +102,11 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(label: String, total: Option<u64>) -> Self {
+    fn new(label: String, total: Option<u64>, log: bool) -> Self {
         Progress {
             label,
-            interactive: std::io::stderr().is_terminal(),
+            log,
+            interactive: !log && std::io::stderr().is_terminal(),
             total,
             shown_tenth: 0,
             last_line: Instant::now(),
@@ -136,7 +150,11 @@ impl Progress {
         };
         if due {
             self.last_line = Instant::now();
-            eprintln!("{}: {text}", self.label);
+            if self.log {
+                tracing::info!(target: "consent_relay::reconcile", "{}: {text}", self.label);
+            } else {
+                eprintln!("{}: {text}", self.label);
+            }
         }
     }
 
@@ -301,7 +319,7 @@ async fn hubspot_run(
     );
     let purposes = sink.purpose_subscriptions();
     let mut figures = Figures::default();
-    let mut progress = Progress::new("reconcile hubspot".to_owned(), None);
+    let mut progress = Progress::new("reconcile hubspot".to_owned(), None, options.log);
     let mut contacts = 0u64;
     let mut after: Option<String> = None;
     loop {
@@ -343,7 +361,7 @@ async fn hubspot_run(
                         },
                         decision.action.as_str()
                     );
-                    if !less && !(more && options.restore_grants) {
+                    if !(less || (more && options.restore_grants)) {
                         if more {
                             figures.reported += 1;
                             println!(
@@ -354,13 +372,16 @@ async fn hubspot_run(
                         }
                         continue;
                     }
-                    println!(
-                        "{}  {line}",
-                        if options.dry_run {
-                            "would repair"
-                        } else {
-                            "repair"
-                        }
+                    say(
+                        options,
+                        format!(
+                            "{}  {line}",
+                            if options.dry_run {
+                                "would repair"
+                            } else {
+                                "repair"
+                            }
+                        ),
                     );
                     if options.dry_run {
                         figures.repaired += 1;
@@ -390,10 +411,13 @@ async fn hubspot_run(
                         figures.repaired += pairs;
                     } else {
                         figures.failed += pairs;
-                        println!(
-                            "failed  subject={} {}",
-                            item.event.subject_id,
-                            outcome.reason().unwrap_or("not applied")
+                        say(
+                            options,
+                            format!(
+                                "failed  subject={} {}",
+                                item.event.subject_id,
+                                outcome.reason().unwrap_or("not applied")
+                            ),
                         );
                     }
                 }
@@ -466,7 +490,11 @@ async fn audiences_run(
         }
     }
     if options.restore_grants {
-        println!("note: --restore-grants has no effect on audiences: only removals are re-sent");
+        say(
+            options,
+            "note: --restore-grants has no effect on audiences: only removals are re-sent"
+                .to_owned(),
+        );
     }
     let mut out = Vec::new();
     for sink in &sinks {
@@ -483,7 +511,7 @@ async fn audiences_run(
                 if wanted.is_some() {
                     return Err(format!("{destination}: cannot reconcile: {why}"));
                 }
-                println!("skipped {destination}: {why}");
+                say(options, format!("skipped {destination}: {why}"));
                 continue;
             }
             let purposes = sink.purposes_of(&name);
@@ -502,10 +530,10 @@ async fn audiences_run(
             let batches = hashes.len().div_ceil(batch);
             if options.dry_run {
                 figures.repaired = hashes.len() as u64;
-                println!(
+                say(options, format!(
                     "would re-send {} removal(s) to {destination} in {batches} request(s) of up to {batch}",
                     hashes.len()
-                );
+                ));
                 figures.export(telemetry, &destination);
                 out.push((destination.clone(), figures));
                 continue;
@@ -513,6 +541,7 @@ async fn audiences_run(
             let mut progress = Progress::new(
                 format!("reconcile {destination}"),
                 Some(hashes.len() as u64),
+                options.log,
             );
             let session_id = fastrand_id();
             for (seq, chunk) in hashes.chunks(batch).enumerate() {
@@ -537,10 +566,13 @@ async fn audiences_run(
                     ) && attempt < 3;
                     if !retry {
                         figures.failed += chunk.len() as u64;
-                        println!(
-                            "failed  {destination}: batch {} of {batches}: {}",
-                            seq + 1,
-                            outcome.reason().unwrap_or("not applied")
+                        say(
+                            options,
+                            format!(
+                                "failed  {destination}: batch {} of {batches}: {}",
+                                seq + 1,
+                                outcome.reason().unwrap_or("not applied")
+                            ),
                         );
                         break;
                     }
@@ -616,7 +648,7 @@ async fn newsletter_run(
                 .map_err(|e| e.to_string())?,
         );
         let mut figures = Figures::default();
-        let mut progress = Progress::new(format!("reconcile {destination}"), None);
+        let mut progress = Progress::new(format!("reconcile {destination}"), None, options.log);
         let mut read = 0u64;
         let mut offset = 0usize;
         let mut stuck = 0;
@@ -659,7 +691,7 @@ async fn newsletter_run(
                     "subject={subject} list={list} {provider}={shown} ledger={}",
                     decision.action.as_str()
                 );
-                if !less && !(more && options.restore_grants) {
+                if !(less || (more && options.restore_grants)) {
                     if more {
                         figures.reported += 1;
                         println!(
@@ -670,13 +702,16 @@ async fn newsletter_run(
                     }
                     continue;
                 }
-                println!(
-                    "{}  {line}",
-                    if options.dry_run {
-                        "would repair"
-                    } else {
-                        "repair"
-                    }
+                say(
+                    options,
+                    format!(
+                        "{}  {line}",
+                        if options.dry_run {
+                            "would repair"
+                        } else {
+                            "repair"
+                        }
+                    ),
                 );
                 if options.dry_run {
                     figures.repaired += 1;
@@ -705,10 +740,13 @@ async fn newsletter_run(
                         }
                     } else {
                         figures.failed += 1;
-                        println!(
-                            "failed  subject={} {}",
-                            item.event.subject_id,
-                            outcome.reason().unwrap_or("not applied")
+                        say(
+                            options,
+                            format!(
+                                "failed  subject={} {}",
+                                item.event.subject_id,
+                                outcome.reason().unwrap_or("not applied")
+                            ),
                         );
                     }
                 }

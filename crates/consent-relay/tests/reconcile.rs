@@ -713,3 +713,134 @@ list_id = 7
     assert!(out.contains("newsletter.br: checked 12 (subject, purpose) pair(s), in sync 11, repaired 0, reported 1, failed 0, contacts unknown to the ledger 1100, 3 request(s)"), "{out}");
     assert!(!out.contains("newsletter.mc"), "{out}");
 }
+
+/// `[reconcile.hubspot]` in `run`: the relay reconciles on its own, and `/metrics` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reconciles_hubspot_on_its_schedule_and_exports_the_figures() {
+    use relay_testkit::broker;
+    let hubspot = FakeHubSpot::start(TOKEN).await;
+    let topic = broker::unique_name("reconcile-run");
+    broker::create_topic(&topic, 1).await;
+    broker::create_topic(&format!("{topic}.dlq"), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = dir.path().join("consent-relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[kafka]
+bootstrap_servers = "{}"
+topics = ["{topic}"]
+dlq_topic = "{topic}.dlq"
+retry_topic_prefix = "{topic}.retry"
+group_prefix = "{}"
+session_timeout_ms = 6000
+
+[ledger]
+url = "sqlite://{}"
+
+[admin]
+listen = "{admin}"
+
+[purposes.newsletter]
+description = "Newsletter"
+
+[reconcile.hubspot]
+interval = "1s"
+{}"#,
+            broker::bootstrap(),
+            broker::unique_name("reconcile-run"),
+            dir.path().join("ledger.db").display(),
+            hubspot_sinks(&hubspot),
+        ),
+    )
+    .unwrap();
+    let ledger = relay_ledger::open(&format!(
+        "sqlite://{}",
+        dir.path().join("ledger.db").display()
+    ))
+    .await
+    .unwrap();
+    seed(
+        &ledger,
+        "hubspot",
+        &[(
+            "drifted".to_owned(),
+            EventKind::ConsentWithdrawn,
+            Some("newsletter"),
+            T0,
+        )],
+    )
+    .await;
+    ledger.close().await;
+    hubspot.set_status_by_hand(&email("drifted"), NEWSLETTER, "SUBSCRIBED");
+
+    let log = dir.path().join("run.log");
+    let mut child = relay(&config, &["run", "--sink", "hubspot"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start run");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    let metrics = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled repair within 60 s:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(child.try_wait().unwrap().is_none(), "run exited");
+        let repaired = hubspot
+            .subscription_status(&email("drifted"), NEWSLETTER)
+            .as_deref()
+            == Some("UNSUBSCRIBED");
+        let text = match reqwest::get(format!("http://{admin}/metrics")).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if repaired
+            && text.contains(
+                r#"consent_relay_reconcile_subjects_total{sink="hubspot",result="repaired"} 1"#,
+            )
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("first scheduled repair after {:?}", started.elapsed());
+    assert!(metrics.contains("consent_relay_reconcile_requests_total"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Later rounds find it in sync: one change in all.
+    let rounds_before = hubspot
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.path
+                .starts_with(relay_testkit::hubspot::LIST_CONTACTS_PATH)
+        })
+        .count();
+    while hubspot
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.path
+                .starts_with(relay_testkit::hubspot::LIST_CONTACTS_PATH)
+        })
+        .count()
+        < rounds_before + 2
+    {
+        assert!(Instant::now() < deadline, "no further rounds");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(hubspot.status_changes(&email("drifted")), 1);
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "clean exit on SIGTERM");
+}
