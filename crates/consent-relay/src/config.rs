@@ -553,6 +553,29 @@ legal_basis_explanation = "Signed up on the website"
     }
 
     #[test]
+    fn reconcile_schedules_name_a_configured_sink_and_a_duration() {
+        let env = [("CONSENT_RELAY_HUBSPOT_TOKEN".into(), "t".into())];
+        let f = write(&format!(
+            "{HUBSPOT}\n[reconcile.hubspot]\ninterval = \"6h\"\nrestore_grants = true\n"
+        ));
+        let config = load_with_env(Some(f.path()), &env).unwrap();
+        assert_eq!(
+            config.reconcile,
+            vec![ScheduledReconcile {
+                sink: "hubspot".into(),
+                interval: std::time::Duration::from_secs(6 * 3600),
+                restore_grants: true,
+            }]
+        );
+        let f = write(&format!(
+            "{HUBSPOT}\n[reconcile.audiences]\ninterval = \"6h\"\n[reconcile.hubspot]\ninterval = \"often\"\n"
+        ));
+        let err = load_with_env(Some(f.path()), &env).unwrap_err().to_string();
+        assert!(err.contains("reconcile.audiences: no such sink"), "{err}");
+        assert!(err.contains("reconcile.hubspot.interval"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_name_the_key() {
         let f = write("[kafka]\nbootstrap_server = \"x\"\n");
         let err = load_with_env(Some(f.path()), &[]).unwrap_err().to_string();

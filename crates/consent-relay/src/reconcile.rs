@@ -387,7 +387,8 @@ async fn hubspot_run(
                         figures.repaired += 1;
                         continue;
                     }
-                    if decision.target == "*" {
+                    // One unsubscribe-all or GDPR delete per contact, however many purposes.
+                    if decision.target == "*" || decision.action == Action::Erase {
                         match &mut whole {
                             Some((_, n)) => *n += 1,
                             None => whole = Some((repair_item(decision, purpose, email), 1)),
