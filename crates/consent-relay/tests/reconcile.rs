@@ -844,3 +844,88 @@ interval = "1s"
         .unwrap();
     assert!(child.wait().unwrap().success(), "clean exit on SIGTERM");
 }
+
+/// LinkedIn and X take the ledger's hash as it is (trim + lowercase): their removals go out
+/// through the same request builders, hashes only, and leave the granted people in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linkedin_and_x_audiences_get_their_removals_re_sent_from_ledger_hashes() {
+    use relay_testkit::audiences::x::OAuthCredentials;
+    const X: [&str; 4] = ["rc-ck", "rc-cs", "1-rc-at", "rc-ats"];
+    let linkedin = audiences::linkedin::start(ADS_TOKEN).await;
+    let x = audiences::x::start_oauth(OAuthCredentials::new(X[0], X[1], X[2], X[3])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[sinks.audiences.purposes]
+ads = ["linkedin", "x"]
+[sinks.audiences.audiences.linkedin]
+platform = "linkedin"
+base_url = "{}"
+token = "{ADS_TOKEN}"
+segment_id = "333"
+linkedin_version = "202601"
+[sinks.audiences.audiences.x]
+platform = "x"
+base_url = "{}"
+consumer_key = "{}"
+consumer_secret = "{}"
+access_token = "{}"
+access_token_secret = "{}"
+account_id = "acc"
+custom_audience_id = "444"
+"#,
+            linkedin.base_url(),
+            x.base_url(),
+            X[0],
+            X[1],
+            X[2],
+            X[3]
+        ),
+    );
+    let ledger = relay_ledger::open(&format!(
+        "sqlite://{}",
+        dir.path().join("ledger.db").display()
+    ))
+    .await
+    .unwrap();
+    let mut decisions = Vec::new();
+    for n in 0..3_000 {
+        decisions.push((
+            format!("w{n}"),
+            EventKind::ConsentWithdrawn,
+            Some("ads"),
+            T0,
+        ));
+    }
+    // A whole-subject unsubscribe counts for every purpose; a grant keeps the person in.
+    decisions.push(("u".to_owned(), EventKind::Unsubscribed, None, T0));
+    decisions.push(("g".to_owned(), EventKind::ConsentGranted, Some("ads"), T0));
+    let hashes: Vec<String> = decisions
+        .iter()
+        .map(|(s, ..)| normalize::email_sha256(&email(s)))
+        .collect();
+    for sink in ["audiences.linkedin", "audiences.x"] {
+        seed(&ledger, sink, &decisions).await;
+    }
+    ledger.close().await;
+    linkedin.add_members("333", hashes.clone());
+    x.add_members("444", hashes);
+
+    let (ok, out, err) = run(&config, &["reconcile", "--sink", "audiences"]);
+    assert!(ok, "{out}\n{err}");
+    let granted = BTreeSet::from([normalize::email_sha256(&email("g"))]);
+    assert_eq!(linkedin.members("333"), granted);
+    assert_eq!(x.members("444"), granted);
+    assert!(linkedin.rejections().is_empty() && x.rejections().is_empty());
+    for line in ["audiences.linkedin", "audiences.x"] {
+        assert!(
+            out.contains(&format!("reconcile {line}: checked 3002 subject(s), in sync 1 (granted, left in), repaired 3001")),
+            "{out}"
+        );
+    }
+    for r in linkedin.requests().iter().chain(x.requests().iter()) {
+        assert!(!r.body.contains("@example.de"));
+    }
+}
