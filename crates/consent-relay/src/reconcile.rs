@@ -364,8 +364,9 @@ async fn hubspot_run(
                     if !(less || (more && options.restore_grants)) {
                         if more {
                             figures.reported += 1;
-                            println!(
-                                "report  {line} (left alone: the person may have unsubscribed at HubSpot; --restore-grants re-subscribes)"
+                            say(
+                                options,
+                                format!("report  {line} (left alone: the person may have unsubscribed at HubSpot; --restore-grants re-subscribes)"),
                             );
                         } else {
                             figures.in_sync += 1;
@@ -695,8 +696,9 @@ async fn newsletter_run(
                 if !(less || (more && options.restore_grants)) {
                     if more {
                         figures.reported += 1;
-                        println!(
-                            "report  {line} (left alone: the person may have unsubscribed at {provider}; --restore-grants re-subscribes)"
+                        say(
+                            options,
+                            format!("report  {line} (left alone: the person may have unsubscribed at {provider}; --restore-grants re-subscribes)"),
                         );
                     } else {
                         figures.in_sync += 1;
