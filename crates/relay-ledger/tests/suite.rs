@@ -59,6 +59,7 @@ suite!(
     the_same_row_twice_in_one_write_applies_in_order,
     copies_of_an_event_in_one_log_write_are_compared_with_the_first,
     ingest_finds_subjects_by_email_hash_and_keeps_unknown_contacts_once,
+    sink_states_carry_the_deciding_events_hash_or_the_subjects_newest,
 );
 
 const HUBSPOT: &str = "hubspot";
@@ -1112,4 +1113,96 @@ async fn ingest_finds_subjects_by_email_hash_and_keeps_unknown_contacts_once(url
         unknown
     );
     assert!(kept[0].recorded_at_ms > 0);
+}
+
+async fn sink_states_carry_the_deciding_events_hash_or_the_subjects_newest(url: &str) {
+    let l = open(url).await.unwrap();
+    // s1: a grant with an email hash, then an unsubscribe without one.
+    let mut grant = record("s1", "ConsentGranted", &[NEWSLETTER], 100, 1);
+    grant.email_sha256 = Some("1".repeat(64));
+    let mut unsub = record("s1", "Unsubscribed", &["*"], 200, 2);
+    unsub.email_sha256 = None;
+    unsub.notice_version = None;
+    // s2: a withdrawal with its own hash; another sink's state is not listed.
+    let mut withdraw = record("s2", "ConsentWithdrawn", &[NEWSLETTER], 150, 3);
+    withdraw.email_sha256 = Some("2".repeat(64));
+    l.log_events(&[grant.clone(), unsub.clone(), withdraw.clone()])
+        .await
+        .unwrap();
+    let decisions = l
+        .claim(&[
+            claim(
+                grant.event_id,
+                HUBSPOT,
+                NEWSLETTER,
+                "s1",
+                Action::Grant,
+                100,
+            ),
+            claim(unsub.event_id, HUBSPOT, "*", "s1", Action::Withdraw, 200),
+            claim(
+                withdraw.event_id,
+                HUBSPOT,
+                NEWSLETTER,
+                "s2",
+                Action::Withdraw,
+                150,
+            ),
+            claim(
+                withdraw.event_id,
+                "audiences.meta",
+                NEWSLETTER,
+                "s2",
+                Action::Withdraw,
+                150,
+            ),
+        ])
+        .await
+        .unwrap();
+    assert!(decisions
+        .iter()
+        .all(|d| matches!(d, Decision::Proceed { .. })));
+    let states = l.sink_states(HUBSPOT).await.unwrap();
+    let got: Vec<(&str, &str, Action, Option<&str>, Option<&str>)> = states
+        .iter()
+        .map(|s| {
+            (
+                s.subject_id.as_str(),
+                s.target.as_str(),
+                s.action,
+                s.email_sha256.as_deref(),
+                s.notice_version.as_deref(),
+            )
+        })
+        .collect();
+    let one = "1".repeat(64);
+    let two = "2".repeat(64);
+    assert_eq!(
+        got,
+        vec![
+            ("s1", "*", Action::Withdraw, Some(one.as_str()), None),
+            (
+                "s1",
+                NEWSLETTER,
+                Action::Grant,
+                Some(one.as_str()),
+                Some("2025-01")
+            ),
+            (
+                "s2",
+                NEWSLETTER,
+                Action::Withdraw,
+                Some(two.as_str()),
+                Some("2025-01")
+            ),
+        ]
+    );
+    // The whole-subject unsubscribe is newer than the grant: it decides.
+    let s1: Vec<_> = states.iter().filter(|s| s.subject_id == "s1").collect();
+    let decided = relay_ledger::effective(
+        s1.iter().find(|s| s.target == NEWSLETTER).copied(),
+        s1.iter().find(|s| s.target == "*").copied(),
+    )
+    .unwrap();
+    assert_eq!(decided.action, Action::Withdraw);
 }
