@@ -1115,6 +1115,9 @@ async fn ingest_finds_subjects_by_email_hash_and_keeps_unknown_contacts_once(url
     assert!(kept[0].recorded_at_ms > 0);
 }
 
+/// (subject, target, action, email hash, notice version) of one sink state.
+type StateRow<'a> = (&'a str, &'a str, Action, Option<&'a str>, Option<&'a str>);
+
 async fn sink_states_carry_the_deciding_events_hash_or_the_subjects_newest(url: &str) {
     let l = open(url).await.unwrap();
     // s1: a grant with an email hash, then an unsubscribe without one.
@@ -1163,7 +1166,7 @@ async fn sink_states_carry_the_deciding_events_hash_or_the_subjects_newest(url: 
         .iter()
         .all(|d| matches!(d, Decision::Proceed { .. })));
     let states = l.sink_states(HUBSPOT).await.unwrap();
-    let got: Vec<(&str, &str, Action, Option<&str>, Option<&str>)> = states
+    let got: Vec<StateRow> = states
         .iter()
         .map(|s| {
             (
