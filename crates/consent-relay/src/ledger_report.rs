@@ -326,6 +326,7 @@ mod tests {
                 occurred_at_ms: ms,
                 replay: false,
                 ticket: None,
+                reassert: false,
             });
         }
         ledger.log_events(&records).await.expect("log");

@@ -28,6 +28,11 @@ pub enum Outcome {
         after: Option<Duration>,
         reason: String,
     },
+    /// The request was sent but its fate is unknown: it timed out, or the connection broke after
+    /// it was written. The downstream may still apply it later, after a retry or a newer decision
+    /// of the same person has gone through. Retried like [`Outcome::Unavailable`]; in addition the
+    /// runtime re-asserts the person's newest decision once the request can no longer land.
+    Unknown { reason: String },
     /// Retrying will not help: the item goes to the dead-letter topic with `reason`.
     Permanent { reason: String },
     /// The destination refuses us as a client (bad credentials, missing permission, endpoint gone):
@@ -71,6 +76,13 @@ impl Outcome {
             Outcome::Refused { reason } => Some(Outcome::Refused {
                 reason: format!("not sent: {who} refused us earlier ({reason})"),
             }),
+            // Not sent, so certainly not applied: only the request that went is in doubt.
+            Outcome::Unknown { reason } => Some(Outcome::Unavailable {
+                after: None,
+                reason: format!(
+                    "not sent: {who} did not answer earlier in this delivery ({reason})"
+                ),
+            }),
             _ => None,
         }
     }
@@ -87,6 +99,7 @@ impl Outcome {
             Outcome::AlreadyApplied => OutcomeClass::AlreadyApplied,
             Outcome::Retryable { .. } => OutcomeClass::Retryable,
             Outcome::Unavailable { .. } => OutcomeClass::Unavailable,
+            Outcome::Unknown { .. } => OutcomeClass::Unknown,
             Outcome::Permanent { .. } => OutcomeClass::Permanent,
             Outcome::Refused { .. } => OutcomeClass::Refused,
         }
@@ -98,15 +111,17 @@ impl Outcome {
             Outcome::Applied | Outcome::AlreadyApplied => None,
             Outcome::Retryable { reason, .. }
             | Outcome::Unavailable { reason, .. }
+            | Outcome::Unknown { reason }
             | Outcome::Permanent { reason }
             | Outcome::Refused { reason } => Some(reason),
         }
     }
 
     /// Of two outcomes for parts of the same item, the one that decides the item's fate:
-    /// refused beats unavailable beats permanent beats retryable beats applied beats
+    /// unknown beats refused beats unavailable beats permanent beats retryable beats applied beats
     /// already-applied. Refused and unavailable win so that an item is never dead-lettered for a
-    /// part that was not even tried.
+    /// part that was not even tried; unknown wins over everything because a part that may still
+    /// land must be re-asserted whatever happened to the others.
     pub fn worst(self, other: Outcome) -> Outcome {
         fn rank(o: &Outcome) -> u8 {
             match o {
@@ -116,6 +131,7 @@ impl Outcome {
                 Outcome::Permanent { .. } => 3,
                 Outcome::Unavailable { .. } => 4,
                 Outcome::Refused { .. } => 5,
+                Outcome::Unknown { .. } => 6,
             }
         }
         match (self, other) {
@@ -149,6 +165,7 @@ pub enum OutcomeClass {
     AlreadyApplied,
     Retryable,
     Unavailable,
+    Unknown,
     Permanent,
     Refused,
 }
@@ -160,6 +177,7 @@ impl OutcomeClass {
             OutcomeClass::AlreadyApplied => "already_applied",
             OutcomeClass::Retryable => "retryable",
             OutcomeClass::Unavailable => "unavailable",
+            OutcomeClass::Unknown => "unknown",
             OutcomeClass::Permanent => "permanent",
             OutcomeClass::Refused => "refused",
         }

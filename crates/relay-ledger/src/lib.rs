@@ -98,6 +98,25 @@ impl Ledger for AnyLedger {
         }
     }
 
+    async fn mark_uncertain(&self, marks: &[Uncertain]) -> Result<(), LedgerError> {
+        match self {
+            AnyLedger::Sqlite(l) => l.mark_uncertain(marks).await,
+            AnyLedger::Postgres(l) => l.mark_uncertain(marks).await,
+        }
+    }
+
+    async fn uncertain(
+        &self,
+        sink: &str,
+        subjects: &[String],
+        now_ms: i64,
+    ) -> Result<std::collections::HashMap<String, i64>, LedgerError> {
+        match self {
+            AnyLedger::Sqlite(l) => l.uncertain(sink, subjects, now_ms).await,
+            AnyLedger::Postgres(l) => l.uncertain(sink, subjects, now_ms).await,
+        }
+    }
+
     async fn record_rejections(&self, rejections: &[Rejection]) -> Result<(), LedgerError> {
         match self {
             AnyLedger::Sqlite(l) => l.record_rejections(rejections).await,

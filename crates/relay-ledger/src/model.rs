@@ -29,6 +29,11 @@ pub struct Claim {
     /// has not recorded yet proceeds: copies are written before the ledger records them, so it is
     /// the newest. A claim without a ticket (from the source topic) always may proceed.
     pub ticket: Option<u32>,
+    /// A re-assertion (see [`Uncertain`]): an applied delivery is decided again, version rule
+    /// included, so that it is sent once more if it is still the subject's newest decision. When
+    /// it is not, it is a duplicate (the newer decision is re-asserted on its own) and its row is
+    /// left as it is.
+    pub reassert: bool,
 }
 
 /// What the ledger decided for a claim.
@@ -101,6 +106,17 @@ impl Status {
     }
 }
 
+/// A request of unknown fate (it timed out, or broke after it was written) for `subject_id` at
+/// `sink`, which the downstream may still apply until `until_ms`: later than a newer decision of
+/// the same person, undoing it. Every decision of the subject applied at the sink before then is
+/// re-asserted at `until_ms`, so the newest one is the last to land.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uncertain {
+    pub subject_id: String,
+    pub sink: String,
+    pub until_ms: i64,
+}
+
 /// The recorded end (or intermediate state) of a delivery.
 #[derive(Debug, Clone)]
 pub struct Finish {
@@ -171,6 +187,9 @@ pub struct DeliveryRow {
     pub key: DeliveryKey,
     pub status: Status,
     pub attempts: u32,
+    /// How often it was sent again after being applied, because a request of unknown fate for the
+    /// same subject might have landed after it.
+    pub reasserts: u32,
     pub error_class: Option<String>,
     pub error: Option<String>,
     pub updated_at_ms: i64,
@@ -233,6 +252,21 @@ pub trait Ledger: Send + Sync + 'static {
     /// Marks deliveries parked under a copy on the retry topic, which must already be durable
     /// there. A delivery that reached a final status meanwhile (a redelivery applied it) keeps it.
     fn park(&self, rows: &[Park]) -> impl Future<Output = Result<(), LedgerError>> + Send;
+
+    /// Records requests of unknown fate; a subject's bound only ever moves later.
+    fn mark_uncertain(
+        &self,
+        marks: &[Uncertain],
+    ) -> impl Future<Output = Result<(), LedgerError>> + Send;
+
+    /// Of `subjects`, those with a request at `sink` that may still land after `now_ms`, and
+    /// until when.
+    fn uncertain(
+        &self,
+        sink: &str,
+        subjects: &[String],
+        now_ms: i64,
+    ) -> impl Future<Output = Result<std::collections::HashMap<String, i64>, LedgerError>> + Send;
 
     /// Records messages sent to the dead-letter topic before they became deliveries.
     fn record_rejections(

@@ -98,16 +98,20 @@ macro_rules! backend_ops {
                     .await?;
             }
             if !writes.claimed.is_empty() {
-                let rows = writes.claimed.iter().map(|(key, subject, status, attempts)| {
-                    json!([
-                        codec::uuid_text(key.event_id),
-                        key.sink,
-                        key.target,
-                        subject,
-                        status.as_str(),
-                        codec::attempts_db(*attempts)
-                    ])
-                });
+                let rows = writes
+                    .claimed
+                    .iter()
+                    .map(|(key, subject, status, attempts, reasserts)| {
+                        json!([
+                            codec::uuid_text(key.event_id),
+                            key.sink,
+                            key.target,
+                            subject,
+                            status.as_str(),
+                            codec::attempts_db(*attempts),
+                            codec::attempts_db(*reasserts)
+                        ])
+                    });
                 sqlx::query(dialect.upsert_claimed)
                     .bind(rows_json(rows))
                     .bind(now)
@@ -237,6 +241,39 @@ macro_rules! backend_ops {
                     .await?;
             }
             Ok(())
+        }
+
+        async fn mark_all_uncertain(
+            conn: &mut $conn,
+            marks: &[$crate::Uncertain],
+        ) -> Result<(), $crate::LedgerError> {
+            use $crate::ops;
+            for round in ops::rounds(marks, |m| (&m.subject_id, &m.sink)) {
+                let rows = round
+                    .iter()
+                    .map(|m| serde_json::json!([m.subject_id, m.sink, m.until_ms]));
+                sqlx::query($dialect.upsert_uncertain)
+                    .bind(ops::rows_json(rows))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        async fn read_uncertain(
+            conn: &mut $conn,
+            sink: &str,
+            subjects: &[String],
+            now: i64,
+        ) -> Result<std::collections::HashMap<String, i64>, $crate::LedgerError> {
+            use $crate::ops;
+            let rows: Vec<(String, i64)> = sqlx::query_as($dialect.uncertain)
+                .bind(sink)
+                .bind(ops::rows_json(subjects.iter().map(|s| serde_json::json!(s))))
+                .bind(now)
+                .fetch_all(&mut *conn)
+                .await?;
+            Ok(rows.into_iter().collect())
         }
 
         async fn reject_all(

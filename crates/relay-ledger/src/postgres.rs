@@ -7,6 +7,7 @@
 //! Each statement after the lock takes a fresh snapshot, so it sees what the previous holder
 //! committed.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use crate::migrations::{self, Migration};
 use crate::{now_ms, sql};
 use crate::{
     Claim, ConsentRecord, Decision, Finish, Ledger, LedgerError, Park, Rejection, SubjectReport,
+    Uncertain,
 };
 use uuid::Uuid;
 
@@ -182,6 +184,23 @@ impl Ledger for PostgresLedger {
         park_all(&mut tx, rows, now).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn mark_uncertain(&self, marks: &[Uncertain]) -> Result<(), LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        mark_all_uncertain(&mut tx, marks).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn uncertain(
+        &self,
+        sink: &str,
+        subjects: &[String],
+        now_ms: i64,
+    ) -> Result<HashMap<String, i64>, LedgerError> {
+        let mut conn = self.pool.acquire().await?;
+        read_uncertain(&mut conn, sink, subjects, now_ms).await
     }
 
     async fn record_rejections(&self, rejections: &[Rejection]) -> Result<(), LedgerError> {

@@ -5,6 +5,7 @@
 //! only contend at its first write, so two claimers could both decide on the same stale state
 //! (or one would fail with SQLITE_BUSY, which `busy_timeout` cannot wait out).
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use crate::migrations::{self, Migration};
 use crate::{now_ms, sql};
 use crate::{
     Claim, ConsentRecord, Decision, Finish, Ledger, LedgerError, Park, Rejection, SubjectReport,
+    Uncertain,
 };
 use uuid::Uuid;
 
@@ -168,6 +170,23 @@ impl Ledger for SqliteLedger {
         park_all(&mut tx, rows, now).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn mark_uncertain(&self, marks: &[Uncertain]) -> Result<(), LedgerError> {
+        let mut tx = self.write_tx().await?;
+        mark_all_uncertain(&mut tx, marks).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn uncertain(
+        &self,
+        sink: &str,
+        subjects: &[String],
+        now_ms: i64,
+    ) -> Result<HashMap<String, i64>, LedgerError> {
+        let mut conn = self.pool.acquire().await?;
+        read_uncertain(&mut conn, sink, subjects, now_ms).await
     }
 
     async fn record_rejections(&self, rejections: &[Rejection]) -> Result<(), LedgerError> {

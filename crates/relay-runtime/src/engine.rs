@@ -73,6 +73,11 @@ impl BatchContext<'_> {
             .get(&event_id)
             .and_then(|&i| self.batch[i].ticket.as_ref())
     }
+
+    /// Whether the event comes as a re-assertion copy.
+    fn reasserts(&self, event_id: Uuid) -> bool {
+        self.ticket(event_id).is_some_and(|t| t.reassert)
+    }
 }
 
 impl<L: Ledger> Engine<L> {
@@ -350,7 +355,7 @@ impl<L: Ledger> Engine<L> {
             .await?;
         let mut rows: Vec<Finish> = claimed
             .iter()
-            .map(|item| Finish {
+            .map(|(item, _)| Finish {
                 key: key(self.name(), item),
                 subject_id: item.event.subject_id.clone(),
                 status: Status::DeadLettered,
@@ -370,7 +375,8 @@ impl<L: Ledger> Engine<L> {
         Ok(())
     }
 
-    /// Claims `items` against the version rule and returns those to apply. A late whole-subject
+    /// Claims `items` against the version rule and returns those to apply, with their attempt
+    /// numbers. A late whole-subject
     /// withdrawal that the ledger narrows (the person granted some purposes after it) becomes one
     /// withdrawal per purpose of this sink except those, claimed in turn.
     async fn claim(
@@ -379,20 +385,28 @@ impl<L: Ledger> Engine<L> {
         ctx: &BatchContext<'_>,
         narrowed: &mut Vec<Finish>,
         shutdown: &CancellationToken,
-    ) -> Result<Vec<SinkItem>, Abandoned> {
+    ) -> Result<Vec<(SinkItem, u32)>, Abandoned> {
         use relay_ledger::{Claim, Decision};
         let sink = self.name().to_owned();
         let mut to_send = Vec::new();
         while !items.is_empty() {
             let claims: Vec<Claim> = items
                 .iter()
-                .map(|item| Claim {
-                    key: key(&sink, item),
-                    subject_id: item.event.subject_id.clone(),
-                    action: item.action,
-                    occurred_at_ms: item.event.occurred_at_ms,
-                    replay: ctx.replays.contains(&item.event.event_id),
-                    ticket: ctx.ticket(item.event.event_id).map(|t| t.parks),
+                .map(|item| {
+                    let reassert = ctx.reasserts(item.event.event_id);
+                    Claim {
+                        key: key(&sink, item),
+                        subject_id: item.event.subject_id.clone(),
+                        action: item.action,
+                        occurred_at_ms: item.event.occurred_at_ms,
+                        replay: ctx.replays.contains(&item.event.event_id),
+                        // A re-assertion is not a retry of a failure: any copy generation goes.
+                        ticket: ctx
+                            .ticket(item.event.event_id)
+                            .filter(|_| !reassert)
+                            .map(|t| t.parks),
+                        reassert,
+                    }
                 })
                 .collect();
             let decisions = self
@@ -401,7 +415,7 @@ impl<L: Ledger> Engine<L> {
             let mut per_purpose = Vec::new();
             for (item, decision) in items.into_iter().zip(decisions) {
                 match decision {
-                    Decision::Proceed { .. } => to_send.push(item),
+                    Decision::Proceed { attempt } => to_send.push((item, attempt)),
                     Decision::ProceedExcept { keep, .. } => {
                         info!(sink = %sink, event_id = %item.event.event_id, kept = ?keep, "late whole-subject withdrawal applied per purpose: newer grants stand");
                         per_purpose.extend(
@@ -425,6 +439,10 @@ impl<L: Ledger> Engine<L> {
                                 keep.join(", ")
                             )),
                         });
+                    }
+                    Decision::Duplicate { status } if ctx.reasserts(item.event.event_id) => {
+                        self.count_reassertion("skipped");
+                        debug!(sink = %sink, event_id = %item.event.event_id, status = status.as_str(), "not re-asserted: a newer decision is re-asserted instead")
                     }
                     Decision::Duplicate { status } => {
                         self.count("duplicate", 1);
@@ -536,7 +554,17 @@ impl<L: Ledger> Engine<L> {
             Outcome::Applied => self.count("applied", 1),
             Outcome::AlreadyApplied => self.count("already_applied", 1),
             Outcome::Permanent { .. } => {}
-            Outcome::Retryable { .. } | Outcome::Unavailable { .. } | Outcome::Refused { .. } => {
+            Outcome::Retryable { .. }
+            | Outcome::Unavailable { .. }
+            | Outcome::Unknown { .. }
+            | Outcome::Refused { .. } => {
+                if let Outcome::Unknown { .. } = outcome {
+                    self.telemetry.add(
+                        metric::UNKNOWN_OUTCOMES,
+                        vec![("sink", self.name().to_owned())],
+                        1.0,
+                    );
+                }
                 self.telemetry.add(
                     metric::RETRIES,
                     vec![
@@ -547,6 +575,17 @@ impl<L: Ledger> Engine<L> {
                 )
             }
         }
+    }
+
+    fn count_reassertion(&self, stage: &'static str) {
+        self.telemetry.add(
+            metric::REASSERTIONS,
+            vec![
+                ("sink", self.name().to_owned()),
+                ("stage", stage.to_owned()),
+            ],
+            1.0,
+        );
     }
 
     fn count(&self, outcome: &'static str, n: usize) {
@@ -709,6 +748,9 @@ fn scrubbed(outcome: Outcome, contact: &relay_events::Contact) -> Outcome {
             reason: scrub(reason),
         },
         Outcome::Permanent { reason } => Outcome::Permanent {
+            reason: scrub(reason),
+        },
+        Outcome::Unknown { reason } => Outcome::Unknown {
             reason: scrub(reason),
         },
         Outcome::Refused { reason } => Outcome::Refused {

@@ -36,11 +36,23 @@ pub mod metric {
     pub const REBALANCES: &str = "consent_relay_rebalances_total";
     pub const COMMITS: &str = "consent_relay_commits_total";
     pub const LOOKAHEAD_WITHDRAWALS: &str = "consent_relay_lookahead_withdrawals_total";
+    pub const UNKNOWN_OUTCOMES: &str = "consent_relay_unknown_outcomes_total";
+    pub const REASSERTIONS: &str = "consent_relay_reassertions_total";
 }
 
 /// Every metric the relay exports: name, type, help. The deploy artefacts (alerts, dashboard) may
 /// reference only these; a test checks that.
 pub const METRICS: &[(&str, &str, &str)] = &[
+    (
+        metric::UNKNOWN_OUTCOMES,
+        "counter",
+        "Requests whose fate is unknown (timed out, or the connection broke after they were written): the downstream may still apply them.",
+    ),
+    (
+        metric::REASSERTIONS,
+        "counter",
+        "Re-assertions of a person's newest decision after a request of unknown fate, by stage: scheduled (a copy waits on the retry topic until the late request can no longer land), sent (the decision went again), skipped (a newer decision is re-asserted instead).",
+    ),
     (
         metric::LOOKAHEAD_WITHDRAWALS,
         "counter",
@@ -95,7 +107,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     (
         metric::RETRIES,
         "counter",
-        "Delivery retries by class (retryable, unavailable, refused).",
+        "Delivery retries by class (retryable, unavailable, unknown, refused).",
     ),
     (
         metric::DLQ_MESSAGES,

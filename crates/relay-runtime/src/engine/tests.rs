@@ -726,3 +726,165 @@ async fn an_old_event_is_applied_and_marked_late() {
     assert!(late("o").await);
     assert!(!late("r").await);
 }
+
+fn reasserting_retry() -> RetryConfig {
+    RetryConfig {
+        late_landing_ms: 50,
+        ..retry()
+    }
+}
+
+/// The copies on the retry topic so far, as the parked consumer would hand them back.
+fn copies(s: &Setup) -> Vec<(Message, ParkTicket)> {
+    s.outbox
+        .parked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(m, _, t)| {
+            let mut m = m.clone();
+            m.ticket = Some(t.clone());
+            (m, t.clone())
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_grant_of_unknown_fate_the_newest_decision_is_reasserted_once_it_cannot_land() {
+    // The first request times out (the downstream may still apply it); everything else works.
+    let s = setup(
+        Scripted::new(|n, items| {
+            if n == 0 {
+                vec![
+                    Outcome::Unknown {
+                        reason: "transport error: timeout".into()
+                    };
+                    items.len()
+                ]
+            } else {
+                vec![Outcome::Applied; items.len()]
+            }
+        }),
+        reasserting_retry(),
+    );
+    let cancel = CancellationToken::new();
+    let grant = event(EventKind::ConsentGranted, "p", 1_000);
+    let withdrawal = event(EventKind::ConsentWithdrawn, "p", 2_000);
+    s.engine
+        .process(&[message(0, &grant)], &cancel)
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.status(&key(&grant)), Some(Status::Applied));
+    s.engine
+        .process(&[message(1, &withdrawal)], &cancel)
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.status(&key(&withdrawal)), Some(Status::Applied));
+    assert_eq!(
+        s.sink.calls().len(),
+        3,
+        "the grant twice, the withdrawal once"
+    );
+
+    // Both were applied while the first request could still land: each has a re-assertion copy,
+    // due when it no longer can.
+    let due = copies(&s);
+    assert_eq!(due.len(), 2);
+    for (m, t) in &due {
+        assert!(t.reassert, "{t:?}");
+        assert!(
+            t.due_ms > now_ms() - 1_000 && t.due_ms <= now_ms() + 50,
+            "{t:?}"
+        );
+        assert_eq!(m.ticket.as_ref().unwrap().due_ms, t.due_ms);
+    }
+    std::thread::sleep(Duration::from_millis(60));
+
+    // The grant's copy does nothing (a newer decision exists); the withdrawal's goes again, and
+    // schedules nothing more: the bound has passed.
+    let calls = s.sink.calls().len();
+    s.engine
+        .process(&[due[0].0.clone()], &cancel)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.sink.calls().len(),
+        calls,
+        "the stale grant is not re-asserted"
+    );
+    s.engine
+        .process(&[due[1].0.clone()], &cancel)
+        .await
+        .unwrap();
+    assert_eq!(s.sink.calls().len(), calls + 1, "the withdrawal goes again");
+    assert_eq!(copies(&s).len(), 2, "no further copy");
+    let report = relay_ledger::Ledger::subject_report(&*s.ledger, "p")
+        .await
+        .unwrap();
+    let row = |e: &ConsentEvent| {
+        report
+            .deliveries
+            .iter()
+            .find(|d| d.key == key(e))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row(&withdrawal).reasserts, 1);
+    assert_eq!(row(&withdrawal).status, Status::Applied);
+    assert_eq!(row(&grant).reasserts, 0);
+    assert_eq!(row(&grant).status, Status::Applied);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delivery_claimed_before_by_someone_else_counts_as_possibly_in_flight() {
+    let s = setup(
+        Scripted::new(|_, items| vec![Outcome::Applied; items.len()]),
+        reasserting_retry(),
+    );
+    let grant = event(EventKind::ConsentGranted, "p", 1_000);
+    // Another owner (or a process that died) claimed it and never recorded an outcome.
+    let claim = relay_ledger::Claim {
+        key: key(&grant),
+        subject_id: "p".into(),
+        action: relay_events::Action::Grant,
+        occurred_at_ms: 1_000,
+        replay: false,
+        ticket: None,
+        reassert: false,
+    };
+    relay_ledger::Ledger::claim(&*s.ledger, &[claim])
+        .await
+        .unwrap();
+    s.engine
+        .process(&[message(0, &grant)], &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.status(&key(&grant)), Some(Status::Applied));
+    let due = copies(&s);
+    assert_eq!(due.len(), 1, "the redelivered grant is re-asserted later");
+    assert!(due[0].1.reassert);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_request_of_unknown_fate_nothing_is_reasserted() {
+    let s = setup(
+        Scripted::new(|n, items| {
+            if n == 0 {
+                vec![Outcome::unavailable("transport error: connection failed"); items.len()]
+            } else {
+                vec![Outcome::Applied; items.len()]
+            }
+        }),
+        reasserting_retry(),
+    );
+    let grant = event(EventKind::ConsentGranted, "p", 1_000);
+    s.engine
+        .process(&[message(0, &grant)], &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.status(&key(&grant)), Some(Status::Applied));
+    assert!(
+        copies(&s).is_empty(),
+        "a request that was never sent cannot land late"
+    );
+}

@@ -25,6 +25,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::Value;
 
+use crate::late::LateApply;
+
 pub mod google;
 pub mod linkedin;
 pub mod meta;
@@ -56,6 +58,7 @@ pub(crate) struct PlatformState {
     window: VecDeque<Instant>,
     throttled: fn() -> ScriptedResponse,
     requests: Vec<RecordedRequest>,
+    late: LateApply,
 }
 
 pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, PlatformState> {
@@ -96,6 +99,7 @@ impl FakePlatform {
             window: VecDeque::new(),
             throttled,
             requests: Vec::new(),
+            late: LateApply::default(),
         }));
         let app = routes
             .fallback(|| async { StatusCode::NOT_FOUND })
@@ -135,6 +139,11 @@ impl FakePlatform {
             .get(audience)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Requests the fake applies late, after the client may have given up (see [`LateApply`]).
+    pub fn late(&self) -> LateApply {
+        lock(&self.shared).late.clone()
     }
 
     /// Queues an answer for the next request.
@@ -198,12 +207,19 @@ async fn gate(State(shared): State<Shared>, request: Request, next: Next) -> Res
             None
         }
     };
+    let late = lock(&shared).late.clone();
     match early {
         Some(response) => response.into_response(),
-        None => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
-        }
+        None => match late.take(&parts.method, &bytes) {
+            Some(hold) => {
+                let apply = next.run(Request::from_parts(parts, Body::from(bytes)));
+                late.apply_late(hold, apply).await
+            }
+            None => {
+                next.run(Request::from_parts(parts, Body::from(bytes)))
+                    .await
+            }
+        },
     }
 }
 
