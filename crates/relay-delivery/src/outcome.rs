@@ -15,6 +15,10 @@ pub enum Outcome {
     Applied,
     /// The downstream already was in the asked state (an idempotent repeat).
     AlreadyApplied,
+    /// The downstream would not apply a grant directly and asked the person to confirm it (a
+    /// double opt-in email): done as far as the relay is concerned, recorded as awaiting
+    /// confirmation.
+    AwaitingConfirmation,
     /// This item failed in a way a later attempt may fix (a 5xx, a vendor's transient per-item
     /// error, an answer that lists no result for it). `after` is the downstream's own hint.
     Retryable {
@@ -89,7 +93,10 @@ impl Outcome {
 
     /// Whether the item is done at the downstream (applied now or before).
     pub fn is_done(&self) -> bool {
-        matches!(self, Outcome::Applied | Outcome::AlreadyApplied)
+        matches!(
+            self,
+            Outcome::Applied | Outcome::AlreadyApplied | Outcome::AwaitingConfirmation
+        )
     }
 
     /// The outcome's class, for logs, metrics and the ledger's error class.
@@ -97,6 +104,7 @@ impl Outcome {
         match self {
             Outcome::Applied => OutcomeClass::Applied,
             Outcome::AlreadyApplied => OutcomeClass::AlreadyApplied,
+            Outcome::AwaitingConfirmation => OutcomeClass::AwaitingConfirmation,
             Outcome::Retryable { .. } => OutcomeClass::Retryable,
             Outcome::Unavailable { .. } => OutcomeClass::Unavailable,
             Outcome::Unknown { .. } => OutcomeClass::Unknown,
@@ -108,7 +116,7 @@ impl Outcome {
     /// The reason of a failure; `None` for success.
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Outcome::Applied | Outcome::AlreadyApplied => None,
+            Outcome::Applied | Outcome::AlreadyApplied | Outcome::AwaitingConfirmation => None,
             Outcome::Retryable { reason, .. }
             | Outcome::Unavailable { reason, .. }
             | Outcome::Unknown { reason }
@@ -126,7 +134,7 @@ impl Outcome {
         fn rank(o: &Outcome) -> u8 {
             match o {
                 Outcome::AlreadyApplied => 0,
-                Outcome::Applied => 1,
+                Outcome::Applied | Outcome::AwaitingConfirmation => 1,
                 Outcome::Retryable { .. } => 2,
                 Outcome::Permanent { .. } => 3,
                 Outcome::Unavailable { .. } => 4,
@@ -163,6 +171,7 @@ impl Outcome {
 pub enum OutcomeClass {
     Applied,
     AlreadyApplied,
+    AwaitingConfirmation,
     Retryable,
     Unavailable,
     Unknown,
@@ -175,6 +184,7 @@ impl OutcomeClass {
         match self {
             OutcomeClass::Applied => "applied",
             OutcomeClass::AlreadyApplied => "already_applied",
+            OutcomeClass::AwaitingConfirmation => "awaiting_confirmation",
             OutcomeClass::Retryable => "retryable",
             OutcomeClass::Unavailable => "unavailable",
             OutcomeClass::Unknown => "unknown",

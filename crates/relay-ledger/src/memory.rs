@@ -144,7 +144,10 @@ impl Ledger for MemoryLedger {
                 });
             let reached = matches!(
                 row.status,
-                Status::Applied | Status::AlreadyApplied | Status::DeadLettered
+                Status::Applied
+                    | Status::AlreadyApplied
+                    | Status::AwaitingConfirmation
+                    | Status::DeadLettered
             );
             if f.status == Status::Superseded && reached {
                 continue;

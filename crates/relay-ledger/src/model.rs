@@ -65,6 +65,10 @@ pub enum Status {
     Parked,
     Applied,
     AlreadyApplied,
+    /// The downstream could not apply a grant directly (the person once unsubscribed there) and
+    /// asked the person to confirm it: Mailchimp's double opt-in email for a member in a
+    /// compliance state. Nothing more for the relay to do; the person decides.
+    AwaitingConfirmation,
     Superseded,
     /// The event's purposes do not route to this sink.
     NotRouted,
@@ -79,6 +83,7 @@ impl Status {
             Status::Parked => "parked",
             Status::Applied => "applied",
             Status::AlreadyApplied => "already_applied",
+            Status::AwaitingConfirmation => "awaiting_confirmation",
             Status::Superseded => "superseded",
             Status::NotRouted => "not_routed",
             Status::DeadLettered => "dead_lettered",
@@ -92,6 +97,7 @@ impl Status {
             Status::Parked,
             Status::Applied,
             Status::AlreadyApplied,
+            Status::AwaitingConfirmation,
             Status::Superseded,
             Status::NotRouted,
             Status::DeadLettered,

@@ -31,8 +31,11 @@ pub(crate) fn decide(
 ) -> Decision {
     if let Some(d) = delivery {
         let replayed = claim.replay && d.status == Status::DeadLettered;
-        let reasserted =
-            claim.reassert && matches!(d.status, Status::Applied | Status::AlreadyApplied);
+        let reasserted = claim.reassert
+            && matches!(
+                d.status,
+                Status::Applied | Status::AlreadyApplied | Status::AwaitingConfirmation
+            );
         if d.status.is_final() && !replayed && !reasserted {
             return Decision::Duplicate { status: d.status };
         }

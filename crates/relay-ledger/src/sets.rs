@@ -133,7 +133,8 @@ ON CONFLICT (event_id, sink, target) DO UPDATE SET
     error = excluded.error,
     updated_at_ms = excluded.updated_at_ms
 WHERE excluded.status <> 'superseded'
-    OR deliveries.status NOT IN ('applied', 'already_applied', 'dead_lettered')"
+    OR deliveries.status NOT IN ('applied', 'already_applied', 'awaiting_confirmation',
+                                 'dead_lettered')"
             ),
             upsert_parked: concat!(
                 "INSERT INTO deliveries

@@ -553,6 +553,7 @@ impl<L: Ledger> Engine<L> {
         match outcome {
             Outcome::Applied => self.count("applied", 1),
             Outcome::AlreadyApplied => self.count("already_applied", 1),
+            Outcome::AwaitingConfirmation => self.count("awaiting_confirmation", 1),
             Outcome::Permanent { .. } => {}
             Outcome::Retryable { .. }
             | Outcome::Unavailable { .. }

@@ -97,7 +97,7 @@ async fn no_raw_identifier_reaches_a_platform_a_log_line_or_a_reason() {
                 | Outcome::Unknown { reason }
                 | Outcome::Permanent { reason }
                 | Outcome::Refused { reason } => reasons.push(reason),
-                Outcome::Applied | Outcome::AlreadyApplied => {}
+                Outcome::Applied | Outcome::AlreadyApplied | Outcome::AwaitingConfirmation => {}
             }
         }
     }

@@ -20,9 +20,9 @@ const MAILCHIMP_COMPLIANCE_STATE: &str = "Member In Compliance State";
 /// Mailchimp's `title` for writing an address that was permanently deleted.
 const MAILCHIMP_FORGOTTEN: &str = "Forgotten Email Not Subscribed";
 
-const COMPLIANCE_REASON: &str = "Mailchimp refuses to subscribe the address because it is in a \
-    compliance state (it unsubscribed, bounced or is under review); the person must confirm again \
-    through Mailchimp's own double opt-in (e.g. a Mailchimp signup form), a replay will not help";
+const COMPLIANCE_REASON: &str = "Mailchimp refuses to subscribe the address, even as pending \
+    re-confirmation, because it is in a compliance state (it bounced or is under review); the \
+    person must sign up again through a Mailchimp signup form, a replay will not help";
 const FORGOTTEN_REASON: &str = "Mailchimp refuses to subscribe the address because it was \
     permanently deleted (erasure) and cannot be re-imported; the person must sign up again \
     through a Mailchimp signup form, a replay will not help";
@@ -195,6 +195,7 @@ impl NewsletterSink {
             Provider::Mailchimp { list_id } => match mailchimp_outcome(call.op, &reply) {
                 MailchimpAnswer::Done(outcome) => outcome,
                 MailchimpAnswer::NotFound => list.mailchimp_member_gone(list_id).await,
+                MailchimpAnswer::InComplianceState => list.mailchimp_reconfirm(call).await,
             },
         }
     }
@@ -220,6 +221,35 @@ impl ListClient {
             .and_then(|v| v.trim().parse::<u64>().ok());
         if let (true, Some(reset)) = (exhausted, reset) {
             self.destination.pause_for(Duration::from_secs(reset));
+        }
+    }
+
+    /// A grant for a member in a compliance state (it unsubscribed before): Mailchimp will not set
+    /// it to `subscribed`, but `pending` sends its double opt-in email, and the person's click
+    /// subscribes it (docs/vendors/mailchimp.md). The grant is then awaiting confirmation. A
+    /// member Mailchimp will not even ask (a bounced address) is a permanent failure.
+    async fn mailchimp_reconfirm(&self, call: &Call) -> Outcome {
+        let mut body = call.body.clone().unwrap_or_default();
+        body["status"] = "pending".into();
+        body["status_if_new"] = "pending".into();
+        let request = self
+            .destination
+            .http()
+            .request(
+                call.method.clone(),
+                format!("{}{}", self.base_url, call.path),
+            )
+            .json(&body);
+        match self.send(request).await {
+            Err(outcome) => outcome,
+            Ok(reply) => match mailchimp_outcome(call.op, &reply) {
+                MailchimpAnswer::Done(Outcome::Applied) => Outcome::AwaitingConfirmation,
+                MailchimpAnswer::Done(outcome) => outcome,
+                MailchimpAnswer::InComplianceState => Outcome::permanent(COMPLIANCE_REASON),
+                MailchimpAnswer::NotFound => Outcome::Refused {
+                    reason: "Mailchimp has no audience with the configured list_id".to_owned(),
+                },
+            },
         }
     }
 
@@ -291,6 +321,8 @@ enum MailchimpAnswer {
     Done(Outcome),
     /// A permanent delete found nothing; whether that is the member or the audience is unknown.
     NotFound,
+    /// A subscribe of a member that unsubscribed (or bounced) before.
+    InComplianceState,
 }
 
 fn mailchimp_outcome(op: Op, reply: &Reply) -> MailchimpAnswer {
@@ -301,7 +333,7 @@ fn mailchimp_outcome(op: Op, reply: &Reply) -> MailchimpAnswer {
     let done = MailchimpAnswer::Done;
     match (reply.status, problem.title.as_deref(), op) {
         (400, Some(MAILCHIMP_COMPLIANCE_STATE), Op::Subscribe) => {
-            done(Outcome::permanent(COMPLIANCE_REASON))
+            MailchimpAnswer::InComplianceState
         }
         (400, Some(MAILCHIMP_FORGOTTEN), Op::Subscribe) => {
             done(Outcome::permanent(FORGOTTEN_REASON))
@@ -403,6 +435,7 @@ mod tests {
         match mailchimp_outcome(op, r) {
             MailchimpAnswer::Done(o) => o,
             MailchimpAnswer::NotFound => panic!("not found"),
+            MailchimpAnswer::InComplianceState => Outcome::permanent("in compliance state"),
         }
     }
 
@@ -470,10 +503,10 @@ mod tests {
             r#"{"title":"Member In Compliance State","status":400,
                 "detail":"a@b.de is in a compliance state due to unsubscribe, bounce, or compliance review and cannot be subscribed.","instance":"x"}"#,
         );
-        assert_eq!(
-            mailchimp(Op::Subscribe, &compliance),
-            Outcome::permanent(COMPLIANCE_REASON)
-        );
+        assert!(matches!(
+            mailchimp_outcome(Op::Subscribe, &compliance),
+            MailchimpAnswer::InComplianceState
+        ));
         let forgotten = reply(
             400,
             &[],

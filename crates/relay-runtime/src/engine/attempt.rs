@@ -218,9 +218,10 @@ impl<L: Ledger> Engine<L> {
             };
             for (_, outcome) in answered.iter().flatten() {
                 match outcome {
-                    Outcome::Applied | Outcome::AlreadyApplied | Outcome::Permanent { .. } => {
-                        verdict.progress = true
-                    }
+                    Outcome::Applied
+                    | Outcome::AlreadyApplied
+                    | Outcome::AwaitingConfirmation
+                    | Outcome::Permanent { .. } => verdict.progress = true,
                     // A hint on an item-level failure is honoured for the next round, but does
                     // not pause the destination.
                     Outcome::Retryable { after, .. } => verdict.after = verdict.after.max(*after),
@@ -259,7 +260,9 @@ impl<L: Ledger> Engine<L> {
                     let k = key(&sink, &p.item);
                     let subject_id = p.item.event.subject_id.clone();
                     match outcome {
-                        Outcome::Applied | Outcome::AlreadyApplied => {
+                        Outcome::Applied
+                        | Outcome::AlreadyApplied
+                        | Outcome::AwaitingConfirmation => {
                             let event_id = p.item.event.event_id;
                             if ctx.reasserts(event_id) {
                                 self.count_reassertion("sent");
@@ -273,10 +276,10 @@ impl<L: Ledger> Engine<L> {
                             finished.push(Finish {
                                 key: k,
                                 subject_id,
-                                status: if outcome == Outcome::Applied {
-                                    Status::Applied
-                                } else {
-                                    Status::AlreadyApplied
+                                status: match outcome {
+                                    Outcome::Applied => Status::Applied,
+                                    Outcome::AwaitingConfirmation => Status::AwaitingConfirmation,
+                                    _ => Status::AlreadyApplied,
                                 },
                                 error_class: None,
                                 error: None,
