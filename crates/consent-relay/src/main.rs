@@ -569,6 +569,13 @@ async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
     .await
     .map_err(|e| AppError::Usage(format!("dlq read failed: {e}")))?
     .map_err(relay_runtime::RuntimeError::Kafka)?;
+    let (letters, duplicates) = relay_runtime::dead_letter::distinct(letters);
+    if duplicates > 0 {
+        // On stderr, so that `--json` output stays one document.
+        eprintln!(
+            "{duplicates} repeated cop(ies) of dead letters left out: one copy per sink and original message is shown and replayed"
+        );
+    }
     match command {
         DlqCommand::List { sink, json } => {
             let letters: Vec<_> = letters
