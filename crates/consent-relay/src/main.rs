@@ -285,7 +285,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
                     "--purpose {purpose}: not in the [purposes] table"
                 )));
             }
-            let ledger = relay_ledger::open(&config.ledger.url).await?;
+            let ledger = relay_ledger::open_read_only(&config.ledger.url).await?;
             let records = relay_ledger::Ledger::consent_for_purpose(&ledger, &purpose).await?;
             print!(
                 "{}",
@@ -296,7 +296,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
         Command::Ledger {
             command: LedgerCommand::Audit { subject_id },
         } => {
-            let ledger = relay_ledger::open(&config.ledger.url).await?;
+            let ledger = relay_ledger::open_read_only(&config.ledger.url).await?;
             let report = relay_ledger::Ledger::subject_report(&ledger, &subject_id).await?;
             print!("{}", ledger_report::to_audit(&subject_id, &report));
             Ok(())
@@ -304,7 +304,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
         Command::Ledger {
             command: LedgerCommand::UnknownContacts { json },
         } => {
-            let ledger = relay_ledger::open(&config.ledger.url).await?;
+            let ledger = relay_ledger::open_read_only(&config.ledger.url).await?;
             let unknown = ledger.unknown_contacts().await?;
             if json {
                 println!(
@@ -319,7 +319,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
         Command::Ledger {
             command: LedgerCommand::Show { subject_id, json },
         } => {
-            let ledger = relay_ledger::open(&config.ledger.url).await?;
+            let ledger = relay_ledger::open_read_only(&config.ledger.url).await?;
             let report = relay_ledger::Ledger::subject_report(&ledger, &subject_id).await?;
             if json {
                 println!(
@@ -659,7 +659,7 @@ async fn parked_items(config: &Config, sinks: Vec<String>) -> Result<Vec<ParkedI
             }
         }
     }
-    let ledger = relay_ledger::open(&config.ledger.url).await?;
+    let ledger = relay_ledger::open_read_only(&config.ledger.url).await?;
     let mut items = Vec::new();
     for ((sink, event_id), copy) in newest {
         let report = match &copy.subject_id {

@@ -476,6 +476,79 @@ legal_basis_explanation = "Newsletter sign-up"
 }
 
 /// The value of a counter sample (`name{labels}`) in a `/metrics` text, 0 if absent.
+/// Issue 12: a read command with a mistyped ledger path must not answer "no data" from a new,
+/// empty ledger it created; it fails, names the path, and leaves no file behind. On PostgreSQL it
+/// never migrates, so a database without our schema is reported, not changed.
+#[tokio::test]
+async fn read_commands_never_create_or_migrate_a_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo").join("ledger.db");
+    let config_for = |url: &str| {
+        let config = dir.path().join(format!("c{}.toml", url.len()));
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[ledger]
+url = "{url}"
+
+[purposes.newsletter]
+description = "Newsletter"
+
+[sinks.hubspot]
+base_url = "http://127.0.0.1:1"
+[sinks.hubspot.purposes.newsletter]
+subscription_ids = [12345]
+legal_basis = "CONSENT_WITH_NOTICE"
+legal_basis_explanation = "Newsletter sign-up"
+"#
+            ),
+        )
+        .unwrap();
+        config
+    };
+    let sqlite = config_for(&format!("sqlite://{}", missing.display()));
+    for args in [
+        &["ledger", "audit", "anyone"][..],
+        &["ledger", "show", "anyone"],
+        &["ledger", "unknown-contacts"],
+        &["suppression", "export", "--purpose", "newsletter"],
+    ] {
+        let out = relay(&sqlite, args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded on a missing ledger"
+        );
+        assert!(
+            stderr.contains(&missing.display().to_string()),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+            "{args:?} printed an answer"
+        );
+    }
+    assert!(!missing.exists() && !missing.parent().unwrap().exists());
+
+    // An empty PostgreSQL database: reported as holding no ledger, and left without tables.
+    let url = relay_testkit::postgres::fresh_database().await;
+    let pg = config_for(&url);
+    let out = relay(&pg, &["ledger", "audit", "anyone"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("no consent-relay ledger"), "{stderr}");
+    let db = relay_ledger::PostgresLedger::open_read_only(&url)
+        .await
+        .unwrap();
+    assert!(
+        db.applied_migrations().await.is_err(),
+        "the read command created the schema"
+    );
+    db.close().await;
+    relay_testkit::postgres::drop_database(&url).await;
+}
+
 fn sample(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()

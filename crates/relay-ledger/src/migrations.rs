@@ -44,6 +44,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
     },
 ];
 
+/// The schema version this build writes; both backends agree on it (tested below).
+pub(crate) fn latest() -> i64 {
+    SQLITE.last().map_or(0, |m| m.version)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

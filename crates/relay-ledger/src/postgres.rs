@@ -24,6 +24,8 @@ use uuid::Uuid;
 
 const POOL_SIZE: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A person waits for a read command: an unreachable server must be reported, not waited for.
+const READ_ONLY_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// First key of our two-key advisory locks ("CRLG"), so they cannot collide with advisory locks
 /// other software takes on a shared database with the one-key form or another namespace.
@@ -52,6 +54,26 @@ impl PostgresLedger {
         let closed = conn.close().await;
         migrated?;
         closed?;
+        Ok(PostgresLedger { pool })
+    }
+
+    /// Connects without migrating, in read-only transactions by default: a role that may only
+    /// SELECT is enough. Fails within seconds, naming the server, when it cannot be reached.
+    pub async fn open_read_only(url: &str) -> Result<Self, LedgerError> {
+        let options =
+            PgConnectOptions::from_str(url)?.options([("default_transaction_read_only", "on")]);
+        let target = format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        );
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(READ_ONLY_CONNECT_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|source| LedgerError::Open { target, source })?;
         Ok(PostgresLedger { pool })
     }
 

@@ -52,6 +52,26 @@ impl SqliteLedger {
         Ok(ledger)
     }
 
+    /// Opens an existing file read-only, without migrating it.
+    pub async fn open_read_only(url: &str) -> Result<Self, LedgerError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(false)
+            .read_only(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let path = options.get_filename().to_owned();
+        if !path.exists() {
+            return Err(LedgerError::Missing(format!(
+                "the file {} does not exist",
+                path.display()
+            )));
+        }
+        let pool = connect(options).await.map_err(|source| LedgerError::Open {
+            target: path.display().to_string(),
+            source,
+        })?;
+        Ok(SqliteLedger { pool })
+    }
+
     /// The schema versions recorded in `ledger_migrations`, ascending.
     pub async fn applied_migrations(&self) -> Result<Vec<i64>, LedgerError> {
         Ok(sqlx::query_scalar(sql::APPLIED_MIGRATIONS)
