@@ -549,6 +549,92 @@ legal_basis_explanation = "Newsletter sign-up"
     relay_testkit::postgres::drop_database(&url).await;
 }
 
+/// Issue 12: commands check what an operator typed before they touch anything, say each fatal
+/// error once, and write no terminal colours into a pipe. None of this needs a broker.
+#[test]
+fn mistyped_filters_and_empty_input_are_errors_said_once_without_colours() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("consent-relay.toml");
+    std::fs::write(
+        &config,
+        r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:1"
+
+[purposes.newsletter]
+description = "Newsletter"
+
+[sinks.hubspot]
+base_url = "http://127.0.0.1:1"
+[sinks.hubspot.purposes.newsletter]
+subscription_ids = [12345]
+legal_basis = "CONSENT_WITH_NOTICE"
+legal_basis_explanation = "Newsletter sign-up"
+"#,
+    )
+    .unwrap();
+    let fails = |args: &[&str], stdin: Option<&str>| -> String {
+        let mut c = relay(&config, args);
+        c.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        if let Some(text) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{args:?} succeeded: {stderr}");
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "{args:?}: colours in a pipe: {stderr:?}"
+        );
+        stderr
+    };
+    let once = |stderr: &str, needle: &str| {
+        assert_eq!(
+            stderr.matches(needle).count(),
+            1,
+            "{needle:?} not said once: {stderr}"
+        );
+    };
+
+    let e = fails(&["dlq", "list", "--sink", "hubspots"], None);
+    once(
+        &e,
+        "--sink hubspots: no such destination (configured: hubspot)",
+    );
+    let e = fails(
+        &[
+            "dlq",
+            "replay",
+            "--sink",
+            "hubspot",
+            "--code",
+            "nonsense",
+            "--event-id",
+            "nope",
+        ],
+        None,
+    );
+    once(&e, "--code nonsense: no such error code");
+    once(&e, "--event-id nope: not a UUID");
+
+    let e = fails(&["publish", "-"], Some("\n# only a comment\n"));
+    once(&e, "no events");
+    let line = event_line("ConsentGranted", "p1", 1_795_651_200_000)
+        .replace("\"newsletter\"", "\"newsleter\"");
+    let e = fails(&["publish", "-"], Some(&line));
+    once(&e, "purpose \"newsleter\" is not in the [purposes] table");
+}
+
 fn sample(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
