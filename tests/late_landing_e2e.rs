@@ -18,8 +18,9 @@ use relay_testkit::late::LateApply;
 
 const TIMEOUT_MS: u64 = 3_000;
 const HOLD: Duration = Duration::from_secs(8);
-/// The held grant lands 5 s after the client gave up; the margin must exceed that.
-const LATE_LANDING_MS: u64 = 7_000;
+/// The held grant lands 5 s after the client gave up; the margin must exceed that (with slack for
+/// a loaded machine).
+const LATE_LANDING_MS: u64 = 9_000;
 const ROUNDS: usize = 3;
 
 fn retry() -> RetryConfig {

@@ -137,10 +137,11 @@ impl Ledger for AnyLedger {
         sink: &str,
         subjects: &[String],
         now_ms: i64,
+        in_doubt: &InDoubt<'_>,
     ) -> Result<std::collections::HashMap<String, i64>, LedgerError> {
         match self {
-            AnyLedger::Sqlite(l) => l.uncertain(sink, subjects, now_ms).await,
-            AnyLedger::Postgres(l) => l.uncertain(sink, subjects, now_ms).await,
+            AnyLedger::Sqlite(l) => l.uncertain(sink, subjects, now_ms, in_doubt).await,
+            AnyLedger::Postgres(l) => l.uncertain(sink, subjects, now_ms, in_doubt).await,
         }
     }
 

@@ -9,8 +9,8 @@ use std::sync::Mutex;
 
 use crate::rule::{self, DeliveryState};
 use crate::{
-    now_ms, Claim, ConsentRecord, Decision, DeliveryKey, DeliveryRow, Finish, Ledger, LedgerError,
-    Park, Rejection, Status, SubjectReport, SubjectState, Uncertain,
+    now_ms, Claim, ConsentRecord, Decision, DeliveryKey, DeliveryRow, Finish, InDoubt, Ledger,
+    LedgerError, Park, Rejection, Status, SubjectReport, SubjectState, Uncertain,
 };
 
 #[derive(Debug, Default)]
@@ -206,15 +206,31 @@ impl Ledger for MemoryLedger {
         sink: &str,
         subjects: &[String],
         now_ms: i64,
+        in_doubt: &InDoubt<'_>,
     ) -> Result<std::collections::HashMap<String, i64>, LedgerError> {
         let t = self.tables();
-        Ok(subjects
+        let mut bounds: std::collections::HashMap<String, i64> = subjects
             .iter()
             .filter_map(|s| {
                 let until = *t.uncertain.get(&(s.clone(), sink.to_owned()))?;
                 (until > now_ms).then(|| (s.clone(), until))
             })
-            .collect())
+            .collect();
+        for (key, d) in &t.deliveries {
+            let doubtful =
+                d.status == Status::InFlight || d.error_class.as_deref() == Some("unknown");
+            let until = d.updated_at_ms.saturating_add(in_doubt.window_ms);
+            if key.sink == sink
+                && doubtful
+                && until > now_ms
+                && subjects.contains(&d.subject_id)
+                && !in_doubt.exclude.contains(&key.event_id)
+            {
+                let bound = bounds.entry(d.subject_id.clone()).or_insert(until);
+                *bound = (*bound).max(until);
+            }
+        }
+        Ok(bounds)
     }
 
     async fn record_rejections(&self, rejections: &[Rejection]) -> Result<(), LedgerError> {

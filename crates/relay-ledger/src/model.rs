@@ -123,6 +123,16 @@ pub struct Uncertain {
     pub until_ms: i64,
 }
 
+/// How [`Ledger::uncertain`] reads deliveries that may have a request on the wire.
+#[derive(Debug, Clone, Copy)]
+pub struct InDoubt<'a> {
+    /// How long such a request may still land after its delivery's last update: a request
+    /// timeout plus the late-landing margin.
+    pub window_ms: i64,
+    /// The events the caller itself is sending (its own claims are in flight too).
+    pub exclude: &'a [Uuid],
+}
+
 /// The recorded end (or intermediate state) of a delivery.
 #[derive(Debug, Clone)]
 pub struct Finish {
@@ -278,12 +288,15 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), LedgerError>> + Send;
 
     /// Of `subjects`, those with a request at `sink` that may still land after `now_ms`, and
-    /// until when.
+    /// until when: the recorded bounds, and deliveries of other events than `in_doubt.exclude`
+    /// whose request may be on the wire (claimed and not answered, or of unknown fate), until
+    /// their last update plus `in_doubt.window_ms`.
     fn uncertain(
         &self,
         sink: &str,
         subjects: &[String],
         now_ms: i64,
+        in_doubt: &InDoubt<'_>,
     ) -> impl Future<Output = Result<std::collections::HashMap<String, i64>, LedgerError>> + Send;
 
     /// Records messages sent to the dead-letter topic before they became deliveries.

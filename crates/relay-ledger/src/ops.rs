@@ -248,6 +248,11 @@ macro_rules! backend_ops {
             marks: &[$crate::Uncertain],
         ) -> Result<(), $crate::LedgerError> {
             use $crate::ops;
+            // Bounds long past say nothing any more; a day keeps them for `ledger show`.
+            sqlx::query("DELETE FROM uncertain WHERE until_ms < $1")
+                .bind($crate::now_ms().saturating_sub(86_400_000))
+                .execute(&mut *conn)
+                .await?;
             for round in ops::rounds(marks, |m| (&m.subject_id, &m.sink)) {
                 let rows = round
                     .iter()
@@ -265,15 +270,33 @@ macro_rules! backend_ops {
             sink: &str,
             subjects: &[String],
             now: i64,
+            in_doubt: &$crate::InDoubt<'_>,
         ) -> Result<std::collections::HashMap<String, i64>, $crate::LedgerError> {
-            use $crate::ops;
+            use $crate::{codec, ops};
+            let list = ops::rows_json(subjects.iter().map(|s| serde_json::json!(s)));
             let rows: Vec<(String, i64)> = sqlx::query_as($dialect.uncertain)
                 .bind(sink)
-                .bind(ops::rows_json(subjects.iter().map(|s| serde_json::json!(s))))
+                .bind(&list)
                 .bind(now)
                 .fetch_all(&mut *conn)
                 .await?;
-            Ok(rows.into_iter().collect())
+            let mut bounds: std::collections::HashMap<String, i64> = rows.into_iter().collect();
+            let since = now.saturating_sub(in_doubt.window_ms);
+            let rows: Vec<(String, String, i64)> = sqlx::query_as($dialect.in_doubt)
+                .bind(sink)
+                .bind(&list)
+                .bind(since)
+                .fetch_all(&mut *conn)
+                .await?;
+            for (subject, event_id, updated_at_ms) in rows {
+                if in_doubt.exclude.contains(&codec::uuid(&event_id)?) {
+                    continue;
+                }
+                let until = updated_at_ms.saturating_add(in_doubt.window_ms);
+                let bound = bounds.entry(subject).or_insert(until);
+                *bound = (*bound).max(until);
+            }
+            Ok(bounds)
         }
 
         async fn reject_all(

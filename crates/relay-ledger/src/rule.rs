@@ -31,11 +31,10 @@ pub(crate) fn decide(
 ) -> Decision {
     if let Some(d) = delivery {
         let replayed = claim.replay && d.status == Status::DeadLettered;
-        let reasserted = claim.reassert
-            && matches!(
-                d.status,
-                Status::Applied | Status::AlreadyApplied | Status::AwaitingConfirmation
-            );
+        // Not one awaiting the person's confirmation: sending the grant again would subscribe
+        // them without it.
+        let reasserted =
+            claim.reassert && matches!(d.status, Status::Applied | Status::AlreadyApplied);
         if d.status.is_final() && !replayed && !reasserted {
             return Decision::Duplicate { status: d.status };
         }
@@ -57,8 +56,11 @@ pub(crate) fn decide(
         .max_by_key(|s| version(s.occurred_at_ms, s.action));
     if let Some(s) = newest_other {
         if let (true, Some(d)) = (claim.reassert, delivery) {
-            // The newer decision is re-asserted on its own; this one stays as it was.
-            return Decision::Duplicate { status: d.status };
+            // The newer decision is re-asserted on its own; a final row stays as it was (one
+            // still under way, a re-assertion parked meanwhile, is superseded like any other).
+            if d.status.is_final() {
+                return Decision::Duplicate { status: d.status };
+            }
         }
         return Decision::Superseded { by: s.event_id };
     }

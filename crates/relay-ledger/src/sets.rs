@@ -40,6 +40,10 @@ pub(crate) struct Dialect {
     pub upsert_uncertain: &'static str,
     /// Binds: sink, `[subject_id, ...]`, now. Returns: subject_id, until_ms of bounds after now.
     pub uncertain: &'static str,
+    /// Deliveries of some subjects at one sink whose request may be on the wire: claimed and never
+    /// answered, or answered with an unknown fate, updated after a time. Binds: sink,
+    /// `[subject_id, ...]`, since. Returns: subject_id, event_id, updated_at_ms.
+    pub in_doubt: &'static str,
 }
 
 macro_rules! dialect {
@@ -245,6 +249,12 @@ ON CONFLICT (subject_id, sink) DO UPDATE SET
             uncertain: concat!(
                 "SELECT subject_id, until_ms FROM uncertain
 WHERE sink = $1 AND until_ms > $3 AND subject_id IN ",
+                $list
+            ),
+            in_doubt: concat!(
+                "SELECT subject_id, event_id, updated_at_ms FROM deliveries
+WHERE sink = $1 AND updated_at_ms > $3 AND (status = 'in_flight' OR error_class = 'unknown')
+    AND subject_id IN ",
                 $list
             ),
         }

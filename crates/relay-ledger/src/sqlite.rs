@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 
 use crate::migrations::{self, Migration};
+use crate::InDoubt;
 use crate::{now_ms, sql};
 use crate::{
     Claim, ConsentRecord, Decision, Finish, Ledger, LedgerError, Park, Rejection, SubjectReport,
@@ -204,9 +205,10 @@ impl Ledger for SqliteLedger {
         sink: &str,
         subjects: &[String],
         now_ms: i64,
+        in_doubt: &InDoubt<'_>,
     ) -> Result<HashMap<String, i64>, LedgerError> {
         let mut conn = self.pool.acquire().await?;
-        read_uncertain(&mut conn, sink, subjects, now_ms).await
+        read_uncertain(&mut conn, sink, subjects, now_ms, in_doubt).await
     }
 
     async fn record_rejections(&self, rejections: &[Rejection]) -> Result<(), LedgerError> {

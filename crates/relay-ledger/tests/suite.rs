@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use relay_events::Action;
 use relay_ledger::{
-    open, AnyLedger, Claim, ConsentRecord, Decision, DeliveryKey, DeliveryRow, Finish, Ledger,
-    Park, Rejection, Status, SubjectReport, SubjectState, Uncertain,
+    open, AnyLedger, Claim, ConsentRecord, Decision, DeliveryKey, DeliveryRow, Finish, InDoubt,
+    Ledger, Park, Rejection, Status, SubjectReport, SubjectState, Uncertain,
 };
 use uuid::Uuid;
 
@@ -61,6 +61,7 @@ suite!(
     ingest_finds_subjects_by_email_hash_and_keeps_unknown_contacts_once,
     a_reassertion_sends_the_newest_decision_again_and_nothing_else,
     uncertain_bounds_only_move_later_and_expire,
+    a_delivery_claimed_and_not_answered_makes_its_subject_uncertain,
 );
 
 const HUBSPOT: &str = "hubspot";
@@ -1181,10 +1182,12 @@ async fn a_reassertion_sends_the_newest_decision_again_and_nothing_else(url: &st
 
 async fn uncertain_bounds_only_move_later_and_expire(url: &str) {
     let l = open(url).await.unwrap();
+    // Relative to now: bounds more than a day old are pruned.
+    let t = relay_ledger_now();
     let mark = |subject: &str, sink: &str, until_ms: i64| Uncertain {
         subject_id: subject.into(),
         sink: sink.into(),
-        until_ms,
+        until_ms: t + until_ms,
     };
     l.mark_uncertain(&[
         mark("s1", HUBSPOT, 5_000),
@@ -1203,7 +1206,15 @@ async fn uncertain_bounds_only_move_later_and_expire(url: &str) {
         let subjects = subjects.clone();
         async move {
             let mut found: Vec<(String, i64)> = l
-                .uncertain(HUBSPOT, &subjects, now)
+                .uncertain(
+                    HUBSPOT,
+                    &subjects,
+                    t + now,
+                    &InDoubt {
+                        window_ms: 0,
+                        exclude: &[],
+                    },
+                )
                 .await
                 .unwrap()
                 .into_iter()
@@ -1214,9 +1225,62 @@ async fn uncertain_bounds_only_move_later_and_expire(url: &str) {
     };
     assert_eq!(
         at(1_500).await,
-        [("s1".to_owned(), 5_000), ("s2".to_owned(), 2_000)]
+        [("s1".to_owned(), t + 5_000), ("s2".to_owned(), t + 2_000)]
     );
     // A bound is exclusive: at its time the request can no longer land.
-    assert_eq!(at(2_000).await, [("s1".to_owned(), 5_000)]);
+    assert_eq!(at(2_000).await, [("s1".to_owned(), t + 5_000)]);
     assert!(at(5_000).await.is_empty());
+}
+
+async fn a_delivery_claimed_and_not_answered_makes_its_subject_uncertain(url: &str) {
+    let l = open(url).await.unwrap();
+    // Someone (another owner, a process that died) claimed a grant and never recorded an answer.
+    let grant = fresh("s1", "newsletter", Action::Grant, 1_000);
+    assert_eq!(decide_one(&l, &grant).await, proceed(1));
+    let subjects = ["s1".to_owned(), "s2".to_owned()];
+    let now = relay_ledger_now();
+    let window = 60_000;
+    let read = |exclude: Vec<Uuid>| {
+        let l = l.clone();
+        let subjects = subjects.clone();
+        async move {
+            l.uncertain(
+                HUBSPOT,
+                &subjects,
+                now,
+                &InDoubt {
+                    window_ms: window,
+                    exclude: &exclude,
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let bounds = read(vec![]).await;
+    assert_eq!(bounds.len(), 1, "{bounds:?}");
+    let until = bounds["s1"];
+    assert!(
+        until > now && until <= now + window + 5_000,
+        "{until} vs {now}"
+    );
+    // The caller's own claim is not a doubt about someone else's request.
+    assert!(read(vec![grant.key.event_id]).await.is_empty());
+    // Of unknown fate it stays in doubt; answered, it no longer is.
+    l.finish(&[Finish {
+        error_class: Some("unknown".into()),
+        ..finish(&grant, Status::Retrying)
+    }])
+    .await
+    .unwrap();
+    assert_eq!(read(vec![]).await.len(), 1);
+    l.finish(&[finish(&grant, Status::Applied)]).await.unwrap();
+    assert!(read(vec![]).await.is_empty());
+}
+
+fn relay_ledger_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }

@@ -378,6 +378,12 @@ pub fn validate(
     if retry.item_attempts == 0 {
         problems.push(format!("{prefix}.retry.item_attempts: must be at least 1"));
     }
+    if retry.late_landing_ms == 0 {
+        // Zero would re-assert at once, while a late request may still land.
+        problems.push(format!(
+            "{prefix}.retry.late_landing_ms: must be at least 1 (how late a downstream may apply a request the relay gave up on)"
+        ));
+    }
     if retry.parked_initial_delay_ms == 0
         || retry.parked_max_delay_ms < retry.parked_initial_delay_ms
     {

@@ -33,6 +33,8 @@ struct InFlight {
     offsets: TopicPartitionList,
     unapplied: Unapplied,
     events: usize,
+    /// Payload bytes the batch holds.
+    bytes: usize,
 }
 
 /// Events in flight per consumer: two full batches (one delivered while the next is claimed), and
@@ -40,6 +42,12 @@ struct InFlight {
 /// retries, a PostgreSQL ledger that works several transactions at once) still go side by side
 /// up to `max_in_flight`. Each held event costs memory.
 const MIN_EVENTS_IN_FLIGHT: usize = 2_000;
+
+/// Payload bytes in flight per consumer. Real events are a few hundred bytes, so this never binds
+/// for them (2 × 2 500 events are ~1 MiB); it binds for messages up to the broker's size limit,
+/// which a buggy or hostile producer may send by the thousand, and which would otherwise hold
+/// hundreds of MiB per sink before they are dead-lettered.
+const BYTES_IN_FLIGHT: usize = 4 * 1024 * 1024;
 
 fn events_in_flight_limit(batch: &BatchConfig) -> usize {
     (2 * batch.max_events).max(MIN_EVENTS_IN_FLIGHT)
@@ -488,7 +496,8 @@ impl<L: Ledger> SourceWorker<L> {
                 m = consumer.recv(), if !stop
                     && in_flight.len() < self.batch.max_in_flight
                     && in_flight.iter().map(|b| b.events).sum::<usize>()
-                        < events_in_flight_limit(&self.batch) => {
+                        < events_in_flight_limit(&self.batch)
+                    && in_flight.iter().map(|b| b.bytes).sum::<usize>() < BYTES_IN_FLIGHT => {
                     let first = match m {
                         Ok(m) => m.detach(),
                         Err(e) => {
@@ -513,6 +522,7 @@ impl<L: Ledger> SourceWorker<L> {
                         }
                     };
                     let unapplied = unapplied(&messages);
+                    let bytes = messages.iter().map(|m| m.payload.len()).sum();
                     let engine = self.engine.clone();
                     let token = shutdown.clone();
                     let task = AbortOnDropHandle::new(tokio::spawn(async move {
@@ -523,6 +533,7 @@ impl<L: Ledger> SourceWorker<L> {
                         offsets: next_offsets(&batch),
                         unapplied,
                         events: batch.len(),
+                        bytes,
                     });
                     self.report(&in_flight);
                 }
@@ -584,9 +595,11 @@ impl<L: Ledger> SourceWorker<L> {
         if first_decoded.is_withdrawal() {
             deadline = deadline.min(started + self.batch.withdrawal_linger());
         }
+        let mut bytes = first_decoded.payload.len();
         let mut batch = vec![first];
         let mut messages = vec![first_decoded];
-        while batch.len() < self.batch.max_events {
+        // Two batches fit in flight at once, however large their messages.
+        while batch.len() < self.batch.max_events && bytes < BYTES_IN_FLIGHT / 2 {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -597,6 +610,7 @@ impl<L: Ledger> SourceWorker<L> {
                         if decoded.is_withdrawal() {
                             deadline = deadline.min(tokio::time::Instant::now() + self.batch.withdrawal_linger());
                         }
+                        bytes += decoded.payload.len();
                         batch.push(m);
                         messages.push(decoded);
                         *last_message = Instant::now();

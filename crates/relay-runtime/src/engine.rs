@@ -155,10 +155,12 @@ impl<L: Ledger> Engine<L> {
         let mut newest_copy: BTreeMap<Uuid, usize> = BTreeMap::new();
         for (index, m) in batch.iter().enumerate() {
             if let (Some(t), Some(event)) = (&m.ticket, m.event()) {
+                // A re-assertion copy speaks for the others: it is decided like them when its
+                // delivery is not final, and re-asserts it when it is.
                 let newer = newest_copy
                     .get(&event.event_id)
                     .and_then(|&i| batch[i].ticket.as_ref())
-                    .is_none_or(|kept| t.parks >= kept.parks);
+                    .is_none_or(|kept| !kept.reassert && (t.reassert || t.parks >= kept.parks));
                 if newer {
                     newest_copy.insert(event.event_id, index);
                 }
@@ -319,6 +321,9 @@ impl<L: Ledger> Engine<L> {
                 )),
             });
         }
+        if !plan.superseded.is_empty() {
+            self.keep_doubts(&plan.superseded, shutdown).await?;
+        }
         if !finished.is_empty() {
             self.durable("finish", shutdown, || self.ledger.finish(&finished))
                 .await?;
@@ -329,6 +334,50 @@ impl<L: Ledger> Engine<L> {
         }
         self.telemetry.progressed(&sink);
         debug!(sink = %sink, events = batch.len(), rejected = rejected.len(), "batch durable");
+        Ok(())
+    }
+
+    /// Before events superseded inside the batch are recorded so: one whose delivery was claimed
+    /// and never answered (by a process that died, or the partition's previous owner) may have a
+    /// request on the wire, and recording it superseded would erase the only trace of that. Its
+    /// subject is marked uncertain, so that the newer decision is re-asserted once that request
+    /// can no longer land.
+    async fn keep_doubts(
+        &self,
+        superseded: &[(SinkItem, SinkItem)],
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let subjects: Vec<String> = superseded
+            .iter()
+            .map(|(stale, _)| stale.event.subject_id.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let in_doubt = relay_ledger::InDoubt {
+            window_ms: self.redelivery_window_ms(),
+            exclude: &[],
+        };
+        let now = now_ms();
+        let bounds = self
+            .durable("uncertain", shutdown, || {
+                self.ledger
+                    .uncertain(self.name(), &subjects, now, &in_doubt)
+            })
+            .await?;
+        let marks: Vec<relay_ledger::Uncertain> = bounds
+            .into_iter()
+            .map(|(subject_id, until_ms)| relay_ledger::Uncertain {
+                subject_id,
+                sink: self.name().to_owned(),
+                until_ms,
+            })
+            .collect();
+        if !marks.is_empty() {
+            self.durable("mark_uncertain", shutdown, || {
+                self.ledger.mark_uncertain(&marks)
+            })
+            .await?;
+        }
         Ok(())
     }
 

@@ -193,6 +193,17 @@ impl NewsletterSink {
                 brevo_outcome(call.op, &reply)
             }
             Provider::Mailchimp { list_id } => match mailchimp_outcome(call.op, &reply) {
+                MailchimpAnswer::Done(Outcome::Applied) if call.op == Op::Subscribe => {
+                    match member_status(&reply).as_deref() {
+                        Some("subscribed") => Outcome::Applied,
+                        // Waiting for the person's click on Mailchimp's opt-in email.
+                        Some("pending") => Outcome::AwaitingConfirmation,
+                        Some("unsubscribed" | "cleaned") => list.mailchimp_reconfirm(call).await,
+                        // Archived, transactional (or an answer without a status): not a
+                        // compliance state, so the member may be set subscribed.
+                        _ => list.mailchimp_set_subscribed(call).await,
+                    }
+                }
                 MailchimpAnswer::Done(outcome) => outcome,
                 MailchimpAnswer::NotFound => list.mailchimp_member_gone(list_id).await,
                 MailchimpAnswer::InComplianceState => list.mailchimp_reconfirm(call).await,
@@ -224,14 +235,27 @@ impl ListClient {
         }
     }
 
+    /// A grant for an existing member that is neither subscribed, pending nor in a compliance
+    /// state: set subscribed.
+    async fn mailchimp_set_subscribed(&self, call: &Call) -> Outcome {
+        self.mailchimp_put_status(call, "subscribed", Outcome::Applied)
+            .await
+    }
+
     /// A grant for a member in a compliance state (it unsubscribed before): Mailchimp will not set
     /// it to `subscribed`, but `pending` sends its double opt-in email, and the person's click
     /// subscribes it (docs/vendors/mailchimp.md). The grant is then awaiting confirmation. A
     /// member Mailchimp will not even ask (a bounced address) is a permanent failure.
     async fn mailchimp_reconfirm(&self, call: &Call) -> Outcome {
+        self.mailchimp_put_status(call, "pending", Outcome::AwaitingConfirmation)
+            .await
+    }
+
+    /// Sends the member upsert of `call` again with `status`; `done` is the outcome of success.
+    async fn mailchimp_put_status(&self, call: &Call, status: &str, done: Outcome) -> Outcome {
         let mut body = call.body.clone().unwrap_or_default();
-        body["status"] = "pending".into();
-        body["status_if_new"] = "pending".into();
+        body["status"] = status.into();
+        body["status_if_new"] = status.into();
         let request = self
             .destination
             .http()
@@ -243,7 +267,7 @@ impl ListClient {
         match self.send(request).await {
             Err(outcome) => outcome,
             Ok(reply) => match mailchimp_outcome(call.op, &reply) {
-                MailchimpAnswer::Done(Outcome::Applied) => Outcome::AwaitingConfirmation,
+                MailchimpAnswer::Done(Outcome::Applied) => done,
                 MailchimpAnswer::Done(outcome) => outcome,
                 MailchimpAnswer::InComplianceState => Outcome::permanent(COMPLIANCE_REASON),
                 MailchimpAnswer::NotFound => Outcome::Refused {
@@ -352,6 +376,17 @@ fn mailchimp_outcome(op: Op, reply: &Reply) -> MailchimpAnswer {
             problem.detail(&reply.body),
         )),
     }
+}
+
+/// The `status` of the member a Mailchimp upsert answered with.
+fn member_status(reply: &Reply) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Member {
+        status: Option<String>,
+    }
+    serde_json::from_slice::<Member>(&reply.body)
+        .ok()
+        .and_then(|m| m.status)
 }
 
 /// Brevo's error body (docs/vendors/brevo.md §6).

@@ -390,8 +390,7 @@ async fn mailchimp_upserts_by_subscriber_hash() {
     assert!(header(&request.headers, "authorization").is_some_and(|a| a.starts_with("Basic ")));
     assert_eq!(
         serde_json::from_str::<Value>(&request.body).unwrap(),
-        json!({"email_address": "anna@example.de", "status": "subscribed",
-               "status_if_new": "subscribed"})
+        json!({"email_address": "anna@example.de", "status_if_new": "subscribed"})
     );
 
     assert_eq!(
@@ -438,6 +437,38 @@ async fn a_grant_for_a_member_who_unsubscribed_at_mailchimp_asks_the_person_to_c
     assert_eq!(
         s.mailchimp.member_status(AUDIENCE, email).as_deref(),
         Some("unsubscribed")
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_grant_never_subscribes_a_member_awaiting_its_confirmation() {
+    let s = setup().await;
+    let email = "pending@example.de";
+    s.mailchimp.set_member_status(AUDIENCE, email, "pending");
+    // A retry after a timeout, or a re-assertion: Mailchimp's confirmation is not bypassed.
+    assert_eq!(
+        s.sink.deliver(&[grant(email, "product_news")]).await,
+        [Outcome::AwaitingConfirmation]
+    );
+    assert_eq!(
+        s.mailchimp.member_status(AUDIENCE, email).as_deref(),
+        Some("pending")
+    );
+    assert_eq!(
+        s.mailchimp.confirmations_sent(email),
+        0,
+        "no second opt-in email"
+    );
+    // A member archived or transactional is set subscribed.
+    s.mailchimp
+        .set_member_status(AUDIENCE, email, "transactional");
+    assert_eq!(
+        s.sink.deliver(&[grant(email, "product_news")]).await,
+        [Outcome::Applied]
+    );
+    assert_eq!(
+        s.mailchimp.member_status(AUDIENCE, email).as_deref(),
+        Some("subscribed")
     );
 }
 

@@ -914,7 +914,8 @@ async fn mailchimp_upsert(
             None => return invalid_resource("status_if_new: Required for new members."),
         },
     };
-    if status == "pending" {
+    let was = state.members.get(&key).map(|m| m.status.clone());
+    if status == "pending" && was.as_deref() != Some("pending") {
         *state.confirmations_sent.entry(email.clone()).or_default() += 1;
     }
     state.members.insert(

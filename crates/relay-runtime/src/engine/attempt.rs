@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use relay_delivery::{join_all, BoxFuture, Outcome, OutcomeClass, SinkItem};
 use relay_events::ErrorCode;
-use relay_ledger::{Finish, Ledger, Park, Status, Uncertain};
+use relay_ledger::{Finish, InDoubt, Ledger, Park, Status, Uncertain};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -179,13 +179,18 @@ impl<L: Ledger> Engine<L> {
             for p in claimed.iter_mut().flatten() {
                 // Claimed before, but not sent by this wave: a process that died, or the
                 // partition's previous owner, may have sent it, and that request may still land.
-                if !p.sent && p.attempt > 1 && !ctx.reasserts(p.item.event.event_id) {
+                // (A parked copy's earlier attempts were answered; one of unknown fate left a
+                // bound already.)
+                if !p.sent && p.attempt > 1 && ctx.ticket(p.item.event.event_id).is_none() {
                     let until = now_ms().saturating_add(self.redelivery_window_ms());
                     marks.push(self.uncertain_mark(&p.item, until));
                 }
                 p.sent = true;
             }
             if attempt == 1 {
+                // Read after the claims: a request someone else claimed before them may still be
+                // on the wire (its delivery is in flight), and one claimed after them was
+                // superseded and is not sent.
                 let subjects: Vec<String> = claimed
                     .iter()
                     .flatten()
@@ -193,10 +198,19 @@ impl<L: Ledger> Engine<L> {
                     .collect::<BTreeSet<_>>()
                     .into_iter()
                     .collect();
+                let own: Vec<Uuid> = claimed
+                    .iter()
+                    .flatten()
+                    .map(|p| p.item.event.event_id)
+                    .collect();
+                let in_doubt = InDoubt {
+                    window_ms: self.redelivery_window_ms(),
+                    exclude: &own,
+                };
                 let now = now_ms();
                 uncertain = self
                     .durable("uncertain", shutdown, || {
-                        self.ledger.uncertain(&sink, &subjects, now)
+                        self.ledger.uncertain(&sink, &subjects, now, &in_doubt)
                     })
                     .await?;
             }
@@ -246,10 +260,24 @@ impl<L: Ledger> Engine<L> {
             let mut next: Vec<Vec<Pending>> = Vec::new();
             let mut to_park: Vec<Pending> = Vec::new();
             let mut split_any = false;
-            let mut marks = Vec::new();
             let mut reassert: BTreeMap<Uuid, i64> = BTreeMap::new();
             let wall = now_ms();
             let now = Instant::now();
+            // Requests of unknown fate first, so that whatever this round applied for the same
+            // person is re-asserted too, whatever the order of the answers.
+            let marks: Vec<Uncertain> = answered
+                .iter()
+                .flatten()
+                .filter(|(_, o)| matches!(o, Outcome::Unknown { .. }))
+                .map(|(p, _)| {
+                    let late = i64::try_from(self.retry.late_landing_ms).unwrap_or(i64::MAX);
+                    self.uncertain_mark(&p.item, wall.saturating_add(late))
+                })
+                .collect();
+            for m in &marks {
+                let until = uncertain.entry(m.subject_id.clone()).or_insert(m.until_ms);
+                *until = (*until).max(m.until_ms);
+            }
             for group in answered {
                 // A request that failed for all its items says nothing about which one is at
                 // fault: split it, uncharged, so that a poisoned item ends up alone.
@@ -283,6 +311,19 @@ impl<L: Ledger> Engine<L> {
                                 },
                                 error_class: None,
                                 error: None,
+                            });
+                        }
+                        Outcome::Permanent { reason } if ctx.reasserts(p.item.event.event_id) => {
+                            // The decision was applied before; only sending it again failed. It
+                            // stays applied, with the failure on record.
+                            self.count_reassertion("failed");
+                            warn!(sink = %sink, event_id = %p.item.event.event_id, error = %reason, "re-assertion refused for good; the delivery stays applied");
+                            finished.push(Finish {
+                                key: k,
+                                subject_id,
+                                status: Status::Applied,
+                                error_class: Some(OutcomeClass::Permanent.as_str().to_owned()),
+                                error: Some(format!("re-assertion failed: {reason}")),
                             });
                         }
                         Outcome::Permanent { reason } => {
@@ -340,11 +381,8 @@ impl<L: Ledger> Engine<L> {
                         }
                         Outcome::Unknown { reason } => {
                             // Retried like an unavailable destination; and whatever is applied for
-                            // this person until the request can no longer land is re-asserted.
-                            let until = wall.saturating_add(
-                                i64::try_from(self.retry.late_landing_ms).unwrap_or(i64::MAX),
-                            );
-                            marks.push(self.uncertain_mark(&p.item, until));
+                            // this person until the request can no longer land is re-asserted
+                            // (the bound was taken above).
                             warn!(sink = %sink, event_id = %p.item.event.event_id, error = %reason, late_landing_ms = self.retry.late_landing_ms, "request of unknown fate: it may still be applied; this person's newest decision will be re-asserted");
                             finished.push(retrying(k, subject_id, OutcomeClass::Unknown, &reason));
                             p.last_error = reason;
@@ -632,7 +670,7 @@ impl<L: Ledger> Engine<L> {
     /// How long a request sent by someone else (a process that died, the partition's previous
     /// owner) may still land: it may have been sent just now, and take the request timeout plus
     /// the late-landing margin.
-    fn redelivery_window_ms(&self) -> i64 {
+    pub(super) fn redelivery_window_ms(&self) -> i64 {
         let timeout = self
             .sink
             .destinations()
