@@ -43,11 +43,15 @@ struct InFlight {
 /// up to `max_in_flight`. Each held event costs memory.
 const MIN_EVENTS_IN_FLIGHT: usize = 2_000;
 
+/// The largest fetch response a consumer asks for: 2 MiB is ~10 000 events.
+pub(crate) const FETCH_MAX_BYTES: &str = "2097152";
+
 /// Payload bytes in flight per consumer. Real events are a few hundred bytes, so this never binds
-/// for them (2 × 2 500 events are ~1 MiB); it binds for messages up to the broker's size limit,
+/// for them (a batch stops at half of it only past ~5 000 events of 205 B, twice the largest
+/// default batch); it binds for messages up to the broker's size limit,
 /// which a buggy or hostile producer may send by the thousand, and which would otherwise hold
 /// hundreds of MiB per sink before they are dead-lettered.
-const BYTES_IN_FLIGHT: usize = 4 * 1024 * 1024;
+const BYTES_IN_FLIGHT: usize = 2 * 1024 * 1024;
 
 fn events_in_flight_limit(batch: &BatchConfig) -> usize {
     (2 * batch.max_events).max(MIN_EVENTS_IN_FLIGHT)
@@ -273,6 +277,10 @@ pub(crate) fn create_consumer(
         // largest batches.
         .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES)
         .set("queued.min.messages", QUEUED_MIN_MESSAGES)
+        // One fetch response is buffered whole before it is queued: the default (50 MiB) of
+        // large messages, per consumer, would dwarf the queue bound above. A message larger
+        // than this is still fetched, alone (KIP-74).
+        .set("fetch.max.bytes", FETCH_MAX_BYTES)
         .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
         .set(
             "max.poll.interval.ms",
