@@ -8,7 +8,7 @@ use relay_events::{ConsentEvent, EventKind, Scope};
 use relay_runtime::{BatchConfig, RetryConfig, SinkSpec};
 use relay_sink_newsletter::{NewsletterConfig, NewsletterSink};
 use relay_sink_partner::{PartnerSink, PartnerSinkConfig};
-use relay_testkit::newsletter::FakeBrevo;
+use relay_testkit::newsletter::{FakeBrevo, FakeMailchimp};
 use relay_testkit::partner::FakePartner;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -207,5 +207,62 @@ list_id = {LIST}
         },
     )
     .await;
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailchimp_regrant_after_a_withdrawal_ends_pending_and_the_ledger_says_so() {
+    const AUDIENCE: &str = "a1b2c3";
+    const KEY: &str = "mc-key-us1";
+    let h = Harness::new().await;
+    let mailchimp = FakeMailchimp::start(KEY, &[AUDIENCE]).await;
+    let config: NewsletterConfig = toml::from_str(&format!(
+        r#"
+[purposes]
+newsletter = ["mc"]
+[lists.mc]
+provider = "mailchimp"
+base_url = "{}"
+api_key = "{KEY}"
+list_id = "{AUDIENCE}"
+"#,
+        mailchimp.base_url()
+    ))
+    .expect("newsletter config");
+    let spec = SinkSpec {
+        purposes: config.purposes(),
+        sink: Arc::new(NewsletterSink::new(config).expect("newsletter sink")),
+        batch: quick_batches(),
+        retry: retry(),
+    };
+    let sink = spec.sink.name().to_owned();
+    let relay = h.start_sinks(vec![spec]);
+    let email = email_of("mona");
+    let status = || mailchimp.member_status(AUDIENCE, &email);
+    let first = grant("mona", T0, "newsletter");
+    let withdrawal = withdraw("mona", T0 + 1_000, "newsletter");
+    let regrant = grant("mona", T0 + 2_000, "newsletter");
+    for (event, want) in [
+        (&first, "subscribed"),
+        (&withdrawal, "unsubscribed"),
+        (&regrant, "pending"),
+    ] {
+        h.publish(std::slice::from_ref(event)).await;
+        eventually(want, PATIENCE, || async {
+            (status().as_deref() == Some(want)).then_some(())
+        })
+        .await;
+    }
+    h.reaches(
+        "mona",
+        regrant.event_id,
+        &sink,
+        relay_ledger::Status::AwaitingConfirmation,
+        PATIENCE,
+    )
+    .await;
+    assert_eq!(mailchimp.confirmations_sent(&email), 1, "one opt-in email");
+    // Nothing was dead-lettered: the re-grant converged on Mailchimp's own path.
+    assert!(h.report("mona").await.rejections.is_empty());
     relay.stop().await;
 }

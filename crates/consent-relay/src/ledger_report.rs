@@ -85,12 +85,22 @@ pub fn to_text(subject_id: &str, r: &SubjectReport) -> String {
     for d in &r.deliveries {
         let _ = writeln!(
             out,
-            "  {:<10} {:<20} {:<16} attempts={} event={}{}",
+            "  {:<10} {:<20} {:<16} attempts={}{} event={}{}{}",
             shown(&d.key.sink),
             shown(&d.key.target),
             d.status.as_str(),
             d.attempts,
+            if d.reasserts > 0 {
+                format!(" re-asserted={}", d.reasserts)
+            } else {
+                String::new()
+            },
             d.key.event_id,
+            if d.status == relay_ledger::Status::AwaitingConfirmation {
+                "  (the downstream asked the person to confirm: its opt-in email)"
+            } else {
+                ""
+            },
             d.error
                 .as_deref()
                 .map(|e| format!("  error: {}", shown(e)))
@@ -131,7 +141,7 @@ pub fn to_json(subject_id: &str, r: &SubjectReport) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "deliveries": r.deliveries.iter().map(|d| json!({
             "event_id": d.key.event_id.to_string(), "sink": d.key.sink, "target": d.key.target,
-            "status": d.status.as_str(), "attempts": d.attempts,
+            "status": d.status.as_str(), "attempts": d.attempts, "reasserts": d.reasserts,
             "error_class": d.error_class, "error": d.error, "updated_at": when(d.updated_at_ms),
         })).collect::<Vec<_>>(),
         "rejections": r.rejections.iter().map(|x| json!({
@@ -165,7 +175,9 @@ pub fn to_audit(subject_id: &str, r: &SubjectReport) -> String {
     for d in r.deliveries.iter().filter(|d| {
         matches!(
             d.status,
-            relay_ledger::Status::Applied | relay_ledger::Status::AlreadyApplied
+            relay_ledger::Status::Applied
+                | relay_ledger::Status::AlreadyApplied
+                | relay_ledger::Status::AwaitingConfirmation
         )
     }) {
         let e = recipients
@@ -191,6 +203,28 @@ pub fn to_audit(subject_id: &str, r: &SubjectReport) -> String {
             when(first),
             when(last)
         );
+    }
+    let awaiting: Vec<_> = r
+        .deliveries
+        .iter()
+        .filter(|d| d.status == relay_ledger::Status::AwaitingConfirmation)
+        .collect();
+    if !awaiting.is_empty() {
+        let _ = writeln!(
+            out,
+            "
+awaiting the person's confirmation (the downstream sent its opt-in email; subscribed only once they confirm):"
+        );
+        for d in awaiting {
+            let _ = writeln!(
+                out,
+                "  {:<10} {:<20} since {}  event={}",
+                shown(&d.key.sink),
+                shown(&d.key.target),
+                when(d.updated_at_ms),
+                d.key.event_id
+            );
+        }
     }
     out
 }
@@ -326,6 +360,7 @@ mod tests {
                 occurred_at_ms: ms,
                 replay: false,
                 ticket: None,
+                reassert: false,
             });
         }
         ledger.log_events(&records).await.expect("log");
@@ -439,5 +474,41 @@ mod tests {
             shown("a\u{202e}b\nc\u{1b}"),
             "a\\u{202e}b\\u{000a}c\\u{001b}"
         );
+    }
+
+    #[test]
+    fn a_delivery_awaiting_confirmation_and_a_reasserted_one_are_named_as_such() {
+        let row = |status, reasserts| relay_ledger::DeliveryRow {
+            key: DeliveryKey {
+                event_id: Uuid::nil(),
+                sink: "newsletter".into(),
+                target: "newsletter".into(),
+            },
+            status,
+            attempts: 2,
+            reasserts,
+            error_class: None,
+            error: None,
+            updated_at_ms: 1_795_687_200_123,
+        };
+        let report = SubjectReport {
+            deliveries: vec![
+                row(Status::AwaitingConfirmation, 0),
+                row(Status::Applied, 1),
+            ],
+            ..SubjectReport::default()
+        };
+        let text = to_text("mona", &report);
+        assert!(text.contains("awaiting_confirmation"), "{text}");
+        assert!(text.contains("asked the person to confirm"), "{text}");
+        assert!(text.contains("re-asserted=1"), "{text}");
+        let audit = to_audit("mona", &report);
+        assert!(
+            audit.contains("awaiting the person's confirmation"),
+            "{audit}"
+        );
+        let json = to_json("mona", &report);
+        assert_eq!(json["deliveries"][0]["status"], "awaiting_confirmation");
+        assert_eq!(json["deliveries"][1]["reasserts"], 1);
     }
 }

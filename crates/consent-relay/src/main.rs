@@ -144,7 +144,7 @@ enum Command {
 enum DlqCommand {
     /// Every dead-lettered message: sink, error code and reason, origin.
     List {
-        /// Only those of this sink.
+        /// Only those of this destination (e.g. hubspot, audiences.meta-eu).
         #[arg(long)]
         sink: Option<String>,
         /// Print JSON instead of a table.
@@ -154,15 +154,18 @@ enum DlqCommand {
     /// Put dead-lettered messages of one sink back on their original topic, for that sink alone.
     /// The version rule still applies: a replay older than a newer decision is superseded.
     Replay {
-        /// The sink whose dead letters to replay.
+        /// The destination whose dead letters to replay (e.g. hubspot, audiences.meta-eu).
         #[arg(long)]
         sink: String,
         /// Only messages with this error code (e.g. downstream_permanent, missing_email).
         #[arg(long)]
         code: Option<String>,
-        /// Only the message(s) of this event.
+        /// Only the message(s) of this event (a UUID).
         #[arg(long)]
         event_id: Option<String>,
+        /// Say what would be replayed, and replay nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -240,6 +243,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let cli_format = cli.log_format.unwrap_or(config.log.format);
     init_logging(&config, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -253,9 +257,12 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(dispatch(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Said once: as a log record where logs are machine-read, as a plain line otherwise.
         Err(e) => {
-            tracing::error!(error = %e, "exiting");
-            eprintln!("consent-relay: {e}");
+            match cli_format {
+                LogFormat::Json => tracing::error!(error = %e, "exiting"),
+                LogFormat::Human => eprintln!("consent-relay: {e}"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -323,7 +330,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
                     "--purpose {purpose}: not in the [purposes] table"
                 )));
             }
-            let ledger = relay_ledger::open(&config.ledger.url).await?;
+            let ledger = relay_ledger::open_read_only(&config.ledger.url).await?;
             let records = relay_ledger::Ledger::consent_for_purpose(&ledger, &purpose).await?;
             print!(
                 "{}",
@@ -334,7 +341,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
         Command::Ledger {
             command: LedgerCommand::Audit { subject_id },
         } => {
-            let ledger = relay_ledger::open(&config.ledger.url).await?;
+            let ledger = relay_ledger::open_read_only(&config.ledger.url).await?;
             let report = relay_ledger::Ledger::subject_report(&ledger, &subject_id).await?;
             print!("{}", ledger_report::to_audit(&subject_id, &report));
             Ok(())
@@ -342,7 +349,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
         Command::Ledger {
             command: LedgerCommand::UnknownContacts { json },
         } => {
-            let ledger = relay_ledger::open(&config.ledger.url).await?;
+            let ledger = relay_ledger::open_read_only(&config.ledger.url).await?;
             let unknown = ledger.unknown_contacts().await?;
             if json {
                 println!(
@@ -357,7 +364,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
         Command::Ledger {
             command: LedgerCommand::Show { subject_id, json },
         } => {
-            let ledger = relay_ledger::open(&config.ledger.url).await?;
+            let ledger = relay_ledger::open_read_only(&config.ledger.url).await?;
             let report = relay_ledger::Ledger::subject_report(&ledger, &subject_id).await?;
             if json {
                 println!(
@@ -522,7 +529,8 @@ async fn reconcile_command(
     options: reconcile::Options,
     metrics_file: Option<PathBuf>,
 ) -> Result<(), AppError> {
-    let ledger = relay_ledger::open(&config.ledger.url).await?;
+    // Reconcile only reads the ledger: a mistyped path must fail, not compare with an empty one.
+    let ledger = relay_ledger::open_read_only(&config.ledger.url).await?;
     let telemetry = Telemetry::new();
     let results = reconcile::run(&config, &options, &ledger, &telemetry)
         .await
@@ -689,7 +697,55 @@ async fn import_file(
     }
 }
 
+/// Checks `dlq` filters before reading the topic: a misspelt one would match nothing and look like
+/// an empty dead-letter topic.
+fn check_dlq_filters(config: &Config, command: &DlqCommand) -> Result<(), AppError> {
+    let (sink, code, event_id) = match command {
+        DlqCommand::List { sink, .. } => (sink.as_deref(), None, None),
+        DlqCommand::Replay {
+            sink,
+            code,
+            event_id,
+            ..
+        } => (Some(sink.as_str()), code.as_deref(), event_id.as_deref()),
+    };
+    let mut problems = Vec::new();
+    if let Some(sink) = sink {
+        let known: Vec<String> = config
+            .sinks
+            .iter()
+            .flat_map(|s| s.config.destinations())
+            .collect();
+        if !known.iter().any(|k| k == sink) {
+            problems.push(format!(
+                "--sink {sink}: no such destination (configured: {})",
+                known.join(", ")
+            ));
+        }
+    }
+    if let Some(code) = code {
+        let known = relay_events::ErrorCode::ALL.map(|c| c.as_str());
+        if !known.contains(&code) {
+            problems.push(format!(
+                "--code {code}: no such error code (known: {})",
+                known.join(", ")
+            ));
+        }
+    }
+    if let Some(id) = event_id {
+        if uuid::Uuid::parse_str(id).is_err() {
+            problems.push(format!("--event-id {id}: not a UUID"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(AppError::Usage(problems.join("; ")))
+    }
+}
+
 async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
+    check_dlq_filters(&config, &command)?;
     let kafka = config.kafka.clone();
     let letters = tokio::task::spawn_blocking(move || {
         relay_runtime::dead_letter::read_all(&kafka, Duration::from_secs(3))
@@ -697,6 +753,13 @@ async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
     .await
     .map_err(|e| AppError::Usage(format!("dlq read failed: {e}")))?
     .map_err(relay_runtime::RuntimeError::Kafka)?;
+    let (letters, duplicates) = relay_runtime::dead_letter::distinct(letters);
+    if duplicates > 0 {
+        // On stderr, so that `--json` output stays one document.
+        eprintln!(
+            "{duplicates} repeated cop(ies) of dead letters left out: one copy per sink and original message is shown and replayed"
+        );
+    }
     match command {
         DlqCommand::List { sink, json } => {
             let letters: Vec<_> = letters
@@ -737,13 +800,36 @@ async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
             sink,
             code,
             event_id,
+            dry_run,
         } => {
             let chosen: Vec<_> = letters
                 .into_iter()
                 .filter(|l| l.sink == sink)
                 .filter(|l| code.as_ref().is_none_or(|c| &l.code == c))
-                .filter(|l| event_id.is_none() || l.event_id == event_id)
+                .filter(|l| {
+                    event_id.as_deref().is_none_or(|id| {
+                        l.event_id
+                            .as_deref()
+                            .is_some_and(|e| e.eq_ignore_ascii_case(id))
+                    })
+                })
                 .collect();
+            if dry_run {
+                for l in &chosen {
+                    println!(
+                        "would replay {}@{} event={} code={}",
+                        l.dlq_partition,
+                        l.dlq_offset,
+                        l.event_id.as_deref().unwrap_or("-"),
+                        l.code
+                    );
+                }
+                println!(
+                    "dry run: {} message(s) for sink {sink} would be replayed",
+                    chosen.len()
+                );
+                return Ok(());
+            }
             relay_runtime::dead_letter::replay(&config.kafka, &chosen).await?;
             println!("replayed {} message(s) for sink {sink}", chosen.len());
             Ok(())
@@ -780,7 +866,7 @@ async fn parked_items(config: &Config, sinks: Vec<String>) -> Result<Vec<ParkedI
             }
         }
     }
-    let ledger = relay_ledger::open(&config.ledger.url).await?;
+    let ledger = relay_ledger::open_read_only(&config.ledger.url).await?;
     let mut items = Vec::new();
     for ((sink, event_id), copy) in newest {
         let report = match &copy.subject_id {
@@ -1045,9 +1131,29 @@ async fn publish(config: Config, input: PathBuf, topic: Option<String>) -> Resul
             Ok(ev)
         });
         match checked {
-            Ok(ev) => events.push(ev),
+            Ok(ev) => {
+                // Every consumer would dead-letter it as unknown_purpose.
+                if let relay_events::Scope::Purposes(purposes) = &ev.scope {
+                    for p in purposes
+                        .iter()
+                        .filter(|p| !config.purposes.contains_key(*p))
+                    {
+                        problems.push(format!(
+                            "line {}: purpose {p:?} is not in the [purposes] table",
+                            n + 1
+                        ));
+                    }
+                }
+                events.push(ev);
+            }
             Err(e) => problems.push(format!("line {}: {e}", n + 1)),
         }
+    }
+    if problems.is_empty() && events.is_empty() {
+        return Err(AppError::Usage(format!(
+            "{}: no events (only blank or comment lines); nothing published",
+            input.display()
+        )));
     }
     if !problems.is_empty() {
         return Err(AppError::Usage(format!(
@@ -1064,8 +1170,10 @@ async fn publish(config: Config, input: PathBuf, topic: Option<String>) -> Resul
 fn init_logging(config: &Config, format: Option<LogFormat>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    // Colours only for a person at a terminal, never into files or pipes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format.unwrap_or(config.log.format) {
         LogFormat::Json => builder.json().init(),

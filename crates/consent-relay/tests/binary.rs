@@ -476,6 +476,165 @@ legal_basis_explanation = "Newsletter sign-up"
 }
 
 /// The value of a counter sample (`name{labels}`) in a `/metrics` text, 0 if absent.
+/// Issue 12: a read command with a mistyped ledger path must not answer "no data" from a new,
+/// empty ledger it created; it fails, names the path, and leaves no file behind. On PostgreSQL it
+/// never migrates, so a database without our schema is reported, not changed.
+#[tokio::test]
+async fn read_commands_never_create_or_migrate_a_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo").join("ledger.db");
+    let config_for = |url: &str| {
+        let config = dir.path().join(format!("c{}.toml", url.len()));
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[ledger]
+url = "{url}"
+
+[purposes.newsletter]
+description = "Newsletter"
+
+[sinks.hubspot]
+base_url = "http://127.0.0.1:1"
+[sinks.hubspot.purposes.newsletter]
+subscription_ids = [12345]
+legal_basis = "CONSENT_WITH_NOTICE"
+legal_basis_explanation = "Newsletter sign-up"
+"#
+            ),
+        )
+        .unwrap();
+        config
+    };
+    let sqlite = config_for(&format!("sqlite://{}", missing.display()));
+    for args in [
+        &["ledger", "audit", "anyone"][..],
+        &["ledger", "show", "anyone"],
+        &["ledger", "unknown-contacts"],
+        &["suppression", "export", "--purpose", "newsletter"],
+    ] {
+        let out = relay(&sqlite, args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded on a missing ledger"
+        );
+        assert!(
+            stderr.contains(&missing.display().to_string()),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+            "{args:?} printed an answer"
+        );
+    }
+    assert!(!missing.exists() && !missing.parent().unwrap().exists());
+
+    // An empty PostgreSQL database: reported as holding no ledger, and left without tables.
+    let url = relay_testkit::postgres::fresh_database().await;
+    let pg = config_for(&url);
+    let out = relay(&pg, &["ledger", "audit", "anyone"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("no consent-relay ledger"), "{stderr}");
+    let db = relay_ledger::PostgresLedger::open_read_only(&url)
+        .await
+        .unwrap();
+    assert!(
+        db.applied_migrations().await.is_err(),
+        "the read command created the schema"
+    );
+    db.close().await;
+    relay_testkit::postgres::drop_database(&url).await;
+}
+
+/// Issue 12: commands check what an operator typed before they touch anything, say each fatal
+/// error once, and write no terminal colours into a pipe. None of this needs a broker.
+#[test]
+fn mistyped_filters_and_empty_input_are_errors_said_once_without_colours() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("consent-relay.toml");
+    std::fs::write(
+        &config,
+        r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:1"
+
+[purposes.newsletter]
+description = "Newsletter"
+
+[sinks.hubspot]
+base_url = "http://127.0.0.1:1"
+[sinks.hubspot.purposes.newsletter]
+subscription_ids = [12345]
+legal_basis = "CONSENT_WITH_NOTICE"
+legal_basis_explanation = "Newsletter sign-up"
+"#,
+    )
+    .unwrap();
+    let fails = |args: &[&str], stdin: Option<&str>| -> String {
+        let mut c = relay(&config, args);
+        c.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        if let Some(text) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{args:?} succeeded: {stderr}");
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "{args:?}: colours in a pipe: {stderr:?}"
+        );
+        stderr
+    };
+    let once = |stderr: &str, needle: &str| {
+        assert_eq!(
+            stderr.matches(needle).count(),
+            1,
+            "{needle:?} not said once: {stderr}"
+        );
+    };
+
+    let e = fails(&["dlq", "list", "--sink", "hubspots"], None);
+    once(
+        &e,
+        "--sink hubspots: no such destination (configured: hubspot)",
+    );
+    let e = fails(
+        &[
+            "dlq",
+            "replay",
+            "--sink",
+            "hubspot",
+            "--code",
+            "nonsense",
+            "--event-id",
+            "nope",
+        ],
+        None,
+    );
+    once(&e, "--code nonsense: no such error code");
+    once(&e, "--event-id nope: not a UUID");
+
+    let e = fails(&["publish", "-"], Some("\n# only a comment\n"));
+    once(&e, "no events");
+    let line = event_line("ConsentGranted", "p1", 1_795_651_200_000)
+        .replace("\"newsletter\"", "\"newsleter\"");
+    let e = fails(&["publish", "-"], Some(&line));
+    once(&e, "purpose \"newsleter\" is not in the [purposes] table");
+}
+
 fn sample(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()

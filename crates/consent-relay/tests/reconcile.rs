@@ -144,6 +144,7 @@ async fn seed(
                 action: kind.action(),
                 occurred_at_ms: *at,
                 replay: false,
+                reassert: false,
                 ticket: None,
             });
         }
@@ -340,6 +341,18 @@ async fn hubspot_reconcile_of_an_empty_portal_checks_nothing() {
     let hubspot = FakeHubSpot::start(TOKEN).await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &hubspot_sinks(&hubspot));
+    // Reconcile never creates a ledger: without one it fails and names it.
+    let (ok, _, err) = run(&config, &["reconcile", "--sink", "hubspot"]);
+    assert!(!ok);
+    assert!(err.contains("ledger.db"), "{err}");
+    relay_ledger::open(&format!(
+        "sqlite://{}",
+        dir.path().join("ledger.db").display()
+    ))
+    .await
+    .unwrap()
+    .close()
+    .await;
     let (ok, out, err) = run(&config, &["reconcile", "--sink", "hubspot"]);
     assert!(ok, "{out}\n{err}");
     assert!(

@@ -41,9 +41,11 @@ pub fn classify_status(
     }
 }
 
-/// Maps a transport error (no HTTP status) to an outcome: timeouts and connection failures make
-/// the destination unavailable (they say nothing about the item); a request we could not even
-/// build is permanent.
+/// Maps a transport error (no HTTP status) to an outcome. A failure to connect makes the
+/// destination unavailable: nothing was sent. Any later failure (a timeout, a connection reset
+/// after the request was written, a broken response body) leaves the request's fate unknown: the
+/// downstream may have applied it, or may still apply it. A request we could not even build is
+/// permanent.
 pub fn classify_transport(err: &reqwest::Error) -> Outcome {
     // reqwest's own message names the URL, and some APIs put an email address in the path: the
     // reason (logged, stored, dead-lettered) says what failed and why, never where.
@@ -61,10 +63,12 @@ pub fn classify_transport(err: &reqwest::Error) -> Outcome {
         .unwrap_or_default();
     if err.is_builder() {
         Outcome::permanent(format!("request could not be built{cause}"))
-    } else {
-        // Timeouts, refused or reset connections, broken bodies: the downstream may be fine a
-        // moment later.
+    } else if err.is_connect() {
         Outcome::unavailable(format!("transport error: {kind}{cause}"))
+    } else {
+        Outcome::Unknown {
+            reason: format!("transport error: {kind}{cause}"),
+        }
     }
 }
 
@@ -164,8 +168,41 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_request_that_was_sent_but_not_answered_is_of_unknown_fate() {
+        // A server that reads the request and never answers: the client gives up, but the request
+        // was written and may be applied.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(socket);
+        });
+        let err = reqwest::Client::new()
+            .post(format!("http://{addr}/x"))
+            .timeout(Duration::from_millis(200))
+            .body("{}")
+            .send()
+            .await
+            .unwrap_err();
+        let outcome = classify_transport(&err);
+        assert_eq!(outcome.class(), "unknown", "{outcome:?}");
+        assert!(outcome.reason().unwrap().contains("timeout"), "{outcome:?}");
+        // Later requests of the same delivery were not sent: those are merely unavailable.
+        assert_eq!(outcome.unsent_after("x").unwrap().class(), "unavailable");
+        server.abort();
+    }
+
     #[test]
     fn worst_outcome_decides() {
+        assert_eq!(
+            Outcome::Refused { reason: "r".into() }
+                .worst(Outcome::Unknown { reason: "u".into() })
+                .class(),
+            "unknown",
+            "a part that may still land decides"
+        );
         let r = Outcome::retryable("r");
         assert_eq!(
             Outcome::Applied.worst(Outcome::AlreadyApplied),

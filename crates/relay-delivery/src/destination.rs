@@ -197,6 +197,11 @@ impl Destination {
         })
     }
 
+    /// How long a request may take before the client gives up on it.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms)
+    }
+
     /// The client to build requests with.
     pub fn http(&self) -> &reqwest::Client {
         &self.http

@@ -15,6 +15,10 @@ pub enum Outcome {
     Applied,
     /// The downstream already was in the asked state (an idempotent repeat).
     AlreadyApplied,
+    /// The downstream would not apply a grant directly and asked the person to confirm it (a
+    /// double opt-in email): done as far as the relay is concerned, recorded as awaiting
+    /// confirmation.
+    AwaitingConfirmation,
     /// This item failed in a way a later attempt may fix (a 5xx, a vendor's transient per-item
     /// error, an answer that lists no result for it). `after` is the downstream's own hint.
     Retryable {
@@ -28,6 +32,11 @@ pub enum Outcome {
         after: Option<Duration>,
         reason: String,
     },
+    /// The request was sent but its fate is unknown: it timed out, or the connection broke after
+    /// it was written. The downstream may still apply it later, after a retry or a newer decision
+    /// of the same person has gone through. Retried like [`Outcome::Unavailable`]; in addition the
+    /// runtime re-asserts the person's newest decision once the request can no longer land.
+    Unknown { reason: String },
     /// Retrying will not help: the item goes to the dead-letter topic with `reason`.
     Permanent { reason: String },
     /// The destination refuses us as a client (bad credentials, missing permission, endpoint gone):
@@ -71,13 +80,23 @@ impl Outcome {
             Outcome::Refused { reason } => Some(Outcome::Refused {
                 reason: format!("not sent: {who} refused us earlier ({reason})"),
             }),
+            // Not sent, so certainly not applied: only the request that went is in doubt.
+            Outcome::Unknown { reason } => Some(Outcome::Unavailable {
+                after: None,
+                reason: format!(
+                    "not sent: {who} did not answer earlier in this delivery ({reason})"
+                ),
+            }),
             _ => None,
         }
     }
 
     /// Whether the item is done at the downstream (applied now or before).
     pub fn is_done(&self) -> bool {
-        matches!(self, Outcome::Applied | Outcome::AlreadyApplied)
+        matches!(
+            self,
+            Outcome::Applied | Outcome::AlreadyApplied | Outcome::AwaitingConfirmation
+        )
     }
 
     /// The outcome's class, for logs, metrics and the ledger's error class.
@@ -85,8 +104,10 @@ impl Outcome {
         match self {
             Outcome::Applied => OutcomeClass::Applied,
             Outcome::AlreadyApplied => OutcomeClass::AlreadyApplied,
+            Outcome::AwaitingConfirmation => OutcomeClass::AwaitingConfirmation,
             Outcome::Retryable { .. } => OutcomeClass::Retryable,
             Outcome::Unavailable { .. } => OutcomeClass::Unavailable,
+            Outcome::Unknown { .. } => OutcomeClass::Unknown,
             Outcome::Permanent { .. } => OutcomeClass::Permanent,
             Outcome::Refused { .. } => OutcomeClass::Refused,
         }
@@ -95,27 +116,30 @@ impl Outcome {
     /// The reason of a failure; `None` for success.
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Outcome::Applied | Outcome::AlreadyApplied => None,
+            Outcome::Applied | Outcome::AlreadyApplied | Outcome::AwaitingConfirmation => None,
             Outcome::Retryable { reason, .. }
             | Outcome::Unavailable { reason, .. }
+            | Outcome::Unknown { reason }
             | Outcome::Permanent { reason }
             | Outcome::Refused { reason } => Some(reason),
         }
     }
 
     /// Of two outcomes for parts of the same item, the one that decides the item's fate:
-    /// refused beats unavailable beats permanent beats retryable beats applied beats
+    /// unknown beats refused beats unavailable beats permanent beats retryable beats applied beats
     /// already-applied. Refused and unavailable win so that an item is never dead-lettered for a
-    /// part that was not even tried.
+    /// part that was not even tried; unknown wins over everything because a part that may still
+    /// land must be re-asserted whatever happened to the others.
     pub fn worst(self, other: Outcome) -> Outcome {
         fn rank(o: &Outcome) -> u8 {
             match o {
                 Outcome::AlreadyApplied => 0,
-                Outcome::Applied => 1,
+                Outcome::Applied | Outcome::AwaitingConfirmation => 1,
                 Outcome::Retryable { .. } => 2,
                 Outcome::Permanent { .. } => 3,
                 Outcome::Unavailable { .. } => 4,
                 Outcome::Refused { .. } => 5,
+                Outcome::Unknown { .. } => 6,
             }
         }
         match (self, other) {
@@ -147,8 +171,10 @@ impl Outcome {
 pub enum OutcomeClass {
     Applied,
     AlreadyApplied,
+    AwaitingConfirmation,
     Retryable,
     Unavailable,
+    Unknown,
     Permanent,
     Refused,
 }
@@ -158,8 +184,10 @@ impl OutcomeClass {
         match self {
             OutcomeClass::Applied => "applied",
             OutcomeClass::AlreadyApplied => "already_applied",
+            OutcomeClass::AwaitingConfirmation => "awaiting_confirmation",
             OutcomeClass::Retryable => "retryable",
             OutcomeClass::Unavailable => "unavailable",
+            OutcomeClass::Unknown => "unknown",
             OutcomeClass::Permanent => "permanent",
             OutcomeClass::Refused => "refused",
         }

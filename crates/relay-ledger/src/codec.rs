@@ -19,6 +19,7 @@ pub(crate) type DeliveryTuple = (
     String,
     String,
     i32,
+    i32,
     Option<String>,
     Option<String>,
     i64,
@@ -103,7 +104,7 @@ pub(crate) fn delivery_status(
 }
 
 pub(crate) fn delivery(row: DeliveryTuple) -> Result<DeliveryRow, LedgerError> {
-    let (event_id, sink, target, st, n, error_class, error, updated_at_ms) = row;
+    let (event_id, sink, target, st, n, reasserts, error_class, error, updated_at_ms) = row;
     Ok(DeliveryRow {
         key: DeliveryKey {
             event_id: uuid(&event_id)?,
@@ -112,6 +113,7 @@ pub(crate) fn delivery(row: DeliveryTuple) -> Result<DeliveryRow, LedgerError> {
         },
         status: status(&st)?,
         attempts: attempts(n)?,
+        reasserts: attempts(reasserts)?,
         error_class,
         error,
         updated_at_ms,

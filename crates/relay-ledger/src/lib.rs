@@ -46,6 +46,33 @@ pub async fn open(url: &str) -> Result<AnyLedger, LedgerError> {
     }
 }
 
+/// Opens the ledger named by `url` for reading only: it is never created, migrated or written, so
+/// a mistyped path fails instead of answering from a new, empty ledger, and a database role that
+/// may only SELECT is enough. The schema must be the one this version writes (`run` migrates).
+pub async fn open_read_only(url: &str) -> Result<AnyLedger, LedgerError> {
+    let ledger = if url.starts_with("sqlite:") {
+        AnyLedger::Sqlite(SqliteLedger::open_read_only(url).await?)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        AnyLedger::Postgres(PostgresLedger::open_read_only(url).await?)
+    } else {
+        return Err(LedgerError::UnsupportedUrl(redact(url)));
+    };
+    let target = redact(url);
+    let found = ledger
+        .applied_migrations()
+        .await
+        .map_err(|_| LedgerError::Missing(format!("{target} holds no consent-relay ledger")))?;
+    let want = migrations::latest();
+    if found.last().copied() != Some(want) {
+        return Err(LedgerError::Schema {
+            target,
+            found: found.last().copied().unwrap_or(0),
+            want,
+        });
+    }
+    Ok(ledger)
+}
+
 /// Either backend, chosen at run time from the configured URL.
 #[derive(Debug, Clone)]
 pub enum AnyLedger {
@@ -97,6 +124,26 @@ impl Ledger for AnyLedger {
         match self {
             AnyLedger::Sqlite(l) => l.park(rows).await,
             AnyLedger::Postgres(l) => l.park(rows).await,
+        }
+    }
+
+    async fn mark_uncertain(&self, marks: &[Uncertain]) -> Result<(), LedgerError> {
+        match self {
+            AnyLedger::Sqlite(l) => l.mark_uncertain(marks).await,
+            AnyLedger::Postgres(l) => l.mark_uncertain(marks).await,
+        }
+    }
+
+    async fn uncertain(
+        &self,
+        sink: &str,
+        subjects: &[String],
+        now_ms: i64,
+        in_doubt: &InDoubt<'_>,
+    ) -> Result<std::collections::HashMap<String, i64>, LedgerError> {
+        match self {
+            AnyLedger::Sqlite(l) => l.uncertain(sink, subjects, now_ms, in_doubt).await,
+            AnyLedger::Postgres(l) => l.uncertain(sink, subjects, now_ms, in_doubt).await,
         }
     }
 

@@ -9,8 +9,8 @@ use std::sync::Mutex;
 
 use crate::rule::{self, DeliveryState};
 use crate::{
-    now_ms, Claim, ConsentRecord, Decision, DeliveryKey, DeliveryRow, Finish, Ledger, LedgerError,
-    Park, Rejection, Status, SubjectReport, SubjectState,
+    now_ms, Claim, ConsentRecord, Decision, DeliveryKey, DeliveryRow, Finish, InDoubt, Ledger,
+    LedgerError, Park, Rejection, Status, SubjectReport, SubjectState, Uncertain,
 };
 
 #[derive(Debug, Default)]
@@ -25,6 +25,8 @@ struct Tables {
     states: BTreeMap<(String, String, String), SubjectState>,
     consent_log: BTreeMap<uuid::Uuid, ConsentRecord>,
     rejections: BTreeMap<(String, String, i32, i64), Rejection>,
+    /// (subject, sink) → until when a request of unknown fate may land.
+    uncertain: BTreeMap<(String, String), i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +35,7 @@ struct Delivery {
     status: Status,
     attempts: u32,
     parks: u32,
+    reasserts: u32,
     error_class: Option<String>,
     error: Option<String>,
     updated_at_ms: i64,
@@ -103,18 +106,20 @@ impl Ledger for MemoryLedger {
             let key = (subject, state.sink.clone(), state.target.clone());
             t.states.insert(key, state);
         }
-        for (key, subject_id, status, attempts) in writes.claimed {
+        for (key, subject_id, status, attempts, reasserts) in writes.claimed {
             let row = t.deliveries.entry(key).or_insert_with(|| Delivery {
                 subject_id,
                 status,
                 attempts,
                 parks: 0,
+                reasserts: 0,
                 error_class: None,
                 error: None,
                 updated_at_ms: now,
             });
             row.status = status;
             row.attempts = attempts;
+            row.reasserts += reasserts;
             row.updated_at_ms = now;
         }
         Ok(decisions)
@@ -132,13 +137,17 @@ impl Ledger for MemoryLedger {
                     status: f.status,
                     attempts: 0,
                     parks: 0,
+                    reasserts: 0,
                     error_class: None,
                     error: None,
                     updated_at_ms: now,
                 });
             let reached = matches!(
                 row.status,
-                Status::Applied | Status::AlreadyApplied | Status::DeadLettered
+                Status::Applied
+                    | Status::AlreadyApplied
+                    | Status::AwaitingConfirmation
+                    | Status::DeadLettered
             );
             if f.status == Status::Superseded && reached {
                 continue;
@@ -163,6 +172,7 @@ impl Ledger for MemoryLedger {
                     status: Status::InFlight,
                     attempts: 0,
                     parks: 0,
+                    reasserts: 0,
                     error_class: None,
                     error: None,
                     updated_at_ms: now,
@@ -177,6 +187,50 @@ impl Ledger for MemoryLedger {
             row.updated_at_ms = now;
         }
         Ok(())
+    }
+
+    async fn mark_uncertain(&self, marks: &[Uncertain]) -> Result<(), LedgerError> {
+        let mut t = self.tables();
+        for m in marks {
+            let until = t
+                .uncertain
+                .entry((m.subject_id.clone(), m.sink.clone()))
+                .or_insert(m.until_ms);
+            *until = (*until).max(m.until_ms);
+        }
+        Ok(())
+    }
+
+    async fn uncertain(
+        &self,
+        sink: &str,
+        subjects: &[String],
+        now_ms: i64,
+        in_doubt: &InDoubt<'_>,
+    ) -> Result<std::collections::HashMap<String, i64>, LedgerError> {
+        let t = self.tables();
+        let mut bounds: std::collections::HashMap<String, i64> = subjects
+            .iter()
+            .filter_map(|s| {
+                let until = *t.uncertain.get(&(s.clone(), sink.to_owned()))?;
+                (until > now_ms).then(|| (s.clone(), until))
+            })
+            .collect();
+        for (key, d) in &t.deliveries {
+            let doubtful =
+                d.status == Status::InFlight || d.error_class.as_deref() == Some("unknown");
+            let until = d.updated_at_ms.saturating_add(in_doubt.window_ms);
+            if key.sink == sink
+                && doubtful
+                && until > now_ms
+                && subjects.contains(&d.subject_id)
+                && !in_doubt.exclude.contains(&key.event_id)
+            {
+                let bound = bounds.entry(d.subject_id.clone()).or_insert(until);
+                *bound = (*bound).max(until);
+            }
+        }
+        Ok(bounds)
     }
 
     async fn record_rejections(&self, rejections: &[Rejection]) -> Result<(), LedgerError> {
@@ -224,6 +278,7 @@ impl Ledger for MemoryLedger {
                 key: k.clone(),
                 status: d.status,
                 attempts: d.attempts,
+                reasserts: d.reasserts,
                 error_class: d.error_class.clone(),
                 error: d.error.clone(),
                 updated_at_ms: d.updated_at_ms,

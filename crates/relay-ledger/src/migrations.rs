@@ -19,6 +19,10 @@ pub(crate) const SQLITE: &[Migration] = &[
         version: 3,
         sql: include_str!("../migrations/sqlite/0003_ingest.sql"),
     },
+    Migration {
+        version: 4,
+        sql: include_str!("../migrations/sqlite/0004_uncertain_requests.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -34,7 +38,16 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 3,
         sql: include_str!("../migrations/postgres/0003_ingest.sql"),
     },
+    Migration {
+        version: 4,
+        sql: include_str!("../migrations/postgres/0004_uncertain_requests.sql"),
+    },
 ];
+
+/// The schema version this build writes; both backends agree on it (tested below).
+pub(crate) fn latest() -> i64 {
+    SQLITE.last().map_or(0, |m| m.version)
+}
 
 #[cfg(test)]
 mod tests {

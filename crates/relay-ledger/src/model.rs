@@ -29,6 +29,11 @@ pub struct Claim {
     /// has not recorded yet proceeds: copies are written before the ledger records them, so it is
     /// the newest. A claim without a ticket (from the source topic) always may proceed.
     pub ticket: Option<u32>,
+    /// A re-assertion (see [`Uncertain`]): an applied delivery is decided again, version rule
+    /// included, so that it is sent once more if it is still the subject's newest decision. When
+    /// it is not, it is a duplicate (the newer decision is re-asserted on its own) and its row is
+    /// left as it is.
+    pub reassert: bool,
 }
 
 /// What the ledger decided for a claim.
@@ -60,6 +65,10 @@ pub enum Status {
     Parked,
     Applied,
     AlreadyApplied,
+    /// The downstream could not apply a grant directly (the person once unsubscribed there) and
+    /// asked the person to confirm it: Mailchimp's double opt-in email for a member in a
+    /// compliance state. Nothing more for the relay to do; the person decides.
+    AwaitingConfirmation,
     Superseded,
     /// The event's purposes do not route to this sink.
     NotRouted,
@@ -74,6 +83,7 @@ impl Status {
             Status::Parked => "parked",
             Status::Applied => "applied",
             Status::AlreadyApplied => "already_applied",
+            Status::AwaitingConfirmation => "awaiting_confirmation",
             Status::Superseded => "superseded",
             Status::NotRouted => "not_routed",
             Status::DeadLettered => "dead_lettered",
@@ -87,6 +97,7 @@ impl Status {
             Status::Parked,
             Status::Applied,
             Status::AlreadyApplied,
+            Status::AwaitingConfirmation,
             Status::Superseded,
             Status::NotRouted,
             Status::DeadLettered,
@@ -99,6 +110,27 @@ impl Status {
     pub fn is_final(self) -> bool {
         !matches!(self, Status::InFlight | Status::Retrying | Status::Parked)
     }
+}
+
+/// A request of unknown fate (it timed out, or broke after it was written) for `subject_id` at
+/// `sink`, which the downstream may still apply until `until_ms`: later than a newer decision of
+/// the same person, undoing it. Every decision of the subject applied at the sink before then is
+/// re-asserted at `until_ms`, so the newest one is the last to land.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uncertain {
+    pub subject_id: String,
+    pub sink: String,
+    pub until_ms: i64,
+}
+
+/// How [`Ledger::uncertain`] reads deliveries that may have a request on the wire.
+#[derive(Debug, Clone, Copy)]
+pub struct InDoubt<'a> {
+    /// How long such a request may still land after its delivery's last update: a request
+    /// timeout plus the late-landing margin.
+    pub window_ms: i64,
+    /// The events the caller itself is sending (its own claims are in flight too).
+    pub exclude: &'a [Uuid],
 }
 
 /// The recorded end (or intermediate state) of a delivery.
@@ -171,6 +203,9 @@ pub struct DeliveryRow {
     pub key: DeliveryKey,
     pub status: Status,
     pub attempts: u32,
+    /// How often it was sent again after being applied, because a request of unknown fate for the
+    /// same subject might have landed after it.
+    pub reasserts: u32,
     pub error_class: Option<String>,
     pub error: Option<String>,
     pub updated_at_ms: i64,
@@ -205,6 +240,18 @@ pub enum LedgerError {
     Migration { version: i64, source: sqlx::Error },
     #[error("ledger holds a value this version does not understand: {0}")]
     Corrupt(String),
+    #[error("no ledger: {0} (a read command never creates one; check [ledger] url)")]
+    Missing(String),
+    #[error("cannot open the ledger at {target}: {source}")]
+    Open { target: String, source: sqlx::Error },
+    #[error(
+        "the ledger at {target} has schema version {found}, this version reads {want}: start `consent-relay run` of this version once (it migrates)"
+    )]
+    Schema {
+        target: String,
+        found: i64,
+        want: i64,
+    },
 }
 
 /// The ledger operations. Every method is one transaction.
@@ -233,6 +280,24 @@ pub trait Ledger: Send + Sync + 'static {
     /// Marks deliveries parked under a copy on the retry topic, which must already be durable
     /// there. A delivery that reached a final status meanwhile (a redelivery applied it) keeps it.
     fn park(&self, rows: &[Park]) -> impl Future<Output = Result<(), LedgerError>> + Send;
+
+    /// Records requests of unknown fate; a subject's bound only ever moves later.
+    fn mark_uncertain(
+        &self,
+        marks: &[Uncertain],
+    ) -> impl Future<Output = Result<(), LedgerError>> + Send;
+
+    /// Of `subjects`, those with a request at `sink` that may still land after `now_ms`, and
+    /// until when: the recorded bounds, and deliveries of other events than `in_doubt.exclude`
+    /// whose request may be on the wire (claimed and not answered, or of unknown fate), until
+    /// their last update plus `in_doubt.window_ms`.
+    fn uncertain(
+        &self,
+        sink: &str,
+        subjects: &[String],
+        now_ms: i64,
+        in_doubt: &InDoubt<'_>,
+    ) -> impl Future<Output = Result<std::collections::HashMap<String, i64>, LedgerError>> + Send;
 
     /// Records messages sent to the dead-letter topic before they became deliveries.
     fn record_rejections(

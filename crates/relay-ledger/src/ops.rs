@@ -98,16 +98,20 @@ macro_rules! backend_ops {
                     .await?;
             }
             if !writes.claimed.is_empty() {
-                let rows = writes.claimed.iter().map(|(key, subject, status, attempts)| {
-                    json!([
-                        codec::uuid_text(key.event_id),
-                        key.sink,
-                        key.target,
-                        subject,
-                        status.as_str(),
-                        codec::attempts_db(*attempts)
-                    ])
-                });
+                let rows = writes
+                    .claimed
+                    .iter()
+                    .map(|(key, subject, status, attempts, reasserts)| {
+                        json!([
+                            codec::uuid_text(key.event_id),
+                            key.sink,
+                            key.target,
+                            subject,
+                            status.as_str(),
+                            codec::attempts_db(*attempts),
+                            codec::attempts_db(*reasserts)
+                        ])
+                    });
                 sqlx::query(dialect.upsert_claimed)
                     .bind(rows_json(rows))
                     .bind(now)
@@ -237,6 +241,62 @@ macro_rules! backend_ops {
                     .await?;
             }
             Ok(())
+        }
+
+        async fn mark_all_uncertain(
+            conn: &mut $conn,
+            marks: &[$crate::Uncertain],
+        ) -> Result<(), $crate::LedgerError> {
+            use $crate::ops;
+            // Bounds long past say nothing any more; a day keeps them for `ledger show`.
+            sqlx::query("DELETE FROM uncertain WHERE until_ms < $1")
+                .bind($crate::now_ms().saturating_sub(86_400_000))
+                .execute(&mut *conn)
+                .await?;
+            for round in ops::rounds(marks, |m| (&m.subject_id, &m.sink)) {
+                let rows = round
+                    .iter()
+                    .map(|m| serde_json::json!([m.subject_id, m.sink, m.until_ms]));
+                sqlx::query($dialect.upsert_uncertain)
+                    .bind(ops::rows_json(rows))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        async fn read_uncertain(
+            conn: &mut $conn,
+            sink: &str,
+            subjects: &[String],
+            now: i64,
+            in_doubt: &$crate::InDoubt<'_>,
+        ) -> Result<std::collections::HashMap<String, i64>, $crate::LedgerError> {
+            use $crate::{codec, ops};
+            let list = ops::rows_json(subjects.iter().map(|s| serde_json::json!(s)));
+            let rows: Vec<(String, i64)> = sqlx::query_as($dialect.uncertain)
+                .bind(sink)
+                .bind(&list)
+                .bind(now)
+                .fetch_all(&mut *conn)
+                .await?;
+            let mut bounds: std::collections::HashMap<String, i64> = rows.into_iter().collect();
+            let since = now.saturating_sub(in_doubt.window_ms);
+            let rows: Vec<(String, String, i64)> = sqlx::query_as($dialect.in_doubt)
+                .bind(sink)
+                .bind(&list)
+                .bind(since)
+                .fetch_all(&mut *conn)
+                .await?;
+            for (subject, event_id, updated_at_ms) in rows {
+                if in_doubt.exclude.contains(&codec::uuid(&event_id)?) {
+                    continue;
+                }
+                let until = updated_at_ms.saturating_add(in_doubt.window_ms);
+                let bound = bounds.entry(subject).or_insert(until);
+                *bound = (*bound).max(until);
+            }
+            Ok(bounds)
         }
 
         async fn reject_all(

@@ -7,6 +7,7 @@
 //! Each statement after the lock takes a fresh snapshot, so it sees what the previous holder
 //! committed.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -14,14 +15,18 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 
 use crate::migrations::{self, Migration};
+use crate::InDoubt;
 use crate::{now_ms, sql};
 use crate::{
     Claim, ConsentRecord, Decision, Finish, Ledger, LedgerError, Park, Rejection, SubjectReport,
+    Uncertain,
 };
 use uuid::Uuid;
 
 const POOL_SIZE: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A person waits for a read command: an unreachable server must be reported, not waited for.
+const READ_ONLY_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// First key of our two-key advisory locks ("CRLG"), so they cannot collide with advisory locks
 /// other software takes on a shared database with the one-key form or another namespace.
@@ -50,6 +55,26 @@ impl PostgresLedger {
         let closed = conn.close().await;
         migrated?;
         closed?;
+        Ok(PostgresLedger { pool })
+    }
+
+    /// Connects without migrating, in read-only transactions by default: a role that may only
+    /// SELECT is enough. Fails within seconds, naming the server, when it cannot be reached.
+    pub async fn open_read_only(url: &str) -> Result<Self, LedgerError> {
+        let options =
+            PgConnectOptions::from_str(url)?.options([("default_transaction_read_only", "on")]);
+        let target = format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        );
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(READ_ONLY_CONNECT_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|source| LedgerError::Open { target, source })?;
         Ok(PostgresLedger { pool })
     }
 
@@ -182,6 +207,24 @@ impl Ledger for PostgresLedger {
         park_all(&mut tx, rows, now).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn mark_uncertain(&self, marks: &[Uncertain]) -> Result<(), LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        mark_all_uncertain(&mut tx, marks).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn uncertain(
+        &self,
+        sink: &str,
+        subjects: &[String],
+        now_ms: i64,
+        in_doubt: &InDoubt<'_>,
+    ) -> Result<HashMap<String, i64>, LedgerError> {
+        let mut conn = self.pool.acquire().await?;
+        read_uncertain(&mut conn, sink, subjects, now_ms, in_doubt).await
     }
 
     async fn record_rejections(&self, rejections: &[Rejection]) -> Result<(), LedgerError> {

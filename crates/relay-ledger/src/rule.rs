@@ -31,7 +31,11 @@ pub(crate) fn decide(
 ) -> Decision {
     if let Some(d) = delivery {
         let replayed = claim.replay && d.status == Status::DeadLettered;
-        if d.status.is_final() && !replayed {
+        // Not one awaiting the person's confirmation: sending the grant again would subscribe
+        // them without it.
+        let reasserted =
+            claim.reassert && matches!(d.status, Status::Applied | Status::AlreadyApplied);
+        if d.status.is_final() && !replayed && !reasserted {
             return Decision::Duplicate { status: d.status };
         }
     }
@@ -51,6 +55,13 @@ pub(crate) fn decide(
         .filter(|s| version(s.occurred_at_ms, s.action) >= own)
         .max_by_key(|s| version(s.occurred_at_ms, s.action));
     if let Some(s) = newest_other {
+        if let (true, Some(d)) = (claim.reassert, delivery) {
+            // The newer decision is re-asserted on its own; a final row stays as it was (one
+            // still under way, a re-assertion parked meanwhile, is superseded like any other).
+            if d.status.is_final() {
+                return Decision::Duplicate { status: d.status };
+            }
+        }
         return Decision::Superseded { by: s.event_id };
     }
     let attempt = delivery.map_or(0, |d| d.attempts).saturating_add(1);
@@ -82,8 +93,9 @@ pub(crate) struct Known {
     pub states: HashMap<String, Vec<SubjectState>>,
 }
 
-/// A claim's row of `deliveries` after the batch: key, subject, status, attempts.
-pub(crate) type ClaimedRow = (DeliveryKey, String, Status, u32);
+/// A claim's row of `deliveries` after the batch: key, subject, status, attempts, and how many
+/// re-assertions of it the batch started.
+pub(crate) type ClaimedRow = (DeliveryKey, String, Status, u32, u32);
 
 /// What a batch of claims writes: each row once, with the value its last claim left, which is
 /// what claiming them one after the other would have left in the tables.
@@ -157,14 +169,20 @@ pub(crate) fn decide_all(claims: &[Claim], mut known: Known) -> (Vec<Decision>, 
                 parks,
             },
         );
+        let reasserted = u32::from(claim.reassert && status == Status::InFlight);
         let row = (
             claim.key.clone(),
             claim.subject_id.clone(),
             status,
             attempts,
+            reasserted,
         );
         match claimed_row.get(&claim.key) {
-            Some(&i) => writes.claimed[i] = row,
+            Some(&i) => {
+                let before = writes.claimed[i].4;
+                writes.claimed[i] = row;
+                writes.claimed[i].4 += before;
+            }
             None => {
                 claimed_row.insert(claim.key.clone(), writes.claimed.len());
                 writes.claimed.push(row);
@@ -193,6 +211,7 @@ mod tests {
             occurred_at_ms: at,
             replay: false,
             ticket: None,
+            reassert: false,
         }
     }
 

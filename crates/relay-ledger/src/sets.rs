@@ -17,7 +17,8 @@ pub(crate) struct Dialect {
     /// Binds: `[[subject_id, sink, target, action, occurred_at_ms, event_id], ...]`, now.
     pub upsert_states: &'static str,
     /// Claim outcomes; error columns are kept, so the last failure stays visible while a retry is
-    /// in flight. Binds: `[[event_id, sink, target, subject_id, status, attempts], ...]`, now.
+    /// in flight. Binds: `[[event_id, sink, target, subject_id, status, attempts, reasserts],
+    /// ...]`, now; `reasserts` is added to the row's count.
     pub upsert_claimed: &'static str,
     /// Binds: `[[event_id, sink, target, subject_id, status, error_class, error], ...]`, now.
     /// A delivery that reached its downstream (or the DLQ) is never relabelled superseded: that
@@ -35,6 +36,14 @@ pub(crate) struct Dialect {
     pub consent_digests: &'static str,
     /// Binds: `[[sink, topic, partition, offset, event_id, subject_id, code, message], ...]`, now.
     pub insert_rejections: &'static str,
+    /// Binds: `[[subject_id, sink, until_ms], ...]`. A bound only moves later.
+    pub upsert_uncertain: &'static str,
+    /// Binds: sink, `[subject_id, ...]`, now. Returns: subject_id, until_ms of bounds after now.
+    pub uncertain: &'static str,
+    /// Deliveries of some subjects at one sink whose request may be on the wire: claimed and never
+    /// answered, or answered with an unknown fate, updated after a time. Binds: sink,
+    /// `[subject_id, ...]`, since. Returns: subject_id, event_id, updated_at_ms.
+    pub in_doubt: &'static str,
 }
 
 macro_rules! dialect {
@@ -76,7 +85,8 @@ ON CONFLICT (subject_id, sink, target) DO UPDATE SET
             ),
             upsert_claimed: concat!(
                 "INSERT INTO deliveries
-    (event_id, sink, target, subject_id, status, attempts, created_at_ms, updated_at_ms)
+    (event_id, sink, target, subject_id, status, attempts, reasserts, created_at_ms,
+     updated_at_ms)
 SELECT ",
                 $col!(0, text),
                 ", ",
@@ -89,12 +99,15 @@ SELECT ",
                 $col!(4, text),
                 ", ",
                 $col!(5, int),
+                ", ",
+                $col!(6, int),
                 ", $2, $2 FROM ",
                 $rows,
                 " WHERE true
 ON CONFLICT (event_id, sink, target) DO UPDATE SET
     status = excluded.status,
     attempts = excluded.attempts,
+    reasserts = deliveries.reasserts + excluded.reasserts,
     updated_at_ms = excluded.updated_at_ms"
             ),
             upsert_finished: concat!(
@@ -124,7 +137,8 @@ ON CONFLICT (event_id, sink, target) DO UPDATE SET
     error = excluded.error,
     updated_at_ms = excluded.updated_at_ms
 WHERE excluded.status <> 'superseded'
-    OR deliveries.status NOT IN ('applied', 'already_applied', 'dead_lettered')"
+    OR deliveries.status NOT IN ('applied', 'already_applied', 'awaiting_confirmation',
+                                 'dead_lettered')"
             ),
             upsert_parked: concat!(
                 "INSERT INTO deliveries
@@ -217,6 +231,31 @@ SELECT "#,
                 $rows,
                 r#" WHERE true
 ON CONFLICT (sink, topic, "partition", "offset") DO NOTHING"#
+            ),
+            upsert_uncertain: concat!(
+                "INSERT INTO uncertain (subject_id, sink, until_ms) SELECT ",
+                $col!(0, text),
+                ", ",
+                $col!(1, text),
+                ", ",
+                $col!(2, bigint),
+                " FROM ",
+                $rows,
+                " WHERE true
+ON CONFLICT (subject_id, sink) DO UPDATE SET
+    until_ms = CASE WHEN excluded.until_ms > uncertain.until_ms THEN excluded.until_ms
+                    ELSE uncertain.until_ms END"
+            ),
+            uncertain: concat!(
+                "SELECT subject_id, until_ms FROM uncertain
+WHERE sink = $1 AND until_ms > $3 AND subject_id IN ",
+                $list
+            ),
+            in_doubt: concat!(
+                "SELECT subject_id, event_id, updated_at_ms FROM deliveries
+WHERE sink = $1 AND updated_at_ms > $3 AND (status = 'in_flight' OR error_class = 'unknown')
+    AND subject_id IN ",
+                $list
             ),
         }
     };

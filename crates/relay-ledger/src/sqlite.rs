@@ -5,6 +5,7 @@
 //! only contend at its first write, so two claimers could both decide on the same stale state
 //! (or one would fail with SQLITE_BUSY, which `busy_timeout` cannot wait out).
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -15,9 +16,11 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 
 use crate::migrations::{self, Migration};
+use crate::InDoubt;
 use crate::{now_ms, sql};
 use crate::{
     Claim, ConsentRecord, Decision, Finish, Ledger, LedgerError, Park, Rejection, SubjectReport,
+    Uncertain,
 };
 use uuid::Uuid;
 
@@ -48,6 +51,26 @@ impl SqliteLedger {
         let ledger = SqliteLedger { pool };
         ledger.migrate(migrations::SQLITE).await?;
         Ok(ledger)
+    }
+
+    /// Opens an existing file read-only, without migrating it.
+    pub async fn open_read_only(url: &str) -> Result<Self, LedgerError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(false)
+            .read_only(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let path = options.get_filename().to_owned();
+        if !path.exists() {
+            return Err(LedgerError::Missing(format!(
+                "the file {} does not exist",
+                path.display()
+            )));
+        }
+        let pool = connect(options).await.map_err(|source| LedgerError::Open {
+            target: path.display().to_string(),
+            source,
+        })?;
+        Ok(SqliteLedger { pool })
     }
 
     /// The schema versions recorded in `ledger_migrations`, ascending.
@@ -168,6 +191,24 @@ impl Ledger for SqliteLedger {
         park_all(&mut tx, rows, now).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn mark_uncertain(&self, marks: &[Uncertain]) -> Result<(), LedgerError> {
+        let mut tx = self.write_tx().await?;
+        mark_all_uncertain(&mut tx, marks).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn uncertain(
+        &self,
+        sink: &str,
+        subjects: &[String],
+        now_ms: i64,
+        in_doubt: &InDoubt<'_>,
+    ) -> Result<HashMap<String, i64>, LedgerError> {
+        let mut conn = self.pool.acquire().await?;
+        read_uncertain(&mut conn, sink, subjects, now_ms, in_doubt).await
     }
 
     async fn record_rejections(&self, rejections: &[Rejection]) -> Result<(), LedgerError> {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use relay_events::Action;
 use relay_ledger::{
-    open, AnyLedger, Claim, ConsentRecord, Decision, DeliveryKey, DeliveryRow, Finish, Ledger,
-    Park, Rejection, Status, SubjectReport, SubjectState,
+    open, AnyLedger, Claim, ConsentRecord, Decision, DeliveryKey, DeliveryRow, Finish, InDoubt,
+    Ledger, Park, Rejection, Status, SubjectReport, SubjectState, Uncertain,
 };
 use uuid::Uuid;
 
@@ -60,6 +60,9 @@ suite!(
     copies_of_an_event_in_one_log_write_are_compared_with_the_first,
     ingest_finds_subjects_by_email_hash_and_keeps_unknown_contacts_once,
     sink_states_carry_the_deciding_events_hash_or_the_subjects_newest,
+    a_reassertion_sends_the_newest_decision_again_and_nothing_else,
+    uncertain_bounds_only_move_later_and_expire,
+    a_delivery_claimed_and_not_answered_makes_its_subject_uncertain,
 );
 
 const HUBSPOT: &str = "hubspot";
@@ -84,6 +87,7 @@ fn claim(
         occurred_at_ms: at,
         replay: false,
         ticket: None,
+        reassert: false,
     }
 }
 
@@ -564,8 +568,8 @@ async fn migrations_are_idempotent(url: &str) {
     // Two instances starting at once on a new database, then a restart.
     let (a, b) = tokio::join!(open(url), open(url));
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(a.applied_migrations().await.unwrap(), [1, 2, 3]);
-    assert_eq!(b.applied_migrations().await.unwrap(), [1, 2, 3]);
+    assert_eq!(a.applied_migrations().await.unwrap(), [1, 2, 3, 4]);
+    assert_eq!(b.applied_migrations().await.unwrap(), [1, 2, 3, 4]);
 
     let c = fresh("s1", NEWSLETTER, Action::Grant, 100);
     assert_eq!(decide_one(&a, &c).await, proceed(1));
@@ -573,7 +577,7 @@ async fn migrations_are_idempotent(url: &str) {
     b.close().await;
 
     let reopened = open(url).await.unwrap();
-    assert_eq!(reopened.applied_migrations().await.unwrap(), [1, 2, 3]);
+    assert_eq!(reopened.applied_migrations().await.unwrap(), [1, 2, 3, 4]);
     assert_eq!(
         decide(&reopened, &[c]).await,
         [proceed(2)],
@@ -1208,4 +1212,171 @@ async fn sink_states_carry_the_deciding_events_hash_or_the_subjects_newest(url: 
     )
     .unwrap();
     assert_eq!(decided.action, Action::Withdraw);
+}
+
+async fn a_reassertion_sends_the_newest_decision_again_and_nothing_else(url: &str) {
+    let l = open(url).await.unwrap();
+    let grant = fresh("s1", "newsletter", Action::Grant, 1_000);
+    assert_eq!(decide_one(&l, &grant).await, proceed(1));
+    l.finish(&[finish(&grant, Status::Applied)]).await.unwrap();
+    let again = |c: &Claim| Claim {
+        reassert: true,
+        ..c.clone()
+    };
+    // Still the newest: it goes again, and the ledger counts it.
+    assert_eq!(decide_one(&l, &again(&grant)).await, proceed(2));
+    l.finish(&[finish(&grant, Status::Applied)]).await.unwrap();
+    let d = delivery(&report(&l, "s1").await, &grant.key).clone();
+    assert_eq!((d.status, d.attempts, d.reasserts), (Status::Applied, 2, 1));
+
+    // A newer withdrawal: the grant's re-assertion does nothing and its row stays applied (not
+    // relabelled superseded); the withdrawal's goes.
+    let withdrawal = fresh("s1", "newsletter", Action::Withdraw, 2_000);
+    assert_eq!(decide_one(&l, &withdrawal).await, proceed(1));
+    l.finish(&[finish(&withdrawal, Status::Applied)])
+        .await
+        .unwrap();
+    assert_eq!(
+        decide_one(&l, &again(&grant)).await,
+        Decision::Duplicate {
+            status: Status::Applied
+        }
+    );
+    assert_eq!(decide_one(&l, &again(&withdrawal)).await, proceed(2));
+    let r = report(&l, "s1").await;
+    assert_eq!(delivery(&r, &grant.key).reasserts, 1);
+    assert_eq!(delivery(&r, &grant.key).status, Status::Applied);
+    assert_eq!(delivery(&r, &withdrawal.key).reasserts, 1);
+    assert_eq!(
+        r.state.iter().map(|s| s.event_id).collect::<Vec<_>>(),
+        [withdrawal.key.event_id]
+    );
+
+    // A whole-subject erasure newer than both: neither purpose decision is re-asserted.
+    let erasure = fresh("s1", "*", Action::Erase, 3_000);
+    assert_eq!(decide_one(&l, &erasure).await, proceed(1));
+    l.finish(&[finish(&erasure, Status::Applied)])
+        .await
+        .unwrap();
+    l.finish(&[finish(&withdrawal, Status::Applied)])
+        .await
+        .unwrap();
+    assert!(matches!(
+        decide_one(&l, &again(&withdrawal)).await,
+        Decision::Duplicate { .. }
+    ));
+    // A re-assertion never revives a dead-lettered or superseded delivery.
+    let stale = fresh("s1", "newsletter", Action::Grant, 500);
+    assert_eq!(decide_one(&l, &stale).await, superseded_by(&erasure));
+    assert!(matches!(
+        decide_one(&l, &again(&stale)).await,
+        Decision::Duplicate {
+            status: Status::Superseded
+        }
+    ));
+}
+
+async fn uncertain_bounds_only_move_later_and_expire(url: &str) {
+    let l = open(url).await.unwrap();
+    // Relative to now: bounds more than a day old are pruned.
+    let t = relay_ledger_now();
+    let mark = |subject: &str, sink: &str, until_ms: i64| Uncertain {
+        subject_id: subject.into(),
+        sink: sink.into(),
+        until_ms: t + until_ms,
+    };
+    l.mark_uncertain(&[
+        mark("s1", HUBSPOT, 5_000),
+        mark("s1", HUBSPOT, 3_000),
+        mark("s2", HUBSPOT, 2_000),
+        mark("s1", NEWSLETTER, 9_000),
+    ])
+    .await
+    .unwrap();
+    l.mark_uncertain(&[mark("s2", HUBSPOT, 1_000)])
+        .await
+        .unwrap();
+    let subjects = ["s1".to_owned(), "s2".to_owned(), "s3".to_owned()];
+    let at = |now: i64| {
+        let l = l.clone();
+        let subjects = subjects.clone();
+        async move {
+            let mut found: Vec<(String, i64)> = l
+                .uncertain(
+                    HUBSPOT,
+                    &subjects,
+                    t + now,
+                    &InDoubt {
+                        window_ms: 0,
+                        exclude: &[],
+                    },
+                )
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+            found.sort();
+            found
+        }
+    };
+    assert_eq!(
+        at(1_500).await,
+        [("s1".to_owned(), t + 5_000), ("s2".to_owned(), t + 2_000)]
+    );
+    // A bound is exclusive: at its time the request can no longer land.
+    assert_eq!(at(2_000).await, [("s1".to_owned(), t + 5_000)]);
+    assert!(at(5_000).await.is_empty());
+}
+
+async fn a_delivery_claimed_and_not_answered_makes_its_subject_uncertain(url: &str) {
+    let l = open(url).await.unwrap();
+    // Someone (another owner, a process that died) claimed a grant and never recorded an answer.
+    let grant = fresh("s1", "newsletter", Action::Grant, 1_000);
+    assert_eq!(decide_one(&l, &grant).await, proceed(1));
+    let subjects = ["s1".to_owned(), "s2".to_owned()];
+    let now = relay_ledger_now();
+    let window = 60_000;
+    let read = |exclude: Vec<Uuid>| {
+        let l = l.clone();
+        let subjects = subjects.clone();
+        async move {
+            l.uncertain(
+                HUBSPOT,
+                &subjects,
+                now,
+                &InDoubt {
+                    window_ms: window,
+                    exclude: &exclude,
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let bounds = read(vec![]).await;
+    assert_eq!(bounds.len(), 1, "{bounds:?}");
+    let until = bounds["s1"];
+    assert!(
+        until > now && until <= now + window + 5_000,
+        "{until} vs {now}"
+    );
+    // The caller's own claim is not a doubt about someone else's request.
+    assert!(read(vec![grant.key.event_id]).await.is_empty());
+    // Of unknown fate it stays in doubt; answered, it no longer is.
+    l.finish(&[Finish {
+        error_class: Some("unknown".into()),
+        ..finish(&grant, Status::Retrying)
+    }])
+    .await
+    .unwrap();
+    assert_eq!(read(vec![]).await.len(), 1);
+    l.finish(&[finish(&grant, Status::Applied)]).await.unwrap();
+    assert!(read(vec![]).await.is_empty());
+}
+
+fn relay_ledger_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }

@@ -202,6 +202,12 @@ pub struct RetryConfig {
     /// dead-lettered with its last reason.
     #[serde(default = "default_parked_budget_ms")]
     pub parked_budget_ms: u64,
+    /// How long after the relay gave up on a request (a timeout, a connection broken after the
+    /// request was written) the downstream may still apply it. Decisions of that person applied
+    /// meanwhile are sent again once this has passed, so that a late request cannot have the last
+    /// word. Must exceed the longest time a downstream takes to apply a request it has received.
+    #[serde(default = "default_late_landing_ms")]
+    pub late_landing_ms: u64,
 }
 
 fn default_initial_delay_ms() -> u64 {
@@ -231,6 +237,9 @@ fn default_parked_max_delay_ms() -> u64 {
 fn default_parked_budget_ms() -> u64 {
     86_400_000
 }
+fn default_late_landing_ms() -> u64 {
+    60_000
+}
 
 impl Default for RetryConfig {
     fn default() -> Self {
@@ -244,6 +253,7 @@ impl Default for RetryConfig {
             parked_initial_delay_ms: default_parked_initial_delay_ms(),
             parked_max_delay_ms: default_parked_max_delay_ms(),
             parked_budget_ms: default_parked_budget_ms(),
+            late_landing_ms: default_late_landing_ms(),
         }
     }
 }
@@ -251,6 +261,10 @@ impl Default for RetryConfig {
 impl RetryConfig {
     pub fn item_budget(&self) -> Duration {
         Duration::from_millis(self.item_budget_ms)
+    }
+
+    pub fn late_landing(&self) -> Duration {
+        Duration::from_millis(self.late_landing_ms)
     }
 
     pub fn parked_budget(&self) -> Duration {
@@ -363,6 +377,12 @@ pub fn validate(
     }
     if retry.item_attempts == 0 {
         problems.push(format!("{prefix}.retry.item_attempts: must be at least 1"));
+    }
+    if retry.late_landing_ms == 0 {
+        // Zero would re-assert at once, while a late request may still land.
+        problems.push(format!(
+            "{prefix}.retry.late_landing_ms: must be at least 1 (how late a downstream may apply a request the relay gave up on)"
+        ));
     }
     if retry.parked_initial_delay_ms == 0
         || retry.parked_max_delay_ms < retry.parked_initial_delay_ms

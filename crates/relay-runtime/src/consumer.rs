@@ -33,6 +33,8 @@ struct InFlight {
     offsets: TopicPartitionList,
     unapplied: Unapplied,
     events: usize,
+    /// Payload bytes the batch holds.
+    bytes: usize,
 }
 
 /// Events in flight per consumer: two full batches (one delivered while the next is claimed), and
@@ -40,6 +42,16 @@ struct InFlight {
 /// retries, a PostgreSQL ledger that works several transactions at once) still go side by side
 /// up to `max_in_flight`. Each held event costs memory.
 const MIN_EVENTS_IN_FLIGHT: usize = 2_000;
+
+/// The largest fetch response a consumer asks for: 2 MiB is ~10 000 events.
+pub(crate) const FETCH_MAX_BYTES: &str = "2097152";
+
+/// Payload bytes in flight per consumer. Real events are a few hundred bytes, so this never binds
+/// for them (a batch stops at half of it only past ~5 000 events of 205 B, twice the largest
+/// default batch); it binds for messages up to the broker's size limit,
+/// which a buggy or hostile producer may send by the thousand, and which would otherwise hold
+/// hundreds of MiB per sink before they are dead-lettered.
+const BYTES_IN_FLIGHT: usize = 2 * 1024 * 1024;
 
 fn events_in_flight_limit(batch: &BatchConfig) -> usize {
     (2 * batch.max_events).max(MIN_EVENTS_IN_FLIGHT)
@@ -265,6 +277,10 @@ pub(crate) fn create_consumer(
         // largest batches.
         .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES)
         .set("queued.min.messages", QUEUED_MIN_MESSAGES)
+        // One fetch response is buffered whole before it is queued: the default (50 MiB) of
+        // large messages, per consumer, would dwarf the queue bound above. A message larger
+        // than this is still fetched, alone (KIP-74).
+        .set("fetch.max.bytes", FETCH_MAX_BYTES)
         .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
         .set(
             "max.poll.interval.ms",
@@ -488,7 +504,8 @@ impl<L: Ledger> SourceWorker<L> {
                 m = consumer.recv(), if !stop
                     && in_flight.len() < self.batch.max_in_flight
                     && in_flight.iter().map(|b| b.events).sum::<usize>()
-                        < events_in_flight_limit(&self.batch) => {
+                        < events_in_flight_limit(&self.batch)
+                    && in_flight.iter().map(|b| b.bytes).sum::<usize>() < BYTES_IN_FLIGHT => {
                     let first = match m {
                         Ok(m) => m.detach(),
                         Err(e) => {
@@ -513,6 +530,7 @@ impl<L: Ledger> SourceWorker<L> {
                         }
                     };
                     let unapplied = unapplied(&messages);
+                    let bytes = messages.iter().map(|m| m.payload.len()).sum();
                     let engine = self.engine.clone();
                     let token = shutdown.clone();
                     let task = AbortOnDropHandle::new(tokio::spawn(async move {
@@ -523,6 +541,7 @@ impl<L: Ledger> SourceWorker<L> {
                         offsets: next_offsets(&batch),
                         unapplied,
                         events: batch.len(),
+                        bytes,
                     });
                     self.report(&in_flight);
                 }
@@ -584,9 +603,11 @@ impl<L: Ledger> SourceWorker<L> {
         if first_decoded.is_withdrawal() {
             deadline = deadline.min(started + self.batch.withdrawal_linger());
         }
+        let mut bytes = first_decoded.payload.len();
         let mut batch = vec![first];
         let mut messages = vec![first_decoded];
-        while batch.len() < self.batch.max_events {
+        // Two batches fit in flight at once, however large their messages.
+        while batch.len() < self.batch.max_events && bytes < BYTES_IN_FLIGHT / 2 {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -597,6 +618,7 @@ impl<L: Ledger> SourceWorker<L> {
                         if decoded.is_withdrawal() {
                             deadline = deadline.min(tokio::time::Instant::now() + self.batch.withdrawal_linger());
                         }
+                        bytes += decoded.payload.len();
                         batch.push(m);
                         messages.push(decoded);
                         *last_message = Instant::now();

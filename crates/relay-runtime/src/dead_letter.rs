@@ -114,6 +114,25 @@ fn dead_letter(m: &OwnedMessage) -> DeadLetter {
     }
 }
 
+/// One copy per dead letter: the first of those a sink wrote for the same original message
+/// (topic, partition, offset), and how many later copies were dropped. A second copy happens when
+/// the process dies between the DLQ write and the ledger's record of it (the redelivered message
+/// is dead-lettered again), or when several purposes of one event fail for good. Letters whose
+/// origin is unknown (written by another tool) are all kept.
+pub fn distinct(letters: Vec<DeadLetter>) -> (Vec<DeadLetter>, usize) {
+    let mut seen = std::collections::HashSet::new();
+    let before = letters.len();
+    let kept: Vec<DeadLetter> = letters
+        .into_iter()
+        .filter(|l| match (l.original_partition, l.original_offset) {
+            (Some(p), Some(o)) => seen.insert((l.sink.clone(), l.original_topic.clone(), p, o)),
+            _ => true,
+        })
+        .collect();
+    let dropped = before - kept.len();
+    (kept, dropped)
+}
+
 /// Puts `letters` back on their original topics with their original keys and bytes, each marked
 /// for the sink that dead-lettered it; that sink decides them again (the version rule included, so
 /// a replay older than a newer decision is superseded), every other sink ignores the copies.
@@ -139,4 +158,42 @@ pub async fn replay(
             .map_err(|(e, _)| crate::RuntimeError::Kafka(e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(dlq_offset: i64, sink: &str, origin: Option<(i32, i64)>) -> DeadLetter {
+        DeadLetter {
+            dlq_partition: 0,
+            dlq_offset,
+            sink: sink.into(),
+            code: "downstream_permanent".into(),
+            message: String::new(),
+            event_id: None,
+            original_topic: "consent.events".into(),
+            original_partition: origin.map(|o| o.0),
+            original_offset: origin.map(|o| o.1),
+            key: None,
+            payload: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn one_copy_per_sink_and_origin_is_kept_the_first() {
+        let (kept, dropped) = distinct(vec![
+            letter(0, "hubspot", Some((1, 7))),
+            letter(1, "newsletter", Some((1, 7))),
+            letter(2, "hubspot", Some((1, 7))),
+            letter(3, "hubspot", Some((2, 7))),
+            letter(4, "hubspot", None),
+            letter(5, "hubspot", None),
+        ]);
+        assert_eq!(dropped, 1);
+        assert_eq!(
+            kept.iter().map(|l| l.dlq_offset).collect::<Vec<_>>(),
+            [0, 1, 3, 4, 5]
+        );
+    }
 }

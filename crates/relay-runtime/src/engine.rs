@@ -73,6 +73,11 @@ impl BatchContext<'_> {
             .get(&event_id)
             .and_then(|&i| self.batch[i].ticket.as_ref())
     }
+
+    /// Whether the event comes as a re-assertion copy.
+    fn reasserts(&self, event_id: Uuid) -> bool {
+        self.ticket(event_id).is_some_and(|t| t.reassert)
+    }
 }
 
 impl<L: Ledger> Engine<L> {
@@ -150,10 +155,12 @@ impl<L: Ledger> Engine<L> {
         let mut newest_copy: BTreeMap<Uuid, usize> = BTreeMap::new();
         for (index, m) in batch.iter().enumerate() {
             if let (Some(t), Some(event)) = (&m.ticket, m.event()) {
+                // A re-assertion copy speaks for the others: it is decided like them when its
+                // delivery is not final, and re-asserts it when it is.
                 let newer = newest_copy
                     .get(&event.event_id)
                     .and_then(|&i| batch[i].ticket.as_ref())
-                    .is_none_or(|kept| t.parks >= kept.parks);
+                    .is_none_or(|kept| !kept.reassert && (t.reassert || t.parks >= kept.parks));
                 if newer {
                     newest_copy.insert(event.event_id, index);
                 }
@@ -314,6 +321,9 @@ impl<L: Ledger> Engine<L> {
                 )),
             });
         }
+        if !plan.superseded.is_empty() {
+            self.keep_doubts(&plan.superseded, shutdown).await?;
+        }
         if !finished.is_empty() {
             self.durable("finish", shutdown, || self.ledger.finish(&finished))
                 .await?;
@@ -324,6 +334,50 @@ impl<L: Ledger> Engine<L> {
         }
         self.telemetry.progressed(&sink);
         debug!(sink = %sink, events = batch.len(), rejected = rejected.len(), "batch durable");
+        Ok(())
+    }
+
+    /// Before events superseded inside the batch are recorded so: one whose delivery was claimed
+    /// and never answered (by a process that died, or the partition's previous owner) may have a
+    /// request on the wire, and recording it superseded would erase the only trace of that. Its
+    /// subject is marked uncertain, so that the newer decision is re-asserted once that request
+    /// can no longer land.
+    async fn keep_doubts(
+        &self,
+        superseded: &[(SinkItem, SinkItem)],
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let subjects: Vec<String> = superseded
+            .iter()
+            .map(|(stale, _)| stale.event.subject_id.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let in_doubt = relay_ledger::InDoubt {
+            window_ms: self.redelivery_window_ms(),
+            exclude: &[],
+        };
+        let now = now_ms();
+        let bounds = self
+            .durable("uncertain", shutdown, || {
+                self.ledger
+                    .uncertain(self.name(), &subjects, now, &in_doubt)
+            })
+            .await?;
+        let marks: Vec<relay_ledger::Uncertain> = bounds
+            .into_iter()
+            .map(|(subject_id, until_ms)| relay_ledger::Uncertain {
+                subject_id,
+                sink: self.name().to_owned(),
+                until_ms,
+            })
+            .collect();
+        if !marks.is_empty() {
+            self.durable("mark_uncertain", shutdown, || {
+                self.ledger.mark_uncertain(&marks)
+            })
+            .await?;
+        }
         Ok(())
     }
 
@@ -350,7 +404,7 @@ impl<L: Ledger> Engine<L> {
             .await?;
         let mut rows: Vec<Finish> = claimed
             .iter()
-            .map(|item| Finish {
+            .map(|(item, _)| Finish {
                 key: key(self.name(), item),
                 subject_id: item.event.subject_id.clone(),
                 status: Status::DeadLettered,
@@ -370,7 +424,8 @@ impl<L: Ledger> Engine<L> {
         Ok(())
     }
 
-    /// Claims `items` against the version rule and returns those to apply. A late whole-subject
+    /// Claims `items` against the version rule and returns those to apply, with their attempt
+    /// numbers. A late whole-subject
     /// withdrawal that the ledger narrows (the person granted some purposes after it) becomes one
     /// withdrawal per purpose of this sink except those, claimed in turn.
     async fn claim(
@@ -379,20 +434,28 @@ impl<L: Ledger> Engine<L> {
         ctx: &BatchContext<'_>,
         narrowed: &mut Vec<Finish>,
         shutdown: &CancellationToken,
-    ) -> Result<Vec<SinkItem>, Abandoned> {
+    ) -> Result<Vec<(SinkItem, u32)>, Abandoned> {
         use relay_ledger::{Claim, Decision};
         let sink = self.name().to_owned();
         let mut to_send = Vec::new();
         while !items.is_empty() {
             let claims: Vec<Claim> = items
                 .iter()
-                .map(|item| Claim {
-                    key: key(&sink, item),
-                    subject_id: item.event.subject_id.clone(),
-                    action: item.action,
-                    occurred_at_ms: item.event.occurred_at_ms,
-                    replay: ctx.replays.contains(&item.event.event_id),
-                    ticket: ctx.ticket(item.event.event_id).map(|t| t.parks),
+                .map(|item| {
+                    let reassert = ctx.reasserts(item.event.event_id);
+                    Claim {
+                        key: key(&sink, item),
+                        subject_id: item.event.subject_id.clone(),
+                        action: item.action,
+                        occurred_at_ms: item.event.occurred_at_ms,
+                        replay: ctx.replays.contains(&item.event.event_id),
+                        // A re-assertion is not a retry of a failure: any copy generation goes.
+                        ticket: ctx
+                            .ticket(item.event.event_id)
+                            .filter(|_| !reassert)
+                            .map(|t| t.parks),
+                        reassert,
+                    }
                 })
                 .collect();
             let decisions = self
@@ -401,7 +464,7 @@ impl<L: Ledger> Engine<L> {
             let mut per_purpose = Vec::new();
             for (item, decision) in items.into_iter().zip(decisions) {
                 match decision {
-                    Decision::Proceed { .. } => to_send.push(item),
+                    Decision::Proceed { attempt } => to_send.push((item, attempt)),
                     Decision::ProceedExcept { keep, .. } => {
                         info!(sink = %sink, event_id = %item.event.event_id, kept = ?keep, "late whole-subject withdrawal applied per purpose: newer grants stand");
                         per_purpose.extend(
@@ -425,6 +488,10 @@ impl<L: Ledger> Engine<L> {
                                 keep.join(", ")
                             )),
                         });
+                    }
+                    Decision::Duplicate { status } if ctx.reasserts(item.event.event_id) => {
+                        self.count_reassertion("skipped");
+                        debug!(sink = %sink, event_id = %item.event.event_id, status = status.as_str(), "not re-asserted: a newer decision is re-asserted instead")
                     }
                     Decision::Duplicate { status } => {
                         self.count("duplicate", 1);
@@ -535,8 +602,19 @@ impl<L: Ledger> Engine<L> {
         match outcome {
             Outcome::Applied => self.count("applied", 1),
             Outcome::AlreadyApplied => self.count("already_applied", 1),
+            Outcome::AwaitingConfirmation => self.count("awaiting_confirmation", 1),
             Outcome::Permanent { .. } => {}
-            Outcome::Retryable { .. } | Outcome::Unavailable { .. } | Outcome::Refused { .. } => {
+            Outcome::Retryable { .. }
+            | Outcome::Unavailable { .. }
+            | Outcome::Unknown { .. }
+            | Outcome::Refused { .. } => {
+                if let Outcome::Unknown { .. } = outcome {
+                    self.telemetry.add(
+                        metric::UNKNOWN_OUTCOMES,
+                        vec![("sink", self.name().to_owned())],
+                        1.0,
+                    );
+                }
                 self.telemetry.add(
                     metric::RETRIES,
                     vec![
@@ -547,6 +625,17 @@ impl<L: Ledger> Engine<L> {
                 )
             }
         }
+    }
+
+    fn count_reassertion(&self, stage: &'static str) {
+        self.telemetry.add(
+            metric::REASSERTIONS,
+            vec![
+                ("sink", self.name().to_owned()),
+                ("stage", stage.to_owned()),
+            ],
+            1.0,
+        );
     }
 
     fn count(&self, outcome: &'static str, n: usize) {
@@ -709,6 +798,9 @@ fn scrubbed(outcome: Outcome, contact: &relay_events::Contact) -> Outcome {
             reason: scrub(reason),
         },
         Outcome::Permanent { reason } => Outcome::Permanent {
+            reason: scrub(reason),
+        },
+        Outcome::Unknown { reason } => Outcome::Unknown {
             reason: scrub(reason),
         },
         Outcome::Refused { reason } => Outcome::Refused {

@@ -130,7 +130,10 @@ impl<L: Ledger> Lookahead<L> {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("fetch.wait.max.ms", "100")
-            .set("queued.max.messages.kbytes", "4096");
+            // It keeps only withdrawals: a small prefetch is enough, and a backlog of large
+            // messages (hostile, or near the broker's limit) must not fill it.
+            .set("queued.max.messages.kbytes", "1024")
+            .set("fetch.max.bytes", crate::consumer::FETCH_MAX_BYTES);
         for (k, v) in &self.kafka.properties {
             cfg.set(k, v);
         }

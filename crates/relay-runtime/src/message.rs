@@ -30,6 +30,9 @@ pub struct ParkTicket {
     pub due_ms: i64,
     /// The failure that parked it.
     pub reason: String,
+    /// A re-assertion copy: the delivery was applied while a request of unknown fate for the same
+    /// person could still land, and is sent again (if still the newest decision) once it cannot.
+    pub reassert: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -59,6 +59,9 @@ pub(crate) fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, crate::Run
     let mut cfg = rdkafka::config::ClientConfig::new();
     cfg.set("bootstrap.servers", &kafka.bootstrap_servers)
         .set("linger.ms", "5")
+        // The outbox awaits every write before it goes on, so little is ever queued; the default
+        // (1 GiB) would let a burst of large dead letters from every sink pile up in memory.
+        .set("queue.buffering.max.kbytes", "16384")
         .set("message.timeout.ms", "30000")
         .set("message.max.bytes", max.to_string());
     for (k, v) in kafka

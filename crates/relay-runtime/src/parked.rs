@@ -120,8 +120,15 @@ impl Hold {
         self.by_due.keys().next().map(|(due, _, _)| *due)
     }
 
+    /// Re-assertion copies are of decisions already applied: they are neither unapplied nor
+    /// failing, and must not age the withdrawal SLO.
     fn unapplied(&self) -> Unapplied {
-        let held: Vec<Message> = self.by_due.values().map(|h| h.message.clone()).collect();
+        let held: Vec<Message> = self
+            .by_due
+            .values()
+            .filter(|h| !h.message.ticket.as_ref().is_some_and(|t| t.reassert))
+            .map(|h| h.message.clone())
+            .collect();
         unapplied(&held)
     }
 
@@ -129,6 +136,7 @@ impl Hold {
         self.by_due
             .values()
             .filter_map(|h| h.message.ticket.as_ref())
+            .filter(|t| !t.reassert)
             .map(|t| t.first_failed_ms)
             .min()
             .and_then(|ms| u64::try_from(ms).ok())

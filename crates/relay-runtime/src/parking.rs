@@ -28,6 +28,8 @@ pub mod header {
     pub const FIRST_FAILED_MS: &str = "consent-relay-first-failed-ms";
     pub const DUE_MS: &str = "consent-relay-due-ms";
     pub const ORIGINAL_TIMESTAMP_MS: &str = "consent-relay-original-timestamp-ms";
+    /// `true` on a re-assertion copy (see `ParkTicket::reassert`).
+    pub const REASSERT: &str = "consent-relay-reassert";
 }
 
 /// The headers of a copy of a message from `origin`, parked for `sink` under `ticket`.
@@ -53,6 +55,9 @@ pub(crate) fn headers(
     }
     if let Some(ms) = produced_at.and_then(unix_ms) {
         pairs.push((header::ORIGINAL_TIMESTAMP_MS, ms.to_string()));
+    }
+    if ticket.reassert {
+        pairs.push((header::REASSERT, "true".to_owned()));
     }
     pairs.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
         h.insert(Header {
@@ -88,6 +93,7 @@ pub(crate) fn read(msg: &OwnedMessage) -> Result<Copy, String> {
         first_failed_ms: parse(header::FIRST_FAILED_MS)?,
         due_ms: parse(header::DUE_MS)?,
         reason: header_value(msg, dlq::ERROR_MESSAGE).unwrap_or_default(),
+        reassert: header_value(msg, header::REASSERT).as_deref() == Some("true"),
     };
     let partition = i32::try_from(parse(dlq::ORIGINAL_PARTITION)?)
         .map_err(|_| "parked copy has a malformed original partition".to_owned())?;

@@ -38,6 +38,8 @@ pub mod metric {
     pub const LOOKAHEAD_WITHDRAWALS: &str = "consent_relay_lookahead_withdrawals_total";
     pub const RECONCILE_SUBJECTS: &str = "consent_relay_reconcile_subjects_total";
     pub const RECONCILE_REQUESTS: &str = "consent_relay_reconcile_requests_total";
+    pub const UNKNOWN_OUTCOMES: &str = "consent_relay_unknown_outcomes_total";
+    pub const REASSERTIONS: &str = "consent_relay_reassertions_total";
 }
 
 /// Every metric the relay exports: name, type, help. The deploy artefacts (alerts, dashboard) may
@@ -52,6 +54,16 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         metric::RECONCILE_REQUESTS,
         "counter",
         "Requests reconcile sent to a downstream, reads and repairs, per destination.",
+    ),
+    (
+        metric::UNKNOWN_OUTCOMES,
+        "counter",
+        "Requests whose fate is unknown (timed out, or the connection broke after they were written): the downstream may still apply them.",
+    ),
+    (
+        metric::REASSERTIONS,
+        "counter",
+        "Re-assertions of a person's newest decision after a request of unknown fate, by stage: scheduled (a copy waits on the retry topic until the late request can no longer land), sent (the decision went again), skipped (a newer decision is re-asserted instead).",
     ),
     (
         metric::LOOKAHEAD_WITHDRAWALS,
@@ -107,7 +119,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     (
         metric::RETRIES,
         "counter",
-        "Delivery retries by class (retryable, unavailable, refused).",
+        "Delivery retries by class (retryable, unavailable, unknown, refused).",
     ),
     (
         metric::DLQ_MESSAGES,

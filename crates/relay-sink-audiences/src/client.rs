@@ -218,6 +218,11 @@ fn blocking(answer: &Answer) -> Option<Outcome> {
         Outcome::Refused { reason } => Outcome::Refused {
             reason: not_sent(reason),
         },
+        // The request that went may still land; the ones not sent certainly will not.
+        Outcome::Unknown { reason } => Outcome::Unavailable {
+            after: None,
+            reason: not_sent(reason),
+        },
         // A request that could not even be built fails the same way for every batch.
         other => other.clone(),
     })

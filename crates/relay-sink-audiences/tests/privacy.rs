@@ -94,9 +94,10 @@ async fn no_raw_identifier_reaches_a_platform_a_log_line_or_a_reason() {
             match outcome {
                 Outcome::Retryable { reason, .. }
                 | Outcome::Unavailable { reason, .. }
+                | Outcome::Unknown { reason }
                 | Outcome::Permanent { reason }
                 | Outcome::Refused { reason } => reasons.push(reason),
-                Outcome::Applied | Outcome::AlreadyApplied => {}
+                Outcome::Applied | Outcome::AlreadyApplied | Outcome::AwaitingConfirmation => {}
             }
         }
     }

@@ -141,8 +141,12 @@ async fn run(events: usize, limit: Option<(u32, Duration)>) -> Run {
             let mut retry = Vec::new();
             for (item, outcome) in pending.into_iter().zip(outcomes) {
                 match outcome {
-                    Outcome::Applied | Outcome::AlreadyApplied => applied += 1,
-                    Outcome::Retryable { .. } | Outcome::Unavailable { .. } => retry.push(item),
+                    Outcome::Applied | Outcome::AlreadyApplied | Outcome::AwaitingConfirmation => {
+                        applied += 1
+                    }
+                    Outcome::Retryable { .. }
+                    | Outcome::Unavailable { .. }
+                    | Outcome::Unknown { .. } => retry.push(item),
                     Outcome::Permanent { reason } | Outcome::Refused { reason } => {
                         panic!("unexpected failure: {reason}")
                     }

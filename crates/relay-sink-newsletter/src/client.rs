@@ -20,9 +20,9 @@ const MAILCHIMP_COMPLIANCE_STATE: &str = "Member In Compliance State";
 /// Mailchimp's `title` for writing an address that was permanently deleted.
 const MAILCHIMP_FORGOTTEN: &str = "Forgotten Email Not Subscribed";
 
-const COMPLIANCE_REASON: &str = "Mailchimp refuses to subscribe the address because it is in a \
-    compliance state (it unsubscribed, bounced or is under review); the person must confirm again \
-    through Mailchimp's own double opt-in (e.g. a Mailchimp signup form), a replay will not help";
+const COMPLIANCE_REASON: &str = "Mailchimp refuses to subscribe the address, even as pending \
+    re-confirmation, because it is in a compliance state (it bounced or is under review); the \
+    person must sign up again through a Mailchimp signup form, a replay will not help";
 const FORGOTTEN_REASON: &str = "Mailchimp refuses to subscribe the address because it was \
     permanently deleted (erasure) and cannot be re-imported; the person must sign up again \
     through a Mailchimp signup form, a replay will not help";
@@ -193,8 +193,20 @@ impl NewsletterSink {
                 brevo_outcome(call.op, &reply)
             }
             Provider::Mailchimp { list_id } => match mailchimp_outcome(call.op, &reply) {
+                MailchimpAnswer::Done(Outcome::Applied) if call.op == Op::Subscribe => {
+                    match member_status(&reply).as_deref() {
+                        Some("subscribed") => Outcome::Applied,
+                        // Waiting for the person's click on Mailchimp's opt-in email.
+                        Some("pending") => Outcome::AwaitingConfirmation,
+                        Some("unsubscribed" | "cleaned") => list.mailchimp_reconfirm(call).await,
+                        // Archived, transactional (or an answer without a status): not a
+                        // compliance state, so the member may be set subscribed.
+                        _ => list.mailchimp_set_subscribed(call).await,
+                    }
+                }
                 MailchimpAnswer::Done(outcome) => outcome,
                 MailchimpAnswer::NotFound => list.mailchimp_member_gone(list_id).await,
+                MailchimpAnswer::InComplianceState => list.mailchimp_reconfirm(call).await,
             },
         }
     }
@@ -225,6 +237,48 @@ impl ListClient {
             .and_then(|v| v.trim().parse::<u64>().ok());
         if let (true, Some(reset)) = (exhausted, reset) {
             self.destination.pause_for(Duration::from_secs(reset));
+        }
+    }
+
+    /// A grant for an existing member that is neither subscribed, pending nor in a compliance
+    /// state: set subscribed.
+    async fn mailchimp_set_subscribed(&self, call: &Call) -> Outcome {
+        self.mailchimp_put_status(call, "subscribed", Outcome::Applied)
+            .await
+    }
+
+    /// A grant for a member in a compliance state (it unsubscribed before): Mailchimp will not set
+    /// it to `subscribed`, but `pending` sends its double opt-in email, and the person's click
+    /// subscribes it (docs/vendors/mailchimp.md). The grant is then awaiting confirmation. A
+    /// member Mailchimp will not even ask (a bounced address) is a permanent failure.
+    async fn mailchimp_reconfirm(&self, call: &Call) -> Outcome {
+        self.mailchimp_put_status(call, "pending", Outcome::AwaitingConfirmation)
+            .await
+    }
+
+    /// Sends the member upsert of `call` again with `status`; `done` is the outcome of success.
+    async fn mailchimp_put_status(&self, call: &Call, status: &str, done: Outcome) -> Outcome {
+        let mut body = call.body.clone().unwrap_or_default();
+        body["status"] = status.into();
+        body["status_if_new"] = status.into();
+        let request = self
+            .destination
+            .http()
+            .request(
+                call.method.clone(),
+                format!("{}{}", self.base_url, call.path),
+            )
+            .json(&body);
+        match self.send(request).await {
+            Err(outcome) => outcome,
+            Ok(reply) => match mailchimp_outcome(call.op, &reply) {
+                MailchimpAnswer::Done(Outcome::Applied) => done,
+                MailchimpAnswer::Done(outcome) => outcome,
+                MailchimpAnswer::InComplianceState => Outcome::permanent(COMPLIANCE_REASON),
+                MailchimpAnswer::NotFound => Outcome::Refused {
+                    reason: "Mailchimp has no audience with the configured list_id".to_owned(),
+                },
+            },
         }
     }
 
@@ -296,6 +350,8 @@ enum MailchimpAnswer {
     Done(Outcome),
     /// A permanent delete found nothing; whether that is the member or the audience is unknown.
     NotFound,
+    /// A subscribe of a member that unsubscribed (or bounced) before.
+    InComplianceState,
 }
 
 fn mailchimp_outcome(op: Op, reply: &Reply) -> MailchimpAnswer {
@@ -306,7 +362,7 @@ fn mailchimp_outcome(op: Op, reply: &Reply) -> MailchimpAnswer {
     let done = MailchimpAnswer::Done;
     match (reply.status, problem.title.as_deref(), op) {
         (400, Some(MAILCHIMP_COMPLIANCE_STATE), Op::Subscribe) => {
-            done(Outcome::permanent(COMPLIANCE_REASON))
+            MailchimpAnswer::InComplianceState
         }
         (400, Some(MAILCHIMP_FORGOTTEN), Op::Subscribe) => {
             done(Outcome::permanent(FORGOTTEN_REASON))
@@ -325,6 +381,17 @@ fn mailchimp_outcome(op: Op, reply: &Reply) -> MailchimpAnswer {
             problem.detail(&reply.body),
         )),
     }
+}
+
+/// The `status` of the member a Mailchimp upsert answered with.
+fn member_status(reply: &Reply) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Member {
+        status: Option<String>,
+    }
+    serde_json::from_slice::<Member>(&reply.body)
+        .ok()
+        .and_then(|m| m.status)
 }
 
 /// Brevo's error body (docs/vendors/brevo.md §6).
@@ -408,6 +475,7 @@ mod tests {
         match mailchimp_outcome(op, r) {
             MailchimpAnswer::Done(o) => o,
             MailchimpAnswer::NotFound => panic!("not found"),
+            MailchimpAnswer::InComplianceState => Outcome::permanent("in compliance state"),
         }
     }
 
@@ -475,10 +543,10 @@ mod tests {
             r#"{"title":"Member In Compliance State","status":400,
                 "detail":"a@b.de is in a compliance state due to unsubscribe, bounce, or compliance review and cannot be subscribed.","instance":"x"}"#,
         );
-        assert_eq!(
-            mailchimp(Op::Subscribe, &compliance),
-            Outcome::permanent(COMPLIANCE_REASON)
-        );
+        assert!(matches!(
+            mailchimp_outcome(Op::Subscribe, &compliance),
+            MailchimpAnswer::InComplianceState
+        ));
         let forgotten = reply(
             400,
             &[],

@@ -9,10 +9,17 @@
 //! | erasure | `DELETE /contacts/{email}` | `POST …/members/{md5}/actions/delete-permanent` |
 //!
 //! A grant adds the address at once because the upstream grant of a newsletter purpose is the
-//! confirmed double opt-in (see [`NewsletterConfig`]). Vendor states that no retry can change are
-//! permanent with a reason that says what a person has to do: Mailchimp's compliance state (an
-//! address that unsubscribed must confirm again through Mailchimp's own opt-in) and its forgotten
-//! addresses (permanently deleted ones cannot be re-imported). Requests never carry contact
+//! confirmed double opt-in (see [`NewsletterConfig`]). Where a provider will not re-subscribe:
+//! - Mailchimp, a member who unsubscribed (a compliance state): the grant sets it `pending`, which
+//!   sends Mailchimp's own opt-in email; the outcome is awaiting confirmation, and the person's
+//!   click subscribes them. A member Mailchimp will not even ask (a bounced one, where it refuses
+//!   `pending` too) is permanent, with a reason that says the person must use a signup form.
+//! - Mailchimp, a permanently deleted address (after an erasure) cannot be re-imported: permanent,
+//!   with the same advice.
+//! - Brevo re-subscribes a blocklisted contact when the grant sends `emailBlacklisted: false`: the
+//!   newer grant is the person's decision, so that is what it does.
+//!
+//! Requests never carry contact
 //! attributes, so Brevo's rename of a blocklisted contact, which would lift the blocklist, cannot
 //! happen.
 //!

@@ -172,7 +172,14 @@ fn mailchimp(op: Op, email: &str, list_id: &str) -> (Method, String, Option<Valu
     let member = format!("/lists/{list_id}/members/{}", subscriber_hash(email));
     let status = |s: &str| json!({ "email_address": email, "status": s, "status_if_new": s });
     match op {
-        Op::Subscribe => (Method::PUT, member, Some(status("subscribed"))),
+        // Only new members are set subscribed: an existing one keeps its status, which the answer
+        // tells (client.rs decides from it). Setting `status` would make a member pending its
+        // opt-in confirmation subscribed without that confirmation.
+        Op::Subscribe => (
+            Method::PUT,
+            member,
+            Some(json!({ "email_address": email, "status_if_new": "subscribed" })),
+        ),
         // An unknown address becomes an unsubscribed member: Mailchimp then refuses to import it
         // as subscribed later, which protects the withdrawal against stale list imports.
         Op::Unsubscribe { .. } => (Method::PUT, member, Some(status("unsubscribed"))),
@@ -360,10 +367,8 @@ mod tests {
                         "PUT".into(),
                         "product",
                         format!("/lists/abc123/members/{hash}"),
-                        Some(
-                            json!({"email_address": "anna@example.de", "status": "subscribed",
-                                    "status_if_new": "subscribed"})
-                        )
+                        Some(json!({"email_address": "anna@example.de",
+                                    "status_if_new": "subscribed"}))
                     ),
                     (
                         "PUT".into(),

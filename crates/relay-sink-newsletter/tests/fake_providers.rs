@@ -390,8 +390,7 @@ async fn mailchimp_upserts_by_subscriber_hash() {
     assert!(header(&request.headers, "authorization").is_some_and(|a| a.starts_with("Basic ")));
     assert_eq!(
         serde_json::from_str::<Value>(&request.body).unwrap(),
-        json!({"email_address": "anna@example.de", "status": "subscribed",
-               "status_if_new": "subscribed"})
+        json!({"email_address": "anna@example.de", "status_if_new": "subscribed"})
     );
 
     assert_eq!(
@@ -416,12 +415,70 @@ async fn mailchimp_upserts_by_subscriber_hash() {
 }
 
 #[tokio::test]
-async fn mailchimp_compliance_state_is_permanent_and_says_what_the_person_must_do() {
+async fn a_grant_for_a_member_who_unsubscribed_at_mailchimp_asks_the_person_to_confirm() {
     let s = setup().await;
     let email = "clicked.unsubscribe@example.de";
-    // The person used the unsubscribe link in a Mailchimp newsletter.
+    // The person used the unsubscribe link in a Mailchimp newsletter; Mailchimp refuses to set
+    // them subscribed again, but sends its opt-in email for `pending`.
     s.mailchimp
         .set_member_status(AUDIENCE, email, "unsubscribed");
+    let outcomes = s.sink.deliver(&[grant(email, "product_news")]).await;
+    assert_eq!(outcomes, [Outcome::AwaitingConfirmation]);
+    assert_eq!(
+        s.mailchimp.member_status(AUDIENCE, email).as_deref(),
+        Some("pending")
+    );
+    assert_eq!(s.mailchimp.confirmations_sent(email), 1);
+    // A withdrawal while the confirmation is pending unsubscribes at once.
+    assert_eq!(
+        s.sink.deliver(&[withdraw(email, "product_news")]).await,
+        [Outcome::Applied]
+    );
+    assert_eq!(
+        s.mailchimp.member_status(AUDIENCE, email).as_deref(),
+        Some("unsubscribed")
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_grant_never_subscribes_a_member_awaiting_its_confirmation() {
+    let s = setup().await;
+    let email = "pending@example.de";
+    s.mailchimp.set_member_status(AUDIENCE, email, "pending");
+    // A retry after a timeout, or a re-assertion: Mailchimp's confirmation is not bypassed.
+    assert_eq!(
+        s.sink.deliver(&[grant(email, "product_news")]).await,
+        [Outcome::AwaitingConfirmation]
+    );
+    assert_eq!(
+        s.mailchimp.member_status(AUDIENCE, email).as_deref(),
+        Some("pending")
+    );
+    assert_eq!(
+        s.mailchimp.confirmations_sent(email),
+        0,
+        "no second opt-in email"
+    );
+    // A member archived or transactional is set subscribed.
+    s.mailchimp
+        .set_member_status(AUDIENCE, email, "transactional");
+    assert_eq!(
+        s.sink.deliver(&[grant(email, "product_news")]).await,
+        [Outcome::Applied]
+    );
+    assert_eq!(
+        s.mailchimp.member_status(AUDIENCE, email).as_deref(),
+        Some("subscribed")
+    );
+}
+
+#[tokio::test]
+async fn a_bounced_member_is_asked_to_confirm_only_where_mailchimp_allows_it() {
+    let s = setup().await;
+    let email = "bounced@example.de";
+    s.mailchimp.set_member_status(AUDIENCE, email, "cleaned");
+    // Mailchimp does not document `pending` for a cleaned member: refused, it is permanent and
+    // says what the person must do.
     let outcomes = s.sink.deliver(&[grant(email, "product_news")]).await;
     assert!(
         matches!(outcomes[0], Outcome::Permanent { .. }),
@@ -429,12 +486,19 @@ async fn mailchimp_compliance_state_is_permanent_and_says_what_the_person_must_d
     );
     let reason = reason(&outcomes[0]);
     assert!(reason.contains("compliance state"), "{reason}");
-    assert!(reason.contains("double opt-in"), "{reason}");
-    assert!(!reason.contains("clicked.unsubscribe"), "{reason}");
+    assert!(reason.contains("signup form"), "{reason}");
+    assert!(!reason.contains("bounced@"), "{reason}");
     assert_eq!(
         s.mailchimp.member_status(AUDIENCE, email).as_deref(),
-        Some("unsubscribed")
+        Some("cleaned")
     );
+    // Accepted, it is awaiting confirmation like an unsubscribed member.
+    s.mailchimp.set_cleaned_accepts_pending(true);
+    assert_eq!(
+        s.sink.deliver(&[grant(email, "product_news")]).await,
+        [Outcome::AwaitingConfirmation]
+    );
+    assert_eq!(s.mailchimp.confirmations_sent(email), 1);
 }
 
 #[tokio::test]

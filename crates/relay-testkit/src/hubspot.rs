@@ -38,6 +38,7 @@ use relay_events::normalize;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+pub use crate::late::LateApply;
 pub use crate::recorded::{RecordedRequest, ScriptedResponse};
 
 /// `POST` path of the v4 batch status write.
@@ -162,6 +163,7 @@ struct FakeState {
     rate_limited: usize,
     last_contact_id: u64,
     unknown_properties: BTreeSet<String>,
+    late: LateApply,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -204,6 +206,7 @@ impl FakeState {
             // HubSpot's record ids are large numbers; where they start does not matter.
             last_contact_id: 100_000,
             unknown_properties: BTreeSet::new(),
+            late: LateApply::default(),
         }
     }
 
@@ -351,6 +354,11 @@ impl FakeHubSpot {
         }
     }
 
+    /// Requests the fake applies late, after the client may have given up (see [`LateApply`]).
+    pub fn late(&self) -> LateApply {
+        lock(&self.shared).late.clone()
+    }
+
     /// Answers every HubSpot request `delay` late, after its state change is applied.
     pub fn set_response_delay(&self, delay: Duration) {
         lock(&self.shared).delay = delay;
@@ -488,6 +496,7 @@ async fn gate(State(shared): State<Shared>, request: Request, next: Next) -> Res
         );
     };
     let hubspot_path = !parts.uri.path().starts_with("/__fake/");
+    let late = lock(&shared).late.clone();
     let (early, limit_headers, delay) = {
         let mut state = lock(&shared);
         // Taken under the lock, so that the rate-limit window sees arrivals in order.
@@ -524,10 +533,16 @@ async fn gate(State(shared): State<Shared>, request: Request, next: Next) -> Res
     let mut response = match early {
         Some(Early::Scripted(scripted)) => scripted.into_response(),
         Some(Early::Json(status, body)) => json_response(status, body),
-        None => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
-        }
+        None => match late.take(&parts.method, &bytes) {
+            Some(hold) if hubspot_path => {
+                let apply = next.run(Request::from_parts(parts, Body::from(bytes)));
+                late.apply_late(hold, apply).await
+            }
+            _ => {
+                next.run(Request::from_parts(parts, Body::from(bytes)))
+                    .await
+            }
+        },
     };
     if hubspot_path && !scripted {
         let headers = response.headers_mut();
@@ -1157,6 +1172,42 @@ impl crate::recorded::Recording for FakeHubSpot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::Method;
+
+    #[tokio::test]
+    async fn a_held_request_is_applied_after_the_client_gave_up() {
+        let fake = FakeHubSpot::start("t").await;
+        fake.late().hold(
+            Method::POST,
+            "\"SUBSCRIBED\"",
+            Duration::from_millis(600),
+            1,
+        );
+        let body = json!({"inputs": [{
+            "subscriberIdString": "a@b.de",
+            "channel": "EMAIL",
+            "statusState": "SUBSCRIBED",
+            "subscriptionId": 1,
+        }]});
+        let err = reqwest::Client::new()
+            .post(format!("{}{BATCH_WRITE_PATH}", fake.base_url()))
+            .bearer_auth("t")
+            .timeout(Duration::from_millis(200))
+            .json(&body)
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+        assert_eq!((fake.late().held(), fake.late().landed()), (1, 0));
+        assert_eq!(fake.subscription_status("a@b.de", 1), None);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(fake.late().landed(), 1);
+        assert_eq!(
+            fake.subscription_status("a@b.de", 1).as_deref(),
+            Some(SUBSCRIBED),
+            "applied although nobody waited for the answer"
+        );
+    }
 
     #[test]
     fn email_syntax() {

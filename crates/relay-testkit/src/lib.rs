@@ -9,6 +9,7 @@ pub mod audiences;
 pub mod broker;
 pub mod downstreams;
 pub mod hubspot;
+pub mod late;
 pub mod newsletter;
 pub mod partner;
 pub mod postgres;

@@ -11,7 +11,9 @@
 //!   blocklist, as Brevo documents, so a test can prove the sink never sends one; the
 //!   `x-sib-ratelimit-*` headers on every answer and a 429 once the window is used up.
 //! - Mailchimp: `subscribed` for an unsubscribed or cleaned member is 400 "Member In Compliance
-//!   State"; any write to a permanently deleted address is 400 "Forgotten Email Not Subscribed";
+//!   State"; `pending` (re-confirmation: Mailchimp sends its opt-in email) is accepted for an
+//!   unsubscribed member, and for a cleaned (bounced) one only when the test says so, because
+//!   Mailchimp does not document that case (`set_cleaned_accepts_pending`); any write to a permanently deleted address is 400 "Forgotten Email Not Subscribed";
 //!   more simultaneous requests than allowed (10 by default) are 429.
 //!
 //! What the vendors do not document, the fakes decide like this: unknown JSON fields are rejected
@@ -619,6 +621,10 @@ struct MailchimpState {
     members: BTreeMap<(String, String), Member>,
     /// (list id, subscriber hash) of permanently deleted members.
     forgotten: BTreeSet<(String, String)>,
+    /// Whether a cleaned member may be set to `pending` (undocumented at Mailchimp).
+    cleaned_accepts_pending: bool,
+    /// Opt-in emails Mailchimp would have sent (a member set to `pending`), by address.
+    confirmations_sent: BTreeMap<String, usize>,
     max_connections: usize,
     in_flight: usize,
     max_in_flight: usize,
@@ -684,6 +690,8 @@ impl FakeMailchimp {
             lists: lists.iter().map(|l| (*l).to_owned()).collect(),
             members: BTreeMap::new(),
             forgotten: BTreeSet::new(),
+            cleaned_accepts_pending: false,
+            confirmations_sent: BTreeMap::new(),
             max_connections: MAILCHIMP_MAX_CONNECTIONS,
             in_flight: 0,
             max_in_flight: 0,
@@ -748,6 +756,20 @@ impl FakeMailchimp {
                 status: status.to_owned(),
             },
         );
+    }
+
+    /// Lets a cleaned member be set to `pending` too (Mailchimp's behaviour there is undocumented).
+    pub fn set_cleaned_accepts_pending(&self, accepts: bool) {
+        lock(&self.shared).cleaned_accepts_pending = accepts;
+    }
+
+    /// How many opt-in confirmation emails the address would have received.
+    pub fn confirmations_sent(&self, email: &str) -> usize {
+        lock(&self.shared)
+            .confirmations_sent
+            .get(&normalize::email(email))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The member's status, or `None` when the address is not in the audience.
@@ -987,9 +1009,12 @@ async fn mailchimp_upsert(
     let status = match state.members.get(&key) {
         Some(member) => {
             let wanted = upsert.status.unwrap_or_else(|| member.status.clone());
-            if wanted == "subscribed"
-                && matches!(member.status.as_str(), "unsubscribed" | "cleaned")
-            {
+            let refused = match (wanted.as_str(), member.status.as_str()) {
+                ("subscribed", "unsubscribed" | "cleaned") => true,
+                ("pending", "cleaned") => !state.cleaned_accepts_pending,
+                _ => false,
+            };
+            if refused {
                 return problem(
                     StatusCode::BAD_REQUEST,
                     "Member In Compliance State",
@@ -1006,6 +1031,10 @@ async fn mailchimp_upsert(
             None => return invalid_resource("status_if_new: Required for new members."),
         },
     };
+    let was = state.members.get(&key).map(|m| m.status.clone());
+    if status == "pending" && was.as_deref() != Some("pending") {
+        *state.confirmations_sent.entry(email.clone()).or_default() += 1;
+    }
     state.members.insert(
         key,
         Member {

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use relay_delivery::{join_all, BoxFuture, Outcome, OutcomeClass, SinkItem};
 use relay_events::ErrorCode;
-use relay_ledger::{Finish, Ledger, Park, Status};
+use relay_ledger::{Finish, InDoubt, Ledger, Park, Status, Uncertain};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::locks::Held;
@@ -44,6 +44,10 @@ struct Pending {
     /// When it first failed in this run.
     first_failure: Option<Instant>,
     last_error: String,
+    /// The attempt number of its latest claim.
+    attempt: u32,
+    /// Whether this wave has sent it already.
+    sent: bool,
 }
 
 impl Pending {
@@ -53,6 +57,8 @@ impl Pending {
             charged: 0,
             first_failure: None,
             last_error: String::new(),
+            attempt: 0,
+            sent: false,
         }
     }
 }
@@ -151,6 +157,9 @@ impl<L: Ledger> Engine<L> {
         // a crash before their purposes are done redoes the narrowing.
         let mut narrowed: Vec<Finish> = Vec::new();
         let mut attempt = 0u32;
+        // Per subject, until when a request of unknown fate may still land at this destination;
+        // what this wave applies before then is re-asserted then.
+        let mut uncertain: HashMap<String, i64> = HashMap::new();
         loop {
             let mut claimed = Vec::with_capacity(groups.len());
             for group in groups {
@@ -166,6 +175,47 @@ impl<L: Ledger> Engine<L> {
                 return self.finish_narrowed(&narrowed, shutdown).await;
             }
             attempt += 1;
+            let mut marks = Vec::new();
+            for p in claimed.iter_mut().flatten() {
+                // Claimed before, but not sent by this wave: a process that died, or the
+                // partition's previous owner, may have sent it, and that request may still land.
+                // (A parked copy's earlier attempts were answered; one of unknown fate left a
+                // bound already.)
+                if !p.sent && p.attempt > 1 && ctx.ticket(p.item.event.event_id).is_none() {
+                    let until = now_ms().saturating_add(self.redelivery_window_ms());
+                    marks.push(self.uncertain_mark(&p.item, until));
+                }
+                p.sent = true;
+            }
+            if attempt == 1 {
+                // Read after the claims: a request someone else claimed before them may still be
+                // on the wire (its delivery is in flight), and one claimed after them was
+                // superseded and is not sent.
+                let subjects: Vec<String> = claimed
+                    .iter()
+                    .flatten()
+                    .map(|p| p.item.event.subject_id.clone())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let own: Vec<Uuid> = claimed
+                    .iter()
+                    .flatten()
+                    .map(|p| p.item.event.event_id)
+                    .collect();
+                let in_doubt = InDoubt {
+                    window_ms: self.redelivery_window_ms(),
+                    exclude: &own,
+                };
+                let now = now_ms();
+                uncertain = self
+                    .durable("uncertain", shutdown, || {
+                        self.ledger.uncertain(&sink, &subjects, now, &in_doubt)
+                    })
+                    .await?;
+            }
+            self.record_uncertain(marks, &mut uncertain, shutdown)
+                .await?;
 
             let sent = claimed.len();
             let mut answered: Vec<Vec<(Pending, Outcome)>> = Vec::with_capacity(sent);
@@ -182,14 +232,20 @@ impl<L: Ledger> Engine<L> {
             };
             for (_, outcome) in answered.iter().flatten() {
                 match outcome {
-                    Outcome::Applied | Outcome::AlreadyApplied | Outcome::Permanent { .. } => {
-                        verdict.progress = true
-                    }
+                    Outcome::Applied
+                    | Outcome::AlreadyApplied
+                    | Outcome::AwaitingConfirmation
+                    | Outcome::Permanent { .. } => verdict.progress = true,
                     // A hint on an item-level failure is honoured for the next round, but does
                     // not pause the destination.
                     Outcome::Retryable { after, .. } => verdict.after = verdict.after.max(*after),
                     Outcome::Unavailable { after, reason } => {
                         verdict.after = verdict.after.max(*after);
+                        verdict.unavailable.get_or_insert_with(|| reason.clone());
+                    }
+                    // A destination that does not answer in time is as unavailable as one that
+                    // cannot be reached.
+                    Outcome::Unknown { reason } => {
                         verdict.unavailable.get_or_insert_with(|| reason.clone());
                     }
                     Outcome::Refused { reason } => {
@@ -204,7 +260,24 @@ impl<L: Ledger> Engine<L> {
             let mut next: Vec<Vec<Pending>> = Vec::new();
             let mut to_park: Vec<Pending> = Vec::new();
             let mut split_any = false;
+            let mut reassert: BTreeMap<Uuid, i64> = BTreeMap::new();
+            let wall = now_ms();
             let now = Instant::now();
+            // Requests of unknown fate first, so that whatever this round applied for the same
+            // person is re-asserted too, whatever the order of the answers.
+            let marks: Vec<Uncertain> = answered
+                .iter()
+                .flatten()
+                .filter(|(_, o)| matches!(o, Outcome::Unknown { .. }))
+                .map(|(p, _)| {
+                    let late = i64::try_from(self.retry.late_landing_ms).unwrap_or(i64::MAX);
+                    self.uncertain_mark(&p.item, wall.saturating_add(late))
+                })
+                .collect();
+            for m in &marks {
+                let until = uncertain.entry(m.subject_id.clone()).or_insert(m.until_ms);
+                *until = (*until).max(m.until_ms);
+            }
             for group in answered {
                 // A request that failed for all its items says nothing about which one is at
                 // fault: split it, uncharged, so that a poisoned item ends up alone.
@@ -215,17 +288,42 @@ impl<L: Ledger> Engine<L> {
                     let k = key(&sink, &p.item);
                     let subject_id = p.item.event.subject_id.clone();
                     match outcome {
-                        Outcome::Applied | Outcome::AlreadyApplied => {
+                        Outcome::Applied
+                        | Outcome::AlreadyApplied
+                        | Outcome::AwaitingConfirmation => {
+                            let event_id = p.item.event.event_id;
+                            if ctx.reasserts(event_id) {
+                                self.count_reassertion("sent");
+                                info!(sink = %sink, event_id = %event_id, "newest decision re-asserted after a request of unknown fate");
+                            }
+                            if let Some(&until) = uncertain.get(&subject_id).filter(|&&u| u > wall)
+                            {
+                                let at = reassert.entry(event_id).or_insert(until);
+                                *at = (*at).max(until);
+                            }
                             finished.push(Finish {
                                 key: k,
                                 subject_id,
-                                status: if outcome == Outcome::Applied {
-                                    Status::Applied
-                                } else {
-                                    Status::AlreadyApplied
+                                status: match outcome {
+                                    Outcome::Applied => Status::Applied,
+                                    Outcome::AwaitingConfirmation => Status::AwaitingConfirmation,
+                                    _ => Status::AlreadyApplied,
                                 },
                                 error_class: None,
                                 error: None,
+                            });
+                        }
+                        Outcome::Permanent { reason } if ctx.reasserts(p.item.event.event_id) => {
+                            // The decision was applied before; only sending it again failed. It
+                            // stays applied, with the failure on record.
+                            self.count_reassertion("failed");
+                            warn!(sink = %sink, event_id = %p.item.event.event_id, error = %reason, "re-assertion refused for good; the delivery stays applied");
+                            finished.push(Finish {
+                                key: k,
+                                subject_id,
+                                status: Status::Applied,
+                                error_class: Some(OutcomeClass::Permanent.as_str().to_owned()),
+                                error: Some(format!("re-assertion failed: {reason}")),
                             });
                         }
                         Outcome::Permanent { reason } => {
@@ -281,6 +379,15 @@ impl<L: Ledger> Engine<L> {
                             p.last_error = reason;
                             kept.push((p, false));
                         }
+                        Outcome::Unknown { reason } => {
+                            // Retried like an unavailable destination; and whatever is applied for
+                            // this person until the request can no longer land is re-asserted
+                            // (the bound was taken above).
+                            warn!(sink = %sink, event_id = %p.item.event.event_id, error = %reason, late_landing_ms = self.retry.late_landing_ms, "request of unknown fate: it may still be applied; this person's newest decision will be re-asserted");
+                            finished.push(retrying(k, subject_id, OutcomeClass::Unknown, &reason));
+                            p.last_error = reason;
+                            kept.push((p, false));
+                        }
                     }
                 }
                 // Only an item that failed on its own this round can have spent its budget: one
@@ -304,6 +411,12 @@ impl<L: Ledger> Engine<L> {
             }
 
             self.set_circuit(verdict.refused.as_deref());
+            // The bounds first, then the copies, then the finish: a crash in between redoes the
+            // delivery, which marks and copies again, and a copy is never missing for a delivery
+            // that is recorded applied while a bound is open.
+            self.record_uncertain(marks, &mut uncertain, shutdown)
+                .await?;
+            self.schedule_reassertions(reassert, ctx, shutdown).await?;
             self.durable("finish", shutdown, || self.ledger.finish(&finished))
                 .await?;
             if !to_park.is_empty() {
@@ -379,10 +492,12 @@ impl<L: Ledger> Engine<L> {
         let to_send = self.claim(items, ctx, narrowed, shutdown).await?;
         Ok(to_send
             .into_iter()
-            .map(|item| {
-                state
+            .map(|(item, attempt)| {
+                let mut p = state
                     .remove(&(item.event.event_id, item.target.key().to_owned()))
-                    .unwrap_or_else(|| Pending::new(item))
+                    .unwrap_or_else(|| Pending::new(item));
+                p.attempt = attempt;
+                p
             })
             .collect())
     }
@@ -488,6 +603,7 @@ impl<L: Ledger> Engine<L> {
                         .unwrap_or(i64::MAX),
                 ),
                 reason: reason.clone(),
+                reassert: msg.ticket.as_ref().is_some_and(|t| t.reassert),
             };
             self.until_done("park", shutdown, || async {
                 self.outbox
@@ -537,6 +653,85 @@ impl<L: Ledger> Engine<L> {
         if !parks.is_empty() {
             self.durable("park", shutdown, || self.ledger.park(&parks))
                 .await?;
+        }
+        Ok(())
+    }
+}
+
+impl<L: Ledger> Engine<L> {
+    fn uncertain_mark(&self, item: &SinkItem, until_ms: i64) -> Uncertain {
+        Uncertain {
+            subject_id: item.event.subject_id.clone(),
+            sink: self.name().to_owned(),
+            until_ms,
+        }
+    }
+
+    /// How long a request sent by someone else (a process that died, the partition's previous
+    /// owner) may still land: it may have been sent just now, and take the request timeout plus
+    /// the late-landing margin.
+    pub(super) fn redelivery_window_ms(&self) -> i64 {
+        let timeout = self
+            .sink
+            .destinations()
+            .iter()
+            .map(|d| d.request_timeout())
+            .max()
+            .unwrap_or_default();
+        i64::try_from((timeout + self.retry.late_landing()).as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Makes `marks` durable and adds them to the wave's view.
+    async fn record_uncertain(
+        &self,
+        marks: Vec<Uncertain>,
+        uncertain: &mut HashMap<String, i64>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        self.durable("mark_uncertain", shutdown, || {
+            self.ledger.mark_uncertain(&marks)
+        })
+        .await?;
+        for m in marks {
+            let until = uncertain.entry(m.subject_id).or_insert(m.until_ms);
+            *until = (*until).max(m.until_ms);
+        }
+        Ok(())
+    }
+
+    /// Puts a re-assertion copy of each event's message on the retry topic, due when the requests
+    /// of unknown fate for its person can no longer land. Then it is claimed again: sent if it is
+    /// still the newest decision, a no-op if a newer one came (that one has a copy of its own).
+    async fn schedule_reassertions(
+        &self,
+        due: BTreeMap<Uuid, i64>,
+        ctx: &BatchContext<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let sink = self.name().to_owned();
+        for (event_id, until) in due {
+            let msg = ctx.message(event_id);
+            let ticket = ParkTicket {
+                parks: msg.ticket.as_ref().map_or(0, |t| t.parks),
+                first_failed_ms: until,
+                due_ms: until,
+                reason: "re-assertion: a request of unknown fate for this person may land until \
+                         this copy is due"
+                    .to_owned(),
+                reassert: true,
+            };
+            self.until_done("park", shutdown, || async {
+                self.outbox
+                    .park(msg, &sink, &ticket)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+            self.count_reassertion("scheduled");
+            info!(sink = %sink, event_id = %event_id, due_in_ms = until - now_ms(), "decision applied while a request of unknown fate may still land: re-assertion scheduled");
         }
         Ok(())
     }

@@ -726,3 +726,286 @@ async fn an_old_event_is_applied_and_marked_late() {
     assert!(late("o").await);
     assert!(!late("r").await);
 }
+
+/// The margin is wall-clock time (the ledger's bounds are): long enough that a loaded machine
+/// does not pass it before the test looks, short enough to wait out.
+const LATE_LANDING_MS: u64 = 1_500;
+
+fn reasserting_retry() -> RetryConfig {
+    RetryConfig {
+        late_landing_ms: LATE_LANDING_MS,
+        ..retry()
+    }
+}
+
+fn wait_out_the_margin() {
+    std::thread::sleep(Duration::from_millis(LATE_LANDING_MS + 100));
+}
+
+/// The copies on the retry topic so far, as the parked consumer would hand them back.
+fn copies(s: &Setup) -> Vec<(Message, ParkTicket)> {
+    s.outbox
+        .parked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(m, _, t)| {
+            let mut m = m.clone();
+            m.ticket = Some(t.clone());
+            (m, t.clone())
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_grant_of_unknown_fate_the_newest_decision_is_reasserted_once_it_cannot_land() {
+    // The first request times out (the downstream may still apply it); everything else works.
+    let s = setup(
+        Scripted::new(|n, items| {
+            if n == 0 {
+                vec![
+                    Outcome::Unknown {
+                        reason: "transport error: timeout".into()
+                    };
+                    items.len()
+                ]
+            } else {
+                vec![Outcome::Applied; items.len()]
+            }
+        }),
+        reasserting_retry(),
+    );
+    let cancel = CancellationToken::new();
+    let grant = event(EventKind::ConsentGranted, "p", 1_000);
+    let withdrawal = event(EventKind::ConsentWithdrawn, "p", 2_000);
+    s.engine
+        .process(&[message(0, &grant)], &cancel)
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.status(&key(&grant)), Some(Status::Applied));
+    s.engine
+        .process(&[message(1, &withdrawal)], &cancel)
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.status(&key(&withdrawal)), Some(Status::Applied));
+    assert_eq!(
+        s.sink.calls().len(),
+        3,
+        "the grant twice, the withdrawal once"
+    );
+
+    // Both were applied while the first request could still land: each has a re-assertion copy,
+    // due when it no longer can.
+    let due = copies(&s);
+    assert_eq!(due.len(), 2);
+    for (m, t) in &due {
+        assert!(t.reassert, "{t:?}");
+        assert!(
+            t.due_ms > now_ms() && t.due_ms <= now_ms() + LATE_LANDING_MS as i64,
+            "{t:?}"
+        );
+        assert_eq!(m.ticket.as_ref().unwrap().due_ms, t.due_ms);
+    }
+    wait_out_the_margin();
+
+    // The grant's copy does nothing (a newer decision exists); the withdrawal's goes again, and
+    // schedules nothing more: the bound has passed.
+    let calls = s.sink.calls().len();
+    s.engine
+        .process(&[due[0].0.clone()], &cancel)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.sink.calls().len(),
+        calls,
+        "the stale grant is not re-asserted"
+    );
+    s.engine
+        .process(&[due[1].0.clone()], &cancel)
+        .await
+        .unwrap();
+    assert_eq!(s.sink.calls().len(), calls + 1, "the withdrawal goes again");
+    assert_eq!(copies(&s).len(), 2, "no further copy");
+    let report = relay_ledger::Ledger::subject_report(&*s.ledger, "p")
+        .await
+        .unwrap();
+    let row = |e: &ConsentEvent| {
+        report
+            .deliveries
+            .iter()
+            .find(|d| d.key == key(e))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row(&withdrawal).reasserts, 1);
+    assert_eq!(row(&withdrawal).status, Status::Applied);
+    assert_eq!(row(&grant).reasserts, 0);
+    assert_eq!(row(&grant).status, Status::Applied);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delivery_claimed_before_by_someone_else_counts_as_possibly_in_flight() {
+    let s = setup(
+        Scripted::new(|_, items| vec![Outcome::Applied; items.len()]),
+        reasserting_retry(),
+    );
+    let grant = event(EventKind::ConsentGranted, "p", 1_000);
+    // Another owner (or a process that died) claimed it and never recorded an outcome.
+    let claim = relay_ledger::Claim {
+        key: key(&grant),
+        subject_id: "p".into(),
+        action: relay_events::Action::Grant,
+        occurred_at_ms: 1_000,
+        replay: false,
+        ticket: None,
+        reassert: false,
+    };
+    relay_ledger::Ledger::claim(&*s.ledger, &[claim])
+        .await
+        .unwrap();
+    s.engine
+        .process(&[message(0, &grant)], &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.status(&key(&grant)), Some(Status::Applied));
+    let due = copies(&s);
+    assert_eq!(due.len(), 1, "the redelivered grant is re-asserted later");
+    assert!(due[0].1.reassert);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_request_of_unknown_fate_nothing_is_reasserted() {
+    let s = setup(
+        Scripted::new(|n, items| {
+            if n == 0 {
+                vec![Outcome::unavailable("transport error: connection failed"); items.len()]
+            } else {
+                vec![Outcome::Applied; items.len()]
+            }
+        }),
+        reasserting_retry(),
+    );
+    let grant = event(EventKind::ConsentGranted, "p", 1_000);
+    s.engine
+        .process(&[message(0, &grant)], &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.status(&key(&grant)), Some(Status::Applied));
+    assert!(
+        copies(&s).is_empty(),
+        "a request that was never sent cannot land late"
+    );
+}
+
+/// Another owner (or a process that died) claimed `event` and never recorded an answer.
+async fn claimed_elsewhere(s: &Setup, event: &ConsentEvent) {
+    let claim = relay_ledger::Claim {
+        key: key(event),
+        subject_id: event.subject_id.clone(),
+        action: event.action(),
+        occurred_at_ms: event.occurred_at_ms,
+        replay: false,
+        ticket: None,
+        reassert: false,
+    };
+    relay_ledger::Ledger::claim(&*s.ledger, &[claim])
+        .await
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_newer_decision_after_a_grant_someone_else_may_be_sending_is_reasserted() {
+    let s = setup(
+        Scripted::new(|_, items| vec![Outcome::Applied; items.len()]),
+        reasserting_retry(),
+    );
+    let grant = event(EventKind::ConsentGranted, "p", 1_000);
+    let withdrawal = event(EventKind::ConsentWithdrawn, "p", 2_000);
+    claimed_elsewhere(&s, &grant).await;
+    s.engine
+        .process(&[message(1, &withdrawal)], &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.status(&key(&withdrawal)), Some(Status::Applied));
+    let due = copies(&s);
+    assert_eq!(
+        due.len(),
+        1,
+        "the withdrawal is re-asserted after the grant's window"
+    );
+    assert_eq!(due[0].0.event().unwrap().event_id, withdrawal.event_id);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_in_flight_elsewhere_and_superseded_in_the_batch_still_gets_its_withdrawal_reasserted(
+) {
+    let s = setup(
+        Scripted::new(|_, items| vec![Outcome::Applied; items.len()]),
+        reasserting_retry(),
+    );
+    let grant = event(EventKind::ConsentGranted, "p", 1_000);
+    let withdrawal = event(EventKind::ConsentWithdrawn, "p", 2_000);
+    claimed_elsewhere(&s, &grant).await;
+    // The new owner fetches both at once: the grant is superseded inside the batch, never sent.
+    s.engine
+        .process(
+            &[message(0, &grant), message(1, &withdrawal)],
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.status(&key(&grant)), Some(Status::Superseded));
+    assert_eq!(s.ledger.status(&key(&withdrawal)), Some(Status::Applied));
+    let due = copies(&s);
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!(due[0].0.event().unwrap().event_id, withdrawal.event_id);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_item_applied_later_is_not_reasserted_and_a_failed_reassertion_stays_applied() {
+    // Parked after definite failures (HTTP 500), applied when it comes back: its earlier
+    // attempts were answered, so nothing can land late.
+    let s = setup(poisoned_by("p"), reasserting_retry());
+    let grant = event(EventKind::ConsentGranted, "p", 1_000);
+    let cancel = CancellationToken::new();
+    s.engine
+        .process(&[message(0, &grant)], &cancel)
+        .await
+        .unwrap();
+    let (copy, _) = copies(&s).pop().unwrap();
+    let ok = Engine::new(
+        Arc::new(Scripted::new(|_, i| vec![Outcome::Applied; i.len()])),
+        s.engine.routes.clone(),
+        reasserting_retry(),
+        s.ledger.clone(),
+        s.outbox.clone(),
+        Telemetry::new(),
+        EventRules::default(),
+    );
+    ok.process(std::slice::from_ref(&copy), &cancel)
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.status(&key(&grant)), Some(Status::Applied));
+    assert_eq!(copies(&s).len(), 1, "no re-assertion copy");
+
+    // A re-assertion the downstream refuses for good: the decision was applied; it stays so.
+    let refusing = Engine::new(
+        Arc::new(Scripted::new(|_, i| {
+            vec![Outcome::permanent("HTTP 400: nope"); i.len()]
+        })),
+        s.engine.routes.clone(),
+        reasserting_retry(),
+        s.ledger.clone(),
+        s.outbox.clone(),
+        Telemetry::new(),
+        EventRules::default(),
+    );
+    let mut again = copy;
+    again.ticket = Some(ParkTicket {
+        reassert: true,
+        ..again.ticket.unwrap()
+    });
+    refusing.process(&[again], &cancel).await.unwrap();
+    assert_eq!(s.ledger.status(&key(&grant)), Some(Status::Applied));
+    assert!(s.outbox.dead_letters.lock().unwrap().is_empty());
+}

@@ -25,6 +25,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::Value;
 
+use crate::late::LateApply;
+
 pub mod google;
 pub mod linkedin;
 pub mod meta;
@@ -58,6 +60,7 @@ pub(crate) struct PlatformState {
     requests: Vec<RecordedRequest>,
     /// Added before every answer that is not scripted, after its change was applied.
     delay: Duration,
+    late: LateApply,
 }
 
 pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, PlatformState> {
@@ -99,6 +102,7 @@ impl FakePlatform {
             throttled,
             requests: Vec::new(),
             delay: Duration::ZERO,
+            late: LateApply::default(),
         }));
         let app = routes
             .fallback(|| async { StatusCode::NOT_FOUND })
@@ -138,6 +142,11 @@ impl FakePlatform {
             .get(audience)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Requests the fake applies late, after the client may have given up (see [`LateApply`]).
+    pub fn late(&self) -> LateApply {
+        lock(&self.shared).late.clone()
     }
 
     /// Queues an answer for the next request.
@@ -212,18 +221,25 @@ async fn gate(State(shared): State<Shared>, request: Request, next: Next) -> Res
             None
         }
     };
+    let late = lock(&shared).late.clone();
     match early {
         Some(response) => response.into_response(),
-        None => {
-            let response = next
-                .run(Request::from_parts(parts, Body::from(bytes)))
-                .await;
-            let delay = lock(&shared).delay;
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+        None => match late.take(&parts.method, &bytes) {
+            Some(hold) => {
+                let apply = next.run(Request::from_parts(parts, Body::from(bytes)));
+                late.apply_late(hold, apply).await
             }
-            response
-        }
+            None => {
+                let response = next
+                    .run(Request::from_parts(parts, Body::from(bytes)))
+                    .await;
+                let delay = lock(&shared).delay;
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                response
+            }
+        },
     }
 }
 
