@@ -44,6 +44,42 @@ pub struct Options {
 }
 
 /// One per-pair or per-destination line: stdout for the command, the log inside `run`.
+/// Sorts one difference between the ledger and a downstream, and says so: in sync, or more
+/// consent downstream than in the ledger (reported and left alone unless `--restore-grants`), or
+/// to repair (only announced in a dry run). True: send the repair now.
+fn triage(
+    options: &Options,
+    figures: &mut Figures,
+    line: &str,
+    less: bool,
+    more: bool,
+    vendor: &str,
+) -> bool {
+    if !(less || (more && options.restore_grants)) {
+        if more {
+            figures.reported += 1;
+            say(
+                options,
+                format!("report  {line} (left alone: the person may have unsubscribed at {vendor}; --restore-grants re-subscribes)"),
+            );
+        } else {
+            figures.in_sync += 1;
+        }
+        return false;
+    }
+    let verb = if options.dry_run {
+        "would repair"
+    } else {
+        "repair"
+    };
+    say(options, format!("{verb}  {line}"));
+    if options.dry_run {
+        figures.repaired += 1;
+        return false;
+    }
+    true
+}
+
 fn say(options: &Options, line: String) {
     if options.log {
         tracing::info!(target: "consent_relay::reconcile", "{line}");
@@ -361,31 +397,7 @@ async fn hubspot_run(
                         },
                         decision.action.as_str()
                     );
-                    if !(less || (more && options.restore_grants)) {
-                        if more {
-                            figures.reported += 1;
-                            say(
-                                options,
-                                format!("report  {line} (left alone: the person may have unsubscribed at HubSpot; --restore-grants re-subscribes)"),
-                            );
-                        } else {
-                            figures.in_sync += 1;
-                        }
-                        continue;
-                    }
-                    say(
-                        options,
-                        format!(
-                            "{}  {line}",
-                            if options.dry_run {
-                                "would repair"
-                            } else {
-                                "repair"
-                            }
-                        ),
-                    );
-                    if options.dry_run {
-                        figures.repaired += 1;
+                    if !triage(options, &mut figures, &line, less, more, "HubSpot") {
                         continue;
                     }
                     // One unsubscribe-all or GDPR delete per contact, however many purposes.
@@ -693,31 +705,7 @@ async fn newsletter_run(
                     "subject={subject} list={list} {provider}={shown} ledger={}",
                     decision.action.as_str()
                 );
-                if !(less || (more && options.restore_grants)) {
-                    if more {
-                        figures.reported += 1;
-                        say(
-                            options,
-                            format!("report  {line} (left alone: the person may have unsubscribed at {provider}; --restore-grants re-subscribes)"),
-                        );
-                    } else {
-                        figures.in_sync += 1;
-                    }
-                    continue;
-                }
-                say(
-                    options,
-                    format!(
-                        "{}  {line}",
-                        if options.dry_run {
-                            "would repair"
-                        } else {
-                            "repair"
-                        }
-                    ),
-                );
-                if options.dry_run {
-                    figures.repaired += 1;
+                if !triage(options, &mut figures, &line, less, more, provider) {
                     continue;
                 }
                 let purpose = if decision.target == "*" {

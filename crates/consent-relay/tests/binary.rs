@@ -102,6 +102,27 @@ legal_basis_explanation = "Newsletter sign-up"
     }
 }
 
+/// A config file `name` in `dir` for commands that reach no downstream: `head` (a `[ledger]` or
+/// `[kafka]` section), the newsletter purpose, and a HubSpot sink nobody listens for.
+fn offline_config(dir: &Path, name: &str, head: &str) -> std::path::PathBuf {
+    let config = dir.join(name);
+    let text = format!(
+        r#"{head}
+[purposes.newsletter]
+description = "Newsletter"
+
+[sinks.hubspot]
+base_url = "http://127.0.0.1:1"
+[sinks.hubspot.purposes.newsletter]
+subscription_ids = [12345]
+legal_basis = "CONSENT_WITH_NOTICE"
+legal_basis_explanation = "Newsletter sign-up"
+"#
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
 fn relay(config: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.arg("--config").arg(config).args(args);
@@ -373,28 +394,11 @@ async fn ledger_commands_render_what_no_producer_can_send_any_more() {
 
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db");
-    let config = dir.path().join("consent-relay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[ledger]
-url = "sqlite://{ledger}"
-
-[purposes.newsletter]
-description = "Newsletter"
-
-[sinks.hubspot]
-base_url = "http://127.0.0.1:1"
-[sinks.hubspot.purposes.newsletter]
-subscription_ids = [12345]
-legal_basis = "CONSENT_WITH_NOTICE"
-legal_basis_explanation = "Newsletter sign-up"
-"#,
-            ledger = db.display()
-        ),
-    )
-    .unwrap();
+    let config = offline_config(
+        dir.path(),
+        "consent-relay.toml",
+        &format!("[ledger]\nurl = \"sqlite://{}\"\n", db.display()),
+    );
     let ledger = relay_ledger::SqliteLedger::open(&format!("sqlite://{}", db.display()))
         .await
         .unwrap();
@@ -475,7 +479,6 @@ legal_basis_explanation = "Newsletter sign-up"
     assert!(err.contains("ahead of the relay's clock"), "{err}");
 }
 
-/// The value of a counter sample (`name{labels}`) in a `/metrics` text, 0 if absent.
 /// Issue 12: a read command with a mistyped ledger path must not answer "no data" from a new,
 /// empty ledger it created; it fails, names the path, and leaves no file behind. On PostgreSQL it
 /// never migrates, so a database without our schema is reported, not changed.
@@ -484,28 +487,11 @@ async fn read_commands_never_create_or_migrate_a_ledger() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("typo").join("ledger.db");
     let config_for = |url: &str| {
-        let config = dir.path().join(format!("c{}.toml", url.len()));
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[ledger]
-url = "{url}"
-
-[purposes.newsletter]
-description = "Newsletter"
-
-[sinks.hubspot]
-base_url = "http://127.0.0.1:1"
-[sinks.hubspot.purposes.newsletter]
-subscription_ids = [12345]
-legal_basis = "CONSENT_WITH_NOTICE"
-legal_basis_explanation = "Newsletter sign-up"
-"#
-            ),
+        offline_config(
+            dir.path(),
+            &format!("c{}.toml", url.len()),
+            &format!("[ledger]\nurl = \"{url}\"\n"),
         )
-        .unwrap();
-        config
     };
     let sqlite = config_for(&format!("sqlite://{}", missing.display()));
     for args in [
@@ -554,25 +540,11 @@ legal_basis_explanation = "Newsletter sign-up"
 #[test]
 fn mistyped_filters_and_empty_input_are_errors_said_once_without_colours() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("consent-relay.toml");
-    std::fs::write(
-        &config,
-        r#"
-[kafka]
-bootstrap_servers = "127.0.0.1:1"
-
-[purposes.newsletter]
-description = "Newsletter"
-
-[sinks.hubspot]
-base_url = "http://127.0.0.1:1"
-[sinks.hubspot.purposes.newsletter]
-subscription_ids = [12345]
-legal_basis = "CONSENT_WITH_NOTICE"
-legal_basis_explanation = "Newsletter sign-up"
-"#,
-    )
-    .unwrap();
+    let config = offline_config(
+        dir.path(),
+        "consent-relay.toml",
+        "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n",
+    );
     let fails = |args: &[&str], stdin: Option<&str>| -> String {
         let mut c = relay(&config, args);
         c.stdin(std::process::Stdio::piped())
@@ -635,6 +607,7 @@ legal_basis_explanation = "Newsletter sign-up"
     once(&e, "purpose \"newsleter\" is not in the [purposes] table");
 }
 
+/// The value of a counter sample (`name{labels}`) in a `/metrics` text, 0 if absent.
 fn sample(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()

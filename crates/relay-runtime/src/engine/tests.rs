@@ -116,6 +116,20 @@ fn setup(sink: Scripted, retry: RetryConfig) -> Setup {
     }
 }
 
+/// Another engine of the same destination, ledger and outbox, with `sink` answering: the same
+/// relay after the downstream changed its mind (fixed, or refusing).
+fn same_ledger(s: &Setup, sink: Arc<dyn Sink>, retry: RetryConfig) -> Engine<MemoryLedger> {
+    Engine::new(
+        sink,
+        s.engine.routes.clone(),
+        retry,
+        s.ledger.clone(),
+        s.outbox.clone(),
+        Telemetry::new(),
+        EventRules::default(),
+    )
+}
+
 fn event(kind: EventKind, subject: &str, at: i64) -> Arc<ConsentEvent> {
     Arc::new(ConsentEvent {
         event_id: Uuid::new_v4(),
@@ -217,15 +231,7 @@ async fn a_parked_item_is_superseded_by_a_newer_decision_and_never_sent_again() 
         retry(),
     );
     let withdrawal = event(EventKind::ConsentWithdrawn, "p", 2_000);
-    let engine = Engine::new(
-        sink_ok.sink.clone(),
-        s.engine.routes.clone(),
-        retry(),
-        s.ledger.clone(),
-        s.outbox.clone(),
-        Telemetry::new(),
-        EventRules::default(),
-    );
+    let engine = same_ledger(&s, sink_ok.sink.clone(), retry());
     engine
         .process(&[message(1, &withdrawal)], &cancel)
         .await
@@ -412,15 +418,7 @@ async fn of_two_copies_of_one_parked_event_only_the_live_one_acts() {
         Scripted::new(|_, i| vec![Outcome::Applied; i.len()]),
         retry(),
     );
-    let engine = Engine::new(
-        fixed.sink.clone(),
-        s.engine.routes.clone(),
-        retry(),
-        s.ledger.clone(),
-        s.outbox.clone(),
-        Telemetry::new(),
-        EventRules::default(),
-    );
+    let engine = same_ledger(&s, fixed.sink.clone(), retry());
     engine.process(&[stale, live], &cancel).await.unwrap();
     assert_eq!(s.ledger.status(&key(&grant)), Some(Status::Applied));
     assert_eq!(
@@ -973,14 +971,10 @@ async fn a_parked_item_applied_later_is_not_reasserted_and_a_failed_reassertion_
         .await
         .unwrap();
     let (copy, _) = copies(&s).pop().unwrap();
-    let ok = Engine::new(
+    let ok = same_ledger(
+        &s,
         Arc::new(Scripted::new(|_, i| vec![Outcome::Applied; i.len()])),
-        s.engine.routes.clone(),
         reasserting_retry(),
-        s.ledger.clone(),
-        s.outbox.clone(),
-        Telemetry::new(),
-        EventRules::default(),
     );
     ok.process(std::slice::from_ref(&copy), &cancel)
         .await
@@ -989,16 +983,12 @@ async fn a_parked_item_applied_later_is_not_reasserted_and_a_failed_reassertion_
     assert_eq!(copies(&s).len(), 1, "no re-assertion copy");
 
     // A re-assertion the downstream refuses for good: the decision was applied; it stays so.
-    let refusing = Engine::new(
+    let refusing = same_ledger(
+        &s,
         Arc::new(Scripted::new(|_, i| {
             vec![Outcome::permanent("HTTP 400: nope"); i.len()]
         })),
-        s.engine.routes.clone(),
         reasserting_retry(),
-        s.ledger.clone(),
-        s.outbox.clone(),
-        Telemetry::new(),
-        EventRules::default(),
     );
     let mut again = copy;
     again.ticket = Some(ParkTicket {
