@@ -346,6 +346,8 @@ mod tests {
                     offset: i64::MAX,
                     payload_digest: Some(text.clone()),
                     late: i % 2 == 0,
+                    google_email_sha256: None,
+                    google_email_plus_sha256: None,
                 });
             }
             claims.push(Claim {

@@ -9,7 +9,7 @@
 //!   reported and left alone unless `--restore-grants`.
 //! - Ad audiences (write-only): re-send removals, at the platform's full batch size, for everyone
 //!   whose newest decision for every purpose routed to the audience is a withdrawal or erasure.
-//!   Hashes only, and only where the platform's hash is the ledger's (not Google).
+//!   Hashes only: the ledger's, or for Google the ones the ledger keeps of Google's normalization.
 //!
 //! Nothing here writes to the ledger, and a rerun after a crash starts over: HubSpot's state is
 //! read again (what was repaired is now in sync), and removals are idempotent at every platform.
@@ -23,7 +23,7 @@ use relay_delivery::{Outcome, Sink, SinkItem, Target};
 use relay_events::{normalize, Action, ConsentEvent, Contact, EventKind, Scope};
 use relay_ledger::{effective, AnyLedger, SinkState};
 use relay_runtime::Telemetry;
-use relay_sink_audiences::{AudiencesConfig, AudiencesSink, BatchPosition};
+use relay_sink_audiences::{AudiencesConfig, AudiencesSink, BatchPosition, LedgerHash};
 use relay_sink_hubspot::{HubSpotConfig, HubSpotSink, ReadStatus, READ_PAGE};
 use relay_sink_newsletter::{ListStatus, NewsletterConfig, NewsletterSink};
 
@@ -448,9 +448,14 @@ async fn hubspot_run(
 }
 
 /// The subjects `audience` must not hold: every purpose routed to it has a withdrawal or erasure
-/// as its newest decision (a whole-subject one counting for all). Their email hashes, in subject
-/// order, and the count of those without a hash; plus how many subjects have any decision.
-fn removals(states: Vec<SinkState>, purposes: &[String]) -> (Vec<String>, u64, u64) {
+/// as its newest decision (a whole-subject one counting for all). Their email hashes as the
+/// platform knows them, in subject order, and the count of those without one; plus how many
+/// subjects have any decision.
+fn removals(
+    states: Vec<SinkState>,
+    purposes: &[String],
+    platform: LedgerHash,
+) -> (Vec<String>, u64, u64) {
     let view = view(states);
     let mut subjects: Vec<&String> = view.by_subject.keys().collect();
     subjects.sort();
@@ -472,13 +477,27 @@ fn removals(states: Vec<SinkState>, purposes: &[String]) -> (Vec<String>, u64, u
         if decisions.iter().any(|d| d.action == Action::Grant) {
             continue;
         }
-        match states.values().find_map(|s| s.email_sha256.clone()) {
+        match states.values().find_map(|s| platform_hash(s, platform)) {
             Some(h) => hashes.push(h),
             None => no_hash += 1,
         }
     }
     hashes.dedup();
     (hashes, no_hash, checked)
+}
+
+/// The hash of the subject's address that `platform` knows, of those the ledger keeps.
+fn platform_hash(state: &SinkState, platform: LedgerHash) -> Option<String> {
+    match platform {
+        LedgerHash::Email => state.email_sha256.clone(),
+        LedgerHash::Google { plus_removed } => {
+            let without_tag = state
+                .google_email_plus_sha256
+                .as_ref()
+                .filter(|_| plus_removed);
+            without_tag.or(state.google_email_sha256.as_ref()).cloned()
+        }
+    }
 }
 
 async fn audiences_run(
@@ -520,20 +539,13 @@ async fn audiences_run(
         if wanted.is_some_and(|w| w != audience) {
             continue;
         }
-        for (name, ok) in sink.reconcilable() {
-            if let Err(why) = ok {
-                if wanted.is_some() {
-                    return Err(format!("{destination}: cannot reconcile: {why}"));
-                }
-                say(options, format!("skipped {destination}: {why}"));
-                continue;
-            }
+        for name in sink.audience_names() {
             let purposes = sink.purposes_of(&name);
             let states = ledger
                 .sink_states(&destination)
                 .await
                 .map_err(|e| e.to_string())?;
-            let (hashes, no_hash, checked) = removals(states, &purposes);
+            let (hashes, no_hash, checked) = removals(states, &purposes, sink.ledger_hash(&name));
             let batch = sink.batch_size(&name).unwrap_or(1_000).max(1);
             let mut figures = Figures {
                 checked,
@@ -802,6 +814,8 @@ mod tests {
             occurred_at_ms: at,
             event_id: uuid::Uuid::new_v4().to_string(),
             email_sha256: Some(normalize::email_sha256(&format!("{subject}@x.de"))),
+            google_email_sha256: Some(format!("google-{subject}")),
+            google_email_plus_sha256: (subject == "a").then(|| "google-a-untagged".to_owned()),
             notice_version: None,
         }
     }
@@ -819,7 +833,7 @@ mod tests {
             st("d", "*", Action::Withdraw, 7),
             st("e", "other", Action::Withdraw, 7),
         ];
-        let (hashes, no_hash, checked) = removals(states, &purposes);
+        let (hashes, no_hash, checked) = removals(states.clone(), &purposes, LedgerHash::Email);
         assert_eq!(
             hashes,
             vec![
@@ -828,6 +842,16 @@ mod tests {
             ]
         );
         assert_eq!((no_hash, checked), (0, 4));
+        let google = |plus_removed| {
+            removals(
+                states.clone(),
+                &purposes,
+                LedgerHash::Google { plus_removed },
+            )
+            .0
+        };
+        assert_eq!(google(true), vec!["google-a-untagged", "google-c"]);
+        assert_eq!(google(false), vec!["google-a", "google-c"]);
     }
 
     #[test]

@@ -416,6 +416,8 @@ async fn ledger_commands_render_what_no_producer_can_send_any_more() {
         offset: 0,
         payload_digest: None,
         late: false,
+        google_email_sha256: None,
+        google_email_plus_sha256: None,
     };
     ledger
         .log_events(&[

@@ -104,6 +104,8 @@ legal_basis_explanation = "Newsletter sign-up"
             offset: 0,
             payload_digest: None,
             late: false,
+            google_email_sha256: None,
+            google_email_plus_sha256: None,
         }],
     )
     .await

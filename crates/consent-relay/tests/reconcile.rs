@@ -133,6 +133,10 @@ async fn seed(
                 offset: i as i64,
                 payload_digest: None,
                 late: false,
+                google_email_sha256: normalize::google_email_sha256s(&email(subject))
+                    .map(|(kept, _)| kept),
+                google_email_plus_sha256: normalize::google_email_sha256s(&email(subject))
+                    .and_then(|(_, removed)| removed),
             });
             claims.push(Claim {
                 key: DeliveryKey {
@@ -441,9 +445,9 @@ async fn a_100k_member_meta_audience_is_emptied_of_withdrawals_in_at_most_11_req
         out.contains("reconcile audiences.meta: checked 100005 subject(s), in sync 5 (granted, left in), repaired 100000 (removals re-sent; the platform cannot be read back), reported 0, failed 0, without an email hash 0, 10 request(s)"),
         "{out}"
     );
-    // Google's hash is not the ledger's: skipped with a reason, nothing sent.
+    // Nobody was seeded for Google: nothing to check, nothing sent.
     assert!(
-        out.contains("skipped audiences.google: Google normalizes"),
+        out.contains("reconcile audiences.google: checked 0 subject(s)"),
         "{out}"
     );
     assert_eq!(google.requests().len(), 0);
@@ -941,4 +945,111 @@ custom_audience_id = "444"
     for r in linkedin.requests().iter().chain(x.requests().iter()) {
         assert!(!r.body.contains("@example.de"));
     }
+}
+
+/// Google hashes gmail.com addresses without their dots and +tag, so the ledger's `email_sha256`
+/// would match nobody there: the removals go out with the Google hashes the ledger keeps. An entry
+/// logged before the ledger kept them (schema v4) has none: counted, not guessed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_audiences_get_their_removals_re_sent_with_google_hashes() {
+    use relay_testkit::audiences::google::REMOVE_PATH;
+    let meta = audiences::meta::start(ADS_TOKEN).await;
+    let google = audiences::google::start(ADS_TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &audience_sinks(&meta, &google, 10_000));
+    let ledger = relay_ledger::open(&format!(
+        "sqlite://{}",
+        dir.path().join("ledger.db").display()
+    ))
+    .await
+    .unwrap();
+    // `email(subject)` is `<subject>@example.de`; these subjects are gmail addresses instead.
+    let gmail = |n: usize| format!("Jo.Doe.{n}+news@gmail.com");
+    let mut records = Vec::new();
+    let mut claims = Vec::new();
+    for n in 0..2_500 {
+        let (kind, old) = match n {
+            0 => (EventKind::ConsentGranted, false),
+            1 => (EventKind::ConsentWithdrawn, true),
+            _ => (EventKind::ConsentWithdrawn, false),
+        };
+        let event_id = Uuid::new_v4();
+        let (google_hash, google_plus) =
+            normalize::google_email_sha256s(&gmail(n)).expect("normalizes");
+        records.push(ConsentRecord {
+            event_id,
+            subject_id: format!("s{n}"),
+            kind: kind.name().to_owned(),
+            purposes: vec!["ads".to_owned()],
+            occurred_at_ms: T0,
+            source: "reconcile-test".to_owned(),
+            notice_version: None,
+            email_sha256: Some(normalize::email_sha256(&gmail(n))),
+            topic: "seed".to_owned(),
+            partition: 0,
+            offset: n as i64,
+            payload_digest: None,
+            late: false,
+            // Subject 1 was logged by a relay that did not keep Google hashes yet.
+            google_email_sha256: (!old).then_some(google_hash),
+            google_email_plus_sha256: google_plus.filter(|_| !old),
+        });
+        claims.push(Claim {
+            key: DeliveryKey {
+                event_id,
+                sink: "audiences.google".to_owned(),
+                target: "ads".to_owned(),
+            },
+            subject_id: format!("s{n}"),
+            action: kind.action(),
+            occurred_at_ms: T0,
+            replay: false,
+            reassert: false,
+            ticket: None,
+        });
+    }
+    ledger.log_events(&records).await.unwrap();
+    ledger.claim(&claims).await.unwrap();
+    ledger.close().await;
+    // What the sink itself sends for these people (plus tags removed, the default).
+    let google_hash = |n: usize| {
+        normalize::sha256_hex(&normalize::google_email(&gmail(n), true).expect("normalizes"))
+    };
+    assert_ne!(
+        google_hash(5),
+        normalize::email_sha256(&gmail(5)),
+        "the test needs addresses whose Google hash is not the ledger's"
+    );
+    google.add_members("222", (0..2_500).map(google_hash));
+
+    let (ok, out, err) = run(
+        &config,
+        &[
+            "reconcile",
+            "--sink",
+            "audiences",
+            "--destination",
+            "google",
+        ],
+    );
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(
+        google.members("222"),
+        BTreeSet::from([google_hash(0), google_hash(1)]),
+        "the granted person stays; the one without a Google hash cannot be removed"
+    );
+    assert!(google.rejections().is_empty(), "{:?}", google.rejections());
+    let removals: Vec<_> = google
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == REMOVE_PATH)
+        .collect();
+    // Google takes 10 000 members a request: one request for 2 498.
+    assert_eq!(removals.len(), 1, "{out}");
+    assert!(!removals[0].body.contains("gmail.com"), "hashes only");
+    assert!(
+        out.contains("reconcile audiences.google: checked 2500 subject(s), in sync 1 (granted, left in), repaired 2498 (removals re-sent; the platform cannot be read back), reported 0, failed 0, without an email hash 1, 1 request(s)"),
+        "{out}"
+    );
+    assert_eq!(meta.requests().len(), 0, "--destination google only");
 }

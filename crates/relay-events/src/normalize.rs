@@ -70,6 +70,15 @@ pub fn google_email(raw: &str, remove_plus_suffix: bool) -> Option<String> {
     address(format!("{local}@{domain}"))
 }
 
+/// The hashes under which Google knows an address ([`google_email`]): with the `+tag` kept, and
+/// with it removed where that differs. Kept in the ledger so that reconcile can re-send removals
+/// to Google, which normalizes gmail.com addresses differently from [`email_sha256`].
+pub fn google_email_sha256s(raw: &str) -> Option<(String, Option<String>)> {
+    let kept = google_email(raw, false)?;
+    let removed = google_email(raw, true).filter(|r| *r != kept);
+    Some((sha256_hex(&kept), removed.as_deref().map(sha256_hex)))
+}
+
 /// Google Data Manager (`phoneNumber`): E.164 with the `+`, e.g. `+18005550100`.
 pub fn google_phone(raw: &str) -> Option<String> {
     international_digits(raw).map(|digits| format!("+{digits}"))
@@ -215,6 +224,22 @@ mod tests {
             assert_eq!(meta_phone(raw), None, "{raw:?}");
             assert_eq!(google_phone(raw), None, "{raw:?}");
         }
+    }
+
+    #[test]
+    fn google_hashes_for_the_ledger_are_the_ones_the_sink_sends() {
+        let raw = "Cloudy.SanFrancisco+shopping@gmail.com";
+        let (kept, removed) = google_email_sha256s(raw).unwrap();
+        assert_eq!(kept, hashed(google_email(raw, false)));
+        assert_eq!(removed, Some(hashed(google_email(raw, true))));
+        // Outside gmail.com, and for a gmail address without a +tag, one hash is all there is;
+        // outside gmail.com it is the ledger's own.
+        assert_eq!(
+            google_email_sha256s(" Ines@Example.de "),
+            Some((email_sha256(" Ines@Example.de "), None))
+        );
+        assert_eq!(google_email_sha256s("a.b@gmail.com").unwrap().1, None);
+        assert_eq!(google_email_sha256s("no-at-sign"), None);
     }
 
     #[test]

@@ -62,6 +62,8 @@ async fn known(ledger: &relay_ledger::AnyLedger, subject: &str, email: &str) {
             offset: 0,
             payload_digest: None,
             late: false,
+            google_email_sha256: None,
+            google_email_plus_sha256: None,
         }])
         .await
         .unwrap();

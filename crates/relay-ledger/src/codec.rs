@@ -29,7 +29,7 @@ pub(crate) type DeliveryTuple = (
 pub(crate) type StateTuple = (String, String, String, i64, String);
 
 /// event_id, subject_id, kind, purposes, occurred_at_ms, source, notice_version, email_sha256,
-/// topic, partition, offset, payload_digest, late
+/// topic, partition, offset, payload_digest, late, google_email_sha256, google_email_plus_sha256
 pub(crate) type ConsentTuple = (
     String,
     String,
@@ -44,6 +44,8 @@ pub(crate) type ConsentTuple = (
     i64,
     Option<String>,
     bool,
+    Option<String>,
+    Option<String>,
 );
 
 /// sink, topic, partition, offset, event_id, subject_id, code, message
@@ -148,6 +150,8 @@ pub(crate) fn consent(row: ConsentTuple) -> Result<ConsentRecord, LedgerError> {
         offset: row.10,
         payload_digest: row.11,
         late: row.12,
+        google_email_sha256: row.13,
+        google_email_plus_sha256: row.14,
     })
 }
 

@@ -180,6 +180,12 @@ pub struct ConsentRecord {
     /// `occurred_at` was older than the configured horizon when the event arrived (a backfill, or
     /// a producer that held it back): accepted, and marked.
     pub late: bool,
+    /// SHA-256 of the email as Google normalizes it, `+tag` kept, and without the `+tag` where
+    /// that differs (`relay_events::normalize::google_email_sha256s`): `reconcile` re-sends
+    /// removals to Google with these. `None` without an email, and for entries logged before
+    /// they were kept (schema v5).
+    pub google_email_sha256: Option<String>,
+    pub google_email_plus_sha256: Option<String>,
 }
 
 /// A message that could not be turned into deliveries and went to the dead-letter topic.

@@ -173,7 +173,9 @@ macro_rules! backend_ops {
                     r.partition,
                     r.offset,
                     r.payload_digest,
-                    r.late
+                    r.late,
+                    r.google_email_sha256,
+                    r.google_email_plus_sha256
                 ])
             });
             let ids: Vec<String> = sqlx::query_scalar($dialect.insert_consent)

@@ -6,17 +6,20 @@ use relay_events::Action;
 
 use crate::{codec, AnyLedger, LedgerError};
 
-/// Binds: sink. The subject's email hash is the deciding event's, or else that of the subject's
-/// newest logged event that carried one (an erasure or a global unsubscribe may come without an
-/// email).
+/// Binds: sink. The subject's email hashes are the deciding event's, or else those of the
+/// subject's newest logged event that carried an email (an erasure or a global unsubscribe may
+/// come without one).
 const SINK_STATES: &str = "SELECT s.subject_id, s.target, s.action, s.occurred_at_ms, s.event_id,
-    COALESCE(
-      (SELECT c.email_sha256 FROM consent_log c WHERE c.event_id = s.event_id),
-      (SELECT c.email_sha256 FROM consent_log c
-        WHERE c.subject_id = s.subject_id AND c.email_sha256 IS NOT NULL
-        ORDER BY c.occurred_at_ms DESC, c.recorded_at_ms DESC LIMIT 1)) AS email_sha256,
+    e.email_sha256, e.google_email_sha256, e.google_email_plus_sha256,
     (SELECT c.notice_version FROM consent_log c WHERE c.event_id = s.event_id) AS notice_version
-FROM subject_state s WHERE s.sink = $1 ORDER BY s.subject_id, s.target";
+FROM subject_state s
+LEFT JOIN consent_log e ON e.event_id = COALESCE(
+    (SELECT c.event_id FROM consent_log c
+      WHERE c.event_id = s.event_id AND c.email_sha256 IS NOT NULL),
+    (SELECT c.event_id FROM consent_log c
+      WHERE c.subject_id = s.subject_id AND c.email_sha256 IS NOT NULL
+      ORDER BY c.occurred_at_ms DESC, c.recorded_at_ms DESC LIMIT 1))
+WHERE s.sink = $1 ORDER BY s.subject_id, s.target";
 
 /// The newest decision for one (subject, target) of a sink, as reconcile compares it with a
 /// downstream. Never the raw address.
@@ -30,6 +33,10 @@ pub struct SinkState {
     pub event_id: String,
     /// SHA-256 of the normalized email (`relay_events::normalize::email_sha256`).
     pub email_sha256: Option<String>,
+    /// Google's hashes of the same address (`relay_ledger::ConsentRecord::google_email_sha256`),
+    /// from the same consent-log entry; `None` where that entry predates them.
+    pub google_email_sha256: Option<String>,
+    pub google_email_plus_sha256: Option<String>,
     /// The notice version of the deciding event (for re-asserting a grant).
     pub notice_version: Option<String>,
 }
@@ -40,6 +47,8 @@ type Row = (
     String,
     i64,
     String,
+    Option<String>,
+    Option<String>,
     Option<String>,
     Option<String>,
 );
@@ -63,19 +72,21 @@ impl AnyLedger {
             }
         };
         rows.into_iter()
-            .map(
-                |(subject_id, target, action, occurred_at_ms, event_id, email_sha256, notice)| {
-                    Ok(SinkState {
-                        subject_id,
-                        target,
-                        action: codec::action(&action)?,
-                        occurred_at_ms,
-                        event_id,
-                        email_sha256,
-                        notice_version: notice,
-                    })
-                },
-            )
+            .map(|row| {
+                let (subject_id, target, action, occurred_at_ms, event_id) =
+                    (row.0, row.1, row.2, row.3, row.4);
+                Ok(SinkState {
+                    subject_id,
+                    target,
+                    action: codec::action(&action)?,
+                    occurred_at_ms,
+                    event_id,
+                    email_sha256: row.5,
+                    google_email_sha256: row.6,
+                    google_email_plus_sha256: row.7,
+                    notice_version: row.8,
+                })
+            })
             .collect()
     }
 }
@@ -118,6 +129,8 @@ mod tests {
             occurred_at_ms: at,
             event_id: "e".into(),
             email_sha256: None,
+            google_email_sha256: None,
+            google_email_plus_sha256: None,
             notice_version: None,
         }
     }

@@ -171,7 +171,8 @@ WHERE deliveries.status IN ('in_flight', 'retrying', 'parked')"
             insert_consent: concat!(
                 r#"INSERT INTO consent_log
     (event_id, subject_id, kind, purposes, occurred_at_ms, source, notice_version, email_sha256,
-     topic, "partition", "offset", payload_digest, late, recorded_at_ms)
+     topic, "partition", "offset", payload_digest, late, google_email_sha256,
+     google_email_plus_sha256, recorded_at_ms)
 SELECT "#,
                 $col!(0, text),
                 ", ",
@@ -198,6 +199,10 @@ SELECT "#,
                 $col!(11, text),
                 ", ",
                 $col!(12, boolean),
+                ", ",
+                $col!(13, text),
+                ", ",
+                $col!(14, text),
                 ", $2 FROM ",
                 $rows,
                 " WHERE true

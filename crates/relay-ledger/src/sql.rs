@@ -17,14 +17,14 @@ pub(crate) const RECORD_MIGRATION: &str =
 
 pub(crate) const REPORT_CONSENT: &str = r#"SELECT event_id, subject_id, kind, purposes,
     occurred_at_ms, source, notice_version, email_sha256, topic, "partition", "offset",
-    payload_digest, late
+    payload_digest, late, google_email_sha256, google_email_plus_sha256
 FROM consent_log WHERE subject_id = $1 ORDER BY occurred_at_ms, event_id"#;
 
 /// Consent-log entries that may concern a purpose. Binds: `%"<purpose>"%`, `%"*"%`. The LIKE is a
 /// pre-filter on the JSON text; the caller checks the purposes exactly.
 pub(crate) const CONSENT_FOR_PURPOSE: &str = r#"SELECT event_id, subject_id, kind, purposes,
     occurred_at_ms, source, notice_version, email_sha256, topic, "partition", "offset",
-    payload_digest, late
+    payload_digest, late, google_email_sha256, google_email_plus_sha256
 FROM consent_log WHERE purposes LIKE $1 OR purposes LIKE $2
 ORDER BY subject_id, occurred_at_ms, event_id"#;
 

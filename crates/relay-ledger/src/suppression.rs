@@ -70,6 +70,8 @@ mod tests {
             offset: 0,
             payload_digest: None,
             late: false,
+            google_email_sha256: None,
+            google_email_plus_sha256: None,
         }
     }
 

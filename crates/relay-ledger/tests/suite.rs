@@ -430,6 +430,8 @@ fn record(subject: &str, kind: &str, purposes: &[&str], at: i64, offset: i64) ->
         offset,
         payload_digest: None,
         late: false,
+        google_email_sha256: None,
+        google_email_plus_sha256: None,
     }
 }
 
@@ -442,6 +444,9 @@ async fn consent_log_is_idempotent(url: &str) {
         200,
         10,
     );
+    let mut grant = grant;
+    grant.google_email_sha256 = Some("c".repeat(64));
+    grant.google_email_plus_sha256 = Some("d".repeat(64));
     let mut unsubscribe = record("s1", "Unsubscribed", &["*"], 100, 11);
     unsubscribe.notice_version = None;
     unsubscribe.email_sha256 = None;
@@ -568,8 +573,8 @@ async fn migrations_are_idempotent(url: &str) {
     // Two instances starting at once on a new database, then a restart.
     let (a, b) = tokio::join!(open(url), open(url));
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(a.applied_migrations().await.unwrap(), [1, 2, 3, 4]);
-    assert_eq!(b.applied_migrations().await.unwrap(), [1, 2, 3, 4]);
+    assert_eq!(a.applied_migrations().await.unwrap(), [1, 2, 3, 4, 5]);
+    assert_eq!(b.applied_migrations().await.unwrap(), [1, 2, 3, 4, 5]);
 
     let c = fresh("s1", NEWSLETTER, Action::Grant, 100);
     assert_eq!(decide_one(&a, &c).await, proceed(1));
@@ -577,7 +582,10 @@ async fn migrations_are_idempotent(url: &str) {
     b.close().await;
 
     let reopened = open(url).await.unwrap();
-    assert_eq!(reopened.applied_migrations().await.unwrap(), [1, 2, 3, 4]);
+    assert_eq!(
+        reopened.applied_migrations().await.unwrap(),
+        [1, 2, 3, 4, 5]
+    );
     assert_eq!(
         decide(&reopened, &[c]).await,
         [proceed(2)],
@@ -828,6 +836,8 @@ async fn a_logged_event_with_another_digest_is_reported_as_a_conflict(url: &str)
     let with = |digest: Option<&str>| ConsentRecord {
         payload_digest: digest.map(str::to_owned),
         late: true,
+        google_email_sha256: None,
+        google_email_plus_sha256: None,
         ..record("s1", "ConsentWithdrawn", &[NEWSLETTER], 100, 7)
     };
     let first = with(Some("aaaa"));

@@ -713,6 +713,10 @@ impl<L> Engine<L> {
 }
 
 fn consent_record(event: &ConsentEvent, msg: &Message) -> ConsentRecord {
+    let email = event.contact.email.as_deref();
+    let (google, google_plus) = email
+        .and_then(relay_events::normalize::google_email_sha256s)
+        .unzip();
     ConsentRecord {
         event_id: event.event_id,
         subject_id: event.subject_id.clone(),
@@ -724,11 +728,9 @@ fn consent_record(event: &ConsentEvent, msg: &Message) -> ConsentRecord {
         occurred_at_ms: event.occurred_at_ms,
         source: event.source.clone(),
         notice_version: event.notice_version.clone(),
-        email_sha256: event
-            .contact
-            .email
-            .as_deref()
-            .map(relay_events::normalize::email_sha256),
+        email_sha256: email.map(relay_events::normalize::email_sha256),
+        google_email_sha256: google,
+        google_email_plus_sha256: google_plus.flatten(),
         topic: msg.origin.topic.clone(),
         partition: msg.origin.partition,
         offset: msg.origin.offset,

@@ -40,5 +40,5 @@ pub use config::{
     credential_env_var, token_env_var, AudienceConfig, AudiencesConfig, GoogleAudience,
     LinkedInAudience, MetaAudience, MetaSchema, Platform, XAudience,
 };
-pub use reconcile::BatchPosition;
+pub use reconcile::{BatchPosition, LedgerHash};
 pub use relay_delivery::{ConfigError, ConfigProblem};

@@ -1,15 +1,13 @@
 //! What `consent-relay reconcile` needs of the audiences sink. No platform lets us read an
 //! audience's members back, so reconciling an audience means re-sending removals for everyone the
-//! ledger says must not be in it, from the email hashes the ledger keeps
-//! (`relay_events::normalize::email_sha256`: SHA-256 of the trimmed, lowercased address).
-//!
-//! That hash is only the platform's own where the platform normalizes the same way:
+//! ledger says must not be in it, from the email hashes the ledger keeps. Which of them is the
+//! platform's own ([`LedgerHash`]):
 //! - Meta: trim and lowercase (its SDK also strips dots at either end, which no valid address
-//!   has): the same hash for every address the relay accepts (docs/vendors/meta.md).
+//!   has): the ledger's `email_sha256` for every address the relay accepts (docs/vendors/meta.md).
 //! - LinkedIn and X: trim and lowercase: the same (docs/vendors/linkedin.md, x.md).
-//! - Google: removes dots (and perhaps a `+tag`) in gmail.com / googlemail.com addresses and all
-//!   inner whitespace: a different hash for those, and the ledger cannot tell which addresses
-//!   they are. Google audiences are refused rather than sent wrong hashes.
+//! - Google: removes the dots (and, as configured, a `+tag`) of gmail.com / googlemail.com
+//!   addresses: the ledger keeps those two hashes besides `email_sha256` (schema v5), and an
+//!   entry logged before that has no Google hash to send.
 
 use relay_delivery::Outcome;
 
@@ -17,6 +15,16 @@ use crate::client::AudiencesSink;
 use crate::config::AudienceConfig;
 use crate::meta::Session;
 use crate::request::{merge, Member, Op};
+
+/// The ledger hash an audience's platform knows an address by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerHash {
+    /// `email_sha256`: SHA-256 of the trimmed, lowercased address.
+    Email,
+    /// `google_email_sha256`, or `google_email_plus_sha256` where that exists and the audience
+    /// removes `+tag`s.
+    Google { plus_removed: bool },
+}
 
 /// Where one batch stands in a multi-request removal (Meta ties them together with a session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,27 +38,19 @@ pub struct BatchPosition {
 }
 
 impl AudiencesSink {
-    /// The audiences of this sink, with `Err(reason)` for those whose platform hash is not the
-    /// ledger's (see the module docs).
-    pub fn reconcilable(&self) -> Vec<(String, Result<(), String>)> {
-        self.config
-            .audiences
-            .iter()
-            .map(|(name, a)| {
-                let ok = match a {
-                    AudienceConfig::Meta(_)
-                    | AudienceConfig::Linkedin(_)
-                    | AudienceConfig::X(_) => Ok(()),
-                    AudienceConfig::Google(_) => Err(
-                        "Google normalizes gmail.com addresses (dots, +tags) before hashing; the \
-                         ledger's hash (trim + lowercase) differs for those, and the ledger holds \
-                         no address to re-hash: not sending hashes Google would not match"
-                            .to_owned(),
-                    ),
-                };
-                (name.clone(), ok)
-            })
-            .collect()
+    /// The audiences of this sink.
+    pub fn audience_names(&self) -> Vec<String> {
+        self.config.audiences.keys().cloned().collect()
+    }
+
+    /// Which of the ledger's hashes of an address `audience`'s platform matches.
+    pub fn ledger_hash(&self, audience: &str) -> LedgerHash {
+        match self.config.audiences.get(audience) {
+            Some(AudienceConfig::Google(g)) => LedgerHash::Google {
+                plus_removed: g.remove_gmail_plus_suffix,
+            },
+            _ => LedgerHash::Email,
+        }
     }
 
     /// The purposes routed to `audience`.
@@ -68,7 +68,7 @@ impl AudiencesSink {
         self.config.audiences.get(audience).map(|a| a.batch_size())
     }
 
-    /// Removes `hashes` (lowercase hex SHA-256 of the ledger-normalized email, at most
+    /// Removes `hashes` (lowercase hex SHA-256 as [`Self::ledger_hash`] says, at most
     /// [`Self::batch_size`]) from `audience` in one request, through the account's destination.
     /// Returns the batch's worst outcome. Removal is idempotent at every platform: removing someone
     /// not in the audience changes nothing.
@@ -84,9 +84,6 @@ impl AudiencesSink {
         ) else {
             return Outcome::permanent(format!("no audience {audience} in this sink"));
         };
-        if let AudienceConfig::Google(_) = config {
-            return Outcome::permanent("Google audiences cannot be reconciled from ledger hashes");
-        }
         let members: Vec<Member> = hashes
             .iter()
             .map(|h| Member {

@@ -725,6 +725,39 @@ async fn an_old_event_is_applied_and_marked_late() {
     assert!(!late("r").await);
 }
 
+#[tokio::test]
+async fn the_consent_log_keeps_the_hashes_reconcile_needs_and_never_the_address() {
+    let s = setup(
+        Scripted::new(|_, i| vec![Outcome::Applied; i.len()]),
+        retry(),
+    );
+    let mut gmail = (*event(EventKind::ConsentWithdrawn, "g", now_ms())).clone();
+    gmail.contact.email = Some("Jo.Doe+news@gmail.com".to_owned());
+    let gmail = Arc::new(gmail);
+    s.engine
+        .process(&[message(0, &gmail)], &CancellationToken::new())
+        .await
+        .unwrap();
+    let report = relay_ledger::Ledger::subject_report(s.ledger.as_ref(), "g")
+        .await
+        .unwrap();
+    let logged = &report.consent_log[0];
+    let hash = |normalized: &str| relay_events::normalize::sha256_hex(normalized);
+    assert_eq!(
+        logged.email_sha256.as_deref(),
+        Some(hash("jo.doe+news@gmail.com").as_str())
+    );
+    assert_eq!(
+        logged.google_email_sha256.as_deref(),
+        Some(hash("jodoe+news@gmail.com").as_str())
+    );
+    assert_eq!(
+        logged.google_email_plus_sha256.as_deref(),
+        Some(hash("jodoe@gmail.com").as_str())
+    );
+    assert!(!format!("{logged:?}").contains("gmail"));
+}
+
 /// The margin is wall-clock time (the ledger's bounds are): long enough that a loaded machine
 /// does not pass it before the test looks, short enough to wait out.
 const LATE_LANDING_MS: u64 = 1_500;
