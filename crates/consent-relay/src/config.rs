@@ -54,7 +54,7 @@ struct FileConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReconcileSection {
-    /// How often, e.g. `"6h"`; the first run is one interval after start.
+    /// How often, e.g. `"6h"`, counted from the last finished run the ledger remembers.
     interval: String,
     /// As `reconcile --restore-grants`.
     #[serde(default)]

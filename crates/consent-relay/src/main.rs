@@ -469,9 +469,10 @@ async fn run(
     Ok(())
 }
 
-/// The `[reconcile.<sink>]` schedules of `run`: each in its own task, first one interval after
-/// start, then every interval; figures to `/metrics`, lines to the log. A failed run is logged
-/// and tried again at the next interval. Stops at shutdown, abandoning a run in progress (a
+/// The `[reconcile.<sink>]` schedules of `run`: each in its own task, due one interval after the
+/// last finished run the ledger remembers (at once if that is past; one interval after start if
+/// there is none), then every interval; figures to `/metrics`, lines to the log. A failed run is
+/// logged and tried again one interval later. Stops at shutdown, abandoning a run in progress (a
 /// rerun starts over, which is safe: see reconcile.rs).
 fn spawn_reconciles(
     config: &Config,
@@ -488,7 +489,6 @@ fn spawn_reconciles(
             let telemetry = telemetry.clone();
             let shutdown = shutdown.clone();
             let schedule = schedule.clone();
-            tracing::info!(sink = %schedule.sink, interval = ?schedule.interval, "reconcile scheduled");
             tokio::spawn(async move {
                 let options = reconcile::Options {
                     sink: schedule.sink.clone(),
@@ -497,16 +497,38 @@ fn spawn_reconciles(
                     restore_grants: schedule.restore_grants,
                     log: true,
                 };
+                let interval_ms = i64::try_from(schedule.interval.as_millis()).unwrap_or(i64::MAX);
+                let mut due_ms = match ledger.reconcile_finished(&schedule.sink).await {
+                    Ok(Some(last)) => {
+                        telemetry.reconcile_finished(&schedule.sink, last);
+                        last.saturating_add(interval_ms)
+                    }
+                    Ok(None) => relay_ledger::now_ms().saturating_add(interval_ms),
+                    Err(e) => {
+                        tracing::warn!(sink = %schedule.sink, error = %e, "reading the last reconcile from the ledger failed; the first run is one interval after start");
+                        relay_ledger::now_ms().saturating_add(interval_ms)
+                    }
+                };
+                let next_in = Duration::from_secs(u64::try_from((due_ms - relay_ledger::now_ms()) / 1000).unwrap_or(0));
+                tracing::info!(
+                    sink = %schedule.sink,
+                    interval = %humantime::format_duration(schedule.interval),
+                    next_in = %humantime::format_duration(next_in),
+                    "reconcile scheduled"
+                );
                 loop {
+                    let wait = u64::try_from(due_ms.saturating_sub(relay_ledger::now_ms())).unwrap_or(0);
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(schedule.interval) => {}
+                        _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
                     }
                     let run = reconcile::run(&config, &options, &ledger, &telemetry);
                     let outcome = tokio::select! {
                         _ = shutdown.cancelled() => return,
                         outcome = run => outcome,
                     };
+                    let finished = relay_ledger::now_ms();
+                    due_ms = finished.saturating_add(interval_ms);
                     match outcome {
                         Ok(results) => {
                             for (destination, figures) in &results {
@@ -514,6 +536,10 @@ fn spawn_reconciles(
                                     "{}",
                                     reconcile::summary(destination, figures, false)
                                 );
+                            }
+                            telemetry.reconcile_finished(&schedule.sink, finished);
+                            if let Err(e) = ledger.record_reconcile_finished(&schedule.sink, finished).await {
+                                tracing::warn!(sink = %schedule.sink, error = %e, "recording the finished reconcile in the ledger failed; after a restart it runs again at once");
                             }
                         }
                         Err(e) => tracing::warn!(sink = %schedule.sink, error = %e, "scheduled reconcile failed"),
@@ -623,9 +649,7 @@ async fn import_file(
         path: file.display().to_string(),
         source,
     })?;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let now_ms = relay_ledger::now_ms();
     let known = config.known_purposes();
     let rules = import::Rules {
         known_purposes: &known,
@@ -1110,9 +1134,7 @@ async fn publish(config: Config, input: PathBuf, topic: Option<String>) -> Resul
     let mut problems = Vec::new();
     // The consumers hold every event to the clock rule; one that would be dead-lettered as
     // future_occurred_at is refused here, before anything is sent.
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let now_ms = relay_ledger::now_ms();
     for (n, line) in reader.lines().enumerate() {
         let line = line.map_err(|source| AppError::Io {
             path: input.display().to_string(),

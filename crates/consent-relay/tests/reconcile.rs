@@ -732,19 +732,22 @@ list_id = 7
 }
 
 /// `[reconcile.hubspot]` in `run`: the relay reconciles on its own, and `/metrics` shows it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_reconciles_hubspot_on_its_schedule_and_exports_the_figures() {
+/// A `run` config for HubSpot with `[reconcile.hubspot] interval`, on a new topic; the admin
+/// address to scrape.
+async fn scheduled_run_config(
+    dir: &Path,
+    hubspot: &FakeHubSpot,
+    interval: &str,
+) -> (PathBuf, std::net::SocketAddr) {
     use relay_testkit::broker;
-    let hubspot = FakeHubSpot::start(TOKEN).await;
     let topic = broker::unique_name("reconcile-run");
     broker::create_topic(&topic, 1).await;
     broker::create_topic(&format!("{topic}.dlq"), 1).await;
-    let dir = tempfile::tempdir().unwrap();
     let admin = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let config = dir.path().join("consent-relay.toml");
+    let config = dir.join("consent-relay.toml");
     std::fs::write(
         &config,
         format!(
@@ -767,21 +770,23 @@ listen = "{admin}"
 description = "Newsletter"
 
 [reconcile.hubspot]
-interval = "1s"
+interval = "{interval}"
 {}"#,
             broker::bootstrap(),
             broker::unique_name("reconcile-run"),
-            dir.path().join("ledger.db").display(),
-            hubspot_sinks(&hubspot),
+            dir.join("ledger.db").display(),
+            hubspot_sinks(hubspot),
         ),
     )
     .unwrap();
-    let ledger = relay_ledger::open(&format!(
-        "sqlite://{}",
-        dir.path().join("ledger.db").display()
-    ))
-    .await
-    .unwrap();
+    (config, admin)
+}
+
+/// One withdrawn person, `drifted`, whom the fake HubSpot shows SUBSCRIBED (put back by hand).
+async fn seed_drifted(dir: &Path, hubspot: &FakeHubSpot) -> AnyLedger {
+    let ledger = relay_ledger::open(&format!("sqlite://{}", dir.join("ledger.db").display()))
+        .await
+        .unwrap();
     seed(
         &ledger,
         "hubspot",
@@ -793,8 +798,16 @@ interval = "1s"
         )],
     )
     .await;
-    ledger.close().await;
     hubspot.set_status_by_hand(&email("drifted"), NEWSLETTER, "SUBSCRIBED");
+    ledger
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reconciles_hubspot_on_its_schedule_and_exports_the_figures() {
+    let hubspot = FakeHubSpot::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, admin) = scheduled_run_config(dir.path(), &hubspot, "1s").await;
+    seed_drifted(dir.path(), &hubspot).await.close().await;
 
     let log = dir.path().join("run.log");
     let mut child = relay(&config, &["run", "--sink", "hubspot"])
@@ -860,6 +873,88 @@ interval = "1s"
         .status()
         .unwrap();
     assert!(child.wait().unwrap().success(), "clean exit on SIGTERM");
+    // The ledger remembers the last finished run, for the schedule after a restart.
+    let ledger = relay_ledger::open(&format!(
+        "sqlite://{}",
+        dir.path().join("ledger.db").display()
+    ))
+    .await
+    .unwrap();
+    let last = ledger.reconcile_finished("hubspot").await.unwrap();
+    let now = relay_ledger::now_ms();
+    assert!(
+        last.is_some_and(|t| now - t < 60_000),
+        "{last:?} vs now {now}"
+    );
+}
+
+/// The schedule is the ledger's, not the process's: a relay restarted more often than its
+/// interval still reconciles. Last finished two hours ago with a one-hour interval: due at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_overdue_by_the_ledgers_record_runs_right_after_start() {
+    let hubspot = FakeHubSpot::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, admin) = scheduled_run_config(dir.path(), &hubspot, "1h").await;
+    let ledger = seed_drifted(dir.path(), &hubspot).await;
+    let two_hours_ago = relay_ledger::now_ms() - 2 * 3_600_000;
+    ledger
+        .record_reconcile_finished("hubspot", two_hours_ago)
+        .await
+        .unwrap();
+    ledger.close().await;
+
+    let log = dir.path().join("run.log");
+    let mut child = relay(&config, &["run", "--sink", "hubspot"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start run");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The gauge moves from the ledger's two-hour-old record to now when the run finishes.
+    let finished_at = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(r#"consent_relay_reconcile_last_finished_timestamp_seconds{reconcile="hubspot"}"#)
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|seconds| (seconds * 1000.0) as i64)
+    };
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the overdue reconcile did not run within 60 s of start:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(child.try_wait().unwrap().is_none(), "run exited");
+        let text = match reqwest::get(format!("http://{admin}/metrics")).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        match finished_at(&text) {
+            Some(t) if t > two_hours_ago => {
+                assert!(text.contains(r#"result="repaired"} 1"#), "{text}");
+                break;
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        hubspot
+            .subscription_status(&email("drifted"), NEWSLETTER)
+            .as_deref(),
+        Some("UNSUBSCRIBED")
+    );
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "clean exit on SIGTERM");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("reconcile scheduled"), "{log}");
 }
 
 /// LinkedIn and X take the ledger's hash as it is (trim + lowercase): their removals go out

@@ -171,7 +171,7 @@ impl Ledger for AnyLedger {
 
 /// Wall-clock milliseconds for the `*_at_ms` bookkeeping columns (never for the version rule,
 /// which only uses the events' own `occurred_at`).
-pub(crate) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -21,6 +21,14 @@ LEFT JOIN consent_log e ON e.event_id = COALESCE(
       ORDER BY c.occurred_at_ms DESC, c.recorded_at_ms DESC LIMIT 1))
 WHERE s.sink = $1 ORDER BY s.subject_id, s.target";
 
+/// Binds: name.
+const LAST_FINISHED: &str = "SELECT finished_at_ms FROM reconcile_runs WHERE name = $1";
+
+/// Binds: name, finished_at_ms. A clock that went back never moves the record back.
+const RECORD_FINISHED: &str = "INSERT INTO reconcile_runs (name, finished_at_ms) VALUES ($1, $2)
+ON CONFLICT (name) DO UPDATE SET finished_at_ms = excluded.finished_at_ms
+WHERE excluded.finished_at_ms > reconcile_runs.finished_at_ms";
+
 /// The newest decision for one (subject, target) of a sink, as reconcile compares it with a
 /// downstream. Never the raw address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +96,52 @@ impl AnyLedger {
                 })
             })
             .collect()
+    }
+}
+
+impl AnyLedger {
+    /// When the reconcile `name` (its `--sink`, or its `[reconcile.<name>]` schedule) last
+    /// finished, in ms since the epoch.
+    pub async fn reconcile_finished(&self, name: &str) -> Result<Option<i64>, LedgerError> {
+        Ok(match self {
+            AnyLedger::Sqlite(l) => {
+                sqlx::query_scalar(LAST_FINISHED)
+                    .bind(name)
+                    .fetch_optional(l.pool())
+                    .await?
+            }
+            AnyLedger::Postgres(l) => {
+                sqlx::query_scalar(LAST_FINISHED)
+                    .bind(name)
+                    .fetch_optional(l.pool())
+                    .await?
+            }
+        })
+    }
+
+    /// Records that the reconcile `name` finished at `at_ms`.
+    pub async fn record_reconcile_finished(
+        &self,
+        name: &str,
+        at_ms: i64,
+    ) -> Result<(), LedgerError> {
+        match self {
+            AnyLedger::Sqlite(l) => {
+                sqlx::query(RECORD_FINISHED)
+                    .bind(name)
+                    .bind(at_ms)
+                    .execute(l.pool())
+                    .await?;
+            }
+            AnyLedger::Postgres(l) => {
+                sqlx::query(RECORD_FINISHED)
+                    .bind(name)
+                    .bind(at_ms)
+                    .execute(l.pool())
+                    .await?;
+            }
+        }
+        Ok(())
     }
 }
 

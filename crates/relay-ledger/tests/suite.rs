@@ -58,6 +58,7 @@ suite!(
     conflicting_decisions_in_one_batch_decide_as_one_after_another,
     the_same_row_twice_in_one_write_applies_in_order,
     copies_of_an_event_in_one_log_write_are_compared_with_the_first,
+    reconcile_runs_are_remembered_and_never_moved_back,
     ingest_finds_subjects_by_email_hash_and_keeps_unknown_contacts_once,
     sink_states_carry_the_deciding_events_hash_or_the_subjects_newest,
     a_reassertion_sends_the_newest_decision_again_and_nothing_else,
@@ -573,8 +574,8 @@ async fn migrations_are_idempotent(url: &str) {
     // Two instances starting at once on a new database, then a restart.
     let (a, b) = tokio::join!(open(url), open(url));
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(a.applied_migrations().await.unwrap(), [1, 2, 3, 4, 5]);
-    assert_eq!(b.applied_migrations().await.unwrap(), [1, 2, 3, 4, 5]);
+    assert_eq!(a.applied_migrations().await.unwrap(), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(b.applied_migrations().await.unwrap(), [1, 2, 3, 4, 5, 6]);
 
     let c = fresh("s1", NEWSLETTER, Action::Grant, 100);
     assert_eq!(decide_one(&a, &c).await, proceed(1));
@@ -584,7 +585,7 @@ async fn migrations_are_idempotent(url: &str) {
     let reopened = open(url).await.unwrap();
     assert_eq!(
         reopened.applied_migrations().await.unwrap(),
-        [1, 2, 3, 4, 5]
+        [1, 2, 3, 4, 5, 6]
     );
     assert_eq!(
         decide(&reopened, &[c]).await,
@@ -1389,4 +1390,24 @@ fn relay_ledger_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+async fn reconcile_runs_are_remembered_and_never_moved_back(url: &str) {
+    let l = open(url).await.unwrap();
+    assert_eq!(l.reconcile_finished("hubspot").await.unwrap(), None);
+    l.record_reconcile_finished("hubspot", 2_000).await.unwrap();
+    l.record_reconcile_finished("audiences.meta", 5_000)
+        .await
+        .unwrap();
+    // A clock that went back does not make the next run due later than it is.
+    l.record_reconcile_finished("hubspot", 1_000).await.unwrap();
+    assert_eq!(l.reconcile_finished("hubspot").await.unwrap(), Some(2_000));
+    l.record_reconcile_finished("hubspot", 3_000).await.unwrap();
+    l.close().await;
+    let l = open(url).await.unwrap();
+    assert_eq!(l.reconcile_finished("hubspot").await.unwrap(), Some(3_000));
+    assert_eq!(
+        l.reconcile_finished("audiences.meta").await.unwrap(),
+        Some(5_000)
+    );
 }

@@ -38,6 +38,8 @@ pub mod metric {
     pub const LOOKAHEAD_WITHDRAWALS: &str = "consent_relay_lookahead_withdrawals_total";
     pub const RECONCILE_SUBJECTS: &str = "consent_relay_reconcile_subjects_total";
     pub const RECONCILE_REQUESTS: &str = "consent_relay_reconcile_requests_total";
+    pub const RECONCILE_LAST_FINISHED: &str =
+        "consent_relay_reconcile_last_finished_timestamp_seconds";
     pub const UNKNOWN_OUTCOMES: &str = "consent_relay_unknown_outcomes_total";
     pub const REASSERTIONS: &str = "consent_relay_reassertions_total";
 }
@@ -54,6 +56,11 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         metric::RECONCILE_REQUESTS,
         "counter",
         "Requests reconcile sent to a downstream, reads and repairs, per destination.",
+    ),
+    (
+        metric::RECONCILE_LAST_FINISHED,
+        "gauge",
+        "When each scheduled reconcile of `run` last finished (Unix seconds, kept in the ledger across restarts); alert when it falls behind its interval.",
     ),
     (
         metric::UNKNOWN_OUTCOMES,
@@ -249,6 +256,15 @@ impl Telemetry {
             metric::RECONCILE_REQUESTS,
             vec![("sink", sink.to_owned())],
             by as f64,
+        );
+    }
+
+    /// Records when the scheduled reconcile `name` last finished (ms since the epoch).
+    pub fn reconcile_finished(&self, name: &str, at_ms: i64) {
+        self.set(
+            metric::RECONCILE_LAST_FINISHED,
+            vec![("reconcile", name.to_owned())],
+            at_ms as f64 / 1000.0,
         );
     }
 
