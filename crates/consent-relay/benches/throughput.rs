@@ -905,20 +905,28 @@ async fn run_case(case: &Case, backlog: &str, n: usize, f: &Downstreams) -> Case
             (*d, (after[d] - before[d]) as f64, items)
         })
         .collect();
-    let ledger = ["log_events", "claim", "finish", "park", "record_rejections"]
-        .iter()
-        .map(|op| {
-            (
-                (*op).to_owned(),
-                metric_sum(
-                    &metrics,
-                    "consent_relay_ledger_transaction_duration_seconds_sum",
-                    &[("op", op)],
-                ),
-            )
-        })
-        .filter(|(_, s)| *s > 0.0)
-        .collect();
+    let ledger = [
+        "log_events",
+        "claim",
+        "uncertain",
+        "mark_uncertain",
+        "finish",
+        "park",
+        "record_rejections",
+    ]
+    .iter()
+    .map(|op| {
+        (
+            (*op).to_owned(),
+            metric_sum(
+                &metrics,
+                "consent_relay_ledger_transaction_duration_seconds_sum",
+                &[("op", op)],
+            ),
+        )
+    })
+    .filter(|(_, s)| *s > 0.0)
+    .collect();
 
     // Caught up and idle: global unsubscribes, one at a time.
     let producer = producer_now();

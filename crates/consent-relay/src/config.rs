@@ -158,13 +158,33 @@ impl Config {
     }
 }
 
-/// Loads the layers and validates the result.
-pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-    let env: Vec<(String, String)> = std::env::vars().collect();
-    load_with_env(path, &env)
+/// Whether the command about to run calls the downstreams, and so needs the sinks' credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// `run`, `reconcile`: a missing credential is a problem.
+    Required,
+    /// Commands that only read the ledger or the broker: credentials may be absent, so that an
+    /// operator or the DPO needs none of them.
+    NotNeeded,
 }
 
-pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+/// Loads the layers and validates the result.
+pub fn load(path: Option<&Path>, secrets: Secrets) -> Result<Config, ConfigError> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    load_with(path, &env, secrets)
+}
+
+/// [`load`] with the given environment, for a command that needs the credentials.
+#[cfg(test)]
+fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    load_with(path, env, Secrets::Required)
+}
+
+fn load_with(
+    path: Option<&Path>,
+    env: &[(String, String)],
+    secrets: Secrets,
+) -> Result<Config, ConfigError> {
     let mut table = parse(DEFAULTS, "embedded defaults")?;
     if let Some(path) = path {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -205,15 +225,19 @@ pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Co
             }
             Some(Ok(config)) => config,
         };
-        // A disabled sink may lack its secrets: each pod holds only its own sink's.
-        if settings.enabled {
-            problems.extend(
-                config
-                    .problems()
-                    .into_iter()
-                    .map(|p| format!("sinks.{name}.{p}")),
-            );
-        }
+        // A disabled sink may lack its secrets (each pod holds only its own sink's), and so may
+        // every sink for a command that never calls one.
+        let secrets_needed = settings.enabled && secrets == Secrets::Required;
+        problems.extend(
+            config
+                .problems()
+                .into_iter()
+                .filter(|p| secrets_needed || !p.missing_secret)
+                .map(|p| match p.key.as_str() {
+                    "" => format!("sinks.{name}: {}", p.message),
+                    key => format!("sinks.{name}.{key}: {}", p.message),
+                }),
+        );
         let prefix = format!("sinks.{name}");
         problems.extend(relay_runtime::config::validate(
             &file.kafka,
@@ -221,6 +245,12 @@ pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Co
             &settings.retry,
             &prefix,
         ));
+        if settings.enabled && config.purposes().is_empty() {
+            problems.push(format!(
+                "sinks.{name}: routes no purpose, so it would consume every event and apply none; \
+                 map one under [sinks.{name}] or set enabled = false"
+            ));
+        }
         for purpose in config.purposes() {
             if !file.purposes.contains_key(&purpose) {
                 problems.push(format!(
@@ -320,7 +350,10 @@ pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Co
     )
 }
 
-fn finish(problems: Vec<String>, config: Config) -> Result<Config, ConfigError> {
+fn finish(mut problems: Vec<String>, config: Config) -> Result<Config, ConfigError> {
+    // The broker settings are checked with every sink's; one mistake is one line.
+    let mut seen = BTreeSet::new();
+    problems.retain(|p| seen.insert(p.clone()));
     if problems.is_empty() {
         Ok(config)
     } else {
@@ -550,6 +583,16 @@ legal_basis_explanation = "Signed up on the website"
             load_with_env(Some(f.path()), &[]).is_ok(),
             "a disabled sink needs no secrets"
         );
+        // A command that only reads needs none either, but every other problem still counts.
+        let f = write(HUBSPOT);
+        assert!(load_with(Some(f.path()), &[], Secrets::NotNeeded).is_ok());
+        let broken = HUBSPOT.replace("http://127.0.0.1:1", "ftp://x");
+        let f = write(&broken);
+        let err = load_with(Some(f.path()), &[], Secrets::NotNeeded)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sinks.hubspot.base_url"), "{err}");
+        assert!(!err.contains("token"), "{err}");
     }
 
     #[test]

@@ -112,10 +112,10 @@ enum Command {
         #[command(subcommand)]
         command: SuppressionCommand,
     },
-    /// Make a downstream show the ledger's newest decisions again. HubSpot is read back and
-    /// repaired towards less consent (a grant it does not show is reported, not restored, unless
-    /// --restore-grants); ad audiences get their removals re-sent from the ledger's email hashes
-    /// (Meta, LinkedIn, X; not Google, whose hash differs). Exits 1 when a repair failed.
+    /// Make a downstream show the ledger's newest decisions again. HubSpot and the newsletter
+    /// lists are read back and repaired towards less consent (a grant they do not show is
+    /// reported, not restored, unless --restore-grants); ad audiences (Meta, Google, LinkedIn, X)
+    /// get their removals re-sent from the ledger's email hashes. Exits 1 when a repair failed.
     Reconcile {
         /// `hubspot` or `audiences` (every audience), or a destination (`audiences.meta-eu`).
         #[arg(long)]
@@ -137,6 +137,11 @@ enum Command {
     Ledger {
         #[command(subcommand)]
         command: LedgerCommand,
+    },
+    /// The configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
 }
 
@@ -197,6 +202,18 @@ enum ParkedCommand {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load the configuration as `run` would (embedded defaults, the file, CONSENT_RELAY__*
+    /// variables, the sinks' credentials from the environment) and report every problem at once,
+    /// each with its full key; exit 2 if there is one. Contacts nothing.
+    Check {
+        /// Do not require the sinks' credentials: check a file away from the pod's environment.
+        #[arg(long)]
+        no_secrets: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum SchemasCommand {
     /// List every bundled schema version and check backward compatibility; exits non-zero if a
     /// version cannot read its predecessor.
@@ -236,7 +253,17 @@ enum LedgerCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match config::load(cli.config.as_deref()) {
+    // Only the commands that call the downstreams need their credentials: an operator or the DPO
+    // reads the ledger and the broker without holding any.
+    let secrets = match cli.command {
+        Command::Run { .. }
+        | Command::Reconcile { .. }
+        | Command::Config {
+            command: ConfigCommand::Check { no_secrets: false },
+        } => config::Secrets::Required,
+        _ => config::Secrets::NotNeeded,
+    };
+    let config = match config::load(cli.config.as_deref(), secrets) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("consent-relay: {e}");
@@ -316,6 +343,12 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
                 log: false,
             };
             reconcile_command(config, options, metrics_file).await
+        }
+        Command::Config {
+            command: ConfigCommand::Check { .. },
+        } => {
+            config_summary(&config);
+            Ok(())
         }
         Command::Dlq { command } => dlq(config, command).await,
         Command::Parked { command } => parked(config, command).await,
@@ -548,6 +581,48 @@ fn spawn_reconciles(
             })
         })
         .collect()
+}
+
+/// What `config check` found valid, for the operator to compare with what they meant.
+fn config_summary(config: &Config) {
+    println!("configuration ok");
+    println!("  ledger: {}", ledger_kind(&config.ledger.url));
+    println!(
+        "  broker: {}, topics {}, dead letters to {}",
+        config.kafka.bootstrap_servers,
+        config.kafka.topics.join(", "),
+        config.kafka.dlq_topic
+    );
+    println!(
+        "  purposes: {}",
+        config
+            .purposes
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for entry in &config.sinks {
+        let state = if entry.settings.enabled {
+            "enabled"
+        } else {
+            "disabled"
+        };
+        let purposes: Vec<String> = entry.config.purposes().into_iter().collect();
+        println!(
+            "  sink {} ({state}): destinations {}; purposes {}",
+            entry.name,
+            entry.config.destinations().join(", "),
+            purposes.join(", ")
+        );
+    }
+    for schedule in &config.reconcile {
+        println!(
+            "  reconcile {} every {}",
+            schedule.sink,
+            humantime::format_duration(schedule.interval)
+        );
+    }
 }
 
 async fn reconcile_command(

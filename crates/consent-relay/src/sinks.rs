@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use relay_delivery::{ConfigError, Sink};
+use relay_delivery::{ConfigError, ConfigProblem, Sink};
 use relay_sink_audiences::{AudiencesConfig, AudiencesSink};
 use relay_sink_hubspot::{HubSpotConfig, HubSpotSink};
 use relay_sink_newsletter::{NewsletterConfig, NewsletterSink};
@@ -38,8 +38,8 @@ pub struct Built {
 pub trait SinkConfig: std::fmt::Debug + Send + Sync {
     /// The purposes that route to the sink.
     fn purposes(&self) -> BTreeSet<String>;
-    /// Problems with the values, each `key: message` with the key relative to `[sinks.NAME]`.
-    fn problems(&self) -> Vec<String>;
+    /// Problems with the values, each with its key relative to `[sinks.NAME]`.
+    fn problems(&self) -> Vec<ConfigProblem>;
     /// The names of its destinations as the runtime knows them (consumer group suffix, ledger,
     /// metrics): `hubspot`, `audiences.<audience>`, `newsletter.<list>`, `partner.<partner>`.
     fn destinations(&self) -> Vec<String>;
@@ -96,11 +96,15 @@ fn var(env: &[(String, String)], name: &str) -> Option<String> {
 
 /// Every sink validates into the shared [`ConfigError`]: `Invalid` lists each problem with its key,
 /// anything else is one problem as it stands.
-fn problems(result: Result<(), ConfigError>) -> Vec<String> {
+fn problems(result: Result<(), ConfigError>) -> Vec<ConfigProblem> {
     match result {
         Ok(()) => Vec::new(),
-        Err(ConfigError::Invalid(list)) => list.iter().map(ToString::to_string).collect(),
-        Err(e) => vec![e.to_string()],
+        Err(ConfigError::Invalid(list)) => list,
+        Err(e) => vec![ConfigProblem {
+            key: String::new(),
+            message: e.to_string(),
+            missing_secret: false,
+        }],
     }
 }
 
@@ -125,7 +129,7 @@ impl SinkConfig for HubSpotConfig {
     fn purposes(&self) -> BTreeSet<String> {
         self.purposes.keys().cloned().collect()
     }
-    fn problems(&self) -> Vec<String> {
+    fn problems(&self) -> Vec<ConfigProblem> {
         problems(self.validate())
     }
     fn destinations(&self) -> Vec<String> {
@@ -146,7 +150,7 @@ impl SinkConfig for AudiencesConfig {
     fn purposes(&self) -> BTreeSet<String> {
         self.purposes.keys().cloned().collect()
     }
-    fn problems(&self) -> Vec<String> {
+    fn problems(&self) -> Vec<ConfigProblem> {
         problems(self.validate())
     }
     fn destinations(&self) -> Vec<String> {
@@ -170,7 +174,7 @@ impl SinkConfig for NewsletterConfig {
     fn purposes(&self) -> BTreeSet<String> {
         NewsletterConfig::purposes(self)
     }
-    fn problems(&self) -> Vec<String> {
+    fn problems(&self) -> Vec<ConfigProblem> {
         problems(self.validate())
     }
     fn destinations(&self) -> Vec<String> {
@@ -194,7 +198,7 @@ impl SinkConfig for PartnerSinkConfig {
     fn purposes(&self) -> BTreeSet<String> {
         PartnerSinkConfig::purposes(self)
     }
-    fn problems(&self) -> Vec<String> {
+    fn problems(&self) -> Vec<ConfigProblem> {
         problems(self.validate())
     }
     fn destinations(&self) -> Vec<String> {

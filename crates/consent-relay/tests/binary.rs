@@ -385,6 +385,95 @@ fn invalid_configuration_names_every_bad_key_and_exits_2() {
     assert!(err.contains("topicz"), "{err}");
 }
 
+/// Issue 12: `config check` reports every problem of one file at once, each with its full key
+/// (the broker's once, though every sink checks it), and says what a valid one configures.
+/// Commands that reach no downstream need no sink credentials; `run`, `reconcile` and a plain
+/// `config check` do.
+#[tokio::test]
+async fn config_check_lists_every_problem_and_read_commands_need_no_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = offline_config(
+        dir.path(),
+        "bad.toml",
+        "[kafka]\nbootstrap_servers = \"\"\nschema_registry_url = \"not a url\"\n\
+         [sinks.partner]\nenabled = true\n",
+    );
+    let out = Command::new(BIN)
+        .args(["--config"])
+        .arg(&bad)
+        .args(["config", "check"])
+        .env_remove("CONSENT_RELAY_HUBSPOT_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "kafka.bootstrap_servers",
+        "kafka.schema_registry_url",
+        "sinks.hubspot.token",
+        "sinks.partner.partners",
+    ] {
+        assert!(err.contains(key), "{key} not reported: {err}");
+    }
+    assert_eq!(
+        err.matches("kafka.bootstrap_servers").count(),
+        1,
+        "one mistake, one line: {err}"
+    );
+
+    let ledger = dir.path().join("ledger.db");
+    relay_ledger::open(&format!("sqlite://{}", ledger.display()))
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let good = offline_config(
+        dir.path(),
+        "good.toml",
+        &format!("[ledger]\nurl = \"sqlite://{}\"\n", ledger.display()),
+    );
+    let without_token = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&good)
+            .args(args)
+            .env_remove("CONSENT_RELAY_HUBSPOT_TOKEN")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let out = without_token(&["config", "check"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the pod's check needs the token"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CONSENT_RELAY_HUBSPOT_TOKEN"));
+    let out = without_token(&["config", "check", "--no-secrets"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("configuration ok"), "{text}");
+    assert!(
+        text.contains("sink hubspot (enabled): destinations hubspot; purposes newsletter"),
+        "{text}"
+    );
+    for args in [
+        &["ledger", "show", "anyone"][..],
+        &["ledger", "audit", "anyone"],
+        &["suppression", "export", "--purpose", "newsletter"],
+        &["schemas", "check"],
+    ] {
+        let out = without_token(args);
+        assert!(
+            out.status.success(),
+            "{args:?} without the HubSpot token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = without_token(&["reconcile", "--sink", "hubspot", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(2), "reconcile calls HubSpot");
+}
+
 /// Issue 15: once a far-future event was in the ledger, `ledger show`, `show --json`, `audit` and
 /// `suppression export` exited 101 in the time formatting. They must exit 0 and say "invalid".
 /// Needs only SQLite, no broker; `publish` refusing such a line needs no broker either.

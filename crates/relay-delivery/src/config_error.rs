@@ -14,6 +14,9 @@ pub struct ConfigProblem {
     pub key: String,
     /// What is wrong with it.
     pub message: String,
+    /// A credential that comes from the environment is not set. Commands that never call the
+    /// downstream (`lag`, `ledger`, `dlq list`, ...) run without it; `run` and `reconcile` do not.
+    pub missing_secret: bool,
 }
 
 impl fmt::Display for ConfigProblem {
@@ -51,6 +54,16 @@ impl ConfigProblems {
         self.0.push(ConfigProblem {
             key: key.into(),
             message: message.into(),
+            missing_secret: false,
+        });
+    }
+
+    /// Notes that the secret `key` is not set; `message` says which variable sets it.
+    pub fn push_missing_secret(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigProblem {
+            key: key.into(),
+            message: message.into(),
+            missing_secret: true,
         });
     }
 

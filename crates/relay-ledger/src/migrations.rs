@@ -31,6 +31,10 @@ pub(crate) const SQLITE: &[Migration] = &[
         version: 6,
         sql: include_str!("../migrations/sqlite/0006_reconcile_runs.sql"),
     },
+    Migration {
+        version: 7,
+        sql: include_str!("../migrations/sqlite/0007_in_doubt_index.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -57,6 +61,10 @@ pub(crate) const POSTGRES: &[Migration] = &[
     Migration {
         version: 6,
         sql: include_str!("../migrations/postgres/0006_reconcile_runs.sql"),
+    },
+    Migration {
+        version: 7,
+        sql: include_str!("../migrations/postgres/0007_in_doubt_index.sql"),
     },
 ];
 

@@ -574,8 +574,8 @@ async fn migrations_are_idempotent(url: &str) {
     // Two instances starting at once on a new database, then a restart.
     let (a, b) = tokio::join!(open(url), open(url));
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(a.applied_migrations().await.unwrap(), [1, 2, 3, 4, 5, 6]);
-    assert_eq!(b.applied_migrations().await.unwrap(), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(a.applied_migrations().await.unwrap(), [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(b.applied_migrations().await.unwrap(), [1, 2, 3, 4, 5, 6, 7]);
 
     let c = fresh("s1", NEWSLETTER, Action::Grant, 100);
     assert_eq!(decide_one(&a, &c).await, proceed(1));
@@ -585,7 +585,7 @@ async fn migrations_are_idempotent(url: &str) {
     let reopened = open(url).await.unwrap();
     assert_eq!(
         reopened.applied_migrations().await.unwrap(),
-        [1, 2, 3, 4, 5, 6]
+        [1, 2, 3, 4, 5, 6, 7]
     );
     assert_eq!(
         decide(&reopened, &[c]).await,

@@ -396,6 +396,14 @@ pub fn validate(
             "{prefix}.retry.parked_budget_ms: must be at least item_budget_ms"
         ));
     }
+    if let Some(url) = &kafka.schema_registry_url {
+        match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+            _ => problems.push(format!(
+                "kafka.schema_registry_url: {url:?} is not an http(s) URL"
+            )),
+        }
+    }
     if kafka.retry_topic_partitions < 1 {
         problems.push("kafka.retry_topic_partitions: must be at least 1".to_owned());
     }

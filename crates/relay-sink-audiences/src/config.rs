@@ -435,7 +435,7 @@ impl AudiencesConfig {
             // A token, or all four OAuth 1.0a credentials of X.
             for field in audience.credential_fields() {
                 match audience.credential(field) {
-                    None => problems.push(
+                    None => problems.push_missing_secret(
                         key(field),
                         format!("missing; set {}", credential_env_var(name, field)),
                     ),

@@ -189,7 +189,7 @@ impl HubSpotConfig {
             Err(_) => problems.push("base_url", "is not a URL"),
         }
         if self.token.as_deref().is_none_or(|t| t.trim().is_empty()) {
-            problems.push(
+            problems.push_missing_secret(
                 "token",
                 "missing; set CONSENT_RELAY_HUBSPOT_TOKEN to a private-app access token",
             );

@@ -204,7 +204,7 @@ impl NewsletterConfig {
                 }
             }
             if api_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
-                problems.push(
+                problems.push_missing_secret(
                     key("api_key"),
                     format!(
                         "missing; set CONSENT_RELAY__SINKS__NEWSLETTER__LISTS__{}__API_KEY",

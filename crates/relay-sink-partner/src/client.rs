@@ -69,6 +69,7 @@ impl PartnerSink {
                     ConfigError::Invalid(vec![ConfigProblem {
                         key: format!("partners.{name}.signing_secret"),
                         message,
+                        missing_secret: false,
                     }])
                 },
             )?;

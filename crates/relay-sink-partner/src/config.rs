@@ -120,32 +120,30 @@ impl PartnerSinkConfig {
         let mut endpoints: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, partner) in &self.partners {
             let shared_endpoint = endpoints.insert(partner.endpoint.trim(), name);
-            let mut problem = |field: &str, message: String| {
-                let key = if field.is_empty() {
+            let key_of = |field: &str| {
+                if field.is_empty() {
                     format!("partners.{name}")
                 } else {
                     format!("partners.{name}.{field}")
-                };
-                problems.push(key, message)
+                }
             };
             if name.is_empty()
                 || !name
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
             {
-                problem(
-                    "",
+                problems.push(
+                    key_of(""),
                     "partner names may hold only a-z, 0-9 and _ (so that an environment variable \
-                     can name them)"
-                        .into(),
+                     can name them)",
                 );
             }
             if let Err(message) = check_endpoint(&partner.endpoint) {
-                problem("endpoint", message);
+                problems.push(key_of("endpoint"), message);
             }
             if let Some(other) = shared_endpoint {
-                problem(
-                    "endpoint",
+                problems.push(
+                    key_of("endpoint"),
                     format!(
                         "is the endpoint of partner {other:?} too; one endpoint can serve one \
                          partner entry only (webhook ids are event ids)"
@@ -153,8 +151,8 @@ impl PartnerSinkConfig {
                 );
             }
             match &partner.signing_secret {
-                None => problem(
-                    "signing_secret",
+                None => problems.push_missing_secret(
+                    key_of("signing_secret"),
                     format!(
                         "missing; set CONSENT_RELAY__SINKS__PARTNER__PARTNERS__{}__SIGNING_SECRET",
                         name.to_uppercase()
@@ -162,26 +160,25 @@ impl PartnerSinkConfig {
                 ),
                 Some(secret) => {
                     if let Err(message) = secret_key(secret) {
-                        problem("signing_secret", message);
+                        problems.push(key_of("signing_secret"), message);
                     }
                 }
             }
             if partner.purpose.trim().is_empty() {
-                problem("purpose", "must name a purpose".into());
+                problems.push(key_of("purpose"), "must name a purpose");
             }
             if partner.fields.is_empty() {
-                problem(
-                    "fields",
-                    "must allow at least one field; a lead without contact data is of no use"
-                        .into(),
+                problems.push(
+                    key_of("fields"),
+                    "must allow at least one field; a lead without contact data is of no use",
                 );
             }
             let distinct: BTreeSet<_> = partner.fields.iter().collect();
             if distinct.len() != partner.fields.len() {
-                problem("fields", "contains duplicates".into());
+                problems.push(key_of("fields"), "contains duplicates");
             }
             for p in partner.limits.problems() {
-                problem("limits", p);
+                problems.push(key_of("limits"), p);
             }
         }
         problems.into_result()
