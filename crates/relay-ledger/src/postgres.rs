@@ -42,7 +42,12 @@ pub struct PostgresLedger {
 impl PostgresLedger {
     /// Connects to a `postgres://` URL and migrates the database.
     pub async fn open(url: &str) -> Result<Self, LedgerError> {
-        let options = PgConnectOptions::from_str(url)?;
+        // The set statements are prepared once per connection, while the tables may still be
+        // empty. A generic plan cached then (a sequential scan of an empty `deliveries`) would be
+        // kept as the tables grow, and each claim would scan all of them: planned per execution,
+        // the lists of ids find the indexes whatever the tables held when the relay started.
+        let options =
+            PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(ACQUIRE_TIMEOUT)

@@ -29,10 +29,8 @@ use crate::message::{now_ms, ParkTicket};
 use crate::retry::RetrySchedule;
 use crate::telemetry::metric;
 
-/// How long an item waits for another batch of this sink to finish with the same person before it
-/// is parked instead. A healthy batch is done with a person within milliseconds; one that is not
-/// is retrying a failing item, and must not hold this batch for its whole inline budget.
-const LOCK_WAIT: Duration = Duration::from_millis(250);
+/// Why an item waiting for another batch of this sink with the same person was parked: that batch
+/// retries a failure for the person, and must not hold this one for its whole inline budget.
 const DEFERRED: &str = "deferred: another batch was retrying a failing item of this person";
 
 /// An item still under way, with what this run charged it.
@@ -115,10 +113,11 @@ impl<L: Ledger> Engine<L> {
         }
         for (subject, items) in waiting {
             parts.push(Box::pin(async move {
+                // A busy holder is waited for (its requests and ledger writes are bounded by their
+                // timeouts); one retrying a failure for this person is not.
                 let held = tokio::select! {
                     _ = shutdown.cancelled() => return Err(Abandoned),
-                    _ = tokio::time::sleep(LOCK_WAIT) => None,
-                    held = self.locks.acquire(subject) => Some(held),
+                    held = self.locks.acquire_unless_failing(subject) => held,
                 };
                 match held {
                     Some(held) => self.deliver_locked(items, held, ctx, shutdown).await,
@@ -410,6 +409,14 @@ impl<L: Ledger> Engine<L> {
                 }
             }
 
+            // Whoever waits for these people stops waiting: they are parked rather than tied to
+            // this batch's retries.
+            held.mark_failing(
+                next.iter()
+                    .flatten()
+                    .chain(&to_park)
+                    .map(|p| &p.item.event.subject_id),
+            );
             self.set_circuit(verdict.refused.as_deref());
             // The bounds first, then the copies, then the finish: a crash in between redoes the
             // delivery, which marks and copies again, and a copy is never missing for a delivery

@@ -450,6 +450,8 @@ struct Slow {
     in_flight: Mutex<std::collections::BTreeMap<String, usize>>,
     overlaps: Mutex<Vec<String>>,
     poisoned: &'static str,
+    /// How long each request takes.
+    delay: Duration,
 }
 
 impl Sink for Slow {
@@ -473,7 +475,7 @@ impl Sink for Slow {
                     self.overlaps.lock().unwrap().push(s.clone());
                 }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(self.delay).await;
             for s in &subjects {
                 *self.in_flight.lock().unwrap().get_mut(s).unwrap() -= 1;
             }
@@ -510,6 +512,7 @@ async fn a_batch_waiting_for_an_items_retries_does_not_hold_back_the_next_one() 
     let sink = Arc::new(Slow {
         in_flight: Default::default(),
         overlaps: Default::default(),
+        delay: Duration::from_millis(100),
         poisoned: "p",
     });
     let (engine, ledger) = engine_with(sink.clone());
@@ -543,6 +546,7 @@ async fn one_persons_items_are_sent_by_one_batch_at_a_time() {
     let sink = Arc::new(Slow {
         in_flight: Default::default(),
         overlaps: Default::default(),
+        delay: Duration::from_millis(100),
         poisoned: "nobody",
     });
     let (engine, ledger) = engine_with(sink.clone());
@@ -575,6 +579,7 @@ async fn a_persons_item_waiting_on_a_stuck_batch_is_parked_not_waited_for() {
     let sink = Arc::new(Slow {
         in_flight: Default::default(),
         overlaps: Default::default(),
+        delay: Duration::from_millis(100),
         poisoned: "p",
     });
     let ledger = Arc::new(MemoryLedger::new());
@@ -618,6 +623,44 @@ async fn a_persons_item_waiting_on_a_stuck_batch_is_parked_not_waited_for() {
     assert!(parked
         .iter()
         .any(|(m, _, t)| m.origin.offset == 1 && t.reason.starts_with("deferred")));
+}
+
+/// Under a backlog a healthy batch can be slow (the ledger, the downstream): a person's next item
+/// waits for it instead of being parked, which would only add work.
+#[tokio::test(start_paused = true)]
+async fn a_persons_item_waiting_on_a_slow_but_healthy_batch_waits_and_is_not_parked() {
+    let sink = Arc::new(Slow {
+        in_flight: Default::default(),
+        overlaps: Default::default(),
+        delay: Duration::from_secs(2),
+        poisoned: "nobody",
+    });
+    let (engine, ledger) = engine_with(sink.clone());
+    let cancel = CancellationToken::new();
+    let grant = event(EventKind::ConsentGranted, "p", 1_000);
+    let newer = event(EventKind::ConsentWithdrawn, "p", 2_000);
+    let (first, second) = (message(0, &grant), message(1, &newer));
+    tokio::join!(
+        async {
+            engine
+                .process(std::slice::from_ref(&first), &cancel)
+                .await
+                .unwrap()
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            engine
+                .process(std::slice::from_ref(&second), &cancel)
+                .await
+                .unwrap()
+        }
+    );
+    assert_eq!(ledger.status(&key(&grant)), Some(Status::Applied));
+    assert_eq!(ledger.status(&key(&newer)), Some(Status::Applied));
+    assert!(
+        sink.overlaps.lock().unwrap().is_empty(),
+        "one batch at a time per person"
+    );
 }
 
 #[tokio::test(start_paused = true)]
