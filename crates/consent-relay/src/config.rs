@@ -193,15 +193,29 @@ fn load_with(
         })?;
         merge(&mut table, parse(&text, &path.display().to_string())?);
     }
-    apply_env(&mut table, env)?;
-
-    let file: FileConfig =
-        FileConfig::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
-            origin: "configuration".to_owned(),
-            message: e.to_string(),
-        })?;
+    let set_by = apply_env(&mut table, env)?;
 
     let mut problems = Vec::new();
+    let Some(file) = deserialize_all::<FileConfig>(table.clone(), "", &set_by, &mut problems)
+    else {
+        // The sinks' own keys are checked anyway, so that one attempt shows every mistake.
+        if let Some(toml::Value::Table(sinks)) = table.get("sinks") {
+            for (name, section) in sinks {
+                let toml::Value::Table(section) = section else {
+                    continue;
+                };
+                match runtime_settings(name, section.clone()) {
+                    Ok((_, rest)) => {
+                        if let Some(Err(p)) = crate::sinks::parse(name, rest, env, &set_by) {
+                            problems.extend(p);
+                        }
+                    }
+                    Err(p) => problems.push(p),
+                }
+            }
+        }
+        return Err(ConfigError::Invalid(problems));
+    };
     let mut sinks = Vec::new();
     for (name, section) in file.sinks {
         let (settings, section) = match runtime_settings(&name, section) {
@@ -211,7 +225,7 @@ fn load_with(
                 continue;
             }
         };
-        let config = match crate::sinks::parse(&name, section, env) {
+        let config = match crate::sinks::parse(&name, section, env, &set_by) {
             None => {
                 problems.push(format!(
                     "sinks.{name}: unknown sink (known: {})",
@@ -220,7 +234,7 @@ fn load_with(
                 continue;
             }
             Some(Err(p)) => {
-                problems.push(p);
+                problems.extend(p);
                 continue;
             }
             Some(Ok(config)) => config,
@@ -380,7 +394,85 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
-fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
+/// Which environment variable set each key (dotted path), to name it in a problem with the key.
+pub type SetBy = BTreeMap<String, String>;
+
+/// Deserializes `table` as `T`, collecting every problem rather than the first: each key serde
+/// rejects (unknown, or of the wrong type) is reported with its full path under `prefix` and the
+/// variable that set it, then removed so that the next attempt finds the next one. `None` when
+/// there was any problem.
+pub fn deserialize_all<T: serde::de::DeserializeOwned>(
+    mut table: toml::Table,
+    prefix: &str,
+    set_by: &SetBy,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    let mut clean = true;
+    // A file has far fewer keys than this; the bound only guards against an error that removing
+    // its key does not clear.
+    for _ in 0..100 {
+        let error = match T::deserialize(toml::Value::Table(table.clone())) {
+            Ok(value) => return clean.then_some(value),
+            Err(e) => e.to_string(),
+        };
+        clean = false;
+        // toml words it "<message>\nin `<path>`"; the path is absent at the top level.
+        let error = error.trim();
+        let (message, at) = match error.rsplit_once("\nin `") {
+            Some((m, rest)) => (m.trim().to_owned(), rest.trim_end_matches('`').to_owned()),
+            None => (error.trim().to_owned(), String::new()),
+        };
+        let mut path: Vec<String> = at
+            .split('.')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if let Some(field) = message
+            .strip_prefix("unknown field `")
+            .and_then(|m| m.split_once('`'))
+            .map(|(f, _)| f.to_owned())
+        {
+            path.push(field);
+        }
+        let key = [prefix.to_owned(), path.join(".")]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(".");
+        let origin = set_by
+            .get(&key)
+            .map(|var| format!(" (set by {var})"))
+            .unwrap_or_default();
+        let label = if key.is_empty() {
+            "configuration"
+        } else {
+            key.as_str()
+        };
+        problems.push(format!("{label}: {message}{origin}"));
+        if path.is_empty() || !remove_key(&mut table, &path) {
+            return None;
+        }
+    }
+    None
+}
+
+/// Removes the key at `path`; false if there is none (an array element, a missing field).
+fn remove_key(table: &mut toml::Table, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = table;
+    for segment in parents {
+        node = match node.get_mut(segment) {
+            Some(toml::Value::Table(t)) => t,
+            _ => return false,
+        };
+    }
+    node.remove(last).is_some()
+}
+
+fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<SetBy, ConfigError> {
+    let mut set_by = SetBy::new();
     for (name, value) in env {
         if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
             let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
@@ -413,9 +505,10 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
                 };
             }
             node.insert(path[path.len() - 1].clone(), parsed);
+            set_by.insert(path.join("."), name.clone());
         }
     }
-    Ok(())
+    Ok(set_by)
 }
 
 /// Takes the runtime's settings (`enabled`, `batch`, `retry`) out of a `[sinks.NAME]` table; the
@@ -593,6 +686,50 @@ legal_basis_explanation = "Signed up on the website"
             .to_string();
         assert!(err.contains("sinks.hubspot.base_url"), "{err}");
         assert!(!err.contains("token"), "{err}");
+    }
+
+    /// Issue 12: three unknown keys were reported one at a time, a sink's own keys apart from the
+    /// rest, and a bad value set by a variable without naming it.
+    #[test]
+    fn every_unknown_key_and_bad_value_is_reported_at_once_with_its_origin() {
+        let text = HUBSPOT.replace(
+            "[sinks.hubspot]\n",
+            "[sinks.hubspot]\ncolour = \"blue\"\ntimeout = \"soon\"\n",
+        ) + "[kafka]\nfoo = 1\nbar = 2\n[ledger]\nbaz = 3\n";
+        let f = write(&text);
+        let env = [(
+            "CONSENT_RELAY__KAFKA__SESSION_TIMEOUT_MS".to_owned(),
+            "abc".to_owned(),
+        )];
+        let err = load_with(Some(f.path()), &env, Secrets::NotNeeded)
+            .unwrap_err()
+            .to_string();
+        for key in [
+            "kafka.foo: unknown field",
+            "kafka.bar: unknown field",
+            "ledger.baz: unknown field",
+            "kafka.session_timeout_ms: invalid type",
+        ] {
+            assert!(err.contains(key), "{key} missing from:\n{err}");
+        }
+        assert!(
+            err.contains("(set by CONSENT_RELAY__KAFKA__SESSION_TIMEOUT_MS)"),
+            "{err}"
+        );
+        assert!(err.contains("sinks.hubspot.colour: unknown field"), "{err}");
+        assert!(
+            err.contains("sinks.hubspot.timeout: unknown field"),
+            "{err}"
+        );
+        let f = write(&HUBSPOT.replace(
+            "[sinks.hubspot]\n",
+            "[sinks.hubspot]\ncolour = \"blue\"\nshade = 1\n",
+        ));
+        let err = load_with(Some(f.path()), &[], Secrets::NotNeeded)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sinks.hubspot.colour: unknown field"), "{err}");
+        assert!(err.contains("sinks.hubspot.shade: unknown field"), "{err}");
     }
 
     #[test]

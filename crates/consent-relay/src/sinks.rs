@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use crate::config::deserialize_all;
 use relay_delivery::{ConfigError, ConfigProblem, Sink};
 use relay_sink_audiences::{AudiencesConfig, AudiencesSink};
 use relay_sink_hubspot::{HubSpotConfig, HubSpotSink};
@@ -54,40 +55,45 @@ pub fn parse(
     name: &str,
     section: toml::Table,
     env: &[(String, String)],
-) -> Option<Result<Arc<dyn SinkConfig>, String>> {
-    let value = toml::Value::Table(section);
-    let parsed: Result<Arc<dyn SinkConfig>, toml::de::Error> = match name {
-        "hubspot" => value.try_into::<HubSpotConfig>().map(|mut c| {
-            if let Some(token) = var(env, "CONSENT_RELAY_HUBSPOT_TOKEN") {
-                c.token = Some(token);
-            }
-            Arc::new(c) as Arc<dyn SinkConfig>
-        }),
-        "audiences" => value.try_into::<AudiencesConfig>().map(|mut c| {
-            // A token each, but four OAuth 1.0a credentials for X, each from its own variable:
-            // CONSENT_RELAY_AUDIENCES_<NAME>_TOKEN, or …_CONSUMER_KEY, …_CONSUMER_SECRET,
-            // …_ACCESS_TOKEN and …_ACCESS_TOKEN_SECRET.
-            for (audience, cfg) in c.audiences.iter_mut() {
-                for field in cfg.credential_fields() {
-                    let name = relay_sink_audiences::credential_env_var(audience, field);
-                    if let Some(value) = var(env, &name) {
-                        cfg.set_credential(field, value);
+    set_by: &crate::config::SetBy,
+) -> Option<Result<Arc<dyn SinkConfig>, Vec<String>>> {
+    let mut problems = Vec::new();
+    let prefix = format!("sinks.{name}");
+    let parsed: Option<Arc<dyn SinkConfig>> = match name {
+        "hubspot" => deserialize_all::<HubSpotConfig>(section, &prefix, set_by, &mut problems).map(
+            |mut c| {
+                if let Some(token) = var(env, "CONSENT_RELAY_HUBSPOT_TOKEN") {
+                    c.token = Some(token);
+                }
+                Arc::new(c) as Arc<dyn SinkConfig>
+            },
+        ),
+        "audiences" => deserialize_all::<AudiencesConfig>(section, &prefix, set_by, &mut problems)
+            .map(|mut c| {
+                // A token each, but four OAuth 1.0a credentials for X, each from its own
+                // variable: CONSENT_RELAY_AUDIENCES_<NAME>_TOKEN, or …_CONSUMER_KEY,
+                // …_CONSUMER_SECRET, …_ACCESS_TOKEN and …_ACCESS_TOKEN_SECRET.
+                for (audience, cfg) in c.audiences.iter_mut() {
+                    for field in cfg.credential_fields() {
+                        let name = relay_sink_audiences::credential_env_var(audience, field);
+                        if let Some(value) = var(env, &name) {
+                            cfg.set_credential(field, value);
+                        }
                     }
                 }
-            }
-            Arc::new(c) as Arc<dyn SinkConfig>
-        }),
+                Arc::new(c) as Arc<dyn SinkConfig>
+            }),
         // Their secrets are per list / per partner: CONSENT_RELAY__SINKS__NEWSLETTER__LISTS__<LIST>__API_KEY
         // and CONSENT_RELAY__SINKS__PARTNER__PARTNERS__<NAME>__SIGNING_SECRET.
-        "newsletter" => value
-            .try_into::<NewsletterConfig>()
-            .map(|c| Arc::new(c) as Arc<dyn SinkConfig>),
-        "partner" => value
-            .try_into::<PartnerSinkConfig>()
+        "newsletter" => {
+            deserialize_all::<NewsletterConfig>(section, &prefix, set_by, &mut problems)
+                .map(|c| Arc::new(c) as Arc<dyn SinkConfig>)
+        }
+        "partner" => deserialize_all::<PartnerSinkConfig>(section, &prefix, set_by, &mut problems)
             .map(|c| Arc::new(c) as Arc<dyn SinkConfig>),
         _ => return None,
     };
-    Some(parsed.map_err(|e| format!("sinks.{name}: {e}")))
+    Some(parsed.ok_or(problems))
 }
 
 fn var(env: &[(String, String)], name: &str) -> Option<String> {
