@@ -214,6 +214,8 @@ fn load_with(
                 }
             }
         }
+        let mut seen = BTreeSet::new();
+        problems.retain(|p| seen.insert(p.clone()));
         return Err(ConfigError::Invalid(problems));
     };
     let mut sinks = Vec::new();
@@ -449,7 +451,10 @@ pub fn deserialize_all<T: serde::de::DeserializeOwned>(
             key.as_str()
         };
         problems.push(format!("{label}: {message}{origin}"));
-        if path.is_empty() || !remove_key(&mut table, &path) {
+        // A missing field cannot be removed to find the next problem; removing its table
+        // would only add a misleading one.
+        if path.is_empty() || message.starts_with("missing field") || !remove_key(&mut table, &path)
+        {
             return None;
         }
     }

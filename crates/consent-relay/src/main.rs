@@ -204,10 +204,12 @@ enum ParkedCommand {
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Load the configuration as `run` would (embedded defaults, the file, CONSENT_RELAY__*
-    /// variables, the sinks' credentials from the environment) and report every problem at once,
-    /// each with its full key; exit 2 if there is one. Contacts nothing.
+    /// variables, the sinks' credentials from the environment, and `[ingest]` with its secrets
+    /// if there is one) and report every problem at once, each with its full key; exit 2 if
+    /// there is one. Contacts nothing.
     Check {
-        /// Do not require the sinks' credentials: check a file away from the pod's environment.
+        /// Do not require credentials (nor check `[ingest]`): check a file away from the pod's
+        /// environment.
         #[arg(long)]
         no_secrets: bool,
     },
@@ -290,7 +292,12 @@ fn main() -> ExitCode {
                 LogFormat::Json => tracing::error!(error = %e, "exiting"),
                 LogFormat::Human => eprintln!("consent-relay: {e}"),
             }
-            ExitCode::FAILURE
+            // A configuration problem found late (`[ingest]`) exits like one found at load.
+            if matches!(e, AppError::Config(_)) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -345,8 +352,12 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
             reconcile_command(config, options, metrics_file).await
         }
         Command::Config {
-            command: ConfigCommand::Check { .. },
+            command: ConfigCommand::Check { no_secrets },
         } => {
+            // `[ingest]` is checked where `ingest` runs; with its secrets, so only in a full check.
+            if !no_secrets && config.ingest.is_some() {
+                config.ingest()?;
+            }
             config_summary(&config);
             Ok(())
         }
@@ -534,7 +545,9 @@ fn spawn_reconciles(
                 let mut due_ms = match ledger.reconcile_finished(&schedule.sink).await {
                     Ok(Some(last)) => {
                         telemetry.reconcile_finished(&schedule.sink, last);
-                        last.saturating_add(interval_ms)
+                        // A time in the future came from a clock that was ahead: not a reason to
+                        // wait longer than one interval.
+                        last.min(relay_ledger::now_ms()).saturating_add(interval_ms)
                     }
                     Ok(None) => relay_ledger::now_ms().saturating_add(interval_ms),
                     Err(e) => {

@@ -24,10 +24,10 @@ WHERE s.sink = $1 ORDER BY s.subject_id, s.target";
 /// Binds: name.
 const LAST_FINISHED: &str = "SELECT finished_at_ms FROM reconcile_runs WHERE name = $1";
 
-/// Binds: name, finished_at_ms. A clock that went back never moves the record back.
+/// Binds: name, finished_at_ms. The latest write wins, so that a time recorded by a clock that
+/// was ahead is corrected by the next run.
 const RECORD_FINISHED: &str = "INSERT INTO reconcile_runs (name, finished_at_ms) VALUES ($1, $2)
-ON CONFLICT (name) DO UPDATE SET finished_at_ms = excluded.finished_at_ms
-WHERE excluded.finished_at_ms > reconcile_runs.finished_at_ms";
+ON CONFLICT (name) DO UPDATE SET finished_at_ms = excluded.finished_at_ms";
 
 /// The newest decision for one (subject, target) of a sink, as reconcile compares it with a
 /// downstream. Never the raw address.

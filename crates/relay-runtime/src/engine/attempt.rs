@@ -30,8 +30,13 @@ use crate::retry::RetrySchedule;
 use crate::telemetry::metric;
 
 /// Why an item waiting for another batch of this sink with the same person was parked: that batch
-/// retries a failure for the person, and must not hold this one for its whole inline budget.
-const DEFERRED: &str = "deferred: another batch was retrying a failing item of this person";
+/// retries a failure for the person, or has held the person for [`LOCK_WAIT_MAX`], and must not
+/// hold this one for its whole inline budget.
+const DEFERRED: &str = "deferred: another batch was retrying or stuck with this person";
+/// The longest an item waits for a busy batch with the same person. A healthy batch under a
+/// backlog holds a person for well under a second; one that waits longer sits in a destination's
+/// pause, a rate limit, or a ledger or broker retry that it does not report as a failure.
+const LOCK_WAIT_MAX: Duration = Duration::from_secs(10);
 
 /// An item still under way, with what this run charged it.
 #[derive(Clone)]
@@ -113,10 +118,11 @@ impl<L: Ledger> Engine<L> {
         }
         for (subject, items) in waiting {
             parts.push(Box::pin(async move {
-                // A busy holder is waited for (its requests and ledger writes are bounded by their
-                // timeouts); one retrying a failure for this person is not.
+                // A busy holder is waited for, up to a bound; one retrying a failure for this
+                // person is not.
                 let held = tokio::select! {
                     _ = shutdown.cancelled() => return Err(Abandoned),
+                    _ = tokio::time::sleep(LOCK_WAIT_MAX) => None,
                     held = self.locks.acquire_unless_failing(subject) => held,
                 };
                 match held {

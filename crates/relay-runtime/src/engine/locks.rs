@@ -4,9 +4,10 @@
 //! in the order their claims were decided, which is what the version rule relies on (a stale grant
 //! still on the wire when a newer withdrawal is sent could land after it).
 //!
-//! A batch waiting for a person waits as long as the holder is merely busy (a slow ledger or
-//! downstream under a backlog), and gives up at once when the holder says it is retrying a
-//! failure for that person: waiting then would tie this batch to the other's inline budget.
+//! A batch waiting for a person waits while the holder is merely busy (a slow ledger or
+//! downstream under a backlog; the engine bounds that wait), and gives up at once when the holder
+//! says it is retrying a failure for that person: waiting then would tie this batch to the
+//! other's inline budget.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
