@@ -151,12 +151,117 @@ pub fn to_json(subject_id: &str, r: &SubjectReport) -> serde_json::Value {
     })
 }
 
+/// One recipient of personal data as a data-subject request names it (GDPR Art. 15(1)(c)): from
+/// the configuration, by the destination name the ledger records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// Who receives it, e.g. "Meta (Custom Audience 123)".
+    pub name: String,
+    /// What it receives, e.g. "SHA-256 of the email address".
+    pub data: String,
+}
+
+/// What the person's decisions made a destination do, per target.
+#[derive(Debug, Default)]
+struct Changes {
+    /// By (target, what was done): how often, first and last time.
+    done: std::collections::BTreeMap<(String, &'static str), (usize, i64, i64)>,
+}
+
+/// What was done at a destination for a delivery of an event of `kind`.
+fn done_for(kind: &str) -> &'static str {
+    match kind {
+        "ConsentGranted" => "granted (added / subscribed)",
+        "ErasureRequested" => "erased (deleted)",
+        // ConsentWithdrawn, Unsubscribed, and anything an older version logged.
+        _ => "withdrawn (removed / unsubscribed)",
+    }
+}
+
+/// The audit's content, rendered as text or JSON.
+struct Audit<'a> {
+    report: &'a SubjectReport,
+    by_destination: std::collections::BTreeMap<&'a str, Changes>,
+}
+
+impl<'a> Audit<'a> {
+    fn new(report: &'a SubjectReport) -> Audit<'a> {
+        let kinds: std::collections::HashMap<uuid::Uuid, &str> = report
+            .consent_log
+            .iter()
+            .map(|c| (c.event_id, c.kind.as_str()))
+            .collect();
+        let mut by_destination: std::collections::BTreeMap<&str, Changes> = Default::default();
+        for d in report.deliveries.iter().filter(|d| {
+            matches!(
+                d.status,
+                relay_ledger::Status::Applied
+                    | relay_ledger::Status::AlreadyApplied
+                    | relay_ledger::Status::AwaitingConfirmation
+            )
+        }) {
+            let done = done_for(kinds.get(&d.key.event_id).copied().unwrap_or_default());
+            let e = by_destination
+                .entry(d.key.sink.as_str())
+                .or_default()
+                .done
+                .entry((d.key.target.clone(), done))
+                .or_insert((0, d.updated_at_ms, d.updated_at_ms));
+            e.0 += 1;
+            e.1 = e.1.min(d.updated_at_ms);
+            e.2 = e.2.max(d.updated_at_ms);
+        }
+        Audit {
+            report,
+            by_destination,
+        }
+    }
+
+    fn knows_nothing(&self) -> bool {
+        let r = self.report;
+        r.consent_log.is_empty()
+            && r.deliveries.is_empty()
+            && r.state.is_empty()
+            && r.rejections.is_empty()
+    }
+}
+
+fn recipient_of<'r>(
+    recipients: &'r std::collections::BTreeMap<String, Recipient>,
+    destination: &str,
+) -> Cow<'r, Recipient> {
+    match recipients.get(destination) {
+        Some(r) => Cow::Borrowed(r),
+        None => Cow::Owned(Recipient {
+            name: format!(
+                "{} (no longer configured: see the configuration of the time)",
+                shown(destination)
+            ),
+            data: "unknown to this configuration".to_owned(),
+        }),
+    }
+}
+
 /// `ledger audit`: what a data-subject request needs — the proof of each consent decision (GDPR
-/// Art. 7(1): what was decided, when, through which channel, under which notice) and every
-/// recipient the person's data went to (Art. 15(1)(c)), from the deliveries that reached a sink.
-pub fn to_audit(subject_id: &str, r: &SubjectReport) -> String {
+/// Art. 7(1): what was decided, when, through which channel, under which notice), every recipient
+/// the person's data went to with what it received and what was done there (Art. 15(1)(c)), and
+/// the events that reached no one (dead-lettered).
+pub fn to_audit(
+    subject_id: &str,
+    r: &SubjectReport,
+    recipients: &std::collections::BTreeMap<String, Recipient>,
+) -> String {
+    let audit = Audit::new(r);
     let mut out = String::new();
     let _ = writeln!(out, "audit of subject {}", shown(subject_id));
+    if audit.knows_nothing() {
+        let _ = writeln!(
+            out,
+            "\nthe ledger holds no record of this subject: no consent decision, no delivery, no \
+             dead-lettered event (check the subject id, or look it up with --email)"
+        );
+        return out;
+    }
     let _ = writeln!(out, "\nconsent decisions ({}):", r.consent_log.len());
     for c in &r.consent_log {
         let _ = writeln!(
@@ -170,39 +275,26 @@ pub fn to_audit(subject_id: &str, r: &SubjectReport) -> String {
             c.event_id
         );
     }
-    let mut recipients: std::collections::BTreeMap<(&str, &str), (i64, i64, usize)> =
-        std::collections::BTreeMap::new();
-    for d in r.deliveries.iter().filter(|d| {
-        matches!(
-            d.status,
-            relay_ledger::Status::Applied
-                | relay_ledger::Status::AlreadyApplied
-                | relay_ledger::Status::AwaitingConfirmation
-        )
-    }) {
-        let e = recipients
-            .entry((d.key.sink.as_str(), d.key.target.as_str()))
-            .or_insert((d.updated_at_ms, d.updated_at_ms, 0));
-        e.0 = e.0.min(d.updated_at_ms);
-        e.1 = e.1.max(d.updated_at_ms);
-        e.2 += 1;
-    }
     let _ = writeln!(
         out,
-        "\nrecipients (sink, purpose or * for the whole subject):"
+        "\nrecipients (who received the person's data, what, and what was done there):"
     );
-    if recipients.is_empty() {
+    if audit.by_destination.is_empty() {
         let _ = writeln!(out, "  none");
     }
-    for ((sink, target), (first, last, n)) in recipients {
-        let _ = writeln!(
-            out,
-            "  {:<10} {:<20} {n} change(s), first {}, last {}",
-            shown(sink),
-            shown(target),
-            when(first),
-            when(last)
-        );
+    for (destination, changes) in &audit.by_destination {
+        let recipient = recipient_of(recipients, destination);
+        let _ = writeln!(out, "  {} [{}]", recipient.name, shown(destination));
+        let _ = writeln!(out, "    data: {}", recipient.data);
+        for ((target, done), (n, first, last)) in &changes.done {
+            let _ = writeln!(
+                out,
+                "    {:<20} {done}: {n}×, first {}, last {}",
+                shown(target),
+                when(*first),
+                when(*last)
+            );
+        }
     }
     let awaiting: Vec<_> = r
         .deliveries
@@ -226,7 +318,65 @@ awaiting the person's confirmation (the downstream sent its opt-in email; subscr
             );
         }
     }
+    if !r.rejections.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nevents of this subject that reached no one (dead-lettered; `dlq list` shows them):"
+        );
+        for x in &r.rejections {
+            let _ = writeln!(
+                out,
+                "  {:<20} {}: {} (event {}, {}/{}@{})",
+                shown(&x.sink),
+                shown(&x.code),
+                shown(&x.message),
+                x.event_id.map_or_else(|| "-".to_owned(), |i| i.to_string()),
+                shown(&x.topic),
+                x.partition,
+                x.offset
+            );
+        }
+    }
     out
+}
+
+/// `ledger audit --json`: the same as [`to_audit`], as data.
+pub fn audit_json(
+    subject_id: &str,
+    r: &SubjectReport,
+    recipients: &std::collections::BTreeMap<String, Recipient>,
+) -> serde_json::Value {
+    let audit = Audit::new(r);
+    json!({
+        "subject_id": subject_id,
+        "known": !audit.knows_nothing(),
+        "consent_decisions": r.consent_log.iter().map(|c| json!({
+            "occurred_at": when(c.occurred_at_ms), "kind": c.kind, "purposes": c.purposes,
+            "source": c.source, "notice_version": c.notice_version,
+            "event_id": c.event_id.to_string(), "late": c.late,
+        })).collect::<Vec<_>>(),
+        "recipients": audit.by_destination.iter().map(|(destination, changes)| {
+            let recipient = recipient_of(recipients, destination);
+            json!({
+                "destination": destination, "name": recipient.name, "data": recipient.data,
+                "changes": changes.done.iter().map(|((target, done), (n, first, last))| json!({
+                    "target": target, "done": done, "count": n,
+                    "first": when(*first), "last": when(*last),
+                })).collect::<Vec<_>>(),
+            })
+        }).collect::<Vec<_>>(),
+        "awaiting_confirmation": r.deliveries.iter()
+            .filter(|d| d.status == relay_ledger::Status::AwaitingConfirmation)
+            .map(|d| json!({
+                "destination": d.key.sink, "target": d.key.target,
+                "since": when(d.updated_at_ms), "event_id": d.key.event_id.to_string(),
+            })).collect::<Vec<_>>(),
+        "dead_lettered": r.rejections.iter().map(|x| json!({
+            "sink": x.sink, "code": x.code, "message": x.message,
+            "event_id": x.event_id.map(|i| i.to_string()),
+            "topic": x.topic, "partition": x.partition, "offset": x.offset,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 const SUPPRESSION_CSV_HEADER: &str = "subject_id,email_sha256,decision,occurred_at,event_id,source";
@@ -418,7 +568,7 @@ mod tests {
         assert_eq!(report.deliveries.len(), EXTREMES.len());
 
         let text = to_text(SUBJECT, &report);
-        let audit = to_audit(SUBJECT, &report);
+        let audit = to_audit(SUBJECT, &report, &Default::default());
         let json = to_json(SUBJECT, &report).to_string();
         for (ms, rendered) in EXTREMES {
             assert!(text.contains(rendered), "show lacks {rendered} for {ms}");
@@ -504,7 +654,7 @@ mod tests {
         assert!(text.contains("awaiting_confirmation"), "{text}");
         assert!(text.contains("asked the person to confirm"), "{text}");
         assert!(text.contains("re-asserted=1"), "{text}");
-        let audit = to_audit("mona", &report);
+        let audit = to_audit("mona", &report, &Default::default());
         assert!(
             audit.contains("awaiting the person's confirmation"),
             "{audit}"
@@ -512,5 +662,113 @@ mod tests {
         let json = to_json("mona", &report);
         assert_eq!(json["deliveries"][0]["status"], "awaiting_confirmation");
         assert_eq!(json["deliveries"][1]["reasserts"], 1);
+    }
+
+    /// Issue 12: the audit names each recipient, what it received and what was done there, lists
+    /// the events that reached no one, and says when the ledger knows nothing of the subject.
+    #[test]
+    fn the_audit_names_recipients_what_they_got_and_the_dead_letters() {
+        use relay_ledger::{ConsentRecord, DeliveryKey, DeliveryRow, Rejection, Status};
+        let grant = uuid::Uuid::new_v4();
+        let withdrawal = uuid::Uuid::new_v4();
+        let record = |event_id, kind: &str, at| ConsentRecord {
+            event_id,
+            subject_id: "s".into(),
+            kind: kind.into(),
+            purposes: vec!["ads".into()],
+            occurred_at_ms: at,
+            source: "web".into(),
+            notice_version: None,
+            email_sha256: None,
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            payload_digest: None,
+            late: false,
+            google_email_sha256: None,
+            google_email_plus_sha256: None,
+        };
+        let delivered = |event_id, sink: &str, at| DeliveryRow {
+            key: DeliveryKey {
+                event_id,
+                sink: sink.into(),
+                target: "ads".into(),
+            },
+            status: Status::Applied,
+            attempts: 1,
+            reasserts: 0,
+            error_class: None,
+            error: None,
+            updated_at_ms: at,
+        };
+        let report = SubjectReport {
+            consent_log: vec![
+                record(grant, "ConsentGranted", 1_000),
+                record(withdrawal, "ConsentWithdrawn", 2_000),
+            ],
+            deliveries: vec![
+                delivered(grant, "audiences.meta", 1_500),
+                delivered(withdrawal, "audiences.meta", 2_500),
+                delivered(grant, "audiences.gone", 1_500),
+            ],
+            rejections: vec![Rejection {
+                sink: "partner.in_gmbh".into(),
+                topic: "consent.events".into(),
+                partition: 3,
+                offset: 42,
+                event_id: Some(withdrawal),
+                subject_id: Some("s".into()),
+                code: "missing_email".into(),
+                message: "a withdrawal needs the email".into(),
+            }],
+            ..SubjectReport::default()
+        };
+        let recipients = std::collections::BTreeMap::from([(
+            "audiences.meta".to_owned(),
+            Recipient {
+                name: "Meta (Custom Audience 111)".into(),
+                data: "SHA-256 of the normalized email address".into(),
+            },
+        )]);
+        let audit = to_audit("s", &report, &recipients);
+        assert!(
+            audit.contains("Meta (Custom Audience 111) [audiences.meta]"),
+            "{audit}"
+        );
+        assert!(
+            audit.contains("data: SHA-256 of the normalized email address"),
+            "{audit}"
+        );
+        assert!(
+            audit.contains("granted (added / subscribed): 1×"),
+            "{audit}"
+        );
+        assert!(
+            audit.contains("withdrawn (removed / unsubscribed): 1×"),
+            "{audit}"
+        );
+        assert!(
+            audit.contains("audiences.gone (no longer configured"),
+            "{audit}"
+        );
+        assert!(
+            audit.contains("partner.in_gmbh      missing_email: a withdrawal needs the email"),
+            "{audit}"
+        );
+        let json = audit_json("s", &report, &recipients);
+        assert_eq!(json["known"], true);
+        assert_eq!(json["recipients"][1]["name"], "Meta (Custom Audience 111)");
+        assert_eq!(json["recipients"][1]["changes"][0]["count"], 1);
+        assert_eq!(json["dead_lettered"][0]["code"], "missing_email");
+
+        let nothing = to_audit("who", &SubjectReport::default(), &recipients);
+        assert!(
+            nothing.contains("the ledger holds no record of this subject"),
+            "{nothing}"
+        );
+        assert_eq!(
+            audit_json("who", &SubjectReport::default(), &recipients)["known"],
+            false
+        );
     }
 }

@@ -241,9 +241,19 @@ enum LedgerCommand {
         #[arg(long)]
         json: bool,
     },
-    /// For a data-subject request: the proof of each consent decision and every recipient the
-    /// person's data went to.
-    Audit { subject_id: String },
+    /// For a data-subject request: the proof of each consent decision, every recipient the
+    /// person's data went to (who, what data, what was done there), and the events that reached
+    /// no one. Says so when the ledger holds nothing about the subject.
+    Audit {
+        #[arg(required_unless_present = "email")]
+        subject_id: Option<String>,
+        /// Find the subject by email address instead (the ledger keeps only its SHA-256).
+        #[arg(long, conflicts_with = "subject_id")]
+        email: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Decisions `ingest` heard about people the ledger does not know (email hash only), to
     /// follow up at the vendor or upstream.
     UnknownContacts {
@@ -383,11 +393,48 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
             Ok(())
         }
         Command::Ledger {
-            command: LedgerCommand::Audit { subject_id },
+            command:
+                LedgerCommand::Audit {
+                    subject_id,
+                    email,
+                    json,
+                },
         } => {
             let ledger = relay_ledger::open_read_only(&config.ledger.url).await?;
+            let subject_id = match (subject_id, email) {
+                (Some(s), _) => s,
+                (None, Some(email)) => {
+                    let hash = relay_events::normalize::email_sha256(&email);
+                    match ledger.subject_for_email(&hash).await? {
+                        Some(s) => s,
+                        None => {
+                            // Not an error: "we hold nothing under this address" is an answer.
+                            println!(
+                                "the ledger holds no subject with this email address (SHA-256 {hash})"
+                            );
+                            return Ok(());
+                        }
+                    }
+                }
+                (None, None) => return Err(AppError::Usage("give a SUBJECT_ID or --email".into())),
+            };
             let report = relay_ledger::Ledger::subject_report(&ledger, &subject_id).await?;
-            print!("{}", ledger_report::to_audit(&subject_id, &report));
+            let recipients: std::collections::BTreeMap<String, ledger_report::Recipient> = config
+                .sinks
+                .iter()
+                .flat_map(|entry| entry.config.recipients())
+                .collect();
+            if json {
+                println!(
+                    "{}",
+                    ledger_report::audit_json(&subject_id, &report, &recipients)
+                );
+            } else {
+                print!(
+                    "{}",
+                    ledger_report::to_audit(&subject_id, &report, &recipients)
+                );
+            }
             Ok(())
         }
         Command::Ledger {

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::config::deserialize_all;
+use crate::ledger_report::Recipient;
 use relay_delivery::{ConfigError, ConfigProblem, Sink};
 use relay_sink_audiences::{AudiencesConfig, AudiencesSink};
 use relay_sink_hubspot::{HubSpotConfig, HubSpotSink};
@@ -44,6 +45,9 @@ pub trait SinkConfig: std::fmt::Debug + Send + Sync {
     /// The names of its destinations as the runtime knows them (consumer group suffix, ledger,
     /// metrics): `hubspot`, `audiences.<audience>`, `newsletter.<list>`, `partner.<partner>`.
     fn destinations(&self) -> Vec<String>;
+    /// Who each destination is and what it receives, by destination name: what `ledger audit`
+    /// tells a data subject (GDPR Art. 15(1)(c)).
+    fn recipients(&self) -> Vec<(String, Recipient)>;
     fn build(&self) -> Result<Vec<Built>, String>;
     /// The concrete configuration, for commands that need more than running it (`reconcile`).
     fn as_any(&self) -> &dyn std::any::Any;
@@ -141,6 +145,23 @@ impl SinkConfig for HubSpotConfig {
     fn destinations(&self) -> Vec<String> {
         vec!["hubspot".to_owned()]
     }
+    fn recipients(&self) -> Vec<(String, Recipient)> {
+        let mut data = "email address, its email subscription status per purpose".to_owned();
+        if self.purposes.values().any(|p| p.create_contact) {
+            let properties: Vec<&str> = self.contact_properties.iter().map(|p| p.name()).collect();
+            data.push_str(&format!(
+                ", a CRM contact with: {} (on a grant)",
+                properties.join(", ")
+            ));
+        }
+        vec![(
+            "hubspot".to_owned(),
+            Recipient {
+                name: "HubSpot (CRM and email subscriptions)".to_owned(),
+                data,
+            },
+        )]
+    }
     fn build(&self) -> Result<Vec<Built>, String> {
         let purposes = SinkConfig::purposes(self);
         built(HubSpotSink::new(self.clone()).map(|s| vec![s]), |_| {
@@ -163,6 +184,42 @@ impl SinkConfig for AudiencesConfig {
         self.audiences
             .keys()
             .map(|a| format!("audiences.{a}"))
+            .collect()
+    }
+    fn recipients(&self) -> Vec<(String, Recipient)> {
+        use relay_sink_audiences::{AudienceConfig, MetaSchema};
+        const EMAIL: &str = "SHA-256 of the normalized email address (no address in clear)";
+        self.audiences
+            .iter()
+            .map(|(name, a)| {
+                let (who, data) = match a {
+                    AudienceConfig::Meta(m) => (
+                        format!("Meta (Custom Audience {})", m.audience_id),
+                        match m.schema {
+                            MetaSchema::Email => EMAIL.to_owned(),
+                            MetaSchema::EmailPhone => {
+                                format!("{EMAIL}, SHA-256 of the phone number where given")
+                            }
+                        },
+                    ),
+                    AudienceConfig::Google(g) => (
+                        format!(
+                            "Google (Customer Match, Data Manager destination {})",
+                            g.product_destination_id
+                        ),
+                        format!("{EMAIL}, SHA-256 of the phone number where given"),
+                    ),
+                    AudienceConfig::Linkedin(l) => (
+                        format!("LinkedIn (Matched Audience segment {})", l.segment_id),
+                        EMAIL.to_owned(),
+                    ),
+                    AudienceConfig::X(x) => (
+                        format!("X (Custom Audience {})", x.custom_audience_id),
+                        EMAIL.to_owned(),
+                    ),
+                };
+                (format!("audiences.{name}"), Recipient { name: who, data })
+            })
             .collect()
     }
     fn build(&self) -> Result<Vec<Built>, String> {
@@ -189,6 +246,25 @@ impl SinkConfig for NewsletterConfig {
             .map(|l| format!("newsletter.{l}"))
             .collect()
     }
+    fn recipients(&self) -> Vec<(String, Recipient)> {
+        use relay_sink_newsletter::ListConfig;
+        self.lists
+            .iter()
+            .map(|(name, list)| {
+                let recipient = match list {
+                    ListConfig::Brevo(b) => Recipient {
+                        name: format!("Brevo (list {})", b.list_id),
+                        data: "email address, membership of the list".to_owned(),
+                    },
+                    ListConfig::Mailchimp(m) => Recipient {
+                        name: format!("Mailchimp (audience {})", m.list_id),
+                        data: "email address, its subscription status".to_owned(),
+                    },
+                };
+                (format!("newsletter.{name}"), recipient)
+            })
+            .collect()
+    }
     fn build(&self) -> Result<Vec<Built>, String> {
         built(
             NewsletterSink::per_list(self.clone()),
@@ -211,6 +287,32 @@ impl SinkConfig for PartnerSinkConfig {
         self.partners
             .keys()
             .map(|p| format!("partner.{p}"))
+            .collect()
+    }
+    fn recipients(&self) -> Vec<(String, Recipient)> {
+        self.partners
+            .iter()
+            .map(|(name, p)| {
+                // The endpoint's host names the receiver; the path may hold a token.
+                let host = p
+                    .endpoint
+                    .split_once("://")
+                    .map_or(p.endpoint.as_str(), |(_, rest)| rest)
+                    .split(['/', '?', '#'])
+                    .next()
+                    .unwrap_or_default();
+                let fields: Vec<&str> = p.fields.iter().map(|f| f.key()).collect();
+                (
+                    format!("partner.{name}"),
+                    Recipient {
+                        name: format!("partner {name} ({host})"),
+                        data: format!(
+                            "{} (on a grant), the consent decision and its time",
+                            fields.join(", ")
+                        ),
+                    },
+                )
+            })
             .collect()
     }
     fn build(&self) -> Result<Vec<Built>, String> {

@@ -350,7 +350,40 @@ async fn the_binary_relays_exports_metrics_and_leaks_no_pii() {
         audit.contains("ConsentGranted for newsletter via web-form (notice nl-1)"),
         "{audit}"
     );
-    assert!(audit.contains("hubspot    newsletter"), "{audit}");
+    // The recipient by name, what it received, and what was done there.
+    assert!(
+        audit.contains("HubSpot (CRM and email subscriptions) [hubspot]"),
+        "{audit}"
+    );
+    assert!(
+        audit.contains("data: email address, its email subscription status per purpose"),
+        "{audit}"
+    );
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("newsletter") && l.contains("granted (added / subscribed): 1×")),
+        "{audit}"
+    );
+    // By email address (the ledger holds its hash), as JSON too.
+    let by_email = output(relay(
+        &s.config,
+        &[
+            "ledger",
+            "audit",
+            "--email",
+            " Erika.Mustermann@example.de",
+            "--json",
+        ],
+    ));
+    let by_email: serde_json::Value = serde_json::from_str(&by_email).expect("audit --json");
+    assert_eq!(by_email["subject_id"], "bin-0");
+    assert_eq!(by_email["recipients"][0]["destination"], "hubspot");
+    let nobody = output(relay(&s.config, &["ledger", "audit", "nobody-at-all"]));
+    assert!(
+        nobody.contains("the ledger holds no record of this subject"),
+        "{nobody}"
+    );
     assert_no_pii("ledger audit", &audit);
 
     let shown = output(relay(&s.config, &["ledger", "show", "bin-0"]));
