@@ -48,7 +48,11 @@ pub fn classify_status(
 /// permanent.
 pub fn classify_transport(err: &reqwest::Error) -> Outcome {
     // reqwest's own message names the URL, and some APIs put an email address in the path: the
-    // reason (logged, stored, dead-lettered) says what failed and why, never where.
+    // reason (logged, stored, dead-lettered) names the server (scheme, host, port), never the path.
+    let to = err
+        .url()
+        .map(|u| format!(" to {}", u.origin().ascii_serialization()))
+        .unwrap_or_default();
     let kind = if err.is_timeout() {
         "timeout"
     } else if err.is_connect() {
@@ -64,10 +68,10 @@ pub fn classify_transport(err: &reqwest::Error) -> Outcome {
     if err.is_builder() {
         Outcome::permanent(format!("request could not be built{cause}"))
     } else if err.is_connect() {
-        Outcome::unavailable(format!("transport error: {kind}{cause}"))
+        Outcome::unavailable(format!("transport error{to}: {kind}{cause}"))
     } else {
         Outcome::Unknown {
-            reason: format!("transport error: {kind}{cause}"),
+            reason: format!("transport error{to}: {kind}{cause}"),
         }
     }
 }
@@ -146,7 +150,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn transport_reasons_never_carry_the_url() {
+    async fn transport_reasons_name_the_server_but_never_the_path() {
         // Nothing listens on port 9 of loopback: the connection is refused.
         let err = reqwest::Client::new()
             .get("http://127.0.0.1:9/contacts/max%40example.de")
@@ -158,8 +162,9 @@ mod tests {
         let Outcome::Unavailable { reason, .. } = outcome else {
             unreachable!()
         };
+        // Which server could not be reached, so that an operator knows where to look.
         assert!(
-            reason.starts_with("transport error: connection failed"),
+            reason.starts_with("transport error to http://127.0.0.1:9: connection failed"),
             "{reason}"
         );
         assert!(
