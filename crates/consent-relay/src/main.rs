@@ -1194,28 +1194,83 @@ async fn lag(config: Config, groups: Vec<String>, json: bool) -> Result<(), AppE
         );
         return Ok(());
     }
-    println!(
-        "{:<32} {:<28} {:>9} {:>15} {:>15} {:>8} {:>17}",
+    let table: Vec<[String; 11]> = rows
+        .iter()
+        .map(|r| {
+            let member = r.member.as_ref();
+            [
+                r.group.clone(),
+                r.topic.clone(),
+                r.partition.to_string(),
+                r.committed.map_or("-".to_owned(), |o| o.to_string()),
+                r.log_end.to_string(),
+                r.lag.to_string(),
+                r.oldest_unapplied_age_seconds
+                    .map_or("-".to_owned(), |s| format!("{s:.1}s")),
+                r.group_state.clone().unwrap_or_else(|| "-".to_owned()),
+                member.map_or("-".to_owned(), |m| m.consumer_id.clone()),
+                member.map_or("-".to_owned(), |m| m.host.clone()),
+                member.map_or("-".to_owned(), |m| m.client_id.clone()),
+            ]
+        })
+        .collect();
+    const HEADER: [&str; 11] = [
         "GROUP",
         "TOPIC",
         "PARTITION",
         "CURRENT-OFFSET",
         "LOG-END-OFFSET",
         "LAG",
-        "OLDEST-UNAPPLIED"
-    );
-    for r in &rows {
-        println!(
-            "{:<32} {:<28} {:>9} {:>15} {:>15} {:>8} {:>17}",
-            r.group,
-            r.topic,
-            r.partition,
-            r.committed.map_or("-".to_owned(), |o| o.to_string()),
-            r.log_end,
-            r.lag,
-            r.oldest_unapplied_age_seconds
-                .map_or("-".to_owned(), |s| format!("{s:.1}s")),
-        );
+        "OLDEST-UNAPPLIED",
+        "STATE",
+        "CONSUMER-ID",
+        "HOST",
+        "CLIENT-ID",
+    ];
+    // Columns as wide as their widest value, so long group and topic names do not break them.
+    let mut widths = HEADER.map(str::len);
+    for row in &table {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .enumerate()
+            // Names left-aligned, figures right-aligned, as kafka-consumer-groups prints them.
+            .map(|(i, (c, w))| {
+                if (2..=6).contains(&i) {
+                    format!("{c:>w$}")
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect();
+        println!("{}", text.join(" ").trim_end());
+    };
+    line(&HEADER);
+    for row in &table {
+        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    // A group nobody ever ran looks like one with everything to do: say which it is.
+    let mut unknown: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.group_state.as_deref() == Some("Dead"))
+        .map(|r| r.group.as_str())
+        .collect();
+    unknown.dedup();
+    for group in unknown {
+        if rows
+            .iter()
+            .filter(|r| r.group == group)
+            .all(|r| r.committed.is_none())
+        {
+            eprintln!(
+                "warning: consumer group {group} does not exist (no members, no committed offsets): its lag is the whole log"
+            );
+        }
     }
     Ok(())
 }

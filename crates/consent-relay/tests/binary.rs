@@ -335,6 +335,26 @@ async fn the_binary_relays_exports_metrics_and_leaks_no_pii() {
         .sum();
     assert_eq!(committed, 2, "both events committed: {lag}");
     assert!(rows.iter().all(|r| r["topic"] == s.topic.as_str()));
+    // The coordinator's view too; the relay has stopped, so nobody holds a partition.
+    assert!(
+        rows.iter()
+            .all(|r| r["group_state"].is_string() && r["member"].is_null()),
+        "{lag}"
+    );
+    let out = relay(&s.config, &["lag", "--group", "nobody-ran-this"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.starts_with("GROUP") && table.lines().next().unwrap().ends_with("CLIENT-ID"),
+        "{table}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("consumer group nobody-ran-this does not exist"),
+        "a group nobody ran is not shown as one with everything to do, silently"
+    );
 
     let csv = stdout(relay(
         &s.config,

@@ -32,6 +32,22 @@ pub struct PartitionLag {
     /// How long ago the oldest uncommitted message was produced, in seconds (`lag` CLI only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oldest_unapplied_age_seconds: Option<f64>,
+    /// The group's state as the coordinator reports it (`Stable`, `Empty`, `Dead` for a group
+    /// that does not exist, …); `None` where it could not be asked (`lag` CLI only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_state: Option<String>,
+    /// The member the partition is assigned to, as `kafka-consumer-groups --describe` shows it;
+    /// `None` while no member holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member: Option<Member>,
+}
+
+/// A group member holding a partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub consumer_id: String,
+    pub host: String,
+    pub client_id: String,
 }
 
 /// Lag of `partitions` for the group `consumer` belongs to. Blocking: call from a blocking task.
@@ -60,6 +76,8 @@ pub fn lag_of<C: ConsumerContext, K: Consumer<C>>(
             log_end: high,
             lag: high - from,
             oldest_unapplied_age_seconds: None,
+            group_state: None,
+            member: None,
         });
     }
     Ok(out)
@@ -83,6 +101,33 @@ pub fn describe(
         }
     }
     let mut lags = lag_of(&consumer, group, &tpl)?;
+    // Who holds what: best effort, since a broker may not answer DescribeGroups; the offsets
+    // above are the answer that matters.
+    if let Ok(list) = consumer.fetch_group_list(Some(group), TIMEOUT) {
+        // Kafka describes a group it does not know as `Dead`; some brokers leave it out.
+        if !list.groups().iter().any(|g| g.name() == group) {
+            for l in lags.iter_mut() {
+                l.group_state = Some("Dead".to_owned());
+            }
+        }
+        if let Some(info) = list.groups().iter().find(|g| g.name() == group) {
+            let mut holders = std::collections::HashMap::new();
+            for m in info.members() {
+                let member = Member {
+                    consumer_id: m.id().to_owned(),
+                    host: m.client_host().trim_start_matches('/').to_owned(),
+                    client_id: m.client_id().to_owned(),
+                };
+                for tp in m.assignment().map(assigned).unwrap_or_default() {
+                    holders.insert(tp, member.clone());
+                }
+            }
+            for l in lags.iter_mut() {
+                l.group_state = Some(info.state().to_owned());
+                l.member = holders.get(&(l.topic.clone(), l.partition)).cloned();
+            }
+        }
+    }
     let reader: BaseConsumer = client(kafka, group).create()?;
     for l in lags.iter_mut().filter(|l| l.lag > 0) {
         l.oldest_unapplied_age_seconds = age_at(
@@ -93,6 +138,37 @@ pub fn describe(
         )?;
     }
     Ok(lags)
+}
+
+/// The partitions of a consumer-protocol member assignment (version, then per topic its name and
+/// partitions, then user data); what cannot be read is left out.
+fn assigned(bytes: &[u8]) -> Vec<(String, i32)> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (b.get(..n)?, b.get(n..)?);
+        *b = rest;
+        Some(head)
+    }
+    fn i16_(b: &mut &[u8]) -> Option<i16> {
+        take(b, 2).map(|x| i16::from_be_bytes([x[0], x[1]]))
+    }
+    fn i32_(b: &mut &[u8]) -> Option<i32> {
+        take(b, 4).map(|x| i32::from_be_bytes([x[0], x[1], x[2], x[3]]))
+    }
+    let mut out = Vec::new();
+    let mut b = bytes;
+    let parse = |b: &mut &[u8], out: &mut Vec<(String, i32)>| -> Option<()> {
+        i16_(b)?;
+        for _ in 0..i32_(b)?.max(0) {
+            let len = usize::try_from(i16_(b)?).ok()?;
+            let topic = String::from_utf8_lossy(take(b, len)?).into_owned();
+            for _ in 0..i32_(b)?.max(0) {
+                out.push((topic.clone(), i32_(b)?));
+            }
+        }
+        Some(())
+    };
+    let _ = parse(&mut b, &mut out);
+    out
 }
 
 /// A client that reads `group`'s committed offsets and the log end offsets without joining the
@@ -148,5 +224,25 @@ pub fn produced_at(m: &impl Message) -> Option<SystemTime> {
             Some(UNIX_EPOCH + Duration::from_millis(ms as u64))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_assignment_reads_as_its_partitions() {
+        // Version 1; one topic "ab" with partitions 0 and 7; empty user data.
+        let bytes = [
+            0, 1, 0, 0, 0, 1, 0, 2, b'a', b'b', 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0,
+        ];
+        assert_eq!(
+            assigned(&bytes),
+            [("ab".to_owned(), 0), ("ab".to_owned(), 7)]
+        );
+        // Cut short: what was read stands, nothing panics.
+        assert_eq!(assigned(&bytes[..18]), [("ab".to_owned(), 0)]);
+        assert!(assigned(&[]).is_empty());
     }
 }
