@@ -302,11 +302,11 @@ fn main() -> ExitCode {
                 LogFormat::Json => tracing::error!(error = %e, "exiting"),
                 LogFormat::Human => eprintln!("consent-relay: {e}"),
             }
-            // A configuration problem found late (`[ingest]`) exits like one found at load.
-            if matches!(e, AppError::Config(_)) {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
+            match e {
+                // A configuration problem found late (`[ingest]`) exits like one found at load.
+                AppError::Config(_) => ExitCode::from(2),
+                AppError::NoRecord(_) => ExitCode::from(EXIT_NO_RECORD),
+                _ => ExitCode::FAILURE,
             }
         }
     }
@@ -327,7 +327,14 @@ enum AppError {
         path: String,
         source: std::io::Error,
     },
+    /// A data-subject lookup found nothing: an answer, not a failure, but one a script must be
+    /// able to tell from "found" (exit 3).
+    #[error("{0}")]
+    NoRecord(String),
 }
+
+/// The exit status of `ledger audit` when the ledger holds nothing about the subject.
+const EXIT_NO_RECORD: u8 = 3;
 
 async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
     match command {
@@ -408,11 +415,9 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
                     match ledger.subject_for_email(&hash).await? {
                         Some(s) => s,
                         None => {
-                            // Not an error: "we hold nothing under this address" is an answer.
-                            println!(
+                            return Err(AppError::NoRecord(format!(
                                 "the ledger holds no subject with this email address (SHA-256 {hash})"
-                            );
-                            return Ok(());
+                            )));
                         }
                     }
                 }
@@ -434,6 +439,15 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
                     "{}",
                     ledger_report::to_audit(&subject_id, &report, &recipients)
                 );
+            }
+            let known = report.consent_log.len()
+                + report.deliveries.len()
+                + report.state.len()
+                + report.rejections.len();
+            if known == 0 {
+                return Err(AppError::NoRecord(format!(
+                    "no record of subject {subject_id:?} (exit {EXIT_NO_RECORD})"
+                )));
             }
             Ok(())
         }
