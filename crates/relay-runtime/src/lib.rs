@@ -151,6 +151,7 @@ pub async fn run<L: Ledger>(
         let token = shutdown.clone();
         tasks.spawn(async move { (name, parked.run(token).await) });
     }
+    let progress = tokio::spawn(log_progress(telemetry.clone(), shutdown.clone()));
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         let failure = match joined {
@@ -170,6 +171,26 @@ pub async fn run<L: Ledger>(
             first_error.get_or_insert(e);
         }
     }
+    progress.abort();
     consumer::closes_finished(CLOSE_LIMIT).await;
     first_error.map_or(Ok(()), Err)
+}
+
+/// How often each busy sink says what it did.
+const PROGRESS_EVERY: Duration = Duration::from_secs(60);
+
+/// A line per sink and minute while it works or lags: events by outcome, and the lag left.
+async fn log_progress(telemetry: Telemetry, shutdown: CancellationToken) {
+    let mut before = telemetry.progress();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(PROGRESS_EVERY) => {}
+        }
+        let now = telemetry.progress();
+        for (sink, events, lag, outcomes) in telemetry::progress_lines(&before, &now) {
+            tracing::info!(sink = %sink, events, lag, outcomes = %outcomes, "progress in the last minute");
+        }
+        before = now;
+    }
 }

@@ -235,6 +235,49 @@ impl std::fmt::Debug for Telemetry {
     }
 }
 
+/// One sink's progress: events by outcome so far, and its consumer lag.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Progress {
+    pub events: BTreeMap<String, u64>,
+    pub lag: i64,
+}
+
+/// What happened at each sink between two [`Telemetry::progress`] readings: (sink, events, lag,
+/// `outcome=n` pairs). A sink that handled nothing and has no lag is left out: an idle relay
+/// stays quiet.
+pub(crate) fn progress_lines(
+    before: &BTreeMap<String, Progress>,
+    now: &BTreeMap<String, Progress>,
+) -> Vec<(String, u64, i64, String)> {
+    let mut lines = Vec::new();
+    for (sink, p) in now {
+        let earlier = before.get(sink);
+        let delta: Vec<(&str, u64)> = p
+            .events
+            .iter()
+            .map(|(outcome, n)| {
+                let was = earlier
+                    .and_then(|e| e.events.get(outcome))
+                    .copied()
+                    .unwrap_or(0);
+                (outcome.as_str(), n.saturating_sub(was))
+            })
+            .filter(|(_, d)| *d > 0)
+            .collect();
+        let events: u64 = delta.iter().map(|(_, d)| d).sum();
+        if events == 0 && p.lag <= 0 {
+            continue;
+        }
+        let outcomes = delta
+            .iter()
+            .map(|(o, d)| format!("{o}={d}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        lines.push((sink.clone(), events, p.lag, outcomes));
+    }
+    lines
+}
+
 impl Telemetry {
     pub fn new() -> Telemetry {
         Telemetry::default()
@@ -425,6 +468,29 @@ impl Telemetry {
         } else {
             Err(reasons)
         }
+    }
+
+    /// Per sink: events by outcome so far, and its consumer lag now (the periodic progress line).
+    pub(crate) fn progress(&self) -> BTreeMap<String, Progress> {
+        let lag = self.lag_by_sink();
+        let mut out: BTreeMap<String, Progress> = BTreeMap::new();
+        for ((name, labels), v) in &self.samples().values {
+            if *name != metric::EVENTS {
+                continue;
+            }
+            let label = |k: &str| labels.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+            if let (Some(sink), Some(outcome)) = (label("sink"), label("outcome")) {
+                *out.entry(sink)
+                    .or_default()
+                    .events
+                    .entry(outcome)
+                    .or_default() += *v as u64;
+            }
+        }
+        for (sink, lag) in lag {
+            out.entry(sink).or_default().lag = lag;
+        }
+        out
     }
 
     /// Total consumer lag per sink, from the lag gauges.
@@ -665,6 +731,45 @@ mod tests {
                 "consent_relay_ledger_transaction_duration_seconds_count{op=\"claim\"} 2\n"
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_progress_line_says_what_each_busy_sink_did_and_nothing_for_an_idle_one() {
+        let t = Telemetry::new();
+        let count = |sink: &str, outcome: &str, n: f64| {
+            t.add(
+                metric::EVENTS,
+                vec![("sink", sink.to_owned()), ("outcome", outcome.to_owned())],
+                n,
+            )
+        };
+        count("hubspot", "applied", 10.0);
+        count("idle", "applied", 3.0);
+        let before = t.progress();
+        count("hubspot", "applied", 5.0);
+        count("hubspot", "superseded", 2.0);
+        t.set(
+            metric::CONSUMER_LAG,
+            vec![
+                ("sink", "lagging".to_owned()),
+                ("topic", "t".to_owned()),
+                ("partition", "0".to_owned()),
+            ],
+            40.0,
+        );
+        let lines = progress_lines(&before, &t.progress());
+        assert_eq!(
+            lines,
+            [
+                (
+                    "hubspot".to_owned(),
+                    7,
+                    0,
+                    "applied=5 superseded=2".to_owned()
+                ),
+                ("lagging".to_owned(), 0, 40, String::new()),
+            ]
         );
     }
 
