@@ -168,14 +168,33 @@ struct Changes {
     done: std::collections::BTreeMap<(String, &'static str), (usize, i64, i64)>,
 }
 
-/// What was done at a destination for a delivery of an event of `kind`.
-fn done_for(kind: &str) -> &'static str {
-    match kind {
-        "ConsentGranted" => "granted (added / subscribed)",
-        "ErasureRequested" => "erased (deleted)",
-        // ConsentWithdrawn, Unsubscribed, and anything an older version logged.
-        _ => "withdrawn (removed / unsubscribed)",
-    }
+/// What a delivery of an event of `kind` with this status did at its destination; `None` when
+/// nothing was sent there (superseded, not routed, or dead-lettered before a request).
+fn done_for(kind: Option<&str>, d: &relay_ledger::DeliveryRow) -> Option<&'static str> {
+    use relay_ledger::Status;
+    let action = kind
+        .and_then(relay_events::EventKind::from_name)
+        .map(|k| k.action());
+    Some(match d.status {
+        Status::Applied => match action {
+            Some(relay_events::Action::Grant) => "granted (added / subscribed)",
+            Some(relay_events::Action::Withdraw) => "withdrawn (removed / unsubscribed)",
+            Some(relay_events::Action::Erase) => "erased (deleted)",
+            None => "applied (decision not in the consent log)",
+        },
+        Status::AlreadyApplied => "sent, already so there (no change)",
+        Status::AwaitingConfirmation => "sent, awaiting the person's confirmation (not subscribed)",
+        Status::InFlight | Status::Retrying | Status::Parked => {
+            "in progress (may have been received)"
+        }
+        // A request that went and was refused for good; one never sent (no email) did not.
+        Status::DeadLettered
+            if d.error_class.as_deref() != Some(relay_events::ErrorCode::MissingEmail.as_str()) =>
+        {
+            "sent and refused by the recipient (not applied)"
+        }
+        Status::DeadLettered | Status::Superseded | Status::NotRouted => return None,
+    })
 }
 
 /// The audit's content, rendered as text or JSON.
@@ -192,15 +211,10 @@ impl<'a> Audit<'a> {
             .map(|c| (c.event_id, c.kind.as_str()))
             .collect();
         let mut by_destination: std::collections::BTreeMap<&str, Changes> = Default::default();
-        for d in report.deliveries.iter().filter(|d| {
-            matches!(
-                d.status,
-                relay_ledger::Status::Applied
-                    | relay_ledger::Status::AlreadyApplied
-                    | relay_ledger::Status::AwaitingConfirmation
-            )
-        }) {
-            let done = done_for(kinds.get(&d.key.event_id).copied().unwrap_or_default());
+        for d in &report.deliveries {
+            let Some(done) = done_for(kinds.get(&d.key.event_id).copied(), d) else {
+                continue;
+            };
             let e = by_destination
                 .entry(d.key.sink.as_str())
                 .or_default()
@@ -321,12 +335,12 @@ awaiting the person's confirmation (the downstream sent its opt-in email; subscr
     if !r.rejections.is_empty() {
         let _ = writeln!(
             out,
-            "\nevents of this subject that reached no one (dead-lettered; `dlq list` shows them):"
+            "\nevents of this subject that did not reach a sink (dead-lettered before any request; `dlq list` shows them):"
         );
         for x in &r.rejections {
             let _ = writeln!(
                 out,
-                "  {:<20} {}: {} (event {}, {}/{}@{})",
+                "  did not reach {:<20} {}: {} (event {}, {}/{}@{})",
                 shown(&x.sink),
                 shown(&x.code),
                 shown(&x.message),
@@ -710,6 +724,17 @@ mod tests {
                 delivered(grant, "audiences.meta", 1_500),
                 delivered(withdrawal, "audiences.meta", 2_500),
                 delivered(grant, "audiences.gone", 1_500),
+                // Still under way: it may have been received.
+                DeliveryRow {
+                    status: Status::Parked,
+                    ..delivered(withdrawal, "newsletter.main", 2_600)
+                },
+                // Never sent (no email): not a recipient.
+                DeliveryRow {
+                    status: Status::DeadLettered,
+                    error_class: Some("missing_email".into()),
+                    ..delivered(withdrawal, "partner.in_gmbh", 2_600)
+                },
             ],
             rejections: vec![Rejection {
                 sink: "partner.in_gmbh".into(),
@@ -751,6 +776,11 @@ mod tests {
             audit.contains("audiences.gone (no longer configured"),
             "{audit}"
         );
+        assert!(
+            audit.contains("in progress (may have been received): 1×"),
+            "{audit}"
+        );
+        assert!(!audit.contains("[partner.in_gmbh]"), "never sent: {audit}");
         assert!(
             audit.contains("partner.in_gmbh      missing_email: a withdrawal needs the email"),
             "{audit}"

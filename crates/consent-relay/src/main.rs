@@ -298,9 +298,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // Said once: as a log record where logs are machine-read, as a plain line otherwise.
         Err(e) => {
-            match cli_format {
-                LogFormat::Json => tracing::error!(error = %e, "exiting"),
-                LogFormat::Human => eprintln!("consent-relay: {e}"),
+            match (&e, cli_format) {
+                // An answer, not a failure: never an ERROR record.
+                (AppError::NoRecord(_), _) | (_, LogFormat::Human) => {
+                    eprintln!("consent-relay: {e}")
+                }
+                (_, LogFormat::Json) => tracing::error!(error = %e, "exiting"),
             }
             match e {
                 // A configuration problem found late (`[ingest]`) exits like one found at load.
@@ -408,46 +411,85 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
                 },
         } => {
             let ledger = relay_ledger::open_read_only(&config.ledger.url).await?;
-            let subject_id = match (subject_id, email) {
-                (Some(s), _) => s,
-                (None, Some(email)) => {
-                    let hash = relay_events::normalize::email_sha256(&email);
-                    match ledger.subject_for_email(&hash).await? {
-                        Some(s) => s,
-                        None => {
-                            return Err(AppError::NoRecord(format!(
-                                "the ledger holds no subject with this email address (SHA-256 {hash})"
-                            )));
-                        }
-                    }
-                }
-                (None, None) => return Err(AppError::Usage("give a SUBJECT_ID or --email".into())),
-            };
-            let report = relay_ledger::Ledger::subject_report(&ledger, &subject_id).await?;
             let recipients: std::collections::BTreeMap<String, ledger_report::Recipient> = config
                 .sinks
                 .iter()
                 .flat_map(|entry| entry.config.recipients())
                 .collect();
-            if json {
-                println!(
-                    "{}",
-                    ledger_report::audit_json(&subject_id, &report, &recipients)
-                );
-            } else {
-                print!(
-                    "{}",
-                    ledger_report::to_audit(&subject_id, &report, &recipients)
-                );
+            let (subjects, email_hash) = match (subject_id, email) {
+                (Some(s), _) => (vec![s], None),
+                (None, Some(email)) => {
+                    let hash = relay_events::normalize::email_sha256(&email);
+                    (ledger.subjects_for_email(&hash).await?, Some(hash))
+                }
+                (None, None) => return Err(AppError::Usage("give a SUBJECT_ID or --email".into())),
+            };
+            // Vendors' decisions about this address for no subject the ledger knows (`ingest`).
+            let unheard: Vec<relay_ledger::UnknownContact> = match &email_hash {
+                Some(hash) => ledger
+                    .unknown_contacts()
+                    .await?
+                    .into_iter()
+                    .filter(|u| u.email_sha256.as_deref() == Some(hash.as_str()))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let mut known = !unheard.is_empty();
+            let mut audits = Vec::new();
+            for subject_id in &subjects {
+                let report = relay_ledger::Ledger::subject_report(&ledger, subject_id).await?;
+                known |= report.consent_log.len()
+                    + report.deliveries.len()
+                    + report.state.len()
+                    + report.rejections.len()
+                    > 0;
+                if json {
+                    audits.push(ledger_report::audit_json(subject_id, &report, &recipients));
+                } else {
+                    print!(
+                        "{}",
+                        ledger_report::to_audit(subject_id, &report, &recipients)
+                    );
+                }
             }
-            let known = report.consent_log.len()
-                + report.deliveries.len()
-                + report.state.len()
-                + report.rejections.len();
-            if known == 0 {
-                return Err(AppError::NoRecord(format!(
-                    "no record of subject {subject_id:?} (exit {EXIT_NO_RECORD})"
-                )));
+            match (&email_hash, json) {
+                (Some(hash), true) => println!(
+                    "{}",
+                    serde_json::json!({
+                        "email_sha256": hash, "known": known, "subjects": audits,
+                        "unknown_contacts": unheard,
+                    })
+                ),
+                (None, true) => println!("{}", audits.pop().unwrap_or_default()),
+                (Some(hash), false) => {
+                    if subjects.is_empty() {
+                        println!(
+                            "the ledger holds no subject with this email address (SHA-256 {hash})"
+                        );
+                    }
+                    if !unheard.is_empty() {
+                        println!(
+                            "\ndecisions vendors reported about this address for no known subject ({}), see `ledger unknown-contacts`:",
+                            unheard.len()
+                        );
+                        for u in &unheard {
+                            println!(
+                                "  {} {} for {} from {} ({})",
+                                ledger_report::when(u.occurred_at_ms),
+                                u.kind,
+                                u.purposes.join(", "),
+                                u.vendor,
+                                u.vendor_ref.escape_debug()
+                            );
+                        }
+                    }
+                }
+                (None, false) => {}
+            }
+            if !known {
+                return Err(AppError::NoRecord(
+                    "no record of this subject (exit 3)".to_owned(),
+                ));
             }
             Ok(())
         }

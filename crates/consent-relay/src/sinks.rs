@@ -294,20 +294,24 @@ impl SinkConfig for PartnerSinkConfig {
             .iter()
             .map(|(name, p)| {
                 // The endpoint's host names the receiver; the path may hold a token.
-                let host = p
+                // …and user info before an `@` may hold a credential.
+                let authority = p
                     .endpoint
                     .split_once("://")
                     .map_or(p.endpoint.as_str(), |(_, rest)| rest)
                     .split(['/', '?', '#'])
                     .next()
                     .unwrap_or_default();
+                let host = authority.rsplit('@').next().unwrap_or_default();
                 let fields: Vec<&str> = p.fields.iter().map(|f| f.key()).collect();
                 (
                     format!("partner.{name}"),
                     Recipient {
                         name: format!("partner {name} ({host})"),
                         data: format!(
-                            "{} (on a grant), the consent decision and its time",
+                            "{} (on a grant); the subject id, purpose, notice version, the \
+                             decision and its time (with every decision, withdrawals and \
+                             erasures included)",
                             fields.join(", ")
                         ),
                     },

@@ -397,8 +397,12 @@ async fn the_binary_relays_exports_metrics_and_leaks_no_pii() {
         ],
     ));
     let by_email: serde_json::Value = serde_json::from_str(&by_email).expect("audit --json");
-    assert_eq!(by_email["subject_id"], "bin-0");
-    assert_eq!(by_email["recipients"][0]["destination"], "hubspot");
+    assert_eq!(by_email["known"], true);
+    assert_eq!(by_email["subjects"][0]["subject_id"], "bin-0");
+    assert_eq!(
+        by_email["subjects"][0]["recipients"][0]["destination"],
+        "hubspot"
+    );
     let nobody = relay(&s.config, &["ledger", "audit", "nobody-at-all"])
         .output()
         .unwrap();

@@ -12,6 +12,11 @@ use crate::{now_ms, AnyLedger, LedgerError};
 const SUBJECT_FOR_EMAIL: &str = "SELECT subject_id FROM consent_log WHERE email_sha256 = $1
 ORDER BY occurred_at_ms DESC, recorded_at_ms DESC LIMIT 1";
 
+/// Binds: email_sha256. Every subject an address was logged under, newest first (`ledger audit
+/// --email` must answer for all of them).
+const SUBJECTS_FOR_EMAIL: &str = "SELECT subject_id FROM consent_log WHERE email_sha256 = $1
+GROUP BY subject_id ORDER BY MAX(occurred_at_ms) DESC, subject_id";
+
 const INSERT_UNKNOWN: &str = "INSERT INTO ingest_unknown_contacts
     (event_id, vendor, kind, purposes, email_sha256, vendor_ref, occurred_at_ms, recorded_at_ms)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -110,6 +115,24 @@ impl AnyLedger {
             }
         }
         Ok(out)
+    }
+
+    /// Every subject whose logged events carried this email hash, newest first.
+    pub async fn subjects_for_email(&self, email_sha256: &str) -> Result<Vec<String>, LedgerError> {
+        Ok(match self {
+            AnyLedger::Sqlite(l) => {
+                sqlx::query_scalar(SUBJECTS_FOR_EMAIL)
+                    .bind(email_sha256)
+                    .fetch_all(l.pool())
+                    .await?
+            }
+            AnyLedger::Postgres(l) => {
+                sqlx::query_scalar(SUBJECTS_FOR_EMAIL)
+                    .bind(email_sha256)
+                    .fetch_all(l.pool())
+                    .await?
+            }
+        })
     }
 
     /// The subject whose newest logged event carried this email hash, if any.
