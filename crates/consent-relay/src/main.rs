@@ -27,7 +27,17 @@ use crate::config::{Config, LogFormat};
 #[command(
     name = "consent-relay",
     version,
-    about = "Propagates consent decisions from Kafka to every downstream"
+    about = "Propagates consent decisions from Kafka to every downstream",
+    after_help = "Examples:
+  consent-relay -c relay.toml config check            every problem of a config, at once
+  consent-relay -c relay.toml run --sink hubspot      one sink (also: audiences, audiences.meta-eu)
+  consent-relay -c relay.toml lag                     lag of every enabled sink's group
+  consent-relay -c relay.toml ledger audit --email person@example.de
+  consent-relay -c relay.toml dlq replay --sink hubspot --code downstream_permanent --dry-run
+  consent-relay -c relay.toml reconcile --sink hubspot --dry-run
+
+Exit status: 0 done; 1 failed (a rejected filter or file included); 2 invalid configuration or
+command line; 3 `ledger audit` found no record."
 )]
 struct Cli {
     /// The TOML configuration file, layered over the embedded defaults.
@@ -46,7 +56,8 @@ struct Cli {
 enum Command {
     /// Consume and propagate events: one consumer group per sink.
     Run {
-        /// Run only these sinks (default: every enabled sink).
+        /// Run only these sinks (default: every enabled sink): a sink (`hubspot`, `audiences`,
+        /// `newsletter`, `partner`) or one destination (`audiences.meta-eu`).
         #[arg(long = "sink")]
         sinks: Vec<String>,
         /// Exit once every sink has its partitions and saw nothing new for this many seconds.
@@ -69,6 +80,7 @@ enum Command {
     /// their original timestamps. Rows that break a rule are listed (row number and reason) and
     /// skipped; event ids are derived from each row, so a rerun repeats the same events.
     Import {
+        /// The file of decisions: CSV with a header row, or JSON lines.
         file: PathBuf,
         /// Default: JSON lines for .jsonl/.ndjson/.json, CSV otherwise.
         #[arg(long, value_enum)]
@@ -227,6 +239,7 @@ enum SuppressionCommand {
     /// CSV of everyone whose newest decision for the purpose is a withdrawal, unsubscribe or
     /// erasure: subject_id and the SHA-256 of the normalized email, never the raw address.
     Export {
+        /// A purpose of the `[purposes]` table, e.g. newsletter.
         #[arg(long)]
         purpose: String,
     },
@@ -236,6 +249,7 @@ enum SuppressionCommand {
 enum LedgerCommand {
     /// Everything the ledger knows of one subject: consent log, per-sink state, deliveries.
     Show {
+        /// The subject id as upstream sends it (`subject_id` of the events).
         subject_id: String,
         /// Print JSON instead of tables.
         #[arg(long)]
@@ -245,6 +259,7 @@ enum LedgerCommand {
     /// person's data went to (who, what data, what was done there), and the events that reached
     /// no one. Says so when the ledger holds nothing about the subject.
     Audit {
+        /// The subject id as upstream sends it (`subject_id` of the events).
         #[arg(required_unless_present = "email")]
         subject_id: Option<String>,
         /// Find the subject by email address instead (the ledger keeps only its SHA-256).

@@ -1025,3 +1025,55 @@ async fn kill_9_at_random_points_while_items_are_parked_loses_nothing_and_leaves
     );
     stop(child);
 }
+
+/// Issue 12: `--help` shows examples, and no argument or option of any command is left without a
+/// description.
+#[test]
+fn every_command_explains_each_of_its_arguments() {
+    let help = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{args:?} --help");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(help(&[]).contains("Examples:"));
+    for command in [
+        &["run"][..],
+        &["publish"],
+        &["ingest"],
+        &["import"],
+        &["lag"],
+        &["dlq", "list"],
+        &["dlq", "replay"],
+        &["parked", "list"],
+        &["parked", "retry"],
+        &["schemas", "check"],
+        &["suppression", "export"],
+        &["reconcile"],
+        &["ledger", "show"],
+        &["ledger", "audit"],
+        &["ledger", "unknown-contacts"],
+        &["config", "check"],
+    ] {
+        let text = help(command);
+        let lines: Vec<&str> = text.lines().collect();
+        let indent = |l: &str| l.len() - l.trim_start().len();
+        for (i, line) in lines.iter().enumerate() {
+            let entry = line.trim_start();
+            // Entries start within the first columns; deeper lines are their descriptions.
+            let is_entry =
+                entry.starts_with('-') || entry.starts_with('<') || entry.starts_with('[');
+            if !is_entry || indent(line) > 6 {
+                continue;
+            }
+            // Clap puts the description beside the entry, or (long help) on the lines below it,
+            // indented further.
+            let beside = entry
+                .split_once("  ")
+                .is_some_and(|(_, rest)| !rest.trim().is_empty());
+            let below = lines
+                .get(i + 1)
+                .is_some_and(|next| !next.trim().is_empty() && indent(next) > indent(line) + 2);
+            assert!(beside || below, "{command:?}: {line:?} has no description");
+        }
+    }
+}
