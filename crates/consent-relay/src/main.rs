@@ -1003,26 +1003,55 @@ async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
                 );
                 return Ok(());
             }
-            println!(
-                "{:<14} {:<11} {:<22} {:<38} {:<34} REASON",
-                "DLQ", "SINK", "CODE", "EVENT", "ORIGIN"
-            );
-            for l in &letters {
-                println!(
-                    "{:<14} {:<11} {:<22} {:<38} {:<34} {}",
-                    format!("{}@{}", l.dlq_partition, l.dlq_offset),
-                    l.sink,
-                    l.code,
-                    l.event_id.as_deref().unwrap_or("-"),
-                    format!(
-                        "{}/{}@{}",
-                        l.original_topic,
-                        l.original_partition
-                            .map_or("?".to_owned(), |p| p.to_string()),
-                        l.original_offset.map_or("?".to_owned(), |o| o.to_string())
-                    ),
-                    l.message
-                );
+            let now = relay_ledger::now_ms();
+            let rows: Vec<[String; 8]> = letters
+                .iter()
+                .map(|l| {
+                    [
+                        format!("{}@{}", l.dlq_partition, l.dlq_offset),
+                        l.dead_lettered_at_ms.map_or("-".to_owned(), |at| {
+                            humantime::format_duration(Duration::from_secs(
+                                u64::try_from((now - at) / 1000).unwrap_or(0),
+                            ))
+                            .to_string()
+                        }),
+                        l.sink.clone(),
+                        l.code.clone(),
+                        l.subject_id
+                            .as_deref()
+                            .map_or("-".to_owned(), |s| s.escape_debug().to_string()),
+                        l.event_id.clone().unwrap_or_else(|| "-".to_owned()),
+                        format!(
+                            "{}/{}@{}",
+                            l.original_topic,
+                            l.original_partition
+                                .map_or("?".to_owned(), |p| p.to_string()),
+                            l.original_offset.map_or("?".to_owned(), |o| o.to_string())
+                        ),
+                        l.message.escape_debug().to_string(),
+                    ]
+                })
+                .collect();
+            const HEADER: [&str; 8] = [
+                "DLQ", "AGE", "SINK", "CODE", "SUBJECT", "EVENT", "ORIGIN", "REASON",
+            ];
+            let mut widths = HEADER.map(str::len);
+            for row in &rows {
+                for (w, cell) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+            let line = |cells: &[&str]| {
+                let text: Vec<String> = cells
+                    .iter()
+                    .zip(widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect();
+                println!("{}", text.join(" ").trim_end());
+            };
+            line(&HEADER);
+            for row in &rows {
+                line(&row.iter().map(String::as_str).collect::<Vec<_>>());
             }
             Ok(())
         }

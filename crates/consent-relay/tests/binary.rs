@@ -1077,3 +1077,44 @@ fn every_command_explains_each_of_its_arguments() {
         }
     }
 }
+
+/// Issue 12: `dlq list` shows when each message was dead-lettered and whose it was, in columns as
+/// wide as their values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_list_shows_the_age_and_subject_of_each_dead_letter() {
+    let s = setup().await;
+    let input = s.dir.path().join("no-email.jsonl");
+    std::fs::write(
+        &input,
+        "{\"type\":\"ConsentWithdrawn\",\"subject_id\":\"no-mail-subject\",\"occurred_at\":\"2026-11-20T09:00:00Z\",\"source\":\"web-form\",\"purposes\":[\"newsletter\"]}\n",
+    )
+    .unwrap();
+    let published = output(relay(&s.config, &["publish", input.to_str().unwrap()]));
+    assert!(published.contains("published 1 event(s)"), "{published}");
+    let ran = relay(&s.config, &["run", "--exit-when-idle", "3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ran.success());
+    let listed = stdout(relay(&s.config, &["dlq", "list"]));
+    let mut lines = listed.lines();
+    let header = lines.next().unwrap_or_default();
+    assert!(
+        header.starts_with("DLQ") && header.contains(" AGE ") && header.contains(" SUBJECT "),
+        "{listed}"
+    );
+    let row = lines
+        .find(|l| l.contains("no-mail-subject"))
+        .unwrap_or_else(|| panic!("the dead letter with its subject:\n{listed}"));
+    assert!(row.contains("missing_email"), "{row}");
+    let age = row.split_whitespace().nth(1).unwrap_or_default();
+    assert!(
+        age.ends_with('s') || age.ends_with('m'),
+        "an age, not {age:?}: {row}"
+    );
+    let json: Vec<serde_json::Value> =
+        serde_json::from_str(&stdout(relay(&s.config, &["dlq", "list", "--json"]))).unwrap();
+    assert_eq!(json[0]["subject_id"], "no-mail-subject");
+    assert!(json[0]["dead_lettered_at_ms"].as_i64().is_some());
+}

@@ -49,6 +49,10 @@ pub struct DeadLetter {
     pub original_topic: String,
     pub original_partition: Option<i32>,
     pub original_offset: Option<i64>,
+    /// When it was dead-lettered (the DLQ message's timestamp), in ms since the epoch.
+    pub dead_lettered_at_ms: Option<i64>,
+    /// The original message's key: the subject id, as producers key consent events.
+    pub subject_id: Option<String>,
     #[serde(skip)]
     pub key: Option<Vec<u8>>,
     #[serde(skip)]
@@ -109,6 +113,8 @@ fn dead_letter(m: &OwnedMessage) -> DeadLetter {
         original_topic: get(header::ORIGINAL_TOPIC).unwrap_or_default(),
         original_partition: get(header::ORIGINAL_PARTITION).and_then(|p| p.parse().ok()),
         original_offset: get(header::ORIGINAL_OFFSET).and_then(|o| o.parse().ok()),
+        dead_lettered_at_ms: m.timestamp().to_millis(),
+        subject_id: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
         key: m.key().map(<[u8]>::to_vec),
         payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
     }
@@ -175,6 +181,8 @@ mod tests {
             original_topic: "consent.events".into(),
             original_partition: origin.map(|o| o.0),
             original_offset: origin.map(|o| o.1),
+            dead_lettered_at_ms: None,
+            subject_id: None,
             key: None,
             payload: Vec::new(),
         }
