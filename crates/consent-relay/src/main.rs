@@ -216,14 +216,15 @@ enum ParkedCommand {
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Load the configuration as `run` would (embedded defaults, the file, CONSENT_RELAY__*
-    /// variables, the sinks' credentials from the environment, and `[ingest]` with its secrets
-    /// if there is one) and report every problem at once, each with its full key; exit 2 if
-    /// there is one. Contacts nothing.
+    /// variables, the enabled sinks' credentials from the environment) and report every problem
+    /// at once, each with its full key; exit 2 if there is one. Contacts nothing.
     Check {
-        /// Do not require credentials (nor check `[ingest]`): check a file away from the pod's
-        /// environment.
+        /// Do not require credentials: check a file away from the pod's environment.
         #[arg(long)]
         no_secrets: bool,
+        /// Check `[ingest]` too, with its secrets, as the `ingest` pod would.
+        #[arg(long)]
+        ingest: bool,
     },
 }
 
@@ -286,7 +287,9 @@ fn main() -> ExitCode {
         Command::Run { .. }
         | Command::Reconcile { .. }
         | Command::Config {
-            command: ConfigCommand::Check { no_secrets: false },
+            command: ConfigCommand::Check {
+                no_secrets: false, ..
+            },
         } => config::Secrets::Required,
         _ => config::Secrets::NotNeeded,
     };
@@ -387,10 +390,10 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
             reconcile_command(config, options, metrics_file).await
         }
         Command::Config {
-            command: ConfigCommand::Check { no_secrets },
+            command: ConfigCommand::Check { ingest, .. },
         } => {
-            // `[ingest]` is checked where `ingest` runs; with its secrets, so only in a full check.
-            if !no_secrets && config.ingest.is_some() {
+            // `[ingest]` is checked where `ingest` runs: a sink's pod holds none of its secrets.
+            if ingest {
                 config.ingest()?;
             }
             config_summary(&config);

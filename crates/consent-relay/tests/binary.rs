@@ -1118,3 +1118,74 @@ async fn dlq_list_shows_the_age_and_subject_of_each_dead_letter() {
     assert_eq!(json[0]["subject_id"], "no-mail-subject");
     assert!(json[0]["dead_lettered_at_ms"].as_i64().is_some());
 }
+
+/// Issue 12: as shipped, three of the four sink Deployments crash-looped (their sinks were not in
+/// the ConfigMap, their credentials not in the Deployment). Each Deployment's environment, with
+/// its secrets filled in, must make the shipped configuration valid, and fails without them; the
+/// compose configuration likewise.
+#[test]
+fn the_shipped_deployments_configure_each_sink_with_the_credentials_they_pass() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let configmap = std::fs::read_to_string(deploy.join("k8s/configmap.yaml")).unwrap();
+    let toml: String = configmap
+        .lines()
+        .skip_while(|l| !l.contains("consent-relay.toml: |"))
+        .skip(1)
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let k8s_config = dir.path().join("k8s.toml");
+    std::fs::write(&k8s_config, toml).unwrap();
+    let compose_config = deploy.join("consent-relay.compose.toml");
+    // A value each credential's own check accepts.
+    let value = |name: &str| -> String {
+        if name.ends_with("SIGNING_SECRET") {
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()
+        } else if name.ends_with("API_KEY") {
+            "0123456789abcdef-us21".to_owned()
+        } else {
+            "credential-from-the-secret".to_owned()
+        }
+    };
+    for sink in ["hubspot", "audiences", "newsletter", "partner"] {
+        let yaml = std::fs::read_to_string(deploy.join(format!("k8s/sink-{sink}.yaml"))).unwrap();
+        let names: Vec<&str> = yaml
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("- name: "))
+            .filter(|n| n.starts_with("CONSENT_RELAY"))
+            .collect();
+        let enable = format!("CONSENT_RELAY__SINKS__{}__ENABLED", sink.to_uppercase());
+        assert!(names.contains(&enable.as_str()), "{sink}: {names:?}");
+        let credentials: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| {
+                *n != enable && *n != "CONSENT_RELAY_LEDGER_URL" && !n.contains("KAFKA_SASL")
+            })
+            .collect();
+        assert!(!credentials.is_empty(), "{sink} passes no credentials");
+        for config in [&k8s_config, &compose_config] {
+            let check = |with_credentials: bool| {
+                let mut c = Command::new(BIN);
+                c.arg("--config").arg(config).args(["config", "check"]);
+                c.env_remove("CONSENT_RELAY_HUBSPOT_TOKEN")
+                    .env(&enable, "true");
+                if with_credentials {
+                    for n in &credentials {
+                        c.env(n, value(n));
+                    }
+                }
+                c.output().unwrap()
+            };
+            let out = check(true);
+            assert!(
+                out.status.success(),
+                "{sink} with {}: {}",
+                config.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let out = check(false);
+            assert_eq!(out.status.code(), Some(2), "{sink} needs its credentials");
+        }
+    }
+}
