@@ -1436,33 +1436,37 @@ async fn publish(config: Config, input: PathBuf, topic: Option<String>) -> Resul
         if line.trim().is_empty() || line.trim_start().starts_with('#') {
             continue;
         }
-        let checked = relay_events::json::from_json_line(&line).and_then(|ev| {
-            relay_events::check_occurred_at(
-                ev.occurred_at_ms,
-                None,
-                now_ms,
-                config.events.future_tolerance_ms,
-            )?;
-            Ok(ev)
-        });
-        match checked {
-            Ok(ev) => {
-                // Every consumer would dead-letter it as unknown_purpose.
-                if let relay_events::Scope::Purposes(purposes) = &ev.scope {
-                    for p in purposes
-                        .iter()
-                        .filter(|p| !config.purposes.contains_key(*p))
-                    {
-                        problems.push(format!(
-                            "line {}: purpose {p:?} is not in the [purposes] table",
-                            n + 1
-                        ));
-                    }
-                }
-                events.push(ev);
+        // Every problem of a line, not only the first: a structural one (syntax, a missing or
+        // mistyped field) stops the line; then each rule, the clock rule and the purposes.
+        let ev = match relay_events::json::from_json_line_unvalidated(&line) {
+            Ok(ev) => ev,
+            Err(e) => {
+                problems.push(format!("line {}: {e}", n + 1));
+                continue;
             }
-            Err(e) => problems.push(format!("line {}: {e}", n + 1)),
+        };
+        let mut found: Vec<String> = ev.problems().iter().map(ToString::to_string).collect();
+        if let Err(e) = relay_events::check_occurred_at(
+            ev.occurred_at_ms,
+            None,
+            now_ms,
+            config.events.future_tolerance_ms,
+        ) {
+            found.push(e.to_string());
         }
+        // Every consumer would dead-letter it as unknown_purpose.
+        if let relay_events::Scope::Purposes(purposes) = &ev.scope {
+            for p in purposes
+                .iter()
+                .filter(|p| !config.purposes.contains_key(*p))
+            {
+                found.push(format!("purpose {p:?} is not in the [purposes] table"));
+            }
+        }
+        if found.is_empty() {
+            events.push(ev);
+        }
+        problems.extend(found.into_iter().map(|f| format!("line {}: {f}", n + 1)));
     }
     if problems.is_empty() && events.is_empty() {
         return Err(AppError::Usage(format!(

@@ -1189,3 +1189,32 @@ fn the_shipped_deployments_configure_each_sink_with_the_credentials_they_pass() 
         }
     }
 }
+
+/// Issue 12: `publish` lists every problem of a line, not only the first, and publishes nothing.
+#[test]
+fn publish_reports_every_problem_of_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = offline_config(
+        dir.path(),
+        "c.toml",
+        "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n",
+    );
+    let input = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &input,
+        "{\"type\":\"ConsentGranted\",\"subject_id\":\"s-1\",\"occurred_at\":\"2026-11-20T09:00:00Z\",\"source\":\"  \",\"purposes\":[\"newsletter\",\"nope\"],\"contact\":{\"email\":\"<script>@x\",\"country\":\"germany\"}}\n",
+    )
+    .unwrap();
+    let out = relay(&config, &["publish", input.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for problem in ["source", "notice_version", "email", "country", "\"nope\""] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains("line 1") && l.contains(problem)),
+            "{problem} not reported:\n{err}"
+        );
+    }
+}

@@ -73,6 +73,15 @@ fn extra_keys(kind: EventKind) -> &'static [&'static str] {
 
 /// Parses and validates one line.
 pub fn from_json_line(line: &str) -> Result<ConsentEvent, JsonError> {
+    let ev = from_json_line_unvalidated(line)?;
+    ev.validate()?;
+    Ok(ev)
+}
+
+/// Parses one line into an event without [`ConsentEvent::validate`], for a caller that reports
+/// every problem of it ([`ConsentEvent::problems`]). Structural problems (syntax, a missing or
+/// mistyped field) still stop at the first.
+pub fn from_json_line_unvalidated(line: &str) -> Result<ConsentEvent, JsonError> {
     let value: Value = serde_json::from_str(line).map_err(|e| JsonError::Syntax(e.to_string()))?;
     let Value::Object(mut obj) = value else {
         return Err(JsonError::NotAnObject);
@@ -191,7 +200,6 @@ pub fn from_json_line(line: &str) -> Result<ConsentEvent, JsonError> {
         scope,
         contact,
     };
-    ev.validate()?;
     Ok(ev)
 }
 

@@ -332,36 +332,49 @@ impl ConsentEvent {
     /// Checks everything that can be checked without configuration and without a clock (the
     /// clock rule is [`crate::check_occurred_at`]); the first problem wins.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        match self.problems().into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem [`Self::validate`] would find one after the other, in its order: what a
+    /// producer fixing a file wants to see at once.
+    pub fn problems(&self) -> Vec<ValidationError> {
+        let mut out = Vec::new();
         if self.event_id.is_nil() {
             // A shared idempotency key would make every later event look like a redelivery.
-            return Err(ValidationError::invalid(
+            out.push(ValidationError::invalid(
                 Field::EventId,
                 "must not be the nil UUID",
             ));
         }
-        check_subject_id(&self.subject_id)?;
-        check_occurred_at_range(self.occurred_at_ms)?;
-        check_text(Field::Source, &self.source, MAX_SOURCE_CHARS)?;
-        if self.source.trim().is_empty() {
-            return Err(ValidationError::invalid(Field::Source, "must not be blank"));
+        out.extend(check_subject_id(&self.subject_id).err());
+        out.extend(check_occurred_at_range(self.occurred_at_ms).err());
+        match check_text(Field::Source, &self.source, MAX_SOURCE_CHARS) {
+            Err(e) => out.push(e),
+            Ok(()) if self.source.trim().is_empty() => {
+                out.push(ValidationError::invalid(Field::Source, "must not be blank"))
+            }
+            Ok(()) => {}
         }
         match &self.notice_version {
             None if self.kind == EventKind::ConsentGranted => {
-                return Err(ValidationError::MissingField("notice_version"))
+                out.push(ValidationError::MissingField("notice_version"))
             }
             None => {}
-            Some(v) => {
-                check_text(Field::NoticeVersion, v, MAX_NOTICE_VERSION_CHARS)?;
-                if v.trim().is_empty() {
-                    return Err(ValidationError::invalid(
-                        Field::NoticeVersion,
-                        "must not be blank",
-                    ));
-                }
-            }
+            Some(v) => match check_text(Field::NoticeVersion, v, MAX_NOTICE_VERSION_CHARS) {
+                Err(e) => out.push(e),
+                Ok(()) if v.trim().is_empty() => out.push(ValidationError::invalid(
+                    Field::NoticeVersion,
+                    "must not be blank",
+                )),
+                Ok(()) => {}
+            },
         }
-        self.check_scope()?;
-        self.check_contact()
+        out.extend(self.check_scope().err());
+        self.check_contact(&mut out);
+        out
     }
 
     fn check_scope(&self) -> Result<(), ValidationError> {
@@ -381,13 +394,13 @@ impl ConsentEvent {
         }
     }
 
-    fn check_contact(&self) -> Result<(), ValidationError> {
+    fn check_contact(&self, out: &mut Vec<ValidationError>) {
         let c = &self.contact;
         if let Some(email) = &c.email {
-            check_email(email)?;
+            out.extend(check_email(email).err());
         }
         if let Some(phone) = &c.phone {
-            check_phone(phone)?;
+            out.extend(check_phone(phone).err());
         }
         for (field, value, max) in [
             (Field::FirstName, &c.first_name, MAX_NAME_CHARS),
@@ -399,18 +412,17 @@ impl ConsentEvent {
             (Field::CompanySize, &c.company_size, MAX_COMPANY_SIZE_CHARS),
         ] {
             if let Some(value) = value {
-                check_text(field, value, max)?;
+                out.extend(check_text(field, value, max).err());
             }
         }
         if let Some(country) = &c.country {
             if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(ValidationError::invalid(
+                out.push(ValidationError::invalid(
                     Field::Country,
                     "must be an ISO 3166-1 alpha-2 code: two upper-case letters A-Z",
                 ));
             }
         }
-        Ok(())
     }
 }
 
