@@ -214,9 +214,7 @@ fn load_with(
                 }
             }
         }
-        let mut seen = BTreeSet::new();
-        problems.retain(|p| seen.insert(p.clone()));
-        return Err(ConfigError::Invalid(problems));
+        return Err(ConfigError::Invalid(said_once(problems)));
     };
     let mut sinks = Vec::new();
     for (name, section) in file.sinks {
@@ -366,10 +364,16 @@ fn load_with(
     )
 }
 
-fn finish(mut problems: Vec<String>, config: Config) -> Result<Config, ConfigError> {
-    // The broker settings are checked with every sink's; one mistake is one line.
+/// `problems` without repeats, in order: the broker settings are checked with every sink's, and
+/// one mistake is one line.
+fn said_once(mut problems: Vec<String>) -> Vec<String> {
     let mut seen = BTreeSet::new();
     problems.retain(|p| seen.insert(p.clone()));
+    problems
+}
+
+fn finish(problems: Vec<String>, config: Config) -> Result<Config, ConfigError> {
+    let problems = said_once(problems);
     if problems.is_empty() {
         Ok(config)
     } else {

@@ -151,6 +151,15 @@ pub fn to_json(subject_id: &str, r: &SubjectReport) -> serde_json::Value {
     })
 }
 
+/// Whether the ledger holds anything about the subject of `r`: a decision, a delivery, a state or
+/// a dead-lettered event.
+pub fn holds_anything(r: &SubjectReport) -> bool {
+    !(r.consent_log.is_empty()
+        && r.deliveries.is_empty()
+        && r.state.is_empty()
+        && r.rejections.is_empty())
+}
+
 /// One recipient of personal data as a data-subject request names it (GDPR Art. 15(1)(c)): from
 /// the configuration, by the destination name the ledger records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,11 +241,7 @@ impl<'a> Audit<'a> {
     }
 
     fn knows_nothing(&self) -> bool {
-        let r = self.report;
-        r.consent_log.is_empty()
-            && r.deliveries.is_empty()
-            && r.state.is_empty()
-            && r.rejections.is_empty()
+        !holds_anything(self.report)
     }
 }
 

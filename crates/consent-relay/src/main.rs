@@ -456,11 +456,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
             let mut audits = Vec::new();
             for subject_id in &subjects {
                 let report = relay_ledger::Ledger::subject_report(&ledger, subject_id).await?;
-                known |= report.consent_log.len()
-                    + report.deliveries.len()
-                    + report.state.len()
-                    + report.rejections.len()
-                    > 0;
+                known |= ledger_report::holds_anything(&report);
                 if json {
                     audits.push(ledger_report::audit_json(subject_id, &report, &recipients));
                 } else {
@@ -1038,24 +1034,7 @@ async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
             const HEADER: [&str; 8] = [
                 "DLQ", "AGE", "SINK", "CODE", "SUBJECT", "EVENT", "ORIGIN", "REASON",
             ];
-            let mut widths = HEADER.map(str::len);
-            for row in &rows {
-                for (w, cell) in widths.iter_mut().zip(row) {
-                    *w = (*w).max(cell.chars().count());
-                }
-            }
-            let line = |cells: &[&str]| {
-                let text: Vec<String> = cells
-                    .iter()
-                    .zip(widths)
-                    .map(|(c, w)| format!("{c:<w$}"))
-                    .collect();
-                println!("{}", text.join(" ").trim_end());
-            };
-            line(&HEADER);
-            for row in &rows {
-                line(&row.iter().map(String::as_str).collect::<Vec<_>>());
-            }
+            print_table(&HEADER, &rows, |_| false);
             Ok(())
         }
         DlqCommand::Replay {
@@ -1330,33 +1309,8 @@ async fn lag(config: Config, groups: Vec<String>, json: bool) -> Result<(), AppE
         "HOST",
         "CLIENT-ID",
     ];
-    // Columns as wide as their widest value, so long group and topic names do not break them.
-    let mut widths = HEADER.map(str::len);
-    for row in &table {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[&str]| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .enumerate()
-            // Names left-aligned, figures right-aligned, as kafka-consumer-groups prints them.
-            .map(|(i, (c, w))| {
-                if (2..=6).contains(&i) {
-                    format!("{c:>w$}")
-                } else {
-                    format!("{c:<w$}")
-                }
-            })
-            .collect();
-        println!("{}", text.join(" ").trim_end());
-    };
-    line(&HEADER);
-    for row in &table {
-        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
-    }
+    // Names left-aligned, figures right-aligned, as kafka-consumer-groups prints them.
+    print_table(&HEADER, &table, |column| (2..=6).contains(&column));
     // A group nobody ever ran looks like one with everything to do: say which it is.
     let mut unknown: Vec<&str> = rows
         .iter()
@@ -1376,6 +1330,39 @@ async fn lag(config: Config, groups: Vec<String>, json: bool) -> Result<(), AppE
         }
     }
     Ok(())
+}
+
+/// Prints `header` and `rows` with every column as wide as its widest value, so long names do not
+/// break the columns; `right(column)` right-aligns a column of figures.
+fn print_table<const N: usize>(
+    header: &[&str; N],
+    rows: &[[String; N]],
+    right: impl Fn(usize) -> bool,
+) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let text: Vec<String> = cells
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if right(i) {
+                    format!("{c:>w$}")
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect();
+        println!("{}", text.join(" ").trim_end());
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
 }
 
 fn ledger_kind(url: &str) -> &'static str {
