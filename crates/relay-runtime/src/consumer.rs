@@ -43,14 +43,53 @@ struct InFlight {
 /// up to `max_in_flight`. Each held event costs memory.
 const MIN_EVENTS_IN_FLIGHT: usize = 2_000;
 
-/// The largest fetch response a consumer asks for: 2 MiB is ~10 000 events.
-pub(crate) const FETCH_MAX_BYTES: &str = "2097152";
+/// How much one client of ours fetches before it is asked for it. librdkafka's defaults (64 MiB
+/// queued and 50 MiB per fetch response, each client) are sized for one consumer per process;
+/// a relay runs three per destination (source, lookahead, parked), so that the process stays within
+/// ~100 MiB even when every message is near the broker's size limit (issue 15's hostile
+/// input). A response is buffered whole and its messages keep it alive until the last of them is
+/// copied out, so the bound of one client is about its queue plus one response.
+#[derive(Clone, Copy)]
+pub(crate) struct Prefetch {
+    queued_max_kbytes: &'static str,
+    /// `fetch.max.bytes`: librdkafka insists on at least `message.max.bytes` (1 000 000); a
+    /// single larger message is still fetched, alone (KIP-74).
+    fetch_max_bytes: &'static str,
+    /// `max.partition.fetch.bytes`, the part of a response one partition may fill.
+    partition_fetch_max_bytes: &'static str,
+}
 
-/// Payload bytes in flight per consumer. Real events are a few hundred bytes, so this never binds
-/// for them (a batch stops at half of it only past ~5 000 events of 205 B, twice the largest
-/// default batch); it binds for messages up to the broker's size limit,
-/// which a buggy or hostile producer may send by the thousand, and which would otherwise hold
-/// hundreds of MiB per sink before they are dead-lettered.
+impl Prefetch {
+    /// The source lane: 2 MiB queued is ~10 000 events of 205 B, one of the largest batches,
+    /// and a response of 1 MiB another ~5 000, so a backlog of real events never waits for a
+    /// fetch.
+    pub(crate) const SOURCE: Prefetch = Prefetch {
+        queued_max_kbytes: "2048",
+        fetch_max_bytes: "1048576",
+        partition_fetch_max_bytes: "1048576",
+    };
+    /// The lookahead (it keeps only withdrawals, and reads one partition at a time) and the
+    /// parked lane (a trickle of retries): nothing waits on how far ahead they read, and a relay
+    /// with eight destinations runs sixteen of them.
+    pub(crate) const SIDE: Prefetch = Prefetch {
+        queued_max_kbytes: "256",
+        fetch_max_bytes: "1048576",
+        partition_fetch_max_bytes: "262144",
+    };
+
+    pub(crate) fn apply(self, cfg: &mut ClientConfig) {
+        cfg.set("queued.max.messages.kbytes", self.queued_max_kbytes)
+            .set("fetch.max.bytes", self.fetch_max_bytes)
+            .set("max.partition.fetch.bytes", self.partition_fetch_max_bytes);
+    }
+}
+
+/// Payload bytes in flight per consumer: a batch stops at half of it, and the next one starts
+/// only while half is free. Real events are a few hundred bytes, so this hardly binds for them
+/// (half is ~5 000 events of 205 B, twice the largest default batch, and as many as the events
+/// limit lets into flight for it); it binds for messages up to the broker's size limit, which a
+/// buggy or hostile producer may send by the thousand, and which would otherwise hold hundreds of
+/// MiB per sink before they are dead-lettered.
 const BYTES_IN_FLIGHT: usize = 2 * 1024 * 1024;
 
 fn events_in_flight_limit(batch: &BatchConfig) -> usize {
@@ -241,7 +280,6 @@ pub(crate) async fn closes_finished(limit: Duration) -> bool {
 pub(crate) const LAST_COMMIT_LIMIT: Duration = Duration::from_secs(10);
 
 const FETCH_WAIT_MAX_MS: &str = "100";
-const QUEUED_MAX_KBYTES: &str = "4096";
 const QUEUED_MIN_MESSAGES: &str = "20000";
 
 /// A consumer in `group` for `topics`, with offsets stored and committed by us only, incremental
@@ -251,6 +289,7 @@ pub(crate) fn create_consumer(
     group: &str,
     member: &str,
     topics: &[String],
+    prefetch: Prefetch,
     context: RelayContext,
 ) -> Result<RelayConsumer, RuntimeError> {
     let mut cfg = ClientConfig::new();
@@ -271,16 +310,7 @@ pub(crate) fn create_consumer(
         // broker that answers a fetch only when the wait is over (tansu); Kafka answers as soon as
         // a message is there, so the shorter wait costs an idle consumer only more empty fetches.
         .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
-        // Prefetch is bounded per consumer, and a relay runs one consumer per destination and
-        // lane: librdkafka's default (64 MiB queued each) would let eight destinations hold half
-        // a gigabyte of messages nobody asked for yet. 4 MiB is ~20 000 events, two of the
-        // largest batches.
-        .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES)
         .set("queued.min.messages", QUEUED_MIN_MESSAGES)
-        // One fetch response is buffered whole before it is queued: the default (50 MiB) of
-        // large messages, per consumer, would dwarf the queue bound above. A message larger
-        // than this is still fetched, alone (KIP-74).
-        .set("fetch.max.bytes", FETCH_MAX_BYTES)
         .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
         .set(
             "max.poll.interval.ms",
@@ -289,6 +319,7 @@ pub(crate) fn create_consumer(
     if let Some(instance) = &kafka.instance_id {
         cfg.set("group.instance.id", format!("{instance}.{member}"));
     }
+    prefetch.apply(&mut cfg);
     if context.log_ends.is_some() {
         cfg.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     }
@@ -384,13 +415,13 @@ impl Committer {
 }
 
 /// The offsets after the last message of each partition in `batch`.
-pub(crate) fn next_offsets(batch: &[OwnedMessage]) -> TopicPartitionList {
-    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+fn next_offsets(batch: &[Message]) -> TopicPartitionList {
+    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for m in batch {
         let e = next
-            .entry((m.topic().to_owned(), m.partition()))
+            .entry((m.origin.topic.as_str(), m.origin.partition))
             .or_insert(0);
-        *e = (*e).max(m.offset() + 1);
+        *e = (*e).max(m.origin.offset + 1);
     }
     let mut tpl = TopicPartitionList::new();
     for ((topic, partition), offset) in &next {
@@ -434,6 +465,7 @@ impl<L: Ledger> SourceWorker<L> {
             &group,
             self.name(),
             &self.kafka.topics,
+            Prefetch::SOURCE,
             context,
         )?);
         // Tied to this future: if the worker is dropped (crash, abort), the refresher goes too and
@@ -505,7 +537,8 @@ impl<L: Ledger> SourceWorker<L> {
                     && in_flight.len() < self.batch.max_in_flight
                     && in_flight.iter().map(|b| b.events).sum::<usize>()
                         < events_in_flight_limit(&self.batch)
-                    && in_flight.iter().map(|b| b.bytes).sum::<usize>() < BYTES_IN_FLIGHT => {
+                    // A batch takes up to half, so the next one starts only while half is free.
+                    && in_flight.iter().map(|b| b.bytes).sum::<usize>() <= BYTES_IN_FLIGHT / 2 => {
                     let first = match m {
                         Ok(m) => m.detach(),
                         Err(e) => {
@@ -517,7 +550,7 @@ impl<L: Ledger> SourceWorker<L> {
                     last_message = Instant::now();
                     // Filling the batch is not cancelled midway: a message taken from the
                     // consumer must end up in a batch, or a later commit would pass it.
-                    let (batch, messages) = match self
+                    let messages = match self
                         .fill_batch(first, &consumer, &shutdown, &mut last_message)
                         .await
                     {
@@ -531,6 +564,8 @@ impl<L: Ledger> SourceWorker<L> {
                     };
                     let unapplied = unapplied(&messages);
                     let bytes = messages.iter().map(|m| m.payload.len()).sum();
+                    let offsets = next_offsets(&messages);
+                    let events = messages.len();
                     let engine = self.engine.clone();
                     let token = shutdown.clone();
                     let task = AbortOnDropHandle::new(tokio::spawn(async move {
@@ -538,9 +573,9 @@ impl<L: Ledger> SourceWorker<L> {
                     }));
                     in_flight.push_back(InFlight {
                         task,
-                        offsets: next_offsets(&batch),
+                        offsets,
                         unapplied,
-                        events: batch.len(),
+                        events,
                         bytes,
                     });
                     self.report(&in_flight);
@@ -596,18 +631,20 @@ impl<L: Ledger> SourceWorker<L> {
         consumer: &RelayConsumer,
         shutdown: &CancellationToken,
         last_message: &mut Instant,
-    ) -> Result<(Vec<OwnedMessage>, Vec<Message>), Abandoned> {
+    ) -> Result<Vec<Message>, Abandoned> {
         let started = tokio::time::Instant::now();
         let mut deadline = started + self.batch.linger();
         let first_decoded = self.decode(&first, shutdown).await?;
         if first_decoded.is_withdrawal() {
             deadline = deadline.min(started + self.batch.withdrawal_linger());
         }
+        // The decoded message holds its own copy of the payload: the Kafka message is dropped at
+        // once, not kept beside it (twice the bytes in flight, for messages near the size limit).
+        drop(first);
         let mut bytes = first_decoded.payload.len();
-        let mut batch = vec![first];
         let mut messages = vec![first_decoded];
         // Two batches fit in flight at once, however large their messages.
-        while batch.len() < self.batch.max_events && bytes < BYTES_IN_FLIGHT / 2 {
+        while messages.len() < self.batch.max_events && bytes < BYTES_IN_FLIGHT / 2 {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -619,7 +656,6 @@ impl<L: Ledger> SourceWorker<L> {
                             deadline = deadline.min(tokio::time::Instant::now() + self.batch.withdrawal_linger());
                         }
                         bytes += decoded.payload.len();
-                        batch.push(m);
                         messages.push(decoded);
                         *last_message = Instant::now();
                     }
@@ -628,7 +664,7 @@ impl<L: Ledger> SourceWorker<L> {
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-        Ok((batch, messages))
+        Ok(messages)
     }
 
     async fn decode(

@@ -36,6 +36,10 @@ use crate::retry::RetrySchedule;
 use crate::route::{self, Routed, Routes};
 use crate::telemetry::{metric, Telemetry};
 
+/// Dead letters of one batch written side by side: enough to hide the broker's round trip, few
+/// enough that polling them all on every wake-up stays cheap.
+const DEAD_LETTERS_AT_ONCE: usize = 64;
+
 /// The batch was given up because of shutdown; nothing past its start may be committed.
 #[derive(Debug)]
 pub(crate) struct Abandoned;
@@ -287,8 +291,19 @@ impl<L: Ledger> Engine<L> {
                 }
             }
         }
-        for (index, why) in &rejected {
-            self.dead_letter(&batch[*index], why, shutdown).await?;
+        // Side by side: each write waits for the broker's acknowledgement, and a batch of
+        // hostile input is mostly rejections (their payloads are already in memory, and the
+        // producer's queue bounds what it holds).
+        for chunk in rejected.chunks(DEAD_LETTERS_AT_ONCE) {
+            relay_delivery::join_all(
+                chunk
+                    .iter()
+                    .map(|(index, why)| self.dead_letter(&batch[*index], why, shutdown))
+                    .collect(),
+            )
+            .await
+            .into_iter()
+            .collect::<Result<(), Abandoned>>()?;
         }
         if !rejected.is_empty() {
             let rows: Vec<Rejection> = rejected

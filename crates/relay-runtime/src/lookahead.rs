@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::KafkaConfig;
-use crate::consumer::{decode_message, with_consumer, LogEnds, RelayConsumer};
+use crate::consumer::{decode_message, with_consumer, LogEnds, Prefetch, RelayConsumer};
 use crate::decode::Decoder;
 use crate::engine::{Abandoned, Engine};
 use crate::telemetry::{metric, Telemetry};
@@ -129,11 +129,8 @@ impl<L: Ledger> Lookahead<L> {
             .set("group.id", &self.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("fetch.wait.max.ms", "100")
-            // It keeps only withdrawals: a small prefetch is enough, and a backlog of large
-            // messages (hostile, or near the broker's limit) must not fill it.
-            .set("queued.max.messages.kbytes", "1024")
-            .set("fetch.max.bytes", crate::consumer::FETCH_MAX_BYTES);
+            .set("fetch.wait.max.ms", "100");
+        Prefetch::SIDE.apply(&mut cfg);
         for (k, v) in &self.kafka.properties {
             cfg.set(k, v);
         }

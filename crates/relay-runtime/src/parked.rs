@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::config::{BatchConfig, KafkaConfig};
 use crate::consumer::{
-    create_consumer, unapplied, Closing, Committer, RelayContext, LAST_COMMIT_LIMIT,
+    create_consumer, unapplied, Closing, Committer, Prefetch, RelayContext, LAST_COMMIT_LIMIT,
 };
 use crate::decode::{Decoder, Rejected};
 use crate::engine::{Abandoned, Engine};
@@ -165,6 +165,7 @@ impl<L: Ledger> ParkedWorker<L> {
             &group,
             &member,
             std::slice::from_ref(&topic),
+            Prefetch::SIDE,
             context,
         )?);
         info!(sink = self.name(), group = %group, topic = %topic, "parked consumer started");
