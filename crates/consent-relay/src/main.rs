@@ -8,6 +8,7 @@ mod admin;
 mod config;
 mod import;
 mod ledger_report;
+mod malloc;
 mod reconcile;
 mod sinks;
 
@@ -280,6 +281,7 @@ enum LedgerCommand {
 }
 
 fn main() -> ExitCode {
+    malloc::fix_mmap_threshold();
     let cli = Cli::parse();
     // Only the commands that call the downstreams need their credentials: an operator or the DPO
     // reads the ledger and the broker without holding any.
