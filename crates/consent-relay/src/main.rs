@@ -238,12 +238,25 @@ enum SchemasCommand {
 
 #[derive(Subcommand)]
 enum SuppressionCommand {
-    /// CSV of everyone whose newest decision for the purpose is a withdrawal, unsubscribe or
-    /// erasure: subject_id and the SHA-256 of the normalized email, never the raw address.
+    /// Everyone whose newest decision for the purpose is a withdrawal, unsubscribe or erasure:
+    /// subject_id and the SHA-256 of the normalized email, never the raw address. The row count
+    /// goes to stderr.
     Export {
         /// A purpose of the `[purposes]` table, e.g. newsletter.
         #[arg(long)]
         purpose: String,
+        /// `csv`: subject_id, email_sha256, decision (withdraw, unsubscribe, erase), occurred_at,
+        /// event_id, source. `sha256`: one email hash per line, nothing else (for a customer-list
+        /// upload of hashed emails; subjects without an email are left out and counted).
+        #[arg(long, value_enum, default_value_t = SuppressionFormat::Csv)]
+        format: SuppressionFormat,
+        /// Write to this file (replaced whole, only once complete) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Only decisions made at or after this time: RFC 3339 (2026-11-01T00:00:00Z) or a date
+        /// (2026-11-01, midnight UTC).
+        #[arg(long, value_name = "TIME", value_parser = parse_since)]
+        since: Option<i64>,
     },
 }
 
@@ -407,21 +420,14 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
             command: SchemasCommand::Check,
         } => schemas_check(),
         Command::Suppression {
-            command: SuppressionCommand::Export { purpose },
-        } => {
-            if !config.purposes.contains_key(&purpose) {
-                return Err(AppError::Usage(format!(
-                    "--purpose {purpose}: not in the [purposes] table"
-                )));
-            }
-            let ledger = relay_ledger::open_read_only(&config.ledger.url).await?;
-            let records = relay_ledger::Ledger::consent_for_purpose(&ledger, &purpose).await?;
-            print!(
-                "{}",
-                ledger_report::to_suppression_csv(&relay_ledger::suppression_list(&records))
-            );
-            Ok(())
-        }
+            command:
+                SuppressionCommand::Export {
+                    purpose,
+                    format,
+                    output,
+                    since,
+                },
+        } => suppression_export(config, &purpose, format, output, since).await,
         Command::Ledger {
             command:
                 LedgerCommand::Audit {
@@ -1201,6 +1207,92 @@ async fn parked(config: Config, command: ParkedCommand) -> Result<(), AppError> 
             Ok(())
         }
     }
+}
+
+/// `suppression export`'s file formats.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SuppressionFormat {
+    Csv,
+    Sha256,
+}
+
+/// `--since`: RFC 3339 in UTC, or a date meaning its midnight UTC; milliseconds since the epoch.
+fn parse_since(text: &str) -> Result<i64, String> {
+    let full = if text.len() == 10 {
+        format!("{text}T00:00:00Z")
+    } else {
+        text.to_owned()
+    };
+    let at = humantime::parse_rfc3339_weak(&full).map_err(|e| {
+        format!("{e}: expected 2026-11-01 or 2026-11-01T08:30:00Z (UTC; offsets are not read)")
+    })?;
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "before 1970".to_owned())?
+        .as_millis();
+    i64::try_from(ms).map_err(|_| "too far in the future".to_owned())
+}
+
+async fn suppression_export(
+    config: Config,
+    purpose: &str,
+    format: SuppressionFormat,
+    output: Option<PathBuf>,
+    since: Option<i64>,
+) -> Result<(), AppError> {
+    if !config.purposes.contains_key(purpose) {
+        return Err(AppError::Usage(format!(
+            "--purpose {purpose}: not in the [purposes] table"
+        )));
+    }
+    let ledger = relay_ledger::open_read_only(&config.ledger.url).await?;
+    let records = relay_ledger::Ledger::consent_for_purpose(&ledger, purpose).await?;
+    // The newest decision of each person first, then the window: a person who withdrew before
+    // --since and has not changed their mind since is not news, one who granted again is not
+    // suppressed at all.
+    let list: Vec<_> = relay_ledger::suppression_list(&records)
+        .into_iter()
+        .filter(|s| since.is_none_or(|t| s.occurred_at_ms >= t))
+        .collect();
+    let (text, rows, left_out) = match format {
+        SuppressionFormat::Csv => (ledger_report::to_suppression_csv(&list), list.len(), 0),
+        SuppressionFormat::Sha256 => {
+            let hashes: Vec<&str> = list
+                .iter()
+                .filter_map(|s| s.email_sha256.as_deref())
+                .collect();
+            let mut text = hashes.join("\n");
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            (text, hashes.len(), list.len() - hashes.len())
+        }
+    };
+    let target = match &output {
+        Some(path) => {
+            // Complete or not at all: a list that marketing imports must not be a torn one.
+            let mut partial = path.as_os_str().to_owned();
+            partial.push(".partial");
+            std::fs::write(&partial, &text)
+                .and_then(|()| std::fs::rename(&partial, path))
+                .map_err(|source| AppError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            path.display().to_string()
+        }
+        None => {
+            print!("{text}");
+            "stdout".to_owned()
+        }
+    };
+    let without_email = if left_out > 0 {
+        format!(" ({left_out} without an email hash left out)")
+    } else {
+        String::new()
+    };
+    eprintln!("suppression export: {rows} suppressed for {purpose} to {target}{without_email}");
+    Ok(())
 }
 
 fn schemas_check() -> Result<(), AppError> {

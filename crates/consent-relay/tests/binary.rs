@@ -548,6 +548,145 @@ async fn config_check_lists_every_problem_and_read_commands_need_no_credentials(
     assert_eq!(out.status.code(), Some(2), "reconcile calls HubSpot");
 }
 
+/// Issue 12: `suppression export` names unsubscribes as such, takes a window (`--since`), writes a
+/// plain hash list for customer-list uploads, writes a file whole (`--output`), and says how many
+/// rows it wrote. SQLite only, no broker.
+#[tokio::test]
+async fn suppression_export_formats_windows_and_files() {
+    use relay_ledger::{ConsentRecord, Ledger};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let config = offline_config(
+        dir.path(),
+        "consent-relay.toml",
+        &format!("[ledger]\nurl = \"sqlite://{}\"\n", db.display()),
+    );
+    let ledger = relay_ledger::SqliteLedger::open(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let hash = |c: char| c.to_string().repeat(64);
+    let record = |subject: &str, kind: &str, at: i64, email: Option<String>| ConsentRecord {
+        event_id: uuid::Uuid::new_v4(),
+        subject_id: subject.into(),
+        kind: kind.into(),
+        purposes: vec!["newsletter".into()],
+        occurred_at_ms: at,
+        source: "web-form".into(),
+        notice_version: None,
+        email_sha256: email,
+        topic: "consent.events".into(),
+        partition: 0,
+        offset: 0,
+        payload_digest: None,
+        late: false,
+        google_email_sha256: None,
+        google_email_plus_sha256: None,
+    };
+    // 2026-10-01, 2026-11-02 and 2026-11-05, midnight UTC.
+    let (oct1, nov2, nov5) = (1_790_812_800_000, 1_793_577_600_000, 1_793_836_800_000);
+    ledger
+        .log_events(&[
+            record("old-withdrawal", "ConsentWithdrawn", oct1, Some(hash('a'))),
+            record("unsubscribed", "Unsubscribed", nov2, Some(hash('b'))),
+            record("erased", "ErasureRequested", nov5, None),
+            record("granted-again", "ConsentWithdrawn", oct1, Some(hash('c'))),
+            record("granted-again", "ConsentGranted", nov5, Some(hash('c'))),
+        ])
+        .await
+        .unwrap();
+    ledger.close().await;
+
+    let export = |args: &[&str]| {
+        let mut all = vec!["suppression", "export", "--purpose", "newsletter"];
+        all.extend_from_slice(args);
+        relay(&config, &all).output().unwrap()
+    };
+    let out = export(&[]);
+    assert!(out.status.success());
+    let csv = String::from_utf8_lossy(&out.stdout);
+    let decisions: Vec<(&str, &str)> = csv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0], f[2])
+        })
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            ("erased", "erase"),
+            ("old-withdrawal", "withdraw"),
+            ("unsubscribed", "unsubscribe")
+        ],
+        "{csv}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("suppression export: 3 suppressed for newsletter to stdout"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let since = stdout(relay(
+        &config,
+        &[
+            "suppression",
+            "export",
+            "--purpose",
+            "newsletter",
+            "--since",
+            "2026-11-01",
+        ],
+    ));
+    assert_eq!(
+        since.lines().count(),
+        3,
+        "header, unsubscribed, erased: {since}"
+    );
+    assert!(!since.contains("old-withdrawal"), "{since}");
+    let since_time = stdout(relay(
+        &config,
+        &[
+            "suppression",
+            "export",
+            "--purpose",
+            "newsletter",
+            "--since",
+            "2026-11-02T00:00:01Z",
+        ],
+    ));
+    assert_eq!(since_time.lines().count(), 2, "only erased: {since_time}");
+
+    let file = dir.path().join("suppressed.txt");
+    let out = export(&["--format", "sha256", "--output", file.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty(), "the list goes to the file only");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        format!("{}\n{}\n", hash('a'), hash('b')),
+        "hashes only, no header; the erased subject has no email hash"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "2 suppressed for newsletter to {} (1 without an email hash left out)",
+            file.display()
+        )),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.path().join("suppressed.txt.partial").exists());
+
+    let out = export(&["--since", "last tuesday"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--since"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Issue 15: once a far-future event was in the ledger, `ledger show`, `show --json`, `audit` and
 /// `suppression export` exited 101 in the time formatting. They must exit 0 and say "invalid".
 /// Needs only SQLite, no broker; `publish` refusing such a line needs no broker either.

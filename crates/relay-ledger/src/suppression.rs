@@ -12,7 +12,8 @@ use crate::ConsentRecord;
 pub struct Suppressed {
     pub subject_id: String,
     pub email_sha256: Option<String>,
-    /// `withdraw` or `erase`.
+    /// What the newest decision was: `withdraw` (consent for the purpose withdrawn),
+    /// `unsubscribe` (from everything) or `erase`.
     pub decision: &'static str,
     pub occurred_at_ms: i64,
     pub event_id: Uuid,
@@ -40,10 +41,14 @@ pub fn suppression_list(records: &[ConsentRecord]) -> Vec<Suppressed> {
     newest
         .into_values()
         .filter(|(_, action, _)| *action != Action::Grant)
-        .map(|(_, action, r)| Suppressed {
+        .map(|(_, _, r)| Suppressed {
             subject_id: r.subject_id.clone(),
             email_sha256: r.email_sha256.clone(),
-            decision: action.as_str(),
+            decision: match EventKind::from_name(&r.kind) {
+                Some(EventKind::Unsubscribed) => "unsubscribe",
+                Some(EventKind::ErasureRequested) => "erase",
+                _ => "withdraw",
+            },
             occurred_at_ms: r.occurred_at_ms,
             event_id: r.event_id,
             source: r.source.clone(),
@@ -91,6 +96,9 @@ mod tests {
             .iter()
             .map(|s| (s.subject_id.as_str(), s.decision))
             .collect();
-        assert_eq!(got, [("a", "withdraw"), ("c", "withdraw"), ("d", "erase")]);
+        assert_eq!(
+            got,
+            [("a", "withdraw"), ("c", "unsubscribe"), ("d", "erase")]
+        );
     }
 }

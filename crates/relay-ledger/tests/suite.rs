@@ -744,7 +744,7 @@ async fn suppression_list_follows_the_newest_decision_per_subject(url: &str) {
         got,
         [
             ("erased", "erase"),
-            ("unsubscribed_all", "withdraw"),
+            ("unsubscribed_all", "unsubscribe"),
             ("withdrew", "withdraw")
         ]
     );
