@@ -246,15 +246,19 @@ enum SuppressionCommand {
         #[arg(long)]
         purpose: String,
         /// `csv`: subject_id, email_sha256, decision (withdraw, unsubscribe, erase), occurred_at,
-        /// event_id, source. `sha256`: one email hash per line, nothing else (for a customer-list
-        /// upload of hashed emails; subjects without an email are left out and counted).
+        /// event_id, source. `sha256`: one email hash per line, nothing else, the hash of the
+        /// trimmed, lowercased address as Meta, LinkedIn and X take it (not Google's: it removes
+        /// dots and +tags of gmail addresses; the audiences sink and `reconcile` handle Google);
+        /// a subject whose newest decision has no email is left out and counted.
         #[arg(long, value_enum, default_value_t = SuppressionFormat::Csv)]
         format: SuppressionFormat,
         /// Write to this file (replaced whole, only once complete) instead of stdout.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
-        /// Only decisions made at or after this time: RFC 3339 (2026-11-01T00:00:00Z) or a date
-        /// (2026-11-01, midnight UTC).
+        /// Only people whose newest decision was made (`occurred_at`) at or after this time: RFC
+        /// 3339 in UTC (2026-11-01T00:00:00Z) or a date (2026-11-01, midnight UTC). A decision
+        /// made earlier but logged later (a replay, a backfill) is not in a later window: for
+        /// an incremental list, overlap the windows or export in full.
         #[arg(long, value_name = "TIME", value_parser = parse_since)]
         since: Option<i64>,
     },
@@ -1218,6 +1222,14 @@ enum SuppressionFormat {
 
 /// `--since`: RFC 3339 in UTC, or a date meaning its midnight UTC; milliseconds since the epoch.
 fn parse_since(text: &str) -> Result<i64, String> {
+    // humantime reads only UTC and ignores an offset after fractional seconds: refuse one
+    // rather than be hours off.
+    if text
+        .split_once('T')
+        .is_some_and(|(_, time)| time.contains(['+', '-']))
+    {
+        return Err("UTC only: write the time with Z, e.g. 2026-11-01T08:30:00Z".to_owned());
+    }
     let full = if text.len() == 10 {
         format!("{text}T00:00:00Z")
     } else {
@@ -1273,12 +1285,19 @@ async fn suppression_export(
             // Complete or not at all: a list that marketing imports must not be a torn one.
             let mut partial = path.as_os_str().to_owned();
             partial.push(".partial");
-            std::fs::write(&partial, &text)
-                .and_then(|()| std::fs::rename(&partial, path))
-                .map_err(|source| AppError::Io {
+            let written = std::fs::File::create(&partial)
+                .and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, text.as_bytes())?;
+                    f.sync_all()
+                })
+                .and_then(|()| std::fs::rename(&partial, path));
+            if let Err(source) = written {
+                let _ = std::fs::remove_file(&partial);
+                return Err(AppError::Io {
                     path: path.display().to_string(),
                     source,
-                })?;
+                });
+            }
             path.display().to_string()
         }
         None => {

@@ -21,8 +21,9 @@ const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
     reason = "mallopt is a C function; the workspace's only unsafe call"
 )]
 pub(crate) fn fix_mmap_threshold() {
-    // SAFETY: mallopt takes two integers and changes a setting of glibc's allocator; it is
-    // documented as callable at any time and is called here before any other thread runs.
+    // SAFETY: mallopt takes two integers and changes a setting of glibc's allocator. glibc
+    // marks it MT-Unsafe: it is called as the first statement of a synchronous `main`, before
+    // any other thread exists, and the Rust side allocates through the same system allocator.
     let _ = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
 }
 

@@ -678,8 +678,11 @@ async fn suppression_export_formats_windows_and_files() {
     );
     assert!(!dir.path().join("suppressed.txt.partial").exists());
 
+    for bad in ["last tuesday", "2026-11-01T08:00:00.0+02:00"] {
+        let out = export(&["--since", bad]);
+        assert_eq!(out.status.code(), Some(2), "--since {bad}");
+    }
     let out = export(&["--since", "last tuesday"]);
-    assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--since"),
         "{}",

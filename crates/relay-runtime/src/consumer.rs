@@ -45,42 +45,60 @@ const MIN_EVENTS_IN_FLIGHT: usize = 2_000;
 
 /// How much one client of ours fetches before it is asked for it. librdkafka's defaults (64 MiB
 /// queued and 50 MiB per fetch response, each client) are sized for one consumer per process;
-/// a relay runs three per destination (source, lookahead, parked), so that the process stays within
-/// ~100 MiB even when every message is near the broker's size limit (issue 15's hostile
-/// input). A response is buffered whole and its messages keep it alive until the last of them is
-/// copied out, so the bound of one client is about its queue plus one response.
+/// a relay runs three per destination (source, lookahead, parked). A response is buffered whole
+/// and its messages keep it alive until the last of them is copied out, so the bound of one
+/// client is about its queue plus one response. Measured: hostile input with messages up to
+/// 100 KB through every sink peaks at 76–90 MiB RSS (README, Performance); messages near the
+/// broker's 1 MB limit cost more, up to a response per client.
 #[derive(Clone, Copy)]
 pub(crate) struct Prefetch {
     queued_max_kbytes: &'static str,
-    /// `fetch.max.bytes`: librdkafka insists on at least `message.max.bytes` (1 000 000); a
-    /// single larger message is still fetched, alone (KIP-74).
-    fetch_max_bytes: &'static str,
+    /// `fetch.max.bytes`: librdkafka insists on at least `message.max.bytes` (1 000 000; a
+    /// larger value in `kafka.properties` raises this one with it); a single larger message is
+    /// still fetched, alone (KIP-74).
+    fetch_max_bytes: u64,
     /// `max.partition.fetch.bytes`, the part of a response one partition may fill.
     partition_fetch_max_bytes: &'static str,
+    /// `fetch.queue.backoff.ms`: how long a partition waits to be fetched again once its queue
+    /// is over the bound (librdkafka: 1 000 ms).
+    queue_backoff_ms: &'static str,
 }
 
 impl Prefetch {
     /// The source lane: 2 MiB queued is ~10 000 events of 205 B, one of the largest batches,
     /// and a response of 1 MiB another ~5 000, so a backlog of real events never waits for a
-    /// fetch.
+    /// fetch (the queue lasts longer than the default backoff at the rates we reach).
     pub(crate) const SOURCE: Prefetch = Prefetch {
         queued_max_kbytes: "2048",
-        fetch_max_bytes: "1048576",
+        fetch_max_bytes: 1_048_576,
         partition_fetch_max_bytes: "1048576",
+        queue_backoff_ms: "1000",
     };
     /// The lookahead (it keeps only withdrawals, and reads one partition at a time) and the
-    /// parked lane (a trickle of retries): nothing waits on how far ahead they read, and a relay
-    /// with eight destinations runs sixteen of them.
+    /// parked lane (a trickle of retries), sixteen clients with eight destinations: small, but
+    /// a full queue is looked at again after 10 ms, not a second, or the lookahead would read
+    /// one queue's worth per second and a withdrawal would no longer overtake a backlog.
     pub(crate) const SIDE: Prefetch = Prefetch {
         queued_max_kbytes: "256",
-        fetch_max_bytes: "1048576",
+        fetch_max_bytes: 1_048_576,
         partition_fetch_max_bytes: "262144",
+        queue_backoff_ms: "10",
     };
 
-    pub(crate) fn apply(self, cfg: &mut ClientConfig) {
+    /// Sets the bounds; `properties` (applied after, and winning) may raise `message.max.bytes`,
+    /// which librdkafka wants `fetch.max.bytes` to be at least.
+    pub(crate) fn apply(self, cfg: &mut ClientConfig, properties: &BTreeMap<String, String>) {
+        let message_max = properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
         cfg.set("queued.max.messages.kbytes", self.queued_max_kbytes)
-            .set("fetch.max.bytes", self.fetch_max_bytes)
-            .set("max.partition.fetch.bytes", self.partition_fetch_max_bytes);
+            .set(
+                "fetch.max.bytes",
+                self.fetch_max_bytes.max(message_max).to_string(),
+            )
+            .set("max.partition.fetch.bytes", self.partition_fetch_max_bytes)
+            .set("fetch.queue.backoff.ms", self.queue_backoff_ms);
     }
 }
 
@@ -319,7 +337,7 @@ pub(crate) fn create_consumer(
     if let Some(instance) = &kafka.instance_id {
         cfg.set("group.instance.id", format!("{instance}.{member}"));
     }
-    prefetch.apply(&mut cfg);
+    prefetch.apply(&mut cfg, &kafka.properties);
     if context.log_ends.is_some() {
         cfg.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     }
@@ -643,7 +661,8 @@ impl<L: Ledger> SourceWorker<L> {
         drop(first);
         let mut bytes = first_decoded.payload.len();
         let mut messages = vec![first_decoded];
-        // Two batches fit in flight at once, however large their messages.
+        // Half the payload budget: the next batch starts while this one is in flight, unless
+        // its messages are large (see BYTES_IN_FLIGHT).
         while messages.len() < self.batch.max_events && bytes < BYTES_IN_FLIGHT / 2 {
             tokio::select! {
                 biased;

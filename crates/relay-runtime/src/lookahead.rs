@@ -130,7 +130,7 @@ impl<L: Ledger> Lookahead<L> {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("fetch.wait.max.ms", "100");
-        Prefetch::SIDE.apply(&mut cfg);
+        Prefetch::SIDE.apply(&mut cfg, &self.kafka.properties);
         for (k, v) in &self.kafka.properties {
             cfg.set(k, v);
         }

@@ -59,8 +59,10 @@ pub(crate) fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, crate::Run
     let mut cfg = rdkafka::config::ClientConfig::new();
     cfg.set("bootstrap.servers", &kafka.bootstrap_servers)
         .set("linger.ms", "5")
-        // The outbox awaits every write before it goes on, so little is ever queued; the default
-        // (1 GiB) would let a burst of large dead letters from every sink pile up in memory.
+        // Every write is awaited (a batch's dead letters up to 64 at once, each sink's within its
+        // 2 MiB payload budget), so little is queued; the default (1 GiB) would let a burst of
+        // large dead letters from every sink pile up in memory. When it is full a write waits
+        // (up to its 30 s queue timeout, then the engine retries it): nothing is committed past it.
         .set("queue.buffering.max.kbytes", "16384")
         .set("message.timeout.ms", "30000")
         .set("message.max.bytes", max.to_string());
