@@ -2,6 +2,8 @@
 //! real ledger, the fake HubSpot, and the relay running in-process as it runs in production.
 //! Every harness has its own topics, consumer groups and ledger, so tests run in parallel.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;

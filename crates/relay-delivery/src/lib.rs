@@ -7,6 +7,8 @@
 //! Must not: name a concrete sink, retry, or know about Kafka and the ledger. The only waiting it
 //! does is for a rate-limit permit or a `Retry-After` pause.
 
+#![forbid(unsafe_code)]
+
 mod classify;
 mod config_error;
 mod destination;

@@ -5,6 +5,8 @@
 //! writer schema in a schema registry is the caller's business; this crate only splits the frame and
 //! decodes against a schema it is handed.
 
+#![forbid(unsafe_code)]
+
 mod clock;
 mod digest;
 mod event;

@@ -10,6 +10,8 @@
 //! decide versions (the version rule in the consumers does, as for any event), turn a vendor-side
 //! opt-in into a grant (no notice, no proof of consent), or log or store a raw email address.
 
+#![forbid(unsafe_code)]
+
 pub mod brevo;
 pub mod config;
 pub mod hubspot;

@@ -5,6 +5,8 @@
 //! delivery record, on SQLite (embedded default) or PostgreSQL (production), with versioned
 //! migrations per backend. Must not: store raw email, phone or name; talk to Kafka or downstreams.
 
+#![forbid(unsafe_code)]
+
 mod codec;
 mod ingest;
 pub mod memory;

@@ -11,6 +11,8 @@
 //! concrete sink (sinks arrive as `Arc<dyn Sink>`), or decide what is retryable (the sink's
 //! `Outcome` says so).
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 mod consumer;
 pub mod dead_letter;

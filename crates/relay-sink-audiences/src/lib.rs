@@ -25,6 +25,8 @@
 //! Owns: the platforms' payloads and response shapes. Must not: sleep, retry, or put a raw email
 //! or phone into a request, a log line or an outcome reason.
 
+#![forbid(unsafe_code)]
+
 mod client;
 mod config;
 mod google;

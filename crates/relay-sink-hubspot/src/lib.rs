@@ -20,6 +20,8 @@
 //! Owns: HubSpot's payloads, response shapes and rate-limit signals. Must not: sleep, retry, log an
 //! email address, or put one into an outcome reason (reasons reach the ledger and the DLQ).
 
+#![forbid(unsafe_code)]
+
 mod client;
 mod config;
 mod read;

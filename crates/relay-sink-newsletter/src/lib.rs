@@ -30,6 +30,8 @@
 //! Owns: the providers' payloads and response shapes. Must not: sleep, retry, log an email
 //! address, or put one into an outcome reason (reasons reach the ledger and the DLQ).
 
+#![forbid(unsafe_code)]
+
 mod client;
 mod config;
 mod read;

@@ -29,6 +29,8 @@
 //! Owns: the webhook contract with partners. Must not: sleep, retry, log contact data, or send a
 //! field that is not allow-listed.
 
+#![forbid(unsafe_code)]
+
 mod client;
 mod config;
 mod request;

@@ -5,6 +5,8 @@
 //! Owns: fakes and fixtures. Must not: be a dependency of production code paths (only tests, benches
 //! and the demo's fake-downstreams binary use it).
 
+#![forbid(unsafe_code)]
+
 pub mod audiences;
 pub mod broker;
 pub mod downstreams;
