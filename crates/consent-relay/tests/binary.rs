@@ -548,6 +548,41 @@ async fn config_check_lists_every_problem_and_read_commands_need_no_credentials(
     assert_eq!(out.status.code(), Some(2), "reconcile calls HubSpot");
 }
 
+/// A config whose ledger is an SQLite file in `dir`, and that ledger, created, for a test to fill.
+async fn offline_ledger(dir: &Path) -> (std::path::PathBuf, relay_ledger::SqliteLedger) {
+    let url = format!("sqlite://{}", dir.join("ledger.db").display());
+    let config = offline_config(
+        dir,
+        "consent-relay.toml",
+        &format!("[ledger]\nurl = \"{url}\"\n"),
+    );
+    (
+        config,
+        relay_ledger::SqliteLedger::open(&url).await.unwrap(),
+    )
+}
+
+/// A consent-log entry for `newsletter` from the web form, without contact data.
+fn consent_record(subject: &str, kind: &str, at: i64) -> relay_ledger::ConsentRecord {
+    relay_ledger::ConsentRecord {
+        event_id: uuid::Uuid::new_v4(),
+        subject_id: subject.into(),
+        kind: kind.into(),
+        purposes: vec!["newsletter".into()],
+        occurred_at_ms: at,
+        source: "web-form".into(),
+        notice_version: None,
+        email_sha256: None,
+        topic: "consent.events".into(),
+        partition: 0,
+        offset: 0,
+        payload_digest: None,
+        late: false,
+        google_email_sha256: None,
+        google_email_plus_sha256: None,
+    }
+}
+
 /// Issue 12: `suppression export` names unsubscribes as such, takes a window (`--since`), writes a
 /// plain hash list for customer-list uploads, writes a file whole (`--output`), and says how many
 /// rows it wrote. SQLite only, no broker.
@@ -556,32 +591,11 @@ async fn suppression_export_formats_windows_and_files() {
     use relay_ledger::{ConsentRecord, Ledger};
 
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("ledger.db");
-    let config = offline_config(
-        dir.path(),
-        "consent-relay.toml",
-        &format!("[ledger]\nurl = \"sqlite://{}\"\n", db.display()),
-    );
-    let ledger = relay_ledger::SqliteLedger::open(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
+    let (config, ledger) = offline_ledger(dir.path()).await;
     let hash = |c: char| c.to_string().repeat(64);
     let record = |subject: &str, kind: &str, at: i64, email: Option<String>| ConsentRecord {
-        event_id: uuid::Uuid::new_v4(),
-        subject_id: subject.into(),
-        kind: kind.into(),
-        purposes: vec!["newsletter".into()],
-        occurred_at_ms: at,
-        source: "web-form".into(),
-        notice_version: None,
         email_sha256: email,
-        topic: "consent.events".into(),
-        partition: 0,
-        offset: 0,
-        payload_digest: None,
-        late: false,
-        google_email_sha256: None,
-        google_email_plus_sha256: None,
+        ..consent_record(subject, kind, at)
     };
     // 2026-10-01, 2026-11-02 and 2026-11-05, midnight UTC.
     let (oct1, nov2, nov5) = (1_790_812_800_000, 1_793_577_600_000, 1_793_836_800_000);
@@ -698,31 +712,11 @@ async fn ledger_commands_render_what_no_producer_can_send_any_more() {
     use relay_ledger::{ConsentRecord, Ledger};
 
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("ledger.db");
-    let config = offline_config(
-        dir.path(),
-        "consent-relay.toml",
-        &format!("[ledger]\nurl = \"sqlite://{}\"\n", db.display()),
-    );
-    let ledger = relay_ledger::SqliteLedger::open(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
+    let (config, ledger) = offline_ledger(dir.path()).await;
     let record = |subject: &str, kind: &str, at: i64| ConsentRecord {
-        event_id: uuid::Uuid::new_v4(),
-        subject_id: subject.into(),
-        kind: kind.into(),
-        purposes: vec!["newsletter".into()],
-        occurred_at_ms: at,
         source: "s".repeat(100_000),
         notice_version: Some("\u{202e}".into()),
-        email_sha256: None,
-        topic: "consent.events".into(),
-        partition: 0,
-        offset: 0,
-        payload_digest: None,
-        late: false,
-        google_email_sha256: None,
-        google_email_plus_sha256: None,
+        ..consent_record(subject, kind, at)
     };
     ledger
         .log_events(&[
