@@ -375,6 +375,54 @@ async fn a_signed_hubspot_opt_out_does_the_same_and_forged_or_stale_ones_do_noth
     l.stop().await;
 }
 
+/// Mailchimp reports the relay's own unsubscribe back (a list webhook with the API source on),
+/// with the time the request landed: later than the withdrawal it repeats. Published, it would
+/// outrank a grant the person gave in between (a relay behind a backlog applies withdrawals
+/// first, minutes after they were made); it must change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relays_own_unsubscribe_coming_back_from_mailchimp_changes_nothing() {
+    let l = Loop::start().await;
+    l.signed_up("ole").await;
+    let email = email_of("ole");
+    let hook = format!("{}/webhooks/mailchimp/{PATH_SECRET}", l.url);
+    l.mailchimp.fire_webhooks_for_api_changes(&hook);
+
+    let withdrawn_at = webhooks::now_ms() - 60_000;
+    let withdrawals: Vec<_> = PURPOSES
+        .iter()
+        .map(|p| withdraw("ole", withdrawn_at, p))
+        .collect();
+    l.h.publish(&withdrawals).await;
+    l.withdrawn_everywhere("ole").await;
+    let answers = eventually("Mailchimp reported the change back", PATIENCE, || async {
+        let answers = l.mailchimp.webhook_answers();
+        (!answers.is_empty()).then_some(answers)
+    })
+    .await;
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0].0, 200, "{answers:?}");
+    assert!(answers[0].1.contains(r#""echoes":1"#), "{answers:?}");
+    assert_eq!(l.metrics.get(metrics::PUBLISHED, Vendor::Mailchimp), 0);
+    assert!(l.logged_from("ole", "mailchimp").await.is_empty());
+
+    // The grant the person gave after the withdrawal, before the echo's time, stands.
+    let regranted = grant("ole", withdrawn_at + 30_000, "newsletter");
+    l.h.publish(std::slice::from_ref(&regranted)).await;
+    l.h.reaches(
+        "ole",
+        regranted.event_id,
+        "hubspot",
+        Status::Applied,
+        PATIENCE,
+    )
+    .await;
+    assert_eq!(
+        l.h.fake.subscription_status(&email, NEWSLETTER).as_deref(),
+        Some("SUBSCRIBED")
+    );
+    l.stop().await;
+}
+
 /// Status codes as the test senders return them.
 mod http {
     pub use axum::http::StatusCode;

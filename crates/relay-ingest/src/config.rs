@@ -49,6 +49,12 @@ pub struct IngestConfig {
     /// Larger requests are refused (413) before anything is parsed.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// A vendor's notice this close (either way, vendor clock against ours) to a withdrawal the
+    /// relay was delivering to that vendor for the same person is taken for that delivery's echo
+    /// and not published (for the purposes the withdrawal covered). Longer than the vendors'
+    /// webhook delays; short enough that a genuine second decision is rarely that close.
+    #[serde(default = "default_echo_window_ms")]
+    pub echo_window_ms: u64,
     #[serde(default)]
     pub hubspot: Option<HubSpotIngest>,
     #[serde(default)]
@@ -59,6 +65,10 @@ pub struct IngestConfig {
 
 fn default_max_body_bytes() -> usize {
     1024 * 1024
+}
+
+fn default_echo_window_ms() -> u64 {
+    5 * 60 * 1000
 }
 
 #[derive(Debug, Clone, Deserialize)]

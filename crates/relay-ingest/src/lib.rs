@@ -5,8 +5,10 @@
 //! Owns: verifying each vendor's webhooks (HubSpot v3 signatures, Mailchimp's URL secret, Brevo's
 //! configured credentials), mapping them to `Unsubscribed` / `ConsentWithdrawn` /
 //! `ErasureRequested` through the configured purpose maps, finding the subject by email hash in
-//! the ledger, recording people the ledger does not know, deterministic event ids, and answering
-//! 2xx only after the broker acknowledged the events. Must not: apply anything to a downstream,
+//! the ledger (and following a vendor's address change), recording people the ledger does not
+//! know, not publishing the relay's own withdrawals a vendor reports back (echoes), deterministic
+//! event ids, and answering 2xx only after the broker acknowledged the events. Must not: apply
+//! anything to a downstream,
 //! decide versions (the version rule in the consumers does, as for any event), turn a vendor-side
 //! opt-in into a grant (no notice, no proof of consent), or log or store a raw email address.
 
@@ -133,9 +135,18 @@ impl Ingest {
             self.metrics.add(metrics::IGNORED, vendor, reason, 1);
         }
         match tokio::time::timeout_at(deadline, self.publish_known(vendor, notices)).await {
-            Ok(Ok((published, unknown))) => (
+            Ok(Ok(Outcome {
+                published,
+                unknown,
+                echoes,
+            })) => (
                 StatusCode::OK,
-                Json(json!({"published": published, "unknown": unknown, "ignored": ignored.len()})),
+                Json(json!({
+                    "published": published,
+                    "unknown": unknown,
+                    "echoes": echoes,
+                    "ignored": ignored.len(),
+                })),
             )
                 .into_response(),
             Ok(Err(failure)) => failure.into_response(),
@@ -158,9 +169,9 @@ impl Ingest {
         &self,
         vendor: Vendor,
         notices: Vec<Notice>,
-    ) -> Result<(usize, usize), Failure> {
+    ) -> Result<Outcome, Failure> {
         let mut events = Vec::new();
-        let mut unknown = 0;
+        let (mut unknown, mut echoes) = (0, 0);
         for notice in notices {
             let subject = match notice.email_sha256() {
                 Some(hash) => self.ledger.subject_for_email(&hash).await.map_err(|e| {
@@ -170,6 +181,10 @@ impl Ingest {
             };
             match subject {
                 Some(subject) => {
+                    let Some(notice) = self.beyond_echo(vendor, &subject, notice).await? else {
+                        echoes += 1;
+                        continue;
+                    };
                     let event = notice.into_event(subject);
                     if let Err(e) = event.validate() {
                         self.metrics.add(metrics::FAILED, vendor, "invalid", 1);
@@ -207,7 +222,83 @@ impl Ingest {
             self.metrics
                 .add(metrics::PUBLISHED, vendor, "", events.len() as u64);
         }
-        Ok((events.len(), unknown))
+        Ok(Outcome {
+            published: events.len(),
+            unknown,
+            echoes,
+        })
+    }
+
+    /// The notice without what merely repeats the relay's own withdrawals (see
+    /// [`Notice::beyond`]); `None` for a pure echo, which is counted and logged.
+    async fn beyond_echo(
+        &self,
+        vendor: Vendor,
+        subject: &str,
+        notice: Notice,
+    ) -> Result<Option<Notice>, Failure> {
+        let window = i64::try_from(self.config.echo_window_ms).unwrap_or(i64::MAX);
+        let at = notice.occurred_at_ms;
+        let event_id = notice.event_id();
+        let delivered = self
+            .ledger
+            .withdrawals_delivered_between(
+                subject,
+                at.saturating_sub(window),
+                at.saturating_add(window),
+                event_id,
+            )
+            .await
+            .map_err(|e| self.fail(vendor, "ledger", format!("ledger lookup failed: {e}")))?;
+        let left = notice.beyond(&delivered);
+        if left.is_none() {
+            self.metrics.add(metrics::IGNORED, vendor, "echo", 1);
+            tracing::info!(vendor = vendor.as_str(), %event_id, subject_id = subject, "the vendor repeats a withdrawal the relay delivered there; not published");
+        }
+        Ok(left)
+    }
+
+    /// Follows a vendor-side address change: the new address finds the old one's subject.
+    async fn follow_address(
+        &self,
+        vendor: Vendor,
+        vendor_ref: String,
+        old_sha256: &str,
+        new_sha256: &str,
+    ) -> Response {
+        let failed = |e: relay_ledger::LedgerError| {
+            self.fail(
+                vendor,
+                "ledger",
+                format!("following an address change failed: {e}"),
+            )
+            .into_response()
+        };
+        let subject = match self.ledger.subject_for_email(old_sha256).await {
+            Ok(subject) => subject,
+            Err(e) => return failed(e),
+        };
+        let Some(subject) = subject else {
+            self.metrics
+                .add(metrics::ADDRESS_CHANGES, vendor, "unknown_address", 1);
+            tracing::info!(
+                vendor = vendor.as_str(),
+                email_sha256 = old_sha256,
+                "address change of an address the ledger does not know; nothing to follow"
+            );
+            return (StatusCode::OK, Json(json!({"followed": 0}))).into_response();
+        };
+        if let Err(e) = self
+            .ledger
+            .record_email_alias(new_sha256, &subject, vendor.as_str(), &vendor_ref)
+            .await
+        {
+            return failed(e);
+        }
+        self.metrics
+            .add(metrics::ADDRESS_CHANGES, vendor, "followed", 1);
+        tracing::info!(vendor = vendor.as_str(), subject_id = %subject, email_sha256 = new_sha256, "address change followed");
+        (StatusCode::OK, Json(json!({"followed": 1}))).into_response()
     }
 
     fn fail(&self, vendor: Vendor, stage: &'static str, message: String) -> Failure {
@@ -221,6 +312,13 @@ impl Ingest {
         tracing::warn!(vendor = vendor.as_str(), reason, "webhook rejected");
         (StatusCode::UNAUTHORIZED, Json(json!({"error": reason}))).into_response()
     }
+}
+
+/// What became of a request's notices.
+struct Outcome {
+    published: usize,
+    unknown: usize,
+    echoes: usize,
 }
 
 enum Failure {
@@ -338,6 +436,17 @@ async fn mailchimp_webhook(
     match mailchimp::parse(config, &form) {
         Ok(mailchimp::Parsed::Decision(n)) => {
             ingest.decide(vendor, vec![n], vec![], deadline).await
+        }
+        Ok(mailchimp::Parsed::AddressChange {
+            list_id,
+            old_sha256,
+            new_sha256,
+        }) => {
+            let follow =
+                ingest.follow_address(vendor, format!("list {list_id}"), &old_sha256, &new_sha256);
+            tokio::time::timeout_at(deadline, follow)
+                .await
+                .unwrap_or_else(|_| ingest.too_late(vendor))
         }
         Ok(mailchimp::Parsed::Ignored(why)) => {
             ingest.decide(vendor, vec![], vec![why], deadline).await

@@ -18,7 +18,14 @@ pub fn secret_matches(given: &str, secret: &str) -> bool {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
     Decision(Notice),
-    /// Not a consent decision (a subscribe, a profile or address change, a bounce), or a list
+    /// `upemail`: a member of a mapped list changed their address (hashes only); their next
+    /// unsubscribe there names the new one.
+    AddressChange {
+        list_id: String,
+        old_sha256: String,
+        new_sha256: String,
+    },
+    /// Not a consent decision (a subscribe, a profile change, a bounce), or a list
     /// with no purposes configured: acknowledged, counted, nothing published.
     Ignored(&'static str),
 }
@@ -49,11 +56,8 @@ pub fn parse(
             EventKind::ConsentWithdrawn
         }
         "cleaned" => return Ok(Parsed::Ignored("bounce")),
-        // upemail changes the address: the old one's hash stays in the ledger until the
-        // subject's next event names the new one.
-        "subscribe" | "profile" | "upemail" | "campaign" => {
-            return Ok(Parsed::Ignored("no_decision"))
-        }
+        "upemail" => return address_change(config, form),
+        "subscribe" | "profile" | "campaign" => return Ok(Parsed::Ignored("no_decision")),
         _ => return Ok(Parsed::Ignored("unknown_type")),
     };
     let list_id = field("data[list_id]")?;
@@ -83,6 +87,28 @@ pub fn parse(
         email: Some(email.to_owned()),
         occurred_at_ms,
     }))
+}
+
+fn address_change(
+    config: &MailchimpIngest,
+    form: &HashMap<String, String>,
+) -> Result<Parsed, Malformed> {
+    let field = |name: &'static str| {
+        form.get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+            .ok_or(Malformed::Missing(name))
+    };
+    let list_id = field("data[list_id]")?;
+    let (old, new) = (field("data[old_email]")?, field("data[new_email]")?);
+    if !config.lists.contains_key(list_id) {
+        return Ok(Parsed::Ignored("unmapped_list"));
+    }
+    Ok(Parsed::AddressChange {
+        list_id: list_id.to_owned(),
+        old_sha256: normalize::email_sha256(old),
+        new_sha256: normalize::email_sha256(new),
+    })
 }
 
 #[cfg(test)]
@@ -158,6 +184,43 @@ mod tests {
         assert_eq!(
             parse(&config(), &other),
             Err(Malformed::Missing("data[email]"))
+        );
+    }
+
+    /// The upemail example of Mailchimp's webhook guide.
+    #[test]
+    fn an_address_change_is_followed_by_hash() {
+        let form: HashMap<String, String> = [
+            ("type", "upemail"),
+            ("fired_at", "2009-03-26 22:15:09"),
+            ("data[list_id]", "a6b5da1054"),
+            ("data[new_id]", "51da8c3259"),
+            ("data[new_email]", "api+new@mailchimp.com"),
+            ("data[old_email]", "api+old@mailchimp.com"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let parsed = parse(&config(), &form).unwrap();
+        assert_eq!(
+            parsed,
+            Parsed::AddressChange {
+                list_id: "a6b5da1054".into(),
+                old_sha256: normalize::email_sha256("api+old@mailchimp.com"),
+                new_sha256: normalize::email_sha256("api+new@mailchimp.com"),
+            }
+        );
+        assert!(!format!("{parsed:?}").contains("mailchimp.com"));
+        let mut other = form.clone();
+        other.insert("data[list_id]".into(), "zzz".into());
+        assert_eq!(
+            parse(&config(), &other).unwrap(),
+            Parsed::Ignored("unmapped_list")
+        );
+        other.remove("data[old_email]");
+        assert_eq!(
+            parse(&config(), &other),
+            Err(Malformed::Missing("data[old_email]"))
         );
     }
 

@@ -13,8 +13,9 @@ pub const PUBLISHED: &str = "consent_relay_ingest_published_total";
 pub const UNKNOWN: &str = "consent_relay_ingest_unknown_contacts_total";
 pub const IGNORED: &str = "consent_relay_ingest_ignored_total";
 pub const FAILED: &str = "consent_relay_ingest_failed_total";
+pub const ADDRESS_CHANGES: &str = "consent_relay_ingest_address_changes_total";
 
-const HELP: [(&str, &str); 7] = [
+const HELP: [(&str, &str); 8] = [
     (RECEIVED, "Webhook requests received, per vendor."),
     (
         VERIFIED,
@@ -39,6 +40,10 @@ const HELP: [(&str, &str); 7] = [
     (
         FAILED,
         "Requests answered 5xx (the vendor retries), per stage: ledger, lookup, publish.",
+    ),
+    (
+        ADDRESS_CHANGES,
+        "Address changes a vendor reported, per outcome: followed, unknown_address.",
     ),
 ];
 

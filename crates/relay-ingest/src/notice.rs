@@ -2,6 +2,7 @@
 //! event it then becomes.
 
 use relay_events::{normalize, ConsentEvent, Contact, EventKind, Scope};
+use relay_ledger::DeliveredWithdrawal;
 use uuid::Uuid;
 
 /// The namespace of ingest's event ids (UUID v5): the same vendor notification always maps to
@@ -25,6 +26,17 @@ impl Vendor {
             Vendor::Mailchimp => "mailchimp",
             Vendor::Brevo => "brevo",
         }
+    }
+
+    /// Whether `sink` (a sink's or destination's name, `newsletter.<list>`) writes to this
+    /// vendor: its deliveries are what the vendor's webhooks may echo.
+    pub fn is_written_by(self, sink: &str) -> bool {
+        let name = match self {
+            Vendor::HubSpot => "hubspot",
+            Vendor::Mailchimp | Vendor::Brevo => "newsletter",
+        };
+        sink.strip_prefix(name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
     }
 }
 
@@ -71,6 +83,52 @@ impl Notice {
         match &self.scope {
             Scope::All => vec!["*".to_owned()],
             Scope::Purposes(p) => p.clone(),
+        }
+    }
+
+    /// What is left of this notice once the relay's own withdrawals of the same moment are
+    /// taken out, `None` if nothing is. The vendor's webhook for a change the relay made there
+    /// (an echo) carries the time the relay's request landed, later than the decision it
+    /// repeats, and published it would outrank a grant the person gave in between. It is one
+    /// when a withdrawal was being delivered to this vendor; what it covers is every purpose the
+    /// relay was withdrawing then, at any sink (a list mapped to several purposes echoes the
+    /// decisions that withdrew them together). An erasure is covered only by an erasure, an
+    /// unsubscribe from everything only by a withdrawal of everything.
+    pub fn beyond(self, delivered: &[DeliveredWithdrawal]) -> Option<Notice> {
+        if !delivered.iter().any(|d| self.vendor.is_written_by(&d.sink)) {
+            return Some(self);
+        }
+        let erased = delivered
+            .iter()
+            .any(|d| d.kind == EventKind::ErasureRequested.name());
+        let everything = erased
+            || delivered
+                .iter()
+                .any(|d| d.purposes.iter().any(|p| p == "*"));
+        match (&self.kind, &self.scope) {
+            (EventKind::ErasureRequested, _) => (!erased).then_some(self),
+            _ if everything => None,
+            (_, Scope::All) => Some(self),
+            (_, Scope::Purposes(purposes)) => {
+                let left: Vec<String> = purposes
+                    .iter()
+                    .filter(|p| !delivered.iter().any(|d| d.purposes.contains(p)))
+                    .cloned()
+                    .collect();
+                if left.is_empty() {
+                    None
+                } else if left.len() == purposes.len() {
+                    Some(self)
+                } else {
+                    // Another event than the whole notice, so another id: a retry of the webhook
+                    // that finds other deliveries is no conflicting copy of this one.
+                    Some(Notice {
+                        vendor_key: format!("{}:beyond:{}", self.vendor_key, left.join(",")),
+                        scope: Scope::Purposes(left),
+                        ..self
+                    })
+                }
+            }
         }
     }
 
@@ -150,6 +208,70 @@ mod tests {
             Some(normalize::email_sha256("max@example.de").as_str())
         );
         assert!(!format!("{u:?}").contains("Example"));
+    }
+
+    #[test]
+    fn the_relays_own_withdrawals_are_taken_out() {
+        let withdrawn = |sink: &str, kind: &str, p: &[&str]| DeliveredWithdrawal {
+            sink: sink.into(),
+            kind: kind.into(),
+            purposes: p.iter().map(|p| p.to_string()).collect(),
+        };
+        let mut n = notice("k1");
+        n.scope = Scope::Purposes(vec!["newsletter".into(), "ads".into()]);
+        assert_eq!(n.clone().beyond(&[]), Some(n.clone()), "nothing delivered");
+        let to_list = withdrawn("newsletter.main", "Unsubscribed", &["newsletter"]);
+        let left = n
+            .clone()
+            .beyond(std::slice::from_ref(&to_list))
+            .expect("ads is left");
+        assert_eq!(left.scope, Scope::Purposes(vec!["ads".into()]));
+        assert_ne!(left.event_id(), n.event_id());
+        assert_eq!(
+            n.clone()
+                .beyond(std::slice::from_ref(&to_list))
+                .map(|l| l.event_id()),
+            Some(left.event_id()),
+            "the same narrowing, the same id"
+        );
+        let to_meta = withdrawn("audiences.meta", "ConsentWithdrawn", &["ads"]);
+        assert_eq!(
+            n.clone().beyond(&[to_list.clone(), to_meta.clone()]),
+            None,
+            "an echo of both"
+        );
+        assert_eq!(
+            n.clone().beyond(std::slice::from_ref(&to_meta)),
+            Some(n.clone()),
+            "nothing went to this vendor: its webhook is the person's own"
+        );
+        assert_eq!(
+            n.clone()
+                .beyond(&[withdrawn("newsletterish", "Unsubscribed", &["*"])]),
+            Some(n.clone()),
+            "another sink"
+        );
+        let all_lists = withdrawn("newsletter", "Unsubscribed", &["*"]);
+        assert_eq!(n.clone().beyond(std::slice::from_ref(&all_lists)), None);
+        let mut all = notice("k2");
+        all.scope = Scope::All;
+        assert_eq!(
+            all.clone().beyond(&[to_list.clone(), to_meta]),
+            Some(all.clone())
+        );
+        assert_eq!(all.clone().beyond(std::slice::from_ref(&all_lists)), None);
+        let mut erasure = notice("k3");
+        erasure.kind = EventKind::ErasureRequested;
+        erasure.scope = Scope::All;
+        assert_eq!(
+            erasure.clone().beyond(&[all_lists]),
+            Some(erasure.clone()),
+            "a withdrawal does not repeat an erasure"
+        );
+        assert_eq!(
+            erasure.beyond(&[withdrawn("newsletter.main", "ErasureRequested", &["*"])]),
+            None
+        );
     }
 
     #[test]

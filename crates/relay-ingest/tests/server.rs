@@ -46,27 +46,29 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
+/// An upstream grant of the newsletter, as a consumer logs it.
+fn record(subject: &str, email: &str) -> ConsentRecord {
+    ConsentRecord {
+        event_id: uuid::Uuid::new_v4(),
+        subject_id: subject.into(),
+        kind: "ConsentGranted".into(),
+        purposes: vec!["newsletter".into()],
+        occurred_at_ms: 1_000,
+        source: "web-form".into(),
+        notice_version: Some("n1".into()),
+        email_sha256: Some(normalize::email_sha256(email)),
+        topic: "consent.events".into(),
+        partition: 0,
+        offset: 0,
+        payload_digest: None,
+        late: false,
+        google_email_sha256: None,
+        google_email_plus_sha256: None,
+    }
+}
+
 async fn known(ledger: &relay_ledger::AnyLedger, subject: &str, email: &str) {
-    ledger
-        .log_events(&[ConsentRecord {
-            event_id: uuid::Uuid::new_v4(),
-            subject_id: subject.into(),
-            kind: "ConsentGranted".into(),
-            purposes: vec!["newsletter".into()],
-            occurred_at_ms: 1_000,
-            source: "web-form".into(),
-            notice_version: Some("n1".into()),
-            email_sha256: Some(normalize::email_sha256(email)),
-            topic: "consent.events".into(),
-            partition: 0,
-            offset: 0,
-            payload_digest: None,
-            late: false,
-            google_email_sha256: None,
-            google_email_plus_sha256: None,
-        }])
-        .await
-        .unwrap();
+    ledger.log_events(&[record(subject, email)]).await.unwrap();
 }
 
 async fn start() -> Server {
@@ -253,6 +255,141 @@ async fn mailchimp_validation_retries_and_unknown_people() {
         3,
         "an unknown person publishes nothing"
     );
+}
+
+#[tokio::test]
+async fn a_mailchimp_address_change_is_followed() {
+    let s = start().await;
+    let url = format!("{}/webhooks/mailchimp/{PATH_SECRET}", s.url);
+    let list = "a6b5da1054";
+    let moved = webhooks::mailchimp_upemail(
+        list,
+        "anna@example.de",
+        "anna.neu@example.de",
+        "2026-11-26 10:00:00",
+    );
+    let (status, body) = webhooks::send_mailchimp(&url, &moved).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"followed":1}"#)
+    );
+    let stranger = webhooks::mailchimp_upemail(
+        list,
+        "who@example.de",
+        "who.neu@example.de",
+        "2026-11-26 10:00:00",
+    );
+    let (status, body) = webhooks::send_mailchimp(&url, &stranger).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"followed":0}"#)
+    );
+    let text = s.metrics.render();
+    for outcome in ["followed", "unknown_address"] {
+        assert!(
+            text.contains(&format!(
+                "consent_relay_ingest_address_changes_total{{vendor=\"mailchimp\",reason=\"{outcome}\"}} 1"
+            )),
+            "{text}"
+        );
+    }
+    assert!(s.published().is_empty(), "an address change is no decision");
+
+    // Her next unsubscribe names the new address, and is hers.
+    let unsubscribe =
+        webhooks::mailchimp_unsubscribe(list, "anna.neu@example.de", "2026-11-26 10:05:00");
+    let (status, body) = webhooks::send_mailchimp(&url, &unsubscribe).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let published = s.published();
+    assert_eq!(published.len(), 1, "{published:?}");
+    assert_eq!(published[0].subject_id, "anna");
+    assert_eq!(
+        published[0].contact.email.as_deref(),
+        Some("anna.neu@example.de"),
+        "the address the vendor holds now, for the other downstreams"
+    );
+}
+
+/// The newsletter sink's withdrawal lands at Mailchimp, and Mailchimp's webhook reports it: the
+/// vendor's time is when the relay's request landed, later than the decision it repeats, so it
+/// must not be published as a decision of its own (it would outrank a grant given in between).
+#[tokio::test]
+async fn the_relays_own_withdrawal_coming_back_is_no_new_decision() {
+    let s = start().await;
+    let url = format!("{}/webhooks/mailchimp/{PATH_SECRET}", s.url);
+    let withdrawal = ConsentRecord {
+        event_id: uuid::Uuid::new_v4(),
+        kind: "Unsubscribed".into(),
+        occurred_at_ms: 2_000,
+        offset: 1,
+        ..record("anna", "anna@example.de")
+    };
+    s.ledger
+        .log_events(std::slice::from_ref(&withdrawal))
+        .await
+        .unwrap();
+    let claim = relay_ledger::Claim {
+        key: relay_ledger::DeliveryKey {
+            event_id: withdrawal.event_id,
+            sink: "newsletter.main".into(),
+            target: "newsletter".into(),
+        },
+        subject_id: "anna".into(),
+        action: relay_events::Action::Withdraw,
+        occurred_at_ms: 2_000,
+        replay: false,
+        ticket: None,
+        reassert: false,
+    };
+    s.ledger.claim(std::slice::from_ref(&claim)).await.unwrap();
+    let now = webhooks::now_ms();
+    let landed = webhooks::mailchimp_time(now);
+
+    // The list stands for two purposes; the relay withdrew one of them: the other is published.
+    let echo = webhooks::mailchimp_unsubscribe("a6b5da1054", "anna@example.de", &landed);
+    let (status, body) = webhooks::send_mailchimp(&url, &echo).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let published = s.published();
+    assert_eq!(published.len(), 1, "{published:?}");
+    assert_eq!(
+        published[0].scope,
+        Scope::Purposes(vec!["ads_remarketing".into()])
+    );
+
+    // Once the relay withdrew both, the same notice is only the echo.
+    let both = ConsentRecord {
+        event_id: uuid::Uuid::new_v4(),
+        kind: "ConsentWithdrawn".into(),
+        purposes: vec!["ads_remarketing".into()],
+        offset: 2,
+        ..withdrawal.clone()
+    };
+    s.ledger
+        .log_events(std::slice::from_ref(&both))
+        .await
+        .unwrap();
+    let mut second = claim.clone();
+    second.key.event_id = both.event_id;
+    second.key.target = "ads_remarketing".into();
+    s.ledger.claim(std::slice::from_ref(&second)).await.unwrap();
+    let (status, body) = webhooks::send_mailchimp(&url, &echo).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains(r#""echoes":1"#), "{body}");
+    assert_eq!(s.published().len(), 1, "nothing more");
+    assert!(s
+        .metrics
+        .render()
+        .contains(r#"consent_relay_ingest_ignored_total{vendor="mailchimp",reason="echo"} 1"#));
+
+    // The same unsubscribe long after the relay's delivery is the person's own decision.
+    let later = webhooks::mailchimp_unsubscribe(
+        "a6b5da1054",
+        "anna@example.de",
+        &webhooks::mailchimp_time(now + 3_600_000),
+    );
+    let (status, body) = webhooks::send_mailchimp(&url, &later).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(s.published().len(), 2);
 }
 
 #[tokio::test]

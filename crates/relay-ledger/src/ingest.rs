@@ -12,10 +12,38 @@ use crate::{now_ms, AnyLedger, LedgerError};
 const SUBJECT_FOR_EMAIL: &str = "SELECT subject_id FROM consent_log WHERE email_sha256 = $1
 ORDER BY occurred_at_ms DESC, recorded_at_ms DESC LIMIT 1";
 
-/// Binds: email_sha256. Every subject an address was logged under, newest first (`ledger audit
-/// --email` must answer for all of them).
-const SUBJECTS_FOR_EMAIL: &str = "SELECT subject_id FROM consent_log WHERE email_sha256 = $1
-GROUP BY subject_id ORDER BY MAX(occurred_at_ms) DESC, subject_id";
+/// Binds: email_sha256. Every subject an address was logged under, newest first, then the one a
+/// vendor said the address replaced (`ledger audit --email` must answer for all of them).
+const SUBJECTS_FOR_EMAIL: &str = "SELECT subject_id FROM (
+    SELECT subject_id, MAX(occurred_at_ms) AS newest FROM consent_log WHERE email_sha256 = $1
+    GROUP BY subject_id
+    UNION ALL
+    SELECT subject_id, -1 AS newest FROM ingest_email_aliases WHERE email_sha256 = $1
+) AS found GROUP BY subject_id ORDER BY MAX(newest) DESC, subject_id";
+
+/// Binds: email_sha256. Asked only when the consent log does not know the address: an address
+/// upstream ever named wins over what a vendor said.
+const SUBJECT_FOR_ALIAS: &str =
+    "SELECT subject_id FROM ingest_email_aliases WHERE email_sha256 = $1";
+
+/// Binds: email_sha256, subject_id, vendor, vendor_ref, recorded_at_ms. The newest report of an
+/// address change wins.
+const UPSERT_ALIAS: &str = "INSERT INTO ingest_email_aliases
+    (email_sha256, subject_id, vendor, vendor_ref, recorded_at_ms) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (email_sha256) DO UPDATE SET subject_id = excluded.subject_id,
+    vendor = excluded.vendor, vendor_ref = excluded.vendor_ref,
+    recorded_at_ms = excluded.recorded_at_ms";
+
+/// Binds: subject_id, from_ms, to_ms, except_event_id. The withdrawals the relay was delivering
+/// for the subject in the window: first claimed before its end, and last claimed or finished
+/// after its start (a request lands between its claim and its finish; a parked copy sends
+/// nothing until it is claimed again).
+const WITHDRAWALS_DELIVERED: &str = "SELECT d.sink, c.kind, c.purposes FROM deliveries d
+JOIN consent_log c ON c.event_id = d.event_id
+WHERE d.subject_id = $1
+  AND c.kind IN ('ConsentWithdrawn', 'Unsubscribed', 'ErasureRequested')
+  AND d.status NOT IN ('not_routed', 'superseded', 'dead_lettered')
+  AND d.created_at_ms <= $3 AND d.updated_at_ms >= $2 AND d.event_id <> $4";
 
 const INSERT_UNKNOWN: &str = "INSERT INTO ingest_unknown_contacts
     (event_id, vendor, kind, purposes, email_sha256, vendor_ref, occurred_at_ms, recorded_at_ms)
@@ -45,6 +73,17 @@ pub struct UnknownContact {
     pub occurred_at_ms: i64,
     /// Set by the ledger; ignored on insert.
     pub recorded_at_ms: i64,
+}
+
+/// A withdrawal delivery as `ingest` weighs a vendor's notice against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveredWithdrawal {
+    /// The sink (destination) it went to.
+    pub sink: String,
+    /// `ConsentWithdrawn`, `Unsubscribed` or `ErasureRequested`.
+    pub kind: String,
+    /// As logged; `["*"]` for all.
+    pub purposes: Vec<String>,
 }
 
 type UnknownRow = (
@@ -135,25 +174,96 @@ impl AnyLedger {
         })
     }
 
-    /// The subject whose newest logged event carried this email hash, if any.
+    /// The subject whose newest logged event carried this email hash, else the subject of the
+    /// address a vendor said this one replaced, if any.
     pub async fn subject_for_email(
         &self,
         email_sha256: &str,
     ) -> Result<Option<String>, LedgerError> {
-        Ok(match self {
-            AnyLedger::Sqlite(l) => {
-                sqlx::query_scalar(SUBJECT_FOR_EMAIL)
+        for sql in [SUBJECT_FOR_EMAIL, SUBJECT_FOR_ALIAS] {
+            let found: Option<String> = match self {
+                AnyLedger::Sqlite(l) => {
+                    sqlx::query_scalar(sql)
+                        .bind(email_sha256)
+                        .fetch_optional(l.pool())
+                        .await?
+                }
+                AnyLedger::Postgres(l) => {
+                    sqlx::query_scalar(sql)
+                        .bind(email_sha256)
+                        .fetch_optional(l.pool())
+                        .await?
+                }
+            };
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records that a vendor now knows `subject_id` by the address hashed as `email_sha256`.
+    pub async fn record_email_alias(
+        &self,
+        email_sha256: &str,
+        subject_id: &str,
+        vendor: &str,
+        vendor_ref: &str,
+    ) -> Result<(), LedgerError> {
+        macro_rules! upsert {
+            () => {
+                sqlx::query(UPSERT_ALIAS)
                     .bind(email_sha256)
-                    .fetch_optional(l.pool())
-                    .await?
+                    .bind(subject_id)
+                    .bind(vendor)
+                    .bind(vendor_ref)
+                    .bind(now_ms())
+            };
+        }
+        match self {
+            AnyLedger::Sqlite(l) => {
+                upsert!().execute(l.pool()).await?;
             }
             AnyLedger::Postgres(l) => {
-                sqlx::query_scalar(SUBJECT_FOR_EMAIL)
-                    .bind(email_sha256)
-                    .fetch_optional(l.pool())
-                    .await?
+                upsert!().execute(l.pool()).await?;
             }
-        })
+        }
+        Ok(())
+    }
+
+    /// The withdrawals the relay was delivering for `subject_id` at some time between `from_ms`
+    /// and `to_ms`, one per delivery: what a vendor's notice of that time may merely repeat. The
+    /// notice's own event (`except`, a vendor's retry of it) is left out: it is a duplicate, not
+    /// an echo.
+    pub async fn withdrawals_delivered_between(
+        &self,
+        subject_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+        except: Uuid,
+    ) -> Result<Vec<DeliveredWithdrawal>, LedgerError> {
+        macro_rules! select {
+            () => {
+                sqlx::query_as::<_, (String, String, String)>(WITHDRAWALS_DELIVERED)
+                    .bind(subject_id)
+                    .bind(from_ms)
+                    .bind(to_ms)
+                    .bind(except.to_string())
+            };
+        }
+        let rows = match self {
+            AnyLedger::Sqlite(l) => select!().fetch_all(l.pool()).await?,
+            AnyLedger::Postgres(l) => select!().fetch_all(l.pool()).await?,
+        };
+        rows.into_iter()
+            .map(|(sink, kind, purposes)| {
+                Ok(DeliveredWithdrawal {
+                    sink,
+                    kind,
+                    purposes: crate::codec::purposes(&purposes)?,
+                })
+            })
+            .collect()
     }
 
     /// Records a notification about an unknown person; a second record of the same event id is

@@ -21,7 +21,7 @@ mod sql;
 pub mod sqlite;
 mod suppression;
 
-pub use ingest::UnknownContact;
+pub use ingest::{DeliveredWithdrawal, UnknownContact};
 pub use memory::MemoryLedger;
 pub use model::*;
 pub use postgres::PostgresLedger;

@@ -60,6 +60,7 @@ suite!(
     copies_of_an_event_in_one_log_write_are_compared_with_the_first,
     reconcile_runs_are_remembered,
     ingest_finds_subjects_by_email_hash_and_keeps_unknown_contacts_once,
+    ingest_follows_address_changes_and_sees_its_own_withdrawals,
     sink_states_carry_the_deciding_events_hash_or_the_subjects_newest,
     a_reassertion_sends_the_newest_decision_again_and_nothing_else,
     uncertain_bounds_only_move_later_and_expire,
@@ -574,8 +575,14 @@ async fn migrations_are_idempotent(url: &str) {
     // Two instances starting at once on a new database, then a restart.
     let (a, b) = tokio::join!(open(url), open(url));
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(a.applied_migrations().await.unwrap(), [1, 2, 3, 4, 5, 6, 7]);
-    assert_eq!(b.applied_migrations().await.unwrap(), [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(
+        a.applied_migrations().await.unwrap(),
+        [1, 2, 3, 4, 5, 6, 7, 8]
+    );
+    assert_eq!(
+        b.applied_migrations().await.unwrap(),
+        [1, 2, 3, 4, 5, 6, 7, 8]
+    );
 
     let c = fresh("s1", NEWSLETTER, Action::Grant, 100);
     assert_eq!(decide_one(&a, &c).await, proceed(1));
@@ -585,7 +592,7 @@ async fn migrations_are_idempotent(url: &str) {
     let reopened = open(url).await.unwrap();
     assert_eq!(
         reopened.applied_migrations().await.unwrap(),
-        [1, 2, 3, 4, 5, 6, 7]
+        [1, 2, 3, 4, 5, 6, 7, 8]
     );
     assert_eq!(
         decide(&reopened, &[c]).await,
@@ -1128,6 +1135,131 @@ async fn ingest_finds_subjects_by_email_hash_and_keeps_unknown_contacts_once(url
         unknown
     );
     assert!(kept[0].recorded_at_ms > 0);
+}
+
+async fn ingest_follows_address_changes_and_sees_its_own_withdrawals(url: &str) {
+    let l = open(url).await.unwrap();
+    let (old_hash, new_hash) = ("a".repeat(64), "c".repeat(64));
+    let mut granted = record("s1", "ConsentGranted", &[NEWSLETTER], 100, 1);
+    granted.email_sha256 = Some(old_hash.clone());
+    l.log_events(&[granted]).await.unwrap();
+
+    // Mailchimp's upemail: the new address finds the subject of the old one ...
+    assert_eq!(l.subject_for_email(&new_hash).await.unwrap(), None);
+    l.record_email_alias(&new_hash, "s1", "mailchimp", "list a6b5da1054")
+        .await
+        .unwrap();
+    assert_eq!(
+        l.subject_for_email(&new_hash).await.unwrap().as_deref(),
+        Some("s1")
+    );
+    assert_eq!(l.subjects_for_email(&new_hash).await.unwrap(), ["s1"]);
+    // ... and a later report of the same address for someone else replaces it.
+    l.record_email_alias(&new_hash, "s2", "mailchimp", "list a6b5da1054")
+        .await
+        .unwrap();
+    assert_eq!(
+        l.subject_for_email(&new_hash).await.unwrap().as_deref(),
+        Some("s2")
+    );
+    // An address upstream named wins over what a vendor said about it.
+    l.record_email_alias(&old_hash, "s3", "mailchimp", "x")
+        .await
+        .unwrap();
+    assert_eq!(
+        l.subject_for_email(&old_hash).await.unwrap().as_deref(),
+        Some("s1")
+    );
+    assert_eq!(l.subjects_for_email(&old_hash).await.unwrap(), ["s1", "s3"]);
+
+    // The relay's own withdrawal, delivered to HubSpot and to a newsletter destination: what a
+    // vendor's webhook of that time repeats. A grant, an unrouted or a superseded delivery is not.
+    let withdrawal = record("s1", "Unsubscribed", &[NEWSLETTER], 200, 2);
+    let grant = record("s1", "ConsentGranted", &["ads"], 300, 3);
+    l.log_events(&[withdrawal.clone(), grant.clone()])
+        .await
+        .unwrap();
+    let to_hubspot = claim(
+        withdrawal.event_id,
+        HUBSPOT,
+        NEWSLETTER,
+        "s1",
+        Action::Withdraw,
+        200,
+    );
+    let to_list = claim(
+        withdrawal.event_id,
+        "newsletter.main",
+        "main",
+        "s1",
+        Action::Withdraw,
+        200,
+    );
+    let granted = claim(grant.event_id, HUBSPOT, "ads", "s1", Action::Grant, 300);
+    let unrouted = claim(
+        withdrawal.event_id,
+        "partner",
+        "*",
+        "s1",
+        Action::Withdraw,
+        200,
+    );
+    let started = relay_ledger::now_ms();
+    decide(&l, &[to_hubspot.clone(), to_list.clone(), granted.clone()]).await;
+    // In flight: seen from its claim on, not in a window that starts later.
+    let seen = |from: i64, to: i64| {
+        let l = &l;
+        async move {
+            let mut sinks: Vec<String> = l
+                .withdrawals_delivered_between("s1", from, to, Uuid::nil())
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| {
+                    assert_eq!(
+                        (d.kind.as_str(), &d.purposes[..]),
+                        ("Unsubscribed", &[NEWSLETTER.to_owned()][..])
+                    );
+                    d.sink
+                })
+                .collect();
+            sinks.sort();
+            sinks
+        }
+    };
+    let claimed = relay_ledger::now_ms();
+    let both = ["hubspot", "newsletter.main"];
+    assert_eq!(seen(started, started + 7_200_000).await, both);
+    assert!(seen(0, started - 1).await.is_empty(), "claimed later");
+    assert!(
+        seen(claimed + 1, claimed + 60_000).await.is_empty(),
+        "claimed before the window"
+    );
+    l.finish(&[
+        finish(&to_hubspot, Status::Applied),
+        finish(&to_list, Status::AlreadyApplied),
+        finish(&granted, Status::Applied),
+        finish(&unrouted, Status::NotRouted),
+    ])
+    .await
+    .unwrap();
+    let done = relay_ledger::now_ms();
+    assert_eq!(
+        seen(started, done).await,
+        both,
+        "not the grant, not the unrouted"
+    );
+    assert!(
+        seen(done + 1, done + 60_000).await.is_empty(),
+        "finished before the window"
+    );
+    assert!(
+        l.withdrawals_delivered_between("s1", started, done, withdrawal.event_id)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the notice's own event is its duplicate, not its echo"
+    );
 }
 
 /// (subject, target, action, email hash, notice version) of one sink state.

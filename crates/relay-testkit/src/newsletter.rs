@@ -631,6 +631,11 @@ struct MailchimpState {
     delay: Duration,
     script: VecDeque<ScriptedResponse>,
     requests: Vec<RecordedRequest>,
+    /// A list webhook with the `api` source on: every unsubscribe made through the API is
+    /// reported to this URL, as Mailchimp does for changes from any enabled source.
+    api_webhook: Option<String>,
+    /// The answers (status, body) the webhook got, in order.
+    webhook_answers: Arc<Mutex<Vec<(u16, String)>>>,
 }
 
 impl MailchimpState {
@@ -698,6 +703,8 @@ impl FakeMailchimp {
             delay: Duration::ZERO,
             script: VecDeque::new(),
             requests: Vec::new(),
+            api_webhook: None,
+            webhook_answers: Arc::default(),
         }));
         let app = Router::new()
             .route("/3.0/lists/{list_id}", get(mailchimp_list))
@@ -759,6 +766,22 @@ impl FakeMailchimp {
     }
 
     /// Lets a cleaned member be set to `pending` too (Mailchimp's behaviour there is undocumented).
+    /// Registers a list webhook at `url` that fires for API-made changes too (Mailchimp's
+    /// `sources.api`): the relay's own unsubscribes come back to `ingest` as webhooks.
+    pub fn fire_webhooks_for_api_changes(&self, url: &str) {
+        lock(&self.shared).api_webhook = Some(url.to_owned());
+    }
+
+    /// What `ingest` answered to the webhooks fired so far (status, body).
+    pub fn webhook_answers(&self) -> Vec<(u16, String)> {
+        let answers = lock(&self.shared).webhook_answers.clone();
+        let answers = answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        answers
+    }
+
     pub fn set_cleaned_accepts_pending(&self, accepts: bool) {
         lock(&self.shared).cleaned_accepts_pending = accepts;
     }
@@ -1042,6 +1065,24 @@ async fn mailchimp_upsert(
             status: status.clone(),
         },
     );
+    if let Some(url) = state.api_webhook.clone() {
+        if status == "unsubscribed" && was.as_deref() != Some("unsubscribed") {
+            // Mailchimp fires its webhooks after the change, not inside the API call.
+            let form = crate::webhooks::mailchimp_unsubscribe(
+                &list_id,
+                &email,
+                &crate::webhooks::mailchimp_time(crate::webhooks::now_ms()),
+            );
+            let answers = state.webhook_answers.clone();
+            tokio::spawn(async move {
+                let answer = crate::webhooks::send_mailchimp(&url, &form).await;
+                answers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((answer.0.as_u16(), answer.1));
+            });
+        }
+    }
     json_response(
         StatusCode::OK,
         "application/json",

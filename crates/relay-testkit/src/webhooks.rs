@@ -211,6 +211,26 @@ pub fn mailchimp_unsubscribe(list_id: &str, email: &str, fired_at: &str) -> Vec<
     .collect()
 }
 
+/// Mailchimp's list webhook form for an address change (`upemail`), as its webhook guide shows it.
+pub fn mailchimp_upemail(
+    list_id: &str,
+    old_email: &str,
+    new_email: &str,
+    fired_at: &str,
+) -> Vec<(String, String)> {
+    [
+        ("type", "upemail"),
+        ("fired_at", fired_at),
+        ("data[list_id]", list_id),
+        ("data[new_id]", "51da8c3259"),
+        ("data[new_email]", new_email),
+        ("data[old_email]", old_email),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
 /// Mailchimp's time format for `fired_at` (UTC).
 pub fn mailchimp_time(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
