@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consent_relay_e2e::*;
-use relay_ingest::{metrics, Ingest, IngestConfig, KafkaPublish, Metrics, Vendor};
+use relay_ingest::{metrics, Ingest, IngestConfig, KafkaPublish, ListWriters, Metrics, Vendor};
 use relay_ledger::Status;
 use relay_runtime::{BatchConfig, SinkSpec};
 use relay_sink_newsletter::{NewsletterConfig, NewsletterSink};
@@ -130,7 +130,11 @@ api_base_url = "{}"
             publisher: relay_runtime::Publisher::new(&h.kafka()).expect("publisher"),
             topic: h.topic.clone(),
         };
-        let ingest = Ingest::new(config, h.ledger.clone(), Arc::new(publish), metrics.clone());
+        // The newsletter sink runs here as one sink, not one per list as `run` builds it.
+        let mut writers = ListWriters::default();
+        writers.insert(Vendor::Mailchimp, LIST, "newsletter");
+        let ingest = Ingest::new(config, h.ledger.clone(), Arc::new(publish), metrics.clone())
+            .with_list_writers(writers);
         let stop = CancellationToken::new();
         tokio::spawn(relay_ingest::serve(listener, ingest, stop.clone()));
         Loop {

@@ -76,7 +76,13 @@ enum Command {
     },
     /// Receive the vendors' own notifications (HubSpot, Mailchimp, Brevo webhooks), verify them,
     /// and publish each decision as a consent event before answering; see `[ingest]`.
-    Ingest,
+    Ingest {
+        /// Also poll the vendors that have a `poll` section (`[ingest.mailchimp.poll]`: each
+        /// list's members unsubscribed since the last poll), where webhooks cannot be used. The
+        /// cursor is kept in the ledger; run it in one replica (more only repeat its work).
+        #[arg(long)]
+        poll: bool,
+    },
     /// Load existing consent decisions (CSV, or JSON lines as `publish` reads them) as events with
     /// their original timestamps. Rows that break a rule are listed (row number and reason) and
     /// skipped; event ids are derived from each row, so a rerun repeats the same events.
@@ -383,7 +389,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
             exit_when_idle,
         } => run(config, sinks, exit_when_idle.map(Duration::from_secs)).await,
         Command::Publish { input, topic } => publish(config, input, topic).await,
-        Command::Ingest => ingest(config).await,
+        Command::Ingest { poll } => ingest(config, poll).await,
         Command::Import {
             file,
             format,
@@ -799,8 +805,17 @@ async fn reconcile_command(
     Ok(())
 }
 
-async fn ingest(config: Config) -> Result<(), AppError> {
+async fn ingest(config: Config, poll: bool) -> Result<(), AppError> {
     let settings = config.ingest()?;
+    let polled = settings
+        .mailchimp
+        .as_ref()
+        .is_some_and(|m| m.poll.is_some());
+    if poll && !polled {
+        return Err(AppError::Usage(
+            "ingest --poll: nothing to poll; configure [ingest.mailchimp.poll] (see deploy/consent-relay.example.toml)".into(),
+        ));
+    }
     let topic = settings
         .topic
         .clone()
@@ -832,21 +847,56 @@ async fn ingest(config: Config) -> Result<(), AppError> {
         hubspot = settings.hubspot.is_some(),
         mailchimp = settings.mailchimp.is_some(),
         brevo = settings.brevo.is_some(),
+        poll,
         "ingest: serving the vendors' webhooks"
     );
-    let ingest = relay_ingest::Ingest::new(
+    let mut ingest = relay_ingest::Ingest::new(
         settings,
         ledger,
         Arc::new(relay_ingest::KafkaPublish { publisher, topic }),
         metrics,
     );
+    if let Some(writers) = list_writers(&config) {
+        ingest = ingest.with_list_writers(writers);
+    }
+    let poller = poll.then(|| {
+        let (ingest, shutdown) = (ingest.clone(), shutdown.clone());
+        tokio::spawn(async move { ingest.poll_until(shutdown).await })
+    });
     let served = relay_ingest::serve(listener, ingest, shutdown.clone()).await;
     shutdown.cancel();
+    if let Some(poller) = poller {
+        let _ = poller.await;
+    }
     let _ = admin.await;
     served.map_err(|source| AppError::Io {
         path: "ingest server".to_owned(),
         source,
     })
+}
+
+/// Which newsletter destination writes which vendor list, as the newsletter sink names them
+/// (`newsletter.<name>`), whether or not this process runs the sink: `ingest` tells the relay's
+/// own unsubscribes, reported back by the vendor, by the list they were written to.
+fn list_writers(config: &Config) -> Option<relay_ingest::ListWriters> {
+    use relay_sink_newsletter::{ListConfig, NewsletterConfig};
+    let entry = config.sinks.iter().find(|s| s.name == "newsletter")?;
+    let newsletter = entry.config.as_any().downcast_ref::<NewsletterConfig>()?;
+    let mut writers = relay_ingest::ListWriters::default();
+    for (name, list) in &newsletter.lists {
+        let destination = format!("newsletter.{name}");
+        match list {
+            ListConfig::Mailchimp(m) => {
+                writers.insert(relay_ingest::Vendor::Mailchimp, &m.list_id, &destination)
+            }
+            ListConfig::Brevo(b) => writers.insert(
+                relay_ingest::Vendor::Brevo,
+                &b.list_id.to_string(),
+                &destination,
+            ),
+        }
+    }
+    Some(writers)
 }
 
 /// Events per broker round: large enough to keep the producer busy, small enough for a progress

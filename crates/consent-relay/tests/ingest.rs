@@ -85,6 +85,20 @@ legal_basis_explanation = "Newsletter sign-up"
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("CONSENT_RELAY_INGEST_MAILCHIMP_PATH_SECRET")
     );
+    // Nor does it poll when nothing is configured to be polled.
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["ingest", "--poll"])
+        .env("CONSENT_RELAY_INGEST_MAILCHIMP_PATH_SECRET", PATH_SECRET)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("configure [ingest.mailchimp.poll]"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The person is known: an earlier event of theirs is in the consent log.
     let ledger = relay_ledger::open(&ledger_url).await.unwrap();

@@ -95,6 +95,16 @@ pub fn x_email(raw: &str) -> Option<String> {
     address(email(raw))
 }
 
+/// Mailchimp's member id ("subscriber hash"): lowercase hex MD5 of the lowercased address
+/// (docs/vendors/mailchimp.md). Named here, not in the newsletter sink, because `ingest` reads
+/// members by it too.
+pub fn mailchimp_subscriber_hash(raw: &str) -> String {
+    md5::Md5::digest(email(raw).as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// `normalized` if it still looks like an address: something on both sides of one `@`.
 fn address(normalized: String) -> Option<String> {
     let (local, domain) = normalized.split_once('@')?;

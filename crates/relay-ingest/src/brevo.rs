@@ -120,6 +120,7 @@ pub fn parse(config: &BrevoIngest, p: &Payload) -> Result<Parsed, Malformed> {
         vendor: Vendor::Brevo,
         vendor_key,
         vendor_ref: format!("campaign {camp} lists {}", lists.join(",")),
+        lists,
         kind,
         scope: Scope::Purposes(purposes),
         email: Some(email.to_owned()),

@@ -51,8 +51,7 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     /// A vendor's notice this close (either way, vendor clock against ours) to a withdrawal the
     /// relay was delivering to that vendor for the same person is taken for that delivery's echo
-    /// and not published (for the purposes the withdrawal covered). Longer than the vendors'
-    /// webhook delays; short enough that a genuine second decision is rarely that close.
+    /// and not published. Longer than the vendors' webhook delays.
     #[serde(default = "default_echo_window_ms")]
     pub echo_window_ms: u64,
     #[serde(default)]
@@ -103,12 +102,47 @@ fn default_max_age_ms() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct MailchimpIngest {
     /// The last segment of the webhook URL; Mailchimp does not sign its webhooks
-    /// (`CONSENT_RELAY_INGEST_MAILCHIMP_PATH_SECRET`).
+    /// (`CONSENT_RELAY_INGEST_MAILCHIMP_PATH_SECRET`). May stay unset with `poll`: the webhook
+    /// route is then not served.
     #[serde(default)]
     pub path_secret: Secret,
     /// Audience (list) id → the purposes an unsubscribe from it withdraws.
     #[serde(default)]
     pub lists: BTreeMap<String, Vec<String>>,
+    /// `ingest --poll`: read each list's unsubscribed members instead of (or besides) webhooks.
+    #[serde(default)]
+    pub poll: Option<MailchimpPoll>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailchimpPoll {
+    /// A Marketing API key that may read the lists (`CONSENT_RELAY_INGEST_MAILCHIMP_API_KEY`).
+    #[serde(default)]
+    pub api_key: Secret,
+    /// Default `https://<dc>.api.mailchimp.com/3.0`, `<dc>` from the key's suffix.
+    #[serde(default)]
+    pub api_base_url: Option<String>,
+    /// Time between the end of one poll and the start of the next.
+    #[serde(default = "default_poll_interval_ms")]
+    pub interval_ms: u64,
+}
+
+fn default_poll_interval_ms() -> u64 {
+    5 * 60 * 1000
+}
+
+impl MailchimpPoll {
+    /// The configured base URL, else the key's data center's.
+    pub fn base_url(&self) -> Option<String> {
+        if let Some(url) = &self.api_base_url {
+            return Some(url.trim_end_matches('/').to_owned());
+        }
+        let (_, dc) = self.api_key.expose().trim().rsplit_once('-')?;
+        // Letters and digits only, so that a malformed key cannot point requests elsewhere.
+        (!dc.is_empty() && dc.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .then(|| format!("https://{dc}.api.mailchimp.com/3.0"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -142,12 +176,13 @@ pub struct BrevoIngest {
 }
 
 /// Environment variables that carry the secrets, applied over the file.
-pub const ENV_SECRETS: [&str; 5] = [
+pub const ENV_SECRETS: [&str; 6] = [
     "CONSENT_RELAY_INGEST_HUBSPOT_CLIENT_SECRET",
     "CONSENT_RELAY_INGEST_HUBSPOT_TOKEN",
     "CONSENT_RELAY_INGEST_MAILCHIMP_PATH_SECRET",
     "CONSENT_RELAY_INGEST_BREVO_TOKEN",
     "CONSENT_RELAY_INGEST_BREVO_PASSWORD",
+    "CONSENT_RELAY_INGEST_MAILCHIMP_API_KEY",
 ];
 
 impl IngestConfig {
@@ -169,6 +204,9 @@ impl IngestConfig {
         if let Some(m) = &mut self.mailchimp {
             if let Some(s) = get(ENV_SECRETS[2]) {
                 m.path_secret = s;
+            }
+            if let (Some(p), Some(s)) = (&mut m.poll, get(ENV_SECRETS[5])) {
+                p.api_key = s;
             }
         }
         if let Some(b) = &mut self.brevo {
@@ -236,11 +274,28 @@ impl IngestConfig {
         }
         if let Some(m) = &self.mailchimp {
             // Short secrets in a URL can be guessed; 32 characters is a UUID without hyphens.
-            if m.path_secret.expose().len() < 32 {
+            let polled_only = m.poll.is_some() && m.path_secret.is_empty();
+            if m.path_secret.expose().len() < 32 && !polled_only {
                 out.push(format!(
                     "ingest.mailchimp.path_secret: at least 32 characters (set {})",
                     ENV_SECRETS[2]
                 ));
+            }
+            if let Some(p) = &m.poll {
+                if p.api_key.is_empty() {
+                    out.push(format!(
+                        "ingest.mailchimp.poll.api_key: missing (set {})",
+                        ENV_SECRETS[5]
+                    ));
+                } else if p.base_url().is_none() {
+                    out.push("ingest.mailchimp.poll.api_base_url: missing, and the API key names no data center (<key>-<dc>)".into());
+                }
+                if p.interval_ms < 10_000 {
+                    out.push("ingest.mailchimp.poll.interval_ms: at least 10000 (Mailchimp allows 10 connections per key; polls share them with the newsletter sink)".into());
+                }
+                if m.lists.is_empty() {
+                    out.push("ingest.mailchimp.lists: poll needs at least one list".into());
+                }
             }
         }
         if let Some(b) = &self.brevo {

@@ -197,6 +197,7 @@ impl Pending {
             vendor: Vendor::HubSpot,
             vendor_key: self.key,
             vendor_ref: format!("contact {}", self.contact_id),
+            lists: Vec::new(),
             kind: self.kind,
             scope: self.scope,
             email,

@@ -7,7 +7,8 @@
 //! `ErasureRequested` through the configured purpose maps, finding the subject by email hash in
 //! the ledger (and following a vendor's address change), recording people the ledger does not
 //! know, not publishing the relay's own withdrawals a vendor reports back (echoes), deterministic
-//! event ids, and answering 2xx only after the broker acknowledged the events. Must not: apply
+//! event ids, and answering 2xx only after the broker acknowledged the events; `--poll` reads
+//! Mailchimp's unsubscribes where its webhooks cannot be used (`poll`). Must not: apply
 //! anything to a downstream,
 //! decide versions (the version rule in the consumers does, as for any event), turn a vendor-side
 //! opt-in into a grant (no notice, no proof of consent), or log or store a raw email address.
@@ -20,6 +21,7 @@ pub mod hubspot;
 pub mod mailchimp;
 pub mod metrics;
 pub mod notice;
+pub mod poll;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -41,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{BrevoAuth, BrevoIngest, HubSpotIngest, IngestConfig, MailchimpIngest, Secret};
 pub use metrics::Metrics;
-pub use notice::{Notice, Vendor};
+pub use notice::{ListWriters, Notice, Vendor};
 
 pub const HUBSPOT_PATH: &str = "/webhooks/hubspot";
 pub const MAILCHIMP_PATH: &str = "/webhooks/mailchimp/{secret}";
@@ -84,6 +86,9 @@ pub struct Ingest {
     publish: Arc<dyn Publish>,
     metrics: Metrics,
     http: reqwest::Client,
+    /// Polls read pages of a thousand members: more time than a webhook's lookup may take.
+    poll_http: reqwest::Client,
+    writers: Option<ListWriters>,
 }
 
 impl Ingest {
@@ -102,7 +107,20 @@ impl Ingest {
                 .timeout(Duration::from_secs(3))
                 .build()
                 .unwrap_or_default(),
+            poll_http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap_or_default(),
+            writers: None,
         }
+    }
+
+    /// Which destinations write which vendor list (from the newsletter sink's configuration):
+    /// echoes are then recognised by the list the relay wrote. Without it, a withdrawal
+    /// delivered to any newsletter destination makes a Mailchimp or Brevo notice an echo.
+    pub fn with_list_writers(mut self, writers: ListWriters) -> Ingest {
+        self.writers = Some(writers);
+        self
     }
 
     /// The webhook routes of the configured vendors, and `/healthz`.
@@ -111,7 +129,13 @@ impl Ingest {
         if self.config.hubspot.is_some() {
             router = router.route(HUBSPOT_PATH, post(hubspot_webhook));
         }
-        if self.config.mailchimp.is_some() {
+        // Polled only: no secret, no route (an empty secret would let anyone in).
+        if self
+            .config
+            .mailchimp
+            .as_ref()
+            .is_some_and(|m| !m.path_secret.is_empty())
+        {
             router = router.route(MAILCHIMP_PATH, get(mailchimp_check).post(mailchimp_webhook));
         }
         if self.config.brevo.is_some() {
@@ -181,10 +205,10 @@ impl Ingest {
             };
             match subject {
                 Some(subject) => {
-                    let Some(notice) = self.beyond_echo(vendor, &subject, notice).await? else {
+                    if self.is_echo(vendor, &subject, &notice).await? {
                         echoes += 1;
                         continue;
-                    };
+                    }
                     let event = notice.into_event(subject);
                     if let Err(e) = event.validate() {
                         self.metrics.add(metrics::FAILED, vendor, "invalid", 1);
@@ -229,14 +253,14 @@ impl Ingest {
         })
     }
 
-    /// The notice without what merely repeats the relay's own withdrawals (see
-    /// [`Notice::beyond`]); `None` for a pure echo, which is counted and logged.
-    async fn beyond_echo(
+    /// Whether the notice only reports back a withdrawal the relay delivered to the vendor
+    /// ([`Notice::is_echo`]); an echo is counted and logged, not published.
+    async fn is_echo(
         &self,
         vendor: Vendor,
         subject: &str,
-        notice: Notice,
-    ) -> Result<Option<Notice>, Failure> {
+        notice: &Notice,
+    ) -> Result<bool, Failure> {
         let window = i64::try_from(self.config.echo_window_ms).unwrap_or(i64::MAX);
         let at = notice.occurred_at_ms;
         let event_id = notice.event_id();
@@ -250,12 +274,12 @@ impl Ingest {
             )
             .await
             .map_err(|e| self.fail(vendor, "ledger", format!("ledger lookup failed: {e}")))?;
-        let left = notice.beyond(&delivered);
-        if left.is_none() {
+        let echo = notice.is_echo(&delivered, self.writers.as_ref());
+        if echo {
             self.metrics.add(metrics::IGNORED, vendor, "echo", 1);
-            tracing::info!(vendor = vendor.as_str(), %event_id, subject_id = subject, "the vendor repeats a withdrawal the relay delivered there; not published");
+            tracing::info!(vendor = vendor.as_str(), %event_id, subject_id = subject, "the vendor reports back a withdrawal the relay delivered there; not published");
         }
-        Ok(left)
+        Ok(echo)
     }
 
     /// Follows a vendor-side address change: the new address finds the old one's subject.
@@ -321,9 +345,19 @@ struct Outcome {
     echoes: usize,
 }
 
+#[derive(Debug)]
 enum Failure {
     Unavailable(&'static str),
     Invalid(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Unavailable(stage) => write!(f, "{stage} unavailable"),
+            Failure::Invalid(reason) => write!(f, "no valid event: {reason}"),
+        }
+    }
 }
 
 impl IntoResponse for Failure {

@@ -82,6 +82,7 @@ pub fn parse(
         vendor: Vendor::Mailchimp,
         vendor_key,
         vendor_ref: format!("list {list_id}"),
+        lists: vec![list_id.to_owned()],
         kind,
         scope: Scope::Purposes(purposes.clone()),
         email: Some(email.to_owned()),

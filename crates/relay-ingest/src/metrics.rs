@@ -14,8 +14,9 @@ pub const UNKNOWN: &str = "consent_relay_ingest_unknown_contacts_total";
 pub const IGNORED: &str = "consent_relay_ingest_ignored_total";
 pub const FAILED: &str = "consent_relay_ingest_failed_total";
 pub const ADDRESS_CHANGES: &str = "consent_relay_ingest_address_changes_total";
+pub const POLLS: &str = "consent_relay_ingest_polls_total";
 
-const HELP: [(&str, &str); 8] = [
+const HELP: [(&str, &str); 9] = [
     (RECEIVED, "Webhook requests received, per vendor."),
     (
         VERIFIED,
@@ -44,6 +45,10 @@ const HELP: [(&str, &str); 8] = [
     (
         ADDRESS_CHANGES,
         "Address changes a vendor reported, per outcome: followed, unknown_address.",
+    ),
+    (
+        POLLS,
+        "Polls of a vendor's list (`ingest --poll`), per outcome: ok, failed.",
     ),
 ];
 

@@ -1,6 +1,8 @@
 //! What every vendor's notification becomes before the ledger is asked whom it is about, and the
 //! event it then becomes.
 
+use std::collections::BTreeMap;
+
 use relay_events::{normalize, ConsentEvent, Contact, EventKind, Scope};
 use relay_ledger::DeliveredWithdrawal;
 use uuid::Uuid;
@@ -28,15 +30,40 @@ impl Vendor {
         }
     }
 
-    /// Whether `sink` (a sink's or destination's name, `newsletter.<list>`) writes to this
-    /// vendor: its deliveries are what the vendor's webhooks may echo.
-    pub fn is_written_by(self, sink: &str) -> bool {
+    /// Whether `sink` (a sink's or destination's name, `newsletter.<list>`) is of the sink that
+    /// writes to this vendor.
+    fn is_written_by(self, sink: &str) -> bool {
         let name = match self {
             Vendor::HubSpot => "hubspot",
             Vendor::Mailchimp | Vendor::Brevo => "newsletter",
         };
         sink.strip_prefix(name)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    }
+}
+
+/// Which of the relay's destinations write which vendor list, from the newsletter sink's
+/// configuration (`newsletter.<name>` writes its `list_id`): an echo is recognised by the very
+/// list the relay wrote, not by any list of the vendor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListWriters(BTreeMap<(Vendor, String), Vec<String>>);
+
+impl ListWriters {
+    pub fn insert(&mut self, vendor: Vendor, list_id: &str, destination: &str) {
+        self.0
+            .entry((vendor, list_id.to_owned()))
+            .or_default()
+            .push(destination.to_owned());
+    }
+
+    /// Whether `destination` writes one of `lists` at `vendor`, or, for a notice that names no
+    /// list (a Brevo spam complaint), any list there.
+    fn writes(&self, vendor: Vendor, lists: &[String], destination: &str) -> bool {
+        self.0.iter().any(|((v, list), destinations)| {
+            *v == vendor
+                && (lists.is_empty() || lists.contains(list))
+                && destinations.iter().any(|d| d == destination)
+        })
     }
 }
 
@@ -49,6 +76,8 @@ pub struct Notice {
     pub vendor_key: String,
     /// What an operator needs to find the record at the vendor (list id, contact id).
     pub vendor_ref: String,
+    /// The vendor's lists the notice is about (none for HubSpot, or a Brevo complaint).
+    pub lists: Vec<String>,
     pub kind: EventKind,
     pub scope: Scope,
     pub email: Option<String>,
@@ -61,6 +90,7 @@ impl std::fmt::Debug for Notice {
             .field("vendor", &self.vendor)
             .field("vendor_key", &"<may hold an email hash>")
             .field("vendor_ref", &self.vendor_ref)
+            .field("lists", &self.lists)
             .field("kind", &self.kind)
             .field("scope", &self.scope)
             .field("email", &self.email.as_ref().map(|_| "<redacted>"))
@@ -86,50 +116,27 @@ impl Notice {
         }
     }
 
-    /// What is left of this notice once the relay's own withdrawals of the same moment are
-    /// taken out, `None` if nothing is. The vendor's webhook for a change the relay made there
-    /// (an echo) carries the time the relay's request landed, later than the decision it
-    /// repeats, and published it would outrank a grant the person gave in between. It is one
-    /// when a withdrawal was being delivered to this vendor; what it covers is every purpose the
-    /// relay was withdrawing then, at any sink (a list mapped to several purposes echoes the
-    /// decisions that withdrew them together). An erasure is covered only by an erasure, an
-    /// unsubscribe from everything only by a withdrawal of everything.
-    pub fn beyond(self, delivered: &[DeliveredWithdrawal]) -> Option<Notice> {
-        if !delivered.iter().any(|d| self.vendor.is_written_by(&d.sink)) {
-            return Some(self);
-        }
-        let erased = delivered
-            .iter()
-            .any(|d| d.kind == EventKind::ErasureRequested.name());
-        let everything = erased
-            || delivered
-                .iter()
-                .any(|d| d.purposes.iter().any(|p| p == "*"));
-        match (&self.kind, &self.scope) {
-            (EventKind::ErasureRequested, _) => (!erased).then_some(self),
-            _ if everything => None,
-            (_, Scope::All) => Some(self),
-            (_, Scope::Purposes(purposes)) => {
-                let left: Vec<String> = purposes
-                    .iter()
-                    .filter(|p| !delivered.iter().any(|d| d.purposes.contains(p)))
-                    .cloned()
-                    .collect();
-                if left.is_empty() {
-                    None
-                } else if left.len() == purposes.len() {
-                    Some(self)
-                } else {
-                    // Another event than the whole notice, so another id: a retry of the webhook
-                    // that finds other deliveries is no conflicting copy of this one.
-                    Some(Notice {
-                        vendor_key: format!("{}:beyond:{}", self.vendor_key, left.join(",")),
-                        scope: Scope::Purposes(left),
-                        ..self
-                    })
-                }
-            }
-        }
+    /// Whether this notice is the vendor reporting back a withdrawal the relay delivered there
+    /// (an echo): it then carries the time the relay's request landed, later than the decision
+    /// it repeats, and published it would outrank a grant the person gave in between. Nothing of
+    /// an echo is the person's decision, whatever purposes its list is mapped to. `delivered` is
+    /// what the relay was delivering around the notice's time; `writers` which destination writes
+    /// which list (without it, any destination of the vendor's sink counts). Only an erasure the
+    /// relay delivered echoes an erasure.
+    pub fn is_echo(
+        &self,
+        delivered: &[DeliveredWithdrawal],
+        writers: Option<&ListWriters>,
+    ) -> bool {
+        delivered.iter().any(|d| {
+            let to_this_vendor = match (self.vendor, writers) {
+                (Vendor::HubSpot, _) | (_, None) => self.vendor.is_written_by(&d.sink),
+                (vendor, Some(w)) => w.writes(vendor, &self.lists, &d.sink),
+            };
+            let repeats = self.kind != EventKind::ErasureRequested
+                || d.kind == EventKind::ErasureRequested.name();
+            to_this_vendor && repeats
+        })
     }
 
     /// The event for the person the ledger knows as `subject_id`.
@@ -172,6 +179,37 @@ pub fn parse_utc_datetime(text: &str) -> Option<i64> {
     i64::try_from(ms).ok()
 }
 
+/// The same time as Mailchimp's `fired_at` writes it (UTC, whole seconds).
+pub fn format_utc_datetime(ms: i64) -> String {
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    let text = humantime::format_rfc3339_seconds(t).to_string();
+    text.trim_end_matches('Z').replacen('T', " ", 1)
+}
+
+/// ISO 8601 with a zone, as Mailchimp's API writes times (`2015-10-21T15:41:36+00:00`, or `Z`),
+/// in milliseconds.
+pub fn parse_iso8601(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let (local, offset_min) = if let Some(local) = text.strip_suffix('Z') {
+        (local, 0)
+    } else {
+        let at = text.len().checked_sub(6)?;
+        let (local, zone) = (text.get(..at)?, text.get(at..)?);
+        let sign = match zone.as_bytes().first()? {
+            b'+' => 1,
+            b'-' => -1,
+            _ => return None,
+        };
+        let (h, m) = zone.get(1..)?.split_once(':')?;
+        let minutes = h.parse::<i64>().ok()? * 60 + m.parse::<i64>().ok()?;
+        (local, sign * minutes)
+    };
+    let t = humantime::parse_rfc3339(&format!("{local}Z")).ok()?;
+    let ms = i64::try_from(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).ok()?;
+    Some(ms - offset_min * 60_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +219,7 @@ mod tests {
             vendor: Vendor::Mailchimp,
             vendor_key: key.into(),
             vendor_ref: "list a".into(),
+            lists: vec!["a".into()],
             kind: EventKind::Unsubscribed,
             scope: Scope::Purposes(vec!["newsletter".into()]),
             email: Some("Max@Example.de ".into()),
@@ -211,67 +250,56 @@ mod tests {
     }
 
     #[test]
-    fn the_relays_own_withdrawals_are_taken_out() {
-        let withdrawn = |sink: &str, kind: &str, p: &[&str]| DeliveredWithdrawal {
+    fn an_echo_is_a_withdrawal_the_relay_delivered_to_the_same_list() {
+        let withdrawn = |sink: &str, kind: &str| DeliveredWithdrawal {
             sink: sink.into(),
             kind: kind.into(),
-            purposes: p.iter().map(|p| p.to_string()).collect(),
         };
-        let mut n = notice("k1");
-        n.scope = Scope::Purposes(vec!["newsletter".into(), "ads".into()]);
-        assert_eq!(n.clone().beyond(&[]), Some(n.clone()), "nothing delivered");
-        let to_list = withdrawn("newsletter.main", "Unsubscribed", &["newsletter"]);
-        let left = n
-            .clone()
-            .beyond(std::slice::from_ref(&to_list))
-            .expect("ads is left");
-        assert_eq!(left.scope, Scope::Purposes(vec!["ads".into()]));
-        assert_ne!(left.event_id(), n.event_id());
-        assert_eq!(
-            n.clone()
-                .beyond(std::slice::from_ref(&to_list))
-                .map(|l| l.event_id()),
-            Some(left.event_id()),
-            "the same narrowing, the same id"
+        let mut writers = ListWriters::default();
+        writers.insert(Vendor::Mailchimp, "a", "newsletter.main");
+        writers.insert(Vendor::Mailchimp, "b", "newsletter.other");
+        writers.insert(Vendor::Brevo, "7", "newsletter.brevo");
+        let n = notice("k1");
+        let to_main = withdrawn("newsletter.main", "Unsubscribed");
+        assert!(!n.is_echo(&[], Some(&writers)), "nothing delivered");
+        assert!(n.is_echo(std::slice::from_ref(&to_main), Some(&writers)));
+        assert!(
+            !n.is_echo(
+                &[withdrawn("newsletter.other", "Unsubscribed")],
+                Some(&writers)
+            ),
+            "the relay wrote another list: the person's own decision"
         );
-        let to_meta = withdrawn("audiences.meta", "ConsentWithdrawn", &["ads"]);
-        assert_eq!(
-            n.clone().beyond(&[to_list.clone(), to_meta.clone()]),
-            None,
-            "an echo of both"
+        assert!(
+            !n.is_echo(
+                &[withdrawn("audiences.meta", "Unsubscribed")],
+                Some(&writers)
+            ),
+            "nothing went to this vendor"
         );
-        assert_eq!(
-            n.clone().beyond(std::slice::from_ref(&to_meta)),
-            Some(n.clone()),
-            "nothing went to this vendor: its webhook is the person's own"
+        assert!(
+            n.is_echo(&[withdrawn("newsletter.other", "Unsubscribed")], None),
+            "without the sink's configuration, any of its destinations"
         );
-        assert_eq!(
-            n.clone()
-                .beyond(&[withdrawn("newsletterish", "Unsubscribed", &["*"])]),
-            Some(n.clone()),
-            "another sink"
-        );
-        let all_lists = withdrawn("newsletter", "Unsubscribed", &["*"]);
-        assert_eq!(n.clone().beyond(std::slice::from_ref(&all_lists)), None);
-        let mut all = notice("k2");
-        all.scope = Scope::All;
-        assert_eq!(
-            all.clone().beyond(&[to_list.clone(), to_meta]),
-            Some(all.clone())
-        );
-        assert_eq!(all.clone().beyond(std::slice::from_ref(&all_lists)), None);
+        assert!(!n.is_echo(&[withdrawn("newsletterish", "Unsubscribed")], None));
+        let mut complaint = notice("k2");
+        complaint.vendor = Vendor::Brevo;
+        complaint.lists.clear();
+        assert!(complaint.is_echo(
+            &[withdrawn("newsletter.brevo", "ConsentWithdrawn")],
+            Some(&writers)
+        ));
+        assert!(!complaint.is_echo(std::slice::from_ref(&to_main), Some(&writers)));
         let mut erasure = notice("k3");
+        erasure.vendor = Vendor::HubSpot;
         erasure.kind = EventKind::ErasureRequested;
         erasure.scope = Scope::All;
-        assert_eq!(
-            erasure.clone().beyond(&[all_lists]),
-            Some(erasure.clone()),
+        erasure.lists.clear();
+        assert!(
+            !erasure.is_echo(&[withdrawn("hubspot", "Unsubscribed")], Some(&writers)),
             "a withdrawal does not repeat an erasure"
         );
-        assert_eq!(
-            erasure.beyond(&[withdrawn("newsletter.main", "ErasureRequested", &["*"])]),
-            None
-        );
+        assert!(erasure.is_echo(&[withdrawn("hubspot", "ErasureRequested")], Some(&writers)));
     }
 
     #[test]
@@ -281,5 +309,20 @@ mod tests {
             Some(1_238_103_357_000)
         );
         assert_eq!(parse_utc_datetime("yesterday"), None);
+        assert_eq!(
+            format_utc_datetime(1_238_103_357_000),
+            "2009-03-26 21:35:57"
+        );
+    }
+
+    #[test]
+    fn api_times_carry_their_zone() {
+        let utc = 1_445_442_096_000;
+        assert_eq!(parse_iso8601("2015-10-21T15:41:36+00:00"), Some(utc));
+        assert_eq!(parse_iso8601("2015-10-21T15:41:36Z"), Some(utc));
+        assert_eq!(parse_iso8601("2015-10-21T17:41:36+02:00"), Some(utc));
+        assert_eq!(parse_iso8601("2015-10-21T10:41:36-05:00"), Some(utc));
+        assert_eq!(parse_iso8601("2015-10-21T15:41:36"), None, "no zone");
+        assert_eq!(parse_iso8601(""), None);
     }
 }

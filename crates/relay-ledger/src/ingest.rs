@@ -34,11 +34,21 @@ ON CONFLICT (email_sha256) DO UPDATE SET subject_id = excluded.subject_id,
     vendor = excluded.vendor, vendor_ref = excluded.vendor_ref,
     recorded_at_ms = excluded.recorded_at_ms";
 
+/// Binds: source.
+const POLL_CURSOR: &str = "SELECT cursor_ms FROM ingest_poll_cursors WHERE source = $1";
+
+/// Binds: source, cursor_ms, updated_at_ms.
+const UPSERT_POLL_CURSOR: &str =
+    "INSERT INTO ingest_poll_cursors (source, cursor_ms, updated_at_ms)
+VALUES ($1, $2, $3)
+ON CONFLICT (source) DO UPDATE SET cursor_ms = excluded.cursor_ms,
+    updated_at_ms = excluded.updated_at_ms";
+
 /// Binds: subject_id, from_ms, to_ms, except_event_id. The withdrawals the relay was delivering
 /// for the subject in the window: first claimed before its end, and last claimed or finished
 /// after its start (a request lands between its claim and its finish; a parked copy sends
 /// nothing until it is claimed again).
-const WITHDRAWALS_DELIVERED: &str = "SELECT d.sink, c.kind, c.purposes FROM deliveries d
+const WITHDRAWALS_DELIVERED: &str = "SELECT d.sink, c.kind FROM deliveries d
 JOIN consent_log c ON c.event_id = d.event_id
 WHERE d.subject_id = $1
   AND c.kind IN ('ConsentWithdrawn', 'Unsubscribed', 'ErasureRequested')
@@ -82,8 +92,6 @@ pub struct DeliveredWithdrawal {
     pub sink: String,
     /// `ConsentWithdrawn`, `Unsubscribed` or `ErasureRequested`.
     pub kind: String,
-    /// As logged; `["*"]` for all.
-    pub purposes: Vec<String>,
 }
 
 type UnknownRow = (
@@ -244,7 +252,7 @@ impl AnyLedger {
     ) -> Result<Vec<DeliveredWithdrawal>, LedgerError> {
         macro_rules! select {
             () => {
-                sqlx::query_as::<_, (String, String, String)>(WITHDRAWALS_DELIVERED)
+                sqlx::query_as::<_, (String, String)>(WITHDRAWALS_DELIVERED)
                     .bind(subject_id)
                     .bind(from_ms)
                     .bind(to_ms)
@@ -255,15 +263,49 @@ impl AnyLedger {
             AnyLedger::Sqlite(l) => select!().fetch_all(l.pool()).await?,
             AnyLedger::Postgres(l) => select!().fetch_all(l.pool()).await?,
         };
-        rows.into_iter()
-            .map(|(sink, kind, purposes)| {
-                Ok(DeliveredWithdrawal {
-                    sink,
-                    kind,
-                    purposes: crate::codec::purposes(&purposes)?,
-                })
-            })
-            .collect()
+        Ok(rows
+            .into_iter()
+            .map(|(sink, kind)| DeliveredWithdrawal { sink, kind })
+            .collect())
+    }
+
+    /// How far the poll of `source` has published everything, if it ever finished one.
+    pub async fn poll_cursor(&self, source: &str) -> Result<Option<i64>, LedgerError> {
+        Ok(match self {
+            AnyLedger::Sqlite(l) => {
+                sqlx::query_scalar(POLL_CURSOR)
+                    .bind(source)
+                    .fetch_optional(l.pool())
+                    .await?
+            }
+            AnyLedger::Postgres(l) => {
+                sqlx::query_scalar(POLL_CURSOR)
+                    .bind(source)
+                    .fetch_optional(l.pool())
+                    .await?
+            }
+        })
+    }
+
+    /// Records that the poll of `source` has published everything up to `cursor_ms`.
+    pub async fn set_poll_cursor(&self, source: &str, cursor_ms: i64) -> Result<(), LedgerError> {
+        macro_rules! upsert {
+            () => {
+                sqlx::query(UPSERT_POLL_CURSOR)
+                    .bind(source)
+                    .bind(cursor_ms)
+                    .bind(now_ms())
+            };
+        }
+        match self {
+            AnyLedger::Sqlite(l) => {
+                upsert!().execute(l.pool()).await?;
+            }
+            AnyLedger::Postgres(l) => {
+                upsert!().execute(l.pool()).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Records a notification about an unknown person; a second record of the same event id is

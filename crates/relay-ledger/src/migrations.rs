@@ -37,7 +37,7 @@ pub(crate) const SQLITE: &[Migration] = &[
     },
     Migration {
         version: 8,
-        sql: include_str!("../migrations/sqlite/0008_email_aliases.sql"),
+        sql: include_str!("../migrations/sqlite/0008_ingest_aliases_and_cursors.sql"),
     },
 ];
 
@@ -72,7 +72,7 @@ pub(crate) const POSTGRES: &[Migration] = &[
     },
     Migration {
         version: 8,
-        sql: include_str!("../migrations/postgres/0008_email_aliases.sql"),
+        sql: include_str!("../migrations/postgres/0008_ingest_aliases_and_cursors.sql"),
     },
 ];
 

@@ -60,7 +60,7 @@ suite!(
     copies_of_an_event_in_one_log_write_are_compared_with_the_first,
     reconcile_runs_are_remembered,
     ingest_finds_subjects_by_email_hash_and_keeps_unknown_contacts_once,
-    ingest_follows_address_changes_and_sees_its_own_withdrawals,
+    ingest_follows_address_changes_keeps_poll_cursors_and_sees_its_own_withdrawals,
     sink_states_carry_the_deciding_events_hash_or_the_subjects_newest,
     a_reassertion_sends_the_newest_decision_again_and_nothing_else,
     uncertain_bounds_only_move_later_and_expire,
@@ -1137,7 +1137,7 @@ async fn ingest_finds_subjects_by_email_hash_and_keeps_unknown_contacts_once(url
     assert!(kept[0].recorded_at_ms > 0);
 }
 
-async fn ingest_follows_address_changes_and_sees_its_own_withdrawals(url: &str) {
+async fn ingest_follows_address_changes_keeps_poll_cursors_and_sees_its_own_withdrawals(url: &str) {
     let l = open(url).await.unwrap();
     let (old_hash, new_hash) = ("a".repeat(64), "c".repeat(64));
     let mut granted = record("s1", "ConsentGranted", &[NEWSLETTER], 100, 1);
@@ -1171,6 +1171,20 @@ async fn ingest_follows_address_changes_and_sees_its_own_withdrawals(url: &str) 
         Some("s1")
     );
     assert_eq!(l.subjects_for_email(&old_hash).await.unwrap(), ["s1", "s3"]);
+
+    // Poll cursors, one per source, the newest write wins.
+    assert_eq!(l.poll_cursor("mailchimp:a6b5da1054").await.unwrap(), None);
+    l.set_poll_cursor("mailchimp:a6b5da1054", 1_000)
+        .await
+        .unwrap();
+    l.set_poll_cursor("mailchimp:a6b5da1054", 2_000)
+        .await
+        .unwrap();
+    l.set_poll_cursor("mailchimp:other", 5).await.unwrap();
+    assert_eq!(
+        l.poll_cursor("mailchimp:a6b5da1054").await.unwrap(),
+        Some(2_000)
+    );
 
     // The relay's own withdrawal, delivered to HubSpot and to a newsletter destination: what a
     // vendor's webhook of that time repeats. A grant, an unrouted or a superseded delivery is not.
@@ -1216,10 +1230,7 @@ async fn ingest_follows_address_changes_and_sees_its_own_withdrawals(url: &str) 
                 .unwrap()
                 .into_iter()
                 .map(|d| {
-                    assert_eq!(
-                        (d.kind.as_str(), &d.purposes[..]),
-                        ("Unsubscribed", &[NEWSLETTER.to_owned()][..])
-                    );
+                    assert_eq!(d.kind, "Unsubscribed");
                     d.sink
                 })
                 .collect();

@@ -1,4 +1,3 @@
-use md5::{Digest, Md5};
 use relay_delivery::{Outcome, SinkItem, Target};
 use relay_events::{normalize, Action};
 use reqwest::Method;
@@ -196,13 +195,7 @@ pub fn mailchimp_list_path(list_id: &str) -> String {
     format!("/lists/{list_id}")
 }
 
-/// Mailchimp's member id: lowercase hex MD5 of the lowercased address.
-pub fn subscriber_hash(email: &str) -> String {
-    Md5::digest(normalize::email(email).as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use normalize::mailchimp_subscriber_hash as subscriber_hash;
 
 /// Percent-encodes everything but RFC 3986 unreserved characters. `+` must not stay literal: some
 /// servers read it as a space in a path, and `a+tag@x.de` would name another contact.

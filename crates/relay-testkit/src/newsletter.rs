@@ -636,6 +636,31 @@ struct MailchimpState {
     api_webhook: Option<String>,
     /// The answers (status, body) the webhook got, in order.
     webhook_answers: Arc<Mutex<Vec<(u16, String)>>>,
+    /// (list id, subscriber hash) → when the member last changed, and their unsubscribes
+    /// (newest last), what `last_changed` and the member activity answer.
+    changed: BTreeMap<(String, String), i64>,
+    unsubscribes: BTreeMap<(String, String), Vec<i64>>,
+}
+
+impl MailchimpState {
+    /// Records a member's status as it changes at `at_ms`: an unsubscribe is member activity.
+    fn set_status(&mut self, key: (String, String), email: String, status: &str, at_ms: i64) {
+        let was = self.members.get(&key).map(|m| m.status.clone());
+        if status == "unsubscribed" && was.as_deref() != Some("unsubscribed") {
+            self.unsubscribes
+                .entry(key.clone())
+                .or_default()
+                .push(at_ms);
+        }
+        self.changed.insert(key.clone(), at_ms);
+        self.members.insert(
+            key,
+            Member {
+                email_address: email,
+                status: status.to_owned(),
+            },
+        );
+    }
 }
 
 impl MailchimpState {
@@ -705,11 +730,17 @@ impl FakeMailchimp {
             requests: Vec::new(),
             api_webhook: None,
             webhook_answers: Arc::default(),
+            changed: BTreeMap::new(),
+            unsubscribes: BTreeMap::new(),
         }));
         let app = Router::new()
             .route("/3.0/lists/{list_id}", get(mailchimp_list))
             .route("/3.0/lists/{list_id}/members", get(mailchimp_members))
             .route("/3.0/lists/{list_id}/members/{hash}", put(mailchimp_upsert))
+            .route(
+                "/3.0/lists/{list_id}/members/{hash}/activity",
+                get(mailchimp_activity),
+            )
             .route(
                 "/3.0/lists/{list_id}/members/{hash}/actions/delete-permanent",
                 post(mailchimp_delete_permanent),
@@ -756,12 +787,16 @@ impl FakeMailchimp {
 
     /// Seeds a member as if the person acted at Mailchimp (e.g. clicked "unsubscribe").
     pub fn set_member_status(&self, list_id: &str, email: &str, status: &str) {
-        lock(&self.shared).members.insert(
+        self.set_member_status_at(list_id, email, status, crate::webhooks::now_ms());
+    }
+
+    /// The member's status changes at `at_ms` (the person clicked "unsubscribe" then).
+    pub fn set_member_status_at(&self, list_id: &str, email: &str, status: &str, at_ms: i64) {
+        lock(&self.shared).set_status(
             (list_id.to_owned(), subscriber_hash(email)),
-            Member {
-                email_address: normalize::email(email),
-                status: status.to_owned(),
-            },
+            normalize::email(email),
+            status,
+            at_ms,
         );
     }
 
@@ -946,12 +981,15 @@ struct MembersQuery {
     count: Option<usize>,
     offset: Option<usize>,
     fields: Option<String>,
+    status: Option<String>,
+    unsubscribed_since: Option<String>,
 }
 
-/// Mailchimp's "list members info": every member whatever its status, `count` (default 10, at
-/// most 1 000) from `offset`, with `total_items`. `fields` is accepted and ignored (the fake
-/// always sends `email_address` and `status`). An empty audience answers `{"members": [],
-/// "total_items": 0}`.
+/// Mailchimp's "list members info": every member whatever its status (or those of `status`),
+/// `count` (default 10, at most 1 000) from `offset`, with `total_items`. `unsubscribed_since`
+/// (ISO 8601) keeps members unsubscribed since then, and is an error with any `status` but
+/// `unsubscribed`. `fields` is accepted and ignored (the fake always sends `email_address`,
+/// `status` and `last_changed`). An empty audience answers `{"members": [], "total_items": 0}`.
 async fn mailchimp_members(
     State(shared): State<Arc<Mutex<MailchimpState>>>,
     Path(list_id): Path<String>,
@@ -962,32 +1000,104 @@ async fn mailchimp_members(
         return invalid_resource("count must be at most 1000");
     }
     let _ = query.fields;
+    let since = match &query.unsubscribed_since {
+        None => None,
+        Some(_) if query.status.as_deref() != Some("unsubscribed") => {
+            return invalid_resource("unsubscribed_since can only be used with status=unsubscribed")
+        }
+        Some(text) => match parse_iso8601_ms(text) {
+            Some(ms) => Some(ms),
+            None => return invalid_resource("unsubscribed_since: not an ISO 8601 time"),
+        },
+    };
     let state = lock(&shared);
     if !state.lists.contains(&list_id) {
         return not_found();
     }
-    let all: Vec<&Member> = state
+    let all: Vec<(&(String, String), &Member)> = state
         .members
         .iter()
         .filter(|((l, _), _)| *l == list_id)
-        .map(|(_, m)| m)
+        .filter(|(_, m)| query.status.as_ref().is_none_or(|s| *s == m.status))
+        .filter(|(key, _)| {
+            since.is_none_or(|since| {
+                state
+                    .unsubscribes
+                    .get(*key)
+                    .and_then(|u| u.last())
+                    .is_some_and(|at| *at >= since)
+            })
+        })
         .collect();
     let page: Vec<Value> = all
         .iter()
         .skip(query.offset.unwrap_or(0))
         .take(count)
-        .map(|m| {
+        .map(|(key, m)| {
             json!({
                 "id": subscriber_hash(&m.email_address),
                 "email_address": m.email_address,
                 "status": m.status,
                 "list_id": list_id,
+                "last_changed": iso8601(state.changed.get(*key).copied().unwrap_or(0)),
             })
         })
         .collect();
     let body = json!({ "members": page, "list_id": list_id, "total_items": all.len() });
     drop(state);
     json_response(StatusCode::OK, "application/json", &body)
+}
+
+/// Mailchimp's "view recent activity 50": the member's newest events first, `action` filtering
+/// them (the fake knows only `unsub`).
+async fn mailchimp_activity(
+    State(shared): State<Arc<Mutex<MailchimpState>>>,
+    Path((list_id, hash)): Path<(String, String)>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
+    let state = lock(&shared);
+    let key = (list_id.clone(), hash.clone());
+    if !state.members.contains_key(&key) {
+        return not_found();
+    }
+    let wanted = |action: &str| {
+        query
+            .get("action")
+            .is_none_or(|list| list.split(',').any(|a| a == action))
+    };
+    let activity: Vec<Value> = state
+        .unsubscribes
+        .get(&key)
+        .into_iter()
+        .flatten()
+        .rev()
+        .take(50)
+        .filter(|_| wanted("unsub"))
+        .map(|at| {
+            json!({"action": "unsub", "timestamp": iso8601(*at), "type": "", "campaign_id": "",
+                   "title": "", "parent_campaign": ""})
+        })
+        .collect();
+    let body = json!({"email_id": hash, "list_id": list_id, "total_items": activity.len(),
+                      "activity": activity});
+    drop(state);
+    json_response(StatusCode::OK, "application/json", &body)
+}
+
+/// `2015-10-21T15:41:36+00:00`, Mailchimp's time format in its API.
+pub fn iso8601(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    let text = humantime::format_rfc3339_seconds(t).to_string();
+    format!("{}+00:00", text.trim_end_matches('Z'))
+}
+
+/// Reads [`iso8601`] back (UTC offsets only: the fake's clients send those).
+fn parse_iso8601_ms(text: &str) -> Option<i64> {
+    let utc = text
+        .strip_suffix("+00:00")
+        .map_or_else(|| text.to_owned(), |t| format!("{t}Z"));
+    let t = humantime::parse_rfc3339(&utc).ok()?;
+    i64::try_from(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).ok()
 }
 
 async fn mailchimp_upsert(
@@ -1058,13 +1168,7 @@ async fn mailchimp_upsert(
     if status == "pending" && was.as_deref() != Some("pending") {
         *state.confirmations_sent.entry(email.clone()).or_default() += 1;
     }
-    state.members.insert(
-        key,
-        Member {
-            email_address: email.clone(),
-            status: status.clone(),
-        },
-    );
+    state.set_status(key, email.clone(), &status, crate::webhooks::now_ms());
     if let Some(url) = state.api_webhook.clone() {
         if status == "unsubscribed" && was.as_deref() != Some("unsubscribed") {
             // Mailchimp fires its webhooks after the change, not inside the API call.
