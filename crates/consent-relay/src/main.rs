@@ -294,6 +294,10 @@ enum LedgerCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Create the ledger or bring its schema to this version's, and say which it has. `run`,
+    /// `ingest` and `import` do this themselves; run it first where they connect with a role that
+    /// may not change the schema.
+    Migrate,
     /// Decisions `ingest` heard about people the ledger does not know (email hash only), to
     /// follow up at the vendor or upstream.
     UnknownContacts {
@@ -523,6 +527,24 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
                     "no record of this subject (exit 3)".to_owned(),
                 ));
             }
+            Ok(())
+        }
+        Command::Ledger {
+            command: LedgerCommand::Migrate,
+        } => {
+            let ledger = relay_ledger::open(&config.ledger.url).await?;
+            let applied = ledger.applied_migrations().await?;
+            println!(
+                "ledger {}: schema version {} (applied: {})",
+                relay_ledger::redact(&config.ledger.url),
+                applied.last().copied().unwrap_or(0),
+                applied
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            ledger.close().await;
             Ok(())
         }
         Command::Ledger {

@@ -832,6 +832,27 @@ async fn read_commands_never_create_or_migrate_a_ledger() {
         db.applied_migrations().await.is_err(),
         "the read command created the schema"
     );
+
+    // `ledger migrate` is how a schema owner creates it; read commands then answer (exit 3: no
+    // record), and a second migrate changes nothing.
+    for _ in 0..2 {
+        let said = stdout(relay(&pg, &["ledger", "migrate"]));
+        assert!(
+            said.contains("schema version 8 (applied: 1, 2, 3, 4, 5, 6, 7, 8)"),
+            "{said}"
+        );
+    }
+    assert_eq!(
+        db.applied_migrations().await.unwrap(),
+        [1, 2, 3, 4, 5, 6, 7, 8]
+    );
+    let out = relay(&pg, &["ledger", "audit", "anyone"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     db.close().await;
     relay_testkit::postgres::drop_database(&url).await;
 }

@@ -182,7 +182,7 @@ pub fn now_ms() -> i64 {
 
 /// The URL without its userinfo, because error messages end up in logs and a URL may carry a
 /// password.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             format!("{}://***{}", &url[..scheme_end], &url[at..])

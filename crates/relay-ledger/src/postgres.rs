@@ -138,12 +138,22 @@ async fn migrate(conn: &mut PgConnection, list: &[Migration]) -> Result<(), Ledg
         .bind(MIGRATION_LOCK)
         .execute(&mut *conn)
         .await?;
-    sqlx::query(sql::CREATE_MIGRATIONS_TABLE)
-        .execute(&mut *conn)
-        .await?;
-    let applied: Vec<i64> = sqlx::query_scalar(sql::APPLIED_MIGRATIONS)
+    // Asked before anything is created: a role that may only read and write rows then runs on a
+    // ledger its owner has brought up to date (`ledger migrate`), since PostgreSQL checks the
+    // right to create even for CREATE ... IF NOT EXISTS of a table that exists.
+    let current: Option<Vec<i64>> = sqlx::query_scalar(sql::APPLIED_MIGRATIONS)
         .fetch_all(&mut *conn)
-        .await?;
+        .await
+        .ok();
+    let applied = match current {
+        Some(applied) => applied,
+        None => {
+            sqlx::query(sql::CREATE_MIGRATIONS_TABLE)
+                .execute(&mut *conn)
+                .await?;
+            Vec::new()
+        }
+    };
     for m in list.iter().filter(|m| !applied.contains(&m.version)) {
         let failed = |source| LedgerError::Migration {
             version: m.version,

@@ -1,0 +1,63 @@
+//! The PostgreSQL roles of deploy/README.md "PostgreSQL": the schema's owner migrates (`ledger
+//! migrate`, or `run` itself), and a role that may only read and write rows runs on a ledger
+//! that is current, but cannot create one.
+
+use relay_ledger::{open, Ledger};
+use sqlx::{Connection, Executor, PgConnection};
+
+#[tokio::test]
+async fn a_role_without_schema_rights_runs_on_a_current_ledger_and_cannot_migrate_one() {
+    let url = relay_testkit::postgres::fresh_database().await;
+    let role = format!("cr_app_{}", uuid::Uuid::new_v4().simple());
+    let mut owner = PgConnection::connect(&url).await.unwrap();
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN"),
+        // Before PostgreSQL 15 every role may create in `public`; the guide revokes that too.
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC".to_owned(),
+        format!("GRANT USAGE ON SCHEMA public TO {role}"),
+    ] {
+        owner.execute(sql.as_str()).await.unwrap();
+    }
+    let (_, rest) = url.split_once("://").unwrap();
+    let (_, host_and_db) = rest.split_once('@').unwrap();
+    let app_url = format!("postgres://{role}@{host_and_db}");
+
+    let refused = open(&app_url)
+        .await
+        .expect_err("an empty database needs its owner");
+    assert!(
+        refused.to_string().contains("permission denied"),
+        "{refused}"
+    );
+    open(&url).await.unwrap().close().await;
+    owner
+        .execute(
+            format!(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+    let app = open(&app_url)
+        .await
+        .expect("a current ledger needs no schema rights");
+    assert_eq!(
+        app.applied_migrations().await.unwrap(),
+        [1, 2, 3, 4, 5, 6, 7, 8]
+    );
+    app.set_poll_cursor("mailchimp:a", 5).await.unwrap();
+    assert_eq!(app.poll_cursor("mailchimp:a").await.unwrap(), Some(5));
+    assert!(app.unknown_contacts().await.unwrap().is_empty());
+    let _ = app.subject_report("nobody").await.unwrap();
+    app.close().await;
+    let _ = owner.close().await;
+    relay_testkit::postgres::drop_database(&url).await;
+    let mut admin = PgConnection::connect(&relay_testkit::postgres::admin_url())
+        .await
+        .unwrap();
+    admin
+        .execute(format!("DROP ROLE IF EXISTS {role}").as_str())
+        .await
+        .unwrap();
+}
