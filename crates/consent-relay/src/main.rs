@@ -9,6 +9,7 @@ mod config;
 mod import;
 mod ledger_report;
 mod malloc;
+mod probe;
 mod reconcile;
 mod sinks;
 
@@ -224,11 +225,16 @@ enum ParkedCommand {
 enum ConfigCommand {
     /// Load the configuration as `run` would (embedded defaults, the file, CONSENT_RELAY__*
     /// variables, the enabled sinks' credentials from the environment) and report every problem
-    /// at once, each with its full key; exit 2 if there is one. Contacts nothing.
+    /// at once, each with its full key; exit 2 if there is one. Contacts nothing, unless
+    /// `--connect`.
     Check {
         /// Do not require credentials: check a file away from the pod's environment.
         #[arg(long)]
         no_secrets: bool,
+        /// Then probe what the configuration names: the broker and its topics, the ledger and its
+        /// schema (read-only), each enabled destination's API (`HEAD /`); exit 1 if one fails.
+        #[arg(long)]
+        connect: bool,
         /// Check `[ingest]` too, with its secrets, as the `ingest` pod would.
         #[arg(long)]
         ingest: bool,
@@ -419,13 +425,33 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
             reconcile_command(config, options, metrics_file).await
         }
         Command::Config {
-            command: ConfigCommand::Check { ingest, .. },
+            command: ConfigCommand::Check {
+                ingest, connect, ..
+            },
         } => {
             // `[ingest]` is checked where `ingest` runs: a sink's pod holds none of its secrets.
             if ingest {
                 config.ingest()?;
             }
             config_summary(&config);
+            if !connect {
+                return Ok(());
+            }
+            println!("\nprobes:");
+            let probes = probe::all(&config).await;
+            for p in &probes {
+                match &p.outcome {
+                    Ok(said) => println!("  ok    {:<24} {}: {said}", p.what, p.target),
+                    Err(why) => println!("  FAIL  {:<24} {}: {why}", p.what, p.target),
+                }
+            }
+            let failed = probes.iter().filter(|p| p.outcome.is_err()).count();
+            if failed > 0 {
+                return Err(AppError::Usage(format!(
+                    "config check --connect: {failed} of {} probes failed",
+                    probes.len()
+                )));
+            }
             Ok(())
         }
         Command::Dlq { command } => dlq(config, command).await,

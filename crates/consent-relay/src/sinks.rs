@@ -48,9 +48,23 @@ pub trait SinkConfig: std::fmt::Debug + Send + Sync {
     /// Who each destination is and what it receives, by destination name: what `ledger audit`
     /// tells a data subject (GDPR Art. 15(1)(c)).
     fn recipients(&self) -> Vec<(String, Recipient)>;
+    /// The URL each destination sends to, by destination name (`config check --connect`).
+    fn endpoints(&self) -> Vec<(String, String)>;
     fn build(&self) -> Result<Vec<Built>, String>;
     /// The concrete configuration, for commands that need more than running it (`reconcile`).
     fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// The host (and port) of `url`, without its path (which may hold a token) or user info (which
+/// may hold a credential).
+pub fn host(url: &str) -> &str {
+    let authority = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    authority.rsplit('@').next().unwrap_or_default()
 }
 
 /// Reads `[sinks.NAME]` (without `enabled`, `batch`, `retry`) into the sink's configuration and
@@ -145,6 +159,9 @@ impl SinkConfig for HubSpotConfig {
     fn destinations(&self) -> Vec<String> {
         vec!["hubspot".to_owned()]
     }
+    fn endpoints(&self) -> Vec<(String, String)> {
+        vec![("hubspot".to_owned(), self.base_url.clone())]
+    }
     fn recipients(&self) -> Vec<(String, Recipient)> {
         let mut data = "email address, its email subscription status per purpose".to_owned();
         if self.purposes.values().any(|p| p.create_contact) {
@@ -184,6 +201,12 @@ impl SinkConfig for AudiencesConfig {
         self.audiences
             .keys()
             .map(|a| format!("audiences.{a}"))
+            .collect()
+    }
+    fn endpoints(&self) -> Vec<(String, String)> {
+        self.audiences
+            .iter()
+            .map(|(name, a)| (format!("audiences.{name}"), a.base_url().to_owned()))
             .collect()
     }
     fn recipients(&self) -> Vec<(String, Recipient)> {
@@ -246,6 +269,19 @@ impl SinkConfig for NewsletterConfig {
             .map(|l| format!("newsletter.{l}"))
             .collect()
     }
+    fn endpoints(&self) -> Vec<(String, String)> {
+        use relay_sink_newsletter::ListConfig;
+        self.lists
+            .iter()
+            .filter_map(|(name, list)| {
+                let url = match list {
+                    ListConfig::Brevo(b) => Some(b.base_url.clone()),
+                    ListConfig::Mailchimp(m) => m.effective_base_url(),
+                };
+                url.map(|u| (format!("newsletter.{name}"), u))
+            })
+            .collect()
+    }
     fn recipients(&self) -> Vec<(String, Recipient)> {
         use relay_sink_newsletter::ListConfig;
         self.lists
@@ -289,20 +325,18 @@ impl SinkConfig for PartnerSinkConfig {
             .map(|p| format!("partner.{p}"))
             .collect()
     }
+    fn endpoints(&self) -> Vec<(String, String)> {
+        self.partners
+            .iter()
+            .map(|(name, p)| (format!("partner.{name}"), p.endpoint.clone()))
+            .collect()
+    }
     fn recipients(&self) -> Vec<(String, Recipient)> {
         self.partners
             .iter()
             .map(|(name, p)| {
                 // The endpoint's host names the receiver; the path may hold a token.
-                // …and user info before an `@` may hold a credential.
-                let authority = p
-                    .endpoint
-                    .split_once("://")
-                    .map_or(p.endpoint.as_str(), |(_, rest)| rest)
-                    .split(['/', '?', '#'])
-                    .next()
-                    .unwrap_or_default();
-                let host = authority.rsplit('@').next().unwrap_or_default();
+                let host = host(&p.endpoint);
                 let fields: Vec<&str> = p.fields.iter().map(|f| f.key()).collect();
                 (
                     format!("partner.{name}"),

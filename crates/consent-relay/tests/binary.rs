@@ -548,6 +548,110 @@ async fn config_check_lists_every_problem_and_read_commands_need_no_credentials(
     assert_eq!(out.status.code(), Some(2), "reconcile calls HubSpot");
 }
 
+/// Issue 12: `config check --connect` probes the broker and each topic, the ledger (read-only),
+/// and each enabled destination, each naming its target; one failure makes exit status 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_connect_probes_what_the_configuration_names() {
+    let topic = broker::unique_name("check");
+    broker::create_topic(&topic, 2).await;
+    let hubspot = FakeHubSpot::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.db");
+    let config = dir.path().join("check.toml");
+    let write = |with_ledger: bool, partner_port: u16| {
+        let ledger_url = if with_ledger {
+            format!("sqlite://{}", ledger.display())
+        } else {
+            format!("sqlite://{}", dir.path().join("none.db").display())
+        };
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[kafka]
+bootstrap_servers = "{}"
+topics = ["{topic}"]
+dlq_topic = "{topic}.dlq"
+[ledger]
+url = "{ledger_url}"
+[purposes.newsletter]
+description = "Newsletter"
+[sinks.hubspot]
+base_url = "{}"
+[sinks.hubspot.purposes.newsletter]
+subscription_ids = [12345]
+legal_basis = "CONSENT_WITH_NOTICE"
+legal_basis_explanation = "Newsletter sign-up"
+[sinks.partner]
+[sinks.partner.partners.in_gmbh]
+endpoint = "http://hook:secret@127.0.0.1:{partner_port}/t/0123456789"
+signing_secret = "whsec_0123456789abcdef0123456789abcdef"
+purpose = "newsletter"
+fields = ["email"]
+"#,
+                broker::bootstrap(),
+                hubspot.base_url(),
+            ),
+        )
+        .unwrap();
+    };
+    relay_ledger::open(&format!("sqlite://{}", ledger.display()))
+        .await
+        .unwrap()
+        .close()
+        .await;
+    // The partner's port is closed, the DLQ topic missing, the first ledger does not exist.
+    write(false, free_port());
+    let out = relay(&config, &["config", "check", "--connect"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for line in [
+        "ok    broker ".to_owned(),
+        format!("ok    topic                    {topic}: 2 partition(s)"),
+        format!("FAIL  topic                    {topic}.dlq: missing"),
+        "FAIL  ledger                   sqlite://".to_owned(),
+        format!(
+            "ok    hubspot                  {}: answered",
+            hubspot.base_url()
+        ),
+        "FAIL  partner.in_gmbh          http://127.0.0.1:".to_owned(),
+    ] {
+        assert!(text.contains(&line), "no {line:?} in:\n{text}");
+    }
+    for secret in ["hook", "secret@", "0123456789"] {
+        assert!(!text.contains(secret), "{secret} printed:\n{text}");
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("probes failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Everything there: exit 0.
+    broker::create_topic(&format!("{topic}.dlq"), 1).await;
+    let partner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = partner.local_addr().unwrap().port();
+    let answering = tokio::spawn(async move {
+        let app = axum::Router::new().fallback(|| async { "ok" });
+        axum::serve(partner, app).await.unwrap();
+    });
+    write(true, port);
+    let out = relay(&config, &["config", "check", "--connect"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("ok    ledger"), "{text}");
+    assert!(text.contains("schema version 8"), "{text}");
+    answering.abort();
+}
+
 /// A config whose ledger is an SQLite file in `dir`, and that ledger, created, for a test to fill.
 async fn offline_ledger(dir: &Path) -> (std::path::PathBuf, relay_ledger::SqliteLedger) {
     let url = format!("sqlite://{}", dir.join("ledger.db").display());
