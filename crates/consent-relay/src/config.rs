@@ -11,6 +11,8 @@ use std::sync::Arc;
 use relay_runtime::{BatchConfig, EventRules, KafkaConfig, LivenessConfig, RetryConfig};
 use serde::Deserialize;
 
+use crate::origins::Origins;
+
 use crate::sinks::SinkConfig;
 
 const DEFAULTS: &str = include_str!("defaults.toml");
@@ -127,6 +129,8 @@ pub struct Config {
     /// runs, because each pod holds only its own command's secrets.
     pub ingest: Option<relay_ingest::IngestConfig>,
     pub reconcile: Vec<ScheduledReconcile>,
+    /// Where the file set each key, for problems found after loading (`[ingest]`).
+    pub origins: Origins,
 }
 
 /// One `[sinks.NAME]` table: the runtime's settings and the sink's own configuration.
@@ -153,7 +157,12 @@ impl Config {
         if problems.is_empty() {
             Ok(ingest.clone())
         } else {
-            Err(ConfigError::Invalid(problems))
+            Err(ConfigError::Invalid(
+                problems
+                    .into_iter()
+                    .map(|p| self.origins.annotate(p))
+                    .collect(),
+            ))
         }
     }
 }
@@ -186,12 +195,14 @@ fn load_with(
     secrets: Secrets,
 ) -> Result<Config, ConfigError> {
     let mut table = parse(DEFAULTS, "embedded defaults")?;
+    let mut origins = Origins::default();
     if let Some(path) = path {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
         merge(&mut table, parse(&text, &path.display().to_string())?);
+        origins = Origins::scan(&path.display().to_string(), &text);
     }
     let set_by = apply_env(&mut table, env)?;
 
@@ -214,7 +225,7 @@ fn load_with(
                 }
             }
         }
-        return Err(ConfigError::Invalid(said_once(problems)));
+        return Err(ConfigError::Invalid(located(said_once(problems), &origins)));
     };
     let mut sinks = Vec::new();
     for (name, section) in file.sinks {
@@ -360,6 +371,7 @@ fn load_with(
             sinks,
             ingest,
             reconcile,
+            origins,
         },
     )
 }
@@ -377,8 +389,12 @@ fn finish(problems: Vec<String>, config: Config) -> Result<Config, ConfigError> 
     if problems.is_empty() {
         Ok(config)
     } else {
-        Err(ConfigError::Invalid(problems))
+        Err(ConfigError::Invalid(located(problems, &config.origins)))
     }
+}
+
+fn located(problems: Vec<String>, origins: &Origins) -> Vec<String> {
+    problems.into_iter().map(|p| origins.annotate(p)).collect()
 }
 
 fn parse(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {

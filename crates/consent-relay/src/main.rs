@@ -9,6 +9,7 @@ mod config;
 mod import;
 mod ledger_report;
 mod malloc;
+mod origins;
 mod probe;
 mod reconcile;
 mod sinks;

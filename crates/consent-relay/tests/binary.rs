@@ -454,7 +454,46 @@ fn invalid_configuration_names_every_bad_key_and_exits_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("topicz"), "{err}");
+    // Each problem says where it was written: its line, or the table of a key that is missing.
+    let file = config.display();
+    assert!(
+        err.contains("kafka.topicz: unknown field `topicz`")
+            && err.contains(&format!("({file}:3)")),
+        "{err}"
+    );
+    let tokenless = dir.path().join("tokenless.toml");
+    std::fs::write(
+        &tokenless,
+        "[purposes.newsletter]\ndescription = \"Newsletter\"\n\n[sinks.hubspot]\nbase_url = \"http://127.0.0.1:1\"\n\
+         [sinks.hubspot.purposes.newsletter]\nsubscription_ids = [1]\nlegal_basis = \"CONSENT_WITH_NOTICE\"\n\
+         legal_basis_explanation = \"x\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&tokenless)
+        .args(["config", "check"])
+        .env_remove("CONSENT_RELAY_HUBSPOT_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("(in [sinks.hubspot], {}:4)", tokenless.display())),
+        "a missing key names its table: {err}"
+    );
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env("CONSENT_RELAY__KAFKA__TOPICZ", "[\"y\"]")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("kafka.topicz: unknown field `topicz`")
+            && err.contains("(set by CONSENT_RELAY__KAFKA__TOPICZ)"),
+        "the variable that set it: {err}"
+    );
 }
 
 /// Issue 12: `config check` reports every problem of one file at once, each with its full key
