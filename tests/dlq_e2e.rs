@@ -136,9 +136,15 @@ async fn dead_letters_replay_for_their_sink_only_and_stale_replays_are_supersede
         .all(|l| l.message.contains("VALIDATION_ERROR")));
 
     // The cause is fixed (HubSpot accepts again): replay every HubSpot dead letter.
-    dead_letter::replay(&h.kafka(), &hubspot)
+    let mut progress = Vec::new();
+    dead_letter::replay(&h.kafka(), &hubspot, |n| progress.push(n))
         .await
         .expect("replay");
+    assert_eq!(
+        progress.last(),
+        Some(&hubspot.len()),
+        "progress up to all of them"
+    );
     reaches(&h, "fred", fixed.event_id, Status::Applied).await;
     assert_eq!(
         h.fake

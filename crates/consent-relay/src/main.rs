@@ -11,6 +11,7 @@ mod ledger_report;
 mod malloc;
 mod origins;
 mod probe;
+mod progress;
 mod reconcile;
 mod sinks;
 
@@ -960,7 +961,6 @@ async fn import_file(
     topic: Option<String>,
     columns: import::Columns,
 ) -> Result<(), AppError> {
-    use std::io::{IsTerminal, Write};
     let text = std::fs::read_to_string(&file).map_err(|source| AppError::Io {
         path: file.display().to_string(),
         source,
@@ -1003,24 +1003,15 @@ async fn import_file(
         .filter(|e| !logged.contains(&e.event_id))
         .collect();
     let publisher = relay_runtime::Publisher::new(&config.kafka)?;
-    let interactive = std::io::stderr().is_terminal();
+    let mut progress =
+        progress::Progress::new("import".to_owned(), Some(fresh.len() as u64), false);
     let mut done = 0;
-    let mut shown_tenth = 0;
     for chunk in fresh.chunks(IMPORT_CHUNK) {
         publisher.send(&topic, chunk).await?;
         done += chunk.len();
-        let percent = done * 100 / fresh.len();
-        if interactive {
-            eprint!("\rimport: {done}/{} published ({percent}%)", fresh.len());
-            let _ = std::io::stderr().flush();
-        } else if percent / 10 > shown_tenth || done == fresh.len() {
-            shown_tenth = percent / 10;
-            eprintln!("import: {done}/{} published ({percent}%)", fresh.len());
-        }
+        progress.update(done as u64, "published");
     }
-    if interactive && !fresh.is_empty() {
-        eprintln!();
-    }
+    progress.finish();
     println!(
         "imported {}: {rows} row(s), {} published to {topic}, {} already in the ledger, {} bad, {} repeating an earlier row",
         file.display(),
@@ -1182,7 +1173,22 @@ async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
                 );
                 return Ok(());
             }
-            relay_runtime::dead_letter::replay(&config.kafka, &chosen).await?;
+            let mut progress = progress::Progress::new(
+                format!("dlq replay {sink}"),
+                Some(chosen.len() as u64),
+                false,
+            );
+            let replayed = relay_runtime::dead_letter::replay(&config.kafka, &chosen, |done| {
+                progress.update(done as u64, "replayed")
+            })
+            .await;
+            progress.finish();
+            replayed.map_err(|e| {
+                AppError::Usage(format!(
+                    "dlq replay to {}: {e}",
+                    config.kafka.bootstrap_servers
+                ))
+            })?;
             println!("replayed {} message(s) for sink {sink}", chosen.len());
             Ok(())
         }

@@ -15,9 +15,8 @@
 //! read again (what was repaired is now in sync), and removals are idempotent at every platform.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{IsTerminal, Write};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use relay_delivery::{Outcome, Sink, SinkItem, Target};
 use relay_events::{normalize, Action, ConsentEvent, Contact, EventKind, Scope};
@@ -28,6 +27,7 @@ use relay_sink_hubspot::{HubSpotConfig, HubSpotSink, ReadStatus, READ_PAGE};
 use relay_sink_newsletter::{ListStatus, NewsletterConfig, NewsletterSink};
 
 use crate::config::Config;
+use crate::progress::Progress;
 
 /// What the operator asked for.
 #[derive(Debug, Clone)]
@@ -123,81 +123,6 @@ impl Figures {
             telemetry.reconciled(destination, figure, value);
         }
         telemetry.reconcile_requests(destination, self.requests);
-    }
-}
-
-/// Progress on stderr: one line rewritten on a terminal, a line per tenth (or per 30 s when the
-/// total is unknown) otherwise.
-struct Progress {
-    label: String,
-    log: bool,
-    interactive: bool,
-    total: Option<u64>,
-    shown_tenth: u64,
-    last_line: Instant,
-}
-
-impl Progress {
-    fn new(label: String, total: Option<u64>, log: bool) -> Self {
-        Progress {
-            label,
-            log,
-            interactive: !log && std::io::stderr().is_terminal(),
-            total,
-            shown_tenth: 0,
-            last_line: Instant::now(),
-        }
-    }
-
-    fn update(&mut self, done: u64, what: &str) {
-        let text = match self.total {
-            Some(total) if total > 0 => {
-                format!("{done}/{total} {what} ({}%)", done * 100 / total)
-            }
-            _ => format!("{done} {what}"),
-        };
-        if self.interactive {
-            let width = 30usize;
-            let bar = match self.total {
-                Some(total) if total > 0 => {
-                    let filled = usize::try_from(done * width as u64 / total).unwrap_or(width);
-                    format!(
-                        "[{}{}] ",
-                        "#".repeat(filled),
-                        "-".repeat(width - filled.min(width))
-                    )
-                }
-                _ => String::new(),
-            };
-            eprint!("\r{}: {bar}{text}", self.label);
-            let _ = std::io::stderr().flush();
-            return;
-        }
-        let due = match self.total {
-            Some(total) if total > 0 => {
-                let tenth = done * 10 / total;
-                let due = tenth > self.shown_tenth;
-                if due {
-                    self.shown_tenth = tenth;
-                }
-                due
-            }
-            _ => self.last_line.elapsed() >= Duration::from_secs(30),
-        };
-        if due {
-            self.last_line = Instant::now();
-            if self.log {
-                tracing::info!(target: "consent_relay::reconcile", "{}: {text}", self.label);
-            } else {
-                eprintln!("{}: {text}", self.label);
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if self.interactive {
-            eprintln!();
-        }
     }
 }
 

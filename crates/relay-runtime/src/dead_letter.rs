@@ -139,29 +139,63 @@ pub fn distinct(letters: Vec<DeadLetter>) -> (Vec<DeadLetter>, usize) {
     (kept, dropped)
 }
 
+/// How many letters go to the producer before their acknowledgements are awaited: enough to keep
+/// it busy, and the step of the progress `replay` reports.
+pub const REPLAY_CHUNK: usize = 500;
+
+/// A replay that stopped: how far it got, so the operator knows what was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("{sent} of {total} message(s) replayed and acknowledged, then the broker failed (the next ones may be partly sent: replaying them again is harmless): {source}")]
+pub struct ReplayError {
+    pub sent: usize,
+    pub total: usize,
+    pub source: crate::RuntimeError,
+}
+
 /// Puts `letters` back on their original topics with their original keys and bytes, each marked
 /// for the sink that dead-lettered it; that sink decides them again (the version rule included, so
 /// a replay older than a newer decision is superseded), every other sink ignores the copies.
+/// Calls `sent` with the running count after each acknowledged chunk.
 pub async fn replay(
     kafka: &KafkaConfig,
     letters: &[DeadLetter],
-) -> Result<(), crate::RuntimeError> {
-    let producer = crate::producer(kafka)?;
-    for l in letters {
-        let headers = OwnedHeaders::new().insert(Header {
-            key: header::REPLAY_SINK,
-            value: Some(l.sink.as_str()),
-        });
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&l.original_topic)
-            .payload(l.payload.as_slice())
-            .headers(headers);
-        if let Some(key) = &l.key {
-            record = record.key(key.as_slice());
+    mut sent: impl FnMut(usize),
+) -> Result<(), ReplayError> {
+    let failed = |done: usize| {
+        move |source| ReplayError {
+            sent: done,
+            total: letters.len(),
+            source,
         }
-        producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map_err(|(e, _)| crate::RuntimeError::Kafka(e))?;
+    };
+    let producer = crate::producer(kafka).map_err(failed(0))?;
+    let mut done = 0;
+    for chunk in letters.chunks(REPLAY_CHUNK) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for l in chunk {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: header::REPLAY_SINK,
+                value: Some(l.sink.as_str()),
+            });
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&l.original_topic)
+                .payload(l.payload.as_slice())
+                .headers(headers);
+            if let Some(key) = &l.key {
+                record = record.key(key.as_slice());
+            }
+            // Enqueued at once, in order; a chunk is far below the producer's queue.
+            let delivery = producer
+                .send_result(record)
+                .map_err(|(e, _)| failed(done)(crate::RuntimeError::Kafka(e)))?;
+            pending.push(delivery);
+        }
+        for delivery in pending {
+            crate::publish::acknowledged(delivery)
+                .await
+                .map_err(failed(done))?;
+        }
+        done += chunk.len();
+        sent(done);
     }
     Ok(())
 }

@@ -121,7 +121,7 @@ impl Publisher {
     }
 }
 
-async fn acknowledged(delivery: DeliveryFuture) -> Result<(), RuntimeError> {
+pub(crate) async fn acknowledged(delivery: DeliveryFuture) -> Result<(), RuntimeError> {
     match delivery.await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err((e, _))) => Err(RuntimeError::Kafka(e)),
