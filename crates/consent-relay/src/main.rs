@@ -661,7 +661,7 @@ async fn run(
             .filter(|s| s.purposes.contains(purpose))
             .map(|s| s.sink.name())
             .collect();
-        tracing::info!(purpose, description = %def.description, sinks = ?served_by, "purpose map");
+        tracing::info!(purpose, description = %def.description, sinks = %served_by.join(","), "purpose map");
     }
     let ledger = Arc::new(relay_ledger::open(&config.ledger.url).await?);
     let shutdown = CancellationToken::new();

@@ -324,6 +324,23 @@ async fn the_binary_relays_exports_metrics_and_leaks_no_pii() {
         "--log-format json writes JSON lines only:\n{logs}"
     );
     assert!(logs.contains("\"sink\":\"hubspot\""), "{logs}");
+    // No Rust Debug renderings in our fields: lists are comma-separated, absent values a dash.
+    for line in logs.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        let target = record["target"].as_str().unwrap_or_default();
+        if !(target.starts_with("consent_relay") || target.starts_with("relay_")) {
+            continue;
+        }
+        let fields = record["fields"].as_object().cloned().unwrap_or_default();
+        for (name, value) in fields.iter().filter(|(n, _)| *n != "message") {
+            let text = value.as_str().unwrap_or_default();
+            assert!(
+                !(text.starts_with('[') || text.contains("Some(") || text == "None"),
+                "field {name} holds a Debug rendering: {line}"
+            );
+        }
+    }
+    assert!(logs.contains("\"sinks\":\"hubspot\""), "{logs}");
     assert_no_pii("the relay's logs", &logs);
 
     let lag = stdout(relay(&s.config, &["lag", "--json"]));

@@ -512,7 +512,7 @@ impl<L: Ledger> SourceWorker<L> {
                 lookahead.run(Arc::downgrade(&*consumer), shutdown.clone()),
             ))
         });
-        info!(sink = self.name(), group = %group, topics = ?self.kafka.topics, "consumer started");
+        info!(sink = self.name(), group = %group, topics = %self.kafka.topics.join(","), "consumer started");
         // Batches in flight, oldest first. They run side by side (the engine keeps one person's
         // items in one batch at a time), so that one batch waiting for an item's retries does not
         // hold back the next ones; offsets are committed strictly in order, each batch once it
