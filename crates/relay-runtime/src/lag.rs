@@ -64,9 +64,6 @@ pub fn lag_of<C: ConsumerContext, K: Consumer<C>>(
             Offset::Offset(o) if o >= 0 => Some(o),
             _ => None,
         };
-        // A group that never committed starts at the beginning (auto.offset.reset = earliest), so
-        // everything still in the log is its lag.
-        let from = committed.unwrap_or(low).max(low);
         out.push(PartitionLag {
             group: group.to_owned(),
             topic: e.topic().to_owned(),
@@ -74,7 +71,7 @@ pub fn lag_of<C: ConsumerContext, K: Consumer<C>>(
             committed,
             log_start: low,
             log_end: high,
-            lag: high - from,
+            lag: backlog(committed, low, high),
             oldest_unapplied_age_seconds: None,
             group_state: None,
             member: None,
@@ -227,9 +224,33 @@ pub fn produced_at(m: &impl Message) -> Option<SystemTime> {
     }
 }
 
+/// What a group has still to read of a partition holding offsets `low..high`. A group that never
+/// committed starts at the beginning (auto.offset.reset = earliest), so everything still in the
+/// log is its lag; so does one whose commit is out of range, before the log's start (retention)
+/// or beyond its end (the topic was recreated), where a negative backlog would hide it.
+fn backlog(committed: Option<i64>, low: i64, high: i64) -> i64 {
+    let from = committed
+        .filter(|c| (low..=high).contains(c))
+        .unwrap_or(low);
+    high - from
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commit_out_of_range_counts_the_whole_log() {
+        assert_eq!(backlog(Some(7), 5, 10), 3);
+        assert_eq!(backlog(Some(10), 5, 10), 0);
+        assert_eq!(backlog(None, 5, 10), 5);
+        assert_eq!(backlog(Some(2), 5, 10), 5, "behind retention");
+        assert_eq!(
+            backlog(Some(40), 5, 10),
+            5,
+            "beyond the end: never negative"
+        );
+    }
 
     #[test]
     fn a_member_assignment_reads_as_its_partitions() {
