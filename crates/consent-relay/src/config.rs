@@ -105,6 +105,14 @@ pub struct PurposeConfig {
     /// What the person agreed to, for operators reading the config and the ledger.
     #[serde(default)]
     pub description: String,
+    /// Why the purpose's data may be processed, as `ledger audit` tells a data subject (GDPR Art.
+    /// 15(1)(c) with Art. 13(1)(c)); every purpose the relay carries rests on consent.
+    #[serde(default = "default_legal_basis")]
+    pub legal_basis: String,
+}
+
+fn default_legal_basis() -> String {
+    "consent, GDPR Art. 6(1)(a)".to_owned()
 }
 
 /// The runtime settings every sink has, next to its own.

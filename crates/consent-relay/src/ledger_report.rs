@@ -269,6 +269,7 @@ pub fn to_audit(
     subject_id: &str,
     r: &SubjectReport,
     recipients: &std::collections::BTreeMap<String, Recipient>,
+    bases: &LegalBases,
 ) -> String {
     let audit = Audit::new(r);
     let mut out = String::new();
@@ -285,12 +286,14 @@ pub fn to_audit(
     for c in &r.consent_log {
         let _ = writeln!(
             out,
-            "  {}  {} for {} via {} (notice {}), event {}",
+            "  {}  {} for {} via {} (notice {}{}), event {}",
             when(c.occurred_at_ms),
             shown(&c.kind),
             shown(&c.purposes.join(", ")),
             shown(&c.source),
             shown(c.notice_version.as_deref().unwrap_or("-")),
+            basis_of(bases, &c.purposes)
+                .map_or_else(String::new, |b| format!("; legal basis: {b}")),
             c.event_id
         );
     }
@@ -308,10 +311,12 @@ pub fn to_audit(
         for ((target, done), (n, first, last)) in &changes.done {
             let _ = writeln!(
                 out,
-                "    {:<20} {done}: {n}×, first {}, last {}",
+                "    {:<20} {done}: {n}×, first {}, last {}{}",
                 shown(target),
                 when(*first),
-                when(*last)
+                when(*last),
+                basis_of(bases, std::slice::from_ref(target))
+                    .map_or_else(String::new, |b| format!("; legal basis: {b}"))
             );
         }
     }
@@ -359,11 +364,27 @@ awaiting the person's confirmation (the downstream sent its opt-in email; subscr
     out
 }
 
+/// Purpose → its legal basis as configured (`[purposes.<name>] legal_basis`).
+pub type LegalBases = std::collections::BTreeMap<String, String>;
+
+/// The legal bases of `purposes`, distinct, `; `-separated; `None` when none is known (a
+/// withdrawal of every purpose, `*`).
+fn basis_of(bases: &LegalBases, purposes: &[String]) -> Option<String> {
+    let mut found: Vec<&str> = purposes
+        .iter()
+        .filter_map(|p| bases.get(p).map(String::as_str))
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    (!found.is_empty()).then(|| found.join("; "))
+}
+
 /// `ledger audit --json`: the same as [`to_audit`], as data.
 pub fn audit_json(
     subject_id: &str,
     r: &SubjectReport,
     recipients: &std::collections::BTreeMap<String, Recipient>,
+    bases: &LegalBases,
 ) -> serde_json::Value {
     let audit = Audit::new(r);
     json!({
@@ -372,6 +393,7 @@ pub fn audit_json(
         "consent_decisions": r.consent_log.iter().map(|c| json!({
             "occurred_at": when(c.occurred_at_ms), "kind": c.kind, "purposes": c.purposes,
             "source": c.source, "notice_version": c.notice_version,
+            "legal_basis": basis_of(bases, &c.purposes),
             "event_id": c.event_id.to_string(), "late": c.late,
         })).collect::<Vec<_>>(),
         "recipients": audit.by_destination.iter().map(|(destination, changes)| {
@@ -381,6 +403,7 @@ pub fn audit_json(
                 "changes": changes.done.iter().map(|((target, done), (n, first, last))| json!({
                     "target": target, "done": done, "count": n,
                     "first": when(*first), "last": when(*last),
+                    "legal_basis": basis_of(bases, std::slice::from_ref(target)),
                 })).collect::<Vec<_>>(),
             })
         }).collect::<Vec<_>>(),
@@ -587,7 +610,7 @@ mod tests {
         assert_eq!(report.deliveries.len(), EXTREMES.len());
 
         let text = to_text(SUBJECT, &report);
-        let audit = to_audit(SUBJECT, &report, &Default::default());
+        let audit = to_audit(SUBJECT, &report, &Default::default(), &Default::default());
         let json = to_json(SUBJECT, &report).to_string();
         for (ms, rendered) in EXTREMES {
             assert!(text.contains(rendered), "show lacks {rendered} for {ms}");
@@ -673,7 +696,7 @@ mod tests {
         assert!(text.contains("awaiting_confirmation"), "{text}");
         assert!(text.contains("asked the person to confirm"), "{text}");
         assert!(text.contains("re-asserted=1"), "{text}");
-        let audit = to_audit("mona", &report, &Default::default());
+        let audit = to_audit("mona", &report, &Default::default(), &Default::default());
         assert!(
             audit.contains("awaiting the person's confirmation"),
             "{audit}"
@@ -760,7 +783,16 @@ mod tests {
                 data: "SHA-256 of the normalized email address".into(),
             },
         )]);
-        let audit = to_audit("s", &report, &recipients);
+        let bases = LegalBases::from([("ads".to_owned(), "consent, GDPR Art. 6(1)(a)".to_owned())]);
+        let audit = to_audit("s", &report, &recipients, &bases);
+        assert!(
+            audit.contains("; legal basis: consent, GDPR Art. 6(1)(a)), event"),
+            "each decision with its legal basis: {audit}"
+        );
+        assert!(
+            audit.contains("1×, first 1970-01-01T00:00:01.500Z, last 1970-01-01T00:00:01.500Z; legal basis: consent, GDPR Art. 6(1)(a)"),
+            "each recipient's change too: {audit}"
+        );
         assert!(
             audit.contains("Meta (Custom Audience 111) [audiences.meta]"),
             "{audit}"
@@ -790,19 +822,23 @@ mod tests {
             audit.contains("partner.in_gmbh      missing_email: a withdrawal needs the email"),
             "{audit}"
         );
-        let json = audit_json("s", &report, &recipients);
+        let json = audit_json("s", &report, &recipients, &bases);
         assert_eq!(json["known"], true);
         assert_eq!(json["recipients"][1]["name"], "Meta (Custom Audience 111)");
         assert_eq!(json["recipients"][1]["changes"][0]["count"], 1);
+        assert_eq!(
+            json["consent_decisions"][0]["legal_basis"],
+            "consent, GDPR Art. 6(1)(a)"
+        );
         assert_eq!(json["dead_lettered"][0]["code"], "missing_email");
 
-        let nothing = to_audit("who", &SubjectReport::default(), &recipients);
+        let nothing = to_audit("who", &SubjectReport::default(), &recipients, &bases);
         assert!(
             nothing.contains("the ledger holds no record of this subject"),
             "{nothing}"
         );
         assert_eq!(
-            audit_json("who", &SubjectReport::default(), &recipients)["known"],
+            audit_json("who", &SubjectReport::default(), &recipients, &bases)["known"],
             false
         );
     }

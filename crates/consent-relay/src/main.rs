@@ -484,6 +484,11 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
                 .iter()
                 .flat_map(|entry| entry.config.recipients())
                 .collect();
+            let bases: ledger_report::LegalBases = config
+                .purposes
+                .iter()
+                .map(|(name, p)| (name.clone(), p.legal_basis.clone()))
+                .collect();
             let (subjects, email_hash) = match (subject_id, email) {
                 (Some(s), _) => (vec![s], None),
                 (None, Some(email)) => {
@@ -508,11 +513,16 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
                 let report = relay_ledger::Ledger::subject_report(&ledger, subject_id).await?;
                 known |= ledger_report::holds_anything(&report);
                 if json {
-                    audits.push(ledger_report::audit_json(subject_id, &report, &recipients));
+                    audits.push(ledger_report::audit_json(
+                        subject_id,
+                        &report,
+                        &recipients,
+                        &bases,
+                    ));
                 } else {
                     print!(
                         "{}",
-                        ledger_report::to_audit(subject_id, &report, &recipients)
+                        ledger_report::to_audit(subject_id, &report, &recipients, &bases)
                     );
                 }
             }
