@@ -391,12 +391,10 @@ async fn the_relays_own_unsubscribe_coming_back_from_mailchimp_changes_nothing()
     let hook = format!("{}/webhooks/mailchimp/{PATH_SECRET}", l.url);
     l.mailchimp.fire_webhooks_for_api_changes(&hook);
 
+    // Upstream unsubscribes the person from everything (so that the list's every purpose is
+    // what the relay withdrew there: all of the webhook is the echo).
     let withdrawn_at = webhooks::now_ms() - 60_000;
-    let withdrawals: Vec<_> = PURPOSES
-        .iter()
-        .map(|p| withdraw("ole", withdrawn_at, p))
-        .collect();
-    l.h.publish(&withdrawals).await;
+    l.h.publish(&[unsubscribe_all("ole", withdrawn_at)]).await;
     l.withdrawn_everywhere("ole").await;
     let answers = eventually("Mailchimp reported the change back", PATIENCE, || async {
         let answers = l.mailchimp.webhook_answers();

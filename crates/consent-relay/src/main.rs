@@ -876,6 +876,15 @@ async fn ingest(config: Config, poll: bool) -> Result<(), AppError> {
             "ingest --poll: nothing to poll; configure [ingest.mailchimp.poll] (see deploy/consent-relay.example.toml)".into(),
         ));
     }
+    let polled_only = settings
+        .mailchimp
+        .as_ref()
+        .is_some_and(|m| m.poll.is_some() && m.path_secret.is_empty());
+    if polled_only && !poll {
+        return Err(AppError::Usage(
+            "ingest: [ingest.mailchimp] has no path_secret, so no webhook route, and is heard only by polling: run `ingest --poll`".into(),
+        ));
+    }
     let topic = settings
         .topic
         .clone()

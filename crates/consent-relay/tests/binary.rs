@@ -384,7 +384,9 @@ async fn the_binary_relays_exports_metrics_and_leaks_no_pii() {
 
     let audit = output(relay(&s.config, &["ledger", "audit", "bin-0"]));
     assert!(
-        audit.contains("ConsentGranted for newsletter via web-form (notice nl-1)"),
+        audit.contains(
+            "ConsentGranted for newsletter via web-form (notice nl-1; legal basis: consent, GDPR Art. 6(1)(a))"
+        ),
         "{audit}"
     );
     // The recipient by name, what it received, and what was done there.

@@ -50,8 +50,9 @@ pub struct IngestConfig {
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
     /// A vendor's notice this close (either way, vendor clock against ours) to a withdrawal the
-    /// relay was delivering to that vendor for the same person is taken for that delivery's echo
-    /// and not published. Longer than the vendors' webhook delays.
+    /// relay was delivering to that vendor for the same person is taken for that delivery's echo,
+    /// and not published for the purposes the relay was withdrawing. Longer than the vendors'
+    /// webhook delays.
     #[serde(default = "default_echo_window_ms")]
     pub echo_window_ms: u64,
     #[serde(default)]
@@ -289,6 +290,17 @@ impl IngestConfig {
                     ));
                 } else if p.base_url().is_none() {
                     out.push("ingest.mailchimp.poll.api_base_url: missing, and the API key names no data center (<key>-<dc>)".into());
+                }
+                if let Some(url) = &p.api_base_url {
+                    // The key goes in every request's Authorization header.
+                    let local = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                        .iter()
+                        .any(|l| url.starts_with(l));
+                    if !url.starts_with("https://") && !local {
+                        out.push(format!(
+                            "ingest.mailchimp.poll.api_base_url: {url:?} must be https:// (the API key travels with every request; http:// only to this machine, for tests)"
+                        ));
+                    }
                 }
                 if p.interval_ms < 10_000 {
                     out.push("ingest.mailchimp.poll.interval_ms: at least 10000 (Mailchimp allows 10 connections per key; polls share them with the newsletter sink)".into());

@@ -205,10 +205,10 @@ impl Ingest {
             };
             match subject {
                 Some(subject) => {
-                    if self.is_echo(vendor, &subject, &notice).await? {
+                    let Some(notice) = self.beyond_echo(vendor, &subject, notice).await? else {
                         echoes += 1;
                         continue;
-                    }
+                    };
                     let event = notice.into_event(subject);
                     if let Err(e) = event.validate() {
                         self.metrics.add(metrics::FAILED, vendor, "invalid", 1);
@@ -219,7 +219,8 @@ impl Ingest {
                 }
                 None => {
                     let record = notice.unknown();
-                    self.ledger
+                    let new = self
+                        .ledger
                         .record_unknown_contact(&record)
                         .await
                         .map_err(|e| {
@@ -229,8 +230,11 @@ impl Ingest {
                                 format!("recording an unknown contact failed: {e}"),
                             )
                         })?;
-                    tracing::info!(vendor = vendor.as_str(), event_id = %record.event_id, email_sha256 = record.email_sha256.as_deref().unwrap_or("-"), "decision about a contact the ledger does not know; recorded");
-                    self.metrics.add(metrics::UNKNOWN, vendor, "", 1);
+                    // A vendor's retry, or a poll reading it again, is the same record.
+                    if new {
+                        tracing::info!(vendor = vendor.as_str(), event_id = %record.event_id, email_sha256 = record.email_sha256.as_deref().unwrap_or("-"), "decision about a contact the ledger does not know; recorded");
+                        self.metrics.add(metrics::UNKNOWN, vendor, "", 1);
+                    }
                     unknown += 1;
                 }
             }
@@ -254,13 +258,14 @@ impl Ingest {
     }
 
     /// Whether the notice only reports back a withdrawal the relay delivered to the vendor
-    /// ([`Notice::is_echo`]); an echo is counted and logged, not published.
-    async fn is_echo(
+    /// The notice without what only reports back the relay's own withdrawals
+    /// ([`Notice::beyond`]); a notice that is all echo is counted and logged, not published.
+    async fn beyond_echo(
         &self,
         vendor: Vendor,
         subject: &str,
-        notice: &Notice,
-    ) -> Result<bool, Failure> {
+        notice: Notice,
+    ) -> Result<Option<Notice>, Failure> {
         let window = i64::try_from(self.config.echo_window_ms).unwrap_or(i64::MAX);
         let at = notice.occurred_at_ms;
         let event_id = notice.event_id();
@@ -274,12 +279,12 @@ impl Ingest {
             )
             .await
             .map_err(|e| self.fail(vendor, "ledger", format!("ledger lookup failed: {e}")))?;
-        let echo = notice.is_echo(&delivered, self.writers.as_ref());
-        if echo {
+        let left = notice.beyond(&delivered, self.writers.as_ref());
+        if left.is_none() {
             self.metrics.add(metrics::IGNORED, vendor, "echo", 1);
             tracing::info!(vendor = vendor.as_str(), %event_id, subject_id = subject, "the vendor reports back a withdrawal the relay delivered there; not published");
         }
-        Ok(echo)
+        Ok(left)
     }
 
     /// Follows a vendor-side address change: the new address finds the old one's subject.
@@ -327,7 +332,7 @@ impl Ingest {
 
     fn fail(&self, vendor: Vendor, stage: &'static str, message: String) -> Failure {
         self.metrics.add(metrics::FAILED, vendor, stage, 1);
-        tracing::error!(vendor = vendor.as_str(), stage, error = %message, "webhook not acknowledged; the vendor will retry");
+        tracing::error!(vendor = vendor.as_str(), stage, error = %message, "not acknowledged: the vendor retries its webhook, a poll reads it again");
         Failure::Unavailable(stage)
     }
 

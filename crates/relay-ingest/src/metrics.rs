@@ -40,7 +40,7 @@ const HELP: [(&str, &str); 9] = [
     ),
     (
         FAILED,
-        "Requests answered 5xx (the vendor retries), per stage: ledger, lookup, publish.",
+        "Requests answered 5xx (the vendor retries) and poll pages not published, per stage: ledger, lookup, publish.",
     ),
     (
         ADDRESS_CHANGES,

@@ -116,27 +116,63 @@ impl Notice {
         }
     }
 
-    /// Whether this notice is the vendor reporting back a withdrawal the relay delivered there
-    /// (an echo): it then carries the time the relay's request landed, later than the decision
-    /// it repeats, and published it would outrank a grant the person gave in between. Nothing of
-    /// an echo is the person's decision, whatever purposes its list is mapped to. `delivered` is
-    /// what the relay was delivering around the notice's time; `writers` which destination writes
-    /// which list (without it, any destination of the vendor's sink counts). Only an erasure the
-    /// relay delivered echoes an erasure.
-    pub fn is_echo(
-        &self,
+    /// What is left of this notice once what merely reports back the relay's own withdrawals
+    /// is taken out; `None` when nothing is. Such an echo carries the time the relay's request
+    /// landed, later than the decision it repeats, and published it would outrank a grant the
+    /// person gave in between. `delivered` is what the relay was delivering for the person around
+    /// the notice's time; `writers` which destination writes which list (without it, any
+    /// destination of the vendor's sink counts).
+    ///
+    /// It is an echo only if a withdrawal went to this very list (or HubSpot) then, and only of
+    /// an unsubscribe or an erasure (a spam complaint is the person's, whatever the relay did).
+    /// It covers the purposes the relay was withdrawing then, at any destination; the rest of the
+    /// notice is published: a list mapped to more purposes than the relay withdrew may be the
+    /// person's own unsubscribe, and dropping a withdrawal is worse than repeating one.
+    pub fn beyond(
+        self,
         delivered: &[DeliveredWithdrawal],
         writers: Option<&ListWriters>,
-    ) -> bool {
-        delivered.iter().any(|d| {
+    ) -> Option<Notice> {
+        let erasure = self.kind == EventKind::ErasureRequested;
+        if !(erasure || self.kind == EventKind::Unsubscribed) {
+            return Some(self);
+        }
+        let is_erasure = |d: &DeliveredWithdrawal| d.kind == EventKind::ErasureRequested.name();
+        let caused = delivered.iter().any(|d| {
             let to_this_vendor = match (self.vendor, writers) {
                 (Vendor::HubSpot, _) | (_, None) => self.vendor.is_written_by(&d.sink),
                 (vendor, Some(w)) => w.writes(vendor, &self.lists, &d.sink),
             };
-            let repeats = self.kind != EventKind::ErasureRequested
-                || d.kind == EventKind::ErasureRequested.name();
-            to_this_vendor && repeats
-        })
+            to_this_vendor && (!erasure || is_erasure(d))
+        });
+        if !caused {
+            return Some(self);
+        }
+        if erasure || delivered.iter().any(|d| is_erasure(d) || d.target == "*") {
+            return None;
+        }
+        let Scope::Purposes(purposes) = &self.scope else {
+            // An unsubscribe from everything repeats only a withdrawal of everything.
+            return Some(self);
+        };
+        let left: Vec<String> = purposes
+            .iter()
+            .filter(|p| !delivered.iter().any(|d| &d.target == *p))
+            .cloned()
+            .collect();
+        if left.is_empty() {
+            None
+        } else if left.len() == purposes.len() {
+            Some(self)
+        } else {
+            // Another event than the whole notice, so another id: a retry of the webhook that
+            // finds other deliveries is no conflicting copy of this one.
+            Some(Notice {
+                vendor_key: format!("{}:beyond-echo:{}", self.vendor_key, left.join(",")),
+                scope: Scope::Purposes(left),
+                ..self
+            })
+        }
     }
 
     /// The event for the person the ledger knows as `subject_id`.
@@ -250,56 +286,106 @@ mod tests {
     }
 
     #[test]
-    fn an_echo_is_a_withdrawal_the_relay_delivered_to_the_same_list() {
-        let withdrawn = |sink: &str, kind: &str| DeliveredWithdrawal {
+    fn an_echo_is_what_the_relay_withdrew_at_the_same_list() {
+        let withdrawn = |sink: &str, target: &str, kind: &str| DeliveredWithdrawal {
             sink: sink.into(),
+            target: target.into(),
             kind: kind.into(),
         };
         let mut writers = ListWriters::default();
         writers.insert(Vendor::Mailchimp, "a", "newsletter.main");
         writers.insert(Vendor::Mailchimp, "b", "newsletter.other");
         writers.insert(Vendor::Brevo, "7", "newsletter.brevo");
+        let w = Some(&writers);
         let n = notice("k1");
-        let to_main = withdrawn("newsletter.main", "Unsubscribed");
-        assert!(!n.is_echo(&[], Some(&writers)), "nothing delivered");
-        assert!(n.is_echo(std::slice::from_ref(&to_main), Some(&writers)));
-        assert!(
-            !n.is_echo(
-                &[withdrawn("newsletter.other", "Unsubscribed")],
-                Some(&writers)
-            ),
+        let to_main = withdrawn("newsletter.main", "newsletter", "Unsubscribed");
+        assert_eq!(
+            n.clone().beyond(&[], w),
+            Some(n.clone()),
+            "nothing delivered"
+        );
+        assert_eq!(n.clone().beyond(std::slice::from_ref(&to_main), w), None);
+        let elsewhere = withdrawn("newsletter.other", "newsletter", "Unsubscribed");
+        assert_eq!(
+            n.clone().beyond(std::slice::from_ref(&elsewhere), w),
+            Some(n.clone()),
             "the relay wrote another list: the person's own decision"
         );
-        assert!(
-            !n.is_echo(
-                &[withdrawn("audiences.meta", "Unsubscribed")],
-                Some(&writers)
-            ),
-            "nothing went to this vendor"
-        );
-        assert!(
-            n.is_echo(&[withdrawn("newsletter.other", "Unsubscribed")], None),
+        assert_eq!(
+            n.clone().beyond(std::slice::from_ref(&elsewhere), None),
+            None,
             "without the sink's configuration, any of its destinations"
         );
-        assert!(!n.is_echo(&[withdrawn("newsletterish", "Unsubscribed")], None));
-        let mut complaint = notice("k2");
-        complaint.vendor = Vendor::Brevo;
-        complaint.lists.clear();
-        assert!(complaint.is_echo(
-            &[withdrawn("newsletter.brevo", "ConsentWithdrawn")],
-            Some(&writers)
-        ));
-        assert!(!complaint.is_echo(std::slice::from_ref(&to_main), Some(&writers)));
-        let mut erasure = notice("k3");
+        assert_eq!(
+            n.clone().beyond(
+                &[withdrawn("newsletterish", "newsletter", "Unsubscribed")],
+                None
+            ),
+            Some(n.clone())
+        );
+
+        // A list for two purposes: the one the relay withdrew is the echo, the other is published.
+        let mut two = notice("k2");
+        two.scope = Scope::Purposes(vec!["newsletter".into(), "ads".into()]);
+        let left = two
+            .clone()
+            .beyond(std::slice::from_ref(&to_main), w)
+            .expect("ads is left");
+        assert_eq!(left.scope, Scope::Purposes(vec!["ads".into()]));
+        assert_ne!(left.event_id(), two.event_id());
+        let with_ads = [
+            to_main.clone(),
+            withdrawn("audiences.meta", "ads", "ConsentWithdrawn"),
+        ];
+        assert_eq!(
+            two.clone().beyond(&with_ads, w),
+            None,
+            "withdrawn at Meta too"
+        );
+        assert_eq!(
+            two.clone()
+                .beyond(&[withdrawn("audiences.meta", "ads", "ConsentWithdrawn")], w),
+            Some(two.clone()),
+            "nothing went to this list"
+        );
+        let everything = withdrawn("newsletter.main", "*", "Unsubscribed");
+        assert_eq!(
+            two.clone().beyond(std::slice::from_ref(&everything), w),
+            None
+        );
+
+        // A complaint is the person's own; so is an unsubscribe from everything the relay did not
+        // withdraw everything of.
+        let mut complaint = notice("k3");
+        complaint.kind = EventKind::ConsentWithdrawn;
+        assert_eq!(
+            complaint.clone().beyond(std::slice::from_ref(&to_main), w),
+            Some(complaint)
+        );
+        let mut all = notice("k4");
+        all.scope = Scope::All;
+        assert_eq!(
+            all.clone().beyond(std::slice::from_ref(&to_main), w),
+            Some(all.clone())
+        );
+        assert_eq!(all.beyond(std::slice::from_ref(&everything), w), None);
+
+        let mut erasure = notice("k5");
         erasure.vendor = Vendor::HubSpot;
         erasure.kind = EventKind::ErasureRequested;
         erasure.scope = Scope::All;
         erasure.lists.clear();
-        assert!(
-            !erasure.is_echo(&[withdrawn("hubspot", "Unsubscribed")], Some(&writers)),
+        assert_eq!(
+            erasure
+                .clone()
+                .beyond(&[withdrawn("hubspot", "*", "Unsubscribed")], w),
+            Some(erasure.clone()),
             "a withdrawal does not repeat an erasure"
         );
-        assert!(erasure.is_echo(&[withdrawn("hubspot", "ErasureRequested")], Some(&writers)));
+        assert_eq!(
+            erasure.beyond(&[withdrawn("hubspot", "*", "ErasureRequested")], w),
+            None
+        );
     }
 
     #[test]

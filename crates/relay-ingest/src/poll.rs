@@ -23,6 +23,9 @@ const OVERLAP_MS: i64 = 10 * 60 * 1000;
 /// Mailchimp's largest page of members.
 const PAGE: usize = 1000;
 
+/// Passes over a list's unsubscribed members until one finds nobody new.
+const MAX_PASSES: usize = 4;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
     #[error("Mailchimp poll: {url} failed: {source}")]
@@ -40,8 +43,10 @@ pub enum PollError {
     NoBaseUrl,
     #[error("Mailchimp poll: the ledger failed: {0}")]
     Ledger(#[from] relay_ledger::LedgerError),
-    #[error("Mailchimp poll: {0}")]
-    Undecided(String),
+    #[error("Mailchimp poll of {list}: not published: {why}")]
+    Undecided { list: String, why: String },
+    #[error("Mailchimp poll of {list}: the unsubscribed members kept changing while they were read ({MAX_PASSES} passes); the next poll reads them again")]
+    Unsettled { list: String },
 }
 
 /// What one poll of one list found and did.
@@ -56,6 +61,10 @@ pub struct PollReport {
     pub published: usize,
     pub unknown: usize,
     pub echoes: usize,
+    /// Read again within the overlap: logged already, not published twice.
+    pub already_logged: usize,
+    /// Addresses no event may carry (counted as `ignored{reason="invalid_address"}`).
+    pub skipped: usize,
 }
 
 #[derive(Deserialize)]
@@ -70,6 +79,9 @@ struct MemberRow {
     email_address: String,
     #[serde(default)]
     last_changed: Option<String>,
+    /// When the member last opted in (empty for one who never did).
+    #[serde(default)]
+    timestamp_opt: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -113,6 +125,8 @@ impl Ingest {
                     published = r.published,
                     unknown = r.unknown,
                     echoes = r.echoes,
+                    already_logged = r.already_logged,
+                    skipped = r.skipped,
                     "poll finished"
                 ),
                 Err(e) => {
@@ -167,71 +181,120 @@ impl Ingest {
             ..PollReport::default()
         };
         let since_text = format_utc_datetime(since).replacen(' ', "T", 1) + "+00:00";
-        let mut offset = 0;
-        loop {
-            let page: MembersPage = self
-                .mailchimp_get(
-                    poll,
-                    &format!("{base}/lists/{list_id}/members"),
-                    &[
-                        ("status", "unsubscribed"),
-                        ("unsubscribed_since", &since_text),
-                        ("count", &PAGE.to_string()),
-                        ("offset", &offset.to_string()),
-                        (
-                            "fields",
-                            "members.email_address,members.last_changed,total_items",
+        // Paged by offset while the set may change (a member re-subscribed or erased leaves it and
+        // moves the rest forward), so a member may be passed over: read again until a pass finds
+        // nobody new. Members seen once are not asked about or published again in this poll.
+        let mut seen = std::collections::HashSet::new();
+        for _pass in 0..MAX_PASSES {
+            let mut new_in_pass = 0;
+            let mut offset = 0;
+            loop {
+                let page: MembersPage = self
+                    .mailchimp_get(
+                        poll,
+                        &format!("{base}/lists/{list_id}/members"),
+                        &[
+                            ("status", "unsubscribed"),
+                            ("unsubscribed_since", &since_text),
+                            ("count", &PAGE.to_string()),
+                            ("offset", &offset.to_string()),
+                            (
+                                "fields",
+                                "members.email_address,members.last_changed,members.timestamp_opt,total_items",
+                            ),
+                        ],
+                    )
+                    .await?;
+                let read = page.members.len();
+                let mut notices = Vec::with_capacity(read);
+                for member in page.members {
+                    let hash = normalize::email_sha256(&member.email_address);
+                    if !seen.insert(hash.clone()) {
+                        continue;
+                    }
+                    new_in_pass += 1;
+                    report.unsubscribed += 1;
+                    let at = self
+                        .unsubscribed_at(poll, &base, list_id, since, &member)
+                        .await?;
+                    let notice = Notice {
+                        vendor: Vendor::Mailchimp,
+                        vendor_key: format!(
+                            "{list_id}:unsubscribe:{hash}:{}",
+                            format_utc_datetime(at)
                         ),
-                    ],
-                )
-                .await?;
-            let read = page.members.len();
-            let mut notices = Vec::with_capacity(read);
-            for member in page.members {
-                let at = self.unsubscribed_at(poll, &base, list_id, &member).await?;
-                let hash = normalize::email_sha256(&member.email_address);
-                notices.push(Notice {
-                    vendor: Vendor::Mailchimp,
-                    // The key a webhook of the same unsubscribe has when it fired that second.
-                    vendor_key: format!("{list_id}:unsubscribe:{hash}:{}", format_utc_datetime(at)),
-                    vendor_ref: format!("list {list_id}"),
-                    lists: vec![list_id.to_owned()],
-                    kind: EventKind::Unsubscribed,
-                    scope: Scope::Purposes(purposes.to_vec()),
-                    email: Some(member.email_address),
-                    occurred_at_ms: at,
-                });
+                        vendor_ref: format!("list {list_id}"),
+                        lists: vec![list_id.to_owned()],
+                        kind: EventKind::Unsubscribed,
+                        scope: Scope::Purposes(purposes.to_vec()),
+                        email: Some(member.email_address),
+                        occurred_at_ms: at,
+                    };
+                    // An address the event rules refuse cannot be published; it must not hold
+                    // back the list's other members.
+                    let probe = notice.clone().into_event("subject".to_owned());
+                    if let Err(e) = probe.validate() {
+                        if e.code() == relay_events::ErrorCode::InvalidEmail {
+                            self.metrics.add(
+                                metrics::IGNORED,
+                                Vendor::Mailchimp,
+                                "invalid_address",
+                                1,
+                            );
+                            tracing::warn!(%source, email_sha256 = %hash, error = %e, "unsubscribed member with an address no event may carry; skipped");
+                            report.skipped += 1;
+                            continue;
+                        }
+                    }
+                    notices.push(notice);
+                }
+                // Read again within the overlap: already logged, nothing to publish twice.
+                let ids: Vec<uuid::Uuid> = notices.iter().map(Notice::event_id).collect();
+                let logged = self.ledger.logged_event_ids(&ids).await?;
+                notices.retain(|n| !logged.contains(&n.event_id()));
+                report.already_logged += ids.len() - notices.len();
+                let outcome = self
+                    .publish_known(Vendor::Mailchimp, notices)
+                    .await
+                    .map_err(|f| PollError::Undecided {
+                        list: source.clone(),
+                        why: f.to_string(),
+                    })?;
+                report.published += outcome.published;
+                report.unknown += outcome.unknown;
+                report.echoes += outcome.echoes;
+                offset += read;
+                if read < PAGE || offset >= page.total_items {
+                    break;
+                }
             }
-            report.unsubscribed += notices.len();
-            let outcome = self
-                .publish_known(Vendor::Mailchimp, notices)
-                .await
-                .map_err(|f| PollError::Undecided(f.to_string()))?;
-            report.published += outcome.published;
-            report.unknown += outcome.unknown;
-            report.echoes += outcome.echoes;
-            offset += read;
-            if read < PAGE || offset >= page.total_items {
-                break;
+            if new_in_pass == 0 {
+                self.ledger.set_poll_cursor(&source, started).await?;
+                return Ok(report);
             }
         }
-        self.ledger.set_poll_cursor(&source, started).await?;
-        Ok(report)
+        // Still changing: the cursor stays, and the next poll reads the same window again.
+        Err(PollError::Unsettled { list: source })
     }
 
-    /// When the member unsubscribed: their newest `unsub` activity; without one (Mailchimp
-    /// keeps the last 50 events), `last_changed`, which is no earlier than the unsubscribe, so
-    /// the withdrawal is never dated before a decision it followed.
+    /// When the member unsubscribed: their newest `unsub` activity if it is of this unsubscribe
+    /// (since the window's start and after their last opt-in: an older one belongs to an
+    /// unsubscribe they took back); else `last_changed`, which is no earlier than the
+    /// unsubscribe, so the withdrawal is never dated before a decision it followed. Mailchimp
+    /// keeps 50 events, and whether API and admin unsubscribes appear there is unconfirmed.
     async fn unsubscribed_at(
         &self,
         poll: &MailchimpPoll,
         base: &str,
         list_id: &str,
+        since: i64,
         member: &MemberRow,
     ) -> Result<i64, PollError> {
         let hash = normalize::mailchimp_subscriber_hash(&member.email_address);
         let path = format!("{base}/lists/{list_id}/members/{hash}/activity");
-        let page: ActivityPage = self
+        let changed = member.last_changed.as_deref().and_then(parse_iso8601);
+        let opted_in = member.timestamp_opt.as_deref().and_then(parse_iso8601);
+        let asked: Result<ActivityPage, PollError> = self
             .mailchimp_get(
                 poll,
                 &path,
@@ -240,24 +303,27 @@ impl Ingest {
                     ("fields", "activity.action,activity.timestamp"),
                 ],
             )
-            .await?;
-        let newest = page
-            .activity
+            .await;
+        let activity = match asked {
+            Ok(page) => page.activity,
+            // One member's activity must not stall the list: last_changed dates it safely.
+            Err(e) if changed.is_some() => {
+                tracing::warn!(list_id, error = %e, "member activity unreadable; dated by last_changed");
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        let newest = activity
             .iter()
             .filter(|a| a.action == "unsub")
             .filter_map(|a| parse_iso8601(&a.timestamp))
-            .max();
-        if let Some(at) = newest {
-            return Ok(at);
-        }
-        member
-            .last_changed
-            .as_deref()
-            .and_then(parse_iso8601)
-            .ok_or_else(|| PollError::Answer {
-                url: path,
-                what: "an unsubscribed member with no unsub activity and no last_changed".into(),
-            })
+            .max()
+            .filter(|at| *at >= since && opted_in.is_none_or(|o| *at >= o))
+            .filter(|at| changed.is_none_or(|c| *at <= c));
+        newest.or(changed).ok_or_else(|| PollError::Answer {
+            url: path,
+            what: "an unsubscribed member with no unsub activity and no last_changed".into(),
+        })
     }
 
     /// GETs `path` with `query` (encoded: Mailchimp's times hold a `+`).

@@ -168,7 +168,7 @@ async fn a_poll_publishes_each_unsubscribe_at_its_own_time_and_remembers_how_far
     // The next poll reads from the cursor (with an overlap): the old unsubscribes are behind it.
     let reports = p.ingest.poll_once().await;
     let second = reports[0].as_ref().unwrap();
-    assert!(second.since_ms > unsubscribed_at && second.since_ms < cursor);
+    assert_eq!(second.since_ms, cursor - 10 * 60 * 1000, "the overlap");
     assert_eq!(second.unsubscribed, 0);
     assert_eq!(p.published().len(), 1);
 
@@ -180,13 +180,51 @@ async fn a_poll_publishes_each_unsubscribe_at_its_own_time_and_remembers_how_far
     p.mailchimp
         .set_member_status_at(LIST, "anna@example.de", "unsubscribed", again);
     p.ingest.poll_once().await[0].as_ref().unwrap();
-    p.ingest.poll_once().await[0].as_ref().unwrap();
+    let reread = p.ingest.poll_once().await;
+    let reread = reread[0].as_ref().unwrap();
+    assert_eq!(
+        (reread.unsubscribed, reread.already_logged, reread.published),
+        (1, 0, 1),
+        "the recorder is no consumer: the ledger has not logged it, so it goes out again"
+    );
     let published = p.published();
     assert_eq!(published.len(), 3, "{published:?}");
     assert_eq!(published[1].occurred_at_ms, again);
-    assert_eq!(published[1].event_id, published[2].event_id);
+    assert_eq!(
+        published[1].event_id, published[2].event_id,
+        "read again, the same event"
+    );
     assert_ne!(published[0].event_id, published[1].event_id);
     assert_eq!(p.metrics.get(metrics::POLLS, Vendor::Mailchimp), 8);
+    assert_eq!(
+        p.metrics.get(metrics::UNKNOWN, Vendor::Mailchimp),
+        1,
+        "bob, read four times, recorded once"
+    );
+}
+
+/// An unsubscribe the member activity does not show is dated by `last_changed`, never by an
+/// older unsubscribe that a re-subscription took back: dated then, it would lose to the grant
+/// that came between.
+#[tokio::test]
+async fn an_unsubscribe_without_its_activity_is_dated_by_last_changed() {
+    let p = start(KEY).await;
+    let (first_unsub, regranted, silent) =
+        (seconds_ago(7_200), seconds_ago(3_600), seconds_ago(60));
+    p.mailchimp
+        .set_member_status_at(LIST, "anna@example.de", "unsubscribed", first_unsub);
+    p.mailchimp
+        .set_member_status_at(LIST, "anna@example.de", "subscribed", regranted);
+    p.mailchimp.set_member_status_without_activity_at(
+        LIST,
+        "anna@example.de",
+        "unsubscribed",
+        silent,
+    );
+    p.ingest.poll_once().await[0].as_ref().unwrap();
+    let published = p.published();
+    assert_eq!(published.len(), 1, "{published:?}");
+    assert_eq!(published[0].occurred_at_ms, silent);
 }
 
 #[tokio::test]
@@ -199,7 +237,11 @@ async fn a_failed_poll_keeps_its_cursor_and_says_what_failed() {
     *p.recorder.broken.lock().unwrap() = true;
     let reports = p.ingest.poll_once().await;
     let error = reports[0].as_ref().expect_err("publishing failed");
-    assert!(matches!(error, PollError::Undecided(_)), "{error}");
+    assert!(matches!(error, PollError::Undecided { .. }), "{error}");
+    assert!(
+        error.to_string().contains(&format!("mailchimp:{LIST}")),
+        "names the list: {error}"
+    );
     let source = format!("mailchimp:{LIST}");
     assert_eq!(p.ledger.poll_cursor(&source).await.unwrap(), None);
     *p.recorder.broken.lock().unwrap() = false;
@@ -224,4 +266,47 @@ async fn a_failed_poll_keeps_its_cursor_and_says_what_failed() {
             .contains(r#"consent_relay_ingest_polls_total{vendor="mailchimp",reason="failed"} 2"#),
         "{rendered}"
     );
+}
+
+/// An address no event may carry is skipped and counted; the list's other members go out.
+#[tokio::test]
+async fn one_unusable_address_does_not_hold_back_the_list() {
+    let p = start(KEY).await;
+    p.mailchimp
+        .set_member_status_at(LIST, "not an address", "unsubscribed", seconds_ago(120));
+    p.mailchimp
+        .set_member_status_at(LIST, "anna@example.de", "unsubscribed", seconds_ago(60));
+    let reports = p.ingest.poll_once().await;
+    let report = reports[0].as_ref().expect("the list polls");
+    assert_eq!(
+        (report.unsubscribed, report.skipped, report.published),
+        (2, 1, 1)
+    );
+    assert!(p.metrics.render().contains(
+        r#"consent_relay_ingest_ignored_total{vendor="mailchimp",reason="invalid_address"} 1"#
+    ));
+}
+
+#[test]
+fn the_api_key_travels_over_https_only() {
+    let config = |url: &str| -> IngestConfig {
+        let mut c: IngestConfig = toml::from_str(&format!(
+            "listen = \"127.0.0.1:0\"\npublic_url = \"https://x.de\"\n[mailchimp.lists]\n{LIST} = [\"newsletter\"]\n[mailchimp.poll]\napi_base_url = \"{url}\"\n"
+        ))
+        .unwrap();
+        c.apply_env(&[(
+            "CONSENT_RELAY_INGEST_MAILCHIMP_API_KEY".to_owned(),
+            KEY.to_owned(),
+        )]);
+        c
+    };
+    let known = ["newsletter".to_owned()].into();
+    let problems = config("http://us21.api.mailchimp.com/3.0").problems(&known);
+    assert!(
+        problems.len() == 1 && problems[0].starts_with("ingest.mailchimp.poll.api_base_url"),
+        "{problems:?}"
+    );
+    assert!(config("https://us21.api.mailchimp.com/3.0")
+        .problems(&known)
+        .is_empty());
 }

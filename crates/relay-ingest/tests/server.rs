@@ -345,12 +345,42 @@ async fn the_relays_own_withdrawal_coming_back_is_no_new_decision() {
     let now = webhooks::now_ms();
     let landed = webhooks::mailchimp_time(now);
 
-    // The list stands for two purposes and the relay withdrew one: still only the echo of it.
+    // The list stands for two purposes; the relay withdrew one: the other may be the person's
+    // own decision, and is published.
     let echo = webhooks::mailchimp_unsubscribe("a6b5da1054", "anna@example.de", &landed);
+    let (status, body) = webhooks::send_mailchimp(&url, &echo).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let published = s.published();
+    assert_eq!(published.len(), 1, "{published:?}");
+    assert_eq!(
+        published[0].scope,
+        Scope::Purposes(vec!["ads_remarketing".into()])
+    );
+
+    // Once the relay withdrew both (at any destination), the same notice is only the echo.
+    let both = ConsentRecord {
+        event_id: uuid::Uuid::new_v4(),
+        kind: "ConsentWithdrawn".into(),
+        purposes: vec!["ads_remarketing".into()],
+        offset: 2,
+        ..withdrawal.clone()
+    };
+    s.ledger
+        .log_events(std::slice::from_ref(&both))
+        .await
+        .unwrap();
+    let mut to_meta = claim.clone();
+    to_meta.key.event_id = both.event_id;
+    to_meta.key.sink = "audiences.meta".into();
+    to_meta.key.target = "ads_remarketing".into();
+    s.ledger
+        .claim(std::slice::from_ref(&to_meta))
+        .await
+        .unwrap();
     let (status, body) = webhooks::send_mailchimp(&url, &echo).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains(r#""echoes":1"#), "{body}");
-    assert!(s.published().is_empty(), "{:?}", s.published());
+    assert_eq!(s.published().len(), 1, "nothing more");
     assert!(s
         .metrics
         .render()
@@ -364,7 +394,7 @@ async fn the_relays_own_withdrawal_coming_back_is_no_new_decision() {
     );
     let (status, body) = webhooks::send_mailchimp(&url, &later).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(s.published().len(), 1);
+    assert_eq!(s.published().len(), 2);
 }
 
 #[tokio::test]

@@ -47,12 +47,15 @@ ON CONFLICT (source) DO UPDATE SET cursor_ms = excluded.cursor_ms,
 /// Binds: subject_id, from_ms, to_ms, except_event_id. The withdrawals the relay was delivering
 /// for the subject in the window: first claimed before its end, and last claimed or finished
 /// after its start (a request lands between its claim and its finish; a parked copy sends
-/// nothing until it is claimed again).
-const WITHDRAWALS_DELIVERED: &str = "SELECT d.sink, c.kind FROM deliveries d
+/// nothing until it is claimed again). A first attempt the downstream answered "already so"
+/// changed nothing there, so no vendor reports it back; after a retry the earlier attempt may
+/// have landed.
+const WITHDRAWALS_DELIVERED: &str = "SELECT d.sink, d.target, c.kind FROM deliveries d
 JOIN consent_log c ON c.event_id = d.event_id
 WHERE d.subject_id = $1
   AND c.kind IN ('ConsentWithdrawn', 'Unsubscribed', 'ErasureRequested')
   AND d.status NOT IN ('not_routed', 'superseded', 'dead_lettered')
+  AND NOT (d.status = 'already_applied' AND d.attempts <= 1)
   AND d.created_at_ms <= $3 AND d.updated_at_ms >= $2 AND d.event_id <> $4";
 
 const INSERT_UNKNOWN: &str = "INSERT INTO ingest_unknown_contacts
@@ -90,6 +93,8 @@ pub struct UnknownContact {
 pub struct DeliveredWithdrawal {
     /// The sink (destination) it went to.
     pub sink: String,
+    /// The purpose it withdrew there, `*` for all.
+    pub target: String,
     /// `ConsentWithdrawn`, `Unsubscribed` or `ErasureRequested`.
     pub kind: String,
 }
@@ -252,7 +257,7 @@ impl AnyLedger {
     ) -> Result<Vec<DeliveredWithdrawal>, LedgerError> {
         macro_rules! select {
             () => {
-                sqlx::query_as::<_, (String, String)>(WITHDRAWALS_DELIVERED)
+                sqlx::query_as::<_, (String, String, String)>(WITHDRAWALS_DELIVERED)
                     .bind(subject_id)
                     .bind(from_ms)
                     .bind(to_ms)
@@ -265,7 +270,7 @@ impl AnyLedger {
         };
         Ok(rows
             .into_iter()
-            .map(|(sink, kind)| DeliveredWithdrawal { sink, kind })
+            .map(|(sink, target, kind)| DeliveredWithdrawal { sink, target, kind })
             .collect())
     }
 

@@ -1204,7 +1204,7 @@ async fn ingest_follows_address_changes_keeps_poll_cursors_and_sees_its_own_with
     let to_list = claim(
         withdrawal.event_id,
         "newsletter.main",
-        "main",
+        NEWSLETTER,
         "s1",
         Action::Withdraw,
         200,
@@ -1230,7 +1230,10 @@ async fn ingest_follows_address_changes_keeps_poll_cursors_and_sees_its_own_with
                 .unwrap()
                 .into_iter()
                 .map(|d| {
-                    assert_eq!(d.kind, "Unsubscribed");
+                    assert_eq!(
+                        (d.kind.as_str(), d.target.as_str()),
+                        ("Unsubscribed", NEWSLETTER)
+                    );
                     d.sink
                 })
                 .collect();
@@ -1257,12 +1260,34 @@ async fn ingest_follows_address_changes_keeps_poll_cursors_and_sees_its_own_with
     let done = relay_ledger::now_ms();
     assert_eq!(
         seen(started, done).await,
-        both,
-        "not the grant, not the unrouted"
+        ["hubspot"],
+        "not the grant, not the unrouted, not a first attempt that changed nothing"
     );
     assert!(
         seen(done + 1, done + 60_000).await.is_empty(),
         "finished before the window"
+    );
+    // A retried delivery that ends "already so" may owe that to its earlier attempt.
+    let retried = claim(
+        withdrawal.event_id,
+        "newsletter.other",
+        NEWSLETTER,
+        "s1",
+        Action::Withdraw,
+        200,
+    );
+    decide(&l, std::slice::from_ref(&retried)).await;
+    l.finish(&[finish(&retried, Status::Retrying)])
+        .await
+        .unwrap();
+    decide(&l, std::slice::from_ref(&retried)).await;
+    l.finish(&[finish(&retried, Status::AlreadyApplied)])
+        .await
+        .unwrap();
+    assert_eq!(
+        seen(started, relay_ledger::now_ms()).await,
+        ["hubspot", "newsletter.other"],
+        "a retry's earlier attempt may have landed"
     );
     assert!(
         l.withdrawals_delivered_between("s1", started, done, withdrawal.event_id)

@@ -640,17 +640,29 @@ struct MailchimpState {
     /// (newest last), what `last_changed` and the member activity answer.
     changed: BTreeMap<(String, String), i64>,
     unsubscribes: BTreeMap<(String, String), Vec<i64>>,
+    /// When each member last became `subscribed` (`timestamp_opt`).
+    opted_in: BTreeMap<(String, String), i64>,
 }
 
 impl MailchimpState {
     /// Records a member's status as it changes at `at_ms`: an unsubscribe is member activity.
-    fn set_status(&mut self, key: (String, String), email: String, status: &str, at_ms: i64) {
+    fn set_status(
+        &mut self,
+        key: (String, String),
+        email: String,
+        status: &str,
+        at_ms: i64,
+        activity: bool,
+    ) {
         let was = self.members.get(&key).map(|m| m.status.clone());
-        if status == "unsubscribed" && was.as_deref() != Some("unsubscribed") {
+        if activity && status == "unsubscribed" && was.as_deref() != Some("unsubscribed") {
             self.unsubscribes
                 .entry(key.clone())
                 .or_default()
                 .push(at_ms);
+        }
+        if status == "subscribed" && was.as_deref() != Some("subscribed") {
+            self.opted_in.insert(key.clone(), at_ms);
         }
         self.changed.insert(key.clone(), at_ms);
         self.members.insert(
@@ -732,6 +744,7 @@ impl FakeMailchimp {
             webhook_answers: Arc::default(),
             changed: BTreeMap::new(),
             unsubscribes: BTreeMap::new(),
+            opted_in: BTreeMap::new(),
         }));
         let app = Router::new()
             .route("/3.0/lists/{list_id}", get(mailchimp_list))
@@ -797,10 +810,28 @@ impl FakeMailchimp {
             normalize::email(email),
             status,
             at_ms,
+            true,
         );
     }
 
-    /// Lets a cleaned member be set to `pending` too (Mailchimp's behaviour there is undocumented).
+    /// As [`Self::set_member_status_at`], but leaving no member activity (an unsubscribe
+    /// Mailchimp's activity feed does not show, or one beyond its last 50 events).
+    pub fn set_member_status_without_activity_at(
+        &self,
+        list_id: &str,
+        email: &str,
+        status: &str,
+        at_ms: i64,
+    ) {
+        lock(&self.shared).set_status(
+            (list_id.to_owned(), subscriber_hash(email)),
+            normalize::email(email),
+            status,
+            at_ms,
+            false,
+        );
+    }
+
     /// Registers a list webhook at `url` that fires for API-made changes too (Mailchimp's
     /// `sources.api`): the relay's own unsubscribes come back to `ingest` as webhooks.
     pub fn fire_webhooks_for_api_changes(&self, url: &str) {
@@ -817,6 +848,7 @@ impl FakeMailchimp {
         answers
     }
 
+    /// Lets a cleaned member be set to `pending` too (Mailchimp's behaviour there is undocumented).
     pub fn set_cleaned_accepts_pending(&self, accepts: bool) {
         lock(&self.shared).cleaned_accepts_pending = accepts;
     }
@@ -989,7 +1021,7 @@ struct MembersQuery {
 /// `count` (default 10, at most 1 000) from `offset`, with `total_items`. `unsubscribed_since`
 /// (ISO 8601) keeps members unsubscribed since then, and is an error with any `status` but
 /// `unsubscribed`. `fields` is accepted and ignored (the fake always sends `email_address`,
-/// `status` and `last_changed`). An empty audience answers `{"members": [], "total_items": 0}`.
+/// `status`, `last_changed` and `timestamp_opt`). An empty audience answers `{"members": [], "total_items": 0}`.
 async fn mailchimp_members(
     State(shared): State<Arc<Mutex<MailchimpState>>>,
     Path(list_id): Path<String>,
@@ -1040,6 +1072,8 @@ async fn mailchimp_members(
                 "status": m.status,
                 "list_id": list_id,
                 "last_changed": iso8601(state.changed.get(*key).copied().unwrap_or(0)),
+                // Mailchimp sends an empty string for a member who never opted in.
+                "timestamp_opt": state.opted_in.get(*key).map_or_else(String::new, |t| iso8601(*t)),
             })
         })
         .collect();
@@ -1168,7 +1202,7 @@ async fn mailchimp_upsert(
     if status == "pending" && was.as_deref() != Some("pending") {
         *state.confirmations_sent.entry(email.clone()).or_default() += 1;
     }
-    state.set_status(key, email.clone(), &status, crate::webhooks::now_ms());
+    state.set_status(key, email.clone(), &status, crate::webhooks::now_ms(), true);
     if let Some(url) = state.api_webhook.clone() {
         if status == "unsubscribed" && was.as_deref() != Some("unsubscribed") {
             // Mailchimp fires its webhooks after the change, not inside the API call.
