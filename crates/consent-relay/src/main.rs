@@ -261,9 +261,13 @@ enum SuppressionCommand {
         purpose: String,
         /// `csv`: subject_id, email_sha256, decision (withdraw, unsubscribe, erase), occurred_at,
         /// event_id, source. `sha256`: one email hash per line, nothing else, the hash of the
-        /// trimmed, lowercased address as Meta, LinkedIn and X take it (not Google's: it removes
-        /// dots and +tags of gmail addresses; the audiences sink and `reconcile` handle Google);
-        /// a subject whose newest decision has no email is left out and counted.
+        /// trimmed, lowercased address as Meta, LinkedIn and X take it. `meta`: the same under
+        /// the header `email`, a customer list Meta's Ads Manager reads. `google`: header
+        /// `Email`, the hashes of the address as Google normalizes it (gmail dots and +tags
+        /// removed, and the +tag variant too), for a Customer Match upload. `hubspot-ids`: header
+        /// `subject_id`, the subject ids (HubSpot takes no hashes; import them against a contact
+        /// property holding the subject id). A subject without the needed hash is left out and
+        /// counted.
         #[arg(long, value_enum, default_value_t = SuppressionFormat::Csv)]
         format: SuppressionFormat,
         /// Write to this file (replaced whole, only once complete) instead of stdout.
@@ -1342,6 +1346,31 @@ async fn parked(config: Config, command: ParkedCommand) -> Result<(), AppError> 
 enum SuppressionFormat {
     Csv,
     Sha256,
+    Meta,
+    Google,
+    HubspotIds,
+}
+
+/// One value per line under `header` (none for `None`): the text, how many subjects it holds,
+/// and how many gave no value.
+fn one_per_line<'a>(
+    header: Option<&str>,
+    values: impl Iterator<Item = Vec<&'a str>>,
+) -> (String, usize, usize) {
+    let mut text = header.map_or_else(String::new, |h| format!("{h}\n"));
+    let (mut subjects, mut without) = (0, 0);
+    for found in values {
+        if found.is_empty() {
+            without += 1;
+            continue;
+        }
+        subjects += 1;
+        for v in found {
+            text.push_str(v);
+            text.push('\n');
+        }
+    }
+    (text, subjects, without)
 }
 
 /// `--since`: RFC 3339 in UTC, or a date meaning its midnight UTC; milliseconds since the epoch.
@@ -1392,17 +1421,27 @@ async fn suppression_export(
         .collect();
     let (text, rows, left_out) = match format {
         SuppressionFormat::Csv => (ledger_report::to_suppression_csv(&list), list.len(), 0),
-        SuppressionFormat::Sha256 => {
-            let hashes: Vec<&str> = list
-                .iter()
-                .filter_map(|s| s.email_sha256.as_deref())
-                .collect();
-            let mut text = hashes.join("\n");
-            if !text.is_empty() {
-                text.push('\n');
-            }
-            (text, hashes.len(), list.len() - hashes.len())
+        SuppressionFormat::Sha256 | SuppressionFormat::Meta => {
+            let header = matches!(format, SuppressionFormat::Meta).then_some("email");
+            one_per_line(
+                header,
+                list.iter()
+                    .map(|s| s.email_sha256.as_deref().into_iter().collect()),
+            )
         }
+        SuppressionFormat::Google => one_per_line(
+            Some("Email"),
+            list.iter().map(|s| {
+                [&s.google_email_sha256, &s.google_email_plus_sha256]
+                    .into_iter()
+                    .filter_map(|h| h.as_deref())
+                    .collect()
+            }),
+        ),
+        SuppressionFormat::HubspotIds => one_per_line(
+            Some("subject_id"),
+            list.iter().map(|s| vec![s.subject_id.as_str()]),
+        ),
     };
     let target = match &output {
         Some(path) => {
@@ -1430,7 +1469,7 @@ async fn suppression_export(
         }
     };
     let without_email = if left_out > 0 {
-        format!(" ({left_out} without an email hash left out)")
+        format!(" ({left_out} without the hash this format needs left out)")
     } else {
         String::new()
     };

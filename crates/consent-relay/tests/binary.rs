@@ -764,7 +764,11 @@ async fn suppression_export_formats_windows_and_files() {
     ledger
         .log_events(&[
             record("old-withdrawal", "ConsentWithdrawn", oct1, Some(hash('a'))),
-            record("unsubscribed", "Unsubscribed", nov2, Some(hash('b'))),
+            ConsentRecord {
+                google_email_sha256: Some(hash('g')),
+                google_email_plus_sha256: Some(hash('p')),
+                ..record("unsubscribed", "Unsubscribed", nov2, Some(hash('b')))
+            },
             record("erased", "ErasureRequested", nov5, None),
             record("granted-again", "ConsentWithdrawn", oct1, Some(hash('c'))),
             record("granted-again", "ConsentGranted", nov5, Some(hash('c'))),
@@ -846,13 +850,52 @@ async fn suppression_export_formats_windows_and_files() {
     );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&format!(
-            "2 suppressed for newsletter to {} (1 without an email hash left out)",
+            "2 suppressed for newsletter to {} (1 without the hash this format needs left out)",
             file.display()
         )),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!dir.path().join("suppressed.txt.partial").exists());
+
+    // The files the platforms import: Meta's customer list, Google's Customer Match (Google's own
+    // hashes, logged for this subject only), HubSpot by subject id.
+    let meta = stdout(relay(
+        &config,
+        &[
+            "suppression",
+            "export",
+            "--purpose",
+            "newsletter",
+            "--format",
+            "meta",
+        ],
+    ));
+    assert_eq!(meta, format!("email\n{}\n{}\n", hash('a'), hash('b')));
+    let google = export(&["--format", "google"]);
+    assert_eq!(
+        String::from_utf8_lossy(&google.stdout),
+        format!("Email\n{}\n{}\n", hash('g'), hash('p'))
+    );
+    assert!(
+        String::from_utf8_lossy(&google.stderr).contains(
+            "1 suppressed for newsletter to stdout (2 without the hash this format needs left out)"
+        ),
+        "{}",
+        String::from_utf8_lossy(&google.stderr)
+    );
+    let ids = stdout(relay(
+        &config,
+        &[
+            "suppression",
+            "export",
+            "--purpose",
+            "newsletter",
+            "--format",
+            "hubspot-ids",
+        ],
+    ));
+    assert_eq!(ids, "subject_id\nerased\nold-withdrawal\nunsubscribed\n");
 
     for bad in ["last tuesday", "2026-11-01T08:00:00.0+02:00"] {
         let out = export(&["--since", bad]);

@@ -12,6 +12,10 @@ use crate::ConsentRecord;
 pub struct Suppressed {
     pub subject_id: String,
     pub email_sha256: Option<String>,
+    /// The address hashed as Google normalizes it, and the variant with a gmail `+tag` kept
+    /// (logged from ledger schema v5 on).
+    pub google_email_sha256: Option<String>,
+    pub google_email_plus_sha256: Option<String>,
     /// What the newest decision was: `withdraw` (consent for the purpose withdrawn),
     /// `unsubscribe` (from everything) or `erase`.
     pub decision: &'static str,
@@ -44,6 +48,8 @@ pub fn suppression_list(records: &[ConsentRecord]) -> Vec<Suppressed> {
         .map(|(_, _, r)| Suppressed {
             subject_id: r.subject_id.clone(),
             email_sha256: r.email_sha256.clone(),
+            google_email_sha256: r.google_email_sha256.clone(),
+            google_email_plus_sha256: r.google_email_plus_sha256.clone(),
             decision: match EventKind::from_name(&r.kind) {
                 Some(EventKind::Unsubscribed) => "unsubscribe",
                 Some(EventKind::ErasureRequested) => "erase",
