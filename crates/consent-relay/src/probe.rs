@@ -12,6 +12,7 @@ use crate::config::Config;
 
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+const LEDGER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One probe: what was asked of which target, and what came back.
 pub struct Probe {
@@ -84,10 +85,11 @@ async fn broker(config: &Config) -> Vec<Probe> {
                 Some(t) if t.error().is_none() => {
                     Ok(format!("{} partition(s)", t.partitions().len()))
                 }
-                Some(t) => Err(format!("{:?}", t.error())),
-                None => Err(
-                    "missing (the relay never creates it: see deploy/README.md \"Topics\")".into(),
-                ),
+                Some(t) => Err(match t.error() {
+                    Some(e) => rdkafka::types::RDKafkaErrorCode::from(e).to_string(),
+                    None => "unknown error".to_owned(),
+                }),
+                None => Err("missing, or not visible to this principal (Describe ACL; the relay never creates it: see deploy/README.md \"Topics\")".into()),
             },
         });
     }
@@ -96,15 +98,18 @@ async fn broker(config: &Config) -> Vec<Probe> {
 
 async fn ledger(config: &Config) -> Probe {
     let target = relay_ledger::redact(&config.ledger.url);
-    let outcome = match relay_ledger::open_read_only(&config.ledger.url).await {
-        Ok(ledger) => {
-            let applied = ledger.applied_migrations().await;
-            ledger.close().await;
-            applied
-                .map(|a| format!("schema version {}", a.last().copied().unwrap_or(0)))
-                .map_err(|e| e.to_string())
-        }
-        Err(e) => Err(e.to_string()),
+    let asked = tokio::time::timeout(LEDGER_TIMEOUT, async {
+        let ledger = relay_ledger::open_read_only(&config.ledger.url).await?;
+        let applied = ledger.applied_migrations().await;
+        ledger.close().await;
+        applied
+    })
+    .await;
+    // Opening read-only checks that the schema is the one this version writes.
+    let outcome = match asked {
+        Ok(Ok(a)) => Ok(format!("schema version {}", a.last().copied().unwrap_or(0))),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {LEDGER_TIMEOUT:?}")),
     };
     Probe {
         what: "ledger".into(),

@@ -186,7 +186,11 @@ impl Ingest {
         // nobody new. Members seen once are not asked about or published again in this poll.
         let mut seen = std::collections::HashSet::new();
         for _pass in 0..MAX_PASSES {
-            let mut new_in_pass = 0;
+            // Settled: a pass that read as many members as the list said it held, the same
+            // number at its start and its end, and found none it had not seen, except members
+            // who changed after this poll started (the next poll's overlap reads them).
+            let (mut new_in_pass, mut read_in_pass) = (0, 0);
+            let mut totals: Option<(usize, usize)> = None;
             let mut offset = 0;
             loop {
                 let page: MembersPage = self
@@ -206,13 +210,26 @@ impl Ingest {
                     )
                     .await?;
                 let read = page.members.len();
+                read_in_pass += read;
+                totals = Some(
+                    totals.map_or((page.total_items, page.total_items), |(first, _)| {
+                        (first, page.total_items)
+                    }),
+                );
                 let mut notices = Vec::with_capacity(read);
                 for member in page.members {
                     let hash = normalize::email_sha256(&member.email_address);
                     if !seen.insert(hash.clone()) {
                         continue;
                     }
-                    new_in_pass += 1;
+                    let changed_since_start = member
+                        .last_changed
+                        .as_deref()
+                        .and_then(parse_iso8601)
+                        .is_some_and(|c| c >= started);
+                    if !changed_since_start {
+                        new_in_pass += 1;
+                    }
                     report.unsubscribed += 1;
                     let at = self
                         .unsubscribed_at(poll, &base, list_id, since, &member)
@@ -231,20 +248,14 @@ impl Ingest {
                         occurred_at_ms: at,
                     };
                     // An address the event rules refuse cannot be published; it must not hold
-                    // back the list's other members.
+                    // back the list's other members (every other field is ours).
                     let probe = notice.clone().into_event("subject".to_owned());
                     if let Err(e) = probe.validate() {
-                        if e.code() == relay_events::ErrorCode::InvalidEmail {
-                            self.metrics.add(
-                                metrics::IGNORED,
-                                Vendor::Mailchimp,
-                                "invalid_address",
-                                1,
-                            );
-                            tracing::warn!(%source, email_sha256 = %hash, error = %e, "unsubscribed member with an address no event may carry; skipped");
-                            report.skipped += 1;
-                            continue;
-                        }
+                        self.metrics
+                            .add(metrics::IGNORED, Vendor::Mailchimp, "invalid_address", 1);
+                        tracing::warn!(%source, email_sha256 = %hash, error = %e, "unsubscribed member with an address no event may carry; skipped");
+                        report.skipped += 1;
+                        continue;
                     }
                     notices.push(notice);
                 }
@@ -268,7 +279,8 @@ impl Ingest {
                     break;
                 }
             }
-            if new_in_pass == 0 {
+            let stable = totals.is_some_and(|(first, last)| first == last && read_in_pass >= first);
+            if new_in_pass == 0 && stable {
                 self.ledger.set_poll_cursor(&source, started).await?;
                 return Ok(report);
             }
@@ -279,7 +291,8 @@ impl Ingest {
 
     /// When the member unsubscribed: their newest `unsub` activity if it is of this unsubscribe
     /// (since the window's start and after their last opt-in: an older one belongs to an
-    /// unsubscribe they took back); else `last_changed`, which is no earlier than the
+    /// unsubscribe they took back; an opt-in Mailchimp did not record, an API re-subscribe or
+    /// an import, is not seen here); else `last_changed`, which is no earlier than the
     /// unsubscribe, so the withdrawal is never dated before a decision it followed. Mailchimp
     /// keeps 50 events, and whether API and admin unsubscribes appear there is unconfirmed.
     async fn unsubscribed_at(
@@ -318,8 +331,7 @@ impl Ingest {
             .filter(|a| a.action == "unsub")
             .filter_map(|a| parse_iso8601(&a.timestamp))
             .max()
-            .filter(|at| *at >= since && opted_in.is_none_or(|o| *at >= o))
-            .filter(|at| changed.is_none_or(|c| *at <= c));
+            .filter(|at| *at >= since && opted_in.is_none_or(|o| *at >= o));
         newest.or(changed).ok_or_else(|| PollError::Answer {
             url: path,
             what: "an unsubscribed member with no unsub activity and no last_changed".into(),

@@ -180,14 +180,31 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The URL without its userinfo, because error messages end up in logs and a URL may carry a
-/// password.
+/// The URL without its userinfo or the values of its query parameters, because error messages
+/// end up in logs and a URL may carry a password either way (`?password=`, `sslpassword=`).
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = match (base.find("://"), base.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***{}", &url[..scheme_end], &url[at..])
+            format!("{}://***{}", &base[..scheme_end], &base[at..])
         }
-        _ => url.to_owned(),
+        _ => base.to_owned(),
+    };
+    match query {
+        None => base,
+        Some(q) => {
+            let names: Vec<String> = q
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    // Which settings were given is worth knowing; their values may be secrets.
+                    Some((name, _)) if name.contains("password") => format!("{name}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", names.join("&"))
+        }
     }
 }
 
@@ -206,11 +223,15 @@ mod tests {
     }
 
     #[test]
-    fn redact_hides_userinfo_only() {
+    fn redact_hides_userinfo_and_password_parameters_only() {
         assert_eq!(
             redact("postgres://u:pw@h:5432/db"),
             "postgres://***@h:5432/db"
         );
         assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+        assert_eq!(
+            redact("postgres://u@h/db?sslmode=verify-full&password=s3cret&sslpassword=k"),
+            "postgres://***@h/db?sslmode=verify-full&password=***&sslpassword=***"
+        );
     }
 }

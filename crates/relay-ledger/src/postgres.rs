@@ -130,6 +130,9 @@ fn subject_lock_key(subject_id: &str) -> i32 {
     hash as i32
 }
 
+/// PostgreSQL's SQLSTATE for a relation that does not exist.
+const UNDEFINED_TABLE: &str = "42P01";
+
 /// Applies each pending migration in its own transaction, under a session-level advisory lock so
 /// that instances starting together migrate one after the other.
 async fn migrate(conn: &mut PgConnection, list: &[Migration]) -> Result<(), LedgerError> {
@@ -141,18 +144,20 @@ async fn migrate(conn: &mut PgConnection, list: &[Migration]) -> Result<(), Ledg
     // Asked before anything is created: a role that may only read and write rows then runs on a
     // ledger its owner has brought up to date (`ledger migrate`), since PostgreSQL checks the
     // right to create even for CREATE ... IF NOT EXISTS of a table that exists.
-    let current: Option<Vec<i64>> = sqlx::query_scalar(sql::APPLIED_MIGRATIONS)
+    let current: Result<Vec<i64>, sqlx::Error> = sqlx::query_scalar(sql::APPLIED_MIGRATIONS)
         .fetch_all(&mut *conn)
-        .await
-        .ok();
+        .await;
     let applied = match current {
-        Some(applied) => applied,
-        None => {
+        Ok(applied) => applied,
+        // Only "no such table" means a new ledger; any other failure (a lost connection, no
+        // SELECT on the table) must not make the migrations run again from the first.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_TABLE) => {
             sqlx::query(sql::CREATE_MIGRATIONS_TABLE)
                 .execute(&mut *conn)
                 .await?;
             Vec::new()
         }
+        Err(e) => return Err(e.into()),
     };
     for m in list.iter().filter(|m| !applied.contains(&m.version)) {
         let failed = |source| LedgerError::Migration {
