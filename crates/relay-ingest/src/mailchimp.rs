@@ -38,16 +38,19 @@ pub enum Malformed {
     FiredAt(String),
 }
 
+/// A form field that is there and not empty.
+fn field<'a>(form: &'a HashMap<String, String>, name: &'static str) -> Result<&'a str, Malformed> {
+    form.get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .ok_or(Malformed::Missing(name))
+}
+
 pub fn parse(
     config: &MailchimpIngest,
     form: &HashMap<String, String>,
 ) -> Result<Parsed, Malformed> {
-    let field = |name: &'static str| {
-        form.get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
-            .ok_or(Malformed::Missing(name))
-    };
+    let field = |name| field(form, name);
     let kind = match field("type")? {
         "unsubscribe" => EventKind::Unsubscribed,
         // Mailchimp cleans an address on a hard bounce or an abuse report; only the latter is
@@ -94,12 +97,7 @@ fn address_change(
     config: &MailchimpIngest,
     form: &HashMap<String, String>,
 ) -> Result<Parsed, Malformed> {
-    let field = |name: &'static str| {
-        form.get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
-            .ok_or(Malformed::Missing(name))
-    };
+    let field = |name| field(form, name);
     let list_id = field("data[list_id]")?;
     let (old, new) = (field("data[old_email]")?, field("data[new_email]")?);
     if !config.lists.contains_key(list_id) {

@@ -185,7 +185,7 @@ impl Ingest {
         // moves the rest forward), so a member may be passed over: read again until a pass finds
         // nobody new. Members seen once are not asked about or published again in this poll.
         let mut seen = std::collections::HashSet::new();
-        for _pass in 0..MAX_PASSES {
+        for pass in 1..=MAX_PASSES {
             // Settled: a pass that read as many members as the list said it held, the same
             // number at its start and its end, and found none it had not seen, except members
             // who changed after this poll started (the next poll's overlap reads them).
@@ -278,6 +278,9 @@ impl Ingest {
                 if read < PAGE || offset >= page.total_items {
                     break;
                 }
+                // A backfill of a large list takes one activity request per member: say how far
+                // it got, a line per page.
+                tracing::info!(%source, pass, read = offset, total = page.total_items, published = report.published, "poll in progress");
             }
             let stable = totals.is_some_and(|(first, last)| first == last && read_in_pass >= first);
             if new_in_pass == 0 && stable {

@@ -2,36 +2,21 @@
 //! publisher: what a poll finds, publishes, records and remembers, and what it does when
 //! Mailchimp or the broker fails.
 
-use std::sync::{Arc, Mutex};
+mod common;
 
+use std::sync::Arc;
+
+use common::{record, Recorder};
 use relay_events::{normalize, ConsentEvent, EventKind, Scope};
 use relay_ingest::poll::PollError;
-use relay_ingest::{metrics, BoxFuture, Ingest, IngestConfig, Metrics, Publish, Vendor};
-use relay_ledger::{ConsentRecord, Ledger};
+use relay_ingest::{metrics, Ingest, IngestConfig, Metrics, Vendor};
+use relay_ledger::Ledger;
 use relay_testkit::newsletter::FakeMailchimp;
 use relay_testkit::webhooks::now_ms;
 
 const KEY: &str = "0123456789abcdef-us21";
 const LIST: &str = "a6b5da1054";
 const OTHER_LIST: &str = "b7c6eb2165";
-
-#[derive(Default)]
-struct Recorder {
-    events: Mutex<Vec<ConsentEvent>>,
-    broken: Mutex<bool>,
-}
-
-impl Publish for Recorder {
-    fn publish<'a>(&'a self, events: &'a [ConsentEvent]) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            if *self.broken.lock().unwrap() {
-                return Err("broker down".into());
-            }
-            self.events.lock().unwrap().extend_from_slice(events);
-            Ok(())
-        })
-    }
-}
 
 struct Poller {
     ingest: Ingest,
@@ -50,23 +35,7 @@ async fn start(api_key: &str) -> Poller {
             .unwrap(),
     );
     ledger
-        .log_events(&[ConsentRecord {
-            event_id: uuid::Uuid::new_v4(),
-            subject_id: "anna".into(),
-            kind: "ConsentGranted".into(),
-            purposes: vec!["newsletter".into()],
-            occurred_at_ms: 1_000,
-            source: "web-form".into(),
-            notice_version: Some("n1".into()),
-            email_sha256: Some(normalize::email_sha256("anna@example.de")),
-            topic: "consent.events".into(),
-            partition: 0,
-            offset: 0,
-            payload_digest: None,
-            late: false,
-            google_email_sha256: None,
-            google_email_plus_sha256: None,
-        }])
+        .log_events(&[record("anna", "anna@example.de")])
         .await
         .unwrap();
     let mailchimp = FakeMailchimp::start(KEY, &[LIST, OTHER_LIST]).await;

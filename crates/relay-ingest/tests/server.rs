@@ -1,11 +1,14 @@
 //! The webhook server in-process, with a recording publisher and a real (SQLite) ledger: what
 //! each vendor's request turns into, and what is refused.
 
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::sync::Arc;
 
 use axum::http::StatusCode;
+use common::{record, Recorder};
 use relay_events::{normalize, ConsentEvent, EventKind, Scope};
-use relay_ingest::{metrics, BoxFuture, Ingest, IngestConfig, Metrics, Publish, Vendor};
+use relay_ingest::{metrics, Ingest, IngestConfig, Metrics, Vendor};
 use relay_ledger::{ConsentRecord, Ledger};
 use relay_testkit::webhooks::{self, HubSpotContacts};
 use serde_json::json;
@@ -14,29 +17,6 @@ const SECRET: &str = "yyyyyyyy-yyyy-yyyy-yyyy-yyyyyyyyyyyy";
 const PATH_SECRET: &str = "0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "pat-ingest";
 
-#[derive(Default)]
-struct Recorder {
-    events: Mutex<Vec<ConsentEvent>>,
-    broken: Mutex<bool>,
-    slow: Mutex<bool>,
-}
-
-impl Publish for Recorder {
-    fn publish<'a>(&'a self, events: &'a [ConsentEvent]) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            if *self.broken.lock().unwrap() {
-                return Err("broker down".into());
-            }
-            let slow = *self.slow.lock().unwrap();
-            if slow {
-                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-            }
-            self.events.lock().unwrap().extend_from_slice(events);
-            Ok(())
-        })
-    }
-}
-
 struct Server {
     url: String,
     recorder: Arc<Recorder>,
@@ -44,27 +24,6 @@ struct Server {
     metrics: Metrics,
     contacts: HubSpotContacts,
     _dir: tempfile::TempDir,
-}
-
-/// An upstream grant of the newsletter, as a consumer logs it.
-fn record(subject: &str, email: &str) -> ConsentRecord {
-    ConsentRecord {
-        event_id: uuid::Uuid::new_v4(),
-        subject_id: subject.into(),
-        kind: "ConsentGranted".into(),
-        purposes: vec!["newsletter".into()],
-        occurred_at_ms: 1_000,
-        source: "web-form".into(),
-        notice_version: Some("n1".into()),
-        email_sha256: Some(normalize::email_sha256(email)),
-        topic: "consent.events".into(),
-        partition: 0,
-        offset: 0,
-        payload_digest: None,
-        late: false,
-        google_email_sha256: None,
-        google_email_plus_sha256: None,
-    }
 }
 
 async fn known(ledger: &relay_ledger::AnyLedger, subject: &str, email: &str) {

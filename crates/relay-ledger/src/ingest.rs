@@ -127,6 +127,24 @@ fn from_row(row: UnknownRow) -> Result<UnknownContact, LedgerError> {
     })
 }
 
+/// Runs one statement on whichever backend this is: `$query` is written once and typed per
+/// backend where it expands. `execute` yields the rows affected; any other sqlx method
+/// (`fetch_all`, `fetch_optional`) its rows.
+macro_rules! on_backend {
+    ($ledger:expr, execute $query:expr) => {
+        match $ledger {
+            AnyLedger::Sqlite(l) => $query.execute(l.pool()).await?.rows_affected(),
+            AnyLedger::Postgres(l) => $query.execute(l.pool()).await?.rows_affected(),
+        }
+    };
+    ($ledger:expr, $run:ident $query:expr) => {
+        match $ledger {
+            AnyLedger::Sqlite(l) => $query.$run(l.pool()).await?,
+            AnyLedger::Postgres(l) => $query.$run(l.pool()).await?,
+        }
+    };
+}
+
 /// How many ids one `IN (...)` list binds; far below both backends' parameter limits.
 const IDS_PER_QUERY: usize = 500;
 
@@ -143,22 +161,12 @@ impl AnyLedger {
                 "SELECT event_id FROM consent_log WHERE event_id IN ({})",
                 list.join(", ")
             );
-            let ids: Vec<String> = match self {
-                AnyLedger::Sqlite(l) => {
-                    let mut q = sqlx::query_scalar(&sql);
-                    for id in chunk {
-                        q = q.bind(id.to_string());
-                    }
-                    q.fetch_all(l.pool()).await?
-                }
-                AnyLedger::Postgres(l) => {
-                    let mut q = sqlx::query_scalar(&sql);
-                    for id in chunk {
-                        q = q.bind(id.to_string());
-                    }
-                    q.fetch_all(l.pool()).await?
-                }
-            };
+            let ids: Vec<String> = on_backend!(
+                self,
+                fetch_all chunk
+                    .iter()
+                    .fold(sqlx::query_scalar(&sql), |q, id| q.bind(id.to_string()))
+            );
             for id in ids {
                 out.insert(
                     Uuid::parse_str(&id)
@@ -171,20 +179,10 @@ impl AnyLedger {
 
     /// Every subject whose logged events carried this email hash, newest first.
     pub async fn subjects_for_email(&self, email_sha256: &str) -> Result<Vec<String>, LedgerError> {
-        Ok(match self {
-            AnyLedger::Sqlite(l) => {
-                sqlx::query_scalar(SUBJECTS_FOR_EMAIL)
-                    .bind(email_sha256)
-                    .fetch_all(l.pool())
-                    .await?
-            }
-            AnyLedger::Postgres(l) => {
-                sqlx::query_scalar(SUBJECTS_FOR_EMAIL)
-                    .bind(email_sha256)
-                    .fetch_all(l.pool())
-                    .await?
-            }
-        })
+        Ok(on_backend!(
+            self,
+            fetch_all sqlx::query_scalar(SUBJECTS_FOR_EMAIL).bind(email_sha256)
+        ))
     }
 
     /// The subject whose newest logged event carried this email hash, else the subject of the
@@ -194,20 +192,10 @@ impl AnyLedger {
         email_sha256: &str,
     ) -> Result<Option<String>, LedgerError> {
         for sql in [SUBJECT_FOR_EMAIL, SUBJECT_FOR_ALIAS] {
-            let found: Option<String> = match self {
-                AnyLedger::Sqlite(l) => {
-                    sqlx::query_scalar(sql)
-                        .bind(email_sha256)
-                        .fetch_optional(l.pool())
-                        .await?
-                }
-                AnyLedger::Postgres(l) => {
-                    sqlx::query_scalar(sql)
-                        .bind(email_sha256)
-                        .fetch_optional(l.pool())
-                        .await?
-                }
-            };
+            let found: Option<String> = on_backend!(
+                self,
+                fetch_optional sqlx::query_scalar(sql).bind(email_sha256)
+            );
             if found.is_some() {
                 return Ok(found);
             }
@@ -223,24 +211,15 @@ impl AnyLedger {
         vendor: &str,
         vendor_ref: &str,
     ) -> Result<(), LedgerError> {
-        macro_rules! upsert {
-            () => {
-                sqlx::query(UPSERT_ALIAS)
-                    .bind(email_sha256)
-                    .bind(subject_id)
-                    .bind(vendor)
-                    .bind(vendor_ref)
-                    .bind(now_ms())
-            };
-        }
-        match self {
-            AnyLedger::Sqlite(l) => {
-                upsert!().execute(l.pool()).await?;
-            }
-            AnyLedger::Postgres(l) => {
-                upsert!().execute(l.pool()).await?;
-            }
-        }
+        on_backend!(
+            self,
+            execute sqlx::query(UPSERT_ALIAS)
+                .bind(email_sha256)
+                .bind(subject_id)
+                .bind(vendor)
+                .bind(vendor_ref)
+                .bind(now_ms())
+        );
         Ok(())
     }
 
@@ -255,19 +234,14 @@ impl AnyLedger {
         to_ms: i64,
         except: Uuid,
     ) -> Result<Vec<DeliveredWithdrawal>, LedgerError> {
-        macro_rules! select {
-            () => {
-                sqlx::query_as::<_, (String, String, String)>(WITHDRAWALS_DELIVERED)
-                    .bind(subject_id)
-                    .bind(from_ms)
-                    .bind(to_ms)
-                    .bind(except.to_string())
-            };
-        }
-        let rows = match self {
-            AnyLedger::Sqlite(l) => select!().fetch_all(l.pool()).await?,
-            AnyLedger::Postgres(l) => select!().fetch_all(l.pool()).await?,
-        };
+        let rows: Vec<(String, String, String)> = on_backend!(
+            self,
+            fetch_all sqlx::query_as(WITHDRAWALS_DELIVERED)
+                .bind(subject_id)
+                .bind(from_ms)
+                .bind(to_ms)
+                .bind(except.to_string())
+        );
         Ok(rows
             .into_iter()
             .map(|(sink, target, kind)| DeliveredWithdrawal { sink, target, kind })
@@ -276,40 +250,21 @@ impl AnyLedger {
 
     /// How far the poll of `source` has published everything, if it ever finished one.
     pub async fn poll_cursor(&self, source: &str) -> Result<Option<i64>, LedgerError> {
-        Ok(match self {
-            AnyLedger::Sqlite(l) => {
-                sqlx::query_scalar(POLL_CURSOR)
-                    .bind(source)
-                    .fetch_optional(l.pool())
-                    .await?
-            }
-            AnyLedger::Postgres(l) => {
-                sqlx::query_scalar(POLL_CURSOR)
-                    .bind(source)
-                    .fetch_optional(l.pool())
-                    .await?
-            }
-        })
+        Ok(on_backend!(
+            self,
+            fetch_optional sqlx::query_scalar(POLL_CURSOR).bind(source)
+        ))
     }
 
     /// Records that the poll of `source` has published everything up to `cursor_ms`.
     pub async fn set_poll_cursor(&self, source: &str, cursor_ms: i64) -> Result<(), LedgerError> {
-        macro_rules! upsert {
-            () => {
-                sqlx::query(UPSERT_POLL_CURSOR)
-                    .bind(source)
-                    .bind(cursor_ms)
-                    .bind(now_ms())
-            };
-        }
-        match self {
-            AnyLedger::Sqlite(l) => {
-                upsert!().execute(l.pool()).await?;
-            }
-            AnyLedger::Postgres(l) => {
-                upsert!().execute(l.pool()).await?;
-            }
-        }
+        on_backend!(
+            self,
+            execute sqlx::query(UPSERT_POLL_CURSOR)
+                .bind(source)
+                .bind(cursor_ms)
+                .bind(now_ms())
+        );
         Ok(())
     }
 
@@ -318,42 +273,24 @@ impl AnyLedger {
     pub async fn record_unknown_contact(&self, c: &UnknownContact) -> Result<bool, LedgerError> {
         let purposes = serde_json::to_string(&c.purposes)
             .map_err(|e| LedgerError::Corrupt(format!("purposes: {e}")))?;
-        let now = now_ms();
-        // One statement text, typed per backend by where it is executed.
-        macro_rules! insert {
-            () => {
-                sqlx::query(INSERT_UNKNOWN)
-                    .bind(c.event_id.to_string())
-                    .bind(&c.vendor)
-                    .bind(&c.kind)
-                    .bind(&purposes)
-                    .bind(&c.email_sha256)
-                    .bind(&c.vendor_ref)
-                    .bind(c.occurred_at_ms)
-                    .bind(now)
-            };
-        }
-        let done = match self {
-            AnyLedger::Sqlite(l) => insert!().execute(l.pool()).await?.rows_affected(),
-            AnyLedger::Postgres(l) => insert!().execute(l.pool()).await?.rows_affected(),
-        };
+        let done = on_backend!(
+            self,
+            execute sqlx::query(INSERT_UNKNOWN)
+                .bind(c.event_id.to_string())
+                .bind(&c.vendor)
+                .bind(&c.kind)
+                .bind(&purposes)
+                .bind(&c.email_sha256)
+                .bind(&c.vendor_ref)
+                .bind(c.occurred_at_ms)
+                .bind(now_ms())
+        );
         Ok(done == 1)
     }
 
     /// Every recorded unknown contact, oldest first.
     pub async fn unknown_contacts(&self) -> Result<Vec<UnknownContact>, LedgerError> {
-        let rows = match self {
-            AnyLedger::Sqlite(l) => {
-                sqlx::query_as::<_, UnknownRow>(SELECT_UNKNOWN)
-                    .fetch_all(l.pool())
-                    .await?
-            }
-            AnyLedger::Postgres(l) => {
-                sqlx::query_as::<_, UnknownRow>(SELECT_UNKNOWN)
-                    .fetch_all(l.pool())
-                    .await?
-            }
-        };
+        let rows: Vec<UnknownRow> = on_backend!(self, fetch_all sqlx::query_as(SELECT_UNKNOWN));
         rows.into_iter().map(from_row).collect()
     }
 }
