@@ -8,6 +8,7 @@ mod admin;
 mod config;
 mod import;
 mod ledger_report;
+mod logging;
 mod malloc;
 mod origins;
 mod probe;
@@ -342,7 +343,7 @@ fn main() -> ExitCode {
         }
     };
     let cli_format = cli.log_format.unwrap_or(config.log.format);
-    init_logging(&config, cli.log_format);
+    logging::init(&config, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -362,12 +363,19 @@ fn main() -> ExitCode {
                 (AppError::NoRecord(_), _) | (_, LogFormat::Human) => {
                     eprintln!("consent-relay: {e}")
                 }
+                // Nothing lost, nothing for a person to do: the next start carries on.
+                (AppError::Runtime(relay_runtime::RuntimeError::Abandoned { .. }), _) => {
+                    tracing::warn!(error = %e, "exiting")
+                }
                 (_, LogFormat::Json) => tracing::error!(error = %e, "exiting"),
             }
             match e {
                 // A configuration problem found late (`[ingest]`) exits like one found at load.
                 AppError::Config(_) => ExitCode::from(2),
                 AppError::NoRecord(_) => ExitCode::from(EXIT_NO_RECORD),
+                AppError::Runtime(relay_runtime::RuntimeError::Abandoned { .. }) => {
+                    ExitCode::from(EXIT_WORK_LEFT)
+                }
                 _ => ExitCode::FAILURE,
             }
         }
@@ -397,6 +405,8 @@ enum AppError {
 
 /// The exit status of `ledger audit` when the ledger holds nothing about the subject.
 const EXIT_NO_RECORD: u8 = 3;
+/// The exit status of `run` stopped while batches were not yet durable (sysexits' EX_TEMPFAIL).
+const EXIT_WORK_LEFT: u8 = 75;
 
 async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
     match command {
@@ -675,7 +685,7 @@ async fn run(
             .filter(|s| s.purposes.contains(purpose))
             .map(|s| s.sink.name())
             .collect();
-        tracing::info!(purpose, description = %def.description, sinks = %served_by.join(","), "purpose map");
+        tracing::info!(purpose, description = %def.description, sinks = %relay_runtime::log_fields::list(&served_by), "purpose map");
     }
     let ledger = Arc::new(relay_ledger::open(&config.ledger.url).await?);
     let shutdown = CancellationToken::new();
@@ -1747,18 +1757,4 @@ async fn publish(config: Config, input: PathBuf, topic: Option<String>) -> Resul
     relay_runtime::publish(&config.kafka, &topic, &events).await?;
     println!("published {} event(s) to {topic}", events.len());
     Ok(())
-}
-
-fn init_logging(config: &Config, format: Option<LogFormat>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    // Colours only for a person at a terminal, never into files or pipes.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format.unwrap_or(config.log.format) {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
-    }
 }

@@ -193,16 +193,20 @@ fn start(mut command: Command) -> Running {
     Running { child, logs }
 }
 
-fn stop(mut running: Running) -> String {
+fn stop(running: Running) -> String {
+    let (status, logs) = terminate(running);
+    assert!(status.success(), "exit after SIGTERM: {status:?}\n{logs}");
+    logs
+}
+
+fn terminate(mut running: Running) -> (std::process::ExitStatus, String) {
     Command::new("kill")
         .arg("-TERM")
         .arg(running.child.id().to_string())
         .status()
         .unwrap();
     let status = running.child.wait().unwrap();
-    let logs = running.logs.join().unwrap();
-    assert!(status.success(), "exit after SIGTERM: {status:?}\n{logs}");
-    logs
+    (status, running.logs.join().unwrap())
 }
 
 fn assert_no_pii(what: &str, text: &str) {
@@ -324,7 +328,7 @@ async fn the_binary_relays_exports_metrics_and_leaks_no_pii() {
         "--log-format json writes JSON lines only:\n{logs}"
     );
     assert!(logs.contains("\"sink\":\"hubspot\""), "{logs}");
-    // No Rust Debug renderings in our fields: lists are comma-separated, absent values a dash.
+    // No Rust Debug renderings in our fields: lists are JSON arrays, absent values absent.
     for line in logs.lines() {
         let record: serde_json::Value = serde_json::from_str(line).unwrap();
         let target = record["target"].as_str().unwrap_or_default();
@@ -340,7 +344,8 @@ async fn the_binary_relays_exports_metrics_and_leaks_no_pii() {
             );
         }
     }
-    assert!(logs.contains("\"sinks\":\"hubspot\""), "{logs}");
+    assert!(logs.contains("\"sinks\":[\"hubspot\"]"), "{logs}");
+    assert!(logs.contains("\"topics\":[\""), "{logs}");
     assert_no_pii("the relay's logs", &logs);
 
     let lag = stdout(relay(&s.config, &["lag", "--json"]));
@@ -1585,4 +1590,60 @@ fn publish_reports_every_problem_of_a_line() {
             "{problem} not reported:\n{err}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_with_work_not_yet_durable_exits_75_and_the_next_start_does_it() {
+    let s = setup().await;
+    // The token was rotated at HubSpot: every request is refused, the batch waits for it.
+    s.fake.set_token("rotated-elsewhere");
+    let input = s.dir.path().join("events.jsonl");
+    std::fs::write(&input, events("left")).unwrap();
+    output(relay(&s.config, &["publish", input.to_str().unwrap()]));
+    let mut command = relay(&s.config, &["run", "--log-format", "json"]);
+    command.stdout(Stdio::null());
+    let child = start(command);
+    for _ in 0..300 {
+        if !s.fake.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !s.fake.requests().is_empty(),
+        "the relay never tried HubSpot"
+    );
+    let (status, logs) = terminate(child);
+    assert_eq!(status.code(), Some(75), "{logs}");
+    let last: serde_json::Value = serde_json::from_str(logs.lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "WARN", "{logs}");
+    assert!(
+        last["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not yet durable"),
+        "{logs}"
+    );
+    assert_eq!(
+        logs.matches("not yet durable").count(),
+        1,
+        "said once: {logs}"
+    );
+
+    s.fake.set_token(TOKEN);
+    let ran = relay(&s.config, &["run", "--exit-when-idle", "3"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_eq!(
+        s.fake
+            .subscription_status("erika.mustermann@example.de", 12345)
+            .as_deref(),
+        Some("SUBSCRIBED")
+    );
 }

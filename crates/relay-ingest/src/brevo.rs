@@ -106,7 +106,7 @@ pub fn parse(config: &BrevoIngest, p: &Payload) -> Result<Parsed, Malformed> {
     purposes.sort();
     purposes.dedup();
     if purposes.is_empty() {
-        tracing::warn!(lists = %lists.join(","), "Brevo webhook for lists not in ingest.brevo.lists, and no ingest.brevo.purposes");
+        tracing::warn!(lists = %relay_runtime::log_fields::list(&lists), "Brevo webhook for lists not in ingest.brevo.lists, and no ingest.brevo.purposes");
         return Ok(Parsed::Ignored("unmapped_list"));
     }
     let camp = p.camp_id.as_ref().and_then(id_text).unwrap_or_default();

@@ -512,7 +512,7 @@ impl<L: Ledger> SourceWorker<L> {
                 lookahead.run(Arc::downgrade(&*consumer), shutdown.clone()),
             ))
         });
-        info!(sink = self.name(), group = %group, topics = %self.kafka.topics.join(","), "consumer started");
+        info!(sink = self.name(), group = %group, topics = %crate::log_fields::list(&self.kafka.topics), "consumer started");
         // Batches in flight, oldest first. They run side by side (the engine keeps one person's
         // items in one batch at a time), so that one batch waiting for an item's retries does not
         // hold back the next ones; offsets are committed strictly in order, each batch once it
@@ -523,6 +523,7 @@ impl<L: Ledger> SourceWorker<L> {
         let mut assigned_at = None;
         let idle_tick = Duration::from_millis(250);
         let mut stop = false;
+        let mut abandoned = 0;
         while !stop || !in_flight.is_empty() {
             tokio::select! {
                 biased;
@@ -534,11 +535,7 @@ impl<L: Ledger> SourceWorker<L> {
                             committer.commit(front.offsets);
                         }
                         Ok(Err(Abandoned)) => {
-                            info!(
-                                sink = self.name(),
-                                batches = in_flight.len() + 1,
-                                "shutdown: in-flight batches abandoned, not committed"
-                            );
+                            abandoned = in_flight.len() + 1;
                             break;
                         }
                         Err(e) => {
@@ -620,6 +617,13 @@ impl<L: Ledger> SourceWorker<L> {
             !l.iter().any(|(k, v)| *k == "sink" && v == self.name())
         });
         info!(sink = self.name(), "consumer stopped");
+        if abandoned > 0 {
+            return Err(RuntimeError::Abandoned {
+                sink: self.name().to_owned(),
+                lane: "source topics",
+                batches: abandoned,
+            });
+        }
         Ok(())
     }
 

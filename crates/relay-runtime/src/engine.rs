@@ -481,7 +481,7 @@ impl<L: Ledger> Engine<L> {
                 match decision {
                     Decision::Proceed { attempt } => to_send.push((item, attempt)),
                     Decision::ProceedExcept { keep, .. } => {
-                        info!(sink = %sink, event_id = %item.event.event_id, kept = %keep.join(","), "late whole-subject withdrawal applied per purpose: newer grants stand");
+                        info!(sink = %sink, event_id = %item.event.event_id, kept = %crate::log_fields::list(&keep), "late whole-subject withdrawal applied per purpose: newer grants stand");
                         per_purpose.extend(
                             self.routes
                                 .sink
@@ -568,7 +568,7 @@ impl<L: Ledger> Engine<L> {
         .await?;
         error!(
             sink = self.name(), topic = %msg.origin.topic, partition = msg.origin.partition,
-            offset = msg.origin.offset, event_id = %why.event_id.map_or_else(|| "-".to_owned(), |e| e.to_string()), code = %why.code,
+            offset = msg.origin.offset, event_id = why.event_id.map(tracing::field::display), code = %why.code,
             error = %why.message, "event dead-lettered"
         );
         self.count("dead_lettered", 1);

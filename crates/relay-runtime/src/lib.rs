@@ -19,6 +19,7 @@ pub mod dead_letter;
 mod decode;
 mod engine;
 pub mod lag;
+pub mod log_fields;
 mod lookahead;
 mod message;
 pub mod outbox;
@@ -59,6 +60,17 @@ pub enum RuntimeError {
     ShutdownDuringDecode,
     #[error("sink task {sink} panicked or was cancelled: {message}")]
     Task { sink: String, message: String },
+    /// Nothing is lost (the work was not committed, the next start reads it again), but the stop
+    /// was not clean, which a supervisor or a batch job should be able to tell.
+    #[error(
+        "stopped with {batches} batch(es) of {sink} ({lane}) not yet durable: not committed, \
+         they are read again on the next start"
+    )]
+    Abandoned {
+        sink: String,
+        lane: &'static str,
+        batches: usize,
+    },
 }
 
 /// One sink with its share of the configuration.
@@ -155,6 +167,7 @@ pub async fn run<L: Ledger>(
     }
     let progress = tokio::spawn(log_progress(telemetry.clone(), shutdown.clone()));
     let mut first_error = None;
+    let mut abandoned = None;
     while let Some(joined) = tasks.join_next().await {
         let failure = match joined {
             Ok((_, Ok(()))) => None,
@@ -168,14 +181,27 @@ pub async fn run<L: Ledger>(
             )),
         };
         if let Some((sink, e)) = failure {
-            tracing::error!(sink = %sink, error = %e, "sink consumer failed; stopping the others");
+            if matches!(e, RuntimeError::Abandoned { .. }) {
+                // Only after a shutdown; a failure, if there was one, is the better answer.
+                match &abandoned {
+                    None => abandoned = Some(e),
+                    Some(_) => tracing::warn!(sink = %sink, error = %e, "work left"),
+                }
+                continue;
+            }
             shutdown.cancel();
-            first_error.get_or_insert(e);
+            // The first failure is returned, and said once by the caller; later ones only here.
+            if first_error.is_some() {
+                tracing::error!(sink = %sink, error = %e, "sink consumer failed as well");
+            } else {
+                tracing::warn!(sink = %sink, "sink consumer failed; stopping the others");
+                first_error = Some(e);
+            }
         }
     }
     progress.abort();
     consumer::closes_finished(CLOSE_LIMIT).await;
-    first_error.map_or(Ok(()), Err)
+    first_error.or(abandoned).map_or(Ok(()), Err)
 }
 
 /// How often each busy sink says what it did.

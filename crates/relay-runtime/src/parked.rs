@@ -173,6 +173,7 @@ impl<L: Ledger> ParkedWorker<L> {
         let mut paused = false;
         let mut last_message = Instant::now();
         let mut last_commit = None;
+        let mut abandoned = false;
         let committer = Committer::start(&consumer, self.name(), &self.telemetry);
         loop {
             self.report(&hold);
@@ -240,7 +241,10 @@ impl<L: Ledger> ParkedWorker<L> {
                 );
                 match self.engine.process(&messages, &shutdown).await {
                     Ok(()) => hold.done(&due),
-                    Err(Abandoned) => break,
+                    Err(Abandoned) => {
+                        abandoned = true;
+                        break;
+                    }
                 }
             }
             let frontier = hold.frontier(&topic);
@@ -268,6 +272,13 @@ impl<L: Ledger> ParkedWorker<L> {
             .set_unapplied(self.name(), Lane::Parked, Unapplied::default());
         self.telemetry.set_parked(self.name(), 0, None);
         info!(sink = self.name(), "parked consumer stopped");
+        if abandoned {
+            return Err(RuntimeError::Abandoned {
+                sink: self.name().to_owned(),
+                lane: "retry topic",
+                batches: 1,
+            });
+        }
         Ok(())
     }
 

@@ -268,11 +268,7 @@ pub(crate) fn progress_lines(
         if events == 0 && p.lag <= 0 {
             continue;
         }
-        let outcomes = delta
-            .iter()
-            .map(|(o, d)| format!("{o}={d}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let outcomes = crate::log_fields::counts(delta.iter().map(|(o, d)| (*o, *d)));
         lines.push((sink.clone(), events, p.lag, outcomes));
     }
     lines

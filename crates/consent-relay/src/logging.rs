@@ -1,0 +1,137 @@
+//! Where the binary's logs go and what they look like: human lines (coloured only on a terminal)
+//! or JSON lines with real JSON values. tracing-subscriber's own JSON format writes every field as
+//! a string or number, so the lists and counts of `relay_runtime::log_fields` would reach log
+//! pipelines as text; this format writes them as arrays and objects.
+
+use std::fmt;
+
+use relay_runtime::log_fields;
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::config::{Config, LogFormat};
+
+pub fn init(config: &Config, format: Option<LogFormat>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    // Colours only for a person at a terminal, never into files or pipes.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format.unwrap_or(config.log.format) {
+        LogFormat::Json => builder.event_format(JsonLines).init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+/// One JSON object per event: `timestamp`, `level`, `fields` (with `message`), `target`, the
+/// layout of tracing-subscriber's JSON format.
+struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut timestamp = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
+        let mut fields = Fields(Map::new());
+        event.record(&mut fields);
+        let meta = event.metadata();
+        let mut record = Map::new();
+        record.insert("timestamp".into(), Value::String(timestamp));
+        record.insert("level".into(), Value::String(meta.level().to_string()));
+        record.insert("fields".into(), Value::Object(fields.0));
+        record.insert("target".into(), Value::String(meta.target().to_owned()));
+        writeln!(writer, "{}", Value::Object(record))
+    }
+}
+
+struct Fields(Map<String, Value>);
+
+impl Fields {
+    fn text(&mut self, field: &Field, text: String) {
+        let name = field.name();
+        let value = if log_fields::LISTS.contains(&name) {
+            Value::Array(
+                text.split(log_fields::LIST_SEPARATOR)
+                    .filter(|item| !item.is_empty())
+                    .map(|item| Value::String(item.to_owned()))
+                    .collect(),
+            )
+        } else if log_fields::COUNTS.contains(&name) {
+            Value::Object(counts(&text))
+        } else {
+            Value::String(text)
+        };
+        self.0.insert(name.to_owned(), value);
+    }
+
+    fn value(&mut self, field: &Field, value: Value) {
+        self.0.insert(field.name().to_owned(), value);
+    }
+}
+
+/// `a=1 b=2` as `{"a":1,"b":2}`; a pair that is not one is kept as text.
+fn counts(text: &str) -> Map<String, Value> {
+    text.split_whitespace()
+        .map(|pair| match pair.split_once('=') {
+            Some((name, n)) => (
+                name.to_owned(),
+                n.parse::<u64>()
+                    .map_or_else(|_| Value::String(n.to_owned()), Value::from),
+            ),
+            None => (pair.to_owned(), Value::Null),
+        })
+        .collect()
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.text(field, format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.text(field, value.to_owned());
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.text(field, value.to_string());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.value(field, value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.value(field, value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.value(field, value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.value(field, value.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_become_numbers() {
+        let c = counts("applied=3 superseded=12");
+        assert_eq!(
+            Value::Object(c),
+            serde_json::json!({"applied": 3, "superseded": 12})
+        );
+    }
+}
