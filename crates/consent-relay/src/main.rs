@@ -903,7 +903,8 @@ async fn ingest(config: Config, poll: bool) -> Result<(), AppError> {
         .topic
         .clone()
         .unwrap_or_else(|| config.kafka.topics[0].clone());
-    let ledger = Arc::new(relay_ledger::open(&config.ledger.url).await?);
+    // Written, never migrated: `run` (or `ledger migrate`) owns the schema.
+    let ledger = Arc::new(relay_ledger::open_current(&config.ledger.url).await?);
     let publisher = relay_runtime::Publisher::new(&config.kafka)?;
     let metrics = relay_ingest::Metrics::default();
     let bind = |addr: std::net::SocketAddr, what: &'static str| async move {
@@ -1026,10 +1027,18 @@ async fn import_file(
             n => Err(AppError::Usage(format!("{n} bad row(s), listed above"))),
         };
     }
-    // A rerun after a partial import: what a consumer has logged needs no second copy.
-    let ledger = relay_ledger::open(&config.ledger.url).await?;
+    // A rerun after a partial import: what a consumer has logged needs no second copy. Only read,
+    // never created: before the first `run` nothing was consumed, so every row is published (a
+    // mistyped path costs duplicates, which the consumers recognise by their ids).
     let ids: Vec<uuid::Uuid> = parsed.events.iter().map(|e| e.event_id).collect();
-    let logged = ledger.logged_event_ids(&ids).await?;
+    let logged = match relay_ledger::open_read_only(&config.ledger.url).await {
+        Ok(ledger) => ledger.logged_event_ids(&ids).await?,
+        Err(relay_ledger::LedgerError::Missing(what)) => {
+            eprintln!("import: no ledger yet ({what}): nothing consumed, every row is published");
+            Default::default()
+        }
+        Err(e) => return Err(e.into()),
+    };
     let fresh: Vec<_> = parsed
         .events
         .into_iter()

@@ -114,8 +114,12 @@ pub fn parse(
     Some(parsed.ok_or(problems))
 }
 
+/// A secret variable set but empty (compose's `${VAR:-}` of an unset one) counts as missing, so
+/// the problem names the variable to set.
 fn var(env: &[(String, String)], name: &str) -> Option<String> {
-    env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    env.iter()
+        .find(|(k, v)| k == name && !v.is_empty())
+        .map(|(_, v)| v.clone())
 }
 
 /// Every sink validates into the shared [`ConfigError`]: `Invalid` lists each problem with its key,

@@ -187,11 +187,12 @@ pub const ENV_SECRETS: [&str; 6] = [
 ];
 
 impl IngestConfig {
-    /// Takes the secrets of [`ENV_SECRETS`] from `env`.
+    /// Takes the secrets of [`ENV_SECRETS`] from `env`; one set but empty (compose's `${VAR:-}`)
+    /// counts as unset.
     pub fn apply_env(&mut self, env: &[(String, String)]) {
         let get = |name: &str| {
             env.iter()
-                .find(|(k, _)| k == name)
+                .find(|(k, v)| k == name && !v.is_empty())
                 .map(|(_, v)| Secret::new(v.clone()))
         };
         if let Some(h) = &mut self.hubspot {

@@ -59,6 +59,24 @@ pub async fn open_read_only(url: &str) -> Result<AnyLedger, LedgerError> {
     } else {
         return Err(LedgerError::UnsupportedUrl(redact(url)));
     };
+    require_current(ledger, url).await
+}
+
+/// Opens an existing ledger of the current schema for writing rows, never creating or migrating
+/// it: for the commands beside `run` that record what they did (`ingest`), which may run with a
+/// role that may not change the schema.
+pub async fn open_current(url: &str) -> Result<AnyLedger, LedgerError> {
+    let ledger = if url.starts_with("sqlite:") {
+        AnyLedger::Sqlite(SqliteLedger::open_existing(url).await?)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        AnyLedger::Postgres(PostgresLedger::open_existing(url).await?)
+    } else {
+        return Err(LedgerError::UnsupportedUrl(redact(url)));
+    };
+    require_current(ledger, url).await
+}
+
+async fn require_current(ledger: AnyLedger, url: &str) -> Result<AnyLedger, LedgerError> {
     let target = redact(url);
     let found = ledger
         .applied_migrations()

@@ -246,12 +246,12 @@ pub enum LedgerError {
     Migration { version: i64, source: sqlx::Error },
     #[error("ledger holds a value this version does not understand: {0}")]
     Corrupt(String),
-    #[error("no ledger: {0} (a read command never creates one; check [ledger] url)")]
+    #[error("no ledger: {0} (only `run` and `ledger migrate` create one; check [ledger] url)")]
     Missing(String),
     #[error("cannot open the ledger at {target}: {source}")]
     Open { target: String, source: sqlx::Error },
     #[error(
-        "the ledger at {target} has schema version {found}, this version reads {want}: start `consent-relay run` of this version once (it migrates)"
+        "the ledger at {target} has schema version {found}, this version reads {want}: run `consent-relay ledger migrate` of this version (as the schema's owner), or start `run`, which migrates"
     )]
     Schema {
         target: String,

@@ -25,8 +25,33 @@ use uuid::Uuid;
 
 const POOL_SIZE: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
-/// A person waits for a read command: an unreachable server must be reported, not waited for.
-const READ_ONLY_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first connection: an unreachable server is reported within seconds, naming it, not after
+/// the pool's 30 s.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Makes the pool and its first connection, which must come within [`CONNECT_TIMEOUT`]; the
+/// error names the server (never the password).
+async fn connect(options: PgConnectOptions, pool: PgPoolOptions) -> Result<PgPool, LedgerError> {
+    let target = format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or_default()
+    );
+    // One connection by hand first: the pool would retry a refused connection until its timeout
+    // and then report only that it timed out, not why.
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+        Ok(Ok(first)) => {
+            let _ = first.close().await;
+            Ok(pool.connect_lazy_with(options))
+        }
+        Ok(Err(source)) => Err(LedgerError::Open { target, source }),
+        Err(_) => Err(LedgerError::Open {
+            target,
+            source: sqlx::Error::PoolTimedOut,
+        }),
+    }
+}
 
 /// First key of our two-key advisory locks ("CRLG"), so they cannot collide with advisory locks
 /// other software takes on a shared database with the one-key form or another namespace.
@@ -46,13 +71,7 @@ impl PostgresLedger {
         // empty. A generic plan cached then (a sequential scan of an empty `deliveries`) would be
         // kept as the tables grow, and each claim would scan all of them: planned per execution,
         // the lists of ids find the indexes whatever the tables held when the relay started.
-        let options =
-            PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_custom_plan")]);
-        let pool = PgPoolOptions::new()
-            .max_connections(POOL_SIZE)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await?;
+        let pool = Self::open_existing(url).await?.pool;
         // A connection of its own, closed afterwards: should anything below fail midway, closing
         // the session is what releases the session-level migration lock.
         let mut conn = pool.acquire().await?.detach();
@@ -63,23 +82,36 @@ impl PostgresLedger {
         Ok(PostgresLedger { pool })
     }
 
+    /// Connects for writing rows, without migrating.
+    pub async fn open_existing(url: &str) -> Result<Self, LedgerError> {
+        // The set statements are prepared once per connection, while the tables may still be
+        // empty. A generic plan cached then (a sequential scan of an empty `deliveries`) would be
+        // kept as the tables grow, and each claim would scan all of them: planned per execution,
+        // the lists of ids find the indexes whatever the tables held when the relay started.
+        let options =
+            PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_custom_plan")]);
+        let pool = connect(
+            options,
+            PgPoolOptions::new()
+                .max_connections(POOL_SIZE)
+                .acquire_timeout(ACQUIRE_TIMEOUT),
+        )
+        .await?;
+        Ok(PostgresLedger { pool })
+    }
+
     /// Connects without migrating, in read-only transactions by default: a role that may only
-    /// SELECT is enough. Fails within seconds, naming the server, when it cannot be reached.
+    /// SELECT is enough.
     pub async fn open_read_only(url: &str) -> Result<Self, LedgerError> {
         let options =
             PgConnectOptions::from_str(url)?.options([("default_transaction_read_only", "on")]);
-        let target = format!(
-            "{}:{}/{}",
-            options.get_host(),
-            options.get_port(),
-            options.get_database().unwrap_or_default()
-        );
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(READ_ONLY_CONNECT_TIMEOUT)
-            .connect_with(options)
-            .await
-            .map_err(|source| LedgerError::Open { target, source })?;
+        let pool = connect(
+            options,
+            PgPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(CONNECT_TIMEOUT),
+        )
+        .await?;
         Ok(PostgresLedger { pool })
     }
 

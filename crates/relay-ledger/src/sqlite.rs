@@ -40,17 +40,20 @@ pub struct SqliteLedger {
 impl SqliteLedger {
     /// Opens (creating if missing) the file named by a `sqlite://PATH` URL and migrates it.
     pub async fn open(url: &str) -> Result<Self, LedgerError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL, not NORMAL: Kafka offsets are committed right after a ledger write, so that
-            // write must survive a power loss too, not only a process crash.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT);
-        let pool = connect(options).await?;
+        let options = writer_options(url)?.create_if_missing(true);
+        let pool = connect_named(options).await?;
         let ledger = SqliteLedger { pool };
         ledger.migrate(migrations::SQLITE).await?;
         Ok(ledger)
+    }
+
+    /// Opens an existing file for writing rows, without creating or migrating it.
+    pub async fn open_existing(url: &str) -> Result<Self, LedgerError> {
+        let options = writer_options(url)?.create_if_missing(false);
+        require_file(&options)?;
+        Ok(SqliteLedger {
+            pool: connect_named(options).await?,
+        })
     }
 
     /// Opens an existing file read-only, without migrating it.
@@ -59,18 +62,10 @@ impl SqliteLedger {
             .create_if_missing(false)
             .read_only(true)
             .busy_timeout(BUSY_TIMEOUT);
-        let path = options.get_filename().to_owned();
-        if !path.exists() {
-            return Err(LedgerError::Missing(format!(
-                "the file {} does not exist",
-                path.display()
-            )));
-        }
-        let pool = connect(options).await.map_err(|source| LedgerError::Open {
-            target: path.display().to_string(),
-            source,
-        })?;
-        Ok(SqliteLedger { pool })
+        require_file(&options)?;
+        Ok(SqliteLedger {
+            pool: connect_named(options).await?,
+        })
     }
 
     /// The schema versions recorded in `ledger_migrations`, ascending.
@@ -134,6 +129,35 @@ impl SqliteLedger {
 /// both run `PRAGMA journal_mode = WAL`, and SQLite can answer one of them SQLITE_BUSY without
 /// consulting the busy timeout (seen in this crate's concurrent-open test). It is a start-up
 /// race, so a few short retries settle it.
+fn writer_options(url: &str) -> Result<SqliteConnectOptions, LedgerError> {
+    Ok(SqliteConnectOptions::from_str(url)?
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL, not NORMAL: Kafka offsets are committed right after a ledger write, so that
+        // write must survive a power loss too, not only a process crash.
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(BUSY_TIMEOUT))
+}
+
+fn require_file(options: &SqliteConnectOptions) -> Result<(), LedgerError> {
+    let path = options.get_filename();
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(LedgerError::Missing(format!(
+            "the file {} does not exist",
+            path.display()
+        )))
+    }
+}
+
+/// Connects, naming the file when it cannot be opened (a missing directory, no permission).
+async fn connect_named(options: SqliteConnectOptions) -> Result<SqlitePool, LedgerError> {
+    let target = options.get_filename().display().to_string();
+    connect(options)
+        .await
+        .map_err(|source| LedgerError::Open { target, source })
+}
+
 async fn connect(options: SqliteConnectOptions) -> Result<SqlitePool, sqlx::Error> {
     let mut attempt = 0;
     loop {
