@@ -176,10 +176,13 @@ impl Config {
 }
 
 /// Whether the command about to run calls the downstreams, and so needs the sinks' credentials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Secrets {
-    /// `run`, `reconcile`: a missing credential is a problem.
+    /// `run`, `config check`: a missing credential of an enabled sink is a problem.
     Required,
+    /// `run --sink`, `reconcile --sink`: the credentials of these sink sections only (a
+    /// destination `audiences.meta-eu` names its section), enabled in the file or not.
+    Of(Vec<String>),
     /// Commands that only read the ledger or the broker: credentials may be absent, so that an
     /// operator or the DPO needs none of them.
     NotNeeded,
@@ -260,7 +263,13 @@ fn load_with(
         };
         // A disabled sink may lack its secrets (each pod holds only its own sink's), and so may
         // every sink for a command that never calls one.
-        let secrets_needed = settings.enabled && secrets == Secrets::Required;
+        let secrets_needed = match &secrets {
+            Secrets::Required => settings.enabled,
+            Secrets::Of(sections) => sections
+                .iter()
+                .any(|s| s.split('.').next() == Some(name.as_str())),
+            Secrets::NotNeeded => false,
+        };
         problems.extend(
             config
                 .problems()
@@ -719,6 +728,44 @@ legal_basis_explanation = "Signed up on the website"
             .to_string();
         assert!(err.contains("sinks.hubspot.base_url"), "{err}");
         assert!(!err.contains("token"), "{err}");
+
+        // `run --sink partner` needs the partner's secret, not HubSpot's token, enabled or not.
+        let both = format!(
+            "{HUBSPOT}[sinks.partner]\nenabled = false\n[sinks.partner.partners.in_gmbh]\n\
+             endpoint = \"https://partner.example/hook\"\npurpose = \"newsletter\"\n\
+             fields = [\"email\"]\n"
+        );
+        let f = write(&both);
+        let partner_only = Secrets::Of(vec!["partner".into()]);
+        let err = load_with(Some(f.path()), &[], partner_only.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sinks.partner.partners.in_gmbh.signing_secret"),
+            "{err}"
+        );
+        assert!(!err.contains("sinks.hubspot"), "{err}");
+        let secret = [(
+            "CONSENT_RELAY__SINKS__PARTNER__PARTNERS__IN_GMBH__SIGNING_SECRET".to_owned(),
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned(),
+        )];
+        assert!(load_with(Some(f.path()), &secret, partner_only).is_ok());
+        let err = load_with(Some(f.path()), &secret, Secrets::Of(vec!["hubspot".into()]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sinks.hubspot.token"), "{err}");
+    }
+
+    #[test]
+    fn an_enabled_sink_without_purposes_is_refused() {
+        let f = write(
+            "[purposes.newsletter]\ndescription = \"Newsletter\"\n\
+             [sinks.hubspot]\nbase_url = \"http://127.0.0.1:1\"\n",
+        );
+        let err = load_with(Some(f.path()), &[], Secrets::NotNeeded)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sinks.hubspot: routes no purpose"), "{err}");
     }
 
     /// Issue 12: three unknown keys were reported one at a time, a sink's own keys apart from the

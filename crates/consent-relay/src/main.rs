@@ -325,9 +325,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Only the commands that call the downstreams need their credentials: an operator or the DPO
     // reads the ledger and the broker without holding any.
-    let secrets = match cli.command {
+    let secrets = match &cli.command {
+        Command::Run { sinks, .. } if !sinks.is_empty() => config::Secrets::Of(sinks.clone()),
+        Command::Reconcile { sink, .. } => config::Secrets::Of(vec![sink.clone()]),
         Command::Run { .. }
-        | Command::Reconcile { .. }
         | Command::Config {
             command: ConfigCommand::Check {
                 no_secrets: false, ..
@@ -657,6 +658,11 @@ async fn run(
         } else {
             only.contains(&entry.name)
         };
+        let prefix = format!("{}.", entry.name);
+        if !whole && !only.iter().any(|s| s.starts_with(&prefix)) {
+            // Not run here, and its credentials may be absent (each pod holds its own sink's).
+            continue;
+        }
         let built = entry
             .config
             .build()

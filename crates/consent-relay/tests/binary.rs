@@ -607,8 +607,28 @@ async fn config_check_lists_every_problem_and_read_commands_need_no_credentials(
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // These talk to the broker only (the default one, the test broker): whatever they find there,
+    // the configuration is not what stops them.
+    for args in [
+        &["lag", "--group", "nobody-here"][..],
+        &["dlq", "list"],
+        &["parked", "list"],
+    ] {
+        let out = without_token(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() != Some(2) && !err.contains("CONSENT_RELAY_HUBSPOT_TOKEN"),
+            "{args:?} without the HubSpot token: {err}"
+        );
+    }
     let out = without_token(&["reconcile", "--sink", "hubspot", "--dry-run"]);
     assert_eq!(out.status.code(), Some(2), "reconcile calls HubSpot");
+    let out = without_token(&["run", "--sink", "hubspot"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "run --sink hubspot calls HubSpot"
+    );
 }
 
 /// Issue 12: `config check --connect` probes the broker and each topic, the ledger (read-only),
