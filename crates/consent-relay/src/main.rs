@@ -355,7 +355,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command, config)) {
+    let servers = config.kafka.bootstrap_servers.clone();
+    let result = runtime
+        .block_on(dispatch(cli.command, config))
+        .map_err(|e| e.naming_broker(&servers));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         // Said once: as a log record where logs are machine-read, as a plain line otherwise.
         Err(e) => {
@@ -393,6 +397,11 @@ enum AppError {
     Usage(String),
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    #[error("broker {servers}: {source}")]
+    Broker {
+        servers: String,
+        source: relay_runtime::RuntimeError,
+    },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -402,6 +411,22 @@ enum AppError {
     /// able to tell from "found" (exit 3).
     #[error("{0}")]
     NoRecord(String),
+}
+
+impl AppError {
+    /// A broker error names the broker: librdkafka's own text does not.
+    fn naming_broker(self, servers: &str) -> Self {
+        match self {
+            AppError::Runtime(
+                source @ (relay_runtime::RuntimeError::Kafka(_)
+                | relay_runtime::RuntimeError::Publish { .. }),
+            ) => AppError::Broker {
+                servers: servers.to_owned(),
+                source,
+            },
+            e => e,
+        }
+    }
 }
 
 /// The exit status of `ledger audit` when the ledger holds nothing about the subject.
@@ -1570,6 +1595,25 @@ async fn lag(config: Config, groups: Vec<String>, json: bool) -> Result<(), AppE
         .map_err(relay_runtime::RuntimeError::Kafka)?;
         rows.extend(lags);
     }
+    // A group nobody ever ran looks like one with everything to do: say which it is (on stderr,
+    // so `--json` stays parseable).
+    let mut unknown: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.group_state.as_deref() == Some("Dead"))
+        .map(|r| r.group.as_str())
+        .collect();
+    unknown.dedup();
+    for group in unknown {
+        if rows
+            .iter()
+            .filter(|r| r.group == group)
+            .all(|r| r.committed.is_none())
+        {
+            eprintln!(
+                "warning: consumer group {group} does not exist (no members, no committed offsets): its lag is the whole log"
+            );
+        }
+    }
     if json {
         println!(
             "{}",
@@ -1588,12 +1632,12 @@ async fn lag(config: Config, groups: Vec<String>, json: bool) -> Result<(), AppE
                 r.committed.map_or("-".to_owned(), |o| o.to_string()),
                 r.log_end.to_string(),
                 r.lag.to_string(),
-                r.oldest_unapplied_age_seconds
-                    .map_or("-".to_owned(), |s| format!("{s:.1}s")),
-                r.group_state.clone().unwrap_or_else(|| "-".to_owned()),
                 member.map_or("-".to_owned(), |m| m.consumer_id.clone()),
                 member.map_or("-".to_owned(), |m| m.host.clone()),
                 member.map_or("-".to_owned(), |m| m.client_id.clone()),
+                r.oldest_unapplied_age_seconds
+                    .map_or("-".to_owned(), |s| format!("{s:.1}s")),
+                r.group_state.clone().unwrap_or_else(|| "-".to_owned()),
             ]
         })
         .collect();
@@ -1604,32 +1648,17 @@ async fn lag(config: Config, groups: Vec<String>, json: bool) -> Result<(), AppE
         "CURRENT-OFFSET",
         "LOG-END-OFFSET",
         "LAG",
-        "OLDEST-UNAPPLIED",
-        "STATE",
         "CONSUMER-ID",
         "HOST",
         "CLIENT-ID",
+        "OLDEST-UNAPPLIED",
+        "STATE",
     ];
-    // Names left-aligned, figures right-aligned, as kafka-consumer-groups prints them.
-    print_table(&HEADER, &table, |column| (2..=6).contains(&column));
-    // A group nobody ever ran looks like one with everything to do: say which it is.
-    let mut unknown: Vec<&str> = rows
-        .iter()
-        .filter(|r| r.group_state.as_deref() == Some("Dead"))
-        .map(|r| r.group.as_str())
-        .collect();
-    unknown.dedup();
-    for group in unknown {
-        if rows
-            .iter()
-            .filter(|r| r.group == group)
-            .all(|r| r.committed.is_none())
-        {
-            eprintln!(
-                "warning: consumer group {group} does not exist (no members, no committed offsets): its lag is the whole log"
-            );
-        }
-    }
+    // kafka-consumer-groups' columns in its order, ours after them; names left-aligned, figures
+    // right-aligned, as it prints them.
+    print_table(&HEADER, &table, |column| {
+        (2..=5).contains(&column) || column == 9
+    });
     Ok(())
 }
 

@@ -363,19 +363,69 @@ async fn the_binary_relays_exports_metrics_and_leaks_no_pii() {
             .all(|r| r["group_state"].is_string() && r["member"].is_null()),
         "{lag}"
     );
-    let out = relay(&s.config, &["lag", "--group", "nobody-ran-this"])
+    // Every field in every row, null when unknown: a stable shape for scripts.
+    for field in [
+        "group",
+        "topic",
+        "partition",
+        "committed",
+        "log_start",
+        "log_end",
+        "lag",
+        "oldest_unapplied_age_seconds",
+        "group_state",
+        "member",
+    ] {
+        assert!(
+            rows.iter().all(|r| r.get(field).is_some()),
+            "{field} missing: {lag}"
+        );
+    }
+    let long = format!("{}-{}", "a-group-name-far-longer-than-any-column", s.topic);
+    let out = relay(&s.config, &["lag", "--group", &long])
         .output()
         .unwrap();
     assert!(out.status.success());
     let table = String::from_utf8_lossy(&out.stdout);
+    let header = table.lines().next().unwrap();
     assert!(
-        table.starts_with("GROUP") && table.lines().next().unwrap().ends_with("CLIENT-ID"),
-        "{table}"
+        header.starts_with("GROUP")
+            && header.split_whitespace().collect::<Vec<_>>().starts_with(&[
+                "GROUP",
+                "TOPIC",
+                "PARTITION",
+                "CURRENT-OFFSET",
+                "LOG-END-OFFSET",
+                "LAG",
+                "CONSUMER-ID",
+                "HOST",
+                "CLIENT-ID"
+            ]),
+        "kafka-consumer-groups' columns first: {table}"
     );
+    // Long names widen their column instead of pushing the rest out of line.
+    let topic_at = header.find("TOPIC").unwrap();
+    for row in table.lines().skip(1) {
+        assert_eq!(
+            &row[topic_at..topic_at + s.topic.len()],
+            s.topic,
+            "columns line up: {table}"
+        );
+    }
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains("consumer group nobody-ran-this does not exist"),
+            .contains(&format!("consumer group {long} does not exist")),
         "a group nobody ran is not shown as one with everything to do, silently"
+    );
+    let out = relay(&s.config, &["lag", "--group", &long, "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let _: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("JSON only on stdout");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "said with --json too, on stderr"
     );
 
     let csv = stdout(relay(
@@ -1666,4 +1716,37 @@ async fn a_stop_with_work_not_yet_durable_exits_75_and_the_next_start_does_it() 
             .as_deref(),
         Some("SUBSCRIBED")
     );
+}
+
+/// Issue 12: a broker nobody listens on was "pool timed out"-style silence, then an error naming
+/// nothing; now each command says which broker, within seconds, and `publish` how far it got.
+#[test]
+fn an_unreachable_broker_is_named_and_publish_says_how_many_were_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = offline_config(
+        dir.path(),
+        "nobroker.toml",
+        "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n",
+    );
+    let input = dir.path().join("events.jsonl");
+    std::fs::write(&input, events("nobroker")).unwrap();
+    let started = std::time::Instant::now();
+    let out = relay(&config, &["publish", input.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("broker 127.0.0.1:1") && err.contains("0 of 2 event(s) acknowledged"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "within seconds, not after 30: {:?}",
+        started.elapsed()
+    );
+    let out = relay(&config, &["lag", "--group", "g"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("broker 127.0.0.1:1"), "{err}");
 }

@@ -192,7 +192,7 @@ pub async fn replay(
         for delivery in pending {
             crate::publish::acknowledged(delivery)
                 .await
-                .map_err(failed(done))?;
+                .map_err(|e| failed(done)(crate::RuntimeError::Kafka(e)))?;
         }
         done += chunk.len();
         sent(done);

@@ -15,7 +15,8 @@ use crate::config::KafkaConfig;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One partition's position of one group.
+/// One partition's position of one group. Serialized for `lag --json` with every field present
+/// (`null` when unknown), so that scripts can rely on its shape.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PartitionLag {
     pub group: String,
@@ -30,15 +31,12 @@ pub struct PartitionLag {
     /// Messages the group has not committed past yet.
     pub lag: i64,
     /// How long ago the oldest uncommitted message was produced, in seconds (`lag` CLI only).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub oldest_unapplied_age_seconds: Option<f64>,
     /// The group's state as the coordinator reports it (`Stable`, `Empty`, `Dead` for a group
     /// that does not exist, …); `None` where it could not be asked (`lag` CLI only).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub group_state: Option<String>,
     /// The member the partition is assigned to, as `kafka-consumer-groups --describe` shows it;
     /// `None` while no member holds it.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub member: Option<Member>,
 }
 

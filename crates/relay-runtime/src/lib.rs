@@ -52,6 +52,16 @@ pub use telemetry::{metric, Telemetry, METRICS};
 pub enum RuntimeError {
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// Events are acknowledged in order, so the first `acknowledged` are on the topic.
+    #[error(
+        "publishing to {topic}: {acknowledged} of {total} event(s) acknowledged, then: {source}"
+    )]
+    Publish {
+        topic: String,
+        acknowledged: usize,
+        total: usize,
+        source: rdkafka::error::KafkaError,
+    },
     #[error("creating the retry topic {topic}: {message}")]
     RetryTopic { topic: String, message: String },
     #[error("schema registry: {0}")]

@@ -15,12 +15,15 @@ use crate::registry::SchemaRegistry;
 use crate::RuntimeError;
 
 /// A producer with the configured security properties; idempotent so a retried send does not
-/// duplicate (duplicates would be harmless, but noisy in the ledger).
+/// duplicate (duplicates would be harmless, but noisy in the ledger). A send the broker does not
+/// acknowledge within 10 s fails: `publish` is a person waiting, `ingest` answers a vendor that
+/// gives up after seconds and retries.
 pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, RuntimeError> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &kafka.bootstrap_servers)
         .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000");
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "10000");
     for (k, v) in &kafka.properties {
         cfg.set(k, v);
     }
@@ -68,6 +71,15 @@ impl Publisher {
     /// Sends `events` in order and returns once the broker acknowledged every one of them (as
     /// durable as the producer's `acks` make it: all in-sync replicas by default).
     pub async fn send(&self, topic: &str, events: &[ConsentEvent]) -> Result<(), RuntimeError> {
+        let mut acked = 0;
+        let failed = |acknowledged: usize| {
+            move |source: KafkaError| RuntimeError::Publish {
+                topic: topic.to_owned(),
+                acknowledged,
+                total: events.len(),
+                source,
+            }
+        };
         let mut pending = VecDeque::new();
         for ev in events {
             let bytes = match &self.registry {
@@ -108,23 +120,25 @@ impl Publisher {
                             tokio::time::sleep(Duration::from_millis(10)).await;
                             continue;
                         };
-                        acknowledged(oldest).await?;
+                        acknowledged(oldest).await.map_err(failed(acked))?;
+                        acked += 1;
                     }
-                    Err((e, _)) => return Err(RuntimeError::Kafka(e)),
+                    Err((e, _)) => return Err(failed(acked)(e)),
                 }
             }
         }
         for delivery in pending {
-            acknowledged(delivery).await?;
+            acknowledged(delivery).await.map_err(failed(acked))?;
+            acked += 1;
         }
         Ok(())
     }
 }
 
-pub(crate) async fn acknowledged(delivery: DeliveryFuture) -> Result<(), RuntimeError> {
+pub(crate) async fn acknowledged(delivery: DeliveryFuture) -> Result<(), KafkaError> {
     match delivery.await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(RuntimeError::Kafka(e)),
-        Err(_canceled) => Err(RuntimeError::Kafka(KafkaError::Canceled)),
+        Ok(Err((e, _))) => Err(e),
+        Err(_canceled) => Err(KafkaError::Canceled),
     }
 }
