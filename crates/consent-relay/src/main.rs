@@ -175,6 +175,12 @@ enum DlqCommand {
         /// Only those of this destination (e.g. hubspot, audiences.meta-eu).
         #[arg(long)]
         sink: Option<String>,
+        /// Only messages with this error code (e.g. downstream_permanent, missing_email).
+        #[arg(long)]
+        code: Option<String>,
+        /// Only the message(s) of this event (a UUID).
+        #[arg(long)]
+        event_id: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -1105,7 +1111,12 @@ async fn import_file(
 /// an empty dead-letter topic.
 fn check_dlq_filters(config: &Config, command: &DlqCommand) -> Result<(), AppError> {
     let (sink, code, event_id) = match command {
-        DlqCommand::List { sink, .. } => (sink.as_deref(), None, None),
+        DlqCommand::List {
+            sink,
+            code,
+            event_id,
+            ..
+        } => (sink.as_deref(), code.as_deref(), event_id.as_deref()),
         DlqCommand::Replay {
             sink,
             code,
@@ -1148,11 +1159,35 @@ fn check_dlq_filters(config: &Config, command: &DlqCommand) -> Result<(), AppErr
     }
 }
 
+fn matches_dlq_filters(
+    letter: &relay_runtime::dead_letter::DeadLetter,
+    code: Option<&str>,
+    event_id: Option<&str>,
+) -> bool {
+    code.is_none_or(|c| letter.code == c)
+        && event_id.is_none_or(|id| {
+            letter
+                .event_id
+                .as_deref()
+                .is_some_and(|e| e.eq_ignore_ascii_case(id))
+        })
+}
+
 async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
     check_dlq_filters(&config, &command)?;
     let kafka = config.kafka.clone();
     let letters = tokio::task::spawn_blocking(move || {
-        relay_runtime::dead_letter::read_all(&kafka, Duration::from_secs(3))
+        let mut progress =
+            progress::Progress::new(format!("dlq read {}", kafka.dlq_topic), None, false);
+        let read = relay_runtime::dead_letter::read_all(&kafka, |done, total| {
+            // A small topic is read in well under a second: no lines for it.
+            if total >= 1_000 {
+                progress.total = Some(total);
+                progress.update(done, "read");
+            }
+        });
+        progress.finish();
+        read
     })
     .await
     .map_err(|e| AppError::Usage(format!("dlq read failed: {e}")))?
@@ -1165,10 +1200,16 @@ async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
         );
     }
     match command {
-        DlqCommand::List { sink, json } => {
+        DlqCommand::List {
+            sink,
+            code,
+            event_id,
+            json,
+        } => {
             let letters: Vec<_> = letters
                 .into_iter()
                 .filter(|l| sink.as_ref().is_none_or(|s| &l.sink == s))
+                .filter(|l| matches_dlq_filters(l, code.as_deref(), event_id.as_deref()))
                 .collect();
             if json {
                 println!(
@@ -1221,14 +1262,7 @@ async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
             let chosen: Vec<_> = letters
                 .into_iter()
                 .filter(|l| l.sink == sink)
-                .filter(|l| code.as_ref().is_none_or(|c| &l.code == c))
-                .filter(|l| {
-                    event_id.as_deref().is_none_or(|id| {
-                        l.event_id
-                            .as_deref()
-                            .is_some_and(|e| e.eq_ignore_ascii_case(id))
-                    })
-                })
+                .filter(|l| matches_dlq_filters(l, code.as_deref(), event_id.as_deref()))
                 .collect();
             if dry_run {
                 for l in &chosen {

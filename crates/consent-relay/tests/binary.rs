@@ -1532,6 +1532,15 @@ async fn dlq_list_shows_the_age_and_subject_of_each_dead_letter() {
         "{\"type\":\"ConsentWithdrawn\",\"subject_id\":\"no-mail-subject\",\"occurred_at\":\"2026-11-20T09:00:00Z\",\"source\":\"web-form\",\"purposes\":[\"newsletter\"]}\n",
     )
     .unwrap();
+    // An empty dead-letter topic answers at once: the read stops at its end offsets.
+    let started = std::time::Instant::now();
+    let empty = stdout(relay(&s.config, &["dlq", "list"]));
+    assert_eq!(empty.lines().count(), 1, "the header alone: {empty}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "an empty topic took {:?}",
+        started.elapsed()
+    );
     let published = output(relay(&s.config, &["publish", input.to_str().unwrap()]));
     assert!(published.contains("published 1 event(s)"), "{published}");
     let ran = relay(&s.config, &["run", "--exit-when-idle", "3"])
@@ -1560,6 +1569,45 @@ async fn dlq_list_shows_the_age_and_subject_of_each_dead_letter() {
         serde_json::from_str(&stdout(relay(&s.config, &["dlq", "list", "--json"]))).unwrap();
     assert_eq!(json[0]["subject_id"], "no-mail-subject");
     assert!(json[0]["dead_lettered_at_ms"].as_i64().is_some());
+    let event_id = json[0]["event_id"].as_str().unwrap().to_owned();
+
+    // The same filters as `replay`, checked the same way.
+    let count = |args: &[&str]| -> usize {
+        let mut all = vec!["dlq", "list", "--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str::<Vec<serde_json::Value>>(&stdout(relay(&s.config, &all)))
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count(&["--code", "missing_email"]), 1);
+    assert_eq!(count(&["--code", "downstream_permanent"]), 0);
+    assert_eq!(count(&["--event-id", &event_id]), 1);
+    assert_eq!(count(&["--event-id", &uuid::Uuid::new_v4().to_string()]), 0);
+    let out = relay(&s.config, &["dlq", "list", "--code", "nonsense"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--code nonsense: no such error code"));
+
+    let dry = stdout(relay(
+        &s.config,
+        &["dlq", "replay", "--sink", "hubspot", "--dry-run"],
+    ));
+    assert!(
+        dry.contains(&format!("event={event_id}"))
+            && dry.contains("1 message(s) for sink hubspot would be replayed"),
+        "{dry}"
+    );
+    assert_eq!(count(&[]), 1, "a dry run replays nothing");
+    let out = relay(&s.config, &["dlq", "replay", "--sink", "hubspot"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("dlq replay hubspot: 1/1 replayed (100%)"),
+        "a progress line off a terminal: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Issue 12: as shipped, three of the four sink Deployments crash-looped (their sinks were not in

@@ -1,14 +1,9 @@
 //! The dead-letter topic: the original bytes, with headers that say why and where they came from;
 //! reading it back and replaying messages once their cause is fixed (DESIGN.md §3.5).
 
-use std::time::Duration;
-
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
-use rdkafka::TopicPartitionList;
 use serde::Serialize;
 
 use crate::config::KafkaConfig;
@@ -59,38 +54,20 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
 }
 
-/// Reads the whole dead-letter topic without a consumer group (nothing is committed), stopping
-/// once no message arrived for `idle`. Blocking: call from a blocking task.
-pub fn read_all(kafka: &KafkaConfig, idle: Duration) -> KafkaResult<Vec<DeadLetter>> {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &kafka.bootstrap_servers)
-        .set("group.id", format!("{}.dlq-reader", kafka.group_prefix))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false");
-    for (k, v) in &kafka.properties {
-        cfg.set(k, v);
-    }
-    let consumer: BaseConsumer = cfg.create()?;
-    let metadata = consumer.fetch_metadata(Some(&kafka.dlq_topic), Duration::from_secs(10))?;
-    let mut tpl = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(t.name(), p.id(), rdkafka::Offset::Beginning)?;
-        }
-    }
-    consumer.assign(&tpl)?;
+/// Reads the whole dead-letter topic (see [`crate::topic_reader`]); `progress` gets (read, held).
+/// Blocking: call from a blocking task.
+pub fn read_all(
+    kafka: &KafkaConfig,
+    progress: impl FnMut(u64, u64),
+) -> KafkaResult<Vec<DeadLetter>> {
     let mut letters = Vec::new();
-    let mut quiet_since = std::time::Instant::now();
-    while quiet_since.elapsed() < idle {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                letters.push(dead_letter(&m.detach()));
-                quiet_since = std::time::Instant::now();
-            }
-            Some(Err(e)) => return Err(e),
-            None => {}
-        }
-    }
+    crate::topic_reader::read_topic(
+        kafka,
+        &kafka.dlq_topic,
+        "dlq-reader",
+        |m| letters.push(dead_letter(&m)),
+        progress,
+    )?;
     letters.sort_by_key(|l| (l.dlq_partition, l.dlq_offset));
     Ok(letters)
 }

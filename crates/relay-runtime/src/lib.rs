@@ -30,6 +30,7 @@ pub mod registry;
 mod retry;
 mod route;
 mod telemetry;
+mod topic_reader;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

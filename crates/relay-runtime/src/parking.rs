@@ -9,11 +9,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders, OwnedMessage, Timestamp};
-use rdkafka::TopicPartitionList;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -155,68 +152,32 @@ pub struct ParkedCopy {
 /// stopping at the end offsets it saw at the start. Blocking: call from a blocking task.
 pub fn read_all(kafka: &KafkaConfig, sink: &str) -> KafkaResult<Vec<ParkedCopy>> {
     let topic = kafka.retry_topic(sink);
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &kafka.bootstrap_servers)
-        .set("group.id", format!("{}.parked-reader", kafka.group_prefix))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false");
-    for (k, v) in &kafka.properties {
-        cfg.set(k, v);
-    }
-    let consumer: BaseConsumer = cfg.create()?;
-    let timeout = Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
-    let mut tpl = TopicPartitionList::new();
-    let mut remaining = std::collections::BTreeMap::new();
-    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
-        for p in t.partitions() {
-            let (low, high) = consumer.fetch_watermarks(&topic, p.id(), timeout)?;
-            if high > low {
-                tpl.add_partition_offset(&topic, p.id(), rdkafka::Offset::Offset(low))?;
-                remaining.insert(p.id(), high);
-            }
-        }
-    }
     let mut copies = Vec::new();
-    if remaining.is_empty() {
-        return Ok(copies);
-    }
-    consumer.assign(&tpl)?;
-    // Bounded by a quiet period too, in case a broker under-reports its end offsets.
-    let mut quiet_since = std::time::Instant::now();
-    while !remaining.is_empty() && quiet_since.elapsed() < Duration::from_secs(3) {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                let m = m.detach();
-                quiet_since = std::time::Instant::now();
-                if remaining
-                    .get(&m.partition())
-                    .is_some_and(|end| m.offset() + 1 >= *end)
-                {
-                    remaining.remove(&m.partition());
-                }
-                if let Ok(copy) = read(&m) {
-                    copies.push(ParkedCopy {
-                        sink: copy.sink,
-                        retry_partition: m.partition(),
-                        retry_offset: m.offset(),
-                        event_id: header_value(&m, dlq::EVENT_ID),
-                        subject_id: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                        parks: copy.ticket.parks,
-                        first_failed_ms: copy.ticket.first_failed_ms,
-                        due_ms: copy.ticket.due_ms,
-                        reason: copy.ticket.reason,
-                        original_topic: copy.origin.topic,
-                        original_partition: copy.origin.partition,
-                        original_offset: copy.origin.offset,
-                        message: m,
-                    });
-                }
+    crate::topic_reader::read_topic(
+        kafka,
+        &topic,
+        "parked-reader",
+        |m| {
+            if let Ok(copy) = read(&m) {
+                copies.push(ParkedCopy {
+                    sink: copy.sink,
+                    retry_partition: m.partition(),
+                    retry_offset: m.offset(),
+                    event_id: header_value(&m, dlq::EVENT_ID),
+                    subject_id: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    parks: copy.ticket.parks,
+                    first_failed_ms: copy.ticket.first_failed_ms,
+                    due_ms: copy.ticket.due_ms,
+                    reason: copy.ticket.reason,
+                    original_topic: copy.origin.topic,
+                    original_partition: copy.origin.partition,
+                    original_offset: copy.origin.offset,
+                    message: m,
+                });
             }
-            Some(Err(e)) => return Err(e),
-            None => {}
-        }
-    }
+        },
+        |_, _| {},
+    )?;
     Ok(copies)
 }
 
