@@ -51,6 +51,25 @@ struct FileConfig {
     /// `[reconcile.<sink or destination>]`: how often `run` reconciles it.
     #[serde(default)]
     reconcile: BTreeMap<String, ReconcileSection>,
+    #[serde(default)]
+    recipients: BTreeMap<String, RecipientSection>,
+}
+
+/// `[recipients."<destination>"]`: who a destination is in law, as `ledger audit` names it to a
+/// data subject (GDPR Art. 15(1)(c)); the service, account and data categories come from the
+/// sink's own configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientSection {
+    /// The legal entity, as the privacy notice names it ("Meta Platforms Ireland Ltd.").
+    pub entity: String,
+    /// Its role: "processor (Art. 28)", "controller", "joint controller (Art. 26)".
+    #[serde(default)]
+    pub role: Option<String>,
+    /// The data categories in the notice's words, instead of the ones derived from the sink's
+    /// configuration.
+    #[serde(default)]
+    pub data: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,6 +156,8 @@ pub struct Config {
     /// runs, because each pod holds only its own command's secrets.
     pub ingest: Option<relay_ingest::IngestConfig>,
     pub reconcile: Vec<ScheduledReconcile>,
+    /// By destination (`audiences.meta-eu`, `hubspot`, …).
+    pub recipients: BTreeMap<String, RecipientSection>,
     /// Where the file set each key, for problems found after loading (`[ingest]`).
     pub origins: Origins,
 }
@@ -371,6 +392,21 @@ fn load_with(
             Err(e) => problems.push(format!("reconcile.{name}.interval: {e}")),
         }
     }
+    let destinations: BTreeSet<String> =
+        sinks.iter().flat_map(|e| e.config.destinations()).collect();
+    for (name, r) in &file.recipients {
+        if !destinations.contains(name) {
+            problems.push(format!(
+                "recipients.{name}: no such destination (configured: {})",
+                destinations.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if r.entity.trim().is_empty() {
+            problems.push(format!(
+                "recipients.{name}.entity: must name the legal entity"
+            ));
+        }
+    }
     let mut ingest = file.ingest;
     if let Some(ingest) = &mut ingest {
         ingest.apply_env(env);
@@ -388,6 +424,7 @@ fn load_with(
             sinks,
             ingest,
             reconcile,
+            recipients: file.recipients,
             origins,
         },
     )
@@ -754,6 +791,26 @@ legal_basis_explanation = "Signed up on the website"
             .unwrap_err()
             .to_string();
         assert!(err.contains("sinks.hubspot.token"), "{err}");
+    }
+
+    #[test]
+    fn recipients_name_configured_destinations() {
+        let f = write(&format!(
+            "{HUBSPOT}[recipients.hubspot]\nentity = \"HubSpot Ireland Ltd.\"\nrole = \"processor\"\n"
+        ));
+        let c = load_with(Some(f.path()), &[], Secrets::NotNeeded).unwrap();
+        assert_eq!(c.recipients["hubspot"].entity, "HubSpot Ireland Ltd.");
+        let f = write(&format!(
+            "{HUBSPOT}[recipients.hubspots]\nentity = \"x\"\n[recipients.hubspot]\nentity = \" \"\n"
+        ));
+        let err = load_with(Some(f.path()), &[], Secrets::NotNeeded)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("recipients.hubspots: no such destination"),
+            "{err}"
+        );
+        assert!(err.contains("recipients.hubspot.entity"), "{err}");
     }
 
     #[test]

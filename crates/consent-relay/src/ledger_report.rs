@@ -164,17 +164,56 @@ pub fn holds_anything(r: &SubjectReport) -> bool {
 /// the configuration, by the destination name the ledger records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
-    /// Who receives it, e.g. "Meta (Custom Audience 123)".
+    /// The service and account that receives it, e.g. "Meta (Custom Audience 123)".
     pub name: String,
     /// What it receives, e.g. "SHA-256 of the email address".
     pub data: String,
+    /// The legal entity and its role (processor, controller), as the privacy notice names them:
+    /// `[recipients."<destination>"]`.
+    pub entity: Option<String>,
+    pub role: Option<String>,
+}
+
+impl Recipient {
+    /// A recipient as its sink's configuration describes it; [`Recipient::entity`] and
+    /// [`Recipient::role`] come from `[recipients]`.
+    pub fn of(name: String, data: String) -> Recipient {
+        Recipient {
+            name,
+            data,
+            entity: None,
+            role: None,
+        }
+    }
+
+    /// "Meta Platforms Ireland Ltd. (processor): Meta (Custom Audience 123)".
+    fn title(&self) -> String {
+        let role = self
+            .role
+            .as_deref()
+            .map_or_else(String::new, |r| format!(" ({r})"));
+        match &self.entity {
+            Some(entity) => format!("{entity}{role}: {}", self.name),
+            None => format!("{}{role}", self.name),
+        }
+    }
 }
 
 /// What the person's decisions made a destination do, per target.
 #[derive(Debug, Default)]
 struct Changes {
     /// By (target, what was done): how often, first and last time.
-    done: std::collections::BTreeMap<(String, &'static str), (usize, i64, i64)>,
+    done: std::collections::BTreeMap<(String, &'static str), Done>,
+}
+
+/// How often, first and last time; for a refusal or work still in progress, the newest reason
+/// the recipient (or the connection to it) gave.
+#[derive(Debug)]
+struct Done {
+    count: usize,
+    first: i64,
+    last: i64,
+    reason: Option<String>,
 }
 
 /// What a delivery of an event of `kind` with this status did at its destination; `None` when
@@ -229,10 +268,27 @@ impl<'a> Audit<'a> {
                 .or_default()
                 .done
                 .entry((d.key.target.clone(), done))
-                .or_insert((0, d.updated_at_ms, d.updated_at_ms));
-            e.0 += 1;
-            e.1 = e.1.min(d.updated_at_ms);
-            e.2 = e.2.max(d.updated_at_ms);
+                .or_insert(Done {
+                    count: 0,
+                    first: d.updated_at_ms,
+                    last: d.updated_at_ms,
+                    reason: None,
+                });
+            e.count += 1;
+            e.first = e.first.min(d.updated_at_ms);
+            // An applied delivery may keep the error of an attempt before: not a reason.
+            let reason = matches!(
+                d.status,
+                relay_ledger::Status::DeadLettered
+                    | relay_ledger::Status::Retrying
+                    | relay_ledger::Status::Parked
+            )
+            .then(|| d.error.clone())
+            .flatten();
+            if reason.is_some() && (d.updated_at_ms >= e.last || e.reason.is_none()) {
+                e.reason = reason;
+            }
+            e.last = e.last.max(d.updated_at_ms);
         }
         Audit {
             report,
@@ -251,13 +307,13 @@ fn recipient_of<'r>(
 ) -> Cow<'r, Recipient> {
     match recipients.get(destination) {
         Some(r) => Cow::Borrowed(r),
-        None => Cow::Owned(Recipient {
-            name: format!(
+        None => Cow::Owned(Recipient::of(
+            format!(
                 "{} (no longer configured: see the configuration of the time)",
                 shown(destination)
             ),
-            data: "unknown to this configuration".to_owned(),
-        }),
+            "unknown to this configuration".to_owned(),
+        )),
     }
 }
 
@@ -306,17 +362,21 @@ pub fn to_audit(
     }
     for (destination, changes) in &audit.by_destination {
         let recipient = recipient_of(recipients, destination);
-        let _ = writeln!(out, "  {} [{}]", recipient.name, shown(destination));
+        let _ = writeln!(out, "  {} [{}]", recipient.title(), shown(destination));
         let _ = writeln!(out, "    data: {}", recipient.data);
-        for ((target, done), (n, first, last)) in &changes.done {
+        for ((target, done), d) in &changes.done {
             let _ = writeln!(
                 out,
-                "    {:<20} {done}: {n}×, first {}, last {}{}",
+                "    {:<20} {done}: {}×, first {}, last {}{}{}",
                 shown(target),
-                when(*first),
-                when(*last),
+                d.count,
+                when(d.first),
+                when(d.last),
                 basis_of(bases, std::slice::from_ref(target))
-                    .map_or_else(String::new, |b| format!("; legal basis: {b}"))
+                    .map_or_else(String::new, |b| format!("; legal basis: {b}")),
+                d.reason
+                    .as_deref()
+                    .map_or_else(String::new, |r| format!("; reason: {}", shown(r)))
             );
         }
     }
@@ -400,9 +460,10 @@ pub fn audit_json(
             let recipient = recipient_of(recipients, destination);
             json!({
                 "destination": destination, "name": recipient.name, "data": recipient.data,
-                "changes": changes.done.iter().map(|((target, done), (n, first, last))| json!({
-                    "target": target, "done": done, "count": n,
-                    "first": when(*first), "last": when(*last),
+                "entity": recipient.entity, "role": recipient.role,
+                "changes": changes.done.iter().map(|((target, done), d)| json!({
+                    "target": target, "done": done, "count": d.count,
+                    "first": when(d.first), "last": when(d.last), "reason": d.reason,
                     "legal_basis": basis_of(bases, std::slice::from_ref(target)),
                 })).collect::<Vec<_>>(),
             })
@@ -755,6 +816,7 @@ mod tests {
                 // Still under way: it may have been received.
                 DeliveryRow {
                     status: Status::Parked,
+                    error: Some("HTTP 503 from api.brevo.com".into()),
                     ..delivered(withdrawal, "newsletter.main", 2_600)
                 },
                 // Never sent (no email): not a recipient.
@@ -779,8 +841,12 @@ mod tests {
         let recipients = std::collections::BTreeMap::from([(
             "audiences.meta".to_owned(),
             Recipient {
-                name: "Meta (Custom Audience 111)".into(),
-                data: "SHA-256 of the normalized email address".into(),
+                entity: Some("Meta Platforms Ireland Ltd.".into()),
+                role: Some("processor".into()),
+                ..Recipient::of(
+                    "Meta (Custom Audience 111)".into(),
+                    "SHA-256 of the normalized email address".into(),
+                )
             },
         )]);
         let bases = LegalBases::from([("ads".to_owned(), "consent, GDPR Art. 6(1)(a)".to_owned())]);
@@ -794,12 +860,19 @@ mod tests {
             "each recipient's change too: {audit}"
         );
         assert!(
-            audit.contains("Meta (Custom Audience 111) [audiences.meta]"),
+            audit.contains(
+                "Meta Platforms Ireland Ltd. (processor): Meta (Custom Audience 111) [audiences.meta]"
+            ),
             "{audit}"
         );
         assert!(
             audit.contains("data: SHA-256 of the normalized email address"),
             "{audit}"
+        );
+        assert!(
+            audit.contains("in progress (may have been received): 1×")
+                && audit.contains("; reason: HTTP 503 from api.brevo.com"),
+            "work under way says why: {audit}"
         );
         assert!(
             audit.contains("granted (added / subscribed): 1×"),
@@ -825,6 +898,12 @@ mod tests {
         let json = audit_json("s", &report, &recipients, &bases);
         assert_eq!(json["known"], true);
         assert_eq!(json["recipients"][1]["name"], "Meta (Custom Audience 111)");
+        assert_eq!(
+            json["recipients"][1]["entity"],
+            "Meta Platforms Ireland Ltd."
+        );
+        assert_eq!(json["recipients"][1]["role"], "processor");
+        assert!(json["recipients"][0]["entity"].is_null());
         assert_eq!(json["recipients"][1]["changes"][0]["count"], 1);
         assert_eq!(
             json["consent_decisions"][0]["legal_basis"],

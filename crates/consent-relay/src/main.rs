@@ -529,6 +529,16 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
                 .sinks
                 .iter()
                 .flat_map(|entry| entry.config.recipients())
+                .map(|(destination, mut r)| {
+                    if let Some(named) = config.recipients.get(&destination) {
+                        r.entity = Some(named.entity.clone());
+                        r.role.clone_from(&named.role);
+                        if let Some(data) = &named.data {
+                            r.data.clone_from(data);
+                        }
+                    }
+                    (destination, r)
+                })
                 .collect();
             let bases: ledger_report::LegalBases = config
                 .purposes

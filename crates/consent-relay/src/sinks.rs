@@ -177,10 +177,7 @@ impl SinkConfig for HubSpotConfig {
         }
         vec![(
             "hubspot".to_owned(),
-            Recipient {
-                name: "HubSpot (CRM and email subscriptions)".to_owned(),
-                data,
-            },
+            Recipient::of("HubSpot (CRM and email subscriptions)".to_owned(), data),
         )]
     }
     fn build(&self) -> Result<Vec<Built>, String> {
@@ -245,7 +242,7 @@ impl SinkConfig for AudiencesConfig {
                         EMAIL.to_owned(),
                     ),
                 };
-                (format!("audiences.{name}"), Recipient { name: who, data })
+                (format!("audiences.{name}"), Recipient::of(who, data))
             })
             .collect()
     }
@@ -292,14 +289,14 @@ impl SinkConfig for NewsletterConfig {
             .iter()
             .map(|(name, list)| {
                 let recipient = match list {
-                    ListConfig::Brevo(b) => Recipient {
-                        name: format!("Brevo (list {})", b.list_id),
-                        data: "email address, membership of the list".to_owned(),
-                    },
-                    ListConfig::Mailchimp(m) => Recipient {
-                        name: format!("Mailchimp (audience {})", m.list_id),
-                        data: "email address, its subscription status".to_owned(),
-                    },
+                    ListConfig::Brevo(b) => Recipient::of(
+                        format!("Brevo (list {})", b.list_id),
+                        "email address, membership of the list".to_owned(),
+                    ),
+                    ListConfig::Mailchimp(m) => Recipient::of(
+                        format!("Mailchimp (audience {})", m.list_id),
+                        "email address, its subscription status".to_owned(),
+                    ),
                 };
                 (format!("newsletter.{name}"), recipient)
             })
@@ -344,15 +341,15 @@ impl SinkConfig for PartnerSinkConfig {
                 let fields: Vec<&str> = p.fields.iter().map(|f| f.key()).collect();
                 (
                     format!("partner.{name}"),
-                    Recipient {
-                        name: format!("partner {name} ({host})"),
-                        data: format!(
+                    Recipient::of(
+                        format!("partner {name} ({host})"),
+                        format!(
                             "{} (on a grant); the subject id, purpose, notice version, the \
                              decision and its time (with every decision, withdrawals and \
                              erasures included)",
                             fields.join(", ")
                         ),
-                    },
+                    ),
                 )
             })
             .collect()

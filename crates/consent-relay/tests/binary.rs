@@ -437,6 +437,10 @@ async fn the_binary_relays_exports_metrics_and_leaks_no_pii() {
         "both granted: nobody to suppress"
     );
 
+    // Who the recipient is in law comes from the configuration, as the privacy notice says it.
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    text.push_str("\n[recipients.hubspot]\nentity = \"HubSpot Ireland Ltd.\"\nrole = \"processor (Art. 28)\"\n");
+    std::fs::write(&s.config, text).unwrap();
     let audit = output(relay(&s.config, &["ledger", "audit", "bin-0"]));
     assert!(
         audit.contains(
@@ -446,7 +450,9 @@ async fn the_binary_relays_exports_metrics_and_leaks_no_pii() {
     );
     // The recipient by name, what it received, and what was done there.
     assert!(
-        audit.contains("HubSpot (CRM and email subscriptions) [hubspot]"),
+        audit.contains(
+            "HubSpot Ireland Ltd. (processor (Art. 28)): HubSpot (CRM and email subscriptions) [hubspot]"
+        ),
         "{audit}"
     );
     assert!(
