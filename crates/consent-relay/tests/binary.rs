@@ -1804,3 +1804,50 @@ fn an_unreachable_broker_is_named_and_publish_says_how_many_were_sent() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("broker 127.0.0.1:1"), "{err}");
 }
+
+/// Issue 12: a downstream with nothing listening was retried forever with "client error
+/// (Connect)", no URL, and `/readyz` stayed 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_downstream_shows_in_readyz_and_metrics_naming_it() {
+    let s = setup().await;
+    let closed = format!("127.0.0.1:{}", free_port());
+    // Named in /readyz once paused for stall_after_ms (60 s by default; a blip is no alarm).
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace(&s.fake.base_url(), &format!("http://{closed}"))
+        + "\n[liveness]\nstall_after_ms = 2000\n";
+    std::fs::write(&s.config, text).unwrap();
+    let input = s.dir.path().join("events.jsonl");
+    std::fs::write(&input, events("unreachable")).unwrap();
+    output(relay(&s.config, &["publish", input.to_str().unwrap()]));
+    let mut command = relay(&s.config, &["run"]);
+    command.stdout(Stdio::null());
+    let child = start(command);
+    let ready_url = format!("http://{}/readyz", s.admin);
+    let mut ready = (0, String::new());
+    for _ in 0..300 {
+        ready = get(&ready_url).await;
+        if ready.0 == 503 && ready.1.contains("destination paused") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready.0, 503, "{}", ready.1);
+    assert!(
+        ready.1.contains("hubspot: destination paused") && ready.1.contains(&closed),
+        "names the destination and where it was looked for: {}",
+        ready.1
+    );
+    let metrics = get(&format!("http://{}/metrics", s.admin)).await.1;
+    assert_eq!(
+        sample(
+            &metrics,
+            "consent_relay_destination_paused{sink=\"hubspot\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    let (status, logs) = terminate(child);
+    assert_eq!(status.code(), Some(75), "the batch was left: {logs}");
+    assert!(logs.contains(&closed), "the logs name it too: {logs}");
+}
