@@ -1797,12 +1797,12 @@ async fn publish(config: Config, input: PathBuf, topic: Option<String>) -> Resul
         if line.trim().is_empty() || line.trim_start().starts_with('#') {
             continue;
         }
-        // Every problem of a line, not only the first: a structural one (syntax, a missing or
-        // mistyped field) stops the line; then each rule, the clock rule and the purposes.
+        // Every problem of a line, not only the first: the structural ones (unknown keys, missing
+        // or mistyped fields); if there are none, each rule, the clock rule and the purposes.
         let ev = match relay_events::json::from_json_line_unvalidated(&line) {
             Ok(ev) => ev,
-            Err(e) => {
-                problems.push(format!("line {}: {e}", n + 1));
+            Err(all) => {
+                problems.extend(all.iter().map(|e| format!("line {}: {e}", n + 1)));
                 continue;
             }
         };

@@ -1714,6 +1714,29 @@ fn publish_reports_every_problem_of_a_line() {
             "{problem} not reported:\n{err}"
         );
     }
+    // Structural problems too: each of them, not the first alone.
+    std::fs::write(
+        &input,
+        "{\"type\":\"ConsentGranted\",\"subject\":\"s-1\",\"occurred_at\":\"soon\",\"source\":1,\"purposes\":[\"newsletter\"]}\n",
+    )
+    .unwrap();
+    let out = relay(&config, &["publish", input.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for problem in [
+        "`subject`",
+        "subject_id",
+        "occurred_at",
+        "`source` must be a string",
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains("line 1") && l.contains(problem)),
+            "{problem} not reported:\n{err}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

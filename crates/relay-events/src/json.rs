@@ -73,134 +73,171 @@ fn extra_keys(kind: EventKind) -> &'static [&'static str] {
 
 /// Parses and validates one line.
 pub fn from_json_line(line: &str) -> Result<ConsentEvent, JsonError> {
-    let ev = from_json_line_unvalidated(line)?;
+    let ev = from_json_line_unvalidated(line).map_err(|mut all| all.swap_remove(0))?;
     ev.validate()?;
     Ok(ev)
 }
 
 /// Parses one line into an event without [`ConsentEvent::validate`], for a caller that reports
-/// every problem of it ([`ConsentEvent::problems`]). Structural problems (syntax, a missing or
-/// mistyped field) still stop at the first.
-pub fn from_json_line_unvalidated(line: &str) -> Result<ConsentEvent, JsonError> {
-    let value: Value = serde_json::from_str(line).map_err(|e| JsonError::Syntax(e.to_string()))?;
+/// every problem of it ([`ConsentEvent::problems`]). Every structural problem (unknown keys, a
+/// missing or mistyped field) is returned, never an empty list; only a line that is no JSON
+/// object, or has no usable `type`, stops at that.
+pub fn from_json_line_unvalidated(line: &str) -> Result<ConsentEvent, Vec<JsonError>> {
+    let value: Value =
+        serde_json::from_str(line).map_err(|e| vec![JsonError::Syntax(e.to_string())])?;
     let Value::Object(mut obj) = value else {
-        return Err(JsonError::NotAnObject);
+        return Err(vec![JsonError::NotAnObject]);
     };
     let kind = match obj.get("type") {
-        None | Some(Value::Null) => return Err(ValidationError::MissingField("type").into()),
+        None | Some(Value::Null) => return Err(vec![ValidationError::MissingField("type").into()]),
         Some(Value::String(name)) => {
-            EventKind::from_name(name).ok_or_else(|| JsonError::UnknownType(name.clone()))?
+            EventKind::from_name(name).ok_or_else(|| vec![JsonError::UnknownType(name.clone())])?
         }
-        Some(_) => return Err(wrong_type("type", "a string")),
+        Some(_) => return Err(vec![wrong_type("type", "a string")]),
     };
-    if let Some(key) = obj
+    let mut problems: Vec<JsonError> = obj
         .keys()
-        .find(|k| !COMMON_KEYS.contains(&k.as_str()) && !extra_keys(kind).contains(&k.as_str()))
-    {
-        return Err(JsonError::UnknownKey {
+        .filter(|k| !COMMON_KEYS.contains(&k.as_str()) && !extra_keys(kind).contains(&k.as_str()))
+        .map(|key| JsonError::UnknownKey {
             key: key.clone(),
             kind: kind.name(),
-        });
-    }
+        })
+        .collect();
 
-    let event_id = match obj.remove("event_id") {
-        None | Some(Value::Null) => Uuid::new_v4(),
-        Some(Value::String(s)) => parse_event_id(&s)?,
-        Some(_) => return Err(wrong_type("event_id", "a UUID string")),
-    };
-    let subject_id = required_string(&mut obj, "subject_id")?;
-    let occurred_at_ms = match obj.remove("occurred_at") {
-        None | Some(Value::Null) => return Err(ValidationError::MissingField("occurred_at").into()),
-        Some(Value::String(s)) => parse_timestamp(&s)?,
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| {
-            wrong_type(
+    let event_id = ok(
+        &mut problems,
+        match obj.remove("event_id") {
+            None | Some(Value::Null) => Ok(Uuid::new_v4()),
+            Some(Value::String(s)) => parse_event_id(&s).map_err(JsonError::from),
+            Some(_) => Err(wrong_type("event_id", "a UUID string")),
+        },
+    );
+    let subject_id = ok(&mut problems, required_string(&mut obj, "subject_id"));
+    let occurred_at_ms = ok(
+        &mut problems,
+        match obj.remove("occurred_at") {
+            None | Some(Value::Null) => Err(ValidationError::MissingField("occurred_at").into()),
+            Some(Value::String(s)) => parse_timestamp(&s),
+            Some(Value::Number(n)) => n.as_i64().ok_or_else(|| {
+                wrong_type(
+                    "occurred_at",
+                    "an RFC 3339 timestamp or integer milliseconds",
+                )
+            }),
+            Some(_) => Err(wrong_type(
                 "occurred_at",
                 "an RFC 3339 timestamp or integer milliseconds",
-            )
-        })?,
-        Some(_) => {
-            return Err(wrong_type(
-                "occurred_at",
-                "an RFC 3339 timestamp or integer milliseconds",
-            ))
-        }
-    };
-    let source = required_string(&mut obj, "source")?;
-    let notice_version = optional_string(&mut obj, "notice_version")?;
+            )),
+        },
+    );
+    let source = ok(&mut problems, required_string(&mut obj, "source"));
+    let notice_version = ok(&mut problems, optional_string(&mut obj, "notice_version"));
 
-    let scope = match kind {
-        EventKind::ConsentGranted | EventKind::ConsentWithdrawn => {
-            match string_list(&mut obj, "purposes")? {
-                Some(p) => Scope::Purposes(p),
-                None => return Err(ValidationError::MissingField("purposes").into()),
-            }
-        }
-        EventKind::Unsubscribed => {
-            let all = match obj.remove("all_purposes") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => b,
-                Some(_) => return Err(wrong_type("all_purposes", "true or false")),
-            };
-            let purposes = string_list(&mut obj, "purposes")?.unwrap_or_default();
-            match (all, purposes.is_empty()) {
-                (true, true) => Scope::All,
-                // Hand-written input: a list next to all_purposes is more likely a mistake than
-                // intended, even though the Avro reader would let all_purposes win.
-                (true, false) => {
-                    return Err(JsonError::InvalidValue {
-                        key: "purposes",
-                        reason: "must be empty or absent when all_purposes is true".into(),
-                    })
+    let scope = ok(
+        &mut problems,
+        match kind {
+            EventKind::ConsentGranted | EventKind::ConsentWithdrawn => {
+                match string_list(&mut obj, "purposes") {
+                    Ok(Some(p)) => Ok(Scope::Purposes(p)),
+                    Ok(None) => Err(ValidationError::MissingField("purposes").into()),
+                    Err(e) => Err(e),
                 }
-                (false, _) => Scope::Purposes(purposes),
             }
-        }
-        EventKind::ErasureRequested => Scope::All,
-    };
+            EventKind::Unsubscribed => {
+                let all = match obj.remove("all_purposes") {
+                    None | Some(Value::Null) => Ok(false),
+                    Some(Value::Bool(b)) => Ok(b),
+                    Some(_) => Err(wrong_type("all_purposes", "true or false")),
+                };
+                match (all, string_list(&mut obj, "purposes")) {
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                    (Ok(all), Ok(purposes)) => {
+                        let purposes = purposes.unwrap_or_default();
+                        match (all, purposes.is_empty()) {
+                            (true, true) => Ok(Scope::All),
+                            // Hand-written input: a list next to all_purposes is more likely a
+                            // mistake than intended, even though the Avro reader would let
+                            // all_purposes win.
+                            (true, false) => Err(JsonError::InvalidValue {
+                                key: "purposes",
+                                reason: "must be empty or absent when all_purposes is true".into(),
+                            }),
+                            (false, _) => Ok(Scope::Purposes(purposes)),
+                        }
+                    }
+                }
+            }
+            EventKind::ErasureRequested => Ok(Scope::All),
+        },
+    );
 
     let contact = match obj.remove("contact") {
-        None | Some(Value::Null) => Contact::default(),
+        None | Some(Value::Null) => Some(Contact::default()),
         Some(Value::Object(mut c)) => {
-            if let Some(key) = c.keys().find(|k| !CONTACT_KEYS.contains(&k.as_str())) {
-                return Err(JsonError::UnknownKey {
+            for key in c.keys().filter(|k| !CONTACT_KEYS.contains(&k.as_str())) {
+                problems.push(JsonError::UnknownKey {
                     key: format!("contact.{key}"),
                     kind: kind.name(),
                 });
             }
-            let mut field = |name: &'static str| -> Result<Option<String>, JsonError> {
+            let mut field = |name: &'static str| -> Option<String> {
                 match c.remove(name) {
-                    None | Some(Value::Null) => Ok(None),
-                    Some(Value::String(s)) => Ok(Some(s)),
-                    Some(_) => Err(wrong_type(format!("contact.{name}"), "a string or null")),
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s),
+                    Some(_) => {
+                        problems.push(wrong_type(format!("contact.{name}"), "a string or null"));
+                        None
+                    }
                 }
             };
-            Contact {
-                email: field("email")?,
-                phone: field("phone")?,
-                first_name: field("first_name")?,
-                last_name: field("last_name")?,
-                company: field("company")?,
-                street: field("street")?,
-                postal_code: field("postal_code")?,
-                city: field("city")?,
-                country: field("country")?,
-                company_size: field("company_size")?,
-            }
+            Some(Contact {
+                email: field("email"),
+                phone: field("phone"),
+                first_name: field("first_name"),
+                last_name: field("last_name"),
+                company: field("company"),
+                street: field("street"),
+                postal_code: field("postal_code"),
+                city: field("city"),
+                country: field("country"),
+                company_size: field("company_size"),
+            })
         }
-        Some(_) => return Err(wrong_type("contact", "an object")),
+        Some(_) => {
+            problems.push(wrong_type("contact", "an object"));
+            None
+        }
     };
 
-    let ev = ConsentEvent {
+    match (
         event_id,
-        kind,
         subject_id,
         occurred_at_ms,
         source,
         notice_version,
         scope,
         contact,
-    };
-    Ok(ev)
+    ) {
+        (
+            Some(event_id),
+            Some(subject_id),
+            Some(occurred_at_ms),
+            Some(source),
+            Some(notice_version),
+            Some(scope),
+            Some(contact),
+        ) if problems.is_empty() => Ok(ConsentEvent {
+            event_id,
+            kind,
+            subject_id,
+            occurred_at_ms,
+            source,
+            notice_version,
+            scope,
+            contact,
+        }),
+        _ => Err(problems),
+    }
 }
 
 /// The same shape [`from_json_line`] reads; `occurred_at` as RFC 3339 with milliseconds where
@@ -244,6 +281,11 @@ pub fn to_json(ev: &ConsentEvent) -> Value {
     }
     put("contact", Value::Object(contact));
     Value::Object(obj)
+}
+
+/// The value, or `None` with its problem noted.
+fn ok<T>(problems: &mut Vec<JsonError>, r: Result<T, JsonError>) -> Option<T> {
+    r.map_err(|e| problems.push(e)).ok()
 }
 
 fn wrong_type(key: impl Into<String>, expected: &'static str) -> JsonError {
@@ -488,6 +530,30 @@ mod tests {
             );
             assert!(err.to_string().contains(key), "{err}");
         }
+    }
+
+    #[test]
+    fn every_structural_problem_of_a_line_is_named() {
+        let all = from_json_line_unvalidated(
+            r#"{"type":"ConsentGranted","subjectid":"s","occurred_at":"yesterday","source":7,"purposes":"newsletter","contact":{"email":"a@b.de","fax":"1","phone":5}}"#,
+        )
+        .unwrap_err();
+        let text: Vec<String> = all.iter().map(ToString::to_string).collect();
+        for needle in [
+            "unknown key `subjectid`",
+            "subject_id",
+            "occurred_at",
+            "`source` must be a string",
+            "`purposes` must be an array of strings",
+            "unknown key `contact.fax`",
+            "`contact.phone` must be a string or null",
+        ] {
+            assert!(
+                text.iter().any(|t| t.contains(needle)),
+                "{needle} not in {text:?}"
+            );
+        }
+        assert_eq!(text.len(), 7, "{text:?}");
     }
 
     #[test]
