@@ -42,7 +42,8 @@ use crate::config::{Config, LogFormat};
   consent-relay -c relay.toml reconcile --sink hubspot --dry-run
 
 Exit status: 0 done; 1 failed (a rejected filter or file included); 2 invalid configuration or
-command line; 3 `ledger audit` found no record."
+command line; 3 `ledger audit` found no record; 75 `run` stopped with work not yet durable (not
+committed: the next start does it)."
 )]
 struct Cli {
     /// The TOML configuration file, layered over the embedded defaults.
@@ -60,6 +61,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Consume and propagate events: one consumer group per sink.
+    #[command(
+        after_help = "Examples:\n  consent-relay -c relay.toml run                      every enabled sink\n  consent-relay -c relay.toml run --sink audiences.meta-eu\n  consent-relay -c relay.toml run --exit-when-idle 10   a batch job: stop once caught up"
+    )]
     Run {
         /// Run only these sinks (default: every enabled sink): a sink (`hubspot`, `audiences`,
         /// `newsletter`, `partner`) or one destination (`audiences.meta-eu`).
@@ -70,6 +74,9 @@ enum Command {
         exit_when_idle: Option<u64>,
     },
     /// Publish events given as JSON lines (a file, or stdin with `-`) to the events topic.
+    #[command(
+        after_help = "Examples:\n  consent-relay -c relay.toml publish events.jsonl\n  producer | consent-relay -c relay.toml publish - --topic consent.events.staging"
+    )]
     Publish {
         /// JSON lines, one event each (see deploy/sample-events.jsonl).
         #[arg(default_value = "-")]
@@ -80,6 +87,9 @@ enum Command {
     },
     /// Receive the vendors' own notifications (HubSpot, Mailchimp, Brevo webhooks), verify them,
     /// and publish each decision as a consent event before answering; see `[ingest]`.
+    #[command(
+        after_help = "Examples:\n  consent-relay -c relay.toml ingest            the webhook server on ingest.listen\n  consent-relay -c relay.toml ingest --poll     webhooks, and Mailchimp's unsubscribes since the stored cursor, polled"
+    )]
     Ingest {
         /// Also poll the vendors that have a `poll` section (`[ingest.mailchimp.poll]`: each
         /// list's members unsubscribed since the last poll), where webhooks cannot be used. The
@@ -90,6 +100,9 @@ enum Command {
     /// Load existing consent decisions (CSV, or JSON lines as `publish` reads them) as events with
     /// their original timestamps. Rows that break a rule are listed (row number and reason) and
     /// skipped; event ids are derived from each row, so a rerun repeats the same events.
+    #[command(
+        after_help = "Examples:\n  consent-relay -c relay.toml import decisions.csv --dry-run\n  consent-relay -c relay.toml import decisions.csv --email-column mail --occurred-at-column changed"
+    )]
     Import {
         /// The file of decisions: CSV with a header row, or JSON lines.
         file: PathBuf,
@@ -107,6 +120,9 @@ enum Command {
     },
     /// Consumer lag per group and partition (like `kafka-consumer-groups --describe`), with the
     /// age of the oldest unapplied event. Needs only the broker, not a running relay.
+    #[command(
+        after_help = "Examples:\n  consent-relay -c relay.toml lag\n  consent-relay -c relay.toml lag --group consent-relay.hubspot --json"
+    )]
     Lag {
         /// Groups to describe (default: the group of every enabled sink).
         #[arg(long = "group")]
@@ -139,6 +155,9 @@ enum Command {
     /// lists are read back and repaired towards less consent (a grant they do not show is
     /// reported, not restored, unless --restore-grants); ad audiences (Meta, Google, LinkedIn, X)
     /// get their removals re-sent from the ledger's email hashes. Exits 1 when a repair failed.
+    #[command(
+        after_help = "Examples:\n  consent-relay -c relay.toml reconcile --sink hubspot --dry-run\n  consent-relay -c relay.toml reconcile --sink audiences --destination meta-eu"
+    )]
     Reconcile {
         /// `hubspot` or `audiences` (every audience), or a destination (`audiences.meta-eu`).
         #[arg(long)]
@@ -171,8 +190,11 @@ enum Command {
 #[derive(Subcommand)]
 enum DlqCommand {
     /// Every dead-lettered message: sink, error code and reason, origin.
+    #[command(
+        after_help = "Examples:\n  consent-relay -c relay.toml dlq list --code missing_email\n  consent-relay -c relay.toml dlq list --sink hubspot --json"
+    )]
     List {
-        /// Only those of this destination (e.g. hubspot, audiences.meta-eu).
+        /// Only those of this destination: a configured destination: hubspot, audiences.<audience>, newsletter.<list> or partner.<partner> (`config check` lists them).
         #[arg(long)]
         sink: Option<String>,
         /// Only messages with this error code (e.g. downstream_permanent, missing_email).
@@ -187,8 +209,11 @@ enum DlqCommand {
     },
     /// Put dead-lettered messages of one sink back on their original topic, for that sink alone.
     /// The version rule still applies: a replay older than a newer decision is superseded.
+    #[command(
+        after_help = "Examples:\n  consent-relay -c relay.toml dlq replay --sink hubspot --code downstream_permanent --dry-run\n  consent-relay -c relay.toml dlq replay --sink partner.in_gmbh --event-id 0b9c…"
+    )]
     Replay {
-        /// The destination whose dead letters to replay (e.g. hubspot, audiences.meta-eu).
+        /// The destination whose dead letters to replay: a configured destination: hubspot, audiences.<audience>, newsletter.<list> or partner.<partner> (`config check` lists them).
         #[arg(long)]
         sink: String,
         /// Only messages with this error code (e.g. downstream_permanent, missing_email).
@@ -207,8 +232,11 @@ enum DlqCommand {
 enum ParkedCommand {
     /// Every item still parked: sink, event, subject, how often parked, since when, when due,
     /// and the last failure.
+    #[command(
+        after_help = "Examples:\n  consent-relay -c relay.toml parked list\n  consent-relay -c relay.toml parked list --sink hubspot --all --json"
+    )]
     List {
-        /// Only those of this sink (e.g. hubspot, audiences.meta-eu; default: every enabled one).
+        /// Only those of this destination (default: every enabled one): a configured destination: hubspot, audiences.<audience>, newsletter.<list> or partner.<partner> (`config check` lists them).
         #[arg(long)]
         sink: Option<String>,
         /// Also copies whose item has been decided since (applied, superseded, dead-lettered).
@@ -220,6 +248,7 @@ enum ParkedCommand {
     },
     /// Make parked items of one sink due now, instead of at their next scheduled retry. The
     /// version rule still applies: an item a newer decision overtook is superseded.
+    #[command(after_help = "Examples:\n  consent-relay -c relay.toml parked retry --sink hubspot")]
     Retry {
         /// The sink whose parked items to retry.
         #[arg(long)]
@@ -236,6 +265,9 @@ enum ConfigCommand {
     /// variables, the enabled sinks' credentials from the environment) and report every problem
     /// at once, each with its full key; exit 2 if there is one. Contacts nothing, unless
     /// `--connect`.
+    #[command(
+        after_help = "Examples:\n  consent-relay -c relay.toml config check\n  consent-relay -c relay.toml config check --no-secrets     on a machine without the pods' secrets\n  consent-relay -c relay.toml config check --connect        also reach the broker, the ledger, each downstream"
+    )]
     Check {
         /// Do not require credentials: check a file away from the pod's environment.
         #[arg(long)]
@@ -262,6 +294,9 @@ enum SuppressionCommand {
     /// Everyone whose newest decision for the purpose is a withdrawal, unsubscribe or erasure:
     /// subject_id and the SHA-256 of the normalized email, never the raw address. The row count
     /// goes to stderr.
+    #[command(
+        after_help = "Examples:\n  consent-relay -c relay.toml suppression export --purpose newsletter --format meta --output meta.csv\n  consent-relay -c relay.toml suppression export --purpose ads_remarketing --since 2026-11-01 --format google"
+    )]
     Export {
         /// A purpose of the `[purposes]` table, e.g. newsletter.
         #[arg(long)]
@@ -292,6 +327,7 @@ enum SuppressionCommand {
 #[derive(Subcommand)]
 enum LedgerCommand {
     /// Everything the ledger knows of one subject: consent log, per-sink state, deliveries.
+    #[command(after_help = "Examples:\n  consent-relay -c relay.toml ledger show subj-42")]
     Show {
         /// The subject id as upstream sends it (`subject_id` of the events).
         subject_id: String,
@@ -302,6 +338,9 @@ enum LedgerCommand {
     /// For a data-subject request: the proof of each consent decision, every recipient the
     /// person's data went to (who, what data, what was done there), and the events that reached
     /// no one. Says so when the ledger holds nothing about the subject.
+    #[command(
+        after_help = "Examples:\n  consent-relay -c relay.toml ledger audit subj-42\n  consent-relay -c relay.toml ledger audit --email person@example.de --json"
+    )]
     Audit {
         /// The subject id as upstream sends it (`subject_id` of the events).
         #[arg(required_unless_present = "email")]
@@ -313,12 +352,15 @@ enum LedgerCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Create the ledger or bring its schema to this version's, and say which it has. `run`,
-    /// `ingest` and `import` do this themselves; run it first where they connect with a role that
-    /// may not change the schema.
+    /// Create the ledger or bring its schema to this version's, and say which it has. Only `run`
+    /// does this too; `ingest` needs a current ledger. Run it first (as the schema's owner) where
+    /// the relay connects with a role that may not change the schema.
     Migrate,
     /// Decisions `ingest` heard about people the ledger does not know (email hash only), to
     /// follow up at the vendor or upstream.
+    #[command(
+        after_help = "Examples:\n  consent-relay -c relay.toml ledger unknown-contacts --json"
+    )]
     UnknownContacts {
         /// Print JSON instead of a table.
         #[arg(long)]

@@ -1504,6 +1504,11 @@ fn every_command_explains_each_of_its_arguments() {
         &["config", "check"],
     ] {
         let text = help(command);
+        // `schemas check` takes no arguments: nothing to show by example.
+        assert!(
+            command == ["schemas", "check"] || text.contains("Examples:\n  consent-relay"),
+            "{command:?} --help has no examples:\n{text}"
+        );
         let lines: Vec<&str> = text.lines().collect();
         let indent = |l: &str| l.len() - l.trim_start().len();
         for (i, line) in lines.iter().enumerate() {
