@@ -52,7 +52,13 @@ pub(crate) fn decide(
         .filter(|s| s.sink == claim.key.sink && (s.target == target || s.target == "*"))
         // The claim's own event in the state means we crashed after claiming it: redo it.
         .filter(|s| s.event_id != claim.key.event_id)
-        .filter(|s| version(s.occurred_at_ms, s.action) >= own)
+        // A grant loses a tie. A withdrawal or erasure tied with the same decision goes out again:
+        // that decision may never have reached the destination (dead-lettered for a missing email,
+        // the copy with the email a correction of it), and repeating it can only take consent away.
+        .filter(|s| {
+            let theirs = version(s.occurred_at_ms, s.action);
+            theirs > own || (theirs == own && claim.action == Action::Grant)
+        })
         .max_by_key(|s| version(s.occurred_at_ms, s.action));
     if let Some(s) = newest_other {
         if let (true, Some(d)) = (claim.reassert, delivery) {
@@ -318,7 +324,7 @@ mod tests {
     }
 
     #[test]
-    fn tie_goes_to_the_higher_rank_and_equal_versions_of_other_events_supersede() {
+    fn tie_goes_to_the_higher_rank_and_a_tied_withdrawal_goes_out_again() {
         let w = state("n", Action::Withdraw, 5);
         let d = decide(
             &claim("n", Action::Grant, 5),
@@ -326,12 +332,21 @@ mod tests {
             std::slice::from_ref(&w),
         );
         assert_eq!(d, Decision::Superseded { by: w.event_id });
+        let g = state("n", Action::Grant, 5);
+        let d = decide(
+            &claim("n", Action::Grant, 5),
+            None,
+            std::slice::from_ref(&g),
+        );
+        assert_eq!(d, Decision::Superseded { by: g.event_id });
+        // The stored withdrawal may be one that never reached the destination (dead-lettered for
+        // want of an email); its corrected copy, same time, must not be dropped as stale.
         let d = decide(
             &claim("n", Action::Withdraw, 5),
             None,
             std::slice::from_ref(&w),
         );
-        assert_eq!(d, Decision::Superseded { by: w.event_id });
+        assert_eq!(d, Decision::Proceed { attempt: 1 });
         let d = decide(&claim("n", Action::Erase, 5), None, &[w]);
         assert_eq!(d, Decision::Proceed { attempt: 1 });
     }

@@ -693,6 +693,50 @@ async fn a_grant_dated_in_the_future_is_rejected_and_never_outranks_a_withdrawal
     assert_eq!(s.ledger.status(&key(&withdrawal)), Some(Status::Applied));
 }
 
+/// Found while writing the operators' walkthrough: a withdrawal dead-lettered for want of an
+/// email entered the version rule, and its corrected copy (another event id, the same time, now
+/// with the email) was then dropped as superseded: the person stayed in the audience.
+#[tokio::test(start_paused = true)]
+async fn a_corrected_withdrawal_of_one_without_an_email_is_applied() {
+    let s = setup(
+        Scripted::new(|_, i| vec![Outcome::Applied; i.len()]),
+        retry(),
+    );
+    let cancel = CancellationToken::new();
+    let grant = event(EventKind::ConsentGranted, "w", 1_000);
+    s.engine
+        .process(&[message(0, &grant)], &cancel)
+        .await
+        .unwrap();
+    let mut without = (*event(EventKind::ConsentWithdrawn, "w", 2_000)).clone();
+    without.contact.email = None;
+    let without = Arc::new(without);
+    s.engine
+        .process(&[message(1, &without)], &cancel)
+        .await
+        .unwrap();
+    let dead = s.outbox.dead_letters.lock().unwrap().clone();
+    assert_eq!(dead.len(), 1, "dead-lettered: no email");
+    let corrected = event(EventKind::ConsentWithdrawn, "w", 2_000);
+    s.engine
+        .process(&[message(2, &corrected)], &cancel)
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.status(&key(&corrected)), Some(Status::Applied));
+    assert_eq!(
+        s.sink.calls().len(),
+        2,
+        "the grant, then the corrected withdrawal"
+    );
+    // A grant of the same time as that withdrawal still loses.
+    let tied = event(EventKind::ConsentGranted, "w", 2_000);
+    s.engine
+        .process(&[message(3, &tied)], &cancel)
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.status(&key(&tied)), Some(Status::Superseded));
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_same_event_id_with_another_payload_is_rejected_and_the_first_decision_stands() {
     let s = setup(
