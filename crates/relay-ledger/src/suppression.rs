@@ -30,6 +30,19 @@ pub struct Suppressed {
 pub fn suppression_list(records: &[ConsentRecord]) -> Vec<Suppressed> {
     let mut newest: std::collections::BTreeMap<&str, (i64, Action, &ConsentRecord)> =
         std::collections::BTreeMap::new();
+    // The deciding event may carry no address (a withdrawal by phone, one dead-lettered for want
+    // of an email): the person's hashes then come from their newest event that has them, or the
+    // platforms' lists could not be cleaned of them.
+    let mut hashed: std::collections::BTreeMap<&str, &ConsentRecord> =
+        std::collections::BTreeMap::new();
+    for r in records.iter().filter(|r| r.email_sha256.is_some()) {
+        match hashed.get(r.subject_id.as_str()) {
+            Some(kept) if kept.occurred_at_ms > r.occurred_at_ms => {}
+            _ => {
+                hashed.insert(&r.subject_id, r);
+            }
+        }
+    }
     for r in records {
         let Some(action) = EventKind::from_name(&r.kind).map(EventKind::action) else {
             continue;
@@ -45,19 +58,25 @@ pub fn suppression_list(records: &[ConsentRecord]) -> Vec<Suppressed> {
     newest
         .into_values()
         .filter(|(_, action, _)| *action != Action::Grant)
-        .map(|(_, _, r)| Suppressed {
-            subject_id: r.subject_id.clone(),
-            email_sha256: r.email_sha256.clone(),
-            google_email_sha256: r.google_email_sha256.clone(),
-            google_email_plus_sha256: r.google_email_plus_sha256.clone(),
-            decision: match EventKind::from_name(&r.kind) {
-                Some(EventKind::Unsubscribed) => "unsubscribe",
-                Some(EventKind::ErasureRequested) => "erase",
-                _ => "withdraw",
-            },
-            occurred_at_ms: r.occurred_at_ms,
-            event_id: r.event_id,
-            source: r.source.clone(),
+        .map(|(_, _, r)| {
+            let h = match hashed.get(r.subject_id.as_str()) {
+                Some(with) if r.email_sha256.is_none() => with,
+                _ => &r,
+            };
+            Suppressed {
+                subject_id: r.subject_id.clone(),
+                email_sha256: h.email_sha256.clone(),
+                google_email_sha256: h.google_email_sha256.clone(),
+                google_email_plus_sha256: h.google_email_plus_sha256.clone(),
+                decision: match EventKind::from_name(&r.kind) {
+                    Some(EventKind::Unsubscribed) => "unsubscribe",
+                    Some(EventKind::ErasureRequested) => "erase",
+                    _ => "withdraw",
+                },
+                occurred_at_ms: r.occurred_at_ms,
+                event_id: r.event_id,
+                source: r.source.clone(),
+            }
         })
         .collect()
 }
@@ -106,5 +125,24 @@ mod tests {
             got,
             [("a", "withdraw"), ("c", "unsubscribe"), ("d", "erase")]
         );
+    }
+
+    #[test]
+    fn a_deciding_event_without_an_address_takes_the_persons_newest_hash() {
+        let mut grant = rec("a", "ConsentGranted", 1);
+        grant.email_sha256 = Some("11".repeat(32));
+        grant.google_email_sha256 = Some("22".repeat(32));
+        let mut withdrawal = rec("a", "ConsentWithdrawn", 2);
+        withdrawal.email_sha256 = None;
+        let mut never = rec("b", "ConsentWithdrawn", 2);
+        never.email_sha256 = None;
+        let list = suppression_list(&[grant, withdrawal.clone(), never]);
+        assert_eq!(
+            list[0].event_id, withdrawal.event_id,
+            "still the deciding event"
+        );
+        assert_eq!(list[0].email_sha256, Some("11".repeat(32)));
+        assert_eq!(list[0].google_email_sha256, Some("22".repeat(32)));
+        assert_eq!(list[1].email_sha256, None, "no address ever: none");
     }
 }
