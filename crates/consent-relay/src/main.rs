@@ -14,6 +14,7 @@ mod origins;
 mod probe;
 mod progress;
 mod reconcile;
+mod sigpipe;
 mod sinks;
 
 use std::io::BufRead;
@@ -60,7 +61,8 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Consume and propagate events: one consumer group per sink.
+    /// Consume and propagate events: one consumer group per destination (and one for its retry
+    /// topic).
     #[command(
         after_help = "Examples:\n  consent-relay -c relay.toml run                      every enabled sink\n  consent-relay -c relay.toml run --sink audiences.meta-eu\n  consent-relay -c relay.toml run --exit-when-idle 10   a batch job: stop once caught up"
     )]
@@ -124,7 +126,8 @@ enum Command {
         after_help = "Examples:\n  consent-relay -c relay.toml lag\n  consent-relay -c relay.toml lag --group consent-relay.hubspot --json"
     )]
     Lag {
-        /// Groups to describe (default: the group of every enabled sink).
+        /// Groups to describe (default: the group of each destination of every enabled sink); a
+        /// destination's `<group>.parked` is described on its retry topic.
         #[arg(long = "group")]
         groups: Vec<String>,
         /// Print JSON instead of a table.
@@ -194,7 +197,7 @@ enum DlqCommand {
         after_help = "Examples:\n  consent-relay -c relay.toml dlq list --code missing_email\n  consent-relay -c relay.toml dlq list --sink hubspot --json"
     )]
     List {
-        /// Only those of this destination: a configured destination: hubspot, audiences.<audience>, newsletter.<list> or partner.<partner> (`config check` lists them).
+        /// Only those of this destination: a sink (hubspot, audiences, newsletter, partner) or one of its destinations (audiences.<audience>, newsletter.<list>, partner.<partner>; `config check` lists them).
         #[arg(long)]
         sink: Option<String>,
         /// Only messages with this error code (e.g. downstream_permanent, missing_email).
@@ -213,7 +216,7 @@ enum DlqCommand {
         after_help = "Examples:\n  consent-relay -c relay.toml dlq replay --sink hubspot --code downstream_permanent --dry-run\n  consent-relay -c relay.toml dlq replay --sink partner.in_gmbh --event-id 0b9c…"
     )]
     Replay {
-        /// The destination whose dead letters to replay: a configured destination: hubspot, audiences.<audience>, newsletter.<list> or partner.<partner> (`config check` lists them).
+        /// The destination whose dead letters to replay: a sink (hubspot, audiences, newsletter, partner) or one of its destinations (audiences.<audience>, newsletter.<list>, partner.<partner>; `config check` lists them).
         #[arg(long)]
         sink: String,
         /// Only messages with this error code (e.g. downstream_permanent, missing_email).
@@ -236,7 +239,7 @@ enum ParkedCommand {
         after_help = "Examples:\n  consent-relay -c relay.toml parked list\n  consent-relay -c relay.toml parked list --sink hubspot --all --json"
     )]
     List {
-        /// Only those of this destination (default: every enabled one): a configured destination: hubspot, audiences.<audience>, newsletter.<list> or partner.<partner> (`config check` lists them).
+        /// Only those of this destination (default: every enabled one): a sink (hubspot, audiences, newsletter, partner) or one of its destinations (audiences.<audience>, newsletter.<list>, partner.<partner>; `config check` lists them).
         #[arg(long)]
         sink: Option<String>,
         /// Also copies whose item has been decided since (applied, superseded, dead-lettered).
@@ -371,6 +374,9 @@ enum LedgerCommand {
 fn main() -> ExitCode {
     malloc::fix_mmap_threshold();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. } | Command::Ingest { .. }) {
+        sigpipe::end_quietly_on_a_closed_pipe();
+    }
     // Only the commands that call the downstreams need their credentials: an operator or the DPO
     // reads the ledger and the broker without holding any.
     let secrets = match &cli.command {
@@ -448,7 +454,7 @@ enum AppError {
     #[error("broker {servers}: {source}")]
     Broker {
         servers: String,
-        source: relay_runtime::RuntimeError,
+        source: Box<relay_runtime::RuntimeError>,
     },
     #[error("{path}: {source}")]
     Io {
@@ -470,7 +476,7 @@ impl AppError {
                 | relay_runtime::RuntimeError::Publish { .. }),
             ) => AppError::Broker {
                 servers: servers.to_owned(),
-                source,
+                source: Box::new(source),
             },
             e => e,
         }
@@ -1183,7 +1189,7 @@ fn check_dlq_filters(config: &Config, command: &DlqCommand) -> Result<(), AppErr
             .iter()
             .flat_map(|s| s.config.destinations())
             .collect();
-        if !known.iter().any(|k| k == sink) {
+        if !known.iter().any(|k| names_destination(sink, k)) {
             problems.push(format!(
                 "--sink {sink}: no such destination (configured: {})",
                 known.join(", ")
@@ -1209,6 +1215,15 @@ fn check_dlq_filters(config: &Config, command: &DlqCommand) -> Result<(), AppErr
     } else {
         Err(AppError::Usage(problems.join("; ")))
     }
+}
+
+/// `--sink` names a destination (`audiences.meta-eu`) or a whole sink (`audiences`), as `run`
+/// takes it.
+fn names_destination(filter: &str, destination: &str) -> bool {
+    destination == filter
+        || destination
+            .strip_prefix(filter)
+            .is_some_and(|rest| rest.starts_with('.'))
 }
 
 fn matches_dlq_filters(
@@ -1260,7 +1275,7 @@ async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
         } => {
             let letters: Vec<_> = letters
                 .into_iter()
-                .filter(|l| sink.as_ref().is_none_or(|s| &l.sink == s))
+                .filter(|l| sink.as_ref().is_none_or(|s| names_destination(s, &l.sink)))
                 .filter(|l| matches_dlq_filters(l, code.as_deref(), event_id.as_deref()))
                 .collect();
             if json {
@@ -1313,7 +1328,7 @@ async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
         } => {
             let chosen: Vec<_> = letters
                 .into_iter()
-                .filter(|l| l.sink == sink)
+                .filter(|l| names_destination(&sink, &l.sink))
                 .filter(|l| matches_dlq_filters(l, code.as_deref(), event_id.as_deref()))
                 .collect();
             if dry_run {
@@ -1415,7 +1430,7 @@ async fn parked(config: Config, command: ParkedCommand) -> Result<(), AppError> 
             .sinks
             .iter()
             .flat_map(|e| e.config.destinations())
-            .any(|d| d == s)
+            .any(|d| names_destination(s, &d))
     };
     match command {
         ParkedCommand::List { sink, all, json } => {
@@ -1423,7 +1438,12 @@ async fn parked(config: Config, command: ParkedCommand) -> Result<(), AppError> 
                 Some(s) if !known(&s) => {
                     return Err(AppError::Usage(format!("--sink {s}: not configured")))
                 }
-                Some(s) => vec![s],
+                Some(s) => config
+                    .sinks
+                    .iter()
+                    .flat_map(|e| e.config.destinations())
+                    .filter(|d| names_destination(&s, d))
+                    .collect(),
                 None => enabled,
             };
             let items: Vec<ParkedItem> = parked_items(&config, sinks)
@@ -1462,8 +1482,14 @@ async fn parked(config: Config, command: ParkedCommand) -> Result<(), AppError> 
             if !known(&sink) {
                 return Err(AppError::Usage(format!("--sink {sink}: not configured")));
             }
+            let destinations = config
+                .sinks
+                .iter()
+                .flat_map(|e| e.config.destinations())
+                .filter(|d| names_destination(&sink, d))
+                .collect();
             let chosen: Vec<relay_runtime::parking::ParkedCopy> =
-                parked_items(&config, vec![sink.clone()])
+                parked_items(&config, destinations)
                     .await?
                     .into_iter()
                     .filter(|i| i.status == "parked")
@@ -1670,11 +1696,26 @@ async fn lag(config: Config, groups: Vec<String>, json: bool) -> Result<(), AppE
             "no sink is enabled and no --group given".to_owned(),
         ));
     }
+    // A destination's `.parked` group reads its retry topic, not the source topics.
+    let retry_topics: std::collections::BTreeMap<String, String> = config
+        .sinks
+        .iter()
+        .flat_map(|e| e.config.destinations())
+        .map(|d| {
+            (
+                config.kafka.parked_group_id(&d),
+                config.kafka.retry_topic(&d),
+            )
+        })
+        .collect();
     let mut rows = Vec::new();
     for group in groups {
         let kafka = config.kafka.clone();
+        let topics = retry_topics
+            .get(&group)
+            .map_or_else(|| kafka.topics.clone(), |t| vec![t.clone()]);
         let lags = tokio::task::spawn_blocking(move || {
-            relay_runtime::lag::describe(&kafka, &group, &kafka.topics)
+            relay_runtime::lag::describe(&kafka, &group, &topics)
         })
         .await
         .map_err(|e| AppError::Usage(format!("lag task failed: {e}")))?
@@ -1887,4 +1928,18 @@ async fn publish(config: Config, input: PathBuf, topic: Option<String>) -> Resul
     relay_runtime::publish(&config.kafka, &topic, &events).await?;
     println!("published {} event(s) to {topic}", events.len());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_destination;
+
+    #[test]
+    fn a_sink_filter_names_its_destinations_and_only_them() {
+        assert!(names_destination("audiences", "audiences.meta-eu"));
+        assert!(names_destination("audiences.meta-eu", "audiences.meta-eu"));
+        assert!(names_destination("hubspot", "hubspot"));
+        assert!(!names_destination("audiences.meta", "audiences.meta-eu"));
+        assert!(!names_destination("audience", "audiences.meta-eu"));
+    }
 }

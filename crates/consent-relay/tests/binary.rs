@@ -296,6 +296,13 @@ async fn the_binary_relays_exports_metrics_and_leaks_no_pii() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(metrics.contains(applied_line), "{metrics}");
+    // Present from the start at 0, not missing until the first trouble.
+    for series in [
+        "consent_relay_circuit_open{sink=\"hubspot\"} 0",
+        "consent_relay_destination_paused{sink=\"hubspot\"} 0",
+    ] {
+        assert!(metrics.contains(series), "{series}: {metrics}");
+    }
     assert!(
         metrics.contains("consent_relay_downstream_request_duration_seconds_count{sink=\"hubspot\",status_class=\"2xx\"}"),
         "{metrics}"
@@ -1878,4 +1885,21 @@ async fn an_unreachable_downstream_shows_in_readyz_and_metrics_naming_it() {
     let (status, logs) = terminate(child);
     assert_eq!(status.code(), Some(75), "the batch was left: {logs}");
     assert!(logs.contains(&closed), "the logs name it too: {logs}");
+}
+
+/// Found writing the walkthroughs: `lag | head -1` panicked ("failed printing to stdout: Broken
+/// pipe", exit 101). A read command ends quietly when its reader goes away.
+#[test]
+fn a_read_command_piped_into_a_closed_reader_ends_without_a_panic() {
+    let mut child = Command::new(BIN)
+        .args(["schemas", "check"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
 }

@@ -139,6 +139,9 @@ pub async fn run<L: Ledger>(
     let mut tasks = JoinSet::new();
     for spec in sinks {
         let name = spec.sink.name().to_owned();
+        // Every destination's series from the start, so a dashboard shows 0, not "no data".
+        telemetry.set_circuit(&name, None);
+        telemetry.set_paused(&name, None);
         telemetry.register_sink(spec.sink.clone());
         let routes = route::Routes {
             known: config.known_purposes.clone(),
