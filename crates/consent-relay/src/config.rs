@@ -394,8 +394,10 @@ fn load_with(
     }
     let destinations: BTreeSet<String> =
         sinks.iter().flat_map(|e| e.config.destinations()).collect();
+    // Sinks that failed to load list no destinations: no second, misleading problem about them.
+    let sinks_loaded = problems.iter().all(|p| !p.starts_with("sinks."));
     for (name, r) in &file.recipients {
-        if !destinations.contains(name) {
+        if sinks_loaded && !destinations.contains(name) {
             problems.push(format!(
                 "recipients.{name}: no such destination (configured: {})",
                 destinations.iter().cloned().collect::<Vec<_>>().join(", ")

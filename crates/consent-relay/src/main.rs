@@ -665,9 +665,12 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AppError> {
                 (None, false) => {}
             }
             if !known {
-                return Err(AppError::NoRecord(
-                    "no record of this subject (exit 3)".to_owned(),
-                ));
+                let of = if email_hash.is_some() {
+                    "this email address (looked up by its SHA-256)"
+                } else {
+                    "this subject"
+                };
+                return Err(AppError::NoRecord(format!("no record of {of} (exit 3)")));
             }
             Ok(())
         }
