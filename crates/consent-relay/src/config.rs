@@ -247,13 +247,13 @@ fn load_with(
                 let toml::Value::Table(section) = section else {
                     continue;
                 };
-                match runtime_settings(name, section.clone()) {
+                match runtime_settings(name, section.clone(), &set_by) {
                     Ok((_, rest)) => {
                         if let Some(Err(p)) = crate::sinks::parse(name, rest, env, &set_by) {
                             problems.extend(p);
                         }
                     }
-                    Err(p) => problems.push(p),
+                    Err(p) => problems.extend(p),
                 }
             }
         }
@@ -261,10 +261,10 @@ fn load_with(
     };
     let mut sinks = Vec::new();
     for (name, section) in file.sinks {
-        let (settings, section) = match runtime_settings(&name, section) {
+        let (settings, section) = match runtime_settings(&name, section, &set_by) {
             Ok(split) => split,
             Err(p) => {
-                problems.push(p);
+                problems.extend(p);
                 continue;
             }
         };
@@ -594,41 +594,61 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<SetBy,
 
 /// Takes the runtime's settings (`enabled`, `batch`, `retry`) out of a `[sinks.NAME]` table; the
 /// rest is the sink's own configuration, which rejects unknown keys itself.
+/// Every problem of `batch` and `retry` is reported, each with its full key (and the variable
+/// that set it).
 fn runtime_settings(
     name: &str,
     mut section: toml::Table,
-) -> Result<(SinkSettings, toml::Table), String> {
+    set_by: &SetBy,
+) -> Result<(SinkSettings, toml::Table), Vec<String>> {
+    let mut problems = Vec::new();
     let enabled = match section.remove("enabled") {
         None => true,
         Some(toml::Value::Boolean(b)) => b,
-        Some(_) => return Err(format!("sinks.{name}.enabled: expected true or false")),
-    };
-    let max_events = crate::sinks::default_max_events(name);
-    let batch = match section.remove("batch") {
-        None => BatchConfig {
-            max_events,
-            ..BatchConfig::default()
-        },
-        Some(mut v) => {
-            if let toml::Value::Table(t) = &mut v {
-                t.entry("max_events")
-                    .or_insert(toml::Value::Integer(max_events as i64));
-            }
-            BatchConfig::deserialize(v).map_err(|e| format!("sinks.{name}.batch: {e}"))?
+        Some(_) => {
+            problems.push(format!("sinks.{name}.enabled: expected true or false"));
+            true
         }
     };
-    let retry = match section.remove("retry") {
-        None => RetryConfig::default(),
-        Some(v) => RetryConfig::deserialize(v).map_err(|e| format!("sinks.{name}.retry: {e}"))?,
+    let max_events = crate::sinks::default_max_events(name);
+    let mut table = |key: &str| match section.remove(key) {
+        None => Ok(toml::Table::new()),
+        Some(toml::Value::Table(t)) => Ok(t),
+        Some(_) => Err(format!("sinks.{name}.{key}: expected a table")),
     };
-    Ok((
-        SinkSettings {
-            enabled,
-            batch,
-            retry,
-        },
-        section,
-    ))
+    let batch = table("batch").map(|mut t| {
+        t.entry("max_events")
+            .or_insert(toml::Value::Integer(max_events as i64));
+        t
+    });
+    let retry = table("retry");
+    let mut settings = |t: Result<toml::Table, String>, key: &str| {
+        match t {
+            Ok(t) => Some(t),
+            Err(p) => {
+                problems.push(p);
+                None
+            }
+        }
+        .map(|t| (t, format!("sinks.{name}.{key}")))
+    };
+    let batch = settings(batch, "batch");
+    let retry = settings(retry, "retry");
+    let batch = batch
+        .and_then(|(t, prefix)| deserialize_all::<BatchConfig>(t, &prefix, set_by, &mut problems));
+    let retry = retry
+        .and_then(|(t, prefix)| deserialize_all::<RetryConfig>(t, &prefix, set_by, &mut problems));
+    match (batch, retry) {
+        (Some(batch), Some(retry)) if problems.is_empty() => Ok((
+            SinkSettings {
+                enabled,
+                batch,
+                retry,
+            },
+            section,
+        )),
+        _ => Err(problems),
+    }
 }
 
 #[cfg(test)]
@@ -912,11 +932,29 @@ legal_basis_explanation = "Signed up on the website"
             "{err}"
         );
 
-        let f = write(&HUBSPOT.replace("max_events = 50", "max_events = 50\nlinger = 3"));
-        let err = load_with_env(Some(f.path()), &[]).unwrap_err().to_string();
+        // Every problem of the runtime's settings, each with its full key, its line or variable.
+        let f = write(&HUBSPOT.replace(
+            "max_events = 50",
+            "max_events = 50\nlinger = 3\nmax_in_flight = \"many\"",
+        ));
+        let env = [(
+            "CONSENT_RELAY__SINKS__HUBSPOT__RETRY__ATTEMPTS".to_owned(),
+            "3".to_owned(),
+        )];
+        let err = load_with(Some(f.path()), &env, Secrets::NotNeeded)
+            .unwrap_err()
+            .to_string();
+        for wanted in [
+            "sinks.hubspot.batch.linger: unknown field",
+            "sinks.hubspot.batch.max_in_flight: invalid type",
+            "sinks.hubspot.retry.attempts: unknown field",
+            "(set by CONSENT_RELAY__SINKS__HUBSPOT__RETRY__ATTEMPTS)",
+        ] {
+            assert!(err.contains(wanted), "{wanted} not in:\n{err}");
+        }
         assert!(
-            err.contains("sinks.hubspot.batch") && err.contains("linger"),
-            "{err}"
+            !err.contains("\n ("),
+            "no line break before a location: {err}"
         );
 
         let f = write("[sinks.mailchimp]\nenabled = true\n[ledger]\nurl = \"mysql://x\"\n");

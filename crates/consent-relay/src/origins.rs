@@ -52,6 +52,7 @@ impl Origins {
     /// nearest table holding it (a missing key). Unchanged when an environment variable set it
     /// or the file does not mention it.
     pub fn annotate(&self, problem: String) -> String {
+        let problem = full_key(problem.trim_end());
         if self.lines.is_empty() || problem.contains("(set by ") {
             return problem;
         }
@@ -69,6 +70,24 @@ impl Origins {
             parent = up;
         }
         problem
+    }
+}
+
+/// serde names an unknown key by its table ("sinks.hubspot.batch: unknown field `linger`, …"):
+/// the problem is said of the key itself, so it names it in full and finds its own line.
+fn full_key(problem: &str) -> String {
+    let Some((key, message)) = problem.split_once(": ") else {
+        return problem.to_owned();
+    };
+    let field = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(field, _)| field);
+    match field {
+        Some(field) if !key.ends_with(&format!(".{field}")) && key != field => {
+            format!("{key}.{field}: {message}")
+        }
+        _ => problem.to_owned(),
     }
 }
 
@@ -132,6 +151,15 @@ tags = [
             "ledger.url: bad (set by CONSENT_RELAY__LEDGER__URL)"
         );
         assert_eq!(o.annotate("ledger.url: bad".into()), "ledger.url: bad");
+        // serde names the table of an unknown key, and ends its message with a line break.
+        assert_eq!(
+            o.annotate("sinks.hubspot: unknown field `base_url`, expected `x`\n".into()),
+            "sinks.hubspot.base_url: unknown field `base_url`, expected `x` (relay.toml:6)"
+        );
+        assert_eq!(
+            o.annotate("sinks.hubspot.colour: unknown field `colour`".into()),
+            "sinks.hubspot.colour: unknown field `colour` (in [sinks.hubspot], relay.toml:5)"
+        );
         assert_eq!(
             o.annotate("configuration: odd".into()),
             "configuration: odd"
