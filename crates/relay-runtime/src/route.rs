@@ -95,11 +95,19 @@ pub struct Plan {
 pub fn plan(items: Vec<SinkItem>) -> Plan {
     let mut newest: BTreeMap<(String, Target), SinkItem> = BTreeMap::new();
     let mut superseded = Vec::new();
+    // Withdrawals and erasures tied with the same decision of another event: each goes out, in a
+    // wave of its own after the rest, as the ledger's rule would let it (either copy may be the
+    // one the destination accepts: the other may carry a mistyped address).
+    let mut tied = Vec::new();
     for item in items {
         let key = (item.event.subject_id.clone(), item.target.clone());
         match newest.remove(&key) {
             // The same event twice (a producer retry): one copy is enough, and neither is stale.
             Some(kept) if kept.event.event_id == item.event.event_id => {
+                newest.insert(key, kept);
+            }
+            Some(kept) if version(&kept) == version(&item) && item.action != Action::Grant => {
+                tied.push(item);
                 newest.insert(key, kept);
             }
             Some(kept) if version(&kept) >= version(&item) => {
@@ -122,6 +130,23 @@ pub fn plan(items: Vec<SinkItem>) -> Plan {
         .map(|((subject, _), item)| (subject.clone(), item.clone()))
         .collect();
 
+    let mut last = Vec::new();
+    for item in tied {
+        let key = (item.event.subject_id.clone(), item.target.clone());
+        let newer = newest
+            .get(&key)
+            .filter(|n| version(n) > version(&item))
+            .or_else(|| match &item.target {
+                Target::Purpose(_) => whole_subject
+                    .get(&item.event.subject_id)
+                    .filter(|all| version(all) >= version(&item)),
+                Target::All => None,
+            });
+        match newer {
+            Some(newer) => superseded.push((item, newer.clone())),
+            None => last.push(item),
+        }
+    }
     let (mut first, mut second) = (Vec::new(), Vec::new());
     for ((subject, target), item) in newest {
         match (&target, whole_subject.get(&subject)) {
@@ -133,7 +158,7 @@ pub fn plan(items: Vec<SinkItem>) -> Plan {
         }
     }
     let mut waves = Vec::new();
-    for mut wave in [first, second] {
+    for mut wave in [first, second, last] {
         if !wave.is_empty() {
             wave.sort_by_key(|item| std::cmp::Reverse(item.action));
             waves.push(wave);
@@ -297,6 +322,39 @@ mod tests {
         let p = plan(withdraw.into_iter().chain(stale).chain(tie).collect());
         assert_eq!(p.waves.concat().len(), 1);
         assert_eq!(p.waves[0][0].action, Action::Withdraw);
+        assert_eq!(p.superseded.len(), 2);
+    }
+
+    /// A withdrawal with a mistyped address and its correction, both of one time, in one batch:
+    /// whichever the destination refuses, the other must still go out.
+    #[test]
+    fn tied_withdrawals_of_two_events_both_go_out_one_wave_after_the_other() {
+        let withdraw = |at| {
+            items(route(
+                &event(
+                    EventKind::ConsentWithdrawn,
+                    "s",
+                    at,
+                    purposes(&["ads"]),
+                    true,
+                ),
+                &routes(),
+            ))
+        };
+        let (first, second) = (withdraw(5), withdraw(5));
+        let p = plan(first.iter().chain(&second).cloned().collect());
+        assert!(p.superseded.is_empty());
+        assert_eq!(p.waves.len(), 2);
+        assert_eq!(p.waves[0][0].event.event_id, first[0].event.event_id);
+        assert_eq!(p.waves[1][0].event.event_id, second[0].event.event_id);
+        // A newer decision in the batch still supersedes a tied one.
+        let newer = items(route(
+            &event(EventKind::ConsentGranted, "s", 6, purposes(&["ads"]), true),
+            &routes(),
+        ));
+        let p = plan(first.iter().chain(&second).chain(&newer).cloned().collect());
+        assert_eq!(p.waves.concat().len(), 1);
+        assert_eq!(p.waves[0][0].action, Action::Grant);
         assert_eq!(p.superseded.len(), 2);
     }
 
