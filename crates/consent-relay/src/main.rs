@@ -374,9 +374,7 @@ enum LedgerCommand {
 fn main() -> ExitCode {
     malloc::fix_mmap_threshold();
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run { .. } | Command::Ingest { .. }) {
-        sigpipe::end_quietly_on_a_closed_pipe();
-    }
+    sigpipe::end_quietly_on_a_closed_pipe();
     // Only the commands that call the downstreams need their credentials: an operator or the DPO
     // reads the ledger and the broker without holding any.
     let secrets = match &cli.command {
@@ -802,7 +800,14 @@ async fn run(
         ledger = ledger_kind(&config.ledger.url),
         "starting"
     );
-    let scheduled = spawn_reconciles(&config, ledger.clone(), telemetry.clone(), shutdown.clone());
+    let running: Vec<String> = sinks.iter().map(|s| s.sink.name().to_owned()).collect();
+    let scheduled = spawn_reconciles(
+        &config,
+        &running,
+        ledger.clone(),
+        telemetry.clone(),
+        shutdown.clone(),
+    );
     let relay = RelayConfig {
         kafka: config.kafka.clone(),
         known_purposes: config.known_purposes(),
@@ -825,8 +830,11 @@ async fn run(
 /// there is none), then every interval; figures to `/metrics`, lines to the log. A failed run is
 /// logged and tried again one interval later. Stops at shutdown, abandoning a run in progress (a
 /// rerun starts over, which is safe: see reconcile.rs).
+/// The scheduled reconciles of the destinations this process runs (`run --sink X` holds only X's
+/// credentials).
 fn spawn_reconciles(
     config: &Config,
+    running: &[String],
     ledger: Arc<relay_ledger::AnyLedger>,
     telemetry: Telemetry,
     shutdown: CancellationToken,
@@ -834,6 +842,7 @@ fn spawn_reconciles(
     config
         .reconcile
         .iter()
+        .filter(|schedule| running.iter().any(|d| names_destination(&schedule.sink, d)))
         .map(|schedule| {
             let config = config.clone();
             let ledger = ledger.clone();
