@@ -18,7 +18,7 @@ const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[expect(
     unsafe_code,
-    reason = "mallopt is a C function; with signal (sigpipe.rs) the workspace's only unsafe calls"
+    reason = "mallopt is a C function; the workspace's only unsafe call"
 )]
 pub(crate) fn fix_mmap_threshold() {
     // SAFETY: mallopt takes two integers and changes a setting of glibc's allocator. glibc

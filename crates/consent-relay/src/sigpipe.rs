@@ -1,20 +1,23 @@
-//! A read command whose output goes to `head` ends when the reader does, as Unix tools do. Rust
-//! ignores SIGPIPE, so `println!` on the closed pipe would panic (exit 101, a backtrace). Not for
-//! the servers (`run`, `ingest`), which must never die of a peer that went away.
+//! A command whose output goes to `head` ends quietly when the reader does, as Unix tools do.
+//! Rust ignores SIGPIPE, so `println!` on the closed pipe panics ("failed printing to stdout:
+//! Broken pipe", exit 101 with a backtrace). SIGPIPE is not restored to its default instead:
+//! librdkafka's TLS writes do not all suppress it, and a broker connection reset would then kill
+//! a `publish` or `dlq replay` halfway without a word.
 
-/// Restores SIGPIPE's default action. Call first thing in `main`, before any thread exists.
-#[cfg(unix)]
-#[expect(
-    unsafe_code,
-    reason = "signal is a C function; with mallopt (malloc.rs) the workspace's only unsafe calls"
-)]
+/// Makes that one panic a quiet exit (status 141, as a shell reports a reader gone); every other
+/// panic is reported as before.
 pub(crate) fn end_quietly_on_a_closed_pipe() {
-    // SAFETY: SIG_DFL is a valid disposition for SIGPIPE, and no other thread exists yet that
-    // could be changing signal dispositions at the same time.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
-
-#[cfg(not(unix))]
-pub(crate) fn end_quietly_on_a_closed_pipe() {}

@@ -78,10 +78,16 @@ pub async fn open_current(url: &str) -> Result<AnyLedger, LedgerError> {
 
 async fn require_current(ledger: AnyLedger, url: &str) -> Result<AnyLedger, LedgerError> {
     let target = redact(url);
-    let found = ledger
-        .applied_migrations()
-        .await
-        .map_err(|_| LedgerError::Missing(format!("{target} holds no consent-relay ledger")))?;
+    // Only a missing table means "no ledger": any other failure (no SELECT right, a lost
+    // connection) is said as it is, or `import` would take it for a ledger not made yet.
+    let found = ledger.applied_migrations().await.map_err(|e| match &e {
+        LedgerError::Database(sqlx::Error::Database(d))
+            if d.code().as_deref() == Some("42P01") || d.message().contains("no such table") =>
+        {
+            LedgerError::Missing(format!("{target} holds no consent-relay ledger"))
+        }
+        _ => e,
+    })?;
     let want = migrations::latest();
     if found.last().copied() != Some(want) {
         return Err(LedgerError::Schema {

@@ -48,7 +48,10 @@ async fn connect(options: PgConnectOptions, pool: PgPoolOptions) -> Result<PgPoo
         Ok(Err(source)) => Err(LedgerError::Open { target, source }),
         Err(_) => Err(LedgerError::Open {
             target,
-            source: sqlx::Error::PoolTimedOut,
+            source: sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+            )),
         }),
     }
 }

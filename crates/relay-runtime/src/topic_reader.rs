@@ -16,8 +16,8 @@ use crate::config::KafkaConfig;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// Ends a read whose end offsets are never reached (a broker that under-reports them, or offsets
-/// taken by transaction markers).
-const QUIET: Duration = Duration::from_secs(3);
+/// taken by transaction markers); said in a WARN line, since the answer is then incomplete.
+const QUIET: Duration = Duration::from_secs(10);
 
 /// Calls `each` with every message of `topic`, in order per partition, and `progress` with
 /// (messages read, messages the partitions hold) as it goes. Blocking: call from a blocking task.
@@ -40,6 +40,7 @@ pub fn read_topic(
     let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
     let mut tpl = TopicPartitionList::new();
     let mut remaining = BTreeMap::new();
+    let mut ends = BTreeMap::new();
     let mut total = 0;
     for t in metadata.topics().iter().filter(|t| t.name() == topic) {
         for p in t.partitions() {
@@ -47,6 +48,7 @@ pub fn read_topic(
             if high > low {
                 tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(low))?;
                 remaining.insert(p.id(), high);
+                ends.insert(p.id(), high);
                 total += u64::try_from(high - low).unwrap_or(0);
             }
         }
@@ -68,13 +70,29 @@ pub fn read_topic(
                 {
                     remaining.remove(&m.partition());
                 }
-                read += 1;
-                each(m);
-                progress(read, total);
+                // Written after the read began: not part of this answer.
+                if ends
+                    .get(&m.partition())
+                    .is_some_and(|end| m.offset() < *end)
+                {
+                    read += 1;
+                    each(m);
+                    progress(read, total);
+                }
             }
             Some(Err(e)) => return Err(e),
             None => {}
         }
+    }
+    if !remaining.is_empty() {
+        tracing::warn!(
+            topic,
+            read,
+            held = total,
+            partitions = remaining.len(),
+            "stopped reading after {}s without a message before the end of every partition: the answer may be incomplete",
+            QUIET.as_secs()
+        );
     }
     Ok(())
 }
