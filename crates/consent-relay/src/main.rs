@@ -1343,6 +1343,20 @@ async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
                 .filter(|l| names_destination(&sink, &l.sink))
                 .filter(|l| matches_dlq_filters(l, code.as_deref(), event_id.as_deref()))
                 .collect();
+            let hopeless = chosen
+                .iter()
+                .filter(|l| {
+                    relay_events::ErrorCode::ALL
+                        .iter()
+                        .find(|c| c.as_str() == l.code)
+                        .is_some_and(|c| !c.replay_can_fix())
+                })
+                .count();
+            if hopeless > 0 {
+                eprintln!(
+                    "warning: {hopeless} of these were dead-lettered for the event itself (e.g. missing_email, invalid_*): a replay puts the same bytes back and they are dead-lettered again; publish a corrected event (a new event_id) instead, or choose with --code"
+                );
+            }
             if dry_run {
                 for l in &chosen {
                     println!(

@@ -1616,6 +1616,19 @@ async fn dlq_list_shows_the_age_and_subject_of_each_dead_letter() {
             && dry.contains("1 message(s) for sink hubspot would be replayed"),
         "{dry}"
     );
+    // A missing email is the event's own fault: a replay cannot fix it, and says so.
+    let out = relay(
+        &s.config,
+        &["dlq", "replay", "--sink", "hubspot", "--dry-run"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("1 of these were dead-lettered for the event itself"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(count(&[]), 1, "a dry run replays nothing");
     let out = relay(&s.config, &["dlq", "replay", "--sink", "hubspot"])
         .output()

@@ -108,6 +108,21 @@ impl ErrorCode {
         ErrorCode::InvalidParkedCopy,
     ];
 
+    /// Whether `dlq replay` can help: the cause lay outside the event (a downstream, the
+    /// configuration, the clock) and may be fixed by now. For the others the event's own bytes
+    /// are at fault, and a replay dead-letters them again: a corrected event (a new `event_id`)
+    /// must be published instead.
+    pub fn replay_can_fix(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::UnknownSchema
+                | ErrorCode::UnknownPurpose
+                | ErrorCode::FutureOccurredAt
+                | ErrorCode::DownstreamPermanent
+                | ErrorCode::RetriesExhausted
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::Undecodable => "undecodable",
