@@ -69,11 +69,24 @@ pub fn to_text(subject_id: &str, r: &SubjectReport) -> String {
             }
         );
     }
+    // Columns as wide as the longest destination name (`newsletter.product`, `audiences.meta-eu`).
+    let width = r
+        .state
+        .iter()
+        .map(|s| shown(&s.sink).chars().count())
+        .chain(
+            r.deliveries
+                .iter()
+                .map(|d| shown(&d.key.sink).chars().count()),
+        )
+        .max()
+        .unwrap_or(0)
+        .max(10);
     let _ = writeln!(out, "\ncurrent decision per sink and purpose:");
     for s in &r.state {
         let _ = writeln!(
             out,
-            "  {:<10} {:<20} {:<9} as of {}  event={}",
+            "  {:<width$} {:<20} {:<9} as of {}  event={}",
             shown(&s.sink),
             shown(&s.target),
             s.action.as_str(),
@@ -81,11 +94,25 @@ pub fn to_text(subject_id: &str, r: &SubjectReport) -> String {
             s.event_id
         );
     }
-    let _ = writeln!(out, "\ndeliveries:");
-    for d in &r.deliveries {
+    let _ = writeln!(out, "\ndeliveries (by destination, purpose, time):");
+    let mut deliveries: Vec<_> = r.deliveries.iter().collect();
+    deliveries.sort_by(|a, b| {
+        (&a.key.sink, &a.key.target, a.updated_at_ms).cmp(&(
+            &b.key.sink,
+            &b.key.target,
+            b.updated_at_ms,
+        ))
+    });
+    for d in deliveries {
+        // A superseded row's text says by what: a note, not an error.
+        let label = if d.status == relay_ledger::Status::Superseded {
+            "note"
+        } else {
+            "error"
+        };
         let _ = writeln!(
             out,
-            "  {:<10} {:<20} {:<16} attempts={}{} event={}{}{}",
+            "  {:<width$} {:<20} {:<16} attempts={}{} event={}{}{}",
             shown(&d.key.sink),
             shown(&d.key.target),
             d.status.as_str(),
@@ -103,7 +130,7 @@ pub fn to_text(subject_id: &str, r: &SubjectReport) -> String {
             },
             d.error
                 .as_deref()
-                .map(|e| format!("  error: {}", shown(e)))
+                .map(|e| format!("  {label}: {}", shown(e)))
                 .unwrap_or_default()
         );
     }
