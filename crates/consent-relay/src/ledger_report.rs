@@ -81,7 +81,8 @@ pub fn to_text(subject_id: &str, r: &SubjectReport) -> String {
         )
         .max()
         .unwrap_or(0)
-        .max(10);
+        // A name no configuration would hold (the ledger may hold anything) widens nothing.
+        .clamp(10, 40);
     let _ = writeln!(out, "\ncurrent decision per sink and purpose:");
     for s in &r.state {
         let _ = writeln!(
