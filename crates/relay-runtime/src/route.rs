@@ -95,10 +95,10 @@ pub struct Plan {
 pub fn plan(items: Vec<SinkItem>) -> Plan {
     let mut newest: BTreeMap<(String, Target), SinkItem> = BTreeMap::new();
     let mut superseded = Vec::new();
-    // Withdrawals and erasures tied with the same decision of another event: each goes out, in a
-    // wave of its own after the rest, as the ledger's rule would let it (either copy may be the
-    // one the destination accepts: the other may carry a mistyped address).
-    let mut tied = Vec::new();
+    // Withdrawals and erasures tied with the same decision of another event: each goes out, one
+    // wave after the one it is tied with, as the ledger's rule lets it (either copy may be the one
+    // the destination accepts: the other may carry a mistyped address).
+    let mut tied: Vec<SinkItem> = Vec::new();
     for item in items {
         let key = (item.event.subject_id.clone(), item.target.clone());
         match newest.remove(&key) {
@@ -107,7 +107,12 @@ pub fn plan(items: Vec<SinkItem>) -> Plan {
                 newest.insert(key, kept);
             }
             Some(kept) if version(&kept) == version(&item) && item.action != Action::Grant => {
-                tied.push(item);
+                let repeated = tied
+                    .iter()
+                    .any(|t| t.event.event_id == item.event.event_id && t.target == item.target);
+                if !repeated {
+                    tied.push(item);
+                }
                 newest.insert(key, kept);
             }
             Some(kept) if version(&kept) >= version(&item) => {
@@ -129,36 +134,50 @@ pub fn plan(items: Vec<SinkItem>) -> Plan {
         .filter(|((_, target), _)| *target == Target::All)
         .map(|((subject, _), item)| (subject.clone(), item.clone()))
         .collect();
+    // A purpose item loses to the subject's whole-subject item of the batch as the ledger's rule
+    // decides it: when older, or tied while being a grant.
+    let outranked = |item: &SinkItem| {
+        whole_subject
+            .get(&item.event.subject_id)
+            .filter(|all| {
+                version(all) > version(item)
+                    || (version(all) == version(item) && item.action == Action::Grant)
+            })
+            .cloned()
+    };
 
-    let mut last = Vec::new();
+    // Waves: whole-subject items and purpose items without one; the whole-subject items tied
+    // with those; purpose items after a whole-subject item of the batch; purpose items tied with
+    // theirs. A later grant never races an earlier whole-subject withdrawal or erasure.
+    let (mut first, mut tied_whole, mut second, mut tied_purpose) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for item in tied {
         let key = (item.event.subject_id.clone(), item.target.clone());
         let newer = newest
             .get(&key)
             .filter(|n| version(n) > version(&item))
-            .or_else(|| match &item.target {
-                Target::Purpose(_) => whole_subject
-                    .get(&item.event.subject_id)
-                    .filter(|all| version(all) >= version(&item)),
+            .cloned()
+            .or_else(|| match item.target {
+                Target::Purpose(_) => outranked(&item),
                 Target::All => None,
             });
-        match newer {
-            Some(newer) => superseded.push((item, newer.clone())),
-            None => last.push(item),
+        match (newer, &item.target) {
+            (Some(newer), _) => superseded.push((item, newer)),
+            (None, Target::All) => tied_whole.push(item),
+            (None, Target::Purpose(_)) => tied_purpose.push(item),
         }
     }
-    let (mut first, mut second) = (Vec::new(), Vec::new());
     for ((subject, target), item) in newest {
         match (&target, whole_subject.get(&subject)) {
-            (Target::Purpose(_), Some(all)) if version(all) >= version(&item) => {
-                superseded.push((item, all.clone()));
-            }
-            (Target::Purpose(_), Some(_)) => second.push(item),
+            (Target::Purpose(_), Some(_)) => match outranked(&item) {
+                Some(all) => superseded.push((item, all)),
+                None => second.push(item),
+            },
             _ => first.push(item),
         }
     }
     let mut waves = Vec::new();
-    for mut wave in [first, second, last] {
+    for mut wave in [first, tied_whole, second, tied_purpose] {
         if !wave.is_empty() {
             wave.sort_by_key(|item| std::cmp::Reverse(item.action));
             waves.push(wave);
@@ -356,6 +375,59 @@ mod tests {
         assert_eq!(p.waves.concat().len(), 1);
         assert_eq!(p.waves[0][0].action, Action::Grant);
         assert_eq!(p.superseded.len(), 2);
+    }
+
+    /// Review findings: a tied whole-subject erasure must not land after a newer grant of the
+    /// batch; a purpose withdrawal tied with an unsubscribe-all goes out too; a repeated copy of
+    /// a tied event goes out once.
+    #[test]
+    fn tied_whole_subject_items_go_before_newer_purpose_items_and_copies_once() {
+        let all = |kind, at| items(route(&event(kind, "s", at, Scope::All, true), &routes()));
+        let (e1, e2) = (
+            all(EventKind::ErasureRequested, 5),
+            all(EventKind::ErasureRequested, 5),
+        );
+        let grant = items(route(
+            &event(EventKind::ConsentGranted, "s", 6, purposes(&["ads"]), true),
+            &routes(),
+        ));
+        let p = plan(
+            e1.iter()
+                .chain(&grant)
+                .chain(&e2)
+                .chain(&e2)
+                .cloned()
+                .collect(),
+        );
+        let ids: Vec<Vec<uuid::Uuid>> = p
+            .waves
+            .iter()
+            .map(|w| w.iter().map(|i| i.event.event_id).collect())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                vec![e1[0].event.event_id],
+                vec![e2[0].event.event_id],
+                vec![grant[0].event.event_id]
+            ],
+            "the tied erasure before the newer grant, once"
+        );
+
+        let unsubscribe = all(EventKind::Unsubscribed, 5);
+        let withdraw = items(route(
+            &event(
+                EventKind::ConsentWithdrawn,
+                "s",
+                5,
+                purposes(&["ads"]),
+                true,
+            ),
+            &routes(),
+        ));
+        let p = plan(unsubscribe.iter().chain(&withdraw).cloned().collect());
+        assert!(p.superseded.is_empty(), "{:?}", p.superseded);
+        assert_eq!(p.waves.concat().len(), 2);
     }
 
     #[test]
