@@ -105,11 +105,13 @@ pub fn to_text(subject_id: &str, r: &SubjectReport) -> String {
         ))
     });
     for d in deliveries {
-        // A superseded row's text says by what: a note, not an error.
-        let label = if d.status == relay_ledger::Status::Superseded {
-            "note"
-        } else {
-            "error"
+        // The text of a superseded or narrowed row says by what: a note, not an error.
+        let label = match d.status {
+            relay_ledger::Status::DeadLettered
+            | relay_ledger::Status::Retrying
+            | relay_ledger::Status::Parked
+            | relay_ledger::Status::InFlight => "error",
+            _ => "note",
         };
         let _ = writeln!(
             out,

@@ -842,7 +842,21 @@ fn spawn_reconciles(
     config
         .reconcile
         .iter()
-        .filter(|schedule| running.iter().any(|d| names_destination(&schedule.sink, d)))
+        // A schedule runs where every destination it names runs: a pod of one audience does not
+        // reconcile the others (with one pod per destination, each would repeat it).
+        .filter(|schedule| {
+            let named: Vec<String> = config
+                .sinks
+                .iter()
+                .flat_map(|e| e.config.destinations())
+                .filter(|d| names_destination(&schedule.sink, d))
+                .collect();
+            let here = !named.is_empty() && named.iter().all(|d| running.contains(d));
+            if !here {
+                tracing::info!(reconcile = %schedule.sink, "scheduled reconcile left to the process that runs all it names");
+            }
+            here
+        })
         .map(|schedule| {
             let config = config.clone();
             let ledger = ledger.clone();
@@ -1354,7 +1368,7 @@ async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
                 .count();
             if hopeless > 0 {
                 eprintln!(
-                    "warning: {hopeless} of these were dead-lettered for the event itself (e.g. missing_email, invalid_*): a replay puts the same bytes back and they are dead-lettered again; publish a corrected event (a new event_id) instead, or choose with --code"
+                    "warning: {hopeless} of these were dead-lettered for the event itself (e.g. missing_email, invalid_*, future_occurred_at): a replay puts the same bytes back, to be dead-lettered again or (a future date) to outrank the decisions made since; publish a corrected event (a new event_id) instead, or choose with --code"
                 );
             }
             if dry_run {

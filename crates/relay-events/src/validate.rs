@@ -109,15 +109,15 @@ impl ErrorCode {
     ];
 
     /// Whether `dlq replay` can help: the cause lay outside the event (a downstream, the
-    /// configuration, the clock) and may be fixed by now. For the others the event's own bytes
-    /// are at fault, and a replay dead-letters them again: a corrected event (a new `event_id`)
-    /// must be published instead.
+    /// configuration) and may be fixed by now. For the others the event's own bytes are at fault,
+    /// and a replay dead-letters them again: a corrected event (a new `event_id`) must be
+    /// published instead. Not `future_occurred_at` either: replayed once its time has come, the
+    /// event would pass the clock rule and outrank every real decision made meanwhile (clock.rs).
     pub fn replay_can_fix(self) -> bool {
         matches!(
             self,
             ErrorCode::UnknownSchema
                 | ErrorCode::UnknownPurpose
-                | ErrorCode::FutureOccurredAt
                 | ErrorCode::DownstreamPermanent
                 | ErrorCode::RetriesExhausted
         )

@@ -63,18 +63,18 @@ pub fn read_topic(
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 let m = m.detach();
-                quiet_since = Instant::now();
                 if remaining
                     .get(&m.partition())
                     .is_some_and(|end| m.offset() + 1 >= *end)
                 {
                     remaining.remove(&m.partition());
                 }
-                // Written after the read began: not part of this answer.
+                // Written after the read began: not part of this answer, and no sign of progress.
                 if ends
                     .get(&m.partition())
                     .is_some_and(|end| m.offset() < *end)
                 {
+                    quiet_since = Instant::now();
                     read += 1;
                     each(m);
                     progress(read, total);

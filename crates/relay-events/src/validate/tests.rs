@@ -469,3 +469,13 @@ fn every_code_is_documented() {
         );
     }
 }
+
+#[test]
+fn a_replay_helps_only_where_the_cause_lay_outside_the_event() {
+    assert!(ErrorCode::DownstreamPermanent.replay_can_fix());
+    assert!(ErrorCode::UnknownPurpose.replay_can_fix());
+    // Replayed once its date has come, a future-dated grant would outrank what was decided since.
+    assert!(!ErrorCode::FutureOccurredAt.replay_can_fix());
+    assert!(!ErrorCode::MissingEmail.replay_can_fix());
+    assert!(!ErrorCode::InvalidEmail.replay_can_fix());
+}
