@@ -171,6 +171,22 @@ pub struct SinkEntry {
 }
 
 impl Config {
+    /// Every configured destination (`hubspot`, `audiences.meta-eu`, …), enabled or not.
+    pub fn destinations(&self) -> Vec<String> {
+        self.sinks
+            .iter()
+            .flat_map(|e| e.config.destinations())
+            .collect()
+    }
+
+    /// The destinations `name` stands for: itself, or all of a sink's (`audiences`).
+    pub fn destinations_named(&self, name: &str) -> Vec<String> {
+        self.destinations()
+            .into_iter()
+            .filter(|d| names_destination(name, d))
+            .collect()
+    }
+
     pub fn known_purposes(&self) -> BTreeSet<String> {
         self.purposes.keys().cloned().collect()
     }
@@ -194,6 +210,15 @@ impl Config {
             ))
         }
     }
+}
+
+/// `--sink` and `[reconcile.*]` name a destination (`audiences.meta-eu`) or a whole sink
+/// (`audiences`), as `run --sink` takes it.
+pub fn names_destination(name: &str, destination: &str) -> bool {
+    destination == name
+        || destination
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with('.'))
 }
 
 /// Whether the command about to run calls the downstreams, and so needs the sinks' credentials.
@@ -813,6 +838,15 @@ legal_basis_explanation = "Signed up on the website"
             .unwrap_err()
             .to_string();
         assert!(err.contains("sinks.hubspot.token"), "{err}");
+    }
+
+    #[test]
+    fn a_sink_filter_names_its_destinations_and_only_them() {
+        assert!(names_destination("audiences", "audiences.meta-eu"));
+        assert!(names_destination("audiences.meta-eu", "audiences.meta-eu"));
+        assert!(names_destination("hubspot", "hubspot"));
+        assert!(!names_destination("audiences.meta", "audiences.meta-eu"));
+        assert!(!names_destination("audience", "audiences.meta-eu"));
     }
 
     #[test]

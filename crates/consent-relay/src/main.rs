@@ -845,12 +845,7 @@ fn spawn_reconciles(
         // A schedule runs where every destination it names runs: a pod of one audience does not
         // reconcile the others (with one pod per destination, each would repeat it).
         .filter(|schedule| {
-            let named: Vec<String> = config
-                .sinks
-                .iter()
-                .flat_map(|e| e.config.destinations())
-                .filter(|d| names_destination(&schedule.sink, d))
-                .collect();
+            let named = config.destinations_named(&schedule.sink);
             let here = !named.is_empty() && named.iter().all(|d| running.contains(d));
             if !here {
                 tracing::info!(reconcile = %schedule.sink, "scheduled reconcile left to the process that runs all it names");
@@ -1210,15 +1205,10 @@ fn check_dlq_filters(config: &Config, command: &DlqCommand) -> Result<(), AppErr
     };
     let mut problems = Vec::new();
     if let Some(sink) = sink {
-        let known: Vec<String> = config
-            .sinks
-            .iter()
-            .flat_map(|s| s.config.destinations())
-            .collect();
-        if !known.iter().any(|k| names_destination(sink, k)) {
+        if config.destinations_named(sink).is_empty() {
             problems.push(format!(
                 "--sink {sink}: no such destination (configured: {})",
-                known.join(", ")
+                config.destinations().join(", ")
             ));
         }
     }
@@ -1241,15 +1231,6 @@ fn check_dlq_filters(config: &Config, command: &DlqCommand) -> Result<(), AppErr
     } else {
         Err(AppError::Usage(problems.join("; ")))
     }
-}
-
-/// `--sink` names a destination (`audiences.meta-eu`) or a whole sink (`audiences`), as `run`
-/// takes it.
-fn names_destination(filter: &str, destination: &str) -> bool {
-    destination == filter
-        || destination
-            .strip_prefix(filter)
-            .is_some_and(|rest| rest.starts_with('.'))
 }
 
 fn matches_dlq_filters(
@@ -1301,7 +1282,10 @@ async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
         } => {
             let letters: Vec<_> = letters
                 .into_iter()
-                .filter(|l| sink.as_ref().is_none_or(|s| names_destination(s, &l.sink)))
+                .filter(|l| {
+                    sink.as_ref()
+                        .is_none_or(|s| config::names_destination(s, &l.sink))
+                })
                 .filter(|l| matches_dlq_filters(l, code.as_deref(), event_id.as_deref()))
                 .collect();
             if json {
@@ -1354,7 +1338,7 @@ async fn dlq(config: Config, command: DlqCommand) -> Result<(), AppError> {
         } => {
             let chosen: Vec<_> = letters
                 .into_iter()
-                .filter(|l| names_destination(&sink, &l.sink))
+                .filter(|l| config::names_destination(&sink, &l.sink))
                 .filter(|l| matches_dlq_filters(l, code.as_deref(), event_id.as_deref()))
                 .collect();
             let hopeless = chosen
@@ -1465,25 +1449,14 @@ async fn parked(config: Config, command: ParkedCommand) -> Result<(), AppError> 
         .filter(|e| e.settings.enabled)
         .flat_map(|e| e.config.destinations())
         .collect();
-    let known = |s: &str| {
-        config
-            .sinks
-            .iter()
-            .flat_map(|e| e.config.destinations())
-            .any(|d| names_destination(s, &d))
-    };
+    let known = |s: &str| !config.destinations_named(s).is_empty();
     match command {
         ParkedCommand::List { sink, all, json } => {
             let sinks = match sink {
                 Some(s) if !known(&s) => {
                     return Err(AppError::Usage(format!("--sink {s}: not configured")))
                 }
-                Some(s) => config
-                    .sinks
-                    .iter()
-                    .flat_map(|e| e.config.destinations())
-                    .filter(|d| names_destination(&s, d))
-                    .collect(),
+                Some(s) => config.destinations_named(&s),
                 None => enabled,
             };
             let items: Vec<ParkedItem> = parked_items(&config, sinks)
@@ -1522,12 +1495,7 @@ async fn parked(config: Config, command: ParkedCommand) -> Result<(), AppError> 
             if !known(&sink) {
                 return Err(AppError::Usage(format!("--sink {sink}: not configured")));
             }
-            let destinations = config
-                .sinks
-                .iter()
-                .flat_map(|e| e.config.destinations())
-                .filter(|d| names_destination(&sink, d))
-                .collect();
+            let destinations = config.destinations_named(&sink);
             let chosen: Vec<relay_runtime::parking::ParkedCopy> =
                 parked_items(&config, destinations)
                     .await?
@@ -1738,9 +1706,8 @@ async fn lag(config: Config, groups: Vec<String>, json: bool) -> Result<(), AppE
     }
     // A destination's `.parked` group reads its retry topic, not the source topics.
     let retry_topics: std::collections::BTreeMap<String, String> = config
-        .sinks
-        .iter()
-        .flat_map(|e| e.config.destinations())
+        .destinations()
+        .into_iter()
         .map(|d| {
             (
                 config.kafka.parked_group_id(&d),
@@ -1968,18 +1935,4 @@ async fn publish(config: Config, input: PathBuf, topic: Option<String>) -> Resul
     relay_runtime::publish(&config.kafka, &topic, &events).await?;
     println!("published {} event(s) to {topic}", events.len());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::names_destination;
-
-    #[test]
-    fn a_sink_filter_names_its_destinations_and_only_them() {
-        assert!(names_destination("audiences", "audiences.meta-eu"));
-        assert!(names_destination("audiences.meta-eu", "audiences.meta-eu"));
-        assert!(names_destination("hubspot", "hubspot"));
-        assert!(!names_destination("audiences.meta", "audiences.meta-eu"));
-        assert!(!names_destination("audience", "audiences.meta-eu"));
-    }
 }
