@@ -339,10 +339,10 @@ fn load_with(
                  map one under [sinks.{name}] or set enabled = false"
             ));
         }
-        for purpose in config.purposes() {
+        for (key, purpose) in config.purpose_keys() {
             if !file.purposes.contains_key(&purpose) {
                 problems.push(format!(
-                    "sinks.{name}: purpose {purpose:?} is not in the [purposes] table"
+                    "sinks.{name}.{key}: purpose {purpose:?} is not in the [purposes] table"
                 ));
             }
         }
@@ -511,6 +511,7 @@ pub fn deserialize_all<T: serde::de::DeserializeOwned>(
     problems: &mut Vec<String>,
 ) -> Option<T> {
     let mut clean = true;
+    let mut removed: Vec<Vec<String>> = Vec::new();
     // A file has far fewer keys than this; the bound only guards against an error that removing
     // its key does not clear.
     for _ in 0..100 {
@@ -530,12 +531,27 @@ pub fn deserialize_all<T: serde::de::DeserializeOwned>(
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect();
-        if let Some(field) = message
-            .strip_prefix("unknown field `")
-            .and_then(|m| m.split_once('`'))
-            .map(|(f, _)| f.to_owned())
-        {
+        let field_named = |prefix: &str| {
+            message
+                .strip_prefix(prefix)
+                .and_then(|m| m.split_once('`'))
+                .map(|(f, _)| f.to_owned())
+        };
+        if let Some(field) = field_named("unknown field `") {
             path.push(field);
+        }
+        if let Some(field) = field_named("missing field `") {
+            // Missing only because its bad value was taken out to find the next problem, which
+            // is reported already: its table goes too (then defaulted, or missing in turn).
+            let mut at = path.clone();
+            at.push(field);
+            if removed.contains(&at) {
+                if path.is_empty() || !remove_key(&mut table, &path) {
+                    return None;
+                }
+                removed.push(path);
+                continue;
+            }
         }
         let key = [prefix.to_owned(), path.join(".")]
             .into_iter()
@@ -558,6 +574,7 @@ pub fn deserialize_all<T: serde::de::DeserializeOwned>(
         {
             return None;
         }
+        removed.push(path);
     }
     None
 }
@@ -833,11 +850,23 @@ legal_basis_explanation = "Signed up on the website"
             "CONSENT_RELAY__SINKS__PARTNER__PARTNERS__IN_GMBH__SIGNING_SECRET".to_owned(),
             "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned(),
         )];
-        assert!(load_with(Some(f.path()), &secret, partner_only).is_ok());
+        assert!(load_with(Some(f.path()), &secret, partner_only.clone()).is_ok());
         let err = load_with(Some(f.path()), &secret, Secrets::Of(vec!["hubspot".into()]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("sinks.hubspot.token"), "{err}");
+
+        // A partner's purpose is reported at the partner's own key.
+        let f = write(&both.replace("purpose = \"newsletter\"", "purpose = \"leads\""));
+        let err = load_with(Some(f.path()), &secret, partner_only)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "sinks.partner.partners.in_gmbh.purpose: purpose \"leads\" is not in the [purposes] table"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -890,10 +919,16 @@ legal_basis_explanation = "Signed up on the website"
             "[sinks.hubspot]\ncolour = \"blue\"\ntimeout = \"soon\"\n",
         ) + "[kafka]\nfoo = 1\nbar = 2\n[ledger]\nbaz = 3\n";
         let f = write(&text);
-        let env = [(
-            "CONSENT_RELAY__KAFKA__SESSION_TIMEOUT_MS".to_owned(),
-            "abc".to_owned(),
-        )];
+        let env = [
+            (
+                "CONSENT_RELAY__KAFKA__SESSION_TIMEOUT_MS".to_owned(),
+                "abc".to_owned(),
+            ),
+            (
+                "CONSENT_RELAY__ADMIN__LISTEN".to_owned(),
+                "nowhere".to_owned(),
+            ),
+        ];
         let err = load_with(Some(f.path()), &env, Secrets::NotNeeded)
             .unwrap_err()
             .to_string();
@@ -902,9 +937,12 @@ legal_basis_explanation = "Signed up on the website"
             "kafka.bar: unknown field",
             "ledger.baz: unknown field",
             "kafka.session_timeout_ms: invalid type",
+            "admin.listen: invalid socket address syntax (set by CONSENT_RELAY__ADMIN__LISTEN)",
         ] {
             assert!(err.contains(key), "{key} missing from:\n{err}");
         }
+        // The bad value is reported once, not again as a missing field once it is taken out.
+        assert!(!err.contains("missing field"), "{err}");
         assert!(
             err.contains("(set by CONSENT_RELAY__KAFKA__SESSION_TIMEOUT_MS)"),
             "{err}"
@@ -962,7 +1000,9 @@ legal_basis_explanation = "Signed up on the website"
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("\"ads\" is not in the [purposes] table"),
+            err.contains(
+                "sinks.hubspot.purposes.ads: purpose \"ads\" is not in the [purposes] table"
+            ),
             "{err}"
         );
 

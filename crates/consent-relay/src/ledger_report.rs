@@ -233,7 +233,52 @@ impl Recipient {
 #[derive(Debug, Default)]
 struct Changes {
     /// By (target, what was done): how often, first and last time.
-    done: std::collections::BTreeMap<(String, &'static str), Done>,
+    done: std::collections::BTreeMap<(String, Change), Done>,
+}
+
+/// What a delivery did at its destination. Declared in the order of their texts, the order the
+/// audit lists them in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Change {
+    AppliedUnlogged,
+    Erased,
+    Granted,
+    InProgress,
+    Refused,
+    Unchanged,
+    AwaitingConfirmation,
+    Withdrawn,
+}
+
+impl Change {
+    /// The stable name in `--json`.
+    fn code(self) -> &'static str {
+        match self {
+            Change::AppliedUnlogged => "applied_unlogged",
+            Change::Erased => "erased",
+            Change::Granted => "granted",
+            Change::InProgress => "in_progress",
+            Change::Refused => "refused",
+            Change::Unchanged => "unchanged",
+            Change::AwaitingConfirmation => "awaiting_confirmation",
+            Change::Withdrawn => "withdrawn",
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Change::AppliedUnlogged => "applied (decision not in the consent log)",
+            Change::Erased => "erased (deleted)",
+            Change::Granted => "granted (added / subscribed)",
+            Change::InProgress => "in progress (may have been received)",
+            Change::Refused => "sent and refused by the recipient (not applied)",
+            Change::Unchanged => "sent, already so there (no change)",
+            Change::AwaitingConfirmation => {
+                "sent, awaiting the person's confirmation (not subscribed)"
+            }
+            Change::Withdrawn => "withdrawn (removed / unsubscribed)",
+        }
+    }
 }
 
 /// How often, first and last time; for a refusal or work still in progress, the newest reason
@@ -248,28 +293,26 @@ struct Done {
 
 /// What a delivery of an event of `kind` with this status did at its destination; `None` when
 /// nothing was sent there (superseded, not routed, or dead-lettered before a request).
-fn done_for(kind: Option<&str>, d: &relay_ledger::DeliveryRow) -> Option<&'static str> {
+fn done_for(kind: Option<&str>, d: &relay_ledger::DeliveryRow) -> Option<Change> {
     use relay_ledger::Status;
     let action = kind
         .and_then(relay_events::EventKind::from_name)
         .map(|k| k.action());
     Some(match d.status {
         Status::Applied => match action {
-            Some(relay_events::Action::Grant) => "granted (added / subscribed)",
-            Some(relay_events::Action::Withdraw) => "withdrawn (removed / unsubscribed)",
-            Some(relay_events::Action::Erase) => "erased (deleted)",
-            None => "applied (decision not in the consent log)",
+            Some(relay_events::Action::Grant) => Change::Granted,
+            Some(relay_events::Action::Withdraw) => Change::Withdrawn,
+            Some(relay_events::Action::Erase) => Change::Erased,
+            None => Change::AppliedUnlogged,
         },
-        Status::AlreadyApplied => "sent, already so there (no change)",
-        Status::AwaitingConfirmation => "sent, awaiting the person's confirmation (not subscribed)",
-        Status::InFlight | Status::Retrying | Status::Parked => {
-            "in progress (may have been received)"
-        }
+        Status::AlreadyApplied => Change::Unchanged,
+        Status::AwaitingConfirmation => Change::AwaitingConfirmation,
+        Status::InFlight | Status::Retrying | Status::Parked => Change::InProgress,
         // A request that went and was refused for good; one never sent (no email) did not.
         Status::DeadLettered
             if d.error_class.as_deref() != Some(relay_events::ErrorCode::MissingEmail.as_str()) =>
         {
-            "sent and refused by the recipient (not applied)"
+            Change::Refused
         }
         Status::DeadLettered | Status::Superseded | Status::NotRouted => return None,
     })
@@ -397,8 +440,9 @@ pub fn to_audit(
         for ((target, done), d) in &changes.done {
             let _ = writeln!(
                 out,
-                "    {:<20} {done}: {}×, first {}, last {}{}{}",
+                "    {:<20} {}: {}×, first {}, last {}{}{}",
                 shown(target),
+                done.text(),
                 d.count,
                 when(d.first),
                 when(d.last),
@@ -492,7 +536,7 @@ pub fn audit_json(
                 "destination": destination, "name": recipient.name, "data": recipient.data,
                 "entity": recipient.entity, "role": recipient.role,
                 "changes": changes.done.iter().map(|((target, done), d)| json!({
-                    "target": target, "done": done, "count": d.count,
+                    "target": target, "done": done.code(), "count": d.count,
                     "first": when(d.first), "last": when(d.last), "reason": d.reason,
                     "legal_basis": basis_of(bases, std::slice::from_ref(target)),
                 })).collect::<Vec<_>>(),
@@ -935,6 +979,16 @@ mod tests {
         assert_eq!(json["recipients"][1]["role"], "processor");
         assert!(json["recipients"][0]["entity"].is_null());
         assert_eq!(json["recipients"][1]["changes"][0]["count"], 1);
+        let codes: Vec<&str> = json["recipients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["changes"].as_array().unwrap())
+            .map(|c| c["done"].as_str().unwrap())
+            .collect();
+        for code in ["granted", "withdrawn", "in_progress"] {
+            assert!(codes.contains(&code), "a stable code, not prose: {codes:?}");
+        }
         assert_eq!(
             json["consent_decisions"][0]["legal_basis"],
             "consent, GDPR Art. 6(1)(a)"

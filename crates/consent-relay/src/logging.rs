@@ -50,11 +50,21 @@ where
         let mut fields = Fields(Map::new());
         event.record(&mut fields);
         let meta = event.metadata();
+        // A record of the `log` crate (librdkafka's Rust binding logs through it) arrives with
+        // the target "log" and its own in `log.target`: name the real one, as the human format
+        // does, and leave out the bridge's file and line fields.
+        let target = match fields.0.remove("log.target") {
+            Some(Value::String(target)) => {
+                fields.0.retain(|name, _| !name.starts_with("log."));
+                target
+            }
+            _ => meta.target().to_owned(),
+        };
         let mut record = Map::new();
         record.insert("timestamp".into(), Value::String(timestamp));
         record.insert("level".into(), Value::String(meta.level().to_string()));
         record.insert("fields".into(), Value::Object(fields.0));
-        record.insert("target".into(), Value::String(meta.target().to_owned()));
+        record.insert("target".into(), Value::String(target));
         writeln!(writer, "{}", Value::Object(record))
     }
 }
@@ -125,6 +135,46 @@ impl Visit for Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shared buffer the subscriber writes into.
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn records_of_the_log_crate_name_their_own_target() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(JsonLines)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            // What tracing-log makes of a `log` record.
+            tracing::info!(log.target = "rdkafka::client", log.line = 7u64, "from log");
+            tracing::info!(sinks = "a", "from tracing");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["target"], "rdkafka::client");
+        assert_eq!(
+            lines[0]["fields"],
+            serde_json::json!({"message": "from log"})
+        );
+        assert_eq!(lines[1]["target"], module_path!());
+    }
 
     #[test]
     fn counts_become_numbers() {

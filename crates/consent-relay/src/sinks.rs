@@ -40,6 +40,14 @@ pub struct Built {
 pub trait SinkConfig: std::fmt::Debug + Send + Sync {
     /// The purposes that route to the sink.
     fn purposes(&self) -> BTreeSet<String>;
+    /// Each purpose with the key, relative to `[sinks.NAME]`, that names it: where a problem
+    /// with the purpose is reported.
+    fn purpose_keys(&self) -> Vec<(String, String)> {
+        self.purposes()
+            .into_iter()
+            .map(|p| (format!("purposes.{p}"), p))
+            .collect()
+    }
     /// Problems with the values, each with its key relative to `[sinks.NAME]`.
     fn problems(&self) -> Vec<ConfigProblem>;
     /// The names of its destinations as the runtime knows them (consumer group suffix, ledger,
@@ -316,6 +324,12 @@ impl SinkConfig for PartnerSinkConfig {
     }
     fn purposes(&self) -> BTreeSet<String> {
         PartnerSinkConfig::purposes(self)
+    }
+    fn purpose_keys(&self) -> Vec<(String, String)> {
+        self.partners
+            .iter()
+            .map(|(name, p)| (format!("partners.{name}.purpose"), p.purpose.clone()))
+            .collect()
     }
     fn problems(&self) -> Vec<ConfigProblem> {
         problems(self.validate())
