@@ -968,8 +968,13 @@ async fn reconcile_command(
     options: reconcile::Options,
     metrics_file: Option<PathBuf>,
 ) -> Result<(), AppError> {
-    // Reconcile only reads the ledger: a mistyped path must fail, not compare with an empty one.
-    let ledger = relay_ledger::open_read_only(&config.ledger.url).await?;
+    // A mistyped path must fail, not compare with an empty ledger: never created or migrated.
+    // A dry run only reads; a real one records its repairs (`Ledger::record_repairs`).
+    let ledger = if options.dry_run {
+        relay_ledger::open_read_only(&config.ledger.url).await?
+    } else {
+        relay_ledger::open_current(&config.ledger.url).await?
+    };
     let telemetry = Telemetry::new();
     let results = reconcile::run(&config, &options, &ledger, &telemetry)
         .await

@@ -11,8 +11,11 @@
 //!   whose newest decision for every purpose routed to the audience is a withdrawal or erasure.
 //!   Hashes only: the ledger's, or for Google the ones the ledger keeps of Google's normalization.
 //!
-//! Nothing here writes to the ledger, and a rerun after a crash starts over: HubSpot's state is
-//! read again (what was repaired is now in sync), and removals are idempotent at every platform.
+//! Each repair the downstream applied is recorded on the delivery of the decision it re-sent
+//! (`Ledger::record_repairs`): `ledger audit` shows it, and `ingest` takes the vendor's report of
+//! it for the relay's own change. Nothing else is written, and a rerun after a crash starts over:
+//! HubSpot's state is read again (what was repaired is now in sync), and removals are idempotent
+//! at every platform.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use std::time::Duration;
 
 use relay_delivery::{Outcome, Sink, SinkItem, Target};
 use relay_events::{normalize, Action, ConsentEvent, Contact, EventKind, Scope};
-use relay_ledger::{effective, AnyLedger, SinkState};
+use relay_ledger::{effective, AnyLedger, DeliveryKey, Repair, SinkState, Status};
 use relay_runtime::Telemetry;
 use relay_sink_audiences::{AudiencesConfig, AudiencesSink, BatchPosition, LedgerHash};
 use relay_sink_hubspot::{HubSpotConfig, HubSpotSink, ReadStatus, READ_PAGE};
@@ -227,6 +230,37 @@ fn view(states: Vec<SinkState>) -> LedgerView {
     }
 }
 
+/// A repair of `destination` that the downstream applied (or put to the person to confirm), as
+/// the ledger records it; `None` for any other answer (already so: nothing was changed there).
+fn repair_of(destination: &str, item: &SinkItem, outcome: &Outcome) -> Option<Repair> {
+    let status = match outcome {
+        Outcome::Applied => Status::Applied,
+        Outcome::AwaitingConfirmation => Status::AwaitingConfirmation,
+        _ => return None,
+    };
+    Some(Repair {
+        key: DeliveryKey {
+            event_id: item.event.event_id,
+            sink: destination.to_owned(),
+            target: item.target.key().to_owned(),
+        },
+        subject_id: item.event.subject_id.clone(),
+        status,
+    })
+}
+
+async fn record(ledger: &AnyLedger, destination: &str, repairs: &[Repair]) -> Result<(), String> {
+    if repairs.is_empty() {
+        return Ok(());
+    }
+    ledger.record_repairs(repairs).await.map_err(|e| {
+        format!(
+            "{} repair(s) made at {destination} but not recorded in the ledger: {e}",
+            repairs.len()
+        )
+    })
+}
+
 /// A sink item that re-asserts `state` for `email` (the address as HubSpot listed it), so that
 /// the sink builds exactly the request the event itself would have.
 fn repair_item(state: &SinkState, purpose: &str, email: &str) -> SinkItem {
@@ -345,6 +379,12 @@ async fn hubspot_run(
                 let outcomes = sink.deliver(&items).await;
                 // The sink sends one request per call it plans; count them as planned.
                 figures.requests += outcomes.len().div_ceil(READ_PAGE) as u64;
+                let repairs: Vec<Repair> = items
+                    .iter()
+                    .zip(&outcomes)
+                    .filter_map(|(item, outcome)| repair_of(sink.name(), item, outcome))
+                    .collect();
+                record(ledger, sink.name(), &repairs).await?;
                 for ((item, outcome), pairs) in items.iter().zip(&outcomes).zip(&pairs_of_item) {
                     if outcome.is_done() {
                         figures.repaired += pairs;
@@ -374,13 +414,13 @@ async fn hubspot_run(
 
 /// The subjects `audience` must not hold: every purpose routed to it has a withdrawal or erasure
 /// as its newest decision (a whole-subject one counting for all). Their email hashes as the
-/// platform knows them, in subject order, and the count of those without one; plus how many
-/// subjects have any decision.
+/// platform knows them, in subject order, each with the decisions its removal re-sends, and the
+/// count of those without one; plus how many subjects have any decision.
 fn removals(
     states: Vec<SinkState>,
     purposes: &[String],
     platform: LedgerHash,
-) -> (Vec<String>, u64, u64) {
+) -> (Vec<Removal>, u64, u64) {
     let view = view(states);
     let mut subjects: Vec<&String> = view.by_subject.keys().collect();
     subjects.sort();
@@ -402,13 +442,58 @@ fn removals(
         if decisions.iter().any(|d| d.action == Action::Grant) {
             continue;
         }
-        match states.values().find_map(|s| platform_hash(s, platform)) {
-            Some(h) => hashes.push(h),
-            None => no_hash += 1,
+        let Some(hash) = states.values().find_map(|s| platform_hash(s, platform)) else {
+            no_hash += 1;
+            continue;
+        };
+        let mut decisions: Vec<(&str, &str)> = decisions
+            .iter()
+            .map(|d| (d.event_id.as_str(), d.target.as_str()))
+            .collect();
+        decisions.sort_unstable();
+        decisions.dedup();
+        let decisions = decisions
+            .into_iter()
+            .map(|(event_id, target)| (subject.clone(), event_id.to_owned(), target.to_owned()))
+            .collect();
+        match hashes.last_mut() {
+            // One address under two subject ids: one removal.
+            Some(Removal {
+                hash: last,
+                decisions: d,
+            }) if *last == hash => d.extend::<Vec<_>>(decisions),
+            _ => hashes.push(Removal { hash, decisions }),
         }
     }
-    hashes.dedup();
     (hashes, no_hash, checked)
+}
+
+/// An address an audience must not hold, and the decisions (subject, event id, target) its
+/// removal re-sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Removal {
+    hash: String,
+    decisions: Vec<(String, String, String)>,
+}
+
+impl Removal {
+    /// The ledger's record of this removal at `destination`, once the platform applied it.
+    fn repairs(&self, destination: &str) -> impl Iterator<Item = Repair> + '_ {
+        let destination = destination.to_owned();
+        self.decisions
+            .iter()
+            .filter_map(move |(subject, event_id, target)| {
+                Some(Repair {
+                    key: DeliveryKey {
+                        event_id: uuid::Uuid::parse_str(event_id).ok()?,
+                        sink: destination.clone(),
+                        target: target.clone(),
+                    },
+                    subject_id: subject.clone(),
+                    status: Status::Applied,
+                })
+            })
+    }
 }
 
 /// The hash of the subject's address that `platform` knows, of those the ledger keeps.
@@ -503,12 +588,16 @@ async fn audiences_run(
                     total: hashes.len(),
                 });
                 let mut attempt = 0;
+                let chunk_hashes: Vec<String> = chunk.iter().map(|r| r.hash.clone()).collect();
                 loop {
                     attempt += 1;
-                    let outcome = sink.remove_hashes(&name, chunk, position).await;
+                    let outcome = sink.remove_hashes(&name, &chunk_hashes, position).await;
                     figures.requests += 1;
                     if outcome.is_done() {
                         figures.repaired += chunk.len() as u64;
+                        let repairs: Vec<Repair> =
+                            chunk.iter().flat_map(|r| r.repairs(&destination)).collect();
+                        record(ledger, &destination, &repairs).await?;
                         break;
                     }
                     let retry = matches!(
@@ -656,6 +745,12 @@ async fn newsletter_run(
             if !items.is_empty() {
                 let outcomes = sink.deliver(&items).await;
                 figures.requests += items.len() as u64;
+                let repairs: Vec<Repair> = items
+                    .iter()
+                    .zip(&outcomes)
+                    .filter_map(|(item, outcome)| repair_of(&destination, item, outcome))
+                    .collect();
+                record(ledger, &destination, &repairs).await?;
                 for (item, outcome) in items.iter().zip(&outcomes) {
                     if outcome.is_done() {
                         figures.repaired += 1;
@@ -758,7 +853,8 @@ mod tests {
             st("d", "*", Action::Withdraw, 7),
             st("e", "other", Action::Withdraw, 7),
         ];
-        let (hashes, no_hash, checked) = removals(states.clone(), &purposes, LedgerHash::Email);
+        let (found, no_hash, checked) = removals(states.clone(), &purposes, LedgerHash::Email);
+        let hashes: Vec<&str> = found.iter().map(|r| r.hash.as_str()).collect();
         assert_eq!(
             hashes,
             vec![
@@ -767,6 +863,19 @@ mod tests {
             ]
         );
         assert_eq!((no_hash, checked), (0, 4));
+        // Each removal records the decisions it re-sends: a's withdrawal of ads, c's erasure
+        // (which decides ads and retarget alike, recorded once).
+        let repairs: Vec<(String, String, String)> = found
+            .iter()
+            .flat_map(|r| r.repairs("audiences.meta"))
+            .map(|r| (r.subject_id, r.key.sink, r.key.target))
+            .collect();
+        let expect = |s: &str, t: &str| (s.to_owned(), "audiences.meta".to_owned(), t.to_owned());
+        assert_eq!(repairs, vec![expect("a", "ads"), expect("c", "*")]);
+        assert_eq!(
+            found[1].decisions[0].1, states[4].event_id,
+            "the erasure's own event"
+        );
         let google = |plus_removed| {
             removals(
                 states.clone(),
@@ -774,6 +883,9 @@ mod tests {
                 LedgerHash::Google { plus_removed },
             )
             .0
+            .into_iter()
+            .map(|r| r.hash)
+            .collect::<Vec<_>>()
         };
         assert_eq!(google(true), vec!["google-a-untagged", "google-c"]);
         assert_eq!(google(false), vec!["google-a", "google-c"]);

@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use relay_events::{normalize, EventKind};
-use relay_ledger::{AnyLedger, Claim, ConsentRecord, DeliveryKey, Ledger};
+use relay_ledger::{AnyLedger, Claim, ConsentRecord, DeliveryKey, Finish, Ledger, Status};
 use relay_testkit::audiences::{self, FakePlatform};
 use relay_testkit::hubspot::{FakeHubSpot, BATCH_WRITE_PATH};
 use uuid::Uuid;
@@ -154,7 +154,33 @@ async fn seed(
         }
         ledger.log_events(&records).await.expect("log events");
         ledger.claim(&claims).await.expect("claim");
+        // Delivered long ago, as a running relay would have.
+        let finished: Vec<Finish> = claims
+            .iter()
+            .map(|c| Finish {
+                key: c.key.clone(),
+                subject_id: c.subject_id.clone(),
+                status: Status::Applied,
+                error_class: None,
+                error: None,
+            })
+            .collect();
+        ledger.finish(&finished).await.expect("finish");
     }
+}
+
+/// The subject's delivery rows at `sink`: (target, status, reasserts).
+async fn deliveries_of(config_dir: &Path, subject: &str, sink: &str) -> Vec<(String, Status, u32)> {
+    let url = format!("sqlite://{}", config_dir.join("ledger.db").display());
+    let ledger = relay_ledger::open_read_only(&url).await.unwrap();
+    let report = ledger.subject_report(subject).await.unwrap();
+    ledger.close().await;
+    report
+        .deliveries
+        .into_iter()
+        .filter(|d| d.key.sink == sink)
+        .map(|d| (d.key.target, d.status, d.reasserts))
+        .collect()
 }
 
 fn writes(hubspot: &FakeHubSpot) -> usize {
@@ -308,6 +334,33 @@ async fn hubspot_dry_run_reports_the_three_resubscribed_then_repairs_only_them()
         0
     );
     assert_eq!(hubspot.status_changes("stranger@example.de"), 0);
+    // Each repair is recorded on the delivery of the withdrawal it re-sent (what `ledger audit`
+    // shows, and what `ingest` takes HubSpot's report of it for); the rest is untouched.
+    let repaired = deliveries_of(dir.path(), "w1", "hubspot").await;
+    assert!(
+        repaired.contains(&("newsletter".to_owned(), Status::Applied, 1)),
+        "{repaired:?}"
+    );
+    assert!(
+        deliveries_of(dir.path(), "sync000", "hubspot")
+            .await
+            .iter()
+            .all(|(_, _, reasserts)| *reasserts == 0),
+        "in sync: nothing recorded"
+    );
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let read = relay_ledger::open_read_only(&url).await.unwrap();
+    let now = relay_ledger::now_ms();
+    let echoes = read
+        .withdrawals_delivered_between("w1", now - 60_000, now + 60_000, Uuid::new_v4())
+        .await
+        .unwrap();
+    assert_eq!(
+        echoes.iter().map(|d| d.sink.as_str()).collect::<Vec<_>>(),
+        ["hubspot"],
+        "HubSpot's report of the repair is the relay's own change: {echoes:?}"
+    );
+    read.close().await;
     let prom = std::fs::read_to_string(&metrics).unwrap();
     for series in [
         r#"consent_relay_reconcile_subjects_total{sink="hubspot",result="repaired"} 3"#,
@@ -441,6 +494,11 @@ async fn a_100k_member_meta_audience_is_emptied_of_withdrawals_in_at_most_11_req
         "only the granted remain"
     );
     assert!(meta.rejections().is_empty(), "{:?}", meta.rejections());
+    for (subject, reasserts) in [("w000000", 1), ("w099999", 1), ("g0", 0)] {
+        let rows = deliveries_of(dir.path(), subject, "audiences.meta").await;
+        assert_eq!(rows.len(), 1, "{subject}: {rows:?}");
+        assert_eq!(rows[0].2, reasserts, "{subject}: the removal is recorded");
+    }
     assert!(
         out.contains("reconcile audiences.meta: checked 100005 subject(s), in sync 5 (granted, left in), repaired 100000 (removals re-sent; the platform cannot be read back), reported 0, failed 0, without an email hash 0, 10 request(s)"),
         "{out}"

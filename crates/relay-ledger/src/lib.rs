@@ -25,7 +25,7 @@ pub use ingest::{DeliveredWithdrawal, UnknownContact};
 pub use memory::MemoryLedger;
 pub use model::*;
 pub use postgres::PostgresLedger;
-pub use reconcile::{effective, SinkState};
+pub use reconcile::{effective, Repair, SinkState};
 pub use sqlite::SqliteLedger;
 pub use suppression::{suppression_list, Suppressed};
 

@@ -1,10 +1,10 @@
 //! What `consent-relay reconcile` asks of the ledger: the newest decision per (subject, target)
-//! of one sink, with the email hash the consent log holds for the subject. Read-only; it never
-//! touches the claim and finish statements.
+//! of one sink, with the email hash the consent log holds for the subject, and a record of each
+//! repair it made. It never decides versions: a repair re-sends a decision the ledger holds.
 
 use relay_events::Action;
 
-use crate::{codec, AnyLedger, LedgerError};
+use crate::{codec, now_ms, AnyLedger, DeliveryKey, LedgerError, Status};
 
 /// Binds: sink. The subject's email hashes are the deciding event's, or else those of the
 /// subject's newest logged event that carried an email (an erasure or a global unsubscribe may
@@ -28,6 +28,48 @@ const LAST_FINISHED: &str = "SELECT finished_at_ms FROM reconcile_runs WHERE nam
 /// was ahead is corrected by the next run.
 const RECORD_FINISHED: &str = "INSERT INTO reconcile_runs (name, finished_at_ms) VALUES ($1, $2)
 ON CONFLICT (name) DO UPDATE SET finished_at_ms = excluded.finished_at_ms";
+
+/// Binds: now, then (event_id, sink, target, subject_id, status) per row of `rows`. A repair
+/// re-sends the decision the delivery row is about: the row says so (`reasserts`, the time) and
+/// what the downstream answered. A delivery `run` is working on (claimed, retrying, parked) is
+/// left to it. Rows of one statement have distinct keys (the caller's rounds).
+fn record_repairs_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|i| {
+            let p = |k: usize| format!("${}", 2 + 5 * i + k);
+            format!(
+                "({}, {}, {}, {}, {}, 1, 1, $1, $1)",
+                p(0),
+                p(1),
+                p(2),
+                p(3),
+                p(4)
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO deliveries
+    (event_id, sink, target, subject_id, status, attempts, reasserts, created_at_ms, updated_at_ms)
+VALUES {}
+ON CONFLICT (event_id, sink, target) DO UPDATE SET
+    status = excluded.status, error_class = NULL, error = NULL,
+    reasserts = deliveries.reasserts + 1, updated_at_ms = excluded.updated_at_ms
+WHERE deliveries.status NOT IN ('in_flight', 'retrying', 'parked')",
+        values.join(", ")
+    )
+}
+
+/// Rows per repair statement: 2 501 parameters, far below both backends' limits.
+const REPAIRS_PER_STATEMENT: usize = 500;
+
+/// A decision reconcile re-sent to a downstream that did not show it, and what the downstream
+/// answered (applied, or awaiting the person's confirmation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repair {
+    pub key: DeliveryKey,
+    pub subject_id: String,
+    pub status: Status,
+}
 
 /// The newest decision for one (subject, target) of a sink, as reconcile compares it with a
 /// downstream. Never the raw address.
@@ -117,6 +159,42 @@ impl AnyLedger {
                     .await?
             }
         })
+    }
+
+    /// Records repairs on the deliveries of the decisions they re-sent, in one transaction: what
+    /// `ledger audit` reports as done there and when, and what `ingest` recognises as the relay's
+    /// own change when the vendor reports it back.
+    pub async fn record_repairs(&self, repairs: &[Repair]) -> Result<(), LedgerError> {
+        let now = now_ms();
+        // The same delivery twice in one statement would be an error in PostgreSQL ("cannot
+        // affect row a second time"): each round holds a key once.
+        let rounds = crate::ops::rounds(repairs, |r| &r.key);
+        macro_rules! write_all {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                for round in &rounds {
+                    for chunk in round.chunks(REPAIRS_PER_STATEMENT) {
+                        let sql = record_repairs_sql(chunk.len());
+                        let mut query = sqlx::query(&sql).bind(now);
+                        for r in chunk {
+                            query = query
+                                .bind(codec::uuid_text(r.key.event_id))
+                                .bind(&r.key.sink)
+                                .bind(&r.key.target)
+                                .bind(&r.subject_id)
+                                .bind(r.status.as_str());
+                        }
+                        query.execute(&mut *tx).await?;
+                    }
+                }
+                tx.commit().await?;
+            }};
+        }
+        match self {
+            AnyLedger::Sqlite(l) => write_all!(l.pool()),
+            AnyLedger::Postgres(l) => write_all!(l.pool()),
+        }
+        Ok(())
     }
 
     /// Records that the reconcile `name` finished at `at_ms`.

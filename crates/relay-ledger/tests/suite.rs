@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use relay_events::Action;
 use relay_ledger::{
     open, AnyLedger, Claim, ConsentRecord, Decision, DeliveryKey, DeliveryRow, Finish, InDoubt,
-    Ledger, Park, Rejection, Status, SubjectReport, SubjectState, Uncertain,
+    Ledger, Park, Rejection, Repair, Status, SubjectReport, SubjectState, Uncertain,
 };
 use uuid::Uuid;
 
@@ -59,6 +59,7 @@ suite!(
     the_same_row_twice_in_one_write_applies_in_order,
     copies_of_an_event_in_one_log_write_are_compared_with_the_first,
     reconcile_runs_are_remembered,
+    reconcile_repairs_are_recorded_on_the_decisions_deliveries,
     ingest_finds_subjects_by_email_hash_and_keeps_unknown_contacts_once,
     ingest_follows_address_changes_keeps_poll_cursors_and_sees_its_own_withdrawals,
     sink_states_carry_the_deciding_events_hash_or_the_subjects_newest,
@@ -1558,6 +1559,65 @@ fn relay_ledger_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+async fn reconcile_repairs_are_recorded_on_the_decisions_deliveries(url: &str) {
+    let l = open(url).await.unwrap();
+    let done = fresh("s1", NEWSLETTER, Action::Withdraw, 100);
+    let busy = fresh("s2", NEWSLETTER, Action::Withdraw, 100);
+    decide(&l, &[done.clone(), busy.clone()]).await;
+    l.finish(&[finish(&done, Status::AlreadyApplied)])
+        .await
+        .unwrap();
+    let repair = |c: &Claim, status| Repair {
+        key: c.key.clone(),
+        subject_id: c.subject_id.clone(),
+        status,
+    };
+    // A decision whose delivery row is elsewhere (an erasure re-sent to a destination that
+    // never had a row for it) gets one.
+    let erased = Claim {
+        key: DeliveryKey {
+            sink: "newsletter.main".into(),
+            target: "*".into(),
+            ..done.key.clone()
+        },
+        ..done.clone()
+    };
+    let before = relay_ledger::now_ms();
+    l.record_repairs(&[
+        repair(&done, Status::Applied),
+        repair(&done, Status::Applied),
+        repair(&busy, Status::Applied),
+        repair(&erased, Status::Applied),
+    ])
+    .await
+    .unwrap();
+    let rows = report(&l, "s1").await.deliveries;
+    let row = |sink: &str| rows.iter().find(|d| d.key.sink == sink).unwrap().clone();
+    let repaired = row(HUBSPOT);
+    assert_eq!(
+        (repaired.status, repaired.reasserts),
+        (Status::Applied, 2),
+        "twice in one call: each counted"
+    );
+    assert!(repaired.updated_at_ms >= before);
+    let inserted = row("newsletter.main");
+    assert_eq!(
+        (
+            inserted.key.target.as_str(),
+            inserted.status,
+            inserted.reasserts
+        ),
+        ("*", Status::Applied, 1)
+    );
+    let busy_row = report(&l, "s2").await.deliveries.remove(0);
+    assert_eq!(
+        (busy_row.status, busy_row.reasserts),
+        (Status::InFlight, 0),
+        "a delivery run is working on is left to it"
+    );
+    l.record_repairs(&[]).await.unwrap();
 }
 
 async fn reconcile_runs_are_remembered(url: &str) {
