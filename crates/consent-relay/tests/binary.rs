@@ -794,7 +794,7 @@ fields = ["email"]
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("ok    ledger"), "{text}");
-    assert!(text.contains("schema version 8"), "{text}");
+    assert!(text.contains("schema version 9"), "{text}");
     answering.abort();
 }
 
@@ -1131,7 +1131,7 @@ async fn read_commands_never_create_or_migrate_a_ledger() {
     for _ in 0..2 {
         let said = stdout(relay(&pg, &["ledger", "migrate"]));
         assert!(
-            said.contains("schema version 8 (applied: 1, 2, 3, 4, 5, 6, 7, 8)"),
+            said.contains("schema version 9 (applied: 1, 2, 3, 4, 5, 6, 7, 8, 9)"),
             "{said}"
         );
     }

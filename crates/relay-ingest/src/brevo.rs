@@ -124,6 +124,7 @@ pub fn parse(config: &BrevoIngest, p: &Payload) -> Result<Parsed, Malformed> {
         kind,
         scope: Scope::Purposes(purposes),
         email: Some(email.to_owned()),
+        email_hash: None,
         occurred_at_ms: seconds.saturating_mul(1000),
     }))
 }

@@ -136,6 +136,7 @@ pub struct WebhookEvent {
 /// What a batch entry asks for, before the contact's email is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
+    pub portal_id: i64,
     pub contact_id: i64,
     pub key: String,
     pub kind: EventKind,
@@ -146,6 +147,58 @@ pub struct Pending {
 /// The opt-out property of all email, and the prefix of the per-subscription-type ones.
 const OPT_OUT_ALL: &str = "hs_email_optout";
 const OPT_OUT_PREFIX: &str = "hs_email_optout_";
+/// The contact property that holds its address.
+const EMAIL: &str = "email";
+
+/// How the ledger knows a HubSpot contact: contact ids are per portal (account).
+pub fn contact_ref(portal_id: i64, contact_id: i64) -> String {
+    format!("{portal_id}:{contact_id}")
+}
+
+/// A contact whose address an entry tells of (a creation, an address change), to be remembered
+/// for the privacy deletion that names the contact only once its address is gone. `email` is
+/// `None` where the address must be read from HubSpot (a creation carries none).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Learned {
+    pub contact_ref: String,
+    pub contact_id: i64,
+    pub email: Option<String>,
+}
+
+impl std::fmt::Debug for Learned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Learned")
+            .field("contact_ref", &self.contact_ref)
+            .field("email", &self.email.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The entries that tell of a contact's address: no decision, but what a later privacy deletion
+/// of the contact is matched by.
+pub fn addresses(events: &[WebhookEvent]) -> Vec<Learned> {
+    events
+        .iter()
+        .filter_map(|e| {
+            let email = match (e.subscription_type.as_str(), e.property_name.as_deref()) {
+                ("contact.creation", _) => None,
+                ("contact.propertyChange", Some(EMAIL)) => {
+                    Some(e.property_value.clone().filter(|v| !v.trim().is_empty())?)
+                }
+                _ => return None,
+            };
+            Some(Learned {
+                contact_ref: contact_ref(e.portal_id, e.object_id),
+                contact_id: e.object_id,
+                email,
+            })
+        })
+        .collect()
+}
+
+fn tells_address(e: &WebhookEvent) -> bool {
+    !addresses(std::slice::from_ref(e)).is_empty()
+}
 
 /// The entries that are consent decisions; the rest (opt-ins, other properties, other objects)
 /// are no decision of the person we may act on, and are only counted.
@@ -171,12 +224,15 @@ pub fn decisions(config: &HubSpotIngest, events: &[WebhookEvent]) -> (Vec<Pendin
                     }
                 }
             }
+            // Counted where it is learned (`addresses`).
+            _ if tells_address(e) => continue,
             _ => {
                 ignored += 1;
                 continue;
             }
         };
         out.push(Pending {
+            portal_id: e.portal_id,
             contact_id: e.object_id,
             key,
             kind,
@@ -192,7 +248,12 @@ fn opted_out(e: &WebhookEvent) -> bool {
 }
 
 impl Pending {
-    pub fn into_notice(self, email: Option<String>) -> Notice {
+    pub fn contact_ref(&self) -> String {
+        contact_ref(self.portal_id, self.contact_id)
+    }
+
+    /// `email_hash` stands in for the address when HubSpot no longer has it.
+    pub fn into_notice(self, email: Option<String>, email_hash: Option<String>) -> Notice {
         Notice {
             vendor: Vendor::HubSpot,
             vendor_key: self.key,
@@ -201,6 +262,7 @@ impl Pending {
             kind: self.kind,
             scope: self.scope,
             email,
+            email_hash,
             occurred_at_ms: self.occurred_at_ms,
         }
     }
@@ -332,16 +394,41 @@ mod tests {
             {"eventId":3,"portalId":62515,"occurredAt":3000,"subscriptionType":"contact.privacyDeletion","objectId":8},
             {"eventId":4,"portalId":62515,"occurredAt":4000,"subscriptionType":"contact.propertyChange","objectId":7,"propertyName":"hs_email_optout_12345","propertyValue":"false"},
             {"eventId":5,"portalId":62515,"occurredAt":5000,"subscriptionType":"contact.propertyChange","objectId":7,"propertyName":"hs_email_optout_999","propertyValue":"true"},
-            {"eventId":6,"portalId":62515,"occurredAt":6000,"subscriptionType":"contact.creation","objectId":9}
+            {"eventId":6,"portalId":62515,"occurredAt":6000,"subscriptionType":"contact.creation","objectId":9},
+            {"eventId":7,"portalId":62515,"occurredAt":7000,"subscriptionType":"contact.propertyChange","objectId":9,"propertyName":"email","propertyValue":"neu@example.de"},
+            {"eventId":8,"portalId":62515,"occurredAt":8000,"subscriptionType":"contact.propertyChange","objectId":9,"propertyName":"email","propertyValue":""}
         ]"#,
         )
         .unwrap();
         let (pending, ignored) = decisions(&config, &events);
+        // The opt-in, the unmapped type, the emptied address; the creation and the address
+        // change are learned, not ignored.
         assert_eq!(ignored, 3);
+        let learned = addresses(&events);
+        assert_eq!(
+            learned,
+            [
+                Learned {
+                    contact_ref: "62515:9".into(),
+                    contact_id: 9,
+                    email: None
+                },
+                Learned {
+                    contact_ref: "62515:9".into(),
+                    contact_id: 9,
+                    email: Some("neu@example.de".into())
+                },
+            ]
+        );
+        assert!(
+            !format!("{learned:?}").contains("neu@"),
+            "no address in debug output"
+        );
         assert_eq!(
             pending,
             [
                 Pending {
+                    portal_id: 62515,
                     contact_id: 7,
                     key: "62515:1".into(),
                     kind: EventKind::Unsubscribed,
@@ -349,6 +436,7 @@ mod tests {
                     occurred_at_ms: 1000
                 },
                 Pending {
+                    portal_id: 62515,
                     contact_id: 7,
                     key: "62515:2".into(),
                     kind: EventKind::Unsubscribed,
@@ -356,6 +444,7 @@ mod tests {
                     occurred_at_ms: 2000
                 },
                 Pending {
+                    portal_id: 62515,
                     contact_id: 8,
                     key: "62515:3".into(),
                     kind: EventKind::ErasureRequested,

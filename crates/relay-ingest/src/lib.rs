@@ -287,6 +287,51 @@ impl Ingest {
         Ok(left)
     }
 
+    /// The address HubSpot has for a contact, `None` once it is deleted.
+    async fn hubspot_email(
+        &self,
+        config: &HubSpotIngest,
+        contact_id: i64,
+        deadline: Instant,
+    ) -> Result<Option<String>, Response> {
+        let vendor = Vendor::HubSpot;
+        let lookup = hubspot::contact_email(&self.http, config, contact_id);
+        match tokio::time::timeout_at(deadline, lookup).await {
+            Ok(Ok(email)) => Ok(email),
+            Ok(Err(e)) => Err(self.fail(vendor, "lookup", e.to_string()).into_response()),
+            Err(_) => Err(self.too_late(vendor)),
+        }
+    }
+
+    /// Remembers the address hash of a vendor's contact, for a later notice that names only the
+    /// contact.
+    async fn learn_contact(
+        &self,
+        contact_ref: &str,
+        email: &str,
+        deadline: Instant,
+    ) -> Result<(), Response> {
+        let vendor = Vendor::HubSpot;
+        let hash = relay_events::normalize::email_sha256(email);
+        let record = self
+            .ledger
+            .record_contact_ref(vendor.as_str(), contact_ref, &hash);
+        tokio::time::timeout_at(deadline, record)
+            .await
+            .map_err(|_| self.too_late(vendor))?
+            .map_err(|e| {
+                self.fail(
+                    vendor,
+                    "ledger",
+                    format!("recording a contact's address failed: {e}"),
+                )
+                .into_response()
+            })?;
+        self.metrics
+            .add(metrics::ADDRESS_CHANGES, vendor, "contact_learned", 1);
+        Ok(())
+    }
+
     /// Follows a vendor-side address change: the new address finds the old one's subject.
     async fn follow_address(
         &self,
@@ -428,15 +473,62 @@ async fn hubspot_webhook(
         Err(e) => return malformed(format!("HubSpot webhook body is not an event array: {e}")),
     };
     let (pending, ignored) = hubspot::decisions(config, &events);
+    for learned in hubspot::addresses(&events) {
+        let email = match learned.email {
+            Some(email) => Some(email),
+            None => match ingest
+                .hubspot_email(config, learned.contact_id, deadline)
+                .await
+            {
+                Ok(email) => email,
+                Err(response) => return response,
+            },
+        };
+        // Deleted again before we asked: nothing to remember.
+        let Some(email) = email else { continue };
+        if let Err(response) = ingest
+            .learn_contact(&learned.contact_ref, &email, deadline)
+            .await
+        {
+            return response;
+        }
+    }
     let mut notices = Vec::new();
     for p in pending {
-        let lookup = hubspot::contact_email(&ingest.http, config, p.contact_id);
-        let email = match tokio::time::timeout_at(deadline, lookup).await {
-            Ok(Ok(email)) => email,
-            Ok(Err(e)) => return ingest.fail(vendor, "lookup", e.to_string()).into_response(),
-            Err(_) => return ingest.too_late(vendor),
+        let email = match ingest.hubspot_email(config, p.contact_id, deadline).await {
+            Ok(email) => email,
+            Err(response) => return response,
         };
-        notices.push(p.into_notice(email));
+        let email_hash = match &email {
+            Some(email) => {
+                if let Err(response) = ingest
+                    .learn_contact(&p.contact_ref(), email, deadline)
+                    .await
+                {
+                    return response;
+                }
+                None
+            }
+            // A privacy deletion arrives once the contact is gone: the address it had, as
+            // learned from its creation, address change or an earlier opt-out.
+            None if p.kind == relay_events::EventKind::ErasureRequested => {
+                let contact = p.contact_ref();
+                let known = ingest
+                    .ledger
+                    .contact_email_sha256(vendor.as_str(), &contact);
+                match tokio::time::timeout_at(deadline, known).await {
+                    Ok(Ok(hash)) => hash,
+                    Err(_) => return ingest.too_late(vendor),
+                    Ok(Err(e)) => {
+                        return ingest
+                            .fail(vendor, "ledger", format!("ledger lookup failed: {e}"))
+                            .into_response()
+                    }
+                }
+            }
+            None => None,
+        };
+        notices.push(p.into_notice(email, email_hash));
     }
     ingest
         .decide(vendor, notices, vec!["no_decision"; ignored], deadline)

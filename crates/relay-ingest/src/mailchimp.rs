@@ -89,6 +89,7 @@ pub fn parse(
         kind,
         scope: Scope::Purposes(purposes.clone()),
         email: Some(email.to_owned()),
+        email_hash: None,
         occurred_at_ms,
     }))
 }

@@ -44,7 +44,7 @@ const HELP: [(&str, &str); 9] = [
     ),
     (
         ADDRESS_CHANGES,
-        "Address changes a vendor reported, per outcome: followed, unknown_address.",
+        "Addresses a vendor reported, per outcome: followed, unknown_address (a Mailchimp address change), contact_learned (a HubSpot contact's address, for its privacy deletion).",
     ),
     (
         POLLS,

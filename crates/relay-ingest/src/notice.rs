@@ -81,6 +81,9 @@ pub struct Notice {
     pub kind: EventKind,
     pub scope: Scope,
     pub email: Option<String>,
+    /// The address's hash where only that is known: a HubSpot privacy deletion, matched by the
+    /// contact id once the contact (and its address) is gone. Ignored when `email` is set.
+    pub email_hash: Option<String>,
     pub occurred_at_ms: i64,
 }
 
@@ -94,6 +97,7 @@ impl std::fmt::Debug for Notice {
             .field("kind", &self.kind)
             .field("scope", &self.scope)
             .field("email", &self.email.as_ref().map(|_| "<redacted>"))
+            .field("email_hash", &self.email_hash)
             .field("occurred_at_ms", &self.occurred_at_ms)
             .finish()
     }
@@ -106,7 +110,10 @@ impl Notice {
     }
 
     pub fn email_sha256(&self) -> Option<String> {
-        self.email.as_deref().map(normalize::email_sha256)
+        self.email
+            .as_deref()
+            .map(normalize::email_sha256)
+            .or_else(|| self.email_hash.clone())
     }
 
     pub fn purposes(&self) -> Vec<String> {
@@ -259,6 +266,7 @@ mod tests {
             kind: EventKind::Unsubscribed,
             scope: Scope::Purposes(vec!["newsletter".into()]),
             email: Some("Max@Example.de ".into()),
+            email_hash: None,
             occurred_at_ms: 1,
         }
     }

@@ -245,6 +245,7 @@ impl Ingest {
                         kind: EventKind::Unsubscribed,
                         scope: Scope::Purposes(purposes.to_vec()),
                         email: Some(member.email_address),
+                        email_hash: None,
                         occurred_at_ms: at,
                     };
                     // An address the event rules refuse cannot be published; it must not hold

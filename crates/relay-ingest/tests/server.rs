@@ -151,17 +151,59 @@ async fn a_signed_hubspot_opt_out_is_published_for_the_known_subject() {
         "{text}"
     );
 
-    // A privacy deletion: HubSpot has already removed the contact, so it is recorded unknown.
+    // A privacy deletion arrives once HubSpot has removed the contact, its address with it: the
+    // contact is known by the address ingest read for its opt-out, so the erasure is published
+    // for its subject (by hash; the event carries no address).
     s.contacts.remove(7);
-    let deletion = json!({"eventId": 9, "portalId": 62515, "occurredAt": at, "subscriptionType": "contact.privacyDeletion", "objectId": 7, "attemptNumber": 0});
-    let (status, _) = webhooks::send_hubspot(&url, SECRET, &[deletion], webhooks::now_ms()).await;
+    let deletion = |event_id: i64, contact: i64| json!({"eventId": event_id, "portalId": 62515, "occurredAt": at, "subscriptionType": "contact.privacyDeletion", "objectId": contact, "attemptNumber": 0});
+    let (status, body) =
+        webhooks::send_hubspot(&url, SECRET, &[deletion(9, 7)], webhooks::now_ms()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let published = s.published();
+    assert_eq!(published.len(), 2, "{published:?}");
+    let erasure = &published[1];
+    assert_eq!(
+        (
+            erasure.kind,
+            erasure.subject_id.as_str(),
+            erasure.source.as_str()
+        ),
+        (EventKind::ErasureRequested, "anna", "hubspot")
+    );
+    assert_eq!(erasure.scope, Scope::All);
+    assert_eq!(erasure.contact.email, None);
+
+    // A contact created in HubSpot and deleted before any decision: learned from its creation
+    // (the address read then), so its privacy deletion finds the subject too.
+    s.contacts.insert(11, "anna@example.de");
+    let created = json!({"eventId": 10, "portalId": 62515, "occurredAt": at, "subscriptionType": "contact.creation", "objectId": 11, "attemptNumber": 0});
+    let (status, _) = webhooks::send_hubspot(&url, SECRET, &[created], webhooks::now_ms()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(s.published().len(), 2, "a creation is no decision");
+    s.contacts.remove(11);
+    let (status, _) =
+        webhooks::send_hubspot(&url, SECRET, &[deletion(12, 11)], webhooks::now_ms()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(s.published()[2].subject_id, "anna");
+    let text = s.metrics.render();
+    assert!(
+        text.contains(
+            "consent_relay_ingest_address_changes_total{vendor=\"hubspot\",reason=\"contact_learned\"} 2"
+        ),
+        "{text}"
+    );
+
+    // A contact ingest never heard of: recorded as unknown, not dropped.
+    let (status, _) =
+        webhooks::send_hubspot(&url, SECRET, &[deletion(13, 8)], webhooks::now_ms()).await;
     assert_eq!(status, StatusCode::OK);
     let unknown = s.ledger.unknown_contacts().await.unwrap();
     assert_eq!(unknown.len(), 1);
     assert_eq!(
         (unknown[0].kind.as_str(), unknown[0].vendor_ref.as_str()),
-        ("ErasureRequested", "contact 7")
+        ("ErasureRequested", "contact 8")
     );
+    assert_eq!(s.published().len(), 3);
 }
 
 #[tokio::test]

@@ -34,6 +34,16 @@ ON CONFLICT (email_sha256) DO UPDATE SET subject_id = excluded.subject_id,
     vendor = excluded.vendor, vendor_ref = excluded.vendor_ref,
     recorded_at_ms = excluded.recorded_at_ms";
 
+/// Binds: vendor, contact_ref, email_sha256, recorded_at_ms. The newest address wins.
+const UPSERT_CONTACT_REF: &str = "INSERT INTO ingest_contact_refs
+    (vendor, contact_ref, email_sha256, recorded_at_ms) VALUES ($1, $2, $3, $4)
+ON CONFLICT (vendor, contact_ref) DO UPDATE SET email_sha256 = excluded.email_sha256,
+    recorded_at_ms = excluded.recorded_at_ms";
+
+/// Binds: vendor, contact_ref.
+const CONTACT_REF: &str =
+    "SELECT email_sha256 FROM ingest_contact_refs WHERE vendor = $1 AND contact_ref = $2";
+
 /// Binds: source.
 const POLL_CURSOR: &str = "SELECT cursor_ms FROM ingest_poll_cursors WHERE source = $1";
 
@@ -246,6 +256,38 @@ impl AnyLedger {
             .into_iter()
             .map(|(sink, target, kind)| DeliveredWithdrawal { sink, target, kind })
             .collect())
+    }
+
+    /// Records that `vendor` knows a contact as `contact_ref` (HubSpot: `<portal>:<contact id>`)
+    /// with the address hashed as `email_sha256`: what a notice naming only the contact, once
+    /// its address is gone, is matched by.
+    pub async fn record_contact_ref(
+        &self,
+        vendor: &str,
+        contact_ref: &str,
+        email_sha256: &str,
+    ) -> Result<(), LedgerError> {
+        on_backend!(
+            self,
+            execute sqlx::query(UPSERT_CONTACT_REF)
+                .bind(vendor)
+                .bind(contact_ref)
+                .bind(email_sha256)
+                .bind(now_ms())
+        );
+        Ok(())
+    }
+
+    /// The hash of the address `vendor`'s contact `contact_ref` last had, if ingest learned it.
+    pub async fn contact_email_sha256(
+        &self,
+        vendor: &str,
+        contact_ref: &str,
+    ) -> Result<Option<String>, LedgerError> {
+        Ok(on_backend!(
+            self,
+            fetch_optional sqlx::query_scalar(CONTACT_REF).bind(vendor).bind(contact_ref)
+        ))
     }
 
     /// How far the poll of `source` has published everything, if it ever finished one.

@@ -39,6 +39,10 @@ pub(crate) const SQLITE: &[Migration] = &[
         version: 8,
         sql: include_str!("../migrations/sqlite/0008_ingest_aliases_and_cursors.sql"),
     },
+    Migration {
+        version: 9,
+        sql: include_str!("../migrations/sqlite/0009_ingest_contact_refs.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -73,6 +77,10 @@ pub(crate) const POSTGRES: &[Migration] = &[
     Migration {
         version: 8,
         sql: include_str!("../migrations/postgres/0008_ingest_aliases_and_cursors.sql"),
+    },
+    Migration {
+        version: 9,
+        sql: include_str!("../migrations/postgres/0009_ingest_contact_refs.sql"),
     },
 ];
 

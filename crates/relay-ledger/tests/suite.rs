@@ -1141,6 +1141,28 @@ async fn ingest_finds_subjects_by_email_hash_and_keeps_unknown_contacts_once(url
 async fn ingest_follows_address_changes_keeps_poll_cursors_and_sees_its_own_withdrawals(url: &str) {
     let l = open(url).await.unwrap();
     let (old_hash, new_hash) = ("a".repeat(64), "c".repeat(64));
+    // A vendor's contact id maps to the hash of its newest address, per vendor.
+    assert_eq!(
+        l.contact_email_sha256("hubspot", "62515:7").await.unwrap(),
+        None
+    );
+    l.record_contact_ref("hubspot", "62515:7", &old_hash)
+        .await
+        .unwrap();
+    l.record_contact_ref("hubspot", "62515:7", &new_hash)
+        .await
+        .unwrap();
+    l.record_contact_ref("brevo", "62515:7", &old_hash)
+        .await
+        .unwrap();
+    assert_eq!(
+        l.contact_email_sha256("hubspot", "62515:7").await.unwrap(),
+        Some(new_hash.clone())
+    );
+    assert_eq!(
+        l.contact_email_sha256("hubspot", "1:7").await.unwrap(),
+        None
+    );
     let mut granted = record("s1", "ConsentGranted", &[NEWSLETTER], 100, 1);
     granted.email_sha256 = Some(old_hash.clone());
     l.log_events(&[granted]).await.unwrap();
