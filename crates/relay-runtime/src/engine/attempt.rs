@@ -112,6 +112,12 @@ impl<L: Ledger> Engine<L> {
                 .or_default()
                 .push(item);
         }
+        // Subjects taken from a busy holder, not yet delivered. A holder lets go of the subjects
+        // of a round together, so their waiters all wake in one pass over `parts` (join_all
+        // polls every part once per wake-up): each puts its subject here and yields once, and the
+        // first to run again delivers them all in one request instead of one request each.
+        let ready: std::sync::Mutex<Vec<(Held, Vec<SinkItem>)>> = Default::default();
+        let ready = &ready;
         let mut parts: Vec<BoxFuture<'_, Result<(), Abandoned>>> = Vec::new();
         if !free.is_empty() {
             parts.push(Box::pin(self.deliver_locked(free, held, ctx, shutdown)));
@@ -126,7 +132,21 @@ impl<L: Ledger> Engine<L> {
                     held = self.locks.acquire_unless_failing(subject) => held,
                 };
                 match held {
-                    Some(held) => self.deliver_locked(items, held, ctx, shutdown).await,
+                    Some(held) => {
+                        ready.lock().expect("ready poisoned").push((held, items));
+                        tokio::task::yield_now().await;
+                        let taken = std::mem::take(&mut *ready.lock().expect("ready poisoned"));
+                        let mut taken = taken.into_iter();
+                        // Another waiter took this one with its own.
+                        let Some((mut held, mut items)) = taken.next() else {
+                            return Ok(());
+                        };
+                        for (other, more) in taken {
+                            held.absorb(other);
+                            items.extend(more);
+                        }
+                        self.deliver_locked(items, held, ctx, shutdown).await
+                    }
                     // The other batch is stuck with this person (an item failing inline): park
                     // these too rather than hold back this whole batch; they come back soon and
                     // are decided then, version rule included.

@@ -104,6 +104,11 @@ impl Held {
         }
     }
 
+    /// Takes over the subjects `other` holds, still held.
+    pub fn absorb(&mut self, mut other: Held) {
+        self.subjects.append(&mut other.subjects);
+    }
+
     /// Releases the subjects that are not in `still_pending`.
     pub fn keep_only(&mut self, still_pending: &BTreeSet<String>) {
         let done: Vec<String> = self

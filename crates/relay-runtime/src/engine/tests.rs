@@ -663,6 +663,73 @@ async fn a_persons_item_waiting_on_a_slow_but_healthy_batch_waits_and_is_not_par
     );
 }
 
+/// A sink that takes `delay` per call and records the subjects of each call.
+struct Timed {
+    delay: Duration,
+    calls: Mutex<Vec<Vec<String>>>,
+}
+
+impl Sink for Timed {
+    fn name(&self) -> &str {
+        SINK
+    }
+
+    fn requires_email(&self) -> bool {
+        true
+    }
+
+    fn deliver<'a>(&'a self, items: &'a [SinkItem]) -> BoxFuture<'a, Vec<Outcome>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(items.iter().map(|i| i.event.subject_id.clone()).collect());
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            vec![Outcome::Applied; items.len()]
+        })
+    }
+}
+
+/// Under a backlog, batches side by side share people: the items one batch waited for go out
+/// together once the holder lets go of them, not one request per person.
+#[tokio::test(start_paused = true)]
+async fn people_freed_together_by_another_batch_go_out_in_one_request() {
+    let sink = Arc::new(Timed {
+        delay: Duration::from_millis(100),
+        calls: Mutex::default(),
+    });
+    let (engine, ledger) = engine_with(sink.clone());
+    let cancel = CancellationToken::new();
+    let people: Vec<String> = (0..10).map(|n| format!("s{n}")).collect();
+    let first: Vec<Message> = people
+        .iter()
+        .enumerate()
+        .map(|(i, p)| message(i as i64, &event(EventKind::ConsentGranted, p, 1_000)))
+        .collect();
+    let withdrawals: Vec<Arc<ConsentEvent>> = people
+        .iter()
+        .map(|p| event(EventKind::ConsentWithdrawn, p, 2_000))
+        .collect();
+    let second: Vec<Message> = withdrawals
+        .iter()
+        .enumerate()
+        .map(|(i, e)| message(10 + i as i64, e))
+        .collect();
+    tokio::join!(
+        async { engine.process(&first, &cancel).await.unwrap() },
+        async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            engine.process(&second, &cancel).await.unwrap()
+        }
+    );
+    let calls = sink.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[1].len(), 10, "{calls:?}");
+    for w in &withdrawals {
+        assert_eq!(ledger.status(&key(w)), Some(Status::Applied));
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_grant_dated_in_the_future_is_rejected_and_never_outranks_a_withdrawal() {
     let s = setup(
