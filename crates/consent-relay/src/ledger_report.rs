@@ -120,10 +120,11 @@ pub fn to_text(subject_id: &str, r: &SubjectReport) -> String {
             shown(&d.key.target),
             d.status.as_str(),
             d.attempts,
-            if d.reasserts > 0 {
-                format!(" re-asserted={}", d.reasserts)
-            } else {
-                String::new()
+            match (d.reasserts, d.repairs) {
+                (0, 0) => String::new(),
+                (n, 0) => format!(" re-asserted={n}"),
+                (0, r) => format!(" repaired={r}"),
+                (n, r) => format!(" re-asserted={n} repaired={r}"),
             },
             d.key.event_id,
             if d.status == relay_ledger::Status::AwaitingConfirmation {
@@ -244,6 +245,7 @@ enum Change {
     Erased,
     Granted,
     InProgress,
+    Repaired,
     Refused,
     Unchanged,
     AwaitingConfirmation,
@@ -258,6 +260,7 @@ impl Change {
             Change::Erased => "erased",
             Change::Granted => "granted",
             Change::InProgress => "in_progress",
+            Change::Repaired => "repaired",
             Change::Refused => "refused",
             Change::Unchanged => "unchanged",
             Change::AwaitingConfirmation => "awaiting_confirmation",
@@ -271,6 +274,7 @@ impl Change {
             Change::Erased => "erased (deleted)",
             Change::Granted => "granted (added / subscribed)",
             Change::InProgress => "in progress (may have been received)",
+            Change::Repaired => "re-sent by reconcile, applied",
             Change::Refused => "sent and refused by the recipient (not applied)",
             Change::Unchanged => "sent, already so there (no change)",
             Change::AwaitingConfirmation => {
@@ -333,6 +337,24 @@ impl<'a> Audit<'a> {
             .collect();
         let mut by_destination: std::collections::BTreeMap<&str, Changes> = Default::default();
         for d in &report.deliveries {
+            // What reconcile re-sent is a change there too, whatever the delivery path's status
+            // (a withdrawal dead-lettered for want of an address, removed from the list by it).
+            if let (repairs @ 1.., Some(at)) = (d.repairs, d.repaired_at_ms) {
+                let e = by_destination
+                    .entry(d.key.sink.as_str())
+                    .or_default()
+                    .done
+                    .entry((d.key.target.clone(), Change::Repaired))
+                    .or_insert(Done {
+                        count: 0,
+                        first: at,
+                        last: at,
+                        reason: None,
+                    });
+                e.count += repairs as usize;
+                e.first = e.first.min(at);
+                e.last = e.last.max(at);
+            }
             let Some(done) = done_for(kinds.get(&d.key.event_id).copied(), d) else {
                 continue;
             };
@@ -819,6 +841,8 @@ mod tests {
             error_class: None,
             error: None,
             updated_at_ms: 1_795_687_200_123,
+            repairs: reasserts,
+            repaired_at_ms: Some(1_795_687_200_123),
         };
         let report = SubjectReport {
             deliveries: vec![
@@ -830,7 +854,7 @@ mod tests {
         let text = to_text("mona", &report);
         assert!(text.contains("awaiting_confirmation"), "{text}");
         assert!(text.contains("asked the person to confirm"), "{text}");
-        assert!(text.contains("re-asserted=1"), "{text}");
+        assert!(text.contains("re-asserted=1 repaired=1"), "{text}");
         let audit = to_audit("mona", &report, &Default::default(), &Default::default());
         assert!(
             audit.contains("awaiting the person's confirmation"),
@@ -877,6 +901,8 @@ mod tests {
             error_class: None,
             error: None,
             updated_at_ms: at,
+            repairs: 0,
+            repaired_at_ms: None,
         };
         let report = SubjectReport {
             consent_log: vec![
@@ -898,6 +924,14 @@ mod tests {
                     status: Status::DeadLettered,
                     error_class: Some("missing_email".into()),
                     ..delivered(withdrawal, "partner.in_gmbh", 2_600)
+                },
+                // Dead-lettered for want of an address, then removed by reconcile.
+                DeliveryRow {
+                    status: Status::DeadLettered,
+                    error_class: Some("missing_email".into()),
+                    repairs: 2,
+                    repaired_at_ms: Some(3_000),
+                    ..delivered(withdrawal, "audiences.x", 2_600)
                 },
             ],
             rejections: vec![Rejection {
@@ -955,6 +989,10 @@ mod tests {
         assert!(
             audit.contains("withdrawn (removed / unsubscribed): 1×"),
             "{audit}"
+        );
+        assert!(
+            audit.contains("re-sent by reconcile, applied: 2×"),
+            "a repair is a change at its destination, whatever the delivery's status: {audit}"
         );
         assert!(
             audit.contains("audiences.gone (no longer configured"),

@@ -110,6 +110,8 @@ pub struct Figures {
     pub no_hash: u64,
     /// Requests sent (reads and repairs).
     pub requests: u64,
+    /// Repairs made whose record in the ledger failed (said as they happen).
+    pub unrecorded: u64,
 }
 
 impl Figures {
@@ -249,16 +251,28 @@ fn repair_of(destination: &str, item: &SinkItem, outcome: &Outcome) -> Option<Re
     })
 }
 
-async fn record(ledger: &AnyLedger, destination: &str, repairs: &[Repair]) -> Result<(), String> {
+/// Records `repairs`; a failure is said and counted, and the run goes on: the repairs are made,
+/// and stopping would leave the rest of the downstream unrepaired.
+async fn record(
+    ledger: &AnyLedger,
+    options: &Options,
+    figures: &mut Figures,
+    destination: &str,
+    repairs: &[Repair],
+) {
     if repairs.is_empty() {
-        return Ok(());
+        return;
     }
-    ledger.record_repairs(repairs).await.map_err(|e| {
-        format!(
-            "{} repair(s) made at {destination} but not recorded in the ledger: {e}",
-            repairs.len()
-        )
-    })
+    if let Err(e) = ledger.record_repairs(repairs).await {
+        figures.unrecorded += repairs.len() as u64;
+        say(
+            options,
+            format!(
+                "warning: {} repair(s) made at {destination} but not recorded in the ledger: {e}",
+                repairs.len()
+            ),
+        );
+    }
 }
 
 /// A sink item that re-asserts `state` for `email` (the address as HubSpot listed it), so that
@@ -384,7 +398,7 @@ async fn hubspot_run(
                     .zip(&outcomes)
                     .filter_map(|(item, outcome)| repair_of(sink.name(), item, outcome))
                     .collect();
-                record(ledger, sink.name(), &repairs).await?;
+                record(ledger, options, &mut figures, sink.name(), &repairs).await;
                 for ((item, outcome), pairs) in items.iter().zip(&outcomes).zip(&pairs_of_item) {
                     if outcome.is_done() {
                         figures.repaired += pairs;
@@ -597,7 +611,7 @@ async fn audiences_run(
                         figures.repaired += chunk.len() as u64;
                         let repairs: Vec<Repair> =
                             chunk.iter().flat_map(|r| r.repairs(&destination)).collect();
-                        record(ledger, &destination, &repairs).await?;
+                        record(ledger, options, &mut figures, &destination, &repairs).await;
                         break;
                     }
                     let retry = matches!(
@@ -750,7 +764,7 @@ async fn newsletter_run(
                     .zip(&outcomes)
                     .filter_map(|(item, outcome)| repair_of(&destination, item, outcome))
                     .collect();
-                record(ledger, &destination, &repairs).await?;
+                record(ledger, options, &mut figures, &destination, &repairs).await;
                 for (item, outcome) in items.iter().zip(&outcomes) {
                     if outcome.is_done() {
                         figures.repaired += 1;
@@ -813,12 +827,19 @@ pub fn summary(destination: &str, f: &Figures, dry_run: bool) -> String {
         format!(
             "reconcile {destination}: checked {} subject(s), in sync {} (granted, left in), {repaired} {} (removals re-sent; the platform cannot be read back), reported {}, failed {}, without an email hash {}, {} request(s)",
             f.checked, f.in_sync, f.repaired, f.reported, f.failed, f.no_hash, f.requests
-        )
+        ) + &unrecorded(f)
     } else {
         format!(
             "reconcile {destination}: checked {} (subject, purpose) pair(s), in sync {}, {repaired} {}, reported {}, failed {}, contacts unknown to the ledger {}, {} request(s)",
             f.checked, f.in_sync, f.repaired, f.reported, f.failed, f.unknown, f.requests
-        )
+        ) + &unrecorded(f)
+    }
+}
+
+fn unrecorded(f: &Figures) -> String {
+    match f.unrecorded {
+        0 => String::new(),
+        n => format!(", {n} repair(s) not recorded in the ledger"),
     }
 }
 

@@ -794,7 +794,7 @@ fields = ["email"]
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("ok    ledger"), "{text}");
-    assert!(text.contains("schema version 9"), "{text}");
+    assert!(text.contains("schema version 10"), "{text}");
     answering.abort();
 }
 
@@ -1131,13 +1131,13 @@ async fn read_commands_never_create_or_migrate_a_ledger() {
     for _ in 0..2 {
         let said = stdout(relay(&pg, &["ledger", "migrate"]));
         assert!(
-            said.contains("schema version 9 (applied: 1, 2, 3, 4, 5, 6, 7, 8, 9)"),
+            said.contains("schema version 10 (applied: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)"),
             "{said}"
         );
     }
     assert_eq!(
         db.applied_migrations().await.unwrap(),
-        [1, 2, 3, 4, 5, 6, 7, 8]
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     );
     let out = relay(&pg, &["ledger", "audit", "anyone"]).output().unwrap();
     assert_eq!(

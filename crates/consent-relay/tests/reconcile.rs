@@ -169,7 +169,7 @@ async fn seed(
     }
 }
 
-/// The subject's delivery rows at `sink`: (target, status, reasserts).
+/// The subject's delivery rows at `sink`: (target, status, repairs).
 async fn deliveries_of(config_dir: &Path, subject: &str, sink: &str) -> Vec<(String, Status, u32)> {
     let url = format!("sqlite://{}", config_dir.join("ledger.db").display());
     let ledger = relay_ledger::open_read_only(&url).await.unwrap();
@@ -179,7 +179,7 @@ async fn deliveries_of(config_dir: &Path, subject: &str, sink: &str) -> Vec<(Str
         .deliveries
         .into_iter()
         .filter(|d| d.key.sink == sink)
-        .map(|d| (d.key.target, d.status, d.reasserts))
+        .map(|d| (d.key.target, d.status, d.repairs))
         .collect()
 }
 
@@ -345,7 +345,7 @@ async fn hubspot_dry_run_reports_the_three_resubscribed_then_repairs_only_them()
         deliveries_of(dir.path(), "sync000", "hubspot")
             .await
             .iter()
-            .all(|(_, _, reasserts)| *reasserts == 0),
+            .all(|(_, _, repairs)| *repairs == 0),
         "in sync: nothing recorded"
     );
     let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
@@ -494,10 +494,10 @@ async fn a_100k_member_meta_audience_is_emptied_of_withdrawals_in_at_most_11_req
         "only the granted remain"
     );
     assert!(meta.rejections().is_empty(), "{:?}", meta.rejections());
-    for (subject, reasserts) in [("w000000", 1), ("w099999", 1), ("g0", 0)] {
+    for (subject, repairs) in [("w000000", 1), ("w099999", 1), ("g0", 0)] {
         let rows = deliveries_of(dir.path(), subject, "audiences.meta").await;
         assert_eq!(rows.len(), 1, "{subject}: {rows:?}");
-        assert_eq!(rows[0].2, reasserts, "{subject}: the removal is recorded");
+        assert_eq!(rows[0].2, repairs, "{subject}: the removal is recorded");
     }
     assert!(
         out.contains("reconcile audiences.meta: checked 100005 subject(s), in sync 5 (granted, left in), repaired 100000 (removals re-sent; the platform cannot be read back), reported 0, failed 0, without an email hash 0, 10 request(s)"),

@@ -12,7 +12,8 @@ use crate::{
 /// status, attempts, parks
 pub(crate) type DeliveryStatusRow = (String, i32, i32);
 
-/// event_id, sink, target, status, attempts, error_class, error, updated_at_ms
+/// event_id, sink, target, status, attempts, reasserts, error_class, error, updated_at_ms,
+/// repairs, repaired_at_ms
 pub(crate) type DeliveryTuple = (
     String,
     String,
@@ -23,6 +24,8 @@ pub(crate) type DeliveryTuple = (
     Option<String>,
     Option<String>,
     i64,
+    i32,
+    Option<i64>,
 );
 
 /// sink, target, action, occurred_at_ms, event_id
@@ -106,7 +109,19 @@ pub(crate) fn delivery_status(
 }
 
 pub(crate) fn delivery(row: DeliveryTuple) -> Result<DeliveryRow, LedgerError> {
-    let (event_id, sink, target, st, n, reasserts, error_class, error, updated_at_ms) = row;
+    let (
+        event_id,
+        sink,
+        target,
+        st,
+        n,
+        reasserts,
+        error_class,
+        error,
+        updated_at_ms,
+        repairs,
+        repaired_at_ms,
+    ) = row;
     Ok(DeliveryRow {
         key: DeliveryKey {
             event_id: uuid(&event_id)?,
@@ -119,6 +134,8 @@ pub(crate) fn delivery(row: DeliveryTuple) -> Result<DeliveryRow, LedgerError> {
         error_class,
         error,
         updated_at_ms,
+        repairs: attempts(repairs)?,
+        repaired_at_ms,
     })
 }
 

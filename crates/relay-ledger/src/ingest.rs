@@ -59,14 +59,17 @@ ON CONFLICT (source) DO UPDATE SET cursor_ms = excluded.cursor_ms,
 /// after its start (a request lands between its claim and its finish; a parked copy sends
 /// nothing until it is claimed again). A first attempt the downstream answered "already so"
 /// changed nothing there, so no vendor reports it back; after a retry the earlier attempt may
-/// have landed.
+/// have landed. A reconcile repair of the withdrawal in the window counts too, whatever the
+/// delivery's own status (it may have been dead-lettered for want of an address).
 const WITHDRAWALS_DELIVERED: &str = "SELECT d.sink, d.target, c.kind FROM deliveries d
 JOIN consent_log c ON c.event_id = d.event_id
 WHERE d.subject_id = $1
   AND c.kind IN ('ConsentWithdrawn', 'Unsubscribed', 'ErasureRequested')
-  AND d.status NOT IN ('not_routed', 'superseded', 'dead_lettered')
-  AND NOT (d.status = 'already_applied' AND d.attempts <= 1)
-  AND d.created_at_ms <= $3 AND d.updated_at_ms >= $2 AND d.event_id <> $4";
+  AND d.event_id <> $4
+  AND ((d.status NOT IN ('not_routed', 'superseded', 'dead_lettered')
+        AND NOT (d.status = 'already_applied' AND d.attempts <= 1)
+        AND d.created_at_ms <= $3 AND d.updated_at_ms >= $2)
+       OR d.repaired_at_ms BETWEEN $2 AND $3)";
 
 const INSERT_UNKNOWN: &str = "INSERT INTO ingest_unknown_contacts
     (event_id, vendor, kind, purposes, email_sha256, vendor_ref, occurred_at_ms, recorded_at_ms)

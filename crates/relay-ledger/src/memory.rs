@@ -282,6 +282,9 @@ impl Ledger for MemoryLedger {
                 error_class: d.error_class.clone(),
                 error: d.error.clone(),
                 updated_at_ms: d.updated_at_ms,
+                // Reconcile runs against the SQL backends only.
+                repairs: 0,
+                repaired_at_ms: None,
             })
             .collect();
         deliveries.sort_by(|a, b| (a.updated_at_ms, &a.key).cmp(&(b.updated_at_ms, &b.key)));

@@ -215,6 +215,9 @@ pub struct DeliveryRow {
     pub error_class: Option<String>,
     pub error: Option<String>,
     pub updated_at_ms: i64,
+    /// How often `reconcile` re-sent this decision and the downstream applied it, and when last.
+    pub repairs: u32,
+    pub repaired_at_ms: Option<i64>,
 }
 
 /// The newest decision known per (subject, target, sink).

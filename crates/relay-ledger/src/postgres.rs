@@ -136,7 +136,7 @@ impl PostgresLedger {
 
     /// Begins a transaction holding the advisory locks of `subjects`, taken in ascending key
     /// order so two transactions locking overlapping sets cannot deadlock.
-    async fn locked_tx<'a>(
+    pub(crate) async fn locked_tx<'a>(
         &self,
         subjects: impl Iterator<Item = &'a str>,
     ) -> Result<Transaction<'static, Postgres>, LedgerError> {

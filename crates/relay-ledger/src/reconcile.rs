@@ -29,16 +29,18 @@ const LAST_FINISHED: &str = "SELECT finished_at_ms FROM reconcile_runs WHERE nam
 const RECORD_FINISHED: &str = "INSERT INTO reconcile_runs (name, finished_at_ms) VALUES ($1, $2)
 ON CONFLICT (name) DO UPDATE SET finished_at_ms = excluded.finished_at_ms";
 
-/// Binds: now, then (event_id, sink, target, subject_id, status) per row of `rows`. A repair
-/// re-sends the decision the delivery row is about: the row says so (`reasserts`, the time) and
-/// what the downstream answered. A delivery `run` is working on (claimed, retrying, parked) is
-/// left to it. Rows of one statement have distinct keys (the caller's rounds).
+/// Binds: now, then (event_id, sink, target, subject_id, status) per row. A repair re-sends the
+/// decision the delivery row is about; the row counts it (`repairs`, `repaired_at_ms`) and keeps
+/// what the delivery path did (status, time, `reasserts`), so a repair of a delivery `run` is
+/// working on changes nothing of that work. A row is inserted where the decision has none at this
+/// destination (an erasure re-sent where only its purposes were delivered). Rows of one statement
+/// have distinct keys (the caller's rounds).
 fn record_repairs_sql(rows: usize) -> String {
     let values: Vec<String> = (0..rows)
         .map(|i| {
             let p = |k: usize| format!("${}", 2 + 5 * i + k);
             format!(
-                "({}, {}, {}, {}, {}, 1, 1, $1, $1)",
+                "({}, {}, {}, {}, {}, 1, $1, $1, 1, $1)",
                 p(0),
                 p(1),
                 p(2),
@@ -49,12 +51,11 @@ fn record_repairs_sql(rows: usize) -> String {
         .collect();
     format!(
         "INSERT INTO deliveries
-    (event_id, sink, target, subject_id, status, attempts, reasserts, created_at_ms, updated_at_ms)
+    (event_id, sink, target, subject_id, status, attempts, created_at_ms, updated_at_ms, repairs,
+     repaired_at_ms)
 VALUES {}
 ON CONFLICT (event_id, sink, target) DO UPDATE SET
-    status = excluded.status, error_class = NULL, error = NULL,
-    reasserts = deliveries.reasserts + 1, updated_at_ms = excluded.updated_at_ms
-WHERE deliveries.status NOT IN ('in_flight', 'retrying', 'parked')",
+    repairs = deliveries.repairs + 1, repaired_at_ms = excluded.repaired_at_ms",
         values.join(", ")
     )
 }
@@ -161,7 +162,7 @@ impl AnyLedger {
         })
     }
 
-    /// Records repairs on the deliveries of the decisions they re-sent, in one transaction: what
+    /// Records repairs on the deliveries of the decisions they re-sent: what
     /// `ledger audit` reports as done there and when, and what `ingest` recognises as the relay's
     /// own change when the vendor reports it back.
     pub async fn record_repairs(&self, repairs: &[Repair]) -> Result<(), LedgerError> {
@@ -169,30 +170,39 @@ impl AnyLedger {
         // The same delivery twice in one statement would be an error in PostgreSQL ("cannot
         // affect row a second time"): each round holds a key once.
         let rounds = crate::ops::rounds(repairs, |r| &r.key);
-        macro_rules! write_all {
-            ($pool:expr) => {{
-                let mut tx = $pool.begin().await?;
-                for round in &rounds {
-                    for chunk in round.chunks(REPAIRS_PER_STATEMENT) {
-                        let sql = record_repairs_sql(chunk.len());
-                        let mut query = sqlx::query(&sql).bind(now);
-                        for r in chunk {
-                            query = query
-                                .bind(codec::uuid_text(r.key.event_id))
-                                .bind(&r.key.sink)
-                                .bind(&r.key.target)
-                                .bind(&r.subject_id)
-                                .bind(r.status.as_str());
-                        }
-                        query.execute(&mut *tx).await?;
-                    }
+        macro_rules! write_chunk {
+            ($tx:expr, $chunk:expr) => {{
+                let sql = record_repairs_sql($chunk.len());
+                let mut query = sqlx::query(&sql).bind(now);
+                for r in $chunk {
+                    query = query
+                        .bind(codec::uuid_text(r.key.event_id))
+                        .bind(&r.key.sink)
+                        .bind(&r.key.target)
+                        .bind(&r.subject_id)
+                        .bind(r.status.as_str());
                 }
-                tx.commit().await?;
+                query.execute(&mut *$tx).await?;
+                $tx.commit().await?;
             }};
         }
-        match self {
-            AnyLedger::Sqlite(l) => write_all!(l.pool()),
-            AnyLedger::Postgres(l) => write_all!(l.pool()),
+        // One transaction per statement, taken as the delivery path takes its own: SQLite's
+        // write lock first, PostgreSQL's subject locks (sorted), so that a repair never
+        // deadlocks with a claim or finish of the same rows.
+        for round in &rounds {
+            for chunk in round.chunks(REPAIRS_PER_STATEMENT) {
+                match self {
+                    AnyLedger::Sqlite(l) => {
+                        let mut tx = l.write_tx().await?;
+                        write_chunk!(tx, chunk)
+                    }
+                    AnyLedger::Postgres(l) => {
+                        let subjects = chunk.iter().map(|r| r.subject_id.as_str());
+                        let mut tx = l.locked_tx(subjects).await?;
+                        write_chunk!(tx, chunk)
+                    }
+                }
+            }
         }
         Ok(())
     }

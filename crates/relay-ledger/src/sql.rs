@@ -29,7 +29,7 @@ FROM consent_log WHERE purposes LIKE $1 OR purposes LIKE $2
 ORDER BY subject_id, occurred_at_ms, event_id"#;
 
 pub(crate) const REPORT_DELIVERIES: &str = "SELECT event_id, sink, target, status, attempts,
-    reasserts, error_class, error, updated_at_ms
+    reasserts, error_class, error, updated_at_ms, repairs, repaired_at_ms
 FROM deliveries WHERE subject_id = $1 ORDER BY updated_at_ms, event_id, sink, target";
 
 pub(crate) const REPORT_STATE: &str = "SELECT sink, target, action, occurred_at_ms, event_id

@@ -84,7 +84,7 @@ impl SqliteLedger {
         &self.pool
     }
 
-    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, LedgerError> {
+    pub(crate) async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, LedgerError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 

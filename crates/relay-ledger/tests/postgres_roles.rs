@@ -44,7 +44,7 @@ async fn a_role_without_schema_rights_runs_on_a_current_ledger_and_cannot_migrat
         .expect("a current ledger needs no schema rights");
     assert_eq!(
         app.applied_migrations().await.unwrap(),
-        [1, 2, 3, 4, 5, 6, 7, 8]
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     );
     app.set_poll_cursor("mailchimp:a", 5).await.unwrap();
     assert_eq!(app.poll_cursor("mailchimp:a").await.unwrap(), Some(5));

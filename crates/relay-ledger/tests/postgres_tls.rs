@@ -62,7 +62,7 @@ async fn sslmode_and_a_ca_file_in_the_ledger_url_are_honoured() {
         .expect("a verified connection");
     assert_eq!(
         ledger.applied_migrations().await.unwrap(),
-        [1, 2, 3, 4, 5, 6, 7, 8]
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     );
     assert!(tls_sessions(&database).await >= 1);
     ledger.close().await;

@@ -578,11 +578,11 @@ async fn migrations_are_idempotent(url: &str) {
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(
         a.applied_migrations().await.unwrap(),
-        [1, 2, 3, 4, 5, 6, 7, 8]
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     );
     assert_eq!(
         b.applied_migrations().await.unwrap(),
-        [1, 2, 3, 4, 5, 6, 7, 8]
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     );
 
     let c = fresh("s1", NEWSLETTER, Action::Grant, 100);
@@ -593,7 +593,7 @@ async fn migrations_are_idempotent(url: &str) {
     let reopened = open(url).await.unwrap();
     assert_eq!(
         reopened.applied_migrations().await.unwrap(),
-        [1, 2, 3, 4, 5, 6, 7, 8]
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     );
     assert_eq!(
         decide(&reopened, &[c]).await,
@@ -1585,7 +1585,18 @@ fn relay_ledger_now() -> i64 {
 
 async fn reconcile_repairs_are_recorded_on_the_decisions_deliveries(url: &str) {
     let l = open(url).await.unwrap();
-    let done = fresh("s1", NEWSLETTER, Action::Withdraw, 100);
+    let withdrawal = record("s1", "ConsentWithdrawn", &[NEWSLETTER], 100, 1);
+    l.log_events(std::slice::from_ref(&withdrawal))
+        .await
+        .unwrap();
+    let done = claim(
+        withdrawal.event_id,
+        HUBSPOT,
+        NEWSLETTER,
+        "s1",
+        Action::Withdraw,
+        100,
+    );
     let busy = fresh("s2", NEWSLETTER, Action::Withdraw, 100);
     decide(&l, &[done.clone(), busy.clone()]).await;
     l.finish(&[finish(&done, Status::AlreadyApplied)])
@@ -1606,6 +1617,7 @@ async fn reconcile_repairs_are_recorded_on_the_decisions_deliveries(url: &str) {
         },
         ..done.clone()
     };
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let before = relay_ledger::now_ms();
     l.record_repairs(&[
         repair(&done, Status::Applied),
@@ -1619,26 +1631,43 @@ async fn reconcile_repairs_are_recorded_on_the_decisions_deliveries(url: &str) {
     let row = |sink: &str| rows.iter().find(|d| d.key.sink == sink).unwrap().clone();
     let repaired = row(HUBSPOT);
     assert_eq!(
-        (repaired.status, repaired.reasserts),
-        (Status::Applied, 2),
-        "twice in one call: each counted"
+        (repaired.status, repaired.reasserts, repaired.repairs),
+        (Status::AlreadyApplied, 0, 2),
+        "twice in one call: each counted; what the delivery path did stays"
     );
-    assert!(repaired.updated_at_ms >= before);
+    assert!(repaired.updated_at_ms < before);
+    assert!(repaired.repaired_at_ms.unwrap() >= before);
     let inserted = row("newsletter.main");
     assert_eq!(
         (
             inserted.key.target.as_str(),
             inserted.status,
-            inserted.reasserts
+            inserted.repairs
         ),
         ("*", Status::Applied, 1)
     );
     let busy_row = report(&l, "s2").await.deliveries.remove(0);
     assert_eq!(
-        (busy_row.status, busy_row.reasserts),
-        (Status::InFlight, 0),
-        "a delivery run is working on is left to it"
+        (busy_row.status, busy_row.reasserts, busy_row.repairs),
+        (Status::InFlight, 0, 1),
+        "a delivery run is working on keeps its state; the repair is counted beside it"
     );
+    // The vendor's report of the repair is the relay's own change (an echo); a report of
+    // another time is not.
+    let now = relay_ledger::now_ms();
+    let echoes = l
+        .withdrawals_delivered_between("s1", now - 60_000, now + 60_000, Uuid::new_v4())
+        .await
+        .unwrap();
+    assert!(
+        echoes.iter().any(|d| d.sink == "newsletter.main"),
+        "{echoes:?}"
+    );
+    let later = l
+        .withdrawals_delivered_between("s1", now + 60_000, now + 120_000, Uuid::new_v4())
+        .await
+        .unwrap();
+    assert!(later.is_empty(), "{later:?}");
     l.record_repairs(&[]).await.unwrap();
 }
 
