@@ -379,6 +379,86 @@ async fn a_signed_hubspot_opt_out_does_the_same_and_forged_or_stale_ones_do_noth
     l.stop().await;
 }
 
+/// A GDPR deletion in HubSpot: the webhook comes once the contact and its address are gone. The
+/// contact is known by the address ingest read when it was created; the erasure is published for
+/// the person, reaches the partner (addressed by subject id), is dead-lettered for want of an
+/// address where one is needed, and stands against an older grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hubspot_privacy_deletion_erases_the_person_it_names_by_contact_id() {
+    let l = Loop::start().await;
+    l.signed_up("eva").await;
+    let email = email_of("eva");
+    let hook = format!("{}{}", l.url, relay_ingest::HUBSPOT_PATH);
+    let entry = |event_id: i64, kind: &str, at: i64| {
+        serde_json::json!({"eventId": event_id, "subscriptionId": 4243, "portalId": 62515,
+            "appId": 54321, "occurredAt": at, "subscriptionType": kind, "attemptNumber": 0,
+            "objectId": 601, "changeSource": "CRM_UI"})
+    };
+    l.contacts.insert(601, &email);
+    let created_at = webhooks::now_ms() - 5_000;
+    let (status, body) = webhooks::send_hubspot(
+        &hook,
+        HUBSPOT_SECRET,
+        &[entry(8001, "contact.creation", created_at)],
+        webhooks::now_ms(),
+    )
+    .await;
+    assert_eq!(status, http::OK, "{body}");
+    assert_eq!(l.metrics.get(metrics::PUBLISHED, Vendor::HubSpot), 0);
+
+    l.contacts.remove(601);
+    let deleted_at = webhooks::now_ms() - 1_000;
+    let deletion = [entry(8002, "contact.privacyDeletion", deleted_at)];
+    for _ in 0..2 {
+        let (status, body) =
+            webhooks::send_hubspot(&hook, HUBSPOT_SECRET, &deletion, webhooks::now_ms()).await;
+        assert_eq!(status, http::OK, "{body}");
+    }
+    eventually("the partner is told of the erasure", WITHIN, || async {
+        l.partner
+            .deliveries()
+            .iter()
+            .any(|d| d.kind == "subject.erased" && d.data.to_string().contains("\"eva\""))
+            .then_some(())
+    })
+    .await;
+    let logged = l.logged_from("eva", "hubspot").await;
+    assert_eq!(logged.len(), 1, "two deliveries, one event: {logged:?}");
+    assert_eq!(
+        (
+            logged[0].kind.as_str(),
+            logged[0].occurred_at_ms,
+            logged[0].email_sha256.as_deref()
+        ),
+        ("ErasureRequested", deleted_at, None),
+        "the vendor's decision at its time, without an address"
+    );
+    let erasure = logged[0].event_id;
+    l.h.reaches("eva", erasure, "hubspot", Status::DeadLettered, PATIENCE)
+        .await;
+    assert!(
+        l.h.report("eva")
+            .await
+            .rejections
+            .iter()
+            .any(|r| r.code == "missing_email"),
+        "dead-lettered with the reason"
+    );
+
+    // An older upstream grant published afterwards loses to the erasure.
+    let stale = grant("eva", deleted_at - 60_000, "newsletter");
+    l.h.publish(std::slice::from_ref(&stale)).await;
+    l.h.reaches(
+        "eva",
+        stale.event_id,
+        "hubspot",
+        Status::Superseded,
+        PATIENCE,
+    )
+    .await;
+    l.stop().await;
+}
+
 /// Mailchimp reports the relay's own unsubscribe back (a list webhook with the API source on),
 /// with the time the request landed: later than the withdrawal it repeats. Published, it would
 /// outrank a grant the person gave in between (a relay behind a backlog applies withdrawals

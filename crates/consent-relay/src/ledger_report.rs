@@ -299,6 +299,11 @@ struct Done {
 /// nothing was sent there (superseded, not routed, or dead-lettered before a request).
 fn done_for(kind: Option<&str>, d: &relay_ledger::DeliveryRow) -> Option<Change> {
     use relay_ledger::Status;
+    // A row reconcile made for a decision the delivery path never sent there: only its repairs
+    // are changes.
+    if d.attempts == 0 && d.repairs > 0 {
+        return None;
+    }
     let action = kind
         .and_then(relay_events::EventKind::from_name)
         .map(|k| k.action());

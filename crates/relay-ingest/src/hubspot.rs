@@ -118,7 +118,7 @@ pub fn verify(
 }
 
 /// One entry of a webhook batch; fields we do not read are ignored, as HubSpot adds some.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookEvent {
     pub event_id: i64,
@@ -131,6 +131,24 @@ pub struct WebhookEvent {
     pub property_name: Option<String>,
     #[serde(default)]
     pub property_value: Option<String>,
+}
+
+/// `property_value` holds the new address of an `email` change: never in debug output.
+impl std::fmt::Debug for WebhookEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookEvent")
+            .field("event_id", &self.event_id)
+            .field("portal_id", &self.portal_id)
+            .field("occurred_at", &self.occurred_at)
+            .field("subscription_type", &self.subscription_type)
+            .field("object_id", &self.object_id)
+            .field("property_name", &self.property_name)
+            .field(
+                "property_value",
+                &self.property_value.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// What a batch entry asks for, before the contact's email is known.
@@ -163,6 +181,8 @@ pub struct Learned {
     pub contact_ref: String,
     pub contact_id: i64,
     pub email: Option<String>,
+    /// HubSpot's time of the entry: an older report never replaces a newer address.
+    pub occurred_at_ms: i64,
 }
 
 impl std::fmt::Debug for Learned {
@@ -191,6 +211,7 @@ pub fn addresses(events: &[WebhookEvent]) -> Vec<Learned> {
                 contact_ref: contact_ref(e.portal_id, e.object_id),
                 contact_id: e.object_id,
                 email,
+                occurred_at_ms: e.occurred_at,
             })
         })
         .collect()
@@ -411,12 +432,14 @@ mod tests {
                 Learned {
                     contact_ref: "62515:9".into(),
                     contact_id: 9,
-                    email: None
+                    email: None,
+                    occurred_at_ms: 6000
                 },
                 Learned {
                     contact_ref: "62515:9".into(),
                     contact_id: 9,
-                    email: Some("neu@example.de".into())
+                    email: Some("neu@example.de".into()),
+                    occurred_at_ms: 7000
                 },
             ]
         );

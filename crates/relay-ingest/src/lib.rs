@@ -303,33 +303,52 @@ impl Ingest {
         }
     }
 
-    /// Remembers the address hash of a vendor's contact, for a later notice that names only the
-    /// contact.
-    async fn learn_contact(
+    /// Remembers the address hash of HubSpot contacts (`(contact ref, address if known, contact
+    /// id, vendor time)`), for a later notice that names only the contact; an address not given is
+    /// read from HubSpot. Best effort within what is left of `deadline`: a failure is logged and
+    /// counted (`address_changes{reason="learn_failed"}`), never the vendor's problem, since the
+    /// decisions of the request are published already.
+    async fn learn_contacts(
         &self,
-        contact_ref: &str,
-        email: &str,
+        config: &HubSpotIngest,
+        contacts: Vec<(String, Option<String>, i64, i64)>,
         deadline: Instant,
-    ) -> Result<(), Response> {
+    ) {
         let vendor = Vendor::HubSpot;
-        let hash = relay_events::normalize::email_sha256(email);
-        let record = self
-            .ledger
-            .record_contact_ref(vendor.as_str(), contact_ref, &hash);
-        tokio::time::timeout_at(deadline, record)
-            .await
-            .map_err(|_| self.too_late(vendor))?
-            .map_err(|e| {
-                self.fail(
-                    vendor,
-                    "ledger",
-                    format!("recording a contact's address failed: {e}"),
-                )
-                .into_response()
-            })?;
-        self.metrics
-            .add(metrics::ADDRESS_CHANGES, vendor, "contact_learned", 1);
-        Ok(())
+        for (contact_ref, email, contact_id, occurred_at_ms) in contacts {
+            let learned = async {
+                let email = match email {
+                    Some(email) => Some(email),
+                    None => hubspot::contact_email(&self.http, config, contact_id)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                };
+                // Deleted again before we asked: nothing to remember.
+                let Some(email) = email else {
+                    return Ok(false);
+                };
+                let hash = relay_events::normalize::email_sha256(&email);
+                self.ledger
+                    .record_contact_ref(vendor.as_str(), &contact_ref, &hash, occurred_at_ms)
+                    .await
+                    .map_err(|e| format!("recording it failed: {e}"))?;
+                Ok::<bool, String>(true)
+            };
+            let reason = match tokio::time::timeout_at(deadline, learned).await {
+                Ok(Ok(true)) => "contact_learned",
+                Ok(Ok(false)) => "contact_gone",
+                Ok(Err(e)) => {
+                    tracing::warn!(vendor = vendor.as_str(), contact = %contact_ref, error = %e, "a contact's address was not learned; a later privacy deletion of it will be recorded as unknown");
+                    "learn_failed"
+                }
+                Err(_) => {
+                    tracing::warn!(vendor = vendor.as_str(), contact = %contact_ref, "no time left to learn a contact's address; a later privacy deletion of it will be recorded as unknown");
+                    "learn_failed"
+                }
+            };
+            self.metrics
+                .add(metrics::ADDRESS_CHANGES, vendor, reason, 1);
+        }
     }
 
     /// Follows a vendor-side address change: the new address finds the old one's subject.
@@ -473,27 +492,10 @@ async fn hubspot_webhook(
         Err(e) => return malformed(format!("HubSpot webhook body is not an event array: {e}")),
     };
     let (pending, ignored) = hubspot::decisions(config, &events);
-    for learned in hubspot::addresses(&events) {
-        let email = match learned.email {
-            Some(email) => Some(email),
-            None => match ingest
-                .hubspot_email(config, learned.contact_id, deadline)
-                .await
-            {
-                Ok(email) => email,
-                Err(response) => return response,
-            },
-        };
-        // Deleted again before we asked: nothing to remember.
-        let Some(email) = email else { continue };
-        if let Err(response) = ingest
-            .learn_contact(&learned.contact_ref, &email, deadline)
-            .await
-        {
-            return response;
-        }
-    }
+    // Decisions first: what a contact's address is only matters for a later privacy deletion,
+    // and must neither take the budget from them nor fail them.
     let mut notices = Vec::new();
+    let mut learn = Vec::new();
     for p in pending {
         let email = match ingest.hubspot_email(config, p.contact_id, deadline).await {
             Ok(email) => email,
@@ -501,12 +503,12 @@ async fn hubspot_webhook(
         };
         let email_hash = match &email {
             Some(email) => {
-                if let Err(response) = ingest
-                    .learn_contact(&p.contact_ref(), email, deadline)
-                    .await
-                {
-                    return response;
-                }
+                learn.push((
+                    p.contact_ref(),
+                    Some(email.clone()),
+                    p.contact_id,
+                    p.occurred_at_ms,
+                ));
                 None
             }
             // A privacy deletion arrives once the contact is gone: the address it had, as
@@ -530,9 +532,18 @@ async fn hubspot_webhook(
         };
         notices.push(p.into_notice(email, email_hash));
     }
-    ingest
+    let answer = ingest
         .decide(vendor, notices, vec!["no_decision"; ignored], deadline)
-        .await
+        .await;
+    if answer.status().is_success() {
+        learn.extend(
+            hubspot::addresses(&events)
+                .into_iter()
+                .map(|l| (l.contact_ref, l.email, l.contact_id, l.occurred_at_ms)),
+        );
+        ingest.learn_contacts(config, learn, deadline).await;
+    }
+    answer
 }
 
 async fn mailchimp_check(State(ingest): State<Ingest>, Path(secret): Path<String>) -> Response {

@@ -44,7 +44,7 @@ const HELP: [(&str, &str); 9] = [
     ),
     (
         ADDRESS_CHANGES,
-        "Addresses a vendor reported, per outcome: followed, unknown_address (a Mailchimp address change), contact_learned (a HubSpot contact's address, for its privacy deletion).",
+        "Addresses a vendor reported, per outcome: followed, unknown_address (a Mailchimp address change), contact_learned, contact_gone, learn_failed (a HubSpot contact's address, for its privacy deletion).",
     ),
     (
         POLLS,

@@ -97,7 +97,10 @@ impl std::fmt::Debug for Notice {
             .field("kind", &self.kind)
             .field("scope", &self.scope)
             .field("email", &self.email.as_ref().map(|_| "<redacted>"))
-            .field("email_hash", &self.email_hash)
+            .field(
+                "email_hash",
+                &self.email_hash.as_ref().map(|_| "<redacted>"),
+            )
             .field("occurred_at_ms", &self.occurred_at_ms)
             .finish()
     }

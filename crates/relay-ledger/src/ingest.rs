@@ -34,11 +34,14 @@ ON CONFLICT (email_sha256) DO UPDATE SET subject_id = excluded.subject_id,
     vendor = excluded.vendor, vendor_ref = excluded.vendor_ref,
     recorded_at_ms = excluded.recorded_at_ms";
 
-/// Binds: vendor, contact_ref, email_sha256, recorded_at_ms. The newest address wins.
+/// Binds: vendor, contact_ref, email_sha256, occurred_at_ms, recorded_at_ms. The address the
+/// vendor reported last by its own time wins: a late retry of an older report changes nothing.
 const UPSERT_CONTACT_REF: &str = "INSERT INTO ingest_contact_refs
-    (vendor, contact_ref, email_sha256, recorded_at_ms) VALUES ($1, $2, $3, $4)
+    (vendor, contact_ref, email_sha256, occurred_at_ms, recorded_at_ms)
+VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (vendor, contact_ref) DO UPDATE SET email_sha256 = excluded.email_sha256,
-    recorded_at_ms = excluded.recorded_at_ms";
+    occurred_at_ms = excluded.occurred_at_ms, recorded_at_ms = excluded.recorded_at_ms
+WHERE excluded.occurred_at_ms >= ingest_contact_refs.occurred_at_ms";
 
 /// Binds: vendor, contact_ref.
 const CONTACT_REF: &str =
@@ -262,13 +265,14 @@ impl AnyLedger {
     }
 
     /// Records that `vendor` knows a contact as `contact_ref` (HubSpot: `<portal>:<contact id>`)
-    /// with the address hashed as `email_sha256`: what a notice naming only the contact, once
-    /// its address is gone, is matched by.
+    /// with the address hashed as `email_sha256`, as it reported at `occurred_at_ms` (its own
+    /// time): what a notice naming only the contact, once its address is gone, is matched by.
     pub async fn record_contact_ref(
         &self,
         vendor: &str,
         contact_ref: &str,
         email_sha256: &str,
+        occurred_at_ms: i64,
     ) -> Result<(), LedgerError> {
         on_backend!(
             self,
@@ -276,6 +280,7 @@ impl AnyLedger {
                 .bind(vendor)
                 .bind(contact_ref)
                 .bind(email_sha256)
+                .bind(occurred_at_ms)
                 .bind(now_ms())
         );
         Ok(())

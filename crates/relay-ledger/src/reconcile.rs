@@ -33,14 +33,15 @@ ON CONFLICT (name) DO UPDATE SET finished_at_ms = excluded.finished_at_ms";
 /// decision the delivery row is about; the row counts it (`repairs`, `repaired_at_ms`) and keeps
 /// what the delivery path did (status, time, `reasserts`), so a repair of a delivery `run` is
 /// working on changes nothing of that work. A row is inserted where the decision has none at this
-/// destination (an erasure re-sent where only its purposes were delivered). Rows of one statement
+/// destination (an erasure re-sent where only its purposes were delivered), with no attempts:
+/// the delivery path never sent it. Rows of one statement
 /// have distinct keys (the caller's rounds).
 fn record_repairs_sql(rows: usize) -> String {
     let values: Vec<String> = (0..rows)
         .map(|i| {
             let p = |k: usize| format!("${}", 2 + 5 * i + k);
             format!(
-                "({}, {}, {}, {}, {}, 1, $1, $1, 1, $1)",
+                "({}, {}, {}, {}, {}, 0, $1, $1, 1, $1)",
                 p(0),
                 p(1),
                 p(2),

@@ -1146,13 +1146,17 @@ async fn ingest_follows_address_changes_keeps_poll_cursors_and_sees_its_own_with
         l.contact_email_sha256("hubspot", "62515:7").await.unwrap(),
         None
     );
-    l.record_contact_ref("hubspot", "62515:7", &old_hash)
+    l.record_contact_ref("hubspot", "62515:7", &old_hash, 100)
         .await
         .unwrap();
-    l.record_contact_ref("hubspot", "62515:7", &new_hash)
+    l.record_contact_ref("hubspot", "62515:7", &new_hash, 200)
         .await
         .unwrap();
-    l.record_contact_ref("brevo", "62515:7", &old_hash)
+    // A late retry of the older report changes nothing.
+    l.record_contact_ref("hubspot", "62515:7", &old_hash, 100)
+        .await
+        .unwrap();
+    l.record_contact_ref("brevo", "62515:7", &old_hash, 300)
         .await
         .unwrap();
     assert_eq!(
