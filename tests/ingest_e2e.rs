@@ -406,6 +406,16 @@ async fn a_hubspot_privacy_deletion_erases_the_person_it_names_by_contact_id() {
     assert_eq!(status, http::OK, "{body}");
     assert_eq!(l.metrics.get(metrics::PUBLISHED, Vendor::HubSpot), 0);
 
+    // Learned after the answer.
+    eventually("the contact's address is learned", PATIENCE, || async {
+        l.metrics
+            .render()
+            .contains(
+                "consent_relay_ingest_address_changes_total{vendor=\"hubspot\",reason=\"contact_learned\"} 1",
+            )
+            .then_some(())
+    })
+    .await;
     l.contacts.remove(601);
     let deleted_at = webhooks::now_ms() - 1_000;
     let deletion = [entry(8002, "contact.privacyDeletion", deleted_at)];

@@ -54,6 +54,9 @@ pub const BREVO_PATH: &str = "/webhooks/brevo";
 /// publishing together.
 const ANSWER_WITHIN: Duration = Duration::from_secs(4);
 
+/// How long the contact addresses of one webhook request may take to learn, after its answer.
+const LEARN_WITHIN: Duration = Duration::from_secs(60);
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where the events go: Kafka in production, a recorder in tests.
@@ -303,25 +306,27 @@ impl Ingest {
         }
     }
 
-    /// Remembers the address hash of HubSpot contacts (`(contact ref, address if known, contact
-    /// id, vendor time)`), for a later notice that names only the contact; an address not given is
-    /// read from HubSpot. Best effort within what is left of `deadline`: a failure is logged and
-    /// counted (`address_changes{reason="learn_failed"}`), never the vendor's problem, since the
-    /// decisions of the request are published already.
-    async fn learn_contacts(
-        &self,
-        config: &HubSpotIngest,
-        contacts: Vec<(String, Option<String>, i64, i64)>,
-        deadline: Instant,
-    ) {
+    /// Remembers the address hash of HubSpot contacts, for a later notice that names only the
+    /// contact; an address not given is read from HubSpot (and dated by that read). Best effort,
+    /// one at a time, within [`LEARN_WITHIN`]: a failure is logged and counted
+    /// (`address_changes{reason="learn_failed"}`) and not retried, since the vendor got its 2xx.
+    async fn learn_contacts(&self, contacts: Vec<hubspot::Learned>) {
         let vendor = Vendor::HubSpot;
-        for (contact_ref, email, contact_id, occurred_at_ms) in contacts {
-            let learned = async {
-                let email = match email {
-                    Some(email) => Some(email),
-                    None => hubspot::contact_email(&self.http, config, contact_id)
-                        .await
-                        .map_err(|e| e.to_string())?,
+        let Some(config) = self.config.hubspot.as_ref() else {
+            return;
+        };
+        let deadline = Instant::now() + LEARN_WITHIN;
+        for learned in contacts {
+            let contact_ref = learned.contact_ref.clone();
+            let learn = async {
+                let (email, at) = match learned.email {
+                    Some(email) => (Some(email), learned.occurred_at_ms),
+                    None => (
+                        hubspot::contact_email(&self.http, config, learned.contact_id)
+                            .await
+                            .map_err(|e| e.to_string())?,
+                        now_ms(),
+                    ),
                 };
                 // Deleted again before we asked: nothing to remember.
                 let Some(email) = email else {
@@ -329,12 +334,12 @@ impl Ingest {
                 };
                 let hash = relay_events::normalize::email_sha256(&email);
                 self.ledger
-                    .record_contact_ref(vendor.as_str(), &contact_ref, &hash, occurred_at_ms)
+                    .record_contact_ref(vendor.as_str(), &contact_ref, &hash, at)
                     .await
                     .map_err(|e| format!("recording it failed: {e}"))?;
                 Ok::<bool, String>(true)
             };
-            let reason = match tokio::time::timeout_at(deadline, learned).await {
+            let reason = match tokio::time::timeout_at(deadline, learn).await {
                 Ok(Ok(true)) => "contact_learned",
                 Ok(Ok(false)) => "contact_gone",
                 Ok(Err(e)) => {
@@ -492,10 +497,28 @@ async fn hubspot_webhook(
         Err(e) => return malformed(format!("HubSpot webhook body is not an event array: {e}")),
     };
     let (pending, ignored) = hubspot::decisions(config, &events);
+    let mut learn = hubspot::addresses(&events);
+    // The newest address change of this very batch per contact: it may come with the privacy
+    // deletion it precedes, before anything is learned.
+    let mut changed: HashMap<&str, (i64, String)> = HashMap::new();
+    for l in &learn {
+        if let Some(email) = &l.email {
+            let newer = changed
+                .get(l.contact_ref.as_str())
+                .is_none_or(|(at, _)| *at <= l.occurred_at_ms);
+            if newer {
+                let hash = relay_events::normalize::email_sha256(email);
+                changed.insert(&l.contact_ref, (l.occurred_at_ms, hash));
+            }
+        }
+    }
+    let changed: HashMap<String, String> = changed
+        .into_iter()
+        .map(|(contact, (_, hash))| (contact.to_owned(), hash))
+        .collect();
     // Decisions first: what a contact's address is only matters for a later privacy deletion,
     // and must neither take the budget from them nor fail them.
     let mut notices = Vec::new();
-    let mut learn = Vec::new();
     for p in pending {
         let email = match ingest.hubspot_email(config, p.contact_id, deadline).await {
             Ok(email) => email,
@@ -503,28 +526,33 @@ async fn hubspot_webhook(
         };
         let email_hash = match &email {
             Some(email) => {
-                learn.push((
-                    p.contact_ref(),
-                    Some(email.clone()),
-                    p.contact_id,
-                    p.occurred_at_ms,
-                ));
+                // The address as read now, dated now: it may be newer than the notice.
+                learn.push(hubspot::Learned {
+                    contact_ref: p.contact_ref(),
+                    contact_id: p.contact_id,
+                    email: Some(email.clone()),
+                    occurred_at_ms: now_ms(),
+                });
                 None
             }
             // A privacy deletion arrives once the contact is gone: the address it had, as
             // learned from its creation, address change or an earlier opt-out.
             None if p.kind == relay_events::EventKind::ErasureRequested => {
                 let contact = p.contact_ref();
-                let known = ingest
-                    .ledger
-                    .contact_email_sha256(vendor.as_str(), &contact);
-                match tokio::time::timeout_at(deadline, known).await {
-                    Ok(Ok(hash)) => hash,
-                    Err(_) => return ingest.too_late(vendor),
-                    Ok(Err(e)) => {
-                        return ingest
-                            .fail(vendor, "ledger", format!("ledger lookup failed: {e}"))
-                            .into_response()
+                if let Some(hash) = changed.get(&contact) {
+                    Some(hash.clone())
+                } else {
+                    let known = ingest
+                        .ledger
+                        .contact_email_sha256(vendor.as_str(), &contact);
+                    match tokio::time::timeout_at(deadline, known).await {
+                        Ok(Ok(hash)) => hash,
+                        Err(_) => return ingest.too_late(vendor),
+                        Ok(Err(e)) => {
+                            return ingest
+                                .fail(vendor, "ledger", format!("ledger lookup failed: {e}"))
+                                .into_response()
+                        }
                     }
                 }
             }
@@ -535,13 +563,11 @@ async fn hubspot_webhook(
     let answer = ingest
         .decide(vendor, notices, vec!["no_decision"; ignored], deadline)
         .await;
-    if answer.status().is_success() {
-        learn.extend(
-            hubspot::addresses(&events)
-                .into_iter()
-                .map(|l| (l.contact_ref, l.email, l.contact_id, l.occurred_at_ms)),
-        );
-        ingest.learn_contacts(config, learn, deadline).await;
+    // After the answer, on a budget of its own: a batch of a hundred creations is a hundred
+    // contact reads. A vendor retry (answer not 2xx) brings the same entries again.
+    if answer.status().is_success() && !learn.is_empty() {
+        let ingest = ingest.clone();
+        tokio::spawn(async move { ingest.learn_contacts(learn).await });
     }
     answer
 }

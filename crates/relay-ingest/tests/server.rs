@@ -96,6 +96,20 @@ impl Server {
     fn published(&self) -> Vec<ConsentEvent> {
         self.recorder.events.lock().unwrap().clone()
     }
+
+    /// Waits until `n` contact addresses were learned: that happens after the webhook's answer.
+    async fn learned(&self, n: u64) {
+        let series = format!(
+            "consent_relay_ingest_address_changes_total{{vendor=\"hubspot\",reason=\"contact_learned\"}} {n}"
+        );
+        for _ in 0..500 {
+            if self.metrics.render().contains(&series) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{series} never came:\n{}", self.metrics.render());
+    }
 }
 
 #[tokio::test]
@@ -154,6 +168,7 @@ async fn a_signed_hubspot_opt_out_is_published_for_the_known_subject() {
     // A privacy deletion arrives once HubSpot has removed the contact, its address with it: the
     // contact is known by the address ingest read for its opt-out, so the erasure is published
     // for its subject (by hash; the event carries no address).
+    s.learned(1).await;
     s.contacts.remove(7);
     let deletion = |event_id: i64, contact: i64| json!({"eventId": event_id, "portalId": 62515, "occurredAt": at, "subscriptionType": "contact.privacyDeletion", "objectId": contact, "attemptNumber": 0});
     let (status, body) =
@@ -180,6 +195,7 @@ async fn a_signed_hubspot_opt_out_is_published_for_the_known_subject() {
     let (status, _) = webhooks::send_hubspot(&url, SECRET, &[created], webhooks::now_ms()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(s.published().len(), 2, "a creation is no decision");
+    s.learned(2).await;
     s.contacts.remove(11);
     let (status, _) =
         webhooks::send_hubspot(&url, SECRET, &[deletion(12, 11)], webhooks::now_ms()).await;
@@ -204,6 +220,19 @@ async fn a_signed_hubspot_opt_out_is_published_for_the_known_subject() {
         ("ErasureRequested", "contact 8")
     );
     assert_eq!(s.published().len(), 3);
+
+    // An address change and the deletion in one batch: the deletion finds the new address.
+    let change = webhooks::hubspot_property_change(14, 21, "email", "anna@example.de", at);
+    let (status, _) = webhooks::send_hubspot(
+        &url,
+        SECRET,
+        &[change, deletion(15, 21)],
+        webhooks::now_ms(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(s.published().len(), 4);
+    assert_eq!(s.published()[3].subject_id, "anna");
 }
 
 #[tokio::test]
