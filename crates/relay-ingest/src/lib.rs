@@ -56,6 +56,8 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(4);
 
 /// How long the contact addresses of one webhook request may take to learn, after its answer.
 const LEARN_WITHIN: Duration = Duration::from_secs(60);
+/// Contact reads for learning at once, over all requests.
+const LEARN_READS: usize = 4;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -92,6 +94,12 @@ pub struct Ingest {
     /// Polls read pages of a thousand members: more time than a webhook's lookup may take.
     poll_http: reqwest::Client,
     writers: Option<ListWriters>,
+    /// The contact addresses being learned after their requests' answers: waited for on
+    /// shutdown (at most [`LEARN_WITHIN`]).
+    learning: tokio_util::task::TaskTracker,
+    /// Contact reads for learning at once, so that they leave HubSpot's rate limit to the reads
+    /// that answer webhooks.
+    learn_reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Ingest {
@@ -115,6 +123,8 @@ impl Ingest {
                 .build()
                 .unwrap_or_default(),
             writers: None,
+            learning: tokio_util::task::TaskTracker::new(),
+            learn_reads: Arc::new(tokio::sync::Semaphore::new(LEARN_READS)),
         }
     }
 
@@ -321,12 +331,19 @@ impl Ingest {
             let learn = async {
                 let (email, at) = match learned.email {
                     Some(email) => (Some(email), learned.occurred_at_ms),
-                    None => (
-                        hubspot::contact_email(&self.http, config, learned.contact_id)
+                    None => {
+                        let _permit = self
+                            .learn_reads
+                            .acquire()
                             .await
-                            .map_err(|e| e.to_string())?,
-                        now_ms(),
-                    ),
+                            .map_err(|e| e.to_string())?;
+                        (
+                            hubspot::contact_email(&self.http, config, learned.contact_id)
+                                .await
+                                .map_err(|e| e.to_string())?,
+                            now_ms(),
+                        )
+                    }
                 };
                 // Deleted again before we asked: nothing to remember.
                 let Some(email) = email else {
@@ -512,7 +529,9 @@ async fn hubspot_webhook(
             }
         }
     }
-    let changed: HashMap<String, String> = changed
+    // A change in this request is taken over what the ledger holds: it can only be older when
+    // HubSpot delivers out of order, across requests.
+    let mut changed: HashMap<String, String> = changed
         .into_iter()
         .map(|(contact, (_, hash))| (contact.to_owned(), hash))
         .collect();
@@ -526,7 +545,12 @@ async fn hubspot_webhook(
         };
         let email_hash = match &email {
             Some(email) => {
-                // The address as read now, dated now: it may be newer than the notice.
+                // The address as read now, dated now: it may be newer than the notice. A
+                // deletion later in this request finds it.
+                changed.insert(
+                    p.contact_ref(),
+                    relay_events::normalize::email_sha256(email),
+                );
                 learn.push(hubspot::Learned {
                     contact_ref: p.contact_ref(),
                     contact_id: p.contact_id,
@@ -566,8 +590,13 @@ async fn hubspot_webhook(
     // After the answer, on a budget of its own: a batch of a hundred creations is a hundred
     // contact reads. A vendor retry (answer not 2xx) brings the same entries again.
     if answer.status().is_success() && !learn.is_empty() {
+        // The addresses at hand first: a slow HubSpot may use up the budget on reads.
+        learn.sort_by_key(|l| l.email.is_none());
         let ingest = ingest.clone();
-        tokio::spawn(async move { ingest.learn_contacts(learn).await });
+        ingest
+            .learning
+            .clone()
+            .spawn(async move { ingest.learn_contacts(learn).await });
     }
     answer
 }
@@ -654,7 +683,12 @@ pub async fn serve(
     ingest: Ingest,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, ingest.router())
+    let learning = ingest.learning.clone();
+    let served = axum::serve(listener, ingest.router())
         .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+        .await;
+    // What the answered requests still learn finishes within its budget.
+    learning.close();
+    learning.wait().await;
+    served
 }

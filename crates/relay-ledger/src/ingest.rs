@@ -34,8 +34,9 @@ ON CONFLICT (email_sha256) DO UPDATE SET subject_id = excluded.subject_id,
     vendor = excluded.vendor, vendor_ref = excluded.vendor_ref,
     recorded_at_ms = excluded.recorded_at_ms";
 
-/// Binds: vendor, contact_ref, email_sha256, occurred_at_ms, recorded_at_ms. The address the
-/// vendor reported last by its own time wins: a late retry of an older report changes nothing.
+/// Binds: vendor, contact_ref, email_sha256, occurred_at_ms, recorded_at_ms. The address known
+/// last wins (by the vendor's time of a change, or the time ingest read the address): a late
+/// retry of an older report changes nothing.
 const UPSERT_CONTACT_REF: &str = "INSERT INTO ingest_contact_refs
     (vendor, contact_ref, email_sha256, occurred_at_ms, recorded_at_ms)
 VALUES ($1, $2, $3, $4, $5)
@@ -265,8 +266,9 @@ impl AnyLedger {
     }
 
     /// Records that `vendor` knows a contact as `contact_ref` (HubSpot: `<portal>:<contact id>`)
-    /// with the address hashed as `email_sha256`, as it reported at `occurred_at_ms` (its own
-    /// time): what a notice naming only the contact, once its address is gone, is matched by.
+    /// with the address hashed as `email_sha256`, as of `occurred_at_ms` (the vendor's time of an
+    /// address change, or when ingest read the address): what a notice naming only the contact,
+    /// once its address is gone, is matched by.
     pub async fn record_contact_ref(
         &self,
         vendor: &str,
