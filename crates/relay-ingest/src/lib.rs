@@ -5,13 +5,14 @@
 //! Owns: verifying each vendor's webhooks (HubSpot v3 signatures, Mailchimp's URL secret, Brevo's
 //! configured credentials), mapping them to `Unsubscribed` / `ConsentWithdrawn` /
 //! `ErasureRequested` through the configured purpose maps, finding the subject by email hash in
-//! the ledger (and following a vendor's address change), recording people the ledger does not
-//! know, not publishing the relay's own withdrawals a vendor reports back (echoes), deterministic
-//! event ids, and answering 2xx only after the broker acknowledged the events; `--poll` reads
-//! Mailchimp's unsubscribes where its webhooks cannot be used (`poll`). Must not: apply
-//! anything to a downstream,
-//! decide versions (the version rule in the consumers does, as for any event), turn a vendor-side
-//! opt-in into a grant (no notice, no proof of consent), or log or store a raw email address.
+//! the ledger (following a vendor's address change, and remembering each HubSpot contact's
+//! address hash for its privacy deletion, which comes once the address is gone), recording
+//! people the ledger does not know, not publishing the relay's own withdrawals a vendor reports
+//! back (echoes), deterministic event ids, and answering 2xx only after the broker acknowledged
+//! the events; `--poll` reads Mailchimp's unsubscribes where its webhooks cannot be used
+//! (`poll`). Must not: apply anything to a downstream, decide versions (the version rule in the
+//! consumers does, as for any event), turn a vendor-side opt-in into a grant (no notice, no proof
+//! of consent), or log or store a raw email address.
 
 #![forbid(unsafe_code)]
 
