@@ -516,26 +516,18 @@ async fn hubspot_webhook(
     };
     let (pending, ignored) = hubspot::decisions(config, &events);
     let mut learn = hubspot::addresses(&events);
-    // The newest address change of this very batch per contact: it may come with the privacy
-    // deletion it precedes, before anything is learned.
-    let mut changed: HashMap<&str, (i64, String)> = HashMap::new();
-    for l in &learn {
+    // Per contact, the newest address this very request tells (by HubSpot's time): it may come
+    // with the privacy deletion it precedes, before anything is learned. It is taken over what
+    // the ledger holds, which can only be newer when HubSpot delivers out of order.
+    let mut changed: HashMap<String, String> = HashMap::new();
+    let mut by_time: Vec<&hubspot::Learned> = learn.iter().filter(|l| l.email.is_some()).collect();
+    by_time.sort_by_key(|l| l.occurred_at_ms);
+    for l in by_time {
         if let Some(email) = &l.email {
-            let newer = changed
-                .get(l.contact_ref.as_str())
-                .is_none_or(|(at, _)| *at <= l.occurred_at_ms);
-            if newer {
-                let hash = relay_events::normalize::email_sha256(email);
-                changed.insert(&l.contact_ref, (l.occurred_at_ms, hash));
-            }
+            let hash = relay_events::normalize::email_sha256(email);
+            changed.insert(l.contact_ref.clone(), hash);
         }
     }
-    // A change in this request is taken over what the ledger holds: it can only be older when
-    // HubSpot delivers out of order, across requests.
-    let mut changed: HashMap<String, String> = changed
-        .into_iter()
-        .map(|(contact, (_, hash))| (contact.to_owned(), hash))
-        .collect();
     // Decisions first: what a contact's address is only matters for a later privacy deletion,
     // and must neither take the budget from them nor fail them.
     let mut notices = Vec::new();
@@ -690,6 +682,13 @@ pub async fn serve(
         .await;
     // What the answered requests still learn finishes within its budget.
     learning.close();
+    if !learning.is_empty() {
+        tracing::info!(
+            requests = learning.len(),
+            waited_at_most_s = LEARN_WITHIN.as_secs(),
+            "stopping: waiting for HubSpot contact addresses still being learned"
+        );
+    }
     learning.wait().await;
     served
 }

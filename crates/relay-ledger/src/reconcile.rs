@@ -29,40 +29,9 @@ const LAST_FINISHED: &str = "SELECT finished_at_ms FROM reconcile_runs WHERE nam
 const RECORD_FINISHED: &str = "INSERT INTO reconcile_runs (name, finished_at_ms) VALUES ($1, $2)
 ON CONFLICT (name) DO UPDATE SET finished_at_ms = excluded.finished_at_ms";
 
-/// Binds: now, then (event_id, sink, target, subject_id, status) per row. A repair re-sends the
-/// decision the delivery row is about; the row counts it (`repairs`, `repaired_at_ms`) and keeps
-/// what the delivery path did (status, time, `reasserts`), so a repair of a delivery `run` is
-/// working on changes nothing of that work. A row is inserted where the decision has none at this
-/// destination (an erasure re-sent where only its purposes were delivered), with no attempts:
-/// the delivery path never sent it. Rows of one statement
-/// have distinct keys (the caller's rounds).
-fn record_repairs_sql(rows: usize) -> String {
-    let values: Vec<String> = (0..rows)
-        .map(|i| {
-            let p = |k: usize| format!("${}", 2 + 5 * i + k);
-            format!(
-                "({}, {}, {}, {}, {}, 0, $1, $1, 1, $1)",
-                p(0),
-                p(1),
-                p(2),
-                p(3),
-                p(4)
-            )
-        })
-        .collect();
-    format!(
-        "INSERT INTO deliveries
-    (event_id, sink, target, subject_id, status, attempts, created_at_ms, updated_at_ms, repairs,
-     repaired_at_ms)
-VALUES {}
-ON CONFLICT (event_id, sink, target) DO UPDATE SET
-    repairs = deliveries.repairs + 1, repaired_at_ms = excluded.repaired_at_ms",
-        values.join(", ")
-    )
-}
-
-/// Rows per repair statement: 2 501 parameters, far below both backends' limits.
-const REPAIRS_PER_STATEMENT: usize = 500;
+/// Repairs per transaction: a large audience's removals are tens of thousands, and each
+/// transaction holds SQLite's write lock (or the subjects' locks) while it lasts.
+const REPAIRS_PER_TRANSACTION: usize = 500;
 
 /// A decision reconcile re-sent to a downstream that did not show it, and what the downstream
 /// answered (applied, or awaiting the person's confirmation).
@@ -171,36 +140,41 @@ impl AnyLedger {
         // The same delivery twice in one statement would be an error in PostgreSQL ("cannot
         // affect row a second time"): each round holds a key once.
         let rounds = crate::ops::rounds(repairs, |r| &r.key);
-        macro_rules! write_chunk {
-            ($tx:expr, $chunk:expr) => {{
-                let sql = record_repairs_sql($chunk.len());
-                let mut query = sqlx::query(&sql).bind(now);
-                for r in $chunk {
-                    query = query
-                        .bind(codec::uuid_text(r.key.event_id))
-                        .bind(&r.key.sink)
-                        .bind(&r.key.target)
-                        .bind(&r.subject_id)
-                        .bind(r.status.as_str());
-                }
-                query.execute(&mut *$tx).await?;
-                $tx.commit().await?;
-            }};
-        }
-        // One transaction per statement, taken as the delivery path takes its own: SQLite's
-        // write lock first, PostgreSQL's subject locks (sorted), so that a repair never
-        // deadlocks with a claim or finish of the same rows.
+        let rows = |chunk: &[&Repair]| {
+            crate::ops::rows_json(chunk.iter().map(|r| {
+                serde_json::json!([
+                    codec::uuid_text(r.key.event_id),
+                    r.key.sink,
+                    r.key.target,
+                    r.subject_id,
+                    r.status.as_str()
+                ])
+            }))
+        };
+        // Each transaction taken as the delivery path takes its own: SQLite's write lock first,
+        // PostgreSQL's subject locks (sorted), so that a repair never deadlocks with a claim or
+        // finish of the same rows.
         for round in &rounds {
-            for chunk in round.chunks(REPAIRS_PER_STATEMENT) {
+            for chunk in round.chunks(REPAIRS_PER_TRANSACTION) {
                 match self {
                     AnyLedger::Sqlite(l) => {
                         let mut tx = l.write_tx().await?;
-                        write_chunk!(tx, chunk)
+                        sqlx::query(crate::sets::SQLITE.record_repairs)
+                            .bind(rows(chunk))
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                        tx.commit().await?;
                     }
                     AnyLedger::Postgres(l) => {
                         let subjects = chunk.iter().map(|r| r.subject_id.as_str());
                         let mut tx = l.locked_tx(subjects).await?;
-                        write_chunk!(tx, chunk)
+                        sqlx::query(crate::sets::POSTGRES.record_repairs)
+                            .bind(rows(chunk))
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                        tx.commit().await?;
                     }
                 }
             }

@@ -38,6 +38,13 @@ pub(crate) struct Dialect {
     pub insert_rejections: &'static str,
     /// Binds: `[[subject_id, sink, until_ms], ...]`. A bound only moves later.
     pub upsert_uncertain: &'static str,
+    /// Binds: `[[event_id, sink, target, subject_id, status], ...]`, now. A reconcile repair
+    /// re-sent the decision the delivery row is about: the row counts it (`repairs`,
+    /// `repaired_at_ms`) and keeps what the delivery path did (status, time, `reasserts`), so a
+    /// repair of a delivery `run` is working on changes nothing of that work. A row is inserted
+    /// where the decision has none at this destination (an erasure re-sent where only its
+    /// purposes were delivered), with no attempts: the delivery path never sent it.
+    pub record_repairs: &'static str,
     /// Binds: sink, `[subject_id, ...]`, now. Returns: subject_id, until_ms of bounds after now.
     pub uncertain: &'static str,
     /// Deliveries of some subjects at one sink whose request may be on the wire: claimed and never
@@ -250,6 +257,26 @@ ON CONFLICT (sink, topic, "partition", "offset") DO NOTHING"#
 ON CONFLICT (subject_id, sink) DO UPDATE SET
     until_ms = CASE WHEN excluded.until_ms > uncertain.until_ms THEN excluded.until_ms
                     ELSE uncertain.until_ms END"
+            ),
+            record_repairs: concat!(
+                "INSERT INTO deliveries
+    (event_id, sink, target, subject_id, status, attempts, created_at_ms, updated_at_ms, repairs,
+     repaired_at_ms)
+SELECT ",
+                $col!(0, text),
+                ", ",
+                $col!(1, text),
+                ", ",
+                $col!(2, text),
+                ", ",
+                $col!(3, text),
+                ", ",
+                $col!(4, text),
+                ", 0, $2, $2, 1, $2 FROM ",
+                $rows,
+                " WHERE true
+ON CONFLICT (event_id, sink, target) DO UPDATE SET
+    repairs = deliveries.repairs + 1, repaired_at_ms = excluded.repaired_at_ms"
             ),
             uncertain: concat!(
                 "SELECT subject_id, until_ms FROM uncertain
