@@ -1,6 +1,8 @@
 //! The delivery layer shared by all sinks: the `Sink` trait, the per-item `Outcome`, and the one
 //! place that classifies HTTP results (retryable, refused or permanent) and reads `Retry-After`, and
 //! `Destination`: rate limits, daily budget, concurrency bound and the `Retry-After` gate per account.
+//! And the `driver` every sink delivers through: sending in order, hold-back of a person whose
+//! change failed, stopping a lane that cannot take more, the merge of per-part outcomes.
 //! Also the one configuration error every sink reports (`ConfigError`, `ConfigProblem`).
 //!
 //! Owns: the contract between the runtime and the sinks, and the shared HTTP front of every sink.
@@ -12,6 +14,7 @@
 mod classify;
 mod config_error;
 mod destination;
+pub mod driver;
 mod join;
 mod outcome;
 mod redact;

@@ -34,9 +34,10 @@ pub struct SinkItem {
     pub target: Target,
 }
 
-/// A downstream. A sink builds requests, sends them and maps the responses to one outcome per
-/// item. It never sleeps, retries, batches across calls, or sees Kafka, the ledger or offsets:
-/// the runtime owns all of that.
+/// A downstream. A sink builds requests and maps the responses to one outcome per part, and hands
+/// both to [`crate::driver::deliver`], which sends them in order, holds back and stops lanes, and
+/// folds the outcomes per item. It never sleeps, retries, batches across calls, or sees Kafka, the
+/// ledger or offsets: the runtime owns all of that.
 pub trait Sink: Send + Sync + 'static {
     /// The sink's name in config, consumer group (`consent-relay.<name>`), ledger and logs.
     fn name(&self) -> &str;

@@ -1,11 +1,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use relay_delivery::driver::{self, Part, Transport};
 use relay_delivery::{BoxFuture, ConfigError, Destination, Outcome, Sink, SinkItem};
 
 use crate::config::{AudienceConfig, AudiencesConfig};
 use crate::meta::Session;
-use crate::request::{self, merge, Answer, Body, HttpCall, Member, Op};
+use crate::request::{self, Answer, Body, HttpCall, Member, Op};
 use crate::{google, linkedin, meta, x};
 
 /// The audiences sink: hashed identifiers into Meta, Google, LinkedIn and X audiences.
@@ -60,54 +61,36 @@ impl AudiencesSink {
         self.config.purposes.keys().cloned().collect()
     }
 
-    async fn deliver_items(&self, items: &[SinkItem]) -> Vec<Outcome> {
-        let request::Plan {
-            mut settled,
-            audiences,
-        } = request::plan(items, &self.config);
-        // Accounts that must not be asked again in this delivery (rate-limited, refusing us, or
-        // unreachable), with the outcome their remaining members get instead.
-        let mut blocked: HashMap<usize, Outcome> = HashMap::new();
-
-        // One audience at a time, and its requests one after the other: one writer per audience.
+    /// The requests of one delivery, in the order they go: one audience at a time, its removals
+    /// before its adds (withdrawals never wait behind grants), at most the platform's batch size
+    /// each. One chain, so that an audience has one writer.
+    fn requests(&self, audiences: Vec<request::AudienceWork<'_>>) -> Vec<Batch> {
+        let mut requests = Vec::new();
         for work in audiences {
             let audience = &self.config.audiences[work.name];
             let account = self.account_of[work.name];
             for (op, members) in [(Op::Remove, work.removes), (Op::Add, work.adds)] {
-                let batches: Vec<&[Member]> = members.chunks(audience.batch_size()).collect();
+                let total = members.len();
+                let chunks = total.div_ceil(audience.batch_size());
                 let session_id = fastrand::u64(1..);
-                for (seq, batch) in batches.iter().enumerate() {
-                    let outcomes = match blocked.get(&account) {
-                        Some(outcome) => vec![outcome.clone(); batch.len()],
-                        None => {
-                            let session = (batches.len() > 1).then_some(Session {
-                                id: session_id,
-                                seq: seq + 1,
-                                last: seq + 1 == batches.len(),
-                                total: members.len(),
-                            });
-                            let answer = self
-                                .send(work.name, audience, account, op, batch, session)
-                                .await;
-                            if let Some(outcome) = blocking(&answer) {
-                                blocked.insert(account, outcome);
-                            }
-                            answer.outcomes
-                        }
-                    };
-                    for (member, outcome) in batch.iter().zip(outcomes) {
-                        for &item in &member.items {
-                            merge(&mut settled[item], outcome.clone());
-                        }
-                    }
+                let mut members = members.into_iter();
+                for seq in 0..chunks {
+                    requests.push(Batch {
+                        name: work.name.to_owned(),
+                        account,
+                        op,
+                        members: members.by_ref().take(audience.batch_size()).collect(),
+                        session: (chunks > 1).then_some(Session {
+                            id: session_id,
+                            seq: seq + 1,
+                            last: seq + 1 == chunks,
+                            total,
+                        }),
+                    });
                 }
             }
         }
-
-        settled
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Outcome::retryable("no request covered this item")))
-            .collect()
+        requests
     }
 
     /// Sends one batch and maps the answer to one outcome per member.
@@ -132,12 +115,8 @@ impl AudiencesSink {
             .await
         {
             Ok(reply) => reply,
-            Err(outcome) => {
-                let mut answer = Answer::all(outcome, batch.len());
-                // Unreachable or out of budget: the next request would fare no better.
-                answer.stop = true;
-                return answer;
-            }
+            // Unreachable or out of budget: the driver sends this account nothing more.
+            Err(outcome) => return Answer::whole(outcome, batch.len()),
         };
         let answer = match audience {
             AudienceConfig::Meta(_) => meta::answer(&reply, batch.len()),
@@ -152,14 +131,14 @@ impl AudiencesSink {
             op = op.name(),
             members = batch.len(),
             status = reply.status,
-            stop = answer.stop,
+            stops = answer.stops_lane(),
             "platform answered"
         );
-        if answer.stop {
+        if answer.stops_lane() {
             // Body-signalled limits (Meta) carry no Retry-After header for the destination to see.
             if let Some(Outcome::Unavailable {
                 after: Some(after), ..
-            }) = answer.outcomes.first()
+            }) = answer.outcomes().first()
             {
                 destination.pause_for(*after);
             }
@@ -197,37 +176,6 @@ fn accounts(config: &AudiencesConfig) -> Result<Accounts, ConfigError> {
     Ok((accounts, account_of))
 }
 
-/// The outcome for the rest of an account's requests in this delivery, if this answer means they
-/// should not be sent: a rate limit, a transport failure, or a refusal of our credentials.
-fn blocking(answer: &Answer) -> Option<Outcome> {
-    let cause = if answer.stop {
-        answer.outcomes.first()?
-    } else {
-        answer
-            .outcomes
-            .iter()
-            .find(|o| matches!(o, Outcome::Refused { .. }))?
-    };
-    let not_sent =
-        |reason: &str| format!("not sent: an earlier request to this account failed: {reason}");
-    Some(match cause {
-        Outcome::Unavailable { after, reason } => Outcome::Unavailable {
-            after: *after,
-            reason: not_sent(reason),
-        },
-        Outcome::Refused { reason } => Outcome::Refused {
-            reason: not_sent(reason),
-        },
-        // The request that went may still land; the ones not sent certainly will not.
-        Outcome::Unknown { reason } => Outcome::Unavailable {
-            after: None,
-            reason: not_sent(reason),
-        },
-        // A request that could not even be built fails the same way for every batch.
-        other => other.clone(),
-    })
-}
-
 /// The request with its credentials: X's OAuth 1.0a signature (made here, just before sending, so
 /// that its timestamp is fresh), or the token as bearer or form field.
 fn build(
@@ -260,6 +208,58 @@ fn build(
     }
 }
 
+/// One request to one audience, for the driver: the platform account is the lane. Members are
+/// not held back per person: an audience's removals go before its adds, and an add of an
+/// identifier that leaves in the same delivery is held back by the plan.
+pub struct Batch {
+    name: String,
+    account: usize,
+    op: Op,
+    members: Vec<Member>,
+    session: Option<Session>,
+}
+
+impl driver::Request for Batch {
+    fn lane(&self) -> usize {
+        self.account
+    }
+
+    fn parts(&self) -> Vec<Part<'_>> {
+        self.members
+            .iter()
+            .map(|m| Part {
+                items: &m.items,
+                person: None,
+            })
+            .collect()
+    }
+
+    fn retain(&mut self, keep: &mut dyn FnMut(usize) -> bool) -> bool {
+        driver::retain_positions(&mut self.members, keep)
+    }
+}
+
+impl Transport for AudiencesSink {
+    type Request = Batch;
+
+    fn who(&self, _lane: usize) -> &str {
+        "the audience's platform account"
+    }
+
+    fn send<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Answer> {
+        let audience = &self.config.audiences[&batch.name];
+        Box::pin(AudiencesSink::send(
+            self,
+            &batch.name,
+            audience,
+            batch.account,
+            batch.op,
+            &batch.members,
+            batch.session,
+        ))
+    }
+}
+
 impl Sink for AudiencesSink {
     fn name(&self) -> &str {
         &self.name
@@ -270,7 +270,9 @@ impl Sink for AudiencesSink {
     }
 
     fn deliver<'a>(&'a self, items: &'a [SinkItem]) -> BoxFuture<'a, Vec<Outcome>> {
-        Box::pin(self.deliver_items(items))
+        let request::Plan { settled, audiences } = request::plan(items, &self.config);
+        let requests = self.requests(audiences);
+        Box::pin(driver::deliver(self, settled, vec![requests]))
     }
 
     fn destinations(&self) -> Vec<&Destination> {

@@ -70,7 +70,14 @@ pub fn answer(reply: &Reply, sent: usize) -> Answer {
     } else {
         format!("{} {}", error.status, excerpt(&error.message))
     };
-    let outcome = classify_status(reply.status, reply.header("retry-after"), detail);
+    // The ingestion quota is per project: after RESOURCE_EXHAUSTED nothing else can pass,
+    // whatever the HTTP status says, so it counts as the 429 it stands for.
+    let status = if error.status == "RESOURCE_EXHAUSTED" {
+        429
+    } else {
+        reply.status
+    };
+    let outcome = classify_status(status, reply.header("retry-after"), detail);
 
     // Google rejects a whole request for one bad member and names it in a field violation. Only
     // that member is dead-lettered; the others were fine and are retried without it.
@@ -86,16 +93,9 @@ pub fn answer(reply: &Reply, sent: usize) -> Answer {
                 ),
             })
             .collect();
-        return Answer {
-            outcomes,
-            stop: false,
-        };
+        return Answer::per_part(outcomes);
     }
-    Answer {
-        // The ingestion quota is per project: after RESOURCE_EXHAUSTED nothing else can pass.
-        stop: reply.status == 429 || error.status == "RESOURCE_EXHAUSTED",
-        outcomes: vec![outcome; sent],
-    }
+    Answer::whole(outcome, sent)
 }
 
 #[derive(Deserialize)]
@@ -230,10 +230,12 @@ mod tests {
             ),
             2,
         );
-        assert!(a.stop);
-        assert_eq!(a.outcomes[0].class(), "unavailable");
-        assert!(matches!(&a.outcomes[1], Outcome::Unavailable { reason, .. }
-            if reason.contains("RESOURCE_EXHAUSTED")));
+        assert!(a.stops_lane());
+        assert_eq!(a.outcomes()[0].class(), "unavailable");
+        assert!(
+            matches!(&a.outcomes()[1], Outcome::Unavailable { reason, .. }
+            if reason.contains("RESOURCE_EXHAUSTED"))
+        );
     }
 
     #[test]
@@ -251,10 +253,10 @@ mod tests {
             ),
             3,
         );
-        let classes: Vec<_> = a.outcomes.iter().map(Outcome::class).collect();
+        let classes: Vec<_> = a.outcomes().iter().map(Outcome::class).collect();
         assert_eq!(classes, ["retryable", "permanent", "retryable"]);
         assert!(
-            matches!(&a.outcomes[1], Outcome::Permanent { reason } if reason.contains("INVALID_SHA256_FORMAT"))
+            matches!(&a.outcomes()[1], Outcome::Permanent { reason } if reason.contains("INVALID_SHA256_FORMAT"))
         );
     }
 
@@ -264,7 +266,7 @@ mod tests {
             answer(&reply(200, json!({"requestId": "r"})), 2),
             Answer::applied(2)
         );
-        let class = |status, body| answer(&reply(status, body), 1).outcomes[0].class();
+        let class = |status, body| answer(&reply(status, body), 1).outcomes()[0].class();
         assert_eq!(
             class(
                 401,

@@ -51,18 +51,16 @@ pub fn answer(reply: &Reply, sent: usize) -> Answer {
             Ok(e) if !e.message.is_empty() => format!("{} {}", e.code, excerpt(&e.message)),
             _ => excerpt(&body),
         };
-        return Answer {
-            outcomes: vec![
-                classify_status(reply.status, reply.header("retry-after"), detail);
-                sent
-            ],
-            // LinkedIn's limits are per member and app: after a 429 nothing else can pass.
-            stop: reply.status == 429,
-        };
+        // LinkedIn's limits are per member and app: after a 429 nothing else can pass, which
+        // the driver knows from the whole request being unavailable.
+        return Answer::whole(
+            classify_status(reply.status, reply.header("retry-after"), detail),
+            sent,
+        );
     }
     let Ok(batch) = serde_json::from_slice::<BatchResponse>(&reply.body) else {
         // The changes may have landed; sending them again is harmless.
-        return Answer::all(Outcome::retryable("unreadable LinkedIn batch answer"), sent);
+        return Answer::whole(Outcome::retryable("unreadable LinkedIn batch answer"), sent);
     };
     let outcomes = (0..sent)
         .map(|i| match batch.elements.get(i) {
@@ -75,10 +73,7 @@ pub fn answer(reply: &Reply, sent: usize) -> Answer {
             None => Outcome::retryable("LinkedIn answered no status for this element"),
         })
         .collect();
-    Answer {
-        outcomes,
-        stop: false,
-    }
+    Answer::per_part(outcomes)
 }
 
 #[derive(Deserialize)]
@@ -160,8 +155,8 @@ mod tests {
             ),
             6,
         );
-        assert!(!a.stop);
-        let classes: Vec<_> = a.outcomes.iter().map(|o| o.class().as_str()).collect();
+        assert!(!a.stops_lane());
+        let classes: Vec<_> = a.outcomes().iter().map(|o| o.class().as_str()).collect();
         assert_eq!(
             classes,
             [
@@ -185,17 +180,17 @@ mod tests {
             ),
             2,
         );
-        assert!(limited.stop);
+        assert!(limited.stops_lane());
         assert!(
-            matches!(&limited.outcomes[0], Outcome::Unavailable { reason, .. }
+            matches!(&limited.outcomes()[0], Outcome::Unavailable { reason, .. }
             if reason.contains("TOO_MANY_REQUESTS"))
         );
         assert_eq!(
-            answer(&reply(426, json!({})), 1).outcomes[0].class(),
+            answer(&reply(426, json!({})), 1).outcomes()[0].class(),
             "refused"
         );
         assert_eq!(
-            answer(&reply(200, json!([])), 1).outcomes[0].class(),
+            answer(&reply(200, json!([])), 1).outcomes()[0].class(),
             "retryable"
         );
     }

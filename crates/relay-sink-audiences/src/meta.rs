@@ -92,17 +92,17 @@ pub fn answer(reply: &Reply, sent: usize) -> Answer {
     }
     if !reply.is_success() {
         let body = String::from_utf8_lossy(&reply.body);
-        return Answer::all(
+        return Answer::whole(
             classify_status(reply.status, reply.header("retry-after"), excerpt(&body)),
             sent,
         );
     }
     let Ok(result) = serde_json::from_slice::<UsersResult>(&reply.body) else {
         // The rows may have landed; sending them again is harmless.
-        return Answer::all(Outcome::retryable("unreadable Meta answer"), sent);
+        return Answer::whole(Outcome::retryable("unreadable Meta answer"), sent);
     };
     if result.num_received < sent as u64 {
-        return Answer::all(
+        return Answer::whole(
             Outcome::retryable(format!(
                 "Meta received {} of {sent} rows",
                 result.num_received
@@ -111,7 +111,7 @@ pub fn answer(reply: &Reply, sent: usize) -> Answer {
         );
     }
     if result.num_invalid_entries > 0 && result.num_invalid_entries >= result.num_received {
-        return Answer::all(
+        return Answer::whole(
             Outcome::permanent(format!(
                 "Meta found all {} rows invalid",
                 result.num_invalid_entries
@@ -145,16 +145,13 @@ fn error_answer(reply: &Reply, error: &GraphError, sent: usize) -> Answer {
     );
     if is_rate_limit(error.code) {
         let after = regain_access(reply).unwrap_or(DEFAULT_THROTTLE_PAUSE);
-        return Answer {
-            outcomes: vec![
-                Outcome::Unavailable {
-                    after: Some(after),
-                    reason: detail,
-                };
-                sent
-            ],
-            stop: true,
-        };
+        return Answer::whole(
+            Outcome::Unavailable {
+                after: Some(after),
+                reason: detail,
+            },
+            sent,
+        );
     }
     let outcome = match error.code {
         // Invalid or expired token (190), session problems (102), missing permissions (10,
@@ -171,7 +168,7 @@ fn error_answer(reply: &Reply, error: &GraphError, sent: usize) -> Answer {
         _ if reply.is_success() => Outcome::retryable(detail),
         _ => classify_status(reply.status, reply.header("retry-after"), detail),
     };
-    Answer::all(outcome, sent)
+    Answer::whole(outcome, sent)
 }
 
 /// Application (4), user (17) and ad-account (613) request limits, and the business-use-case
@@ -336,9 +333,9 @@ mod tests {
             (400, 80_014),
         ] {
             let a = answer(&error(status, code, None), 2);
-            assert!(a.stop, "{code}");
-            assert_eq!(a.outcomes.len(), 2);
-            match &a.outcomes[0] {
+            assert!(a.stops_lane(), "{code}");
+            assert_eq!(a.outcomes().len(), 2);
+            match &a.outcomes()[0] {
                 Outcome::Unavailable { after, reason } => {
                     assert_eq!(*after, Some(DEFAULT_THROTTLE_PAUSE));
                     assert!(reason.contains(&format!("Meta error {code}")), "{reason}");
@@ -359,7 +356,7 @@ mod tests {
                 r#""estimated_time_to_regain_access":0}]}"#
             )),
         );
-        match &answer(&r, 1).outcomes[0] {
+        match &answer(&r, 1).outcomes()[0] {
             Outcome::Unavailable { after, .. } => {
                 assert_eq!(*after, Some(Duration::from_secs(180)))
             }
@@ -369,7 +366,7 @@ mod tests {
 
     #[test]
     fn other_errors_by_code() {
-        let class = |r: Reply| answer(&r, 1).outcomes[0].class();
+        let class = |r: Reply| answer(&r, 1).outcomes()[0].class();
         assert_eq!(class(error(400, 190, Some(463))), "refused");
         assert_eq!(class(error(403, 200, None)), "refused");
         assert_eq!(
@@ -398,10 +395,10 @@ mod tests {
         };
         assert_eq!(answer(&ok(3, 0), 3), Answer::applied(3));
         assert_eq!(answer(&ok(3, 1), 3), Answer::applied(3));
-        assert_eq!(answer(&ok(2, 0), 3).outcomes[0].class(), "retryable");
-        assert_eq!(answer(&ok(3, 3), 3).outcomes[0].class(), "permanent");
+        assert_eq!(answer(&ok(2, 0), 3).outcomes()[0].class(), "retryable");
+        assert_eq!(answer(&ok(3, 3), 3).outcomes()[0].class(), "permanent");
         assert_eq!(
-            answer(&reply(200, json!("<html>")), 3).outcomes[0].class(),
+            answer(&reply(200, json!("<html>")), 3).outcomes()[0].class(),
             "retryable"
         );
     }

@@ -102,7 +102,7 @@ impl AudiencesSink {
             .send(audience, config, account, Op::Remove, &members, session)
             .await;
         let mut worst = None;
-        for outcome in answer.outcomes {
+        for outcome in answer.into_outcomes() {
             merge(&mut worst, outcome);
         }
         worst.unwrap_or(Outcome::Applied)

@@ -221,13 +221,7 @@ impl Staging {
     }
 }
 
-/// Folds one more outcome into an item's outcome.
-pub fn merge(slot: &mut Option<Outcome>, outcome: Outcome) {
-    *slot = Some(match slot.take() {
-        Some(so_far) => so_far.worst(outcome),
-        None => outcome,
-    });
-}
+pub use relay_delivery::driver::merge;
 
 /// One HTTP request, built by a platform module and sent by the client. It holds no secret (the
 /// client adds the token where the body says), so it can be printed.
@@ -250,29 +244,8 @@ pub enum Body {
     },
 }
 
-/// A platform's answer to one request, as outcomes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Answer {
-    /// One outcome per member of the request, in request order.
-    pub outcomes: Vec<Outcome>,
-    /// Nothing more goes to this account in this delivery: the platform said it is over a rate
-    /// limit, or (set by the client) it could not be reached.
-    pub stop: bool,
-}
-
-impl Answer {
-    /// The same outcome for all `members` of the request.
-    pub fn all(outcome: Outcome, members: usize) -> Answer {
-        Answer {
-            outcomes: vec![outcome; members],
-            stop: false,
-        }
-    }
-
-    pub fn applied(members: usize) -> Answer {
-        Answer::all(Outcome::Applied, members)
-    }
-}
+/// A platform's answer to one request: one outcome per member, in request order.
+pub use relay_delivery::driver::Answer;
 
 /// The start of a platform's error text for an outcome reason. Our requests carry hashes only, so
 /// a platform that echoes its input echoes no raw identifier; the length bound keeps a large

@@ -74,14 +74,14 @@ pub fn answer(reply: &Reply, sent: usize) -> Answer {
                 Answer::applied(sent)
             }
             // "Should be treated as an error condition, requiring a retry" (docs/vendors/x.md §5).
-            Ok(c) => Answer::all(
+            Ok(c) => Answer::whole(
                 Outcome::retryable(format!(
                     "X processed {} of {} records; {sent} were sent",
                     c.success_count, c.total_count
                 )),
                 sent,
             ),
-            Err(_) => Answer::all(Outcome::retryable("unreadable X answer"), sent),
+            Err(_) => Answer::whole(Outcome::retryable("unreadable X answer"), sent),
         };
     }
 
@@ -110,15 +110,9 @@ pub fn answer(reply: &Reply, sent: usize) -> Answer {
                 ),
             })
             .collect();
-        return Answer {
-            outcomes,
-            stop: false,
-        };
+        return Answer::per_part(outcomes);
     }
-    Answer {
-        stop: reply.status == 429,
-        outcomes: vec![outcome; sent],
-    }
+    Answer::whole(outcome, sent)
 }
 
 fn seconds_until(epoch_secs: u64) -> u64 {
@@ -286,8 +280,8 @@ mod tests {
             )
         };
         assert_eq!(answer(&ok(2, 2), 2), Answer::applied(2));
-        assert_eq!(answer(&ok(1, 2), 2).outcomes[0].class(), "retryable");
-        assert_eq!(answer(&ok(1, 1), 2).outcomes[0].class(), "retryable");
+        assert_eq!(answer(&ok(1, 2), 2).outcomes()[0].class(), "retryable");
+        assert_eq!(answer(&ok(1, 1), 2).outcomes()[0].class(), "retryable");
     }
 
     #[test]
@@ -306,8 +300,8 @@ mod tests {
             HeaderValue::from_str(&reset.to_string()).unwrap(),
         );
         let a = answer(&r, 1);
-        assert!(a.stop);
-        match &a.outcomes[0] {
+        assert!(a.stops_lane());
+        match &a.outcomes()[0] {
             Outcome::Unavailable { after, reason } => {
                 let after = after.unwrap();
                 assert!(after <= Duration::from_secs(30) && after >= Duration::from_secs(28));
@@ -327,10 +321,10 @@ mod tests {
             ),
             3,
         );
-        let classes: Vec<_> = a.outcomes.iter().map(Outcome::class).collect();
+        let classes: Vec<_> = a.outcomes().iter().map(Outcome::class).collect();
         assert_eq!(classes, ["retryable", "permanent", "retryable"]);
         assert_eq!(
-            answer(&reply(401, json!({"errors": []})), 1).outcomes[0].class(),
+            answer(&reply(401, json!({"errors": []})), 1).outcomes()[0].class(),
             "refused"
         );
     }

@@ -1,6 +1,7 @@
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use relay_delivery::driver::{self, Answer, Transport};
 use relay_delivery::{
     classify_status, BoxFuture, ConfigError, Destination, Outcome, Reply, Sink, SinkItem,
 };
@@ -45,58 +46,6 @@ impl HubSpotSink {
         })
     }
 
-    async fn deliver_items(&self, items: &[SinkItem]) -> Vec<Outcome> {
-        let request::Plan { settled, calls } = request::plan(items, &self.config);
-        let mut outcomes = settled;
-        // Contacts with a change that did not go through. Their later changes in this delivery are
-        // held back too: sending them now would let the runtime's retry of the earlier change land
-        // after them and undo the newer decision. This also keeps a status write from going out
-        // when its contact upsert failed.
-        let mut stalled: HashSet<String> = HashSet::new();
-        // Set once nothing more may be sent in this delivery (HubSpot refuses us, or its daily
-        // limit is spent): the outcome of every input not sent. A burst-limit pause does not stop
-        // the delivery; the destination holds the next request until the pause is over.
-        let mut halt: Option<Outcome> = None;
-
-        for mut call in calls {
-            let held: Vec<usize> = call
-                .inputs()
-                .into_iter()
-                .filter(|(_, email)| stalled.contains(*email))
-                .map(|(item, _)| item)
-                .collect();
-            for item in held {
-                merge(
-                    &mut outcomes[item],
-                    Outcome::retryable("held back: an earlier change of this contact failed"),
-                );
-            }
-            if !call.retain(|email| !stalled.contains(email)) {
-                continue;
-            }
-
-            let per_input = match &halt {
-                Some(not_sent) => vec![not_sent.clone(); call.inputs().len()],
-                None => {
-                    let answer = self.send(&call).await;
-                    halt = answer.halt;
-                    answer.per_input
-                }
-            };
-            for ((item, email), outcome) in call.inputs().into_iter().zip(per_input) {
-                if !outcome.is_done() {
-                    stalled.insert(email.to_owned());
-                }
-                merge(&mut outcomes[item], outcome);
-            }
-        }
-
-        outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Outcome::retryable("no request covered this item")))
-            .collect()
-    }
-
     /// Sends one call through the destination and maps the answer to one outcome per input.
     async fn send(&self, call: &Call) -> Answer {
         let inputs = call.inputs();
@@ -109,9 +58,9 @@ impl HubSpotSink {
             .json(&call.body());
         let reply = match self.destination.send(request).await {
             Ok(reply) => reply,
-            // No answer, or not sent because the destination's own daily budget is spent; either
-            // way the next call fails the same way at once, without a request.
-            Err(outcome) => return Answer::all(outcome, inputs.len()),
+            // No answer, or not sent because the destination's own daily budget is spent: the
+            // driver asks HubSpot nothing more in this delivery.
+            Err(outcome) => return Answer::whole(outcome, inputs.len()),
         };
         tracing::debug!(
             sink = "hubspot",
@@ -133,24 +82,24 @@ impl HubSpotSink {
             serde_json::from_slice(&reply.body).unwrap_or_default()
         };
         let mut answer = if reply.is_success() {
-            Answer::per_input(map_success(call, &reply))
+            Answer::per_part(map_success(call, &reply))
         } else if matches!(call, Call::GdprDelete(_)) && reply.status == 404 && error.is_hubspot() {
             // HubSpot answers a GDPR delete of an unknown contact by blocklisting the address: the
             // erasure holds either way. An empty or foreign 404 body means a wrong URL, not that.
-            Answer::all(Outcome::Applied, inputs.len())
+            Answer::applied(inputs.len())
         } else {
             let outcome = self.failure(&reply, &error, &limits, &emails);
-            let halt = match &outcome {
+            let refused = matches!(outcome, Outcome::Refused { .. });
+            let answer = Answer::whole(outcome, inputs.len());
+            if refused {
                 // The account, not the item, is the problem: every other request would be refused
                 // too, and the runtime opens the circuit on this outcome.
-                Outcome::Refused { reason } => Some(Outcome::Refused {
-                    reason: format!("not sent: HubSpot refused this delivery earlier ({reason})"),
-                }),
-                _ => None,
-            };
-            Answer {
-                per_input: vec![outcome; inputs.len()],
-                halt,
+                answer
+            } else {
+                // A burst-limit 429 has paused the destination for its window (and a Retry-After
+                // for as long as it says): the next call waits there instead of going back to the
+                // runtime, since the window is seconds.
+                answer.lane_goes_on()
             }
         };
         if limits.daily_remaining == Some(0) || error.policy_name.as_deref() == Some(DAILY) {
@@ -158,7 +107,7 @@ impl HubSpotSink {
             // rest goes back to the runtime, which retries after the pause.
             let until = until_utc_midnight(SystemTime::now());
             self.destination.pause_for(until);
-            answer.halt = Some(Outcome::Unavailable {
+            answer = answer.stop_lane(Outcome::Unavailable {
                 after: Some(until),
                 reason: "not sent: HubSpot's daily request limit is spent".to_owned(),
             });
@@ -198,6 +147,18 @@ impl HubSpotSink {
     }
 }
 
+impl Transport for HubSpotSink {
+    type Request = Call;
+
+    fn who(&self, _lane: usize) -> &str {
+        "HubSpot"
+    }
+
+    fn send<'a>(&'a self, call: &'a Call) -> BoxFuture<'a, Answer> {
+        Box::pin(HubSpotSink::send(self, call))
+    }
+}
+
 impl Sink for HubSpotSink {
     fn name(&self) -> &str {
         "hubspot"
@@ -208,32 +169,13 @@ impl Sink for HubSpotSink {
     }
 
     fn deliver<'a>(&'a self, items: &'a [SinkItem]) -> BoxFuture<'a, Vec<Outcome>> {
-        Box::pin(self.deliver_items(items))
+        // One chain: requests in plan order, so that two changes of a contact keep their order.
+        let request::Plan { settled, calls } = request::plan(items, &self.config);
+        Box::pin(driver::deliver(self, settled, vec![calls]))
     }
 
     fn destinations(&self) -> Vec<&Destination> {
         vec![&self.destination]
-    }
-}
-
-/// HubSpot's answer to one call.
-struct Answer {
-    /// One outcome per input of the call.
-    per_input: Vec<Outcome>,
-    /// When set, nothing more is sent in this delivery, and this is the outcome of what is left.
-    halt: Option<Outcome>,
-}
-
-impl Answer {
-    fn per_input(per_input: Vec<Outcome>) -> Self {
-        Answer {
-            per_input,
-            halt: None,
-        }
-    }
-
-    fn all(outcome: Outcome, inputs: usize) -> Self {
-        Answer::per_input(vec![outcome; inputs])
     }
 }
 
@@ -280,14 +222,6 @@ fn parse<R: DeserializeOwned + Default>(reply: &Reply) -> Result<BatchResponse<R
             reply.status
         ))
     })
-}
-
-/// Folds the outcome of one more input into its item's outcome.
-fn merge(slot: &mut Option<Outcome>, outcome: Outcome) {
-    *slot = Some(match slot.take() {
-        Some(so_far) => so_far.worst(outcome),
-        None => outcome,
-    });
 }
 
 /// Time until the next midnight UTC. HubSpot resets its daily limit at midnight in the account's

@@ -15,7 +15,8 @@
 //!
 //! Layout: `config` (the `[sinks.hubspot]` section), `request` (items → requests: payload shapes,
 //! batch limits, per-contact order), `client` (sending, rate-limit signals, and mapping answers to
-//! one outcome per item).
+//! one outcome per input; `relay_delivery::driver` runs the requests and folds the outcomes per
+//! item).
 //!
 //! Owns: HubSpot's payloads, response shapes and rate-limit signals. Must not: sleep, retry, log an
 //! email address, or put one into an outcome reason (reasons reach the ledger and the DLQ).

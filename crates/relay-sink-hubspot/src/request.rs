@@ -1,5 +1,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use relay_delivery::driver::{self, Part};
 use relay_delivery::{Outcome, SinkItem, Target};
 use relay_events::{normalize, Action, Contact};
 use serde::Serialize;
@@ -118,21 +119,50 @@ impl Call {
 
     /// Keeps only the inputs whose email passes `keep`; returns whether any input is left.
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) -> bool {
+        let kept: Vec<bool> = self.inputs().iter().map(|(_, email)| keep(email)).collect();
+        self.retain_at(&mut |at| kept[at])
+    }
+
+    /// Keeps only the inputs at the positions `keep` says yes to.
+    fn retain_at(&mut self, keep: &mut dyn FnMut(usize) -> bool) -> bool {
         match self {
-            Call::Upsert(inputs) => {
-                inputs.retain(|i| keep(&i.id));
-                !inputs.is_empty()
-            }
-            Call::BatchWrite(inputs) => {
-                inputs.retain(|i| keep(&i.subscriber_id_string));
-                !inputs.is_empty()
-            }
-            Call::UnsubscribeAll(contacts) => {
-                contacts.retain(|c| keep(&c.email));
-                !contacts.is_empty()
-            }
-            Call::GdprDelete(c) => keep(&c.email),
+            Call::Upsert(inputs) => driver::retain_positions(inputs, keep),
+            Call::BatchWrite(inputs) => driver::retain_positions(inputs, keep),
+            Call::UnsubscribeAll(contacts) => driver::retain_positions(contacts, keep),
+            Call::GdprDelete(_) => keep(0),
         }
+    }
+}
+
+/// The driver's view: HubSpot is one lane (the account), and every input is about one contact,
+/// keyed by its normalized address.
+impl driver::Request for Call {
+    fn lane(&self) -> usize {
+        0
+    }
+
+    fn parts(&self) -> Vec<Part<'_>> {
+        fn part<'a>(item: &'a usize, email: &'a str) -> Part<'a> {
+            Part {
+                items: std::slice::from_ref(item),
+                person: Some(email),
+            }
+        }
+        match self {
+            Call::Upsert(inputs) => inputs.iter().map(|i| part(&i.item, &i.id)).collect(),
+            Call::BatchWrite(inputs) => inputs
+                .iter()
+                .map(|i| part(&i.item, &i.subscriber_id_string))
+                .collect(),
+            Call::UnsubscribeAll(contacts) => {
+                contacts.iter().map(|c| part(&c.item, &c.email)).collect()
+            }
+            Call::GdprDelete(c) => vec![part(&c.item, &c.email)],
+        }
+    }
+
+    fn retain(&mut self, keep: &mut dyn FnMut(usize) -> bool) -> bool {
+        self.retain_at(keep)
     }
 }
 

@@ -1,10 +1,10 @@
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
+use relay_delivery::driver::{self, Answer, Single, Transport};
 use relay_delivery::{
-    body_excerpt, classify_status, join_all, redact_emails, BoxFuture, ConfigError, Destination,
-    Outcome, Reply, Sink, SinkItem,
+    body_excerpt, classify_status, redact_emails, BoxFuture, ConfigError, Destination, Outcome,
+    Reply, Sink, SinkItem,
 };
 use serde::Deserialize;
 
@@ -110,57 +110,6 @@ impl NewsletterSink {
             config,
             lists,
         })
-    }
-
-    async fn deliver_items(&self, items: &[SinkItem]) -> Vec<Outcome> {
-        let request::Plan { settled, chains } = request::plan(items, &self.config);
-        let mut outcomes = settled;
-        // Lists that answered 429 or refused us in this delivery: their remaining calls are not
-        // sent, since the answer would be the same.
-        let blocked = Mutex::new(BTreeMap::new());
-        let results = join_all(
-            chains
-                .iter()
-                .map(|chain| self.run_chain(chain, &blocked))
-                .collect(),
-        )
-        .await;
-        for (item, outcome) in results.into_iter().flatten() {
-            merge(&mut outcomes[item], outcome);
-        }
-        outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Outcome::retryable("no request covered this item")))
-            .collect()
-    }
-
-    /// Sends the calls for one address in order. After a call that is not done, the rest wait:
-    /// sending them would let the runtime's retry of the earlier change land after them and undo
-    /// the newer decision.
-    async fn run_chain(
-        &self,
-        chain: &[Call],
-        blocked: &Mutex<BTreeMap<String, Outcome>>,
-    ) -> Vec<(usize, Outcome)> {
-        let mut out = Vec::with_capacity(chain.len());
-        let mut stalled = false;
-        for call in chain {
-            let known = lock(blocked).get(&call.list).cloned();
-            let outcome = if stalled {
-                Outcome::retryable("held back: an earlier change of this address failed")
-            } else if let Some(outcome) = known {
-                outcome
-            } else {
-                let outcome = self.send(call).await;
-                if let Some(block) = outcome.unsent_after(PROVIDER) {
-                    lock(blocked).entry(call.list.clone()).or_insert(block);
-                }
-                outcome
-            };
-            stalled |= !outcome.is_done();
-            out.push((call.item, outcome));
-        }
-        out
     }
 
     /// Sends one call and maps the answer to the item's outcome.
@@ -308,6 +257,19 @@ impl ListClient {
 /// How outcome reasons name a list's provider.
 const PROVIDER: &str = "the list's provider";
 
+impl Transport for NewsletterSink {
+    /// The list is the lane, the address the person.
+    type Request = Single<Call>;
+
+    fn who(&self, _lane: usize) -> &str {
+        PROVIDER
+    }
+
+    fn send<'a>(&'a self, call: &'a Single<Call>) -> BoxFuture<'a, Answer> {
+        Box::pin(async move { Answer::whole(NewsletterSink::send(self, &call.call).await, 1) })
+    }
+}
+
 impl Sink for NewsletterSink {
     fn name(&self) -> &str {
         &self.name
@@ -318,7 +280,28 @@ impl Sink for NewsletterSink {
     }
 
     fn deliver<'a>(&'a self, items: &'a [SinkItem]) -> BoxFuture<'a, Vec<Outcome>> {
-        Box::pin(self.deliver_items(items))
+        let request::Plan { settled, chains } = request::plan(items, &self.config);
+        // A chain is one address: its calls wait for each other, other addresses' do not.
+        let chains = chains
+            .into_iter()
+            .enumerate()
+            .map(|(address, chain)| {
+                chain
+                    .into_iter()
+                    .map(|call| Single {
+                        item: call.item,
+                        lane: self
+                            .lists
+                            .keys()
+                            .position(|l| *l == call.list)
+                            .unwrap_or(usize::MAX),
+                        person: address.to_string(),
+                        call,
+                    })
+                    .collect()
+            })
+            .collect();
+        Box::pin(driver::deliver(self, settled, chains))
     }
 
     fn destinations(&self) -> Vec<&Destination> {
@@ -438,19 +421,6 @@ impl Problem {
         }
         out
     }
-}
-
-/// Folds the outcome of one more call into its item's outcome.
-fn merge(slot: &mut Option<Outcome>, outcome: Outcome) {
-    *slot = Some(match slot.take() {
-        Some(so_far) => so_far.worst(outcome),
-        None => outcome,
-    });
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The map only caches answers; one a panicking chain left behind is still right.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

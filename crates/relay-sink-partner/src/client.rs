@@ -1,6 +1,6 @@
-use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use relay_delivery::driver::{self, Answer, Single, Transport};
 use relay_delivery::{
     body_excerpt, classify_status, BoxFuture, ConfigError, ConfigProblem, Destination, Outcome,
     Sink, SinkItem,
@@ -91,54 +91,55 @@ impl PartnerSink {
         Ok(PartnerSink { name, partners })
     }
 
-    async fn deliver_items(&self, items: &[SinkItem]) -> Vec<Outcome> {
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
-        // (partner, subject) pairs with a notice that did not go through. Their later notices in
-        // this delivery are held back: sending them now would let the runtime's retry of the
-        // earlier one land after them (a lead after its withdrawal).
-        let mut stalled: HashSet<(usize, &str)> = HashSet::new();
-        // Per partner: the outcome its remaining messages get unsent after a 429 or a refusal.
-        let mut blocked: Vec<Option<Outcome>> = vec![None; self.partners.len()];
-
+    /// One notice per (item, partner it concerns), in item order; an item no partner is for is
+    /// settled as a configuration gap.
+    fn plan(&self, items: &[SinkItem]) -> (Vec<Option<Outcome>>, Vec<Notice>) {
+        let mut settled = vec![None; items.len()];
+        let mut notices = Vec::new();
         for (index, item) in items.iter().enumerate() {
-            let subject = item.event.subject_id.as_str();
+            let before = notices.len();
             for (p, partner) in self.partners.iter().enumerate() {
-                if !request::concerns(item, &partner.config) {
-                    continue;
+                if request::concerns(item, &partner.config) {
+                    notices.push(Single {
+                        lane: p,
+                        item: index,
+                        // Held back per partner: each partner keeps its own order.
+                        person: format!("{p}/{}", item.event.subject_id),
+                        call: request::message(item, &partner.config),
+                    });
                 }
-                let outcome = if stalled.contains(&(p, subject)) {
-                    Outcome::retryable("held back: an earlier notice about this person failed")
-                } else if let Some(outcome) = &blocked[p] {
-                    outcome.clone()
-                } else {
-                    match request::message(item, &partner.config) {
-                        Err(outcome) => outcome,
-                        Ok(message) => {
-                            let outcome = partner.send(&message).await;
-                            blocked[p] = outcome.unsent_after("the partner");
-                            outcome
-                        }
-                    }
-                };
-                if !outcome.is_done() {
-                    stalled.insert((p, subject));
-                }
-                merge(&mut outcomes[index], outcome);
+            }
+            if notices.len() == before {
+                settled[index] = Some(Outcome::permanent(format!(
+                    "no partner is configured for purpose {:?}",
+                    item.target.key()
+                )));
             }
         }
+        (settled, notices)
+    }
+}
 
-        items
-            .iter()
-            .zip(outcomes)
-            .map(|(item, outcome)| {
-                outcome.unwrap_or_else(|| {
-                    Outcome::permanent(format!(
-                        "no partner is configured for purpose {:?}",
-                        item.target.key()
-                    ))
-                })
-            })
-            .collect()
+/// A notice to one partner about one item, or why it could not be built.
+type Notice = Single<Result<Message, Outcome>>;
+
+impl Transport for PartnerSink {
+    /// The partner is the lane. A message that could not be built still takes its place in the
+    /// order: it fails without being sent, and holds back that person's later notices to the
+    /// partner like any other failure.
+    type Request = Notice;
+
+    fn who(&self, _lane: usize) -> &str {
+        "the partner"
+    }
+
+    fn send<'a>(&'a self, notice: &'a Notice) -> BoxFuture<'a, Answer> {
+        Box::pin(async move {
+            match &notice.call {
+                Err(outcome) => Answer::whole(outcome.clone(), 1).lane_goes_on(),
+                Ok(message) => Answer::whole(self.partners[notice.lane].send(message).await, 1),
+            }
+        })
     }
 }
 
@@ -193,20 +194,13 @@ impl Sink for PartnerSink {
     }
 
     fn deliver<'a>(&'a self, items: &'a [SinkItem]) -> BoxFuture<'a, Vec<Outcome>> {
-        Box::pin(self.deliver_items(items))
+        let (settled, notices) = self.plan(items);
+        Box::pin(driver::deliver(self, settled, vec![notices]))
     }
 
     fn destinations(&self) -> Vec<&Destination> {
         self.partners.iter().map(|p| &p.destination).collect()
     }
-}
-
-/// Folds the outcome of one more partner into the item's outcome.
-fn merge(slot: &mut Option<Outcome>, outcome: Outcome) {
-    *slot = Some(match slot.take() {
-        Some(so_far) => so_far.worst(outcome),
-        None => outcome,
-    });
 }
 
 #[cfg(test)]
