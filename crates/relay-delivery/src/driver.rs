@@ -1,8 +1,9 @@
 //! The delivery driver every sink uses. A sink turns items into requests (within the API's
 //! limits) and maps an answer to one outcome per part of a request; the driver sends the requests
 //! in the sink's order, holds back later requests about a person whose earlier one failed, stops a
-//! lane (an account, list or partner) that is rate-limited, unreachable or refusing us, and folds
-//! the outcomes of every part back into one outcome per item.
+//! lane (an account, list or partner) once a whole request to it was unavailable, unanswered or
+//! refused (unless the sink says the lane goes on), and folds the outcomes of every part back into
+//! one outcome per item.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -117,8 +118,9 @@ impl Answer {
         Answer::whole(Outcome::Applied, parts)
     }
 
-    /// The lane goes on even though this answer would stop it: the destination has paused itself
-    /// for as long as the answer asked and holds the next request until then.
+    /// The lane goes on whatever this answer's outcomes say: the destination has paused itself for
+    /// as long as the answer asked and holds the next request until then (HubSpot's burst
+    /// window), or the failure was this request's alone (a message that could not be built).
     pub fn lane_goes_on(mut self) -> Answer {
         self.stop = Stop::Never;
         self
@@ -158,7 +160,7 @@ impl Answer {
         }
     }
 
-    /// A blocked lane's answer: `outcome` for every part, and nothing more to stop.
+    /// A stopped lane's answer: `outcome` for every part, and nothing more to stop.
     fn not_sent(outcome: Outcome, parts: usize) -> Answer {
         Answer::whole(outcome, parts).lane_goes_on()
     }
@@ -219,13 +221,17 @@ async fn run_chain<T: Transport>(transport: &T, chain: Vec<T::Request>, state: &
                 .iter()
                 .map(|p| p.person.is_some_and(|person| s.stalled.contains(person)))
                 .collect();
+            // A `retain` that asks about more positions than `parts` gave keeps them.
+            let held_at = |at: usize| held.get(at).copied().unwrap_or(false);
             for part in request.parts().iter().zip(&held).filter(|(_, h)| **h) {
                 s.settle(
                     part.0.items,
-                    &Outcome::retryable("held back: an earlier change of this person failed"),
+                    &Outcome::retryable(
+                        "held back: an earlier change of this person failed in this delivery",
+                    ),
                 );
             }
-            if !request.retain(&mut |at| !held[at]) {
+            if !request.retain(&mut |at| !held_at(at)) {
                 continue;
             }
             s.stopped.get(&request.lane()).cloned()

@@ -61,33 +61,36 @@ impl AudiencesSink {
         self.config.purposes.keys().cloned().collect()
     }
 
-    /// The requests of one delivery, in the order they go: one audience at a time, its removals
-    /// before its adds (withdrawals never wait behind grants), at most the platform's batch size
-    /// each. One chain, so that an audience has one writer.
+    /// The requests of one delivery, in the order they go: every audience's removals before any
+    /// adds (a withdrawal never waits behind a grant, nor behind a rate limit a grant ran into),
+    /// one audience after the other, at most the platform's batch size each. One chain, so that
+    /// an audience has one writer.
     fn requests(&self, audiences: Vec<request::AudienceWork<'_>>) -> Vec<Batch> {
+        let (removes, adds): (Vec<_>, Vec<_>) = audiences
+            .into_iter()
+            .map(|w| ((w.name, Op::Remove, w.removes), (w.name, Op::Add, w.adds)))
+            .unzip();
         let mut requests = Vec::new();
-        for work in audiences {
-            let audience = &self.config.audiences[work.name];
-            let account = self.account_of[work.name];
-            for (op, members) in [(Op::Remove, work.removes), (Op::Add, work.adds)] {
-                let total = members.len();
-                let chunks = total.div_ceil(audience.batch_size());
-                let session_id = fastrand::u64(1..);
-                let mut members = members.into_iter();
-                for seq in 0..chunks {
-                    requests.push(Batch {
-                        name: work.name.to_owned(),
-                        account,
-                        op,
-                        members: members.by_ref().take(audience.batch_size()).collect(),
-                        session: (chunks > 1).then_some(Session {
-                            id: session_id,
-                            seq: seq + 1,
-                            last: seq + 1 == chunks,
-                            total,
-                        }),
-                    });
-                }
+        for (name, op, members) in removes.into_iter().chain(adds) {
+            let audience = &self.config.audiences[name];
+            let account = self.account_of[name];
+            let total = members.len();
+            let chunks = total.div_ceil(audience.batch_size());
+            let session_id = fastrand::u64(1..);
+            let mut members = members.into_iter();
+            for seq in 0..chunks {
+                requests.push(Batch {
+                    name: name.to_owned(),
+                    account,
+                    op,
+                    members: members.by_ref().take(audience.batch_size()).collect(),
+                    session: (chunks > 1).then_some(Session {
+                        id: session_id,
+                        seq: seq + 1,
+                        last: seq + 1 == chunks,
+                        total,
+                    }),
+                });
             }
         }
         requests
@@ -115,7 +118,8 @@ impl AudiencesSink {
             .await
         {
             Ok(reply) => reply,
-            // Unreachable or out of budget: the driver sends this account nothing more.
+            // Unreachable or out of budget: the driver sends this account nothing more (a request
+            // that could not even be built is permanent, and this batch's alone).
             Err(outcome) => return Answer::whole(outcome, batch.len()),
         };
         let answer = match audience {

@@ -2,7 +2,9 @@
 //! `audienceMembers:ingest` adds with both ad consents granted, `audienceMembers:remove` removes;
 //! hashes hex-encoded.
 
-use relay_delivery::{classify_status, Outcome, Reply};
+use std::time::SystemTime;
+
+use relay_delivery::{classify_status, parse_retry_after, Outcome, Reply};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -71,13 +73,18 @@ pub fn answer(reply: &Reply, sent: usize) -> Answer {
         format!("{} {}", error.status, excerpt(&error.message))
     };
     // The ingestion quota is per project: after RESOURCE_EXHAUSTED nothing else can pass,
-    // whatever the HTTP status says, so it counts as the 429 it stands for.
-    let status = if error.status == "RESOURCE_EXHAUSTED" {
-        429
+    // whatever the HTTP status says, so it counts as the 429 it stands for (the reason keeps the
+    // status Google sent).
+    let outcome = if error.status == "RESOURCE_EXHAUSTED" && reply.status != 429 {
+        Outcome::Unavailable {
+            after: reply
+                .header("retry-after")
+                .and_then(|v| parse_retry_after(v, SystemTime::now())),
+            reason: format!("HTTP {} (a quota, as 429): {detail}", reply.status),
+        }
     } else {
-        reply.status
+        classify_status(reply.status, reply.header("retry-after"), detail)
     };
-    let outcome = classify_status(status, reply.header("retry-after"), detail);
 
     // Google rejects a whole request for one bad member and names it in a field violation. Only
     // that member is dead-lettered; the others were fine and are retried without it.
@@ -235,6 +242,23 @@ mod tests {
         assert!(
             matches!(&a.outcomes()[1], Outcome::Unavailable { reason, .. }
             if reason.contains("RESOURCE_EXHAUSTED"))
+        );
+    }
+
+    #[test]
+    fn quota_exhaustion_under_another_status_counts_as_a_429() {
+        let a = answer(
+            &reply(
+                400,
+                json!({"error": {"code": 400, "status": "RESOURCE_EXHAUSTED", "message": "Quota"}}),
+            ),
+            2,
+        );
+        assert!(a.stops_lane());
+        assert!(
+            matches!(&a.outcomes()[0], Outcome::Unavailable { reason, .. }
+            if reason.starts_with("HTTP 400 (a quota, as 429): RESOURCE_EXHAUSTED")),
+            "{a:?}"
         );
     }
 

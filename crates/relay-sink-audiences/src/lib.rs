@@ -16,7 +16,8 @@
 //! removes, hashing, the request shape), `meta` / `google` / `linkedin` / `x` (each platform's
 //! payloads and the mapping of its answers to outcomes), `client` (the requests in order, one
 //! audience at a time, and sending them; the `relay_delivery::driver` runs them, stops an account
-//! that is rate-limited or refusing us, and folds the outcomes per item).
+//! once a whole request to it was unavailable (429, `Retry-After`, unreachable), unanswered or
+//! refused, and folds the outcomes per item).
 //!
 //! Credentials: Meta, Google and LinkedIn take one `token`; X signs every request with OAuth 1.0a
 //! (HMAC-SHA1, `oauth1`) from four credentials (consumer key and secret, access token and secret).

@@ -10,8 +10,9 @@
 //!
 //! Every request goes through one `relay_delivery::Destination` per sink: the account's burst
 //! window (`[limits]`, 100 per 10 s by default), `Retry-After` and the pauses HubSpot's own
-//! rate-limit headers and 429 policies ask for. A refusal (401, 403) or a spent daily limit ends
-//! the delivery: what is left is not sent.
+//! rate-limit headers and 429 policies ask for. A refusal (401, 403), a spent daily limit or a
+//! request without an answer (timeout, connection failure) ends the delivery: what is left is not
+//! sent. After a burst-limit 429 the next request waits out the window instead.
 //!
 //! Layout: `config` (the `[sinks.hubspot]` section), `request` (items → requests: payload shapes,
 //! batch limits, per-contact order), `client` (sending, rate-limit signals, and mapping answers to

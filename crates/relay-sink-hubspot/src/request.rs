@@ -117,13 +117,7 @@ impl Call {
         }
     }
 
-    /// Keeps only the inputs whose email passes `keep`; returns whether any input is left.
-    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) -> bool {
-        let kept: Vec<bool> = self.inputs().iter().map(|(_, email)| keep(email)).collect();
-        self.retain_at(&mut |at| kept[at])
-    }
-
-    /// Keeps only the inputs at the positions `keep` says yes to.
+    /// Keeps only the inputs at the positions `keep` says yes to; returns whether any is left.
     fn retain_at(&mut self, keep: &mut dyn FnMut(usize) -> bool) -> bool {
         match self {
             Call::Upsert(inputs) => driver::retain_positions(inputs, keep),
@@ -809,8 +803,8 @@ mod tests {
         )
         .calls
         .remove(0);
-        assert!(call.retain(|e| e != "a@b.de"));
+        assert!(driver::Request::retain(&mut call, &mut |at| at != 0));
         assert_eq!(call.inputs(), vec![(1, "c@d.de")]);
-        assert!(!call.retain(|_| false));
+        assert!(!driver::Request::retain(&mut call, &mut |_| false));
     }
 }

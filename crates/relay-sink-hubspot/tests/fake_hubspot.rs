@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use relay_delivery::{Outcome, Sink, SinkItem, Target};
+use relay_delivery::{Outcome, OutcomeClass, Sink, SinkItem, Target};
 use relay_events::{Action, ConsentEvent, Contact, EventKind, Scope};
 use relay_sink_hubspot::{HubSpotConfig, HubSpotSink, LegalBasis, PurposeConfig};
 use relay_testkit::hubspot::{
@@ -761,6 +761,27 @@ async fn a_change_applied_before_a_timeout_is_already_applied_on_retry() {
         [Outcome::AlreadyApplied]
     );
     assert_eq!(fake.status_changes("q@example.de"), 1);
+}
+
+#[tokio::test]
+async fn a_request_without_an_answer_ends_the_delivery() {
+    let fake = FakeHubSpot::start(TOKEN).await;
+    let mut config = config(fake.base_url(), 100);
+    config.limits.request_timeout_ms = 100;
+    let sink = HubSpotSink::new(config).unwrap();
+    fake.set_response_delay(Duration::from_millis(500));
+    // Two calls: the GDPR delete (erasures go first), then the status write.
+    let outcomes = sink
+        .deliver(&[grant("t@example.de", "events"), erase("u@example.de")])
+        .await;
+    assert_eq!(outcomes[1].class(), OutcomeClass::Unknown, "{outcomes:?}");
+    assert_eq!(
+        outcomes[0].class(),
+        OutcomeClass::Unavailable,
+        "{outcomes:?}"
+    );
+    assert!(reason(&outcomes[0]).starts_with("not sent"), "{outcomes:?}");
+    assert_eq!(fake.requests().len(), 1, "a second timeout not waited for");
 }
 
 #[tokio::test]
