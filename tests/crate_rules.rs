@@ -21,9 +21,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("relay-sink-partner", &["relay-events", "relay-delivery"]),
     (
         "relay-ingest",
-        &["relay-events", "relay-ledger", "relay-runtime"],
+        &[
+            "relay-events",
+            "relay-ledger",
+            "relay-delivery",
+            "relay-runtime",
+        ],
     ),
-    ("relay-testkit", &["relay-events"]),
+    ("relay-testkit", &["relay-events", "relay-delivery"]),
     (
         "consent-relay",
         &[

@@ -1014,7 +1014,7 @@ async fn ingest(config: Config, poll: bool) -> Result<(), AppError> {
     let polled_only = settings
         .mailchimp
         .as_ref()
-        .is_some_and(|m| m.poll.is_some() && m.path_secret.is_empty());
+        .is_some_and(|m| m.poll.is_some() && m.path_secret.is_blank());
     if polled_only && !poll {
         return Err(AppError::Usage(
             "ingest: [ingest.mailchimp] has no path_secret, so no webhook route, and is heard only by polling: run `ingest --poll`".into(),

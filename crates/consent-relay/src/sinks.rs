@@ -89,7 +89,7 @@ pub fn parse(
         "hubspot" => deserialize_all::<HubSpotConfig>(section, &prefix, set_by, &mut problems).map(
             |mut c| {
                 if let Some(token) = var(env, "CONSENT_RELAY_HUBSPOT_TOKEN") {
-                    c.token = Some(token);
+                    c.token = Some(token.into());
                 }
                 Arc::new(c) as Arc<dyn SinkConfig>
             },

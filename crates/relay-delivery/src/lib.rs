@@ -3,7 +3,8 @@
 //! `Destination`: rate limits, daily budget, concurrency bound and the `Retry-After` gate per account.
 //! And the `driver` every sink delivers through: sending in order, hold-back of a person whose
 //! change failed, stopping a lane that cannot take more, the merge of per-part outcomes.
-//! Also the one configuration error every sink reports (`ConfigError`, `ConfigProblem`).
+//! Also the configuration primitives every sink uses: `Secret` (never shown by `Debug`) and the one
+//! configuration error (`ConfigError`, `ConfigProblem`).
 //!
 //! Owns: the contract between the runtime and the sinks, and the shared HTTP front of every sink.
 //! Must not: name a concrete sink, retry, or know about Kafka and the ledger. The only waiting it
@@ -18,6 +19,7 @@ pub mod driver;
 mod join;
 mod outcome;
 mod redact;
+mod secret;
 mod sink;
 
 pub use classify::{classify_status, classify_transport, parse_retry_after};
@@ -28,4 +30,5 @@ pub use destination::{
 pub use join::join_all;
 pub use outcome::{Outcome, OutcomeClass};
 pub use redact::{body_excerpt, redact_emails};
+pub use secret::Secret;
 pub use sink::{BoxFuture, Sink, SinkItem, Target};

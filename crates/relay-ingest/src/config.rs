@@ -4,36 +4,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+pub use relay_delivery::Secret;
 use serde::Deserialize;
-
-/// A credential from the configuration or the environment.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "<unset>"
-        } else {
-            "<redacted>"
-        })
-    }
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -261,13 +233,13 @@ impl IngestConfig {
             }
         }
         if let Some(h) = &self.hubspot {
-            if h.client_secret.is_empty() {
+            if h.client_secret.is_blank() {
                 out.push(format!(
                     "ingest.hubspot.client_secret: missing (set {})",
                     ENV_SECRETS[0]
                 ));
             }
-            if h.token.is_empty() {
+            if h.token.is_blank() {
                 out.push(format!(
                     "ingest.hubspot.token: missing (set {})",
                     ENV_SECRETS[1]
@@ -276,7 +248,7 @@ impl IngestConfig {
         }
         if let Some(m) = &self.mailchimp {
             // Short secrets in a URL can be guessed; 32 characters is a UUID without hyphens.
-            let polled_only = m.poll.is_some() && m.path_secret.is_empty();
+            let polled_only = m.poll.is_some() && m.path_secret.is_blank();
             if m.path_secret.expose().len() < 32 && !polled_only {
                 out.push(format!(
                     "ingest.mailchimp.path_secret: at least 32 characters (set {})",
@@ -284,7 +256,7 @@ impl IngestConfig {
                 ));
             }
             if let Some(p) = &m.poll {
-                if p.api_key.is_empty() {
+                if p.api_key.is_blank() {
                     out.push(format!(
                         "ingest.mailchimp.poll.api_key: missing (set {})",
                         ENV_SECRETS[5]
@@ -313,11 +285,11 @@ impl IngestConfig {
         }
         if let Some(b) = &self.brevo {
             match b.auth {
-                BrevoAuth::Bearer if b.token.is_empty() => out.push(format!(
+                BrevoAuth::Bearer if b.token.is_blank() => out.push(format!(
                     "ingest.brevo.token: missing for auth = \"bearer\" (set {})",
                     ENV_SECRETS[3]
                 )),
-                BrevoAuth::Basic if b.username.is_empty() || b.password.is_empty() => {
+                BrevoAuth::Basic if b.username.is_empty() || b.password.is_blank() => {
                     out.push(format!(
                         "ingest.brevo.username/password: missing for auth = \"basic\" (set {})",
                         ENV_SECRETS[4]

@@ -148,7 +148,7 @@ impl Ingest {
             .config
             .mailchimp
             .as_ref()
-            .is_some_and(|m| !m.path_secret.is_empty())
+            .is_some_and(|m| !m.path_secret.is_blank())
         {
             router = router.route(MAILCHIMP_PATH, get(mailchimp_check).post(mailchimp_webhook));
         }

@@ -1,7 +1,6 @@
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
-use relay_delivery::{ConfigError, ConfigProblems, DestinationConfig};
+use relay_delivery::{ConfigError, ConfigProblems, DestinationConfig, Secret};
 use serde::{Deserialize, Deserializer};
 
 /// Meta accepts at most 10 000 rows per `/users` call (docs/vendors/meta.md §2).
@@ -74,7 +73,7 @@ pub enum MetaSchema {
 }
 
 /// A Meta Custom Audience (customer list).
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetaAudience {
     /// Graph API root; tests and the demo point this at a fake.
@@ -84,7 +83,7 @@ pub struct MetaAudience {
     /// Normally left out of the file: the binary fills it from the environment
     /// ([`token_env_var`]).
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// Graph API version, the first path segment.
     #[serde(default = "meta_api_version")]
     pub api_version: String,
@@ -106,7 +105,7 @@ pub struct MetaAudience {
 }
 
 /// A Google Ads Customer Match user list, written through the Data Manager API.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GoogleAudience {
     /// Data Manager API root; tests and the demo point this at a fake.
@@ -116,7 +115,7 @@ pub struct GoogleAudience {
     /// Normally left out of the file: the binary fills it from the environment
     /// ([`token_env_var`]).
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// The account that owns the user list (digits, no dashes).
     pub operating_account_id: String,
     /// `operatingAccount.accountType` as Google spells it.
@@ -146,7 +145,7 @@ pub struct GoogleAudience {
 }
 
 /// A LinkedIn Matched Audiences DMP segment.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkedInAudience {
     /// LinkedIn API root; tests and the demo point this at a fake.
@@ -155,7 +154,7 @@ pub struct LinkedInAudience {
     /// OAuth 2.0 access token with `rw_dmp_segments`, sent as `Authorization: Bearer`. Normally
     /// left out of the file: the binary fills it from the environment ([`token_env_var`]).
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// The DMP segment id (digits).
     pub segment_id: String,
     /// The `LinkedIn-Version` header, `YYYYMM`. LinkedIn sunsets each version after about a year
@@ -177,7 +176,7 @@ pub struct LinkedInAudience {
 }
 
 /// An X (Twitter) Ads custom audience.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct XAudience {
     /// X Ads API root; tests and the demo point this at a fake.
@@ -188,16 +187,16 @@ pub struct XAudience {
     /// account. Normally left out of the file: the binary fills each from the environment
     /// ([`credential_env_var`], e.g. `CONSENT_RELAY_AUDIENCES_X_CONSUMER_SECRET`).
     #[serde(default)]
-    pub consumer_key: Option<String>,
+    pub consumer_key: Option<Secret>,
     /// See `consumer_key`.
     #[serde(default)]
-    pub consumer_secret: Option<String>,
+    pub consumer_secret: Option<Secret>,
     /// See `consumer_key`.
     #[serde(default)]
-    pub access_token: Option<String>,
+    pub access_token: Option<Secret>,
     /// See `consumer_key`.
     #[serde(default)]
-    pub access_token_secret: Option<String>,
+    pub access_token_secret: Option<Secret>,
     /// The ads account id.
     pub account_id: String,
     /// The custom audience id.
@@ -305,7 +304,7 @@ impl AudienceConfig {
             (AudienceConfig::X(a), "access_token_secret") => &a.access_token_secret,
             _ => return None,
         };
-        slot.as_deref()
+        slot.as_ref().map(Secret::expose)
     }
 
     /// Sets one credential by field name (one of [`AudienceConfig::credential_fields`]); returns
@@ -321,7 +320,7 @@ impl AudienceConfig {
             (AudienceConfig::X(a), "access_token_secret") => &mut a.access_token_secret,
             _ => return false,
         };
-        *slot = Some(value);
+        *slot = Some(value.into());
         true
     }
 
@@ -329,7 +328,7 @@ impl AudienceConfig {
     /// access token (which also names the app it was issued to).
     pub fn account_credential(&self) -> Option<&str> {
         match self {
-            AudienceConfig::X(a) => a.access_token.as_deref(),
+            AudienceConfig::X(a) => a.access_token.as_ref().map(Secret::expose),
             _ => self.token(),
         }
     }
@@ -718,72 +717,6 @@ fn yes() -> bool {
     true
 }
 
-fn redacted(token: &Option<String>) -> Option<&'static str> {
-    token.as_ref().map(|_| "<redacted>")
-}
-
-// The Debug impls are hand-written so that a token can never reach a log line.
-
-impl fmt::Debug for MetaAudience {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MetaAudience")
-            .field("base_url", &self.base_url)
-            .field("token", &redacted(&self.token))
-            .field("api_version", &self.api_version)
-            .field("audience_id", &self.audience_id)
-            .field("schema", &self.schema)
-            .field("max_rows_per_request", &self.max_rows_per_request)
-            .field("limits", &self.limits)
-            .finish()
-    }
-}
-
-impl fmt::Debug for GoogleAudience {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GoogleAudience")
-            .field("base_url", &self.base_url)
-            .field("token", &redacted(&self.token))
-            .field("operating_account_id", &self.operating_account_id)
-            .field("account_type", &self.account_type)
-            .field("product_destination_id", &self.product_destination_id)
-            .field("remove_gmail_plus_suffix", &self.remove_gmail_plus_suffix)
-            .field("consent_purposes", &self.consent_purposes)
-            .field("max_members_per_request", &self.max_members_per_request)
-            .field("limits", &self.limits)
-            .finish()
-    }
-}
-
-impl fmt::Debug for LinkedInAudience {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LinkedInAudience")
-            .field("base_url", &self.base_url)
-            .field("token", &redacted(&self.token))
-            .field("segment_id", &self.segment_id)
-            .field("linkedin_version", &self.linkedin_version)
-            .field("max_users_per_request", &self.max_users_per_request)
-            .field("limits", &self.limits)
-            .finish()
-    }
-}
-
-impl fmt::Debug for XAudience {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("XAudience")
-            .field("base_url", &self.base_url)
-            .field("consumer_key", &redacted(&self.consumer_key))
-            .field("consumer_secret", &redacted(&self.consumer_secret))
-            .field("access_token", &redacted(&self.access_token))
-            .field("access_token_secret", &redacted(&self.access_token_secret))
-            .field("account_id", &self.account_id)
-            .field("custom_audience_id", &self.custom_audience_id)
-            .field("api_version", &self.api_version)
-            .field("max_users_per_request", &self.max_users_per_request)
-            .field("limits", &self.limits)
-            .finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1036,7 +969,10 @@ mod tests {
         let AudienceConfig::X(a) = x else {
             panic!("x");
         };
-        assert_eq!(a.access_token_secret.as_deref(), Some("new"));
+        assert_eq!(
+            a.access_token_secret.as_ref().map(Secret::expose),
+            Some("new")
+        );
 
         // A bearer token in the file is a mistake now, not a silently unused value.
         let err = parse(

@@ -49,10 +49,10 @@ pub fn call(a: &XAudience, op: Op, batch: &[Member]) -> HttpCall {
 /// fails on it anyway).
 pub fn authorization(a: &XAudience, method: &Method, url: &str) -> Option<String> {
     let credentials = Credentials {
-        consumer_key: a.consumer_key.as_deref()?,
-        consumer_secret: a.consumer_secret.as_deref()?,
-        token: a.access_token.as_deref()?,
-        token_secret: a.access_token_secret.as_deref()?,
+        consumer_key: a.consumer_key.as_ref()?.expose(),
+        consumer_secret: a.consumer_secret.as_ref()?.expose(),
+        token: a.access_token.as_ref()?.expose(),
+        token_secret: a.access_token_secret.as_ref()?.expose(),
     };
     let url = Url::parse(url).ok()?;
     Some(oauth1::authorization(

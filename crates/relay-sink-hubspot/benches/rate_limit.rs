@@ -109,7 +109,7 @@ async fn run(events: usize, limit: Option<(u32, Duration)>) -> Run {
     }
     let sink = HubSpotSink::new(HubSpotConfig {
         base_url: fake.base_url(),
-        token: Some(TOKEN.to_owned()),
+        token: Some(TOKEN.into()),
         max_inputs_per_request: 1,
         limits: DestinationConfig {
             max_requests_per_window: limit.map(|(max, _)| max),

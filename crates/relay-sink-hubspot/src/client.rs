@@ -3,7 +3,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use relay_delivery::driver::{self, Answer, Transport};
 use relay_delivery::{
-    classify_status, BoxFuture, ConfigError, Destination, Outcome, Reply, Sink, SinkItem,
+    classify_status, BoxFuture, ConfigError, Destination, Outcome, Reply, Secret, Sink, SinkItem,
 };
 use relay_events::normalize;
 use serde::de::DeserializeOwned;
@@ -28,7 +28,7 @@ pub struct HubSpotSink {
     /// The account's rate limits, `Retry-After` gate and HTTP client.
     pub(crate) destination: Destination,
     pub(crate) base_url: String,
-    pub(crate) token: String,
+    pub(crate) token: Secret,
     pub(crate) config: HubSpotConfig,
 }
 
@@ -54,12 +54,13 @@ impl HubSpotSink {
             .destination
             .http()
             .post(format!("{}{}", self.base_url, call.path()))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.expose())
             .json(&call.body());
         let reply = match self.destination.send(request).await {
             Ok(reply) => reply,
             // No answer, or not sent because the destination's own daily budget is spent: the
-            // driver asks HubSpot nothing more in this delivery.
+            // driver asks HubSpot nothing more in this delivery (a request that could not even be
+            // built is permanent, and this request's alone).
             Err(outcome) => return Answer::whole(outcome, inputs.len()),
         };
         tracing::debug!(

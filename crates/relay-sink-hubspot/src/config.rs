@@ -1,7 +1,6 @@
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
-use relay_delivery::{ConfigError, ConfigProblems, DestinationConfig};
+use relay_delivery::{ConfigError, ConfigProblems, DestinationConfig, Secret};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// HubSpot's own batch limit is undocumented (docs/vendors/hubspot.md §1c); its legacy v1 batch
@@ -9,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 const MAX_INPUTS_CEILING: usize = 1000;
 
 /// The `[sinks.hubspot]` section of the config file.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubSpotConfig {
     /// Where the HubSpot API lives; tests and the demo point this at a fake.
@@ -18,7 +17,7 @@ pub struct HubSpotConfig {
     /// Private-app or OAuth access token, sent as `Authorization: Bearer <token>`. Normally left out
     /// of the file: the binary fills it from `CONSENT_RELAY_HUBSPOT_TOKEN`.
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// Most inputs sent in one batch call. HubSpot does not document its limit; public clients
     /// use 100.
     #[serde(default = "default_max_inputs_per_request")]
@@ -188,7 +187,7 @@ impl HubSpotConfig {
             Ok(_) => problems.push("base_url", "must be an http or https URL"),
             Err(_) => problems.push("base_url", "is not a URL"),
         }
-        if self.token.as_deref().is_none_or(|t| t.trim().is_empty()) {
+        if self.token.as_ref().is_none_or(Secret::is_blank) {
             problems.push_missing_secret(
                 "token",
                 "missing; set CONSENT_RELAY_HUBSPOT_TOKEN to a private-app access token",
@@ -227,20 +226,6 @@ impl HubSpotConfig {
         }
 
         problems.into_result()
-    }
-}
-
-// Hand-written so that the token can never reach a log line.
-impl fmt::Debug for HubSpotConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HubSpotConfig")
-            .field("base_url", &self.base_url)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("max_inputs_per_request", &self.max_inputs_per_request)
-            .field("limits", &self.limits)
-            .field("contact_properties", &self.contact_properties)
-            .field("purposes", &self.purposes)
-            .finish()
     }
 }
 

@@ -103,7 +103,7 @@ impl HubSpotSink {
             .destination
             .http()
             .get(format!("{}{LIST_CONTACTS_PATH}", self.base_url))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.expose())
             .query(&query);
         let reply = self
             .destination
@@ -140,7 +140,7 @@ impl HubSpotSink {
             .destination
             .http()
             .post(format!("{}{BATCH_READ_PATH}", self.base_url))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.expose())
             .json(&serde_json::json!({ "inputs": emails }));
         let reply = self
             .destination

@@ -4,7 +4,7 @@ use std::time::Duration;
 use relay_delivery::driver::{self, Answer, Single, Transport};
 use relay_delivery::{
     body_excerpt, classify_status, redact_emails, BoxFuture, ConfigError, Destination, Outcome,
-    Reply, Sink, SinkItem,
+    Reply, Secret, Sink, SinkItem,
 };
 use serde::Deserialize;
 
@@ -39,7 +39,7 @@ pub struct NewsletterSink {
 pub(crate) struct ListClient {
     pub(crate) provider: Provider,
     pub(crate) base_url: String,
-    api_key: String,
+    api_key: Secret,
     destination: Destination,
 }
 
@@ -100,7 +100,7 @@ impl NewsletterSink {
                 ListClient {
                     provider,
                     base_url: base_url.trim_end_matches('/').to_owned(),
-                    api_key: api_key.unwrap_or_default().trim().to_owned(),
+                    api_key: Secret::new(api_key.unwrap_or_default().expose().trim()),
                     destination,
                 },
             );
@@ -170,9 +170,11 @@ impl ListClient {
     /// Sends `request` with the provider's authentication, through the list's rate limiter.
     pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> Result<Reply, Outcome> {
         let request = match self.provider {
-            Provider::Brevo => request.header("api-key", &self.api_key),
+            Provider::Brevo => request.header("api-key", self.api_key.expose()),
             // Mailchimp takes any user name with the key as the password.
-            Provider::Mailchimp { .. } => request.basic_auth("consent-relay", Some(&self.api_key)),
+            Provider::Mailchimp { .. } => {
+                request.basic_auth("consent-relay", Some(self.api_key.expose()))
+            }
         };
         self.destination.send(request).await
     }

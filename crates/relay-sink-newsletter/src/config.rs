@@ -1,7 +1,6 @@
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
-use relay_delivery::{ConfigError, ConfigProblems, DestinationConfig};
+use relay_delivery::{ConfigError, ConfigProblems, DestinationConfig, Secret};
 use serde::Deserialize;
 
 /// The `[sinks.newsletter]` section of the config file.
@@ -36,7 +35,7 @@ pub enum ListConfig {
 }
 
 /// A Brevo contact list (docs/vendors/brevo.md §6).
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrevoList {
     /// Where the Brevo API lives, `/v3` included; tests point this at a fake.
@@ -45,7 +44,7 @@ pub struct BrevoList {
     /// Brevo API key (`xkeysib-…`), sent as the `api-key` header. Normally left out of the file
     /// and set through the environment.
     #[serde(default)]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// The numeric id of the list (Contacts → Lists).
     pub list_id: i64,
     /// Rate limit and concurrency of the Brevo account. The default, 10 requests per second, is
@@ -57,7 +56,7 @@ pub struct BrevoList {
 }
 
 /// A Mailchimp audience (docs/vendors/mailchimp.md §6).
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MailchimpList {
     /// Where the Marketing API lives, `/3.0` included. Unset: `https://<dc>.api.mailchimp.com/3.0`
@@ -67,7 +66,7 @@ pub struct MailchimpList {
     /// Mailchimp API key (`<hex>-<dc>`), sent as the password of HTTP Basic auth. Normally left out
     /// of the file and set through the environment.
     #[serde(default)]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// The audience id (Audience → Settings → Audience name and defaults).
     pub list_id: String,
     /// Concurrency of the Mailchimp account. Mailchimp allows 10 connections at once per account
@@ -186,7 +185,7 @@ impl NewsletterConfig {
                     }
                     if m.base_url.is_none()
                         && m.api_key.is_some()
-                        && data_center(m.api_key.as_deref().unwrap_or_default()).is_none()
+                        && data_center(m.api_key.as_ref().map_or("", Secret::expose)).is_none()
                     {
                         problems.push(
                             key("api_key"),
@@ -203,7 +202,7 @@ impl NewsletterConfig {
                     Err(_) => problems.push(key("base_url"), "is not a URL"),
                 }
             }
-            if api_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
+            if api_key.as_ref().is_none_or(Secret::is_blank) {
                 problems.push_missing_secret(
                     key("api_key"),
                     format!(
@@ -226,7 +225,7 @@ impl MailchimpList {
     pub fn effective_base_url(&self) -> Option<String> {
         match &self.base_url {
             Some(url) => Some(url.clone()),
-            None => data_center(self.api_key.as_deref()?)
+            None => data_center(self.api_key.as_ref()?.expose())
                 .map(|dc| format!("https://{dc}.api.mailchimp.com/3.0")),
         }
     }
@@ -237,30 +236,6 @@ impl MailchimpList {
 fn data_center(api_key: &str) -> Option<&str> {
     let (_, dc) = api_key.trim().rsplit_once('-')?;
     (!dc.is_empty() && dc.chars().all(|c| c.is_ascii_alphanumeric())).then_some(dc)
-}
-
-// Hand-written so that the key can never reach a log line.
-impl fmt::Debug for BrevoList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BrevoList")
-            .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("list_id", &self.list_id)
-            .field("limits", &self.limits)
-            .finish()
-    }
-}
-
-// Hand-written so that the key can never reach a log line.
-impl fmt::Debug for MailchimpList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MailchimpList")
-            .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("list_id", &self.list_id)
-            .field("limits", &self.limits)
-            .finish()
-    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use relay_delivery::driver::{self, Answer, Single, Transport};
 use relay_delivery::{
     body_excerpt, classify_status, BoxFuture, ConfigError, ConfigProblem, Destination, Outcome,
-    Sink, SinkItem,
+    Secret, Sink, SinkItem,
 };
 
 use crate::config::{secret_key, PartnerConfig, PartnerSinkConfig};
@@ -64,15 +64,14 @@ impl PartnerSink {
         let mut partners = Vec::with_capacity(config.partners.len());
         for (name, partner) in config.partners {
             // validate() has checked that the secret is there and decodes.
-            let key = secret_key(partner.signing_secret.as_deref().unwrap_or_default()).map_err(
-                |message| {
+            let key = secret_key(partner.signing_secret.as_ref().map_or("", Secret::expose))
+                .map_err(|message| {
                     ConfigError::Invalid(vec![ConfigProblem {
                         key: format!("partners.{name}.signing_secret"),
                         message,
                         missing_secret: false,
                     }])
-                },
-            )?;
+                })?;
             let http = reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(Duration::from_millis(partner.limits.request_timeout_ms))

@@ -1,8 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use base64::Engine;
-use relay_delivery::{ConfigError, ConfigProblems, DestinationConfig};
+use relay_delivery::{ConfigError, ConfigProblems, DestinationConfig, Secret};
 use relay_events::Contact;
 use serde::Deserialize;
 
@@ -21,7 +20,7 @@ pub struct PartnerSinkConfig {
 }
 
 /// One partner that receives leads by signed webhook (Standard Webhooks v1).
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PartnerConfig {
     /// The partner's webhook URL. Must be https: the payloads carry personal data. Plain http is
@@ -31,7 +30,7 @@ pub struct PartnerConfig {
     /// every delivery (HMAC-SHA256). Normally left out of the file and set through the
     /// environment.
     #[serde(default)]
-    pub signing_secret: Option<String>,
+    pub signing_secret: Option<Secret>,
     /// The consent purpose that gates this partner: a grant of it sends the lead, its withdrawal
     /// (or a global unsubscribe) sends `consent.withdrawn`, and an erasure `subject.erased`.
     pub purpose: String,
@@ -159,7 +158,7 @@ impl PartnerSinkConfig {
                     ),
                 ),
                 Some(secret) => {
-                    if let Err(message) = secret_key(secret) {
+                    if let Err(message) = secret_key(secret.expose()) {
                         problems.push(key_of("signing_secret"), message);
                     }
                 }
@@ -222,22 +221,6 @@ pub(crate) fn secret_key(secret: &str) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(key)
-}
-
-// Hand-written so that the secret can never reach a log line.
-impl fmt::Debug for PartnerConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PartnerConfig")
-            .field("endpoint", &self.endpoint)
-            .field(
-                "signing_secret",
-                &self.signing_secret.as_ref().map(|_| "<redacted>"),
-            )
-            .field("purpose", &self.purpose)
-            .field("fields", &self.fields)
-            .field("limits", &self.limits)
-            .finish()
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,72 @@
+//! A credential from the configuration or the environment. Its `Debug` and `Display` never show
+//! the value, so a config printed in a log line or an error cannot leak it; the one way to the
+//! value is [`Secret::expose`], at the place that puts it on the wire.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value, for the request that carries it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it is empty or blank: compose's `${VAR:-}` sets a variable to nothing, which
+    /// counts as unset.
+    pub fn is_blank(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Secret {
+        Secret(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Secret {
+        Secret(value.to_owned())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_blank() {
+            "<unset>"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_value_shows_only_through_expose() {
+        let secret = Secret::from("pat-na1-0123");
+        assert_eq!(format!("{secret:?} {secret}"), "<redacted> <redacted>");
+        assert_eq!(format!("{:?}", Some(secret.clone())), "Some(<redacted>)");
+        assert_eq!(format!("{:?}", Secret::from(" ")), "<unset>");
+        assert_eq!(secret.expose(), "pat-na1-0123");
+        let parsed: Secret = serde_json::from_str("\"k\"").unwrap();
+        assert_eq!(parsed.expose(), "k");
+    }
+}
