@@ -265,11 +265,9 @@ pub fn excerpt(text: &str) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::sync::Arc;
-
-    use relay_events::{ConsentEvent, Contact, EventKind, Scope};
 
     use super::*;
+    use relay_testkit::items::ItemFixture;
 
     pub(crate) fn item(
         email: Option<&str>,
@@ -277,34 +275,12 @@ pub(crate) mod tests {
         action: Action,
         target: Target,
     ) -> SinkItem {
-        let kind = match (action, &target) {
-            (Action::Grant, _) => EventKind::ConsentGranted,
-            (Action::Withdraw, Target::All) => EventKind::Unsubscribed,
-            (Action::Withdraw, _) => EventKind::ConsentWithdrawn,
-            (Action::Erase, _) => EventKind::ErasureRequested,
-        };
-        let scope = match &target {
-            Target::Purpose(p) => Scope::Purposes(vec![p.clone()]),
-            Target::All => Scope::All,
-        };
-        SinkItem {
-            event: Arc::new(ConsentEvent {
-                event_id: uuid::Uuid::new_v4(),
-                kind,
-                subject_id: "subject-1".into(),
-                occurred_at_ms: 1_767_225_600_000,
-                source: "cmp".into(),
-                notice_version: Some("ads-2026-01".into()),
-                scope,
-                contact: Contact {
-                    email: email.map(str::to_owned),
-                    phone: phone.map(str::to_owned),
-                    ..Contact::default()
-                },
-            }),
-            action,
-            target,
-        }
+        ItemFixture::new(action, target)
+            .email(email)
+            .phone(phone)
+            .source("cmp")
+            .notice("ads-2026-01")
+            .build()
     }
 
     fn config() -> AudiencesConfig {

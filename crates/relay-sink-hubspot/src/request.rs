@@ -421,10 +421,9 @@ impl Builder {
 mod tests {
     use std::sync::Arc;
 
-    use relay_events::{ConsentEvent, EventKind, Scope};
-
     use super::*;
     use crate::config::PurposeConfig;
+    use relay_testkit::items::ItemFixture;
 
     fn config(limit: usize) -> HubSpotConfig {
         let mut c = HubSpotConfig {
@@ -463,33 +462,12 @@ mod tests {
     }
 
     fn item(email: Option<&str>, action: Action, target: Target) -> SinkItem {
-        let kind = match (action, &target) {
-            (Action::Grant, _) => EventKind::ConsentGranted,
-            (Action::Withdraw, Target::All) => EventKind::Unsubscribed,
-            (Action::Withdraw, _) => EventKind::ConsentWithdrawn,
-            (Action::Erase, _) => EventKind::ErasureRequested,
-        };
-        let scope = match &target {
-            Target::Purpose(p) => Scope::Purposes(vec![p.clone()]),
-            Target::All => Scope::All,
-        };
-        SinkItem {
-            event: Arc::new(ConsentEvent {
-                event_id: uuid::Uuid::new_v4(),
-                kind,
-                subject_id: "subj-1".into(),
-                occurred_at_ms: 1_700_000_000_000,
-                source: "web-form".into(),
-                notice_version: Some("2026-01".into()),
-                scope,
-                contact: Contact {
-                    email: email.map(str::to_owned),
-                    ..Contact::default()
-                },
-            }),
-            action,
-            target,
-        }
+        ItemFixture::new(action, target)
+            .subject("subj-1")
+            .occurred_at_ms(1_700_000_000_000)
+            .notice("2026-01")
+            .email(email)
+            .build()
     }
 
     fn purpose(p: &str) -> Target {

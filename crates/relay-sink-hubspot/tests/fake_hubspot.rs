@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relay_delivery::{Outcome, OutcomeClass, Sink, SinkItem, Target};
-use relay_events::{Action, ConsentEvent, Contact, EventKind, Scope};
+use relay_events::{Action, Contact};
 use relay_sink_hubspot::{HubSpotConfig, HubSpotSink, LegalBasis, PurposeConfig};
 use relay_testkit::hubspot::{
     FakeHubSpot, ScriptedResponse, BATCH_WRITE_PATH, GDPR_DELETE_PATH, UNSUBSCRIBE_ALL_PATH,
     UPSERT_PATH,
 };
+use relay_testkit::items::ItemFixture;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "pat-test-token";
@@ -63,33 +64,10 @@ async fn setup(max_inputs: usize) -> (FakeHubSpot, HubSpotSink) {
 }
 
 fn item(email: Option<&str>, action: Action, target: Target) -> SinkItem {
-    let kind = match (action, &target) {
-        (Action::Grant, _) => EventKind::ConsentGranted,
-        (Action::Withdraw, Target::All) => EventKind::Unsubscribed,
-        (Action::Withdraw, Target::Purpose(_)) => EventKind::ConsentWithdrawn,
-        (Action::Erase, _) => EventKind::ErasureRequested,
-    };
-    let scope = match &target {
-        Target::Purpose(p) => Scope::Purposes(vec![p.clone()]),
-        Target::All => Scope::All,
-    };
-    SinkItem {
-        event: Arc::new(ConsentEvent {
-            event_id: uuid::Uuid::new_v4(),
-            kind,
-            subject_id: "subject-1".into(),
-            occurred_at_ms: 1_767_225_600_000,
-            source: "web-form".into(),
-            notice_version: Some("nl-2026-01".into()),
-            scope,
-            contact: Contact {
-                email: email.map(str::to_owned),
-                ..Contact::default()
-            },
-        }),
-        action,
-        target,
-    }
+    ItemFixture::new(action, target)
+        .email(email)
+        .notice("nl-2026-01")
+        .build()
 }
 
 fn grant(email: &str, purpose: &str) -> SinkItem {

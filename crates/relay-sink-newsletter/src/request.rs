@@ -213,13 +213,13 @@ fn encode_segment(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use relay_delivery::DestinationConfig;
-    use relay_events::{ConsentEvent, Contact, EventKind, Scope};
+    use relay_events::Contact;
 
     use super::*;
     use crate::config::{BrevoList, MailchimpList};
+    use relay_testkit::items::ItemFixture;
 
     fn config() -> NewsletterConfig {
         let mut c = NewsletterConfig::default();
@@ -248,31 +248,17 @@ mod tests {
     }
 
     fn item(email: Option<&str>, action: Action, target: Target) -> SinkItem {
-        let kind = match (action, &target) {
-            (Action::Grant, _) => EventKind::ConsentGranted,
-            (Action::Withdraw, Target::All) => EventKind::Unsubscribed,
-            (Action::Withdraw, _) => EventKind::ConsentWithdrawn,
-            (Action::Erase, _) => EventKind::ErasureRequested,
-        };
-        SinkItem {
-            event: Arc::new(ConsentEvent {
-                event_id: uuid::Uuid::new_v4(),
-                kind,
-                subject_id: "s".into(),
-                occurred_at_ms: 1_700_000_000_000,
-                source: "web-form".into(),
-                notice_version: Some("n1".into()),
-                scope: Scope::All,
-                contact: Contact {
-                    email: email.map(str::to_owned),
-                    first_name: Some("Max".into()),
-                    street: Some("Venloer Straße 47".into()),
-                    ..Contact::default()
-                },
-            }),
-            action,
-            target,
-        }
+        ItemFixture::new(action, target)
+            .subject("s")
+            .occurred_at_ms(1_700_000_000_000)
+            .notice("n1")
+            .contact(Contact {
+                email: email.map(str::to_owned),
+                first_name: Some("Max".into()),
+                street: Some("Venloer Straße 47".into()),
+                ..Contact::default()
+            })
+            .build()
     }
 
     fn purpose(p: &str) -> Target {

@@ -1,14 +1,14 @@
 //! The sink against the fake Brevo and Mailchimp of relay-testkit: outcomes per item and the list
 //! state they leave, including the vendor states no retry can change.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use relay_delivery::{DestinationConfig, Outcome, Sink, SinkItem, Target};
-use relay_events::{Action, ConsentEvent, Contact, EventKind, Scope};
+use relay_events::{Action, Contact};
 use relay_sink_newsletter::{
     BrevoList, ListConfig, MailchimpList, NewsletterConfig, NewsletterSink,
 };
+use relay_testkit::items::ItemFixture;
 use relay_testkit::newsletter::{subscriber_hash, FakeBrevo, FakeMailchimp, ScriptedResponse};
 use serde_json::{json, Value};
 
@@ -64,34 +64,14 @@ async fn setup() -> Setup {
 }
 
 fn item(email: &str, action: Action, target: Target) -> SinkItem {
-    let kind = match (action, &target) {
-        (Action::Grant, _) => EventKind::ConsentGranted,
-        (Action::Withdraw, Target::All) => EventKind::Unsubscribed,
-        (Action::Withdraw, Target::Purpose(_)) => EventKind::ConsentWithdrawn,
-        (Action::Erase, _) => EventKind::ErasureRequested,
-    };
-    let scope = match &target {
-        Target::Purpose(p) => Scope::Purposes(vec![p.clone()]),
-        Target::All => Scope::All,
-    };
-    SinkItem {
-        event: Arc::new(ConsentEvent {
-            event_id: uuid::Uuid::new_v4(),
-            kind,
-            subject_id: "subject-1".into(),
-            occurred_at_ms: 1_767_225_600_000,
-            source: "web-form".into(),
-            notice_version: Some("nl-2026-01".into()),
-            scope,
-            contact: Contact {
-                email: Some(email.to_owned()),
-                first_name: Some("Max".into()),
-                ..Contact::default()
-            },
-        }),
-        action,
-        target,
-    }
+    ItemFixture::new(action, target)
+        .contact(Contact {
+            email: Some(email.to_owned()),
+            first_name: Some("Max".into()),
+            ..Contact::default()
+        })
+        .notice("nl-2026-01")
+        .build()
 }
 
 fn grant(email: &str, purpose: &str) -> SinkItem {

@@ -111,14 +111,14 @@ fn rfc3339(event: &ConsentEvent) -> Result<String, Outcome> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
-    use std::sync::Arc;
 
     use relay_delivery::DestinationConfig;
-    use relay_events::{Contact, EventKind, Scope};
+    use relay_events::Contact;
     use serde_json::Value;
 
     use super::*;
     use crate::config::LeadField;
+    use relay_testkit::items::{self, ItemFixture};
 
     fn partner(fields: &[LeadField]) -> PartnerConfig {
         PartnerConfig {
@@ -131,36 +131,19 @@ mod tests {
     }
 
     fn item(action: Action, target: Target) -> SinkItem {
-        let kind = match action {
-            Action::Grant => EventKind::ConsentGranted,
-            Action::Withdraw => EventKind::ConsentWithdrawn,
-            Action::Erase => EventKind::ErasureRequested,
-        };
-        SinkItem {
-            event: Arc::new(ConsentEvent {
-                event_id: uuid::Uuid::from_u128(0x0b9f_4a4e_6c1d_4b3a_9a57_2f1d_3c4e_5f60),
-                kind,
-                subject_id: "subj-42".into(),
-                occurred_at_ms: 1_795_687_200_123,
-                source: "web-form".into(),
-                notice_version: Some("sphinx-2026-10".into()),
-                scope: Scope::All,
-                contact: Contact {
-                    email: Some("max@example.de".into()),
-                    phone: Some("+49 30 1234567".into()),
-                    first_name: Some("Max".into()),
-                    last_name: Some("Mustermann".into()),
-                    company: Some("Beispiel GmbH".into()),
-                    street: Some("Venloer Straße 47".into()),
-                    postal_code: Some("50672".into()),
-                    city: Some("Köln".into()),
-                    country: Some("DE".into()),
-                    company_size: None,
-                },
-            }),
-            action,
-            target,
-        }
+        ItemFixture::new(action, target)
+            .event_id(uuid::Uuid::from_u128(
+                0x0b9f_4a4e_6c1d_4b3a_9a57_2f1d_3c4e_5f60,
+            ))
+            .subject("subj-42")
+            .occurred_at_ms(1_795_687_200_123)
+            .notice("sphinx-2026-10")
+            .contact(Contact {
+                phone: Some("+49 30 1234567".into()),
+                company_size: None,
+                ..items::full_contact()
+            })
+            .build()
     }
 
     fn body(m: &Message) -> Value {

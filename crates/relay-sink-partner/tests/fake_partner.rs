@@ -2,15 +2,15 @@
 //! leads by subject: what left our system, field by field, and what the partner holds afterwards.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use relay_delivery::{DestinationConfig, Outcome, Sink, SinkItem, Target};
-use relay_events::{Action, ConsentEvent, Contact, EventKind, Scope};
+use relay_events::Action;
 use relay_sink_partner::{
     LeadField, PartnerConfig, PartnerSink, PartnerSinkConfig, CONSENT_WITHDRAWN, LEAD_CONSENTED,
     SUBJECT_ERASED,
 };
+use relay_testkit::items::{self, ItemFixture};
 use relay_testkit::partner::{FakePartner, ScriptedResponse};
 use serde_json::{json, Value};
 
@@ -69,41 +69,12 @@ async fn in_gmbh() -> (FakePartner, PartnerSink) {
 }
 
 fn item(subject: &str, action: Action, target: Target) -> SinkItem {
-    let kind = match (action, &target) {
-        (Action::Grant, _) => EventKind::ConsentGranted,
-        (Action::Withdraw, Target::All) => EventKind::Unsubscribed,
-        (Action::Withdraw, Target::Purpose(_)) => EventKind::ConsentWithdrawn,
-        (Action::Erase, _) => EventKind::ErasureRequested,
-    };
-    let scope = match &target {
-        Target::Purpose(p) => Scope::Purposes(vec![p.clone()]),
-        Target::All => Scope::All,
-    };
-    SinkItem {
-        event: Arc::new(ConsentEvent {
-            event_id: uuid::Uuid::new_v4(),
-            kind,
-            subject_id: subject.into(),
-            occurred_at_ms: 1_795_687_200_000,
-            source: "web-form".into(),
-            notice_version: Some("sphinx-2026-10".into()),
-            scope,
-            contact: Contact {
-                email: Some("max@example.de".into()),
-                phone: Some("+49 221 1234567".into()),
-                first_name: Some("Max".into()),
-                last_name: Some("Mustermann".into()),
-                company: Some("Beispiel GmbH".into()),
-                street: Some("Venloer Straße 47".into()),
-                postal_code: Some("50672".into()),
-                city: Some("Köln".into()),
-                country: Some("DE".into()),
-                company_size: Some("50-249".into()),
-            },
-        }),
-        action,
-        target,
-    }
+    ItemFixture::new(action, target)
+        .subject(subject)
+        .occurred_at_ms(1_795_687_200_000)
+        .notice("sphinx-2026-10")
+        .contact(items::full_contact())
+        .build()
 }
 
 fn grant(subject: &str) -> SinkItem {

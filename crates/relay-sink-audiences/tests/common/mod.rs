@@ -3,13 +3,12 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
-use std::sync::Arc;
-
 use relay_delivery::{Outcome, Sink, SinkItem, Target};
-use relay_events::{normalize, Action, ConsentEvent, Contact, EventKind, Scope};
+use relay_events::{normalize, Action};
 use relay_sink_audiences::{AudiencesConfig, AudiencesSink};
 use relay_testkit::audiences::x::OAuthCredentials;
 use relay_testkit::audiences::{self, FakePlatform, RecordedRequest};
+use relay_testkit::items::ItemFixture;
 
 pub const TOKEN: &str = "test-token";
 /// X's four OAuth 1.0a credentials.
@@ -166,34 +165,13 @@ pub fn item(
     action: Action,
     target: Target,
 ) -> SinkItem {
-    let kind = match (action, &target) {
-        (Action::Grant, _) => EventKind::ConsentGranted,
-        (Action::Withdraw, Target::All) => EventKind::Unsubscribed,
-        (Action::Withdraw, Target::Purpose(_)) => EventKind::ConsentWithdrawn,
-        (Action::Erase, _) => EventKind::ErasureRequested,
-    };
-    let scope = match &target {
-        Target::Purpose(p) => Scope::Purposes(vec![p.clone()]),
-        Target::All => Scope::All,
-    };
-    SinkItem {
-        event: Arc::new(ConsentEvent {
-            event_id: uuid::Uuid::new_v4(),
-            kind,
-            subject_id: subject.to_owned(),
-            occurred_at_ms: 1_767_225_600_000,
-            source: "cmp".into(),
-            notice_version: Some("ads-2026-01".into()),
-            scope,
-            contact: Contact {
-                email: Some(email.to_owned()),
-                phone: phone.map(str::to_owned),
-                ..Contact::default()
-            },
-        }),
-        action,
-        target,
-    }
+    ItemFixture::new(action, target)
+        .subject(subject)
+        .email(Some(email))
+        .phone(phone)
+        .source("cmp")
+        .notice("ads-2026-01")
+        .build()
 }
 
 pub fn ads() -> Target {
