@@ -16,7 +16,8 @@ pub const FAILED: &str = "consent_relay_ingest_failed_total";
 pub const ADDRESS_CHANGES: &str = "consent_relay_ingest_address_changes_total";
 pub const POLLS: &str = "consent_relay_ingest_polls_total";
 
-const HELP: [(&str, &str); 9] = [
+/// Every counter `ingest` exports: name and help.
+pub const METRICS: [(&str, &str); 9] = [
     (RECEIVED, "Webhook requests received, per vendor."),
     (
         VERIFIED,
@@ -79,7 +80,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let counts = self.counts.lock().map(|c| c.clone()).unwrap_or_default();
         let mut out = String::new();
-        for (name, help) in HELP {
+        for (name, help) in METRICS {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
             for vendor in Vendor::ALL {
                 let rows: Vec<_> = counts
