@@ -738,6 +738,7 @@ legal_basis_explanation = "Signed up on the website"
             ("CONSENT_RELAY_AUDIENCES_X_CONSUMER_SECRET", "x-cs"),
             ("CONSENT_RELAY_AUDIENCES_X_ACCESS_TOKEN", "1-x-at"),
             ("CONSENT_RELAY_AUDIENCES_X_ACCESS_TOKEN_SECRET", "x-ats"),
+            ("CONSENT_RELAY_AUDIENCES_NETWORK_TOKEN", "network"),
             (
                 "CONSENT_RELAY__SINKS__NEWSLETTER__LISTS__MAIN__API_KEY",
                 "xkeysib-1",

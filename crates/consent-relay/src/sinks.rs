@@ -249,6 +249,19 @@ impl SinkConfig for AudiencesConfig {
                         format!("X (Custom Audience {})", x.custom_audience_id),
                         EMAIL.to_owned(),
                     ),
+                    AudienceConfig::Generic(g) => (
+                        format!(
+                            "the network at {} (generic hashed audience)",
+                            reqwest::Url::parse(&g.base_url)
+                                .ok()
+                                .and_then(|u| u.host_str().map(str::to_owned))
+                                .unwrap_or_else(|| g.base_url.clone())
+                        ),
+                        match g.phone_field {
+                            None => EMAIL.to_owned(),
+                            Some(_) => format!("{EMAIL}, SHA-256 of the phone number where given"),
+                        },
+                    ),
                 };
                 (format!("audiences.{name}"), Recipient::of(who, data))
             })

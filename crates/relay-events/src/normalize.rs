@@ -90,6 +90,12 @@ pub fn linkedin_email(raw: &str) -> Option<String> {
     address(email(raw))
 }
 
+/// The generic hashed-audience contract (docs/vendors/generic-audience.md): trim and lowercase,
+/// the rule every platform agrees on.
+pub fn generic_email(raw: &str) -> Option<String> {
+    address(email(raw))
+}
+
 /// X (`email`): "lowercase, remove leading and trailing spaces" (docs/vendors/x.md §5).
 pub fn x_email(raw: &str) -> Option<String> {
     address(email(raw))

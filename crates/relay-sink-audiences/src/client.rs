@@ -7,7 +7,7 @@ use relay_delivery::{BoxFuture, ConfigError, Destination, Outcome, Sink, SinkIte
 use crate::config::{AudienceConfig, AudiencesConfig};
 use crate::meta::Session;
 use crate::request::{self, Answer, Body, HttpCall, Member, Op};
-use crate::{google, linkedin, meta, x};
+use crate::{generic, google, linkedin, meta, x};
 
 /// The audiences sink: hashed identifiers into Meta, Google, LinkedIn and X audiences.
 pub struct AudiencesSink {
@@ -111,6 +111,7 @@ impl AudiencesSink {
             AudienceConfig::Google(a) => google::call(a, op, batch),
             AudienceConfig::Linkedin(a) => linkedin::call(a, op, batch),
             AudienceConfig::X(a) => x::call(a, op, batch),
+            AudienceConfig::Generic(a) => generic::call(a, op, batch),
         };
         let destination = &self.accounts[account];
         let reply = match destination
@@ -127,6 +128,7 @@ impl AudiencesSink {
             AudienceConfig::Google(_) => google::answer(&reply, batch.len()),
             AudienceConfig::Linkedin(_) => linkedin::answer(&reply, batch.len()),
             AudienceConfig::X(_) => x::answer(&reply, batch.len()),
+            AudienceConfig::Generic(_) => generic::answer(&reply, batch.len()),
         };
         tracing::debug!(
             sink = "audiences",

@@ -1,6 +1,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use relay_delivery::{ConfigError, ConfigProblems, DestinationConfig, Secret};
+
+use crate::generic;
+pub use crate::generic::GenericAudience;
 use serde::{Deserialize, Deserializer};
 
 /// Meta accepts at most 10 000 rows per `/users` call (docs/vendors/meta.md §2).
@@ -29,7 +32,8 @@ pub struct AudiencesConfig {
     pub audiences: BTreeMap<String, AudienceConfig>,
 }
 
-/// One audience on one ad platform, chosen by `platform = "meta" | "google" | "linkedin" | "x"`.
+/// One audience on one ad platform, chosen by `platform = "meta" | "google" | "linkedin" | "x"`,
+/// or `"generic"` for a network spoken to over the generic hashed-audience contract.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "platform", rename_all = "lowercase")]
 pub enum AudienceConfig {
@@ -37,6 +41,7 @@ pub enum AudienceConfig {
     Google(GoogleAudience),
     Linkedin(LinkedInAudience),
     X(XAudience),
+    Generic(GenericAudience),
 }
 
 /// The ad platforms this sink writes to.
@@ -46,6 +51,7 @@ pub enum Platform {
     Google,
     LinkedIn,
     X,
+    Generic,
 }
 
 impl Platform {
@@ -56,6 +62,7 @@ impl Platform {
             Platform::Google => "google",
             Platform::LinkedIn => "linkedin",
             Platform::X => "x",
+            Platform::Generic => "generic",
         }
     }
 }
@@ -258,6 +265,7 @@ impl AudienceConfig {
             AudienceConfig::Google(_) => Platform::Google,
             AudienceConfig::Linkedin(_) => Platform::LinkedIn,
             AudienceConfig::X(_) => Platform::X,
+            AudienceConfig::Generic(_) => Platform::Generic,
         }
     }
 
@@ -267,6 +275,7 @@ impl AudienceConfig {
             AudienceConfig::Google(a) => &a.base_url,
             AudienceConfig::Linkedin(a) => &a.base_url,
             AudienceConfig::X(a) => &a.base_url,
+            AudienceConfig::Generic(a) => &a.base_url,
         }
     }
 
@@ -298,6 +307,7 @@ impl AudienceConfig {
             (AudienceConfig::Meta(a), "token") => &a.token,
             (AudienceConfig::Google(a), "token") => &a.token,
             (AudienceConfig::Linkedin(a), "token") => &a.token,
+            (AudienceConfig::Generic(a), "token") => &a.token,
             (AudienceConfig::X(a), "consumer_key") => &a.consumer_key,
             (AudienceConfig::X(a), "consumer_secret") => &a.consumer_secret,
             (AudienceConfig::X(a), "access_token") => &a.access_token,
@@ -314,6 +324,7 @@ impl AudienceConfig {
             (AudienceConfig::Meta(a), "token") => &mut a.token,
             (AudienceConfig::Google(a), "token") => &mut a.token,
             (AudienceConfig::Linkedin(a), "token") => &mut a.token,
+            (AudienceConfig::Generic(a), "token") => &mut a.token,
             (AudienceConfig::X(a), "consumer_key") => &mut a.consumer_key,
             (AudienceConfig::X(a), "consumer_secret") => &mut a.consumer_secret,
             (AudienceConfig::X(a), "access_token") => &mut a.access_token,
@@ -339,6 +350,7 @@ impl AudienceConfig {
             AudienceConfig::Google(a) => &a.limits,
             AudienceConfig::Linkedin(a) => &a.limits,
             AudienceConfig::X(a) => &a.limits,
+            AudienceConfig::Generic(a) => &a.limits,
         }
     }
 
@@ -349,6 +361,7 @@ impl AudienceConfig {
             AudienceConfig::Google(a) => a.max_members_per_request,
             AudienceConfig::Linkedin(a) => a.max_users_per_request,
             AudienceConfig::X(a) => a.max_users_per_request,
+            AudienceConfig::Generic(a) => a.max_members_per_request,
         }
     }
 }
@@ -473,11 +486,14 @@ impl AudiencesConfig {
                 AudienceConfig::Google(_) => GOOGLE_MAX_MEMBERS,
                 AudienceConfig::Linkedin(_) => LINKEDIN_MAX_USERS_CEILING,
                 AudienceConfig::X(_) => X_MAX_USERS,
+                AudienceConfig::Generic(_) => generic::MAX_MEMBERS_CEILING,
             };
             if !(1..=max).contains(&audience.batch_size()) {
                 let field = match audience {
                     AudienceConfig::Meta(_) => "max_rows_per_request",
-                    AudienceConfig::Google(_) => "max_members_per_request",
+                    AudienceConfig::Google(_) | AudienceConfig::Generic(_) => {
+                        "max_members_per_request"
+                    }
                     AudienceConfig::Linkedin(_) | AudienceConfig::X(_) => "max_users_per_request",
                 };
                 problems.push(key(field), format!("must be between 1 and {max}"));
@@ -557,6 +573,7 @@ impl AudiencesConfig {
                         problems.push(key("api_version"), "must be a number, e.g. \"12\"");
                     }
                 }
+                AudienceConfig::Generic(a) => a.problems(&mut problems, &key),
             }
         }
 
@@ -603,7 +620,7 @@ struct LimitsOverrides {
     request_timeout_ms: Option<u64>,
 }
 
-fn with_overrides<'de, D: Deserializer<'de>>(
+pub(crate) fn with_overrides<'de, D: Deserializer<'de>>(
     deserializer: D,
     defaults: DestinationConfig,
 ) -> Result<DestinationConfig, D::Error> {

@@ -9,11 +9,13 @@
 //! the process, and never appear in a log line or an outcome reason.
 //!
 //! Platforms: Meta Custom Audiences, Google Customer Match through the Data Manager API, LinkedIn
-//! DMP segments, X custom audiences. Audiences on one platform account share one
+//! DMP segments, X custom audiences, and `generic`: a network we ship no client for, spoken to over
+//! a small JSON contract (docs/vendors/generic-audience.md; XING, which the privacy policy names,
+//! offers no audience API at all: docs/vendors/xing.md). Audiences on one platform account share one
 //! `relay_delivery::Destination` (rate limit, daily budget, `Retry-After` pause).
 //!
 //! Layout: `config` (the `[sinks.audiences]` section), `request` (items → per-audience adds and
-//! removes, hashing, the request shape), `meta` / `google` / `linkedin` / `x` (each platform's
+//! removes, hashing, the request shape), `meta` / `google` / `linkedin` / `x` / `generic` (each platform's
 //! payloads and the mapping of its answers to outcomes), `client` (the requests in order, one
 //! audience at a time, and sending them; the `relay_delivery::driver` runs them, stops an account
 //! once a whole request to it was unavailable (429, `Retry-After`, unreachable), unanswered or
@@ -31,6 +33,7 @@
 
 mod client;
 mod config;
+mod generic;
 mod google;
 mod linkedin;
 mod meta;
@@ -41,8 +44,8 @@ mod x;
 
 pub use client::AudiencesSink;
 pub use config::{
-    credential_env_var, token_env_var, AudienceConfig, AudiencesConfig, GoogleAudience,
-    LinkedInAudience, MetaAudience, MetaSchema, Platform, XAudience,
+    credential_env_var, token_env_var, AudienceConfig, AudiencesConfig, GenericAudience,
+    GoogleAudience, LinkedInAudience, MetaAudience, MetaSchema, Platform, XAudience,
 };
 pub use reconcile::{BatchPosition, LedgerHash};
 pub use relay_delivery::{ConfigError, ConfigProblem};

@@ -168,6 +168,13 @@ fn identify(item: &SinkItem, audience: &AudienceConfig) -> Option<(String, Optio
         ),
         AudienceConfig::Linkedin(_) => (normalize::linkedin_email(raw_email)?, None),
         AudienceConfig::X(_) => (normalize::x_email(raw_email)?, None),
+        AudienceConfig::Generic(a) => (
+            normalize::generic_email(raw_email)?,
+            a.phone_field
+                .as_ref()
+                .and(raw_phone)
+                .and_then(normalize::google_phone),
+        ),
     };
     Some((
         normalize::sha256_hex(&email),

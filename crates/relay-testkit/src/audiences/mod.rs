@@ -1,8 +1,9 @@
 //! Fake ad platforms for the audiences sink, on `127.0.0.1`: Meta Custom Audiences
 //! ([`meta`]), Google Data Manager ([`google`]), LinkedIn DMP segments ([`linkedin`]) and X custom
-//! audiences ([`x`]), following `docs/vendors/` (meta.md, google.md, linkedin.md, x.md).
+//! audiences ([`x`]), following `docs/vendors/` (meta.md, google.md, linkedin.md, x.md), and a
+//! network behind the generic hashed-audience contract ([`generic`], generic-audience.md).
 //!
-//! All four share one shape, [`FakePlatform`]: every request is recorded (rejected ones included)
+//! All of them share one shape, [`FakePlatform`]: every request is recorded (rejected ones included)
 //! with its arrival time; scripted answers replace the next requests (`push_response`); an optional
 //! rate limit answers with the platform's own throttling error; each audience's membership is a set
 //! of hashes (`members`). Every identifier must be a 64-character lowercase hex SHA-256: anything
@@ -27,6 +28,7 @@ use serde_json::Value;
 
 use crate::late::LateApply;
 
+pub mod generic;
 pub mod google;
 pub mod linkedin;
 pub mod meta;
