@@ -59,6 +59,37 @@ impl Default for DestinationConfig {
 }
 
 impl DestinationConfig {
+    /// Reads a `limits` table as changes to a destination's own `defaults`, key by key: the one
+    /// meaning of `limits` in every sink. Read straight into `DestinationConfig`, a table would
+    /// fill its missing keys with the generic defaults instead, and one holding only
+    /// `request_timeout_ms` would silently drop the vendor's rate limit.
+    pub fn deserialize_over<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+        defaults: DestinationConfig,
+    ) -> Result<DestinationConfig, D::Error> {
+        /// The keys of [`DestinationConfig`], each optional; their meaning is documented there.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Overrides {
+            max_requests_per_window: Option<u32>,
+            window_ms: Option<u64>,
+            daily_budget: Option<u32>,
+            max_concurrency: Option<usize>,
+            request_timeout_ms: Option<u64>,
+        }
+        let o = Overrides::deserialize(deserializer)?;
+        // No `..defaults`: a key added to DestinationConfig must be added to Overrides too.
+        Ok(DestinationConfig {
+            max_requests_per_window: o
+                .max_requests_per_window
+                .or(defaults.max_requests_per_window),
+            window_ms: o.window_ms.unwrap_or(defaults.window_ms),
+            daily_budget: o.daily_budget.or(defaults.daily_budget),
+            max_concurrency: o.max_concurrency.unwrap_or(defaults.max_concurrency),
+            request_timeout_ms: o.request_timeout_ms.unwrap_or(defaults.request_timeout_ms),
+        })
+    }
+
     /// Problems with the values, each naming its key relative to the table.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();

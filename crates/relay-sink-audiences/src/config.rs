@@ -603,37 +603,11 @@ fn is_meta_version(v: &str) -> bool {
         .all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
 }
 
-/// A `limits` table as written: every key optional, each one overriding the platform's default
-/// rather than relay-delivery's generic one.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LimitsOverrides {
-    /// See [`DestinationConfig::max_requests_per_window`].
-    max_requests_per_window: Option<u32>,
-    /// See [`DestinationConfig::window_ms`].
-    window_ms: Option<u64>,
-    /// See [`DestinationConfig::daily_budget`].
-    daily_budget: Option<u32>,
-    /// See [`DestinationConfig::max_concurrency`].
-    max_concurrency: Option<usize>,
-    /// See [`DestinationConfig::request_timeout_ms`].
-    request_timeout_ms: Option<u64>,
-}
-
 pub(crate) fn with_overrides<'de, D: Deserializer<'de>>(
     deserializer: D,
     defaults: DestinationConfig,
 ) -> Result<DestinationConfig, D::Error> {
-    let o = LimitsOverrides::deserialize(deserializer)?;
-    Ok(DestinationConfig {
-        max_requests_per_window: o
-            .max_requests_per_window
-            .or(defaults.max_requests_per_window),
-        window_ms: o.window_ms.unwrap_or(defaults.window_ms),
-        daily_budget: o.daily_budget.or(defaults.daily_budget),
-        max_concurrency: o.max_concurrency.unwrap_or(defaults.max_concurrency),
-        request_timeout_ms: o.request_timeout_ms.unwrap_or(defaults.request_timeout_ms),
-    })
+    DestinationConfig::deserialize_over(deserializer, defaults)
 }
 
 fn meta_limits_with_overrides<'de, D: Deserializer<'de>>(

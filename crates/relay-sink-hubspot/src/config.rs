@@ -135,32 +135,11 @@ fn default_contact_properties() -> Vec<ContactProperty> {
     ]
 }
 
-/// Reads `[limits]` as changes to HubSpot's defaults. Read straight into `DestinationConfig`, a
-/// table would fill its missing keys with the delivery layer's generic defaults instead, and one
-/// holding only, say, `request_timeout_ms` would silently drop the burst limit.
+/// Reads `[limits]` as changes to HubSpot's defaults.
 fn limits_over_hubspot_defaults<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<DestinationConfig, D::Error> {
-    /// The keys of [`DestinationConfig`], each optional; their meaning is documented there.
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Overrides {
-        max_requests_per_window: Option<u32>,
-        window_ms: Option<u64>,
-        daily_budget: Option<u32>,
-        max_concurrency: Option<usize>,
-        request_timeout_ms: Option<u64>,
-    }
-    let o = Overrides::deserialize(deserializer)?;
-    let d = default_limits();
-    // No `..d`: a key added to DestinationConfig must be added to Overrides too.
-    Ok(DestinationConfig {
-        max_requests_per_window: o.max_requests_per_window.or(d.max_requests_per_window),
-        window_ms: o.window_ms.unwrap_or(d.window_ms),
-        daily_budget: o.daily_budget.or(d.daily_budget),
-        max_concurrency: o.max_concurrency.unwrap_or(d.max_concurrency),
-        request_timeout_ms: o.request_timeout_ms.unwrap_or(d.request_timeout_ms),
-    })
+    DestinationConfig::deserialize_over(deserializer, default_limits())
 }
 
 impl Default for HubSpotConfig {

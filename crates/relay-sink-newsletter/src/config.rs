@@ -48,10 +48,12 @@ pub struct BrevoList {
     /// The numeric id of the list (Contacts → Lists).
     pub list_id: i64,
     /// Rate limit and concurrency of the Brevo account. The default, 10 requests per second, is
-    /// the `/v3/contacts` limit of the general tier. A `limits` table replaces the default as a
-    /// whole: repeat `max_requests_per_window` when you set any other key. Lists of one account
-    /// each get their own limiter, so split the account's limit between them.
-    #[serde(default = "default_brevo_limits")]
+    /// the `/v3/contacts` limit of the general tier; each key set overrides only itself. Lists of
+    /// one account each get their own limiter, so split the account's limit between them.
+    #[serde(
+        default = "default_brevo_limits",
+        deserialize_with = "brevo_limits_with_overrides"
+    )]
     pub limits: DestinationConfig,
 }
 
@@ -72,7 +74,10 @@ pub struct MailchimpList {
     /// Concurrency of the Mailchimp account. Mailchimp allows 10 connections at once per account
     /// and has no published request rate, hence the default of 10 concurrent requests and no
     /// window. Lists of one account each get their own limiter, so split the 10 between them.
-    #[serde(default = "default_mailchimp_limits")]
+    #[serde(
+        default = "default_mailchimp_limits",
+        deserialize_with = "mailchimp_limits_with_overrides"
+    )]
     pub limits: DestinationConfig,
 }
 
@@ -93,6 +98,18 @@ fn default_mailchimp_limits() -> DestinationConfig {
         max_concurrency: 10,
         ..DestinationConfig::default()
     }
+}
+
+fn brevo_limits_with_overrides<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<DestinationConfig, D::Error> {
+    DestinationConfig::deserialize_over(d, default_brevo_limits())
+}
+
+fn mailchimp_limits_with_overrides<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<DestinationConfig, D::Error> {
+    DestinationConfig::deserialize_over(d, default_mailchimp_limits())
 }
 
 impl NewsletterConfig {
@@ -253,6 +270,22 @@ mod tests {
             "product": {"provider": "mailchimp", "api_key": "0123abcd-us6", "list_id": "a1b2c3"}
         }
     }"#;
+
+    #[test]
+    fn a_limits_key_overrides_only_itself() {
+        let c = parse(
+            r#"{"purposes": {"newsletter": ["main"]},
+                "lists": {"main": {"provider": "brevo", "api_key": "k", "list_id": 7,
+                                   "limits": {"max_concurrency": 2}}}}"#,
+        )
+        .unwrap();
+        let ListConfig::Brevo(main) = &c.lists["main"] else {
+            panic!("main is a Brevo list");
+        };
+        assert_eq!(main.limits.max_concurrency, 2);
+        assert_eq!(main.limits.max_requests_per_window, Some(10), "Brevo's 10/s stays");
+        assert_eq!(main.limits.window_ms, 1_000);
+    }
 
     #[test]
     fn defaults_fill_in_per_provider() {

@@ -38,9 +38,9 @@ pub struct PartnerConfig {
     /// in the event schema: email, first_name, last_name, company, phone, street, postal_code,
     /// city, country, company_size.
     pub fields: Vec<LeadField>,
-    /// Rate limit, concurrency and timeout of requests to the endpoint. The default timeout is
-    /// 15 s, the low end of what Standard Webhooks recommends.
-    #[serde(default = "default_limits")]
+    /// Rate limit, concurrency and timeout of requests to the endpoint; each key set overrides
+    /// only itself. The default timeout is 15 s, the low end of what Standard Webhooks recommends.
+    #[serde(default = "default_limits", deserialize_with = "limits_with_overrides")]
     pub limits: DestinationConfig,
 }
 
@@ -99,6 +99,12 @@ fn default_limits() -> DestinationConfig {
         request_timeout_ms: 15_000,
         ..DestinationConfig::default()
     }
+}
+
+fn limits_with_overrides<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<DestinationConfig, D::Error> {
+    DestinationConfig::deserialize_over(d, default_limits())
 }
 
 impl PartnerSinkConfig {
