@@ -327,8 +327,7 @@ fn load_with(
                 }),
         );
         let prefix = format!("sinks.{name}");
-        problems.extend(relay_runtime::config::validate(
-            &file.kafka,
+        problems.extend(relay_runtime::config::validate_sink(
             &settings.batch,
             &settings.retry,
             &prefix,
@@ -352,14 +351,7 @@ fn load_with(
             config,
         });
     }
-    if sinks.is_empty() {
-        problems.extend(relay_runtime::config::validate(
-            &file.kafka,
-            &BatchConfig::default(),
-            &RetryConfig::default(),
-            "sinks",
-        ));
-    }
+    problems.extend(relay_runtime::config::validate_kafka(&file.kafka));
     let mut ledger = file.ledger;
     if let Some(url) = env
         .iter()
@@ -780,6 +772,29 @@ legal_basis_explanation = "Signed up on the website"
         assert!(
             !format!("{ingest:?}").contains("hs-secret"),
             "secrets stay out of Debug"
+        );
+    }
+
+    #[test]
+    fn kafka_is_validated_once_however_many_sinks_share_it() {
+        let both = format!(
+            "{HUBSPOT}[sinks.partner]\nenabled = false\n[sinks.partner.partners.in_gmbh]\n\
+             endpoint = \"https://partner.example/hook\"\npurpose = \"newsletter\"\n\
+             fields = [\"email\"]\n"
+        );
+        let f = write(&both);
+        let env = [(
+            "CONSENT_RELAY__KAFKA__BOOTSTRAP_SERVERS".to_owned(),
+            "\" \"".to_owned(),
+        )];
+        let err = load_with(Some(f.path()), &env, Secrets::NotNeeded)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err.matches("kafka.bootstrap_servers: must not be empty")
+                .count(),
+            1,
+            "{err}"
         );
     }
 

@@ -344,13 +344,9 @@ impl Default for LivenessConfig {
     }
 }
 
-/// Checks the values serde cannot; returns every problem, each naming its key.
-pub fn validate(
-    kafka: &KafkaConfig,
-    batch: &BatchConfig,
-    retry: &RetryConfig,
-    prefix: &str,
-) -> Vec<String> {
+/// Checks the `[kafka]` values serde cannot; returns every problem, each naming its key. Once
+/// per configuration: every sink shares the section.
+pub fn validate_kafka(kafka: &KafkaConfig) -> Vec<String> {
     let mut problems = Vec::new();
     if kafka.bootstrap_servers.trim().is_empty() {
         problems.push("kafka.bootstrap_servers: must not be empty".to_owned());
@@ -361,6 +357,32 @@ pub fn validate(
     if kafka.topics.contains(&kafka.dlq_topic) {
         problems.push("kafka.dlq_topic: must not be one of kafka.topics".to_owned());
     }
+    if let Some(url) = &kafka.schema_registry_url {
+        match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+            _ => problems.push(format!(
+                "kafka.schema_registry_url: {url:?} is not an http(s) URL"
+            )),
+        }
+    }
+    if kafka.retry_topic_partitions < 1 {
+        problems.push("kafka.retry_topic_partitions: must be at least 1".to_owned());
+    }
+    if kafka
+        .topics
+        .iter()
+        .any(|t| t.starts_with(&format!("{}.", kafka.retry_topic_prefix)))
+    {
+        problems
+            .push("kafka.retry_topic_prefix: a topic of kafka.topics starts with it".to_owned());
+    }
+    problems
+}
+
+/// Checks a sink's `batch` and `retry` values serde cannot; `prefix` is the sink's section
+/// (`sinks.hubspot`). Returns every problem, each naming its full key.
+pub fn validate_sink(batch: &BatchConfig, retry: &RetryConfig, prefix: &str) -> Vec<String> {
+    let mut problems = Vec::new();
     if batch.max_events == 0 {
         problems.push(format!("{prefix}.batch.max_events: must be at least 1"));
     }
@@ -395,25 +417,6 @@ pub fn validate(
         problems.push(format!(
             "{prefix}.retry.parked_budget_ms: must be at least item_budget_ms"
         ));
-    }
-    if let Some(url) = &kafka.schema_registry_url {
-        match reqwest::Url::parse(url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
-            _ => problems.push(format!(
-                "kafka.schema_registry_url: {url:?} is not an http(s) URL"
-            )),
-        }
-    }
-    if kafka.retry_topic_partitions < 1 {
-        problems.push("kafka.retry_topic_partitions: must be at least 1".to_owned());
-    }
-    if kafka
-        .topics
-        .iter()
-        .any(|t| t.starts_with(&format!("{}.", kafka.retry_topic_prefix)))
-    {
-        problems
-            .push("kafka.retry_topic_prefix: a topic of kafka.topics starts with it".to_owned());
     }
     problems
 }
