@@ -77,9 +77,41 @@ impl ConfigProblems {
     }
 }
 
+/// Checks that `endpoint` is an https URL, or http to a loopback address (tests, the demo): what
+/// carries personal data or a credential to a third party. `Err` says what is wrong.
+pub fn check_https_url(endpoint: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(endpoint).map_err(|_| "is not a URL".to_owned())?;
+    let loopback = match url.host_str() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err("must be https (plain http only for loopback addresses)".into()),
+        _ => Err("must be an https URL".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_https_or_loopback_http_passes() {
+        assert!(check_https_url("https://api.example.net/x").is_ok());
+        assert!(check_https_url("http://127.0.0.1:8080").is_ok());
+        assert!(check_https_url("http://[::1]:1/").is_ok());
+        assert!(check_https_url("http://localhost").is_ok());
+        assert!(check_https_url("http://api.example.net").is_err());
+        assert!(check_https_url("ftp://x").is_err());
+        assert!(check_https_url("not a url").is_err());
+    }
 
     #[test]
     fn problems_show_with_their_keys() {

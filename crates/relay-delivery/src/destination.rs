@@ -212,6 +212,9 @@ impl Destination {
     pub fn new(config: DestinationConfig) -> Result<Destination, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(config.request_timeout_ms))
+            // A followed 301/302 turns the POST into a bodiless GET, whose 2xx would count as the
+            // change applied; an API that moved is an operator's matter (a 3xx is not success).
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Destination {
             http,

@@ -23,7 +23,7 @@ mod secret;
 mod sink;
 
 pub use classify::{classify_status, classify_transport, parse_retry_after};
-pub use config_error::{ConfigError, ConfigProblem, ConfigProblems};
+pub use config_error::{check_https_url, ConfigError, ConfigProblem, ConfigProblems};
 pub use destination::{
     Destination, DestinationConfig, DestinationStats, LatencyHistogram, Reply, LATENCY_BUCKETS,
 };

@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine;
-use relay_delivery::{ConfigError, ConfigProblems, DestinationConfig, Secret};
+use relay_delivery::{check_https_url, ConfigError, ConfigProblems, DestinationConfig, Secret};
 use relay_events::Contact;
 use serde::Deserialize;
 
@@ -143,7 +143,7 @@ impl PartnerSinkConfig {
                      can name them)",
                 );
             }
-            if let Err(message) = check_endpoint(&partner.endpoint) {
+            if let Err(message) = check_https_url(&partner.endpoint) {
                 problems.push(key_of("endpoint"), message);
             }
             if let Some(other) = shared_endpoint {
@@ -187,25 +187,6 @@ impl PartnerSinkConfig {
             }
         }
         problems.into_result()
-    }
-}
-
-fn check_endpoint(endpoint: &str) -> Result<(), String> {
-    let url = reqwest::Url::parse(endpoint).map_err(|_| "is not a URL".to_owned())?;
-    let loopback = match url.host_str() {
-        Some("localhost") => true,
-        Some(host) => host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    };
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if loopback => Ok(()),
-        "http" => Err("must be https (plain http only for loopback addresses)".into()),
-        _ => Err("must be an https URL".into()),
     }
 }
 
