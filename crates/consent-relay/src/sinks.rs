@@ -251,11 +251,9 @@ impl SinkConfig for AudiencesConfig {
                     ),
                     AudienceConfig::Generic(g) => (
                         format!(
-                            "the network at {} (generic hashed audience)",
-                            reqwest::Url::parse(&g.base_url)
-                                .ok()
-                                .and_then(|u| u.host_str().map(str::to_owned))
-                                .unwrap_or_else(|| g.base_url.clone())
+                            "the network at {} (generic hashed audience, members added at {})",
+                            host(&g.base_url),
+                            g.add_path
                         ),
                         match g.phone_field {
                             None => EMAIL.to_owned(),

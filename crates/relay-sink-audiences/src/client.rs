@@ -9,7 +9,7 @@ use crate::meta::Session;
 use crate::request::{self, Answer, Body, HttpCall, Member, Op};
 use crate::{generic, google, linkedin, meta, x};
 
-/// The audiences sink: hashed identifiers into Meta, Google, LinkedIn and X audiences.
+/// The audiences sink: hashed identifiers into Meta, Google, LinkedIn, X and generic audiences.
 pub struct AudiencesSink {
     /// `audiences`, or `audiences.<audience>` for a sink of one audience.
     name: String,

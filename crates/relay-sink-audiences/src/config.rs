@@ -716,6 +716,32 @@ mod tests {
         toml::from_str(text)
     }
 
+    #[test]
+    fn a_generic_audience_is_checked_with_full_keys_and_needs_its_token() {
+        let c = parse(
+            r#"
+            [purposes]
+            ads = ["net"]
+            [audiences.net]
+            platform = "generic"
+            base_url = "http://api.example.net"
+            add_path = "/add"
+            remove_path = "remove"
+            max_members_per_request = 50001
+            "#,
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        for expected in [
+            "audiences.net.base_url: must be https",
+            "audiences.net.remove_path: must be a path starting with /",
+            "audiences.net.token: missing; set CONSENT_RELAY_AUDIENCES_NET_TOKEN",
+            "audiences.net.max_members_per_request: must be between 1 and 50000",
+        ] {
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+    }
+
     const FULL: &str = r#"
         [purposes]
         ads_remarketing = ["meta-eu", "google-eu", "linkedin", "x"]

@@ -6,10 +6,14 @@
 //! JSON object whose `members_field` lists one object per person with `email_field` (lowercase hex
 //! SHA-256 of the trimmed, lowercased address) and, where configured and known, `phone_field`
 //! (SHA-256 of the E.164 number). Any 2xx applies the whole request; adding a member twice or
-//! removing an absent one must be a 2xx as well. Everything else is read by its status alone, a
-//! 413 as our batch size being too large (refused: an operator must lower it).
+//! removing an absent one must be a 2xx as well. Everything else is read by its status alone:
+//! 408 and 429 pause, 5xx retry, and the rest (3xx and 4xx) refuse: no single member can cause
+//! them.
 
-use relay_delivery::{classify_status, ConfigProblems, DestinationConfig, Outcome, Reply, Secret};
+use relay_delivery::{
+    check_https_url, classify_status, redact_emails, ConfigProblems, DestinationConfig, Outcome,
+    Reply, Secret,
+};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -78,6 +82,22 @@ fn limits_with_overrides<'de, D: serde::Deserializer<'de>>(
 impl GenericAudience {
     /// The problems of the fields only this platform has; `key` makes a field's full key.
     pub(crate) fn problems(&self, problems: &mut ConfigProblems, key: &dyn Fn(&str) -> String) {
+        // The token and the hashes go to a third party: https only, and nothing in the URL that
+        // would swallow the paths appended to it or carry a credential of its own.
+        match reqwest::Url::parse(&self.base_url) {
+            Ok(url)
+                if url.query().is_some()
+                    || url.fragment().is_some()
+                    || !url.username().is_empty()
+                    || url.password().is_some() =>
+            {
+                problems.push(key("base_url"), "must have no query, fragment or user info")
+            }
+            _ => {}
+        }
+        if let Err(message) = check_https_url(&self.base_url) {
+            problems.push(key("base_url"), message);
+        }
         for (field, path) in [
             ("add_path", &self.add_path),
             ("remove_path", &self.remove_path),
@@ -136,25 +156,29 @@ pub fn call(a: &GenericAudience, op: Op, batch: &[Member]) -> HttpCall {
 }
 
 /// Maps the network's answer to a request of `sent` members: the contract has no per-member
-/// results, so the status decides for all of them.
+/// results, so the status decides for all of them. Every member is a hash in a fixed shape, so
+/// no person can make a request fail: what would be permanent elsewhere (a 400, a 404 for a wrong
+/// path, a 413 for a batch too large, a 3xx) is our configuration or the contract, and refused
+/// pauses the audience until an operator acts, instead of dead-lettering withdrawals.
 pub fn answer(reply: &Reply, sent: usize) -> Answer {
     if reply.is_success() {
         return Answer::applied(sent);
     }
-    let body = String::from_utf8_lossy(&reply.body);
-    let outcome = if reply.status == 413 {
-        // The same request is too large every time, for every member: our configuration is
-        // wrong, not the people in it. Refused pauses the audience until an operator lowers
-        // the batch size, instead of dead-lettering withdrawals.
-        Outcome::Refused {
-            reason: format!(
-                "HTTP 413: the network takes fewer members per request than \
-                 max_members_per_request ({})",
-                excerpt(&body)
-            ),
-        }
-    } else {
-        classify_status(reply.status, reply.header("retry-after"), excerpt(&body))
+    // An unknown network may echo what it resolved a hash to.
+    let body = redact_emails(&excerpt(&String::from_utf8_lossy(&reply.body)));
+    let outcome = match classify_status(reply.status, reply.header("retry-after"), body) {
+        Outcome::Permanent { reason } => Outcome::Refused {
+            reason: match reply.status {
+                413 => format!(
+                    "{reason} (the network takes fewer members per request than \
+                     max_members_per_request)"
+                ),
+                _ => format!(
+                    "{reason} (a request of the generic contract cannot fail for one member)"
+                ),
+            },
+        },
+        other => other,
     };
     Answer::whole(outcome, sent)
 }
@@ -219,21 +243,42 @@ mod tests {
         assert!(limited.stops_lane());
         assert_eq!(limited.outcomes()[1].class(), "unavailable");
         assert_eq!(answer(&reply(401), 1).outcomes()[0].class(), "refused");
-        assert_eq!(answer(&reply(400), 1).outcomes()[0].class(), "permanent");
         assert_eq!(answer(&reply(503), 1).outcomes()[0].class(), "retryable");
-        assert_eq!(answer(&reply(413), 1).outcomes()[0].class(), "refused");
+        assert_eq!(answer(&reply(408), 1).outcomes()[0].class(), "unavailable");
+        for refused in [301, 400, 404, 413, 422, 501] {
+            assert_eq!(
+                answer(&reply(refused), 1).outcomes()[0].class(),
+                "refused",
+                "{refused}"
+            );
+        }
+        let echo = Reply {
+            body: b"no such member max@example.de".to_vec(),
+            ..reply(400)
+        };
+        assert!(!answer(&echo, 1).outcomes()[0]
+            .reason()
+            .unwrap()
+            .contains('@'));
     }
 
     #[test]
     fn paths_and_field_names_are_checked() {
         let mut a = audience(Some("email_sha256"));
+        a.base_url = "http://net.example/?x=1".into();
         a.add_path = "v1/add".into();
         a.remove_path = "v1/add".into();
         a.members_field = "mem bers".into();
         let mut problems = ConfigProblems::default();
         a.problems(&mut problems, &|f| format!("audiences.n.{f}"));
         let err = problems.into_result().unwrap_err().to_string();
-        for key in ["add_path", "remove_path", "members_field", "phone_field"] {
+        for key in [
+            "base_url",
+            "add_path",
+            "remove_path",
+            "members_field",
+            "phone_field",
+        ] {
             assert!(err.contains(&format!("audiences.n.{key}")), "{key}: {err}");
         }
         let mut fine = ConfigProblems::default();

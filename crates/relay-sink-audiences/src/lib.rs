@@ -21,7 +21,7 @@
 //! once a whole request to it was unavailable (429, `Retry-After`, unreachable), unanswered or
 //! refused, and folds the outcomes per item).
 //!
-//! Credentials: Meta, Google and LinkedIn take one `token`; X signs every request with OAuth 1.0a
+//! Credentials: Meta, Google, LinkedIn and generic audiences take one `token`; X signs every request with OAuth 1.0a
 //! (HMAC-SHA1, `oauth1`) from four credentials (consumer key and secret, access token and secret).
 //! The binary fills each from [`credential_env_var`]. Google's access tokens expire hourly; the
 //! binary must keep `token` fresh.

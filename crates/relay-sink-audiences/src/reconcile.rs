@@ -4,7 +4,8 @@
 //! platform's own ([`LedgerHash`]):
 //! - Meta: trim and lowercase (its SDK also strips dots at either end, which no valid address
 //!   has): the ledger's `email_sha256` for every address the relay accepts (docs/vendors/meta.md).
-//! - LinkedIn and X: trim and lowercase: the same (docs/vendors/linkedin.md, x.md).
+//! - LinkedIn, X and the generic contract: trim and lowercase: the same (docs/vendors/linkedin.md,
+//!   x.md, generic-audience.md).
 //! - Google: removes the dots (and, as configured, a `+tag`) of gmail.com / googlemail.com
 //!   addresses: the ledger keeps those two hashes besides `email_sha256` (schema v5), and an
 //!   entry logged before that has no Google hash to send.
@@ -49,7 +50,15 @@ impl AudiencesSink {
             Some(AudienceConfig::Google(g)) => LedgerHash::Google {
                 plus_removed: g.remove_gmail_plus_suffix,
             },
-            _ => LedgerHash::Email,
+            // Trim and lowercase, as the ledger hashes: named one by one, so that a platform with
+            // a rule of its own cannot fall through to the wrong hashes.
+            Some(
+                AudienceConfig::Meta(_)
+                | AudienceConfig::Linkedin(_)
+                | AudienceConfig::X(_)
+                | AudienceConfig::Generic(_),
+            )
+            | None => LedgerHash::Email,
         }
     }
 

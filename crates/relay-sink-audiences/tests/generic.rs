@@ -14,6 +14,12 @@ const TOKEN: &str = "network-token";
 
 async fn setup(contract: Contract, extra: &str) -> (FakePlatform, AudiencesSink) {
     let fake = generic::start(TOKEN, contract.clone()).await;
+    let sink = sink_for(&fake, contract, extra);
+    (fake, sink)
+}
+
+/// A sink of one generic audience, with [`TOKEN`], against `fake`.
+fn sink_for(fake: &FakePlatform, contract: Contract, extra: &str) -> AudiencesSink {
     let phone = contract
         .phone_field
         .map(|f| format!("phone_field = \"{f}\""))
@@ -41,10 +47,7 @@ async fn setup(contract: Contract, extra: &str) -> (FakePlatform, AudiencesSink)
         email = contract.email_field,
     );
     let config: AudiencesConfig = toml::from_str(&text).expect("test config parses");
-    (
-        fake,
-        AudiencesSink::new(config).expect("test config is valid"),
-    )
+    AudiencesSink::new(config).expect("test config is valid")
 }
 
 fn grant(subject: &str, email: &str) -> SinkItem {
@@ -109,6 +112,32 @@ async fn field_names_and_phones_follow_the_configuration() {
     let member = &body["users"][0];
     assert_eq!(member["em"], hash("a@example.de"));
     assert_eq!(member["ph"], normalize::sha256_hex("+492211234567"));
+}
+
+#[tokio::test]
+async fn a_phone_without_a_country_code_is_not_sent() {
+    let contract = Contract {
+        phone_field: Some("phone_sha256".into()),
+        ..Contract::default()
+    };
+    let (fake, sink) = setup(contract, "").await;
+    let item = items::grant("ads")
+        .email(Some("b@example.de"))
+        .phone(Some("0221 1234567"))
+        .build();
+    assert_eq!(sink.deliver(&[item]).await, [Outcome::Applied]);
+    let body: Value = serde_json::from_str(&fake.requests()[0].body).unwrap();
+    assert_eq!(body["members"][0].as_object().unwrap().len(), 1, "{body}");
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_refused_by_the_network() {
+    let contract = Contract::default();
+    let fake = generic::start("another-token", contract.clone()).await;
+    let sink = sink_for(&fake, contract, "");
+    let outcomes = sink.deliver(&[withdraw("s", "t@example.de")]).await;
+    assert_eq!(outcomes[0].class(), OutcomeClass::Refused, "{outcomes:?}");
+    assert!(fake.members(AUDIENCE).is_empty());
 }
 
 #[tokio::test]

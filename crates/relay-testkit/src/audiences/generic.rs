@@ -2,8 +2,9 @@
 //! `POST` of `{"<members_field>": [{"<email_field>": "<sha256>", ...}]}` to the add and remove
 //! paths, bearer token, any 2xx for the whole request. As strict as the contract: the body must
 //! hold the members field and nothing else, a member only the configured fields, every value a
-//! lowercase hex SHA-256; more than the batch limit is a 413, a throttled request a 429 with
-//! `Retry-After`. Adding a member twice or removing an absent one is a 200, as the contract asks.
+//! lowercase hex SHA-256, and a member must hold the email hash (else 400); the body must be
+//! `application/json` (else 415); more than the batch limit is a 413, a throttled request a 429
+//! with `Retry-After`. Adding a member twice or removing an absent one is a 200, as the contract asks.
 //!
 //! The audience's members are kept under [`AUDIENCE`].
 
@@ -110,6 +111,16 @@ async fn members(
 ) -> Response {
     if !has_bearer(&headers, &lock(&shared).token.clone()) {
         return error(StatusCode::UNAUTHORIZED, "invalid token");
+    }
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        );
     }
     let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "the body must be a JSON object");
