@@ -25,6 +25,14 @@ impl Secret {
     pub fn is_blank(&self) -> bool {
         self.0.trim().is_empty()
     }
+
+    /// Why the value cannot travel as a credential (in a header, a form field or a signing key),
+    /// `None` when it can: a space or a line break pasted with it (a secret read from a file ends
+    /// in one) would make every request fail, or every signature mismatch.
+    pub fn malformed(&self) -> Option<&'static str> {
+        (!self.0.chars().all(|c| c.is_ascii_graphic()))
+            .then_some("must be printable ASCII without spaces or line breaks")
+    }
 }
 
 impl From<String> for Secret {
@@ -66,6 +74,9 @@ mod tests {
         assert_eq!(format!("{:?}", Some(secret.clone())), "Some(<redacted>)");
         assert_eq!(format!("{:?}", Secret::from(" ")), "<unset>");
         assert_eq!(secret.expose(), "pat-na1-0123");
+        assert_eq!(secret.malformed(), None);
+        assert!(Secret::from("pat-na1-0123\n").malformed().is_some());
+        assert!(Secret::from("two words").malformed().is_some());
         let parsed: Secret = serde_json::from_str("\"k\"").unwrap();
         assert_eq!(parsed.expose(), "k");
     }

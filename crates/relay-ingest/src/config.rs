@@ -238,18 +238,22 @@ impl IngestConfig {
                     "ingest.hubspot.client_secret: missing (set {})",
                     ENV_SECRETS[0]
                 ));
+            } else if let Some(why) = h.client_secret.malformed() {
+                out.push(format!("ingest.hubspot.client_secret: {why}"));
             }
             if h.token.is_blank() {
                 out.push(format!(
                     "ingest.hubspot.token: missing (set {})",
                     ENV_SECRETS[1]
                 ));
+            } else if let Some(why) = h.token.malformed() {
+                out.push(format!("ingest.hubspot.token: {why}"));
             }
         }
         if let Some(m) = &self.mailchimp {
             // Short secrets in a URL can be guessed; 32 characters is a UUID without hyphens.
             let polled_only = m.poll.is_some() && m.path_secret.is_blank();
-            if m.path_secret.expose().len() < 32 && !polled_only {
+            if m.path_secret.expose().trim().len() < 32 && !polled_only {
                 out.push(format!(
                     "ingest.mailchimp.path_secret: at least 32 characters (set {})",
                     ENV_SECRETS[2]

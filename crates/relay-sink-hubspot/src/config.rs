@@ -166,11 +166,16 @@ impl HubSpotConfig {
             Ok(_) => problems.push("base_url", "must be an http or https URL"),
             Err(_) => problems.push("base_url", "is not a URL"),
         }
-        if self.token.as_ref().is_none_or(Secret::is_blank) {
-            problems.push_missing_secret(
+        match &self.token {
+            Some(token) if !token.is_blank() => {
+                if let Some(why) = token.malformed() {
+                    problems.push("token", why);
+                }
+            }
+            _ => problems.push_missing_secret(
                 "token",
                 "missing; set CONSENT_RELAY_HUBSPOT_TOKEN to a private-app access token",
-            );
+            ),
         }
         if self.max_inputs_per_request == 0 || self.max_inputs_per_request > MAX_INPUTS_CEILING {
             problems.push(
