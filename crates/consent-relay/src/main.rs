@@ -156,7 +156,7 @@ enum Command {
     },
     /// Make a downstream show the ledger's newest decisions again. HubSpot and the newsletter
     /// lists are read back and repaired towards less consent (a grant they do not show is
-    /// reported, not restored, unless --restore-grants); ad audiences (Meta, Google, LinkedIn, X)
+    /// reported, not restored, unless --restore-grants); ad audiences (Meta, Google, LinkedIn, X, generic)
     /// get their removals re-sent from the ledger's email hashes. Exits 1 when a repair failed.
     #[command(
         after_help = "Examples:\n  consent-relay -c relay.toml reconcile --sink hubspot --dry-run\n  consent-relay -c relay.toml reconcile --sink audiences --destination meta-eu"
@@ -306,7 +306,7 @@ enum SuppressionCommand {
         purpose: String,
         /// `csv`: subject_id, email_sha256, decision (withdraw, unsubscribe, erase), occurred_at,
         /// event_id, source. `sha256`: one email hash per line, nothing else, the hash of the
-        /// trimmed, lowercased address as Meta, LinkedIn and X take it. `meta`: the same under
+        /// trimmed, lowercased address as Meta, LinkedIn, X and generic audiences take it. `meta`: the same under
         /// the header `email`, a customer list Meta's Ads Manager reads. `google`: header
         /// `Email`, the hashes of the address as Google normalizes it (gmail dots and +tags
         /// removed, and the +tag variant too), for a Customer Match upload. `hubspot-ids`: header
