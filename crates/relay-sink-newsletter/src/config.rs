@@ -283,7 +283,11 @@ mod tests {
             panic!("main is a Brevo list");
         };
         assert_eq!(main.limits.max_concurrency, 2);
-        assert_eq!(main.limits.max_requests_per_window, Some(10), "Brevo's 10/s stays");
+        assert_eq!(
+            main.limits.max_requests_per_window,
+            Some(10),
+            "Brevo's 10/s stays"
+        );
         assert_eq!(main.limits.window_ms, 1_000);
     }
 
