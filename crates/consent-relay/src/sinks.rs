@@ -219,48 +219,10 @@ impl SinkConfig for AudiencesConfig {
             .collect()
     }
     fn recipients(&self) -> Vec<(String, Recipient)> {
-        use relay_sink_audiences::{AudienceConfig, MetaSchema};
-        const EMAIL: &str = "SHA-256 of the normalized email address (no address in clear)";
         self.audiences
             .iter()
             .map(|(name, a)| {
-                let (who, data) = match a {
-                    AudienceConfig::Meta(m) => (
-                        format!("Meta (Custom Audience {})", m.audience_id),
-                        match m.schema {
-                            MetaSchema::Email => EMAIL.to_owned(),
-                            MetaSchema::EmailPhone => {
-                                format!("{EMAIL}, SHA-256 of the phone number where given")
-                            }
-                        },
-                    ),
-                    AudienceConfig::Google(g) => (
-                        format!(
-                            "Google (Customer Match, Data Manager destination {})",
-                            g.product_destination_id
-                        ),
-                        format!("{EMAIL}, SHA-256 of the phone number where given"),
-                    ),
-                    AudienceConfig::Linkedin(l) => (
-                        format!("LinkedIn (Matched Audience segment {})", l.segment_id),
-                        EMAIL.to_owned(),
-                    ),
-                    AudienceConfig::X(x) => (
-                        format!("X (Custom Audience {})", x.custom_audience_id),
-                        EMAIL.to_owned(),
-                    ),
-                    AudienceConfig::Generic(g) => (
-                        format!(
-                            "the network at {} (generic hashed audience, members added at {})",
-                            host(&g.base_url),
-                            g.add_path
-                        ),
-                        match g.phone_field {
-                            None => EMAIL.to_owned(),
-                            Some(_) => format!("{EMAIL}, SHA-256 of the phone number where given"),
-                        },
-                    ),
-                };
+                let (who, data) = a.platform().recipient();
                 (format!("audiences.{name}"), Recipient::of(who, data))
             })
             .collect()

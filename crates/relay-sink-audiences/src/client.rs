@@ -7,7 +7,6 @@ use relay_delivery::{BoxFuture, ConfigError, Destination, Outcome, Sink, SinkIte
 use crate::config::{AudienceConfig, AudiencesConfig};
 use crate::meta::Session;
 use crate::request::{self, Answer, Body, HttpCall, Member, Op};
-use crate::{generic, google, linkedin, meta, x};
 
 /// The audiences sink: hashed identifiers into Meta, Google, LinkedIn, X and generic audiences.
 pub struct AudiencesSink {
@@ -106,13 +105,7 @@ impl AudiencesSink {
         batch: &[Member],
         session: Option<Session>,
     ) -> Answer {
-        let call = match audience {
-            AudienceConfig::Meta(a) => meta::call(a, op, batch, session),
-            AudienceConfig::Google(a) => google::call(a, op, batch),
-            AudienceConfig::Linkedin(a) => linkedin::call(a, op, batch),
-            AudienceConfig::X(a) => x::call(a, op, batch),
-            AudienceConfig::Generic(a) => generic::call(a, op, batch),
-        };
+        let call = audience.platform().call(op, batch, session);
         let destination = &self.accounts[account];
         let reply = match destination
             .send(build(destination.http(), call, audience))
@@ -123,13 +116,7 @@ impl AudiencesSink {
             // that could not even be built is permanent, and this batch's alone).
             Err(outcome) => return Answer::whole(outcome, batch.len()),
         };
-        let answer = match audience {
-            AudienceConfig::Meta(_) => meta::answer(&reply, batch.len()),
-            AudienceConfig::Google(_) => google::answer(&reply, batch.len()),
-            AudienceConfig::Linkedin(_) => linkedin::answer(&reply, batch.len()),
-            AudienceConfig::X(_) => x::answer(&reply, batch.len()),
-            AudienceConfig::Generic(_) => generic::answer(&reply, batch.len()),
-        };
+        let answer = audience.platform().answer(&reply, batch.len());
         tracing::debug!(
             sink = "audiences",
             audience = name,
@@ -163,7 +150,7 @@ fn accounts(config: &AudiencesConfig) -> Result<Accounts, ConfigError> {
     let mut known = HashMap::new();
     for (name, audience) in &config.audiences {
         let key = (
-            audience.platform(),
+            audience.platform().name(),
             audience.base_url(),
             audience.account_credential().unwrap_or_default(),
         );
@@ -196,14 +183,11 @@ fn build(
         request = request.header(name, value);
     }
     match call.body {
-        Body::Json(value) => match audience {
-            AudienceConfig::X(a) => match x::authorization(a, &call.method, &call.url) {
-                Some(signed) => request.header(reqwest::header::AUTHORIZATION, signed),
-                None => request,
-            }
-            .json(&value),
-            _ => request.bearer_auth(token).json(&value),
-        },
+        Body::Json(value) => match audience.platform().signature(&call.method, &call.url) {
+            Some(signed) => request.header(reqwest::header::AUTHORIZATION, signed),
+            None => request.bearer_auth(token),
+        }
+        .json(&value),
         Body::Form {
             mut pairs,
             token_field,

@@ -2,21 +2,22 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use relay_delivery::{ConfigError, ConfigProblems, DestinationConfig, Secret};
 
-use crate::generic;
-pub use crate::generic::GenericAudience;
 use serde::{Deserialize, Deserializer};
 
+pub use crate::generic::GenericAudience;
+use crate::platform::AudiencePlatform;
+
 /// Meta accepts at most 10 000 rows per `/users` call (docs/vendors/meta.md §2).
-const META_MAX_ROWS: usize = 10_000;
+pub(crate) const META_MAX_ROWS: usize = 10_000;
 /// Google accepts at most 10 000 audience members per ingest or remove request
 /// (docs/vendors/google.md §3a).
-const GOOGLE_MAX_MEMBERS: usize = 10_000;
+pub(crate) const GOOGLE_MAX_MEMBERS: usize = 10_000;
 /// LinkedIn documents no batch limit (docs/vendors/linkedin.md §4); more than this in one request
 /// is surely a typo.
-const LINKEDIN_MAX_USERS_CEILING: usize = 10_000;
+pub(crate) const LINKEDIN_MAX_USERS_CEILING: usize = 10_000;
 /// X accepts at most 2 500 operations per request (docs/vendors/x.md §5); we send one user per
 /// operation.
-const X_MAX_USERS: usize = 2_500;
+pub(crate) const X_MAX_USERS: usize = 2_500;
 
 /// The `[sinks.audiences]` section of the config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -42,29 +43,6 @@ pub enum AudienceConfig {
     Linkedin(LinkedInAudience),
     X(XAudience),
     Generic(GenericAudience),
-}
-
-/// The ad platforms this sink writes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Platform {
-    Meta,
-    Google,
-    LinkedIn,
-    X,
-    Generic,
-}
-
-impl Platform {
-    /// The spelling of `platform` in the config file, also used in logs and outcome reasons.
-    pub fn name(self) -> &'static str {
-        match self {
-            Platform::Meta => "meta",
-            Platform::Google => "google",
-            Platform::LinkedIn => "linkedin",
-            Platform::X => "x",
-            Platform::Generic => "generic",
-        }
-    }
 }
 
 /// Which identifiers a Meta audience is matched on.
@@ -220,16 +198,6 @@ pub struct XAudience {
     pub limits: DestinationConfig,
 }
 
-/// The credentials of a Meta, Google or LinkedIn audience: one token.
-const TOKEN_CREDENTIALS: &[&str] = &["token"];
-/// The credentials of an X audience: OAuth 1.0a's four.
-const X_CREDENTIALS: &[&str] = &[
-    "consumer_key",
-    "consumer_secret",
-    "access_token",
-    "access_token_secret",
-];
-
 /// The environment variable the binary reads an audience's token from, e.g.
 /// `CONSENT_RELAY_AUDIENCES_META_EU_TOKEN` for the audience `meta-eu`.
 pub fn token_env_var(audience: &str) -> String {
@@ -259,34 +227,39 @@ pub fn credential_env_var(audience: &str, field: &str) -> String {
 }
 
 impl AudienceConfig {
-    pub fn platform(&self) -> Platform {
+    /// The platform behind this audience: the one place that names every platform.
+    pub fn platform(&self) -> &dyn AudiencePlatform {
         match self {
-            AudienceConfig::Meta(_) => Platform::Meta,
-            AudienceConfig::Google(_) => Platform::Google,
-            AudienceConfig::Linkedin(_) => Platform::LinkedIn,
-            AudienceConfig::X(_) => Platform::X,
-            AudienceConfig::Generic(_) => Platform::Generic,
+            AudienceConfig::Meta(a) => a,
+            AudienceConfig::Google(a) => a,
+            AudienceConfig::Linkedin(a) => a,
+            AudienceConfig::X(a) => a,
+            AudienceConfig::Generic(a) => a,
+        }
+    }
+
+    fn platform_mut(&mut self) -> &mut dyn AudiencePlatform {
+        match self {
+            AudienceConfig::Meta(a) => a,
+            AudienceConfig::Google(a) => a,
+            AudienceConfig::Linkedin(a) => a,
+            AudienceConfig::X(a) => a,
+            AudienceConfig::Generic(a) => a,
         }
     }
 
     pub fn base_url(&self) -> &str {
-        match self {
-            AudienceConfig::Meta(a) => &a.base_url,
-            AudienceConfig::Google(a) => &a.base_url,
-            AudienceConfig::Linkedin(a) => &a.base_url,
-            AudienceConfig::X(a) => &a.base_url,
-            AudienceConfig::Generic(a) => &a.base_url,
-        }
+        self.platform().base_url()
     }
 
-    /// The token of a Meta, Google or LinkedIn audience; `None` for X, which signs requests with
-    /// four credentials instead ([`XAudience::consumer_key`]).
+    /// The token of a Meta, Google, LinkedIn or generic audience; `None` for X, which signs
+    /// requests with four credentials instead ([`XAudience::consumer_key`]).
     pub fn token(&self) -> Option<&str> {
         self.credential("token")
     }
 
-    /// Sets the token of a Meta, Google or LinkedIn audience. X audiences have no token: for them
-    /// this sets nothing and returns false (use [`AudienceConfig::set_credential`]).
+    /// Sets the token of a Meta, Google, LinkedIn or generic audience. X audiences have no token:
+    /// for them this sets nothing and returns false (use [`AudienceConfig::set_credential`]).
     pub fn set_token(&mut self, token: String) -> bool {
         self.set_credential("token", token)
     }
@@ -295,74 +268,42 @@ impl AudienceConfig {
     /// `consumer_secret`, `access_token` and `access_token_secret`. The binary reads each from
     /// [`credential_env_var`].
     pub fn credential_fields(&self) -> &'static [&'static str] {
-        match self {
-            AudienceConfig::X(_) => X_CREDENTIALS,
-            _ => TOKEN_CREDENTIALS,
-        }
+        self.platform().credential_fields()
     }
 
     /// One credential by field name; `None` if it is not set or the platform has no such field.
     pub fn credential(&self, field: &str) -> Option<&str> {
-        let slot = match (self, field) {
-            (AudienceConfig::Meta(a), "token") => &a.token,
-            (AudienceConfig::Google(a), "token") => &a.token,
-            (AudienceConfig::Linkedin(a), "token") => &a.token,
-            (AudienceConfig::Generic(a), "token") => &a.token,
-            (AudienceConfig::X(a), "consumer_key") => &a.consumer_key,
-            (AudienceConfig::X(a), "consumer_secret") => &a.consumer_secret,
-            (AudienceConfig::X(a), "access_token") => &a.access_token,
-            (AudienceConfig::X(a), "access_token_secret") => &a.access_token_secret,
-            _ => return None,
-        };
-        slot.as_ref().map(Secret::expose)
+        self.platform()
+            .credential(field)?
+            .as_ref()
+            .map(Secret::expose)
     }
 
     /// Sets one credential by field name (one of [`AudienceConfig::credential_fields`]); returns
     /// false, setting nothing, for a field this platform does not take.
     pub fn set_credential(&mut self, field: &str, value: String) -> bool {
-        let slot = match (self, field) {
-            (AudienceConfig::Meta(a), "token") => &mut a.token,
-            (AudienceConfig::Google(a), "token") => &mut a.token,
-            (AudienceConfig::Linkedin(a), "token") => &mut a.token,
-            (AudienceConfig::Generic(a), "token") => &mut a.token,
-            (AudienceConfig::X(a), "consumer_key") => &mut a.consumer_key,
-            (AudienceConfig::X(a), "consumer_secret") => &mut a.consumer_secret,
-            (AudienceConfig::X(a), "access_token") => &mut a.access_token,
-            (AudienceConfig::X(a), "access_token_secret") => &mut a.access_token_secret,
-            _ => return false,
-        };
-        *slot = Some(value.into());
-        true
+        match self.platform_mut().credential_mut(field) {
+            Some(slot) => {
+                *slot = Some(value.into());
+                true
+            }
+            None => false,
+        }
     }
 
     /// What tells one account on a platform from another, next to the base URL: the token, or X's
     /// access token (which also names the app it was issued to).
     pub fn account_credential(&self) -> Option<&str> {
-        match self {
-            AudienceConfig::X(a) => a.access_token.as_ref().map(Secret::expose),
-            _ => self.token(),
-        }
+        self.platform().account_credential()
     }
 
     pub fn limits(&self) -> &DestinationConfig {
-        match self {
-            AudienceConfig::Meta(a) => &a.limits,
-            AudienceConfig::Google(a) => &a.limits,
-            AudienceConfig::Linkedin(a) => &a.limits,
-            AudienceConfig::X(a) => &a.limits,
-            AudienceConfig::Generic(a) => &a.limits,
-        }
+        self.platform().limits()
     }
 
     /// Most members one request may carry.
     pub fn batch_size(&self) -> usize {
-        match self {
-            AudienceConfig::Meta(a) => a.max_rows_per_request,
-            AudienceConfig::Google(a) => a.max_members_per_request,
-            AudienceConfig::Linkedin(a) => a.max_users_per_request,
-            AudienceConfig::X(a) => a.max_users_per_request,
-            AudienceConfig::Generic(a) => a.max_members_per_request,
-        }
+        self.platform().batch_size()
     }
 }
 
@@ -419,7 +360,7 @@ impl AudiencesConfig {
         }
 
         // Audiences on one account share one rate limiter, so they must agree on its limits.
-        let mut accounts: BTreeMap<(Platform, &str, Option<&str>), &String> = BTreeMap::new();
+        let mut accounts: BTreeMap<(&str, &str, Option<&str>), &String> = BTreeMap::new();
         for (name, audience) in &self.audiences {
             let key = |field: &str| format!("audiences.{name}.{field}");
             let purposes = users.get(name.as_str()).cloned().unwrap_or_default();
@@ -462,7 +403,7 @@ impl AudiencesConfig {
                 }
             }
             let account = (
-                audience.platform(),
+                audience.platform().name(),
                 audience.base_url(),
                 audience.account_credential(),
             );
@@ -481,21 +422,8 @@ impl AudiencesConfig {
                     accounts.insert(account, name);
                 }
             }
-            let max = match audience {
-                AudienceConfig::Meta(_) => META_MAX_ROWS,
-                AudienceConfig::Google(_) => GOOGLE_MAX_MEMBERS,
-                AudienceConfig::Linkedin(_) => LINKEDIN_MAX_USERS_CEILING,
-                AudienceConfig::X(_) => X_MAX_USERS,
-                AudienceConfig::Generic(_) => generic::MAX_MEMBERS_CEILING,
-            };
+            let (field, max) = audience.platform().batch_limit();
             if !(1..=max).contains(&audience.batch_size()) {
-                let field = match audience {
-                    AudienceConfig::Meta(_) => "max_rows_per_request",
-                    AudienceConfig::Google(_) | AudienceConfig::Generic(_) => {
-                        "max_members_per_request"
-                    }
-                    AudienceConfig::Linkedin(_) | AudienceConfig::X(_) => "max_users_per_request",
-                };
                 problems.push(key(field), format!("must be between 1 and {max}"));
             }
             for problem in audience.limits().problems() {
@@ -505,96 +433,27 @@ impl AudiencesConfig {
                 problems.push(format!("audiences.{name}.limits.{field}"), message);
             }
 
-            match audience {
-                AudienceConfig::Meta(a) => {
-                    digits(&mut problems, key("audience_id"), &a.audience_id);
-                    if !is_meta_version(&a.api_version) {
-                        problems.push(key("api_version"), "must look like \"v25.0\"");
-                    }
-                }
-                AudienceConfig::Google(a) => {
-                    digits(
-                        &mut problems,
-                        key("operating_account_id"),
-                        &a.operating_account_id,
-                    );
-                    digits(
-                        &mut problems,
-                        key("product_destination_id"),
-                        &a.product_destination_id,
-                    );
-                    if a.account_type.is_empty()
-                        || !a
-                            .account_type
-                            .chars()
-                            .all(|c| c.is_ascii_uppercase() || c == '_')
-                    {
-                        problems.push(key("account_type"), "must look like \"GOOGLE_ADS\"");
-                    }
-                    for purpose in &purposes {
-                        if !a.consent_purposes.iter().any(|p| p == purpose) {
-                            problems.push(
-                                key("consent_purposes"),
-                                format!(
-                                    "does not list {purpose:?}, which routes to this audience: \
-                                     Google adds members only with ad_user_data and \
-                                     ad_personalization consent"
-                                ),
-                            );
-                        }
-                    }
-                    for listed in &a.consent_purposes {
-                        if !purposes.contains(&listed.as_str()) {
-                            problems.push(
-                                key("consent_purposes"),
-                                format!("lists {listed:?}, which does not route to this audience"),
-                            );
-                        }
-                    }
-                }
-                AudienceConfig::Linkedin(a) => {
-                    digits(&mut problems, key("segment_id"), &a.segment_id);
-                    if a.linkedin_version.len() != 6
-                        || !a.linkedin_version.chars().all(|c| c.is_ascii_digit())
-                    {
-                        problems.push(key("linkedin_version"), "must be YYYYMM, e.g. \"202601\"");
-                    }
-                }
-                AudienceConfig::X(a) => {
-                    path_segment(&mut problems, key("account_id"), &a.account_id);
-                    path_segment(
-                        &mut problems,
-                        key("custom_audience_id"),
-                        &a.custom_audience_id,
-                    );
-                    if a.api_version.is_empty()
-                        || !a.api_version.chars().all(|c| c.is_ascii_digit())
-                    {
-                        problems.push(key("api_version"), "must be a number, e.g. \"12\"");
-                    }
-                }
-                AudienceConfig::Generic(a) => a.problems(&mut problems, &key),
-            }
+            audience.platform().problems(&mut problems, &key, &purposes);
         }
 
         problems.into_result()
     }
 }
 
-fn digits(problems: &mut ConfigProblems, key: String, value: &str) {
+pub(crate) fn digits(problems: &mut ConfigProblems, key: String, value: &str) {
     if value.is_empty() || !value.chars().all(|c| c.is_ascii_digit()) {
         problems.push(key, "must be the platform's numeric id (digits only)");
     }
 }
 
 /// Ids that go into a URL path verbatim must not be able to change the path.
-fn path_segment(problems: &mut ConfigProblems, key: String, value: &str) {
+pub(crate) fn path_segment(problems: &mut ConfigProblems, key: String, value: &str) {
     if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
         problems.push(key, "must be the platform's id (letters and digits only)");
     }
 }
 
-fn is_meta_version(v: &str) -> bool {
+pub(crate) fn is_meta_version(v: &str) -> bool {
     let Some((major, minor)) = v.strip_prefix('v').and_then(|v| v.split_once('.')) else {
         return false;
     };

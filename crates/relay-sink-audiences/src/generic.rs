@@ -18,6 +18,10 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use relay_events::normalize;
+
+use crate::meta::Session;
+use crate::platform::{AudiencePlatform, HASHED_EMAIL};
 use crate::request::{excerpt, Answer, Body, HttpCall, Member, Op};
 
 /// The most members a request may carry: far above what a network takes in one request, low
@@ -79,9 +83,42 @@ fn limits_with_overrides<'de, D: serde::Deserializer<'de>>(
     crate::config::with_overrides(d, limits())
 }
 
-impl GenericAudience {
-    /// The problems of the fields only this platform has; `key` makes a field's full key.
-    pub(crate) fn problems(&self, problems: &mut ConfigProblems, key: &dyn Fn(&str) -> String) {
+impl AudiencePlatform for GenericAudience {
+    fn name(&self) -> &'static str {
+        "generic"
+    }
+    fn base_url(&self) -> &str {
+        &self.base_url
+    }
+    fn limits(&self) -> &DestinationConfig {
+        &self.limits
+    }
+    fn batch_size(&self) -> usize {
+        self.max_members_per_request
+    }
+    fn batch_limit(&self) -> (&'static str, usize) {
+        ("max_members_per_request", MAX_MEMBERS_CEILING)
+    }
+    fn credential(&self, field: &str) -> Option<&Option<Secret>> {
+        (field == "token").then_some(&self.token)
+    }
+    fn credential_mut(&mut self, field: &str) -> Option<&mut Option<Secret>> {
+        (field == "token").then_some(&mut self.token)
+    }
+    fn identify(&self, email: &str, phone: Option<&str>) -> Option<(String, Option<String>)> {
+        let phone = self.phone_field.as_ref().and(phone);
+        Some((
+            normalize::generic_email(email)?,
+            phone.and_then(normalize::google_phone),
+        ))
+    }
+    fn call(&self, op: Op, batch: &[Member], _: Option<Session>) -> HttpCall {
+        call(self, op, batch)
+    }
+    fn answer(&self, reply: &Reply, sent: usize) -> Answer {
+        answer(reply, sent)
+    }
+    fn problems(&self, problems: &mut ConfigProblems, key: &dyn Fn(&str) -> String, _: &[&str]) {
         // The token and the hashes go to a third party: https only, and nothing in the URL that
         // would swallow the paths appended to it or carry a credential of its own.
         match reqwest::Url::parse(&self.base_url) {
@@ -126,6 +163,27 @@ impl GenericAudience {
             problems.push(key("phone_field"), "must differ from email_field");
         }
     }
+    fn recipient(&self) -> (String, String) {
+        (
+            format!(
+                "the network at {} (generic hashed audience, members added at {})",
+                host(&self.base_url),
+                self.add_path
+            ),
+            match self.phone_field {
+                None => HASHED_EMAIL.to_owned(),
+                Some(_) => format!("{HASHED_EMAIL}, SHA-256 of the phone number where given"),
+            },
+        )
+    }
+}
+
+/// The host of `url`, without user info: what an Art. 15 answer may show.
+fn host(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_else(|| "an invalid base_url".to_owned())
 }
 
 /// The request for one batch of members.
@@ -270,7 +328,7 @@ mod tests {
         a.remove_path = "v1/add".into();
         a.members_field = "mem bers".into();
         let mut problems = ConfigProblems::default();
-        a.problems(&mut problems, &|f| format!("audiences.n.{f}"));
+        a.problems(&mut problems, &|f| format!("audiences.n.{f}"), &[]);
         let err = problems.into_result().unwrap_err().to_string();
         for key in [
             "base_url",
@@ -282,7 +340,7 @@ mod tests {
             assert!(err.contains(&format!("audiences.n.{key}")), "{key}: {err}");
         }
         let mut fine = ConfigProblems::default();
-        audience(None).problems(&mut fine, &|f| f.to_owned());
+        audience(None).problems(&mut fine, &|f| f.to_owned(), &[]);
         assert!(fine.into_result().is_ok());
     }
 }

@@ -9,7 +9,13 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::config::GoogleAudience;
+use relay_delivery::{ConfigProblems, DestinationConfig, Secret};
+use relay_events::normalize;
+
+use crate::config::{digits, GoogleAudience, GOOGLE_MAX_MEMBERS};
+use crate::meta::Session;
+use crate::platform::{AudiencePlatform, HASHED_EMAIL};
+use crate::reconcile::LedgerHash;
 use crate::request::{excerpt, Answer, Body, HttpCall, Member, Op};
 
 pub const INGEST_PATH: &str = "/v1/audienceMembers:ingest";
@@ -151,6 +157,100 @@ impl GoogleError {
                 (index < sent).then(|| (index, excerpt(&reason)))
             })
             .collect()
+    }
+}
+
+impl AudiencePlatform for GoogleAudience {
+    fn name(&self) -> &'static str {
+        "google"
+    }
+    fn base_url(&self) -> &str {
+        &self.base_url
+    }
+    fn limits(&self) -> &DestinationConfig {
+        &self.limits
+    }
+    fn batch_size(&self) -> usize {
+        self.max_members_per_request
+    }
+    fn batch_limit(&self) -> (&'static str, usize) {
+        ("max_members_per_request", GOOGLE_MAX_MEMBERS)
+    }
+    fn credential(&self, field: &str) -> Option<&Option<Secret>> {
+        (field == "token").then_some(&self.token)
+    }
+    fn credential_mut(&mut self, field: &str) -> Option<&mut Option<Secret>> {
+        (field == "token").then_some(&mut self.token)
+    }
+    fn identify(&self, email: &str, phone: Option<&str>) -> Option<(String, Option<String>)> {
+        Some((
+            normalize::google_email(email, self.remove_gmail_plus_suffix)?,
+            phone.and_then(normalize::google_phone),
+        ))
+    }
+    fn call(&self, op: Op, batch: &[Member], _: Option<Session>) -> HttpCall {
+        call(self, op, batch)
+    }
+    fn answer(&self, reply: &Reply, sent: usize) -> Answer {
+        answer(reply, sent)
+    }
+    fn problems(
+        &self,
+        problems: &mut ConfigProblems,
+        key: &dyn Fn(&str) -> String,
+        purposes: &[&str],
+    ) {
+        digits(
+            problems,
+            key("operating_account_id"),
+            &self.operating_account_id,
+        );
+        digits(
+            problems,
+            key("product_destination_id"),
+            &self.product_destination_id,
+        );
+        if self.account_type.is_empty()
+            || !self
+                .account_type
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c == '_')
+        {
+            problems.push(key("account_type"), "must look like \"GOOGLE_ADS\"");
+        }
+        for purpose in purposes {
+            if !self.consent_purposes.iter().any(|p| p == purpose) {
+                problems.push(
+                    key("consent_purposes"),
+                    format!(
+                        "does not list {purpose:?}, which routes to this audience: Google adds \
+                         members only with ad_user_data and ad_personalization consent"
+                    ),
+                );
+            }
+        }
+        for listed in &self.consent_purposes {
+            if !purposes.contains(&listed.as_str()) {
+                problems.push(
+                    key("consent_purposes"),
+                    format!("lists {listed:?}, which does not route to this audience"),
+                );
+            }
+        }
+    }
+    fn ledger_hash(&self) -> LedgerHash {
+        LedgerHash::Google {
+            plus_removed: self.remove_gmail_plus_suffix,
+        }
+    }
+    fn recipient(&self) -> (String, String) {
+        (
+            format!(
+                "Google (Customer Match, Data Manager destination {})",
+                self.product_destination_id
+            ),
+            format!("{HASHED_EMAIL}, SHA-256 of the phone number where given"),
+        )
     }
 }
 

@@ -14,8 +14,9 @@
 //! offers no audience API at all: docs/vendors/xing.md). Audiences on one platform account share one
 //! `relay_delivery::Destination` (rate limit, daily budget, `Retry-After` pause).
 //!
-//! Layout: `config` (the `[sinks.audiences]` section), `request` (items → per-audience adds and
-//! removes, hashing, the request shape), `meta` / `google` / `linkedin` / `x` / `generic` (each platform's
+//! Layout: `config` (the `[sinks.audiences]` section), `platform` (`AudiencePlatform`, what every
+//! platform module provides), `request` (items → per-audience adds and removes, hashing, the
+//! request shape), `meta` / `google` / `linkedin` / `x` / `generic` (each platform's
 //! payloads and the mapping of its answers to outcomes), `client` (the requests in order, one
 //! audience at a time, and sending them; the `relay_delivery::driver` runs them, stops an account
 //! once a whole request to it was unavailable (429, `Retry-After`, unreachable), unanswered or
@@ -38,6 +39,7 @@ mod google;
 mod linkedin;
 mod meta;
 mod oauth1;
+mod platform;
 mod reconcile;
 mod request;
 mod x;
@@ -45,7 +47,8 @@ mod x;
 pub use client::AudiencesSink;
 pub use config::{
     credential_env_var, token_env_var, AudienceConfig, AudiencesConfig, GenericAudience,
-    GoogleAudience, LinkedInAudience, MetaAudience, MetaSchema, Platform, XAudience,
+    GoogleAudience, LinkedInAudience, MetaAudience, MetaSchema, XAudience,
 };
+pub use platform::AudiencePlatform;
 pub use reconcile::{BatchPosition, LedgerHash};
 pub use relay_delivery::{ConfigError, ConfigProblem};

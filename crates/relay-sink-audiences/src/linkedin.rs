@@ -7,7 +7,12 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::LinkedInAudience;
+use relay_delivery::{ConfigProblems, DestinationConfig, Secret};
+use relay_events::normalize;
+
+use crate::config::{digits, LinkedInAudience, LINKEDIN_MAX_USERS_CEILING};
+use crate::meta::Session;
+use crate::platform::{AudiencePlatform, HASHED_EMAIL};
 use crate::request::{excerpt, Answer, Body, HttpCall, Member, Op};
 
 /// The batch request for one batch of users.
@@ -92,6 +97,53 @@ struct ErrorBody {
     code: String,
     #[serde(default)]
     message: String,
+}
+
+impl AudiencePlatform for LinkedInAudience {
+    fn name(&self) -> &'static str {
+        "linkedin"
+    }
+    fn base_url(&self) -> &str {
+        &self.base_url
+    }
+    fn limits(&self) -> &DestinationConfig {
+        &self.limits
+    }
+    fn batch_size(&self) -> usize {
+        self.max_users_per_request
+    }
+    fn batch_limit(&self) -> (&'static str, usize) {
+        ("max_users_per_request", LINKEDIN_MAX_USERS_CEILING)
+    }
+    fn credential(&self, field: &str) -> Option<&Option<Secret>> {
+        (field == "token").then_some(&self.token)
+    }
+    fn credential_mut(&mut self, field: &str) -> Option<&mut Option<Secret>> {
+        (field == "token").then_some(&mut self.token)
+    }
+    fn identify(&self, email: &str, _: Option<&str>) -> Option<(String, Option<String>)> {
+        Some((normalize::linkedin_email(email)?, None))
+    }
+    fn call(&self, op: Op, batch: &[Member], _: Option<Session>) -> HttpCall {
+        call(self, op, batch)
+    }
+    fn answer(&self, reply: &Reply, sent: usize) -> Answer {
+        answer(reply, sent)
+    }
+    fn problems(&self, problems: &mut ConfigProblems, key: &dyn Fn(&str) -> String, _: &[&str]) {
+        digits(problems, key("segment_id"), &self.segment_id);
+        if self.linkedin_version.len() != 6
+            || !self.linkedin_version.chars().all(|c| c.is_ascii_digit())
+        {
+            problems.push(key("linkedin_version"), "must be YYYYMM, e.g. \"202601\"");
+        }
+    }
+    fn recipient(&self) -> (String, String) {
+        (
+            format!("LinkedIn (Matched Audience segment {})", self.segment_id),
+            HASHED_EMAIL.to_owned(),
+        )
+    }
 }
 
 #[cfg(test)]

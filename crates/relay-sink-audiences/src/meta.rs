@@ -8,7 +8,11 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::{MetaAudience, MetaSchema};
+use relay_delivery::{ConfigProblems, DestinationConfig, Secret};
+use relay_events::normalize;
+
+use crate::config::{digits, is_meta_version, MetaAudience, MetaSchema, META_MAX_ROWS};
+use crate::platform::{AudiencePlatform, HASHED_EMAIL};
 use crate::request::{excerpt, Answer, Body, HttpCall, Member, Op};
 
 /// How long to hold the account back after a rate-limit error that does not say how long. Meta's
@@ -215,6 +219,60 @@ struct UsersResult {
     num_received: u64,
     #[serde(default)]
     num_invalid_entries: u64,
+}
+
+impl AudiencePlatform for MetaAudience {
+    fn name(&self) -> &'static str {
+        "meta"
+    }
+    fn base_url(&self) -> &str {
+        &self.base_url
+    }
+    fn limits(&self) -> &DestinationConfig {
+        &self.limits
+    }
+    fn batch_size(&self) -> usize {
+        self.max_rows_per_request
+    }
+    fn batch_limit(&self) -> (&'static str, usize) {
+        ("max_rows_per_request", META_MAX_ROWS)
+    }
+    fn credential(&self, field: &str) -> Option<&Option<Secret>> {
+        (field == "token").then_some(&self.token)
+    }
+    fn credential_mut(&mut self, field: &str) -> Option<&mut Option<Secret>> {
+        (field == "token").then_some(&mut self.token)
+    }
+    fn identify(&self, email: &str, phone: Option<&str>) -> Option<(String, Option<String>)> {
+        let phone = match self.schema {
+            MetaSchema::Email => None,
+            MetaSchema::EmailPhone => phone.and_then(normalize::meta_phone),
+        };
+        Some((normalize::meta_email(email)?, phone))
+    }
+    fn call(&self, op: Op, batch: &[Member], session: Option<Session>) -> HttpCall {
+        call(self, op, batch, session)
+    }
+    fn answer(&self, reply: &Reply, sent: usize) -> Answer {
+        answer(reply, sent)
+    }
+    fn problems(&self, problems: &mut ConfigProblems, key: &dyn Fn(&str) -> String, _: &[&str]) {
+        digits(problems, key("audience_id"), &self.audience_id);
+        if !is_meta_version(&self.api_version) {
+            problems.push(key("api_version"), "must look like \"v25.0\"");
+        }
+    }
+    fn recipient(&self) -> (String, String) {
+        (
+            format!("Meta (Custom Audience {})", self.audience_id),
+            match self.schema {
+                MetaSchema::Email => HASHED_EMAIL.to_owned(),
+                MetaSchema::EmailPhone => {
+                    format!("{HASHED_EMAIL}, SHA-256 of the phone number where given")
+                }
+            },
+        )
+    }
 }
 
 #[cfg(test)]

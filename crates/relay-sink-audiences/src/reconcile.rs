@@ -13,7 +13,6 @@
 use relay_delivery::Outcome;
 
 use crate::client::AudiencesSink;
-use crate::config::AudienceConfig;
 use crate::meta::Session;
 use crate::request::{merge, Member, Op};
 
@@ -46,20 +45,10 @@ impl AudiencesSink {
 
     /// Which of the ledger's hashes of an address `audience`'s platform matches.
     pub fn ledger_hash(&self, audience: &str) -> LedgerHash {
-        match self.config.audiences.get(audience) {
-            Some(AudienceConfig::Google(g)) => LedgerHash::Google {
-                plus_removed: g.remove_gmail_plus_suffix,
-            },
-            // Trim and lowercase, as the ledger hashes: named one by one, so that a platform with
-            // a rule of its own cannot fall through to the wrong hashes.
-            Some(
-                AudienceConfig::Meta(_)
-                | AudienceConfig::Linkedin(_)
-                | AudienceConfig::X(_)
-                | AudienceConfig::Generic(_),
-            )
-            | None => LedgerHash::Email,
-        }
+        self.config
+            .audiences
+            .get(audience)
+            .map_or(LedgerHash::Email, |a| a.platform().ledger_hash())
     }
 
     /// The purposes routed to `audience`.

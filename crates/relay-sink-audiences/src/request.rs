@@ -8,7 +8,7 @@ use relay_delivery::{Outcome, SinkItem, Target};
 use relay_events::{normalize, Action};
 use reqwest::Method;
 
-use crate::config::{AudienceConfig, AudiencesConfig, MetaSchema};
+use crate::config::{AudienceConfig, AudiencesConfig};
 
 /// What a request does to an audience.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,28 +154,7 @@ fn identify(item: &SinkItem, audience: &AudienceConfig) -> Option<(String, Optio
     let contact = &item.event.contact;
     let raw_email = contact.email.as_deref()?;
     let raw_phone = contact.phone.as_deref();
-    let (email, phone) = match audience {
-        AudienceConfig::Meta(a) => (
-            normalize::meta_email(raw_email)?,
-            match a.schema {
-                MetaSchema::Email => None,
-                MetaSchema::EmailPhone => raw_phone.and_then(normalize::meta_phone),
-            },
-        ),
-        AudienceConfig::Google(a) => (
-            normalize::google_email(raw_email, a.remove_gmail_plus_suffix)?,
-            raw_phone.and_then(normalize::google_phone),
-        ),
-        AudienceConfig::Linkedin(_) => (normalize::linkedin_email(raw_email)?, None),
-        AudienceConfig::X(_) => (normalize::x_email(raw_email)?, None),
-        AudienceConfig::Generic(a) => (
-            normalize::generic_email(raw_email)?,
-            a.phone_field
-                .as_ref()
-                .and(raw_phone)
-                .and_then(normalize::google_phone),
-        ),
-    };
+    let (email, phone) = audience.platform().identify(raw_email, raw_phone)?;
     Some((
         normalize::sha256_hex(&email),
         phone.as_deref().map(normalize::sha256_hex),

@@ -8,8 +8,13 @@ use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::config::XAudience;
+use relay_delivery::{ConfigProblems, DestinationConfig, Secret};
+use relay_events::normalize;
+
+use crate::config::{path_segment, XAudience, X_MAX_USERS};
+use crate::meta::Session;
 use crate::oauth1::{self, Credentials};
+use crate::platform::{AudiencePlatform, HASHED_EMAIL};
 use crate::request::{excerpt, Answer, Body, HttpCall, Member, Op};
 
 /// The request for one batch: one operation per user. X's `success_count` and `total_count` count
@@ -167,6 +172,86 @@ impl ErrorBody {
             .filter(|(_, e)| !(e.is_null() || e.as_array().is_some_and(Vec::is_empty)))
             .map(|(i, e)| (i, excerpt(&e.to_string())))
             .collect()
+    }
+}
+
+/// The credentials of an X audience: OAuth 1.0a's four.
+const X_CREDENTIALS: &[&str] = &[
+    "consumer_key",
+    "consumer_secret",
+    "access_token",
+    "access_token_secret",
+];
+
+impl AudiencePlatform for XAudience {
+    fn name(&self) -> &'static str {
+        "x"
+    }
+    fn base_url(&self) -> &str {
+        &self.base_url
+    }
+    fn limits(&self) -> &DestinationConfig {
+        &self.limits
+    }
+    fn batch_size(&self) -> usize {
+        self.max_users_per_request
+    }
+    fn batch_limit(&self) -> (&'static str, usize) {
+        ("max_users_per_request", X_MAX_USERS)
+    }
+    fn credential_fields(&self) -> &'static [&'static str] {
+        X_CREDENTIALS
+    }
+    fn credential(&self, field: &str) -> Option<&Option<Secret>> {
+        match field {
+            "consumer_key" => Some(&self.consumer_key),
+            "consumer_secret" => Some(&self.consumer_secret),
+            "access_token" => Some(&self.access_token),
+            "access_token_secret" => Some(&self.access_token_secret),
+            _ => None,
+        }
+    }
+    fn credential_mut(&mut self, field: &str) -> Option<&mut Option<Secret>> {
+        match field {
+            "consumer_key" => Some(&mut self.consumer_key),
+            "consumer_secret" => Some(&mut self.consumer_secret),
+            "access_token" => Some(&mut self.access_token),
+            "access_token_secret" => Some(&mut self.access_token_secret),
+            _ => None,
+        }
+    }
+    /// X's access token, which also names the app it was issued to.
+    fn account_credential(&self) -> Option<&str> {
+        self.access_token.as_ref().map(Secret::expose)
+    }
+    fn identify(&self, email: &str, _: Option<&str>) -> Option<(String, Option<String>)> {
+        Some((normalize::x_email(email)?, None))
+    }
+    fn call(&self, op: Op, batch: &[Member], _: Option<Session>) -> HttpCall {
+        call(self, op, batch)
+    }
+    fn answer(&self, reply: &Reply, sent: usize) -> Answer {
+        answer(reply, sent)
+    }
+    fn signature(&self, method: &Method, url: &str) -> Option<String> {
+        authorization(self, method, url)
+    }
+    fn problems(&self, problems: &mut ConfigProblems, key: &dyn Fn(&str) -> String, _: &[&str]) {
+        path_segment(problems, key("account_id"), &self.account_id);
+        path_segment(
+            problems,
+            key("custom_audience_id"),
+            &self.custom_audience_id,
+        );
+        if self.api_version.is_empty() || !self.api_version.chars().all(|c| c.is_ascii_digit()) {
+            problems.push(key("api_version"), "must be a number, e.g. \"12\"");
+        }
+    }
+    fn recipient(&self) -> (String, String) {
+        (
+            format!("X (Custom Audience {})", self.custom_audience_id),
+            HASHED_EMAIL.to_owned(),
+        )
     }
 }
 
