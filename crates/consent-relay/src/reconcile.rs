@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use relay_delivery::{Outcome, Sink, SinkItem, Target};
+use relay_delivery::{Change, Outcome, Sink, SinkItem, Target};
 use relay_events::{normalize, Action, ConsentEvent, Contact, EventKind, Scope};
 use relay_ledger::{effective, AnyLedger, DeliveryKey, Repair, SinkState, Status};
 use relay_runtime::Telemetry;
@@ -244,7 +244,7 @@ fn repair_of(destination: &str, item: &SinkItem, outcome: &Outcome) -> Option<Re
         key: DeliveryKey {
             event_id: item.event.event_id,
             sink: destination.to_owned(),
-            target: item.target.key().to_owned(),
+            target: item.change.target_key().to_owned(),
         },
         subject_id: item.event.subject_id.clone(),
         status,
@@ -278,21 +278,18 @@ async fn record(
 /// A sink item that re-asserts `state` for `email` (the address as HubSpot listed it), so that
 /// the sink builds exactly the request the event itself would have.
 fn repair_item(state: &SinkState, purpose: &str, email: &str) -> SinkItem {
-    let (kind, target) = match (state.action, state.target.as_str()) {
-        (Action::Erase, _) => (EventKind::ErasureRequested, Target::All),
-        (Action::Withdraw, "*") => (EventKind::Unsubscribed, Target::All),
+    let (kind, change) = match (state.action, state.target.as_str()) {
+        (Action::Erase, _) => (EventKind::ErasureRequested, Change::Erase),
+        (Action::Withdraw, "*") => (EventKind::Unsubscribed, Change::WithdrawAll),
         (Action::Withdraw, _) => (
             EventKind::ConsentWithdrawn,
-            Target::Purpose(purpose.to_owned()),
+            Change::Withdraw(purpose.to_owned()),
         ),
-        (Action::Grant, _) => (
-            EventKind::ConsentGranted,
-            Target::Purpose(purpose.to_owned()),
-        ),
+        (Action::Grant, _) => (EventKind::ConsentGranted, Change::Grant(purpose.to_owned())),
     };
-    let scope = match &target {
+    let scope = match change.target() {
         Target::All => Scope::All,
-        Target::Purpose(p) => Scope::Purposes(vec![p.clone()]),
+        Target::Purpose(p) => Scope::Purposes(vec![p]),
     };
     let event = ConsentEvent {
         event_id: uuid::Uuid::parse_str(&state.event_id).unwrap_or_else(|_| uuid::Uuid::new_v4()),
@@ -309,8 +306,7 @@ fn repair_item(state: &SinkState, purpose: &str, email: &str) -> SinkItem {
     };
     SinkItem {
         event: Arc::new(event),
-        action: state.action,
-        target,
+        change,
     }
 }
 
@@ -770,8 +766,8 @@ async fn newsletter_run(
                         figures.repaired += 1;
                         // Off the list now: Brevo unlinks (or deletes), a Mailchimp erasure
                         // deletes; a Mailchimp unsubscribe keeps the member.
-                        if item.action == Action::Erase
-                            || (provider == "brevo" && item.action != Action::Grant)
+                        if item.action() == Action::Erase
+                            || (provider == "brevo" && item.action() != Action::Grant)
                         {
                             repaired_here += 1;
                         }

@@ -31,4 +31,4 @@ pub use join::join_all;
 pub use outcome::{Outcome, OutcomeClass};
 pub use redact::{body_excerpt, redact_emails};
 pub use secret::Secret;
-pub use sink::{BoxFuture, Sink, SinkItem, Target};
+pub use sink::{BoxFuture, Change, Sink, SinkItem, Target};

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use relay_delivery::{Outcome, Sink, SinkItem, Target};
+use relay_delivery::{Change, Outcome, Sink, SinkItem, Target};
 use relay_events::{ConsentEvent, ErrorCode};
 use relay_ledger::{ConsentRecord, DeliveryKey, Finish, Ledger, Rejection, Status};
 use tokio_util::sync::CancellationToken;
@@ -461,7 +461,7 @@ impl<L: Ledger> Engine<L> {
                     Claim {
                         key: key(&sink, item),
                         subject_id: item.event.subject_id.clone(),
-                        action: item.action,
+                        action: item.action(),
                         occurred_at_ms: item.event.occurred_at_ms,
                         replay: ctx.replays.contains(&item.event.event_id),
                         // A re-assertion is not a retry of a failure: any copy generation goes.
@@ -487,10 +487,11 @@ impl<L: Ledger> Engine<L> {
                                 .sink
                                 .iter()
                                 .filter(|p| !keep.contains(*p))
+                                // Only a global unsubscribe is narrowed (rule.rs): an erasure
+                                // asks for everything.
                                 .map(|p| SinkItem {
                                     event: item.event.clone(),
-                                    action: item.action,
-                                    target: Target::Purpose(p.clone()),
+                                    change: Change::Withdraw(p.clone()),
                                 }),
                         );
                         narrowed.push(Finish {
@@ -702,7 +703,7 @@ fn key(sink: &str, item: &SinkItem) -> DeliveryKey {
     DeliveryKey {
         event_id: item.event.event_id,
         sink: sink.to_owned(),
-        target: item.target.key().to_owned(),
+        target: item.change.target_key().to_owned(),
     }
 }
 

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use relay_delivery::{SinkItem, Target};
+use relay_delivery::{Change, SinkItem, Target};
 use relay_events::{Action, ConsentEvent, ErrorCode, Scope};
 
 use crate::decode::Rejected;
@@ -62,22 +62,30 @@ pub fn route(event: &Arc<ConsentEvent>, routes: &Routes) -> Routed {
             "the event routes to a sink that needs an email address, and has none".to_owned(),
         );
     }
-    Routed::Items(
-        targets
-            .into_iter()
-            .map(|target| SinkItem {
+    let mut items = Vec::with_capacity(targets.len());
+    for target in targets {
+        match Change::new(action, target) {
+            Some(change) => items.push(SinkItem {
                 event: event.clone(),
-                action,
-                target,
-            })
-            .collect(),
-    )
+                change,
+            }),
+            // Validation rules these out; an event that got past it anyway is rejected, not
+            // guessed at.
+            None => {
+                return reject(
+                    ErrorCode::InvalidPurposes,
+                    format!("a {} must not cover this scope", event.kind.name()),
+                )
+            }
+        }
+    }
+    Routed::Items(items)
 }
 
 /// The version of a decision (DESIGN.md §3.1): newer `occurred_at` wins; on a tie the higher
 /// action wins, so a withdrawal beats a grant.
 pub fn version(item: &SinkItem) -> (i64, Action) {
-    (item.event.occurred_at_ms, item.action)
+    (item.event.occurred_at_ms, item.action())
 }
 
 /// A batch after coalescing: the items to apply, in waves that must be applied one after the
@@ -100,16 +108,16 @@ pub fn plan(items: Vec<SinkItem>) -> Plan {
     // the destination accepts: the other may carry a mistyped address).
     let mut tied: Vec<SinkItem> = Vec::new();
     for item in items {
-        let key = (item.event.subject_id.clone(), item.target.clone());
+        let key = (item.event.subject_id.clone(), item.target());
         match newest.remove(&key) {
             // The same event twice (a producer retry): one copy is enough, and neither is stale.
             Some(kept) if kept.event.event_id == item.event.event_id => {
                 newest.insert(key, kept);
             }
-            Some(kept) if version(&kept) == version(&item) && item.action != Action::Grant => {
-                let repeated = tied
-                    .iter()
-                    .any(|t| t.event.event_id == item.event.event_id && t.target == item.target);
+            Some(kept) if version(&kept) == version(&item) && item.action() != Action::Grant => {
+                let repeated = tied.iter().any(|t| {
+                    t.event.event_id == item.event.event_id && t.target() == item.target()
+                });
                 if !repeated {
                     tied.push(item);
                 }
@@ -141,7 +149,7 @@ pub fn plan(items: Vec<SinkItem>) -> Plan {
             .get(&item.event.subject_id)
             .filter(|all| {
                 version(all) > version(item)
-                    || (version(all) == version(item) && item.action == Action::Grant)
+                    || (version(all) == version(item) && item.action() == Action::Grant)
             })
             .cloned()
     };
@@ -152,16 +160,16 @@ pub fn plan(items: Vec<SinkItem>) -> Plan {
     let (mut first, mut tied_whole, mut second, mut tied_purpose) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for item in tied {
-        let key = (item.event.subject_id.clone(), item.target.clone());
+        let key = (item.event.subject_id.clone(), item.target());
         let newer = newest
             .get(&key)
             .filter(|n| version(n) > version(&item))
             .cloned()
-            .or_else(|| match item.target {
+            .or_else(|| match item.target() {
                 Target::Purpose(_) => outranked(&item),
                 Target::All => None,
             });
-        match (newer, &item.target) {
+        match (newer, &item.target()) {
             (Some(newer), _) => superseded.push((item, newer)),
             (None, Target::All) => tied_whole.push(item),
             (None, Target::Purpose(_)) => tied_purpose.push(item),
@@ -179,7 +187,7 @@ pub fn plan(items: Vec<SinkItem>) -> Plan {
     let mut waves = Vec::new();
     for mut wave in [first, tied_whole, second, tied_purpose] {
         if !wave.is_empty() {
-            wave.sort_by_key(|item| std::cmp::Reverse(item.action));
+            wave.sort_by_key(|item| std::cmp::Reverse(item.action()));
             waves.push(wave);
         }
     }
@@ -244,8 +252,8 @@ mod tests {
         );
         let got = items(route(&ev, &routes()));
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].target, Target::Purpose("newsletter".into()));
-        assert_eq!(got[0].action, Action::Grant);
+        assert_eq!(got[0].target(), Target::Purpose("newsletter".into()));
+        assert_eq!(got[0].action(), Action::Grant);
 
         let ev = event(
             EventKind::ConsentGranted,
@@ -287,11 +295,24 @@ mod tests {
     }
 
     #[test]
+    fn a_change_validation_rules_out_is_rejected_not_guessed_at() {
+        for ev in [
+            event(EventKind::ConsentGranted, "s", 1, Scope::All, true),
+            event(EventKind::ErasureRequested, "s", 1, purposes(&["ads"]), true),
+        ] {
+            match route(&ev, &routes()) {
+                Routed::Rejected(r) => assert_eq!(r.code, ErrorCode::InvalidPurposes),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn whole_subject_events_reach_every_sink() {
         let ev = event(EventKind::ErasureRequested, "s", 1, Scope::All, true);
         let got = items(route(&ev, &routes()));
-        assert_eq!(got[0].target, Target::All);
-        assert_eq!(got[0].action, Action::Erase);
+        assert_eq!(got[0].target(), Target::All);
+        assert_eq!(got[0].action(), Action::Erase);
     }
 
     #[test]
@@ -313,9 +334,9 @@ mod tests {
         let p = plan(grant.into_iter().chain(withdraw).collect());
         assert_eq!(p.waves.len(), 1);
         assert_eq!(p.waves[0].len(), 1);
-        assert_eq!(p.waves[0][0].action, Action::Withdraw);
+        assert_eq!(p.waves[0][0].action(), Action::Withdraw);
         assert_eq!(p.superseded.len(), 1);
-        assert_eq!(p.superseded[0].0.action, Action::Grant);
+        assert_eq!(p.superseded[0].0.action(), Action::Grant);
     }
 
     #[test]
@@ -340,7 +361,7 @@ mod tests {
         ));
         let p = plan(withdraw.into_iter().chain(stale).chain(tie).collect());
         assert_eq!(p.waves.concat().len(), 1);
-        assert_eq!(p.waves[0][0].action, Action::Withdraw);
+        assert_eq!(p.waves[0][0].action(), Action::Withdraw);
         assert_eq!(p.superseded.len(), 2);
     }
 
@@ -373,7 +394,7 @@ mod tests {
         ));
         let p = plan(first.iter().chain(&second).chain(&newer).cloned().collect());
         assert_eq!(p.waves.concat().len(), 1);
-        assert_eq!(p.waves[0][0].action, Action::Grant);
+        assert_eq!(p.waves[0][0].action(), Action::Grant);
         assert_eq!(p.superseded.len(), 2);
     }
 
@@ -481,11 +502,11 @@ mod tests {
         assert_eq!(p.waves.len(), 2);
         assert_eq!(p.waves[0].len(), 2);
         assert_eq!(
-            p.waves[0][0].target,
+            p.waves[0][0].target(),
             Target::All,
             "withdrawals first within a wave"
         );
         assert_eq!(p.waves[1].len(), 1);
-        assert_eq!(p.waves[1][0].target, Target::Purpose("newsletter".into()));
+        assert_eq!(p.waves[1][0].target(), Target::Purpose("newsletter".into()));
     }
 }

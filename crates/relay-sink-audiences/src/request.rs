@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use relay_delivery::{Outcome, SinkItem, Target};
-use relay_events::{normalize, Action};
+use relay_delivery::{Change, Outcome, SinkItem};
+use relay_events::normalize;
 use reqwest::Method;
 
 use crate::config::{AudienceConfig, AudiencesConfig};
@@ -136,15 +136,11 @@ fn targets<'a>(item: &SinkItem, config: &'a AudiencesConfig) -> Result<Targets<'
             .map(|(n, a)| (n.as_str(), a))
             .collect()
     };
-    match (item.action, &item.target) {
-        (Action::Grant, Target::Purpose(purpose)) => Ok((Op::Add, named(purpose)?)),
-        (Action::Withdraw, Target::Purpose(purpose)) => Ok((Op::Remove, named(purpose)?)),
-        // An unsubscribe-from-all or an erasure takes the person out of every audience we feed,
-        // whatever the target says: no platform can erase a part of a person.
-        (Action::Withdraw, Target::All) | (Action::Erase, _) => Ok((Op::Remove, everywhere())),
-        (Action::Grant, Target::All) => Err(Outcome::permanent(
-            "a grant must name a purpose; audiences have no subscribe-to-all",
-        )),
+    match &item.change {
+        Change::Grant(purpose) => Ok((Op::Add, named(purpose)?)),
+        Change::Withdraw(purpose) => Ok((Op::Remove, named(purpose)?)),
+        // An unsubscribe-from-all or an erasure takes the person out of every audience we feed.
+        Change::WithdrawAll | Change::Erase => Ok((Op::Remove, everywhere())),
     }
 }
 
@@ -252,8 +248,11 @@ pub fn excerpt(text: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
 
-    use super::*;
+    use relay_delivery::Target;
+    use relay_events::Action;
     use relay_testkit::items::ItemFixture;
+
+    use super::*;
 
     pub(crate) fn item(
         email: Option<&str>,
@@ -363,7 +362,6 @@ pub(crate) mod tests {
         let config = config();
         let items = [
             item(None, None, Action::Grant, purpose("ads")),
-            item(Some("a@b.de"), None, Action::Grant, Target::All),
             item(Some("a@b.de"), None, Action::Grant, purpose("unknown")),
         ];
         let plan = plan(&items, &config);
@@ -373,7 +371,7 @@ pub(crate) mod tests {
             .iter()
             .map(|o| o.as_ref().unwrap().class())
             .collect();
-        assert_eq!(classes, ["permanent"; 3]);
+        assert_eq!(classes, ["permanent"; 2]);
 
         let empty = AudiencesConfig::default();
         let plan = super::plan(

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use relay_delivery::{DestinationConfig, Outcome, Sink, SinkItem, Target};
-use relay_events::{Action, ConsentEvent, Contact, EventKind, Scope};
+use relay_delivery::{Change, DestinationConfig, Outcome, Sink, SinkItem};
+use relay_events::{ConsentEvent, Contact, EventKind, Scope};
 use relay_sink_hubspot::{HubSpotConfig, HubSpotSink, LegalBasis, PurposeConfig};
 use relay_testkit::hubspot::FakeHubSpot;
 
@@ -180,7 +180,6 @@ fn withdrawal(i: usize) -> SinkItem {
                 ..Contact::default()
             },
         }),
-        action: Action::Withdraw,
-        target: Target::Purpose(PURPOSE.to_owned()),
+        change: Change::Withdraw(PURPOSE.to_owned()),
     }
 }

@@ -1,8 +1,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use relay_delivery::driver::{self, Part};
-use relay_delivery::{Outcome, SinkItem, Target};
-use relay_events::{normalize, Action, Contact};
+use relay_delivery::{Change, Outcome, SinkItem};
+use relay_events::{normalize, Contact};
 use serde::Serialize;
 use serde_json::json;
 
@@ -200,18 +200,20 @@ fn plan_item(
         .map(normalize::email)
         .filter(|e| !e.is_empty())
         .ok_or_else(|| Outcome::permanent("event has no email"))?;
-    match (item.action, &item.target) {
-        (Action::Grant | Action::Withdraw, Target::Purpose(name)) => {
+    match &item.change {
+        Change::Grant(name) | Change::Withdraw(name) => {
             let purpose = config.purposes.get(name).ok_or_else(|| {
                 Outcome::permanent(format!(
                     "purpose {name:?} has no HubSpot subscription types configured"
                 ))
             })?;
-            let status_state = match item.action {
-                Action::Grant => StatusState::Subscribed,
-                _ => StatusState::Unsubscribed,
+            let granted = matches!(item.change, Change::Grant(_));
+            let status_state = if granted {
+                StatusState::Subscribed
+            } else {
+                StatusState::Unsubscribed
             };
-            if item.action == Action::Grant && purpose.create_contact {
+            if granted && purpose.create_contact {
                 builder.upsert(ContactInput {
                     item: index,
                     properties: contact_properties(
@@ -244,18 +246,14 @@ fn plan_item(
             }
             Ok(())
         }
-        (Action::Withdraw, Target::All) => {
+        Change::WithdrawAll => {
             builder.unsubscribe_all(ContactRef { item: index, email });
             Ok(())
         }
-        // Erasure is of the whole contact whatever the target says: HubSpot cannot erase a part.
-        (Action::Erase, _) => {
+        Change::Erase => {
             builder.gdpr_delete(ContactRef { item: index, email });
             Ok(())
         }
-        (Action::Grant, Target::All) => Err(Outcome::permanent(
-            "a grant must name a purpose; HubSpot has no subscribe-to-all",
-        )),
     }
 }
 
@@ -421,9 +419,12 @@ impl Builder {
 mod tests {
     use std::sync::Arc;
 
+    use relay_delivery::Target;
+    use relay_events::Action;
+    use relay_testkit::items::ItemFixture;
+
     use super::*;
     use crate::config::PurposeConfig;
-    use relay_testkit::items::ItemFixture;
 
     fn config(limit: usize) -> HubSpotConfig {
         let mut c = HubSpotConfig {
@@ -558,7 +559,6 @@ mod tests {
                 item(None, Action::Grant, purpose("newsletter")),
                 item(Some("  "), Action::Withdraw, Target::All),
                 item(Some("a@b.de"), Action::Grant, purpose("unknown")),
-                item(Some("a@b.de"), Action::Grant, Target::All),
             ],
             &config(100),
         );
@@ -574,7 +574,6 @@ mod tests {
         assert_eq!(reasons[0], "event has no email");
         assert_eq!(reasons[1], "event has no email");
         assert!(reasons[2].contains("\"unknown\""), "{}", reasons[2]);
-        assert!(reasons[3].contains("must name a purpose"), "{}", reasons[3]);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-use relay_delivery::{Outcome, SinkItem, Target};
-use relay_events::{normalize, Action};
+use relay_delivery::{Change, Outcome, SinkItem};
+use relay_events::normalize;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -78,30 +78,24 @@ fn plan_item(
         .map(normalize::email)
         .filter(|e| !e.is_empty())
         .ok_or_else(|| Outcome::permanent("event has no email"))?;
-    let (op, lists): (Op, Vec<&String>) = match (item.action, &item.target) {
-        (Action::Grant | Action::Withdraw, Target::Purpose(purpose)) => {
+    let (op, lists): (Op, Vec<&String>) = match &item.change {
+        Change::Grant(purpose) | Change::Withdraw(purpose) => {
             let lists = config.purposes.get(purpose).ok_or_else(|| {
                 Outcome::permanent(format!(
                     "purpose {purpose:?} has no newsletter list configured"
                 ))
             })?;
-            let op = match item.action {
-                Action::Grant => Op::Subscribe,
+            let op = match item.change {
+                Change::Grant(_) => Op::Subscribe,
                 _ => Op::Unsubscribe { global: false },
             };
             (op, lists.iter().collect())
         }
-        (Action::Withdraw, Target::All) => (
+        Change::WithdrawAll => (
             Op::Unsubscribe { global: true },
             config.lists.keys().collect(),
         ),
-        // Erasure is of the whole address whatever the target says: no provider can erase a part.
-        (Action::Erase, _) => (Op::Delete, config.lists.keys().collect()),
-        (Action::Grant, Target::All) => {
-            return Err(Outcome::permanent(
-                "a grant must name a purpose; there is no subscribe-to-every-list",
-            ))
-        }
+        Change::Erase => (Op::Delete, config.lists.keys().collect()),
     };
     let calls = lists
         .into_iter()
@@ -214,8 +208,8 @@ fn encode_segment(s: &str) -> String {
 #[cfg(test)]
 mod tests {
 
-    use relay_delivery::DestinationConfig;
-    use relay_events::Contact;
+    use relay_delivery::{DestinationConfig, Target};
+    use relay_events::{Action, Contact};
 
     use super::*;
     use crate::config::{BrevoList, MailchimpList};
@@ -410,15 +404,12 @@ mod tests {
     fn no_request_carries_contact_attributes() {
         // The event has a first name and a street; none of it may leave, and above all no
         // `EMAIL` attribute (Brevo's rename lifts a blocklist).
-        let items: Vec<_> = [Action::Grant, Action::Withdraw, Action::Erase]
-            .into_iter()
-            .flat_map(|a| {
-                [
-                    item(Some("a@b.de"), a, purpose("newsletter")),
-                    item(Some("a@b.de"), a, Target::All),
-                ]
-            })
-            .collect();
+        let items = [
+            item(Some("a@b.de"), Action::Grant, purpose("newsletter")),
+            item(Some("a@b.de"), Action::Withdraw, purpose("newsletter")),
+            item(Some("a@b.de"), Action::Withdraw, Target::All),
+            item(Some("a@b.de"), Action::Erase, Target::All),
+        ];
         let plan = plan(&items, &config());
         for call in plan.chains.iter().flatten() {
             let body = call.body.clone().unwrap_or(Value::Null).to_string();
@@ -434,7 +425,6 @@ mod tests {
             &[
                 item(None, Action::Grant, purpose("newsletter")),
                 item(Some("a@b.de"), Action::Grant, purpose("lottery")),
-                item(Some("a@b.de"), Action::Grant, Target::All),
             ],
             &config(),
         );
@@ -452,7 +442,6 @@ mod tests {
             [
                 "event has no email",
                 "purpose \"lottery\" has no newsletter list configured",
-                "a grant must name a purpose; there is no subscribe-to-every-list",
             ]
         );
     }

@@ -111,7 +111,7 @@ impl PartnerSink {
             if notices.len() == before {
                 settled[index] = Some(Outcome::permanent(format!(
                     "no partner is configured for purpose {:?}",
-                    item.target.key()
+                    item.change.target_key()
                 )));
             }
         }

@@ -2,8 +2,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use relay_delivery::{Outcome, SinkItem, Target};
-use relay_events::{Action, ConsentEvent};
+use relay_delivery::{Change, Outcome, SinkItem};
+use relay_events::ConsentEvent;
 use serde_json::{json, Map};
 use sha2::Sha256;
 
@@ -30,9 +30,9 @@ pub struct Message {
 
 /// Whether `item` concerns `partner`: its gating purpose, or the whole subject.
 pub fn concerns(item: &SinkItem, partner: &PartnerConfig) -> bool {
-    match &item.target {
-        Target::Purpose(purpose) => *purpose == partner.purpose,
-        Target::All => true,
+    match &item.change {
+        Change::Grant(purpose) | Change::Withdraw(purpose) => *purpose == partner.purpose,
+        Change::WithdrawAll | Change::Erase => true,
     }
 }
 
@@ -49,13 +49,8 @@ pub fn message(item: &SinkItem, partner: &PartnerConfig) -> Result<Message, Outc
     data.insert("subject_id".into(), event.subject_id.clone().into());
     data.insert("event_id".into(), event.event_id.to_string().into());
     data.insert("occurred_at".into(), occurred_at.clone().into());
-    let kind = match item.action {
-        Action::Grant => {
-            if item.target == Target::All {
-                return Err(Outcome::permanent(
-                    "a grant must name a purpose; there is no lead for every purpose",
-                ));
-            }
+    let kind = match item.change {
+        Change::Grant(_) => {
             data.insert("purpose".into(), partner.purpose.clone().into());
             if let Some(v) = &event.notice_version {
                 data.insert("notice_version".into(), v.clone().into());
@@ -67,12 +62,12 @@ pub fn message(item: &SinkItem, partner: &PartnerConfig) -> Result<Message, Outc
             }
             LEAD_CONSENTED
         }
-        Action::Withdraw => {
+        Change::Withdraw(_) | Change::WithdrawAll => {
             // A global unsubscribe withdraws the partner's purpose too.
             data.insert("purpose".into(), partner.purpose.clone().into());
             CONSENT_WITHDRAWN
         }
-        Action::Erase => SUBJECT_ERASED,
+        Change::Erase => SUBJECT_ERASED,
     };
     // `timestamp` is when the event occurred (Standard Webhooks), so a redelivery sends the same
     // bytes; the time of the attempt goes into the `webhook-timestamp` header.
@@ -112,8 +107,8 @@ fn rfc3339(event: &ConsentEvent) -> Result<String, Outcome> {
 mod tests {
     use std::collections::BTreeSet;
 
-    use relay_delivery::DestinationConfig;
-    use relay_events::Contact;
+    use relay_delivery::{DestinationConfig, Target};
+    use relay_events::{Action, Contact};
     use serde_json::Value;
 
     use super::*;
@@ -227,10 +222,6 @@ mod tests {
             &p
         ));
         assert!(concerns(&item(Action::Erase, Target::All), &p));
-        assert!(matches!(
-            message(&item(Action::Grant, Target::All), &p),
-            Err(Outcome::Permanent { .. })
-        ));
     }
 
     #[test]

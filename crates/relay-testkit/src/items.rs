@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use relay_delivery::{SinkItem, Target};
+use relay_delivery::{Change, SinkItem, Target};
 use relay_events::{Action, ConsentEvent, Contact, EventKind, Scope};
 
 /// An item under construction; [`ItemFixture::build`] makes it. Defaults: subject `subject-1`,
@@ -12,8 +12,7 @@ use relay_events::{Action, ConsentEvent, Contact, EventKind, Scope};
 #[derive(Debug, Clone)]
 pub struct ItemFixture {
     event: ConsentEvent,
-    action: Action,
-    target: Target,
+    change: Change,
 }
 
 /// A grant of `purpose`.
@@ -54,6 +53,9 @@ pub fn full_contact() -> Contact {
 
 impl ItemFixture {
     /// `action` for `target`, with the event routing would have made it from.
+    ///
+    /// # Panics
+    /// For a combination validation rules out (a grant of everything, an erasure of a purpose).
     pub fn new(action: Action, target: Target) -> ItemFixture {
         let kind = match (action, &target) {
             (Action::Grant, _) => EventKind::ConsentGranted,
@@ -76,8 +78,7 @@ impl ItemFixture {
                 scope,
                 contact: Contact::default(),
             },
-            action,
-            target,
+            change: Change::new(action, target).expect("a change validation allows"),
         }
     }
 
@@ -125,8 +126,7 @@ impl ItemFixture {
     pub fn build(self) -> SinkItem {
         SinkItem {
             event: Arc::new(self.event),
-            action: self.action,
-            target: self.target,
+            change: self.change,
         }
     }
 }
@@ -144,6 +144,6 @@ mod tests {
         let item = withdraw("ads").build();
         assert_eq!(item.event.kind, EventKind::ConsentWithdrawn);
         assert_eq!(item.event.scope, Scope::Purposes(vec!["ads".into()]));
-        assert_eq!(item.target, Target::Purpose("ads".into()));
+        assert_eq!(item.change, Change::Withdraw("ads".into()));
     }
 }

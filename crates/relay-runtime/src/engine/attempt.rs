@@ -356,7 +356,7 @@ impl<L: Ledger> Engine<L> {
                                 &mut narrowed,
                                 &p.item,
                                 Status::DeadLettered,
-                                format!("{}: {reason}", p.item.target.key()),
+                                format!("{}: {reason}", p.item.change.target_key()),
                             );
                             let why = Rejected {
                                 code: ErrorCode::DownstreamPermanent,
@@ -520,14 +520,19 @@ impl<L: Ledger> Engine<L> {
         let items = group.iter().map(|p| p.item.clone()).collect();
         let mut state: HashMap<(Uuid, String), Pending> = group
             .into_iter()
-            .map(|p| ((p.item.event.event_id, p.item.target.key().to_owned()), p))
+            .map(|p| {
+                (
+                    (p.item.event.event_id, p.item.change.target_key().to_owned()),
+                    p,
+                )
+            })
             .collect();
         let to_send = self.claim(items, ctx, narrowed, shutdown).await?;
         Ok(to_send
             .into_iter()
             .map(|(item, attempt)| {
                 let mut p = state
-                    .remove(&(item.event.event_id, item.target.key().to_owned()))
+                    .remove(&(item.event.event_id, item.change.target_key().to_owned()))
                     .unwrap_or_else(|| Pending::new(item));
                 p.attempt = attempt;
                 p
