@@ -32,7 +32,9 @@ pub fn classify_status(
                 },
             }
         }
-        401 | 403 | 410 | 426 => Outcome::Refused {
+        // A 3xx too: redirects are not followed (a followed 301/302 turns a POST into a GET), and
+        // an endpoint that moved is the destination's matter for an operator, not the item's.
+        300..=399 | 401 | 403 | 410 | 426 => Outcome::Refused {
             reason: format!("HTTP {status}: {}", detail.into()),
         },
         _ => Outcome::Permanent {
@@ -114,7 +116,7 @@ mod tests {
         for s in [400, 404, 409, 422, 501] {
             assert_eq!(class(s), "permanent", "{s}");
         }
-        for s in [401, 403, 410, 426] {
+        for s in [301, 302, 307, 308, 401, 403, 410, 426] {
             assert_eq!(class(s), "refused", "{s}");
         }
     }

@@ -425,6 +425,37 @@ fn until_utc_midnight() -> Duration {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_redirect_is_an_answer_not_followed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = tokio::spawn(async move {
+            let mut requests = 0;
+            // One connection per request; a followed redirect would come back for /elsewhere.
+            while let Ok(Ok((mut socket, _))) =
+                tokio::time::timeout(Duration::from_millis(300), listener.accept()).await
+            {
+                requests += 1;
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 302 Found\r\nLocation: http://{addr}/elsewhere\r\n\
+                     Content-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = socket.write_all(reply.as_bytes()).await;
+            }
+            requests
+        });
+        let d = Destination::new(DestinationConfig::default()).unwrap();
+        let reply = d
+            .send(d.http().post(format!("http://{addr}/members")).body("{}"))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 302);
+        assert_eq!(served.await.unwrap(), 1, "the redirect was not followed");
+    }
+
     fn limited(max: u32, window_ms: u64) -> Destination {
         Destination::new(DestinationConfig {
             max_requests_per_window: Some(max),

@@ -19,9 +19,9 @@
 //! body's `timestamp` is when the event occurred, so a redelivery sends the same bytes.
 //!
 //! Answers map through the delivery layer's classifier: 2xx applied; 429 and 5xx retryable with
-//! `Retry-After`; 410 (the partner disabled the endpoint), 401 and 403 refused, which opens the
-//! runtime's circuit and raises an alert instead of retrying forever; other statuses, 3xx
-//! included (redirects are not followed), permanent.
+//! `Retry-After`; 410 (the partner disabled the endpoint), 401, 403 and any 3xx (redirects are not
+//! followed: the endpoint moved) refused, which opens the runtime's circuit and raises an alert
+//! instead of retrying forever; other statuses permanent.
 //!
 //! Layout: `config` (the `[sinks.partner]` section), `request` (items → payloads, the signature),
 //! `client` (sending through each partner's `Destination`, one outcome per item).

@@ -397,7 +397,7 @@ async fn redirects_are_not_followed() {
     });
     let outcomes = sink.deliver(&[grant("subj-13")]).await;
     assert!(
-        matches!(outcomes[0], Outcome::Permanent { .. }),
+        matches!(outcomes[0], Outcome::Refused { .. }),
         "{outcomes:?}"
     );
     assert!(reason(&outcomes[0]).starts_with("HTTP 307"), "{outcomes:?}");
