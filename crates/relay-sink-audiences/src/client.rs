@@ -183,9 +183,20 @@ fn build(
         request = request.header(name, value);
     }
     match call.body {
-        Body::Json(value) => match audience.platform().signature(&call.method, &call.url) {
-            Some(signed) => request.header(reqwest::header::AUTHORIZATION, signed),
-            None => request.bearer_auth(token),
+        Body::Json(value) => match audience
+            .platform()
+            .authorization(&call.method, &call.url, token)
+        {
+            Some(authorization) => match reqwest::header::HeaderValue::from_str(&authorization) {
+                // Kept out of the request's Debug, as bearer_auth does.
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    request.header(reqwest::header::AUTHORIZATION, value)
+                }
+                // Not a header value: the builder fails the request, naming the problem.
+                Err(_) => request.header(reqwest::header::AUTHORIZATION, authorization),
+            },
+            None => request,
         }
         .json(&value),
         Body::Form {

@@ -1,6 +1,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
-use relay_delivery::{ConfigError, ConfigProblems, DestinationConfig, Secret};
+use relay_delivery::{check_https_url, ConfigError, ConfigProblems, DestinationConfig, Secret};
 
 use serde::{Deserialize, Deserializer};
 
@@ -308,8 +308,6 @@ impl AudienceConfig {
 }
 
 impl AudiencesConfig {
-    /// Checks everything that can be checked without calling the platforms and reports all
-    /// problems at once, so that one start attempt shows every mistake.
     /// This configuration narrowed to one audience: that audience alone, and the purposes that
     /// route to it (naming only it). Each audience is its own destination with its own consumer
     /// group, so that one platform's pause never holds another's.
@@ -330,6 +328,8 @@ impl AudiencesConfig {
         }
     }
 
+    /// Checks everything that can be checked without calling the platforms and reports all
+    /// problems at once, so that one start attempt shows every mistake.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = ConfigProblems::default();
 
@@ -380,10 +380,9 @@ impl AudiencesConfig {
                 ),
             }
 
-            match reqwest::Url::parse(audience.base_url()) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-                Ok(_) => problems.push(key("base_url"), "must be an http or https URL"),
-                Err(_) => problems.push(key("base_url"), "is not a URL"),
+            // The token and the hashes go to a third party.
+            if let Err(message) = check_https_url(audience.base_url()) {
+                problems.push(key("base_url"), message);
             }
             // A token, or all four OAuth 1.0a credentials of X.
             for field in audience.credential_fields() {
@@ -573,6 +572,41 @@ mod tests {
 
     fn parse(text: &str) -> Result<AudiencesConfig, toml::de::Error> {
         toml::from_str(text)
+    }
+
+    #[test]
+    fn each_platform_says_what_it_is_how_the_ledger_knows_it_and_what_it_receives() {
+        use crate::reconcile::LedgerHash;
+        let c = parse(FULL).unwrap();
+        let row = |name: &str| {
+            let p = c.audiences[name].platform();
+            (p.name(), p.batch_limit(), p.ledger_hash(), p.recipient().0)
+        };
+        assert_eq!(
+            row("meta-eu"),
+            (
+                "meta",
+                ("max_rows_per_request", 10_000),
+                LedgerHash::Email,
+                "Meta (Custom Audience 23850000000000001)".to_owned()
+            )
+        );
+        assert_eq!(
+            row("google-eu"),
+            (
+                "google",
+                ("max_members_per_request", 10_000),
+                LedgerHash::Google { plus_removed: true },
+                "Google (Customer Match, Data Manager destination 987654321)".to_owned()
+            )
+        );
+        assert_eq!(row("linkedin").0, "linkedin");
+        assert_eq!(row("linkedin").1, ("max_users_per_request", 10_000));
+        assert_eq!(row("x").0, "x");
+        assert_eq!(row("x").1, ("max_users_per_request", 2_500));
+        assert_eq!(row("x").3, "X (Custom Audience 1nmth)");
+        let meta = c.audiences["meta-eu"].platform().recipient().1;
+        assert!(meta.contains("phone"), "email_phone sends phones: {meta}");
     }
 
     #[test]

@@ -7,12 +7,11 @@
 //! SHA-256 of the trimmed, lowercased address) and, where configured and known, `phone_field`
 //! (SHA-256 of the E.164 number). Any 2xx applies the whole request; adding a member twice or
 //! removing an absent one must be a 2xx as well. Everything else is read by its status alone:
-//! 408 and 429 pause, 5xx retry, and the rest (3xx and 4xx) refuse: no single member can cause
-//! them.
+//! 408 and 429 pause, 500 and 502-599 retry, and every other status refuses: no single member can
+//! cause it.
 
 use relay_delivery::{
-    check_https_url, classify_status, redact_emails, ConfigProblems, DestinationConfig, Outcome,
-    Reply, Secret,
+    classify_status, redact_emails, ConfigProblems, DestinationConfig, Outcome, Reply, Secret,
 };
 use reqwest::Method;
 use serde::Deserialize;
@@ -22,6 +21,7 @@ use relay_events::normalize;
 
 use crate::meta::Session;
 use crate::platform::{AudiencePlatform, HASHED_EMAIL};
+use crate::reconcile::LedgerHash;
 use crate::request::{excerpt, Answer, Body, HttpCall, Member, Op};
 
 /// The most members a request may carry: far above what a network takes in one request, low
@@ -34,10 +34,10 @@ pub const MAX_MEMBERS_CEILING: usize = 50_000;
 pub struct GenericAudience {
     /// The network's API root, e.g. `https://api.example-network.com`.
     pub base_url: String,
-    /// Path (and query) members are added at, starting with `/`, e.g.
-    /// `/v1/audiences/4711/members:add`.
+    /// Path members are added at, starting with `/`, e.g. `/v1/audiences/4711/members:add`. No
+    /// query: `ledger audit` names it, and a credential in it would show there.
     pub add_path: String,
-    /// Path (and query) members are removed at, starting with `/`.
+    /// Path members are removed at, starting with `/`, no query.
     pub remove_path: String,
     /// Sent as `Authorization: Bearer`. Normally left out of the file: the binary fills it from
     /// the environment ([`crate::token_env_var`]).
@@ -132,17 +132,18 @@ impl AudiencePlatform for GenericAudience {
             }
             _ => {}
         }
-        if let Err(message) = check_https_url(&self.base_url) {
-            problems.push(key("base_url"), message);
-        }
         for (field, path) in [
             ("add_path", &self.add_path),
             ("remove_path", &self.remove_path),
         ] {
-            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c == '#') {
+            if !path.starts_with('/')
+                || path
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == '#' || c == '?')
+            {
                 problems.push(
                     key(field),
-                    "must be a path starting with /, without spaces or #",
+                    "must be a path starting with /, without spaces, ? or #",
                 );
             }
         }
@@ -163,6 +164,10 @@ impl AudiencePlatform for GenericAudience {
             problems.push(key("phone_field"), "must differ from email_field");
         }
     }
+    /// Trim and lowercase, as the ledger hashes.
+    fn ledger_hash(&self) -> LedgerHash {
+        LedgerHash::Email
+    }
     fn recipient(&self) -> (String, String) {
         (
             format!(
@@ -178,12 +183,17 @@ impl AudiencePlatform for GenericAudience {
     }
 }
 
-/// The host of `url`, without user info: what an Art. 15 answer may show.
+/// The host and port of `url`, without user info: what an Art. 15 answer may show (as partner
+/// recipients show theirs).
 fn host(url: &str) -> String {
-    reqwest::Url::parse(url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_owned))
-        .unwrap_or_else(|| "an invalid base_url".to_owned())
+    match reqwest::Url::parse(url) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_owned(),
+            (None, _) => "an invalid base_url".to_owned(),
+        },
+        Err(_) => "an invalid base_url".to_owned(),
+    }
 }
 
 /// The request for one batch of members.
@@ -223,7 +233,7 @@ pub fn answer(reply: &Reply, sent: usize) -> Answer {
         return Answer::applied(sent);
     }
     // An unknown network may echo what it resolved a hash to.
-    let body = redact_emails(&excerpt(&String::from_utf8_lossy(&reply.body)));
+    let body = excerpt(&redact_emails(&String::from_utf8_lossy(&reply.body)));
     let outcome = match classify_status(reply.status, reply.header("retry-after"), body) {
         Outcome::Permanent { reason } => Outcome::Refused {
             reason: match reply.status {

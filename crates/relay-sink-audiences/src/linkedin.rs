@@ -13,6 +13,7 @@ use relay_events::normalize;
 use crate::config::{digits, LinkedInAudience, LINKEDIN_MAX_USERS_CEILING};
 use crate::meta::Session;
 use crate::platform::{AudiencePlatform, HASHED_EMAIL};
+use crate::reconcile::LedgerHash;
 use crate::request::{excerpt, Answer, Body, HttpCall, Member, Op};
 
 /// The batch request for one batch of users.
@@ -137,6 +138,10 @@ impl AudiencePlatform for LinkedInAudience {
         {
             problems.push(key("linkedin_version"), "must be YYYYMM, e.g. \"202601\"");
         }
+    }
+    /// Trim and lowercase, as the ledger hashes.
+    fn ledger_hash(&self) -> LedgerHash {
+        LedgerHash::Email
     }
     fn recipient(&self) -> (String, String) {
         (

@@ -13,6 +13,7 @@ use relay_events::normalize;
 
 use crate::config::{digits, is_meta_version, MetaAudience, MetaSchema, META_MAX_ROWS};
 use crate::platform::{AudiencePlatform, HASHED_EMAIL};
+use crate::reconcile::LedgerHash;
 use crate::request::{excerpt, Answer, Body, HttpCall, Member, Op};
 
 /// How long to hold the account back after a rate-limit error that does not say how long. Meta's
@@ -261,6 +262,10 @@ impl AudiencePlatform for MetaAudience {
         if !is_meta_version(&self.api_version) {
             problems.push(key("api_version"), "must look like \"v25.0\"");
         }
+    }
+    /// Trim and lowercase, as the ledger hashes.
+    fn ledger_hash(&self) -> LedgerHash {
+        LedgerHash::Email
     }
     fn recipient(&self) -> (String, String) {
         (

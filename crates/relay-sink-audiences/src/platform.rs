@@ -57,10 +57,10 @@ pub trait AudiencePlatform {
     /// The platform's answer to a request of `sent` members, as outcomes.
     fn answer(&self, reply: &Reply, sent: usize) -> Answer;
 
-    /// The `Authorization` of a JSON request, where it is not the bearer token (X signs each
-    /// request with OAuth 1.0a).
-    fn signature(&self, _method: &Method, _url: &str) -> Option<String> {
-        None
+    /// The `Authorization` header of a JSON request: the bearer token by default; X signs each
+    /// request with OAuth 1.0a instead. `None`: no header.
+    fn authorization(&self, _method: &Method, _url: &str, token: &str) -> Option<String> {
+        Some(format!("Bearer {token}"))
     }
 
     /// Checks the fields only this platform has; `key` makes a field's full key, `purposes` are
@@ -72,10 +72,10 @@ pub trait AudiencePlatform {
         purposes: &[&str],
     );
 
-    /// Which of the ledger's hashes of an address the platform matches.
-    fn ledger_hash(&self) -> LedgerHash {
-        LedgerHash::Email
-    }
+    /// Which of the ledger's hashes of an address the platform matches. No default: a platform
+    /// with a rule of its own must not fall through to hashes it does not know (its removals
+    /// would count as applied and remove nobody).
+    fn ledger_hash(&self) -> LedgerHash;
 
     /// Who receives the data, and what, for `ledger audit`.
     fn recipient(&self) -> (String, String);

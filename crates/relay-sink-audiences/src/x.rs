@@ -15,6 +15,7 @@ use crate::config::{path_segment, XAudience, X_MAX_USERS};
 use crate::meta::Session;
 use crate::oauth1::{self, Credentials};
 use crate::platform::{AudiencePlatform, HASHED_EMAIL};
+use crate::reconcile::LedgerHash;
 use crate::request::{excerpt, Answer, Body, HttpCall, Member, Op};
 
 /// The request for one batch: one operation per user. X's `success_count` and `total_count` count
@@ -233,7 +234,8 @@ impl AudiencePlatform for XAudience {
     fn answer(&self, reply: &Reply, sent: usize) -> Answer {
         answer(reply, sent)
     }
-    fn signature(&self, method: &Method, url: &str) -> Option<String> {
+    /// OAuth 1.0a, signed now; `None` (no header) when a credential is missing.
+    fn authorization(&self, method: &Method, url: &str, _token: &str) -> Option<String> {
         authorization(self, method, url)
     }
     fn problems(&self, problems: &mut ConfigProblems, key: &dyn Fn(&str) -> String, _: &[&str]) {
@@ -246,6 +248,10 @@ impl AudiencePlatform for XAudience {
         if self.api_version.is_empty() || !self.api_version.chars().all(|c| c.is_ascii_digit()) {
             problems.push(key("api_version"), "must be a number, e.g. \"12\"");
         }
+    }
+    /// Trim and lowercase, as the ledger hashes.
+    fn ledger_hash(&self) -> LedgerHash {
+        LedgerHash::Email
     }
     fn recipient(&self) -> (String, String) {
         (
