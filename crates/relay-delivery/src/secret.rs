@@ -1,18 +1,26 @@
 //! A credential from the configuration or the environment. Its `Debug` and `Display` never show
 //! the value, so a config printed in a log line or an error cannot leak it; the one way to the
-//! value is [`Secret::expose`], at the place that puts it on the wire.
+//! value is [`Secret::expose`], at the place that puts it on the wire. Surrounding whitespace is
+//! dropped when it is read: a secret from a file or a copy ends in a line break, which no
+//! credential means.
 
 use std::fmt;
 
 use serde::Deserialize;
 
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Secret, D::Error> {
+        String::deserialize(deserializer).map(Secret::new)
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
+        let value = value.into();
+        Secret(value.trim().to_owned())
     }
 
     /// The value, for the request that carries it.
@@ -27,8 +35,8 @@ impl Secret {
     }
 
     /// Why the value cannot travel as a credential (in a header, a form field or a signing key),
-    /// `None` when it can: a space or a line break pasted with it (a secret read from a file ends
-    /// in one) would make every request fail, or every signature mismatch.
+    /// `None` when it can: a space, line break or control character inside it would make every
+    /// request fail, or every signature mismatch.
     pub fn malformed(&self) -> Option<&'static str> {
         (!self.0.chars().all(|c| c.is_ascii_graphic()))
             .then_some("must be printable ASCII without spaces or line breaks")
@@ -37,13 +45,13 @@ impl Secret {
 
 impl From<String> for Secret {
     fn from(value: String) -> Secret {
-        Secret(value)
+        Secret::new(value)
     }
 }
 
 impl From<&str> for Secret {
     fn from(value: &str) -> Secret {
-        Secret(value.to_owned())
+        Secret::new(value)
     }
 }
 
@@ -75,9 +83,14 @@ mod tests {
         assert_eq!(format!("{:?}", Secret::from(" ")), "<unset>");
         assert_eq!(secret.expose(), "pat-na1-0123");
         assert_eq!(secret.malformed(), None);
-        assert!(Secret::from("pat-na1-0123\n").malformed().is_some());
+        assert_eq!(
+            Secret::from("pat-na1-0123\n").expose(),
+            "pat-na1-0123",
+            "trimmed"
+        );
+        assert!(Secret::from("pat-na1\n0123").malformed().is_some());
         assert!(Secret::from("two words").malformed().is_some());
-        let parsed: Secret = serde_json::from_str("\"k\"").unwrap();
+        let parsed: Secret = serde_json::from_str("\" k\\n\"").unwrap();
         assert_eq!(parsed.expose(), "k");
     }
 }

@@ -253,7 +253,10 @@ impl IngestConfig {
         if let Some(m) = &self.mailchimp {
             // Short secrets in a URL can be guessed; 32 characters is a UUID without hyphens.
             let polled_only = m.poll.is_some() && m.path_secret.is_blank();
-            if m.path_secret.expose().trim().len() < 32 && !polled_only {
+            if let (Some(why), false) = (m.path_secret.malformed(), m.path_secret.is_blank()) {
+                out.push(format!("ingest.mailchimp.path_secret: {why}"));
+            }
+            if m.path_secret.expose().len() < 32 && !polled_only {
                 out.push(format!(
                     "ingest.mailchimp.path_secret: at least 32 characters (set {})",
                     ENV_SECRETS[2]
@@ -265,6 +268,8 @@ impl IngestConfig {
                         "ingest.mailchimp.poll.api_key: missing (set {})",
                         ENV_SECRETS[5]
                     ));
+                } else if let Some(why) = p.api_key.malformed() {
+                    out.push(format!("ingest.mailchimp.poll.api_key: {why}"));
                 } else if p.base_url().is_none() {
                     out.push("ingest.mailchimp.poll.api_base_url: missing, and the API key names no data center (<key>-<dc>)".into());
                 }

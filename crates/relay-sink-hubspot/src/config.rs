@@ -348,6 +348,22 @@ mod tests {
     }
 
     #[test]
+    fn a_token_read_from_a_file_works_a_broken_one_is_a_problem() {
+        let c = HubSpotConfig {
+            token: Some("pat-eu1-abc\n".into()),
+            ..HubSpotConfig::default()
+        };
+        c.validate().unwrap();
+        assert_eq!(c.token.as_ref().unwrap().expose(), "pat-eu1-abc");
+        let broken = HubSpotConfig {
+            token: Some("pat-eu1 abc".into()),
+            ..HubSpotConfig::default()
+        };
+        let err = broken.validate().unwrap_err().to_string();
+        assert!(err.contains("token: must be printable ASCII"), "{err}");
+    }
+
+    #[test]
     fn debug_redacts_the_token() {
         let c = HubSpotConfig {
             token: Some("pat-eu1-secret".into()),

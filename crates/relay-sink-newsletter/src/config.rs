@@ -219,14 +219,19 @@ impl NewsletterConfig {
                     Err(_) => problems.push(key("base_url"), "is not a URL"),
                 }
             }
-            if api_key.as_ref().is_none_or(Secret::is_blank) {
-                problems.push_missing_secret(
+            match api_key {
+                Some(api_key) if !api_key.is_blank() => {
+                    if let Some(why) = api_key.malformed() {
+                        problems.push(key("api_key"), why);
+                    }
+                }
+                _ => problems.push_missing_secret(
                     key("api_key"),
                     format!(
                         "missing; set CONSENT_RELAY__SINKS__NEWSLETTER__LISTS__{}__API_KEY",
                         name.to_uppercase()
                     ),
-                );
+                ),
             }
             for p in limits.problems() {
                 problems.push(key("limits"), &p);
