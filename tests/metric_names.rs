@@ -45,9 +45,19 @@ fn mentioned(text: &str) -> BTreeSet<String> {
             .chars()
             .next_back()
             .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-        // `consent_relay_ingest_{received,…}_total` names several: each is checked.
-        if name.ends_with('_') && tail[len..].starts_with('{') {
-            if let Some(close) = tail[len..].find('}') {
+        // `consent_relay_ingest_{received,…}_total` names several: each is checked. A `{x}` of
+        // one name (a `format!` placeholder) is a family, not a list, and skipped.
+        let list = tail[len..]
+            .find(['}', '\n'])
+            .filter(|&close| tail.as_bytes()[len + close] == b'}')
+            .filter(|&close| tail[len + 1..len + close].contains(','))
+            .filter(|&close| {
+                tail[len + 1..len + close]
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_,… .".contains(c))
+            });
+        if name.ends_with('_') && tail[len..].starts_with('{') && !preceded_by_word {
+            if let Some(close) = list {
                 let after = &tail[len + close + 1..];
                 let suffix_len = after
                     .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
@@ -155,6 +165,7 @@ fn mentions_are_read_as_names_and_families_are_skipped() {
         mentioned(text).into_iter().collect::<Vec<_>>(),
         ["consent_relay_events_total", "consent_relay_retries_total"]
     );
+    assert!(mentioned("format!(\"consent_relay_{kind}_total\")").is_empty());
     assert_eq!(
         mentioned("`consent_relay_ingest_{received,published,…}_total`")
             .into_iter()

@@ -449,8 +449,8 @@ fn load_with(
     )
 }
 
-/// `problems` without repeats, in order: the broker settings are checked with every sink's, and
-/// one mistake is one line.
+/// `problems` without repeats, in order: one mistake is one line, however many sections lead to
+/// it.
 fn said_once(mut problems: Vec<String>) -> Vec<String> {
     let mut seen = BTreeSet::new();
     problems.retain(|p| seen.insert(p.clone()));

@@ -298,7 +298,13 @@ mod tests {
     fn a_change_validation_rules_out_is_rejected_not_guessed_at() {
         for ev in [
             event(EventKind::ConsentGranted, "s", 1, Scope::All, true),
-            event(EventKind::ErasureRequested, "s", 1, purposes(&["ads"]), true),
+            event(
+                EventKind::ErasureRequested,
+                "s",
+                1,
+                purposes(&["ads"]),
+                true,
+            ),
         ] {
             match route(&ev, &routes()) {
                 Routed::Rejected(r) => assert_eq!(r.code, ErrorCode::InvalidPurposes),
