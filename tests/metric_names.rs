@@ -49,7 +49,7 @@ fn mentioned(text: &str) -> BTreeSet<String> {
         // one name (a `format!` placeholder) is a family, not a list, and skipped.
         let list = tail[len..]
             .find(['}', '\n'])
-            .filter(|&close| tail.as_bytes()[len + close] == b'}')
+            .filter(|&close| close > 0 && tail.as_bytes()[len + close] == b'}')
             .filter(|&close| tail[len + 1..len + close].contains(','))
             .filter(|&close| {
                 tail[len + 1..len + close]

@@ -5,9 +5,9 @@ use crate::Outcome;
 /// Maps an HTTP status to an outcome: 2xx applied; 429, and any 5xx that comes with a
 /// `Retry-After`, unavailable (the destination asks us to hold off: it pauses, no item is blamed),
 /// as is 408 (the server gave up waiting for us, like a timeout); the other 5xx but 501 retryable (charged to the items of the request, which the runtime
-/// splits to find a poisoned one); 401, 403, 410 and 426 refused (credentials, permission, endpoint
-/// gone, API version sunset: the destination, not the item, is the problem); every other status
-/// permanent. `retry_after` is the raw `Retry-After` header. `detail` is the downstream's own
+/// splits to find a poisoned one); 401, 403, 410, 426 and any 3xx refused (credentials,
+/// permission, endpoint gone, API version sunset, endpoint moved: the destination, not the item,
+/// is the problem); every other status permanent. `retry_after` is the raw `Retry-After` header. `detail` is the downstream's own
 /// error text, kept for the ledger and the DLQ.
 pub fn classify_status(
     status: u16,

@@ -23,6 +23,19 @@ impl Secret {
         Secret(value.trim().to_owned())
     }
 
+    /// A secret kept exactly as given, surrounding spaces included: a password, which may
+    /// legitimately begin or end with one (RFC 7617), unlike a token or a key.
+    pub fn verbatim(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// Deserializes a [`Secret::verbatim`] (`#[serde(deserialize_with = ...)]`).
+    pub fn deserialize_verbatim<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Secret, D::Error> {
+        String::deserialize(deserializer).map(Secret::verbatim)
+    }
+
     /// The value, for the request that carries it.
     pub fn expose(&self) -> &str {
         &self.0
@@ -83,6 +96,7 @@ mod tests {
         assert_eq!(format!("{:?}", Secret::from(" ")), "<unset>");
         assert_eq!(secret.expose(), "pat-na1-0123");
         assert_eq!(secret.malformed(), None);
+        assert_eq!(Secret::verbatim(" pw ").expose(), " pw ");
         assert_eq!(
             Secret::from("pat-na1-0123\n").expose(),
             "pat-na1-0123",

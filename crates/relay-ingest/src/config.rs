@@ -136,8 +136,9 @@ pub struct BrevoIngest {
     /// For `auth = "basic"`.
     #[serde(default)]
     pub username: String,
-    /// For `auth = "basic"` (`CONSENT_RELAY_INGEST_BREVO_PASSWORD`).
-    #[serde(default)]
+    /// For `auth = "basic"` (`CONSENT_RELAY_INGEST_BREVO_PASSWORD`). Kept as given, surrounding
+    /// spaces included: a password may have them.
+    #[serde(default, deserialize_with = "Secret::deserialize_verbatim")]
     pub password: Secret,
     /// List id → the purposes an unsubscribe from it withdraws.
     #[serde(default)]
@@ -187,8 +188,11 @@ impl IngestConfig {
             if let Some(s) = get(ENV_SECRETS[3]) {
                 b.token = s;
             }
-            if let Some(s) = get(ENV_SECRETS[4]) {
-                b.password = s;
+            if let Some((_, v)) = env
+                .iter()
+                .find(|(k, v)| k == ENV_SECRETS[4] && !v.is_empty())
+            {
+                b.password = Secret::verbatim(v.clone());
             }
         }
     }

@@ -52,7 +52,7 @@ pub(crate) struct Engine<L> {
     pub outbox: Arc<dyn Outbox>,
     pub telemetry: Telemetry,
     pub rules: EventRules,
-    /// Whether the destination currently refuses us (401/403/410/426).
+    /// Whether the destination currently refuses us (3xx/401/403/410/426).
     circuit_open: AtomicBool,
     /// The subjects batches of this engine are working on, one batch per subject at a time.
     locks: Arc<locks::SubjectLocks>,
@@ -209,7 +209,13 @@ impl<L: Ledger> Engine<L> {
             logged.insert(event.event_id, index);
             let record = |event: &ConsentEvent| self.consent_record(event, m);
             match route::route(event, &self.routes) {
-                Routed::Rejected(why) if why.code == ErrorCode::UnknownPurpose => {
+                // Not a decision about this person that the consent log may record.
+                Routed::Rejected(why)
+                    if matches!(
+                        why.code,
+                        ErrorCode::UnknownPurpose | ErrorCode::InvalidPurposes
+                    ) =>
+                {
                     rejected.push((index, why));
                     continue;
                 }
@@ -482,13 +488,14 @@ impl<L: Ledger> Engine<L> {
                     Decision::Proceed { attempt } => to_send.push((item, attempt)),
                     Decision::ProceedExcept { keep, .. } => {
                         info!(sink = %sink, event_id = %item.event.event_id, kept = %crate::log_fields::list(&keep), "late whole-subject withdrawal applied per purpose: newer grants stand");
+                        // Only a global unsubscribe is narrowed (rule.rs): an erasure asks for
+                        // everything and must never turn into withdrawals.
+                        debug_assert_eq!(item.change, Change::WithdrawAll);
                         per_purpose.extend(
                             self.routes
                                 .sink
                                 .iter()
                                 .filter(|p| !keep.contains(*p))
-                                // Only a global unsubscribe is narrowed (rule.rs): an erasure
-                                // asks for everything.
                                 .map(|p| SinkItem {
                                     event: item.event.clone(),
                                     change: Change::Withdraw(p.clone()),

@@ -136,7 +136,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     (
         metric::CIRCUIT_OPEN,
         "gauge",
-        "1 while the sink's destination refuses us (401/403/410/426) and consumption is paused.",
+        "1 while the sink's destination refuses us (3xx/401/403/410/426) and consumption is paused.",
     ),
     (
         metric::RATE_LIMIT_WAIT,

@@ -600,11 +600,24 @@ mod tests {
                 "Google (Customer Match, Data Manager destination 987654321)".to_owned()
             )
         );
-        assert_eq!(row("linkedin").0, "linkedin");
-        assert_eq!(row("linkedin").1, ("max_users_per_request", 10_000));
-        assert_eq!(row("x").0, "x");
-        assert_eq!(row("x").1, ("max_users_per_request", 2_500));
-        assert_eq!(row("x").3, "X (Custom Audience 1nmth)");
+        assert_eq!(
+            row("linkedin"),
+            (
+                "linkedin",
+                ("max_users_per_request", 10_000),
+                LedgerHash::Email,
+                "LinkedIn (Matched Audience segment 123456)".to_owned()
+            )
+        );
+        assert_eq!(
+            row("x"),
+            (
+                "x",
+                ("max_users_per_request", 2_500),
+                LedgerHash::Email,
+                "X (Custom Audience 1nmth)".to_owned()
+            )
+        );
         let meta = c.audiences["meta-eu"].platform().recipient().1;
         assert!(meta.contains("phone"), "email_phone sends phones: {meta}");
     }
