@@ -216,21 +216,21 @@ async fn run_chain<T: Transport>(transport: &T, chain: Vec<T::Request>, state: &
     for mut request in chain {
         let stopped = {
             let mut s = lock(state);
-            let held: Vec<bool> = request
-                .parts()
-                .iter()
-                .map(|p| p.person.is_some_and(|person| s.stalled.contains(person)))
-                .collect();
+            let mut held = Vec::new();
+            for part in request.parts() {
+                let stalled = part.person.is_some_and(|person| s.stalled.contains(person));
+                if stalled {
+                    s.settle(
+                        part.items,
+                        &Outcome::retryable(
+                            "held back: an earlier change of this person failed in this delivery",
+                        ),
+                    );
+                }
+                held.push(stalled);
+            }
             // A `retain` that asks about more positions than `parts` gave keeps them.
             let held_at = |at: usize| held.get(at).copied().unwrap_or(false);
-            for part in request.parts().iter().zip(&held).filter(|(_, h)| **h) {
-                s.settle(
-                    part.0.items,
-                    &Outcome::retryable(
-                        "held back: an earlier change of this person failed in this delivery",
-                    ),
-                );
-            }
             if !request.retain(&mut |at| !held_at(at)) {
                 continue;
             }

@@ -67,6 +67,17 @@ impl Change {
         }
     }
 
+    /// Whether `self` and `other` are about the same target (without building either `Target`).
+    pub fn same_target(&self, other: &Change) -> bool {
+        match (self, other) {
+            (Change::Grant(a) | Change::Withdraw(a), Change::Grant(b) | Change::Withdraw(b)) => {
+                a == b
+            }
+            (Change::WithdrawAll | Change::Erase, Change::WithdrawAll | Change::Erase) => true,
+            _ => false,
+        }
+    }
+
     /// The ledger's spelling of the target: the purpose name, or `*` for the whole subject.
     pub fn target_key(&self) -> &str {
         match self {
@@ -121,6 +132,8 @@ mod tests {
     fn only_the_changes_validation_allows_exist() {
         let purpose = || Target::Purpose("ads".into());
         assert_eq!(Change::new(Action::Grant, Target::All), None);
+        assert!(!Change::Grant("ads".into()).same_target(&Change::WithdrawAll));
+        assert!(Change::Grant("ads".into()).same_target(&Change::Withdraw("ads".into())));
         assert_eq!(Change::new(Action::Erase, purpose()), None);
         for (action, target) in [
             (Action::Grant, purpose()),
@@ -131,6 +144,7 @@ mod tests {
             let change = Change::new(action, target.clone()).unwrap();
             assert_eq!((change.action(), change.target()), (action, target.clone()));
             assert_eq!(change.target_key(), target.key());
+            assert!(change.same_target(&Change::new(action, target).unwrap()));
         }
     }
 }

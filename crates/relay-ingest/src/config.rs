@@ -163,11 +163,12 @@ impl IngestConfig {
     /// Takes the secrets of [`ENV_SECRETS`] from `env`; one set but empty (compose's `${VAR:-}`)
     /// counts as unset.
     pub fn apply_env(&mut self, env: &[(String, String)]) {
-        let get = |name: &str| {
+        let raw = |name: &str| {
             env.iter()
                 .find(|(k, v)| k == name && !v.is_empty())
-                .map(|(_, v)| Secret::new(v.clone()))
+                .map(|(_, v)| v.clone())
         };
+        let get = |name: &str| raw(name).map(Secret::new);
         if let Some(h) = &mut self.hubspot {
             if let Some(s) = get(ENV_SECRETS[0]) {
                 h.client_secret = s;
@@ -188,11 +189,8 @@ impl IngestConfig {
             if let Some(s) = get(ENV_SECRETS[3]) {
                 b.token = s;
             }
-            if let Some((_, v)) = env
-                .iter()
-                .find(|(k, v)| k == ENV_SECRETS[4] && !v.is_empty())
-            {
-                b.password = Secret::verbatim(v.clone());
+            if let Some(v) = raw(ENV_SECRETS[4]) {
+                b.password = Secret::verbatim(v);
             }
         }
     }

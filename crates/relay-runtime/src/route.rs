@@ -116,7 +116,7 @@ pub fn plan(items: Vec<SinkItem>) -> Plan {
             }
             Some(kept) if version(&kept) == version(&item) && item.action() != Action::Grant => {
                 let repeated = tied.iter().any(|t| {
-                    t.event.event_id == item.event.event_id && t.target() == item.target()
+                    t.event.event_id == item.event.event_id && t.change.same_target(&item.change)
                 });
                 if !repeated {
                     tied.push(item);

@@ -461,33 +461,26 @@ pub(crate) fn is_meta_version(v: &str) -> bool {
         .all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
 }
 
-pub(crate) fn with_overrides<'de, D: Deserializer<'de>>(
-    deserializer: D,
-    defaults: DestinationConfig,
-) -> Result<DestinationConfig, D::Error> {
-    DestinationConfig::deserialize_over(deserializer, defaults)
-}
-
 fn meta_limits_with_overrides<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<DestinationConfig, D::Error> {
-    with_overrides(d, meta_limits())
+    DestinationConfig::deserialize_over(d, meta_limits())
 }
 
 fn google_limits_with_overrides<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<DestinationConfig, D::Error> {
-    with_overrides(d, google_limits())
+    DestinationConfig::deserialize_over(d, google_limits())
 }
 
 fn linkedin_limits_with_overrides<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<DestinationConfig, D::Error> {
-    with_overrides(d, linkedin_limits())
+    DestinationConfig::deserialize_over(d, linkedin_limits())
 }
 
 fn x_limits_with_overrides<'de, D: Deserializer<'de>>(d: D) -> Result<DestinationConfig, D::Error> {
-    with_overrides(d, x_limits())
+    DestinationConfig::deserialize_over(d, x_limits())
 }
 
 /// Uploads of thousands of rows take longer than relay-delivery's generic 10 s.

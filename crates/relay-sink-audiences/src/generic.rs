@@ -80,7 +80,7 @@ fn limits() -> DestinationConfig {
 fn limits_with_overrides<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<DestinationConfig, D::Error> {
-    crate::config::with_overrides(d, limits())
+    DestinationConfig::deserialize_over(d, limits())
 }
 
 impl AudiencePlatform for GenericAudience {
